@@ -1,0 +1,28 @@
+"""The stage registry: applies named stages, or composites of stages, to a batch of records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .clean import clean_records
+
+COMPOSITES: dict[str, list[str]] = {"full": ["clean", "process"]}
+
+
+def apply_all(names: list[str], records: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+    for name in names:
+        records = apply(name, records, options)
+    return records
+
+
+def apply(name: str, records: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+    if name in COMPOSITES:
+        return apply_all(COMPOSITES[name], records, options)
+    if name == "clean":
+        return clean_records(records)
+    if name == "process":
+        # Imported lazily: the core is only needed by runs that reach the "process" stage.
+        import app.processing.core
+
+        return app.processing.core.process_data(records, weight=float(options.get("weight", 1.0)))
+    raise ValueError(f"unknown stage {name!r}; known: clean, process, {', '.join(COMPOSITES)}")

@@ -1,0 +1,220 @@
+"""The ``officeray`` command line.
+
+* ``officeray run "TASK" [--json] [--config FILE]``: one task on an embedded local Ray cluster;
+  exit 0 when it completed, 1 when it failed, 2 for bad usage.
+* ``officeray serve [--host 127.0.0.1] [--port 8000] [--config FILE]``: Ray + the Serve app with the
+  HTTP API; blocks until interrupted.
+* ``officeray examples [FILE] [--config FILE]``: every task of ``examples/tasks.jsonl`` end to end,
+  with a per-task summary.
+
+Ray, Serve and the sandbox are imported only inside the commands: ``--help`` and usage errors
+answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from officeray.config import Settings, load_settings
+from officeray.contracts import TaskRecord, TaskRequest, TaskStatus
+from officeray.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DEFAULT_EXAMPLES = Path("examples/tasks.jsonl")
+RESULT_PREVIEW_CHARS = 90
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on stderr with exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="officeray", description="Run agentic tasks on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one task on a local Ray cluster and print the result")
+    run.add_argument("task", help="the task in plain words")
+    run.add_argument("--json", action="store_true", help="print the final task record as one JSON object")
+    run.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+
+    srv = sub.add_parser("serve", help="start Ray and the HTTP API, and block")
+    srv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    srv.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+
+    ex = sub.add_parser("examples", help="run the example tasks end to end and print a summary")
+    ex.add_argument("file", nargs="?", default=str(DEFAULT_EXAMPLES), help="JSONL file of tasks")
+    ex.add_argument("--json", action="store_true", help="print one task record per line")
+    ex.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+    return parser
+
+
+def read_task_lines(path: Path) -> list[TaskRequest]:
+    """Tasks from a JSONL file: one ``{"description": ...}`` object per line; blank lines ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    requests = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(TaskRequest.model_validate_json(line))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "line"
+            raise UsageError(f"{path}:{number}: {where}: {first['msg']}") from None
+    if not requests:
+        raise UsageError(f"{path} holds no tasks")
+    return requests
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Keep stdout clean for the JSON answer while Ray and Serve start and log."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _preview(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= RESULT_PREVIEW_CHARS else text[: RESULT_PREVIEW_CHARS - 1] + "…"
+
+
+def record_json(record: TaskRecord) -> dict[str, Any]:
+    """The record as printed by ``--json``: the documented fields first, then the rest."""
+    data = record.public_view()
+    steps = [
+        {
+            "step_id": s["step_id"],
+            "action": s["action"],
+            "status": s["status"],
+            "attempts": s["attempts"],
+            "output": s["output"],
+            "error": s["error"],
+        }
+        for s in data["steps"]
+    ]
+    head = {
+        "task_id": data["task_id"],
+        "status": data["status"],
+        "result": data["result"],
+        "error": data["error"],
+        "iterations": data["iterations"],
+        "steps": steps,
+        "trace_id": data["trace_id"],
+    }
+    return {**head, **{k: v for k, v in data.items() if k not in head and k != "steps"}}
+
+
+def print_summary(records: Sequence[TaskRecord], elapsed_s: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"officeray: {len(records)} task(s) in {elapsed_s:.1f}s")
+    for column in ("task", "status", "iter", "steps", "secs", "result / error"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        secs = ""
+        if record.finished_at is not None:
+            secs = f"{(record.finished_at - record.created_at).total_seconds():.2f}"
+        ok = record.status == TaskStatus.COMPLETED
+        steps = ",".join(f"{s.action}:{s.status.value}" for s in record.steps)
+        table.add_row(
+            _preview(record.description.splitlines()[0]),
+            f"[green]{record.status.value}[/]" if ok else f"[red]{record.status.value}[/]",
+            str(record.iterations),
+            steps,
+            secs,
+            _preview(record.result if ok else record.error),
+        )
+    Console().print(table)
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.runtime import LocalStack
+
+    try:
+        request = TaskRequest(description=args.task)
+    except ValidationError as exc:
+        raise UsageError(f"invalid task: {exc.errors()[0]['msg']}") from None
+    started = time.monotonic()
+    with _stdout_to_stderr(), LocalStack(settings) as stack:
+        (record,) = stack.run([request])
+    if args.json:
+        print(json.dumps(record_json(record), default=str))
+    else:
+        print_summary([record], time.monotonic() - started)
+        if record.status == TaskStatus.COMPLETED:
+            print(json.dumps(record.result, indent=2, default=str) if not isinstance(record.result, str) else record.result)
+    return EXIT_OK if record.status == TaskStatus.COMPLETED else EXIT_FAILED
+
+
+def _cmd_examples(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.runtime import LocalStack
+
+    requests = read_task_lines(Path(args.file))
+    started = time.monotonic()
+    with _stdout_to_stderr(), LocalStack(settings) as stack:
+        records = stack.run(requests)
+    if args.json:
+        for record in records:
+            print(json.dumps(record_json(record), default=str))
+    else:
+        print_summary(records, time.monotonic() - started)
+    return EXIT_OK if all(r.status == TaskStatus.COMPLETED for r in records) else EXIT_FAILED
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.runtime import LocalStack
+
+    with LocalStack(settings, http=True):
+        print(
+            f"officeray is serving on http://{settings.serve.host}:{settings.serve.port} "
+            "(POST /v1/tasks, GET /v1/tasks/{id}, GET /healthz); Ctrl-C to stop",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {}
+        if args.command == "serve":
+            overrides = {"serve.host": args.host, "serve.port": args.port}
+        settings = load_settings(args.config, **overrides)
+        handler = {"run": _cmd_run, "serve": _cmd_serve, "examples": _cmd_examples}[args.command]
+        return handler(args, settings)
+    except (UsageError, ConfigError) as exc:
+        print(f"officeray: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Configuration: one YAML file plus ``OFFICERAY_*`` environment variables, validated at load time.
+
+Where settings come from, highest priority first:
+
+1. explicit overrides from the command line (``--host``, ``--port``),
+2. environment variables, ``OFFICERAY_`` + the key path joined by ``__``
+   (``OFFICERAY_WORKFLOW__MAX_ITERATIONS=5``, ``OFFICERAY_STORE__URL=sqlite:///x.db``),
+3. the YAML file given by ``--config FILE`` or ``OFFICERAY_CONFIG``,
+4. the defaults documented on each field below.
+
+A bad value or an unknown key raises :class:`~officeray.errors.ConfigError` whose message names
+the key, e.g. ``workflow.max_iterations: Input should be greater than or equal to 1``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from officeray.contracts import ErrorType
+from officeray.errors import ConfigError
+
+CONFIG_ENV_VAR = "OFFICERAY_CONFIG"
+DEFAULT_STATE_DIR = Path(".officeray")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepRetryPolicy(_Section):
+    """How a failed step is retried before it counts as failed (Temporal's fields)."""
+
+    maximum_attempts: int = Field(default=2, ge=1, le=20)
+    """Total attempts including the first; 1 means no retry."""
+    initial_interval_s: float = Field(default=0.2, ge=0)
+    """Wait before the second attempt."""
+    backoff_coefficient: float = Field(default=2.0, ge=1.0)
+    """Each further wait is the previous one times this."""
+    maximum_interval_s: float = Field(default=5.0, ge=0)
+    """Upper bound of any single wait."""
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    """Each wait is scaled by a random factor in [1 - jitter, 1 + jitter]."""
+    non_retryable_error_types: list[ErrorType] = Field(
+        default_factory=lambda: [
+            ErrorType.TOOL_ERROR,
+            ErrorType.BAD_INPUT,
+            ErrorType.OUTPUT_LIMIT,
+            ErrorType.DEPENDENCY_FAILED,
+        ]
+    )
+    """Failures that are final at once: running the same inputs again gives the same answer."""
+
+    def delay_s(self, attempt: int, rand: float) -> float:
+        """Wait after failed attempt number ``attempt`` (1-based); ``rand`` is uniform in [0, 1)."""
+        base = self.initial_interval_s * self.backoff_coefficient ** (attempt - 1)
+        base = min(base, self.maximum_interval_s)
+        # Jitter is applied below the cap: maximum_interval_s bounds every wait, jittered or not.
+        return max(0.0, min(base * (1 - self.jitter + 2 * self.jitter * rand), self.maximum_interval_s))
+
+    def retryable(self, error_type: ErrorType) -> bool:
+        return error_type not in self.non_retryable_error_types
+
+
+class WorkflowSettings(_Section):
+    max_iterations: int = Field(default=3, ge=1, le=20)
+    """Plan-review rounds before a task fails (a rejected plan counts as a round)."""
+    max_concurrent_tasks: int = Field(default=256, ge=1, le=100_000)
+    """Task workflows one orchestrator runs at once; more wait in its queue."""
+    step_retry: StepRetryPolicy = Field(default_factory=StepRetryPolicy)
+    model_call_timeout_s: float = Field(default=120.0, gt=0)
+    """Limit for one planner or reviewer call."""
+
+
+class StoreSettings(_Section):
+    url: str = f"sqlite:///{DEFAULT_STATE_DIR}/officeray.db"
+    """SQLAlchemy URL. A relative SQLite path is relative to the working directory."""
+
+
+class TelemetrySettings(_Section):
+    trace_file: Path = DEFAULT_STATE_DIR / "traces.jsonl"
+    """OpenTelemetry spans are appended here, one JSON object per line."""
+    service_name: str = "officeray"
+
+
+class SandboxSettings(_Section):
+    backend: Literal["docker", "local"] = "docker"
+    """``docker``: hardened warm containers. ``local``: a plain subprocess, for tests only."""
+    image: str | None = None
+    """Sandbox image tag; ``None`` uses (and builds if missing) the project's versioned image."""
+    limits: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of :class:`tools_sandbox.limits.SandboxLimits` (memory_mb, cpus, pids, ...)."""
+
+
+class RunnerSettings(_Section):
+    count: int = Field(default=4, ge=1, le=1024)
+    """Tool-runner actors, each owning one warm sandbox: the number of steps run in parallel."""
+    num_cpus: float = Field(default=0.25, ge=0)
+    """CPUs Ray reserves for each runner actor."""
+
+
+class TierConfig(_Section):
+    tier: Literal["embedded"] = "embedded"
+
+
+class DeploymentSettings(_Section):
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.1, ge=0)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+
+
+class ModelsSettings(_Section):
+    planner: list[TierConfig] = Field(default_factory=lambda: [TierConfig()], min_length=1)
+    reviewer: list[TierConfig] = Field(default_factory=lambda: [TierConfig()], min_length=1)
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    app_name: str = "officeray"
+    gateway: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    planner: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    reviewer: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    orchestrator_num_cpus: float = Field(default=0.1, ge=0)
+
+
+class Settings(BaseSettings):
+    """All of officeray's settings. See the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(env_prefix="OFFICERAY_", env_nested_delimiter="__", extra="forbid")
+
+    workspace_root: Path = Path(".")
+    """Folders named in tasks (e.g. code_analyzer's ``folder``) are resolved under this directory."""
+    ray_namespace: str = "officeray"
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    runners: RunnerSettings = Field(default_factory=RunnerSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables win over the file's values, which arrive as init kwargs.
+        return (env_settings, init_settings)
+
+
+def _format_errors(exc: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(root)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {where}: {msg}")
+    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the config file (``path``, else ``$OFFICERAY_CONFIG``, else none) and the environment.
+
+    ``overrides`` are dotted keys (``serve.port=8001`` given as ``{"serve.port": 8001}``) applied last.
+    """
+    path = path or os.environ.get(CONFIG_ENV_VAR) or None
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+        data = loaded
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    return apply_overrides(settings, overrides)
+
+
+def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """Set dotted keys (``{"serve.port": 8001}``), validated; ``None`` values are ignored."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        source = f"--{dotted.replace('.', '-')}"
+        *parents, leaf = dotted.split(".")
+        owner: Any = settings
+        chain: list[tuple[BaseModel, str]] = []
+        for depth, key in enumerate([*parents, leaf]):
+            if not isinstance(owner, BaseModel) or key not in type(owner).model_fields:
+                raise ConfigError(f"invalid configuration in {source}:\n  {dotted}: unknown key")
+            if depth < len(parents):
+                chain.append((owner, key))
+                owner = getattr(owner, key)
+        # Validate the one field in place on a copy: re-validating a whole Settings would read the
+        # environment again and let it win over this explicit override.
+        updated = owner.model_copy()
+        try:
+            type(owner).__pydantic_validator__.validate_assignment(updated, leaf, value)
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(exc, source, tuple(parents))) from None
+        for parent, key in reversed(chain):
+            updated = parent.model_copy(update={key: updated})
+        settings = updated
+    return settings

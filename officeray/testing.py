@@ -1,0 +1,183 @@
+"""Fakes for the workflow's ports, shipped with the package so users test their own code with them.
+
+* :class:`ScriptedPlanner` / :class:`ScriptedReviewer` answer from a script (plans, reviews, or
+  exceptions to raise) and record every request; :meth:`assert_consumed` fails a test that ended
+  with answers left over.
+* :class:`InMemoryStore` keeps records, events and step results in dicts.
+* :class:`FunctionExecutor` runs steps by calling a Python function per action.
+* :func:`in_memory_tracer` gives an OpenTelemetry tracer whose finished spans can be inspected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from officeray.contracts import (
+    ErrorType,
+    Plan,
+    PlanMetadata,
+    PlanRequest,
+    PlanStep,
+    Review,
+    ReviewRequest,
+    StepError,
+    StepOutcome,
+    StepResult,
+    TaskRecord,
+)
+
+Scripted = Any  # an answer, an exception to raise, or a callable(request) -> answer
+
+
+class _Script:
+    def __init__(self, kind: str, answers: Iterable[Scripted]) -> None:
+        self.kind = kind
+        self.answers = list(answers)
+        self.requests: list[Any] = []
+
+    def next(self, request: Any) -> Any:
+        self.requests.append(request)
+        if not self.answers:
+            raise AssertionError(f"{self.kind} called {len(self.requests)} time(s) but the script has no more answers")
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        if callable(answer):
+            answer = answer(request)
+        return answer
+
+    def assert_consumed(self) -> None:
+        if self.answers:
+            raise AssertionError(f"{self.kind} script ended with {len(self.answers)} unused answer(s)")
+
+
+class ScriptedPlanner:
+    """Answers ``plan`` calls from ``answers`` in order: a Plan, an exception, or ``f(request) -> Plan``."""
+
+    def __init__(self, answers: Iterable[Scripted]) -> None:
+        self._script = _Script("planner", answers)
+
+    @property
+    def requests(self) -> list[PlanRequest]:
+        return self._script.requests
+
+    async def plan(self, request: PlanRequest) -> Plan:
+        return self._script.next(request)
+
+    def assert_consumed(self) -> None:
+        self._script.assert_consumed()
+
+
+class ScriptedReviewer:
+    """Answers ``review`` calls from ``answers`` in order: a Review, an exception, or ``f(request)``."""
+
+    def __init__(self, answers: Iterable[Scripted]) -> None:
+        self._script = _Script("reviewer", answers)
+
+    @property
+    def requests(self) -> list[ReviewRequest]:
+        return self._script.requests
+
+    async def review(self, request: ReviewRequest) -> Review:
+        return self._script.next(request)
+
+    def assert_consumed(self) -> None:
+        self._script.assert_consumed()
+
+
+class InMemoryStore:
+    """The workflow's Store port in memory. ``events[task_id]`` lists ``(kind, data)`` in order."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskRecord] = {}
+        self.events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self.step_results: dict[str, StepResult] = {}
+
+    async def save_task(self, record: TaskRecord) -> None:
+        self.tasks[record.task_id] = record.model_copy(deep=True)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        return self.tasks.get(task_id)
+
+    async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
+        self.events.setdefault(task_id, []).append((kind, dict(data)))
+
+    async def save_step_result(self, task_id: str, result: StepResult) -> None:
+        self.step_results[result.idempotency_key] = result.model_copy(deep=True)
+
+    def kinds(self, task_id: str) -> list[str]:
+        return [kind for kind, _ in self.events.get(task_id, [])]
+
+
+StepFunction = Callable[[dict[str, Any]], Any | Awaitable[Any]]
+
+
+class ToolFailed(Exception):
+    """Raise from a :class:`FunctionExecutor` function to fail the step with a given error type."""
+
+    def __init__(self, error_type: ErrorType, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class FunctionExecutor:
+    """Runs a step by calling ``functions[action](inputs)`` (sync or async).
+
+    A :class:`ToolFailed` raised by the function fails the attempt with its type; any other
+    exception fails it as ``tool_error``. ``calls`` records ``(step_id, inputs)`` in call order and
+    ``max_parallel`` the most steps seen running at once.
+    """
+
+    def __init__(self, functions: Mapping[str, StepFunction]) -> None:
+        self.functions = dict(functions)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.running = 0
+        self.max_parallel = 0
+
+    async def execute(
+        self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
+    ) -> StepOutcome:
+        self.calls.append((step.step_id, inputs))
+        self.running += 1
+        self.max_parallel = max(self.max_parallel, self.running)
+        try:
+            value = self.functions[step.action](inputs)
+            if asyncio.iscoroutine(value):
+                value = await value
+            return StepOutcome(output=value)
+        except ToolFailed as exc:
+            return StepOutcome(error=StepError(type=exc.error_type, message=str(exc)))
+        except Exception as exc:
+            return StepOutcome(error=StepError(type=ErrorType.TOOL_ERROR, message=str(exc)))
+        finally:
+            self.running -= 1
+
+
+def in_memory_tracer() -> tuple[trace.Tracer, InMemorySpanExporter]:
+    """A tracer on a private provider, and the exporter that holds its finished spans."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("officeray.testing"), exporter
+
+
+def make_plan(task_id: str, steps: list[dict[str, Any]], iteration: int = 1) -> Plan:
+    """A plan from short step dicts (``step_id`` and ``action`` required), for tests."""
+    full = []
+    for raw in steps:
+        step = {"inputs": {}, "idempotency_key": f"{task_id}:{iteration}:{raw['step_id']}", **raw}
+        full.append(PlanStep.model_validate(step))
+    return Plan(
+        plan_id=f"{task_id}-plan-{iteration}",
+        task_id=task_id,
+        confidence=1.0,
+        metadata=PlanMetadata(required_tools=sorted({s.action for s in full})),
+        steps=full,
+    )

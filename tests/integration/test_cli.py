@@ -1,0 +1,85 @@
+"""The commands a user types, as subprocesses: ``officeray run`` and the batch job entrypoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, require_docker
+
+pytestmark = pytest.mark.integration
+
+CLI_TIMEOUT_S = 240
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["OFFICERAY_STORE__URL"] = f"sqlite:///{tmp_path}/cli.db"
+    env["OFFICERAY_TELEMETRY__TRACE_FILE"] = str(tmp_path / "traces.jsonl")
+    env["OFFICERAY_RUNNERS__COUNT"] = "2"
+    return env
+
+
+def _officeray(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("officeray")
+    return subprocess.run(
+        [str(exe), *args],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_run_json_prints_exactly_one_record_and_exits_0(tmp_path: Path) -> None:
+    require_docker()
+    proc = _officeray(
+        "run", "Trace the call sequence from main to process_data in examples/sample_project", "--json",
+        tmp_path=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout)  # the whole of stdout is one JSON object
+    assert record["status"] == "completed" and record["iterations"] == 1
+    assert record["trace_id"] and record["task_id"].startswith("task-")
+    (step,) = record["steps"]
+    assert step["action"] == "code_analyzer" and step["status"] == "succeeded" and step["attempts"] == 1
+    assert step["output"]["found"] is True
+    assert record["result"]["path"][-1].startswith("app.processing.core.process_data")
+
+
+def test_run_exits_1_when_the_task_fails(tmp_path: Path) -> None:
+    require_docker()
+    proc = _officeray("run", "What is 1 / 0?", "--json", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    record = json.loads(proc.stdout)
+    assert record["status"] == "failed" and "zero" in record["error"]
+
+
+def test_batch_job_writes_one_record_per_task_in_order(tmp_path: Path) -> None:
+    require_docker()
+    tasks = tmp_path / "tasks.jsonl"
+    lines = ["Compute 1 + 1", "What is 3 * 3?", "Book me a flight", "Calculate 10 / 4"]
+    tasks.write_text("".join(json.dumps({"description": t}) + "\n" for t in lines))
+    out = tmp_path / "out" / "results.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.jobs.batch", str(tasks), "--out", str(out)],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one task cannot be planned
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["description"] for r in records] == lines
+    assert [r["status"] for r in records] == ["completed", "completed", "failed", "completed"]
+    assert [r["result"] for r in records if r["status"] == "completed"] == [2, 9, 2.5]
+    assert "3 completed, 1 failed" in proc.stdout

@@ -1,0 +1,74 @@
+"""Usage and configuration errors answer with a message and exit code 2, before Ray starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.jobs import batch
+from officeray import cli
+
+
+def test_run_without_a_task_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run"])
+    assert exc.value.code == 2
+    assert "task" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fly"])
+    assert exc.value.code == 2
+
+
+def test_missing_config_file_exits_2_with_its_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = cli.main(["run", "Compute 1 + 1", "--config", str(tmp_path / "nope.yaml")])
+    assert code == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_bad_config_value_exits_2_naming_the_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("workflow:\n  max_iterations: 0\nsandbox:\n  backend: vm\n")
+    code = cli.main(["run", "Compute 1 + 1", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "workflow.max_iterations" in err and "sandbox.backend" in err
+
+
+def test_serve_with_a_bad_port_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--port", "70000"]) == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_blank_task_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "   "]) == 2
+    assert "invalid task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "holds no tasks"),
+        ("{not json}\n", ":1:"),
+        (json.dumps({"description": "ok"}) + "\n" + json.dumps({"text": "x"}) + "\n", ":2:"),
+    ],
+)
+def test_batch_bad_input_exits_2_with_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, fragment: str
+) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(content)
+    assert batch.main([str(tasks), "--out", str(tmp_path / "out.jsonl")]) == 2
+    assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_record_json_puts_the_documented_fields_first() -> None:
+    from officeray.contracts import TaskRecord
+
+    data = cli.record_json(TaskRecord(task_id="t1", description="d"))
+    assert list(data)[:7] == ["task_id", "status", "result", "error", "iterations", "steps", "trace_id"]

@@ -1,0 +1,354 @@
+"""The host side of the agent protocol, shared by every backend.
+
+:class:`AgentChannel` sends one request (a JSON line with a fresh id) over a :class:`Transport` and
+reads the one response line back, with a deadline and a cap on the line's size, so host memory
+stays bounded whatever the sandbox writes. :class:`AgentSandbox` is the part of a
+:class:`~tools_sandbox.sandbox.Sandbox` that does not depend on where the agent runs: locking (one
+request in flight), lazy (re)starts, the mapping of protocol errors to :class:`ToolCallError` /
+:class:`SandboxError`, and killing the sandbox when it stops answering. A backend only says how to
+launch the agent (and get a transport to it), how to kill it, and why it died.
+
+Failure handling:
+
+* the agent answers ``ok: false`` → :class:`ToolCallError` of that type; ``sandbox_error`` (e.g. an
+  out-of-memory kill) raises :class:`SandboxError` instead and the sandbox is replaced;
+* no answer within ``timeout_s + GRACE_S`` (the agent enforces ``timeout_s`` itself, so it is stuck)
+  → the sandbox is killed and :class:`ToolCallError` ``timeout`` is raised;
+* EOF (the agent or its container died) → :class:`SandboxError` naming the cause;
+* in every failure case the next request starts a fresh sandbox.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import json
+import os
+import select
+import threading
+import time
+from typing import Any, BinaryIO
+
+from officeray.contracts import ErrorType
+from tools_sandbox.agent.server import MAX_OUTPUT_BYTES
+from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
+
+GRACE_S = 5.0
+"""How much longer than a call's ``timeout_s`` the host waits for the agent's answer."""
+
+OP_TIMEOUT_S = 60.0
+"""Host deadline of the other ops (ping, reset, write_file, read_file)."""
+
+STARTUP_TIMEOUT_S = 60.0
+"""How long a new sandbox may take to answer its first ping."""
+
+RESPONSE_SLACK_BYTES = 1024**2
+"""A response line may exceed the output cap by this much (the envelope); more is a protocol error."""
+
+READ_CHUNK_BYTES = 1024**2
+
+
+class ChannelClosed(Exception):
+    """The agent's output stream ended (the agent or its container died)."""
+
+
+class ChannelTimeout(Exception):
+    """No complete response before the deadline."""
+
+
+class ChannelProtocolError(Exception):
+    """The agent wrote something that is not a valid response to the request."""
+
+
+class Transport(abc.ABC):
+    """A byte stream to and from one agent."""
+
+    @abc.abstractmethod
+    def send(self, data: bytes, deadline: float) -> None:
+        """Write all of ``data``; raise ChannelTimeout at ``deadline`` or ChannelClosed if the peer is gone."""
+
+    @abc.abstractmethod
+    def recv(self, deadline: float) -> bytes | None:
+        """The next bytes of the agent's stdout: ``b""`` at EOF, None when ``deadline`` passed first."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the stream. Safe to call twice."""
+
+
+class FdTransport(Transport):
+    """A transport over two pipes (the agent's stdin and stdout)."""
+
+    def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._rfd = reader.fileno()
+        self._wfd = writer.fileno()
+        os.set_blocking(self._wfd, False)
+
+    def send(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelTimeout
+            _, writable, _ = select.select([], [self._wfd], [], remaining)
+            if not writable:
+                continue
+            try:
+                view = view[os.write(self._wfd, view[:READ_CHUNK_BYTES]) :]
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ChannelClosed from exc
+
+    def recv(self, deadline: float) -> bytes | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([self._rfd], [], [], remaining)
+        if not readable:
+            return None
+        return os.read(self._rfd, READ_CHUNK_BYTES)
+
+    def close(self) -> None:
+        for stream in (self._writer, self._reader):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class AgentChannel:
+    """Request/response over a transport: one request in flight, responses matched by id."""
+
+    def __init__(self, transport: Transport, max_line_bytes: int) -> None:
+        self.transport = transport
+        self.max_line_bytes = max_line_bytes
+        self._ids = itertools.count(1)
+        self._buf = bytearray()
+
+    def at_eof(self) -> bool:
+        """Whether the agent is already gone (checked without waiting, before a request is sent)."""
+        try:
+            data = self.transport.recv(time.monotonic() + 0.0001)
+        except OSError:
+            return True
+        if data is None:
+            return False
+        if data == b"":
+            return True
+        raise ChannelProtocolError(f"unsolicited output from the agent: {bytes(data[:200])!r}")
+
+    def request(self, op: str, fields: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        req_id = f"r{next(self._ids)}"
+        deadline = time.monotonic() + timeout_s
+        line = json.dumps({"id": req_id, "op": op, **fields}).encode() + b"\n"
+        try:
+            self.transport.send(line, deadline)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        raw = self._read_line(deadline)
+        try:
+            response = json.loads(raw)
+        except ValueError as exc:
+            raise ChannelProtocolError(f"the agent wrote a line that is not JSON: {raw[:200]!r}") from exc
+        if not isinstance(response, dict) or response.get("id") != req_id:
+            raise ChannelProtocolError(f"the agent answered another request: {raw[:200]!r}")
+        return response
+
+    def _read_line(self, deadline: float) -> bytes:
+        start = 0
+        while True:
+            nl = self._buf.find(b"\n", start)
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                return line
+            if len(self._buf) > self.max_line_bytes:
+                raise ChannelProtocolError(f"a response line is longer than {self.max_line_bytes} bytes")
+            start = len(self._buf)
+            try:
+                chunk = self.transport.recv(deadline)
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
+            if chunk is None:
+                raise ChannelTimeout
+            if not chunk:
+                raise ChannelClosed("end of stream")
+            self._buf += chunk
+
+
+class AgentSandbox(Sandbox):
+    """The backend-independent part of a sandbox that runs :mod:`tools_sandbox.agent`.
+
+    Subclasses implement :meth:`_launch`, :meth:`_terminate`, :meth:`_agent_running` and may refine
+    :meth:`_death_cause`. The lock makes every public method safe to call from several threads (the
+    requests are serialised); :meth:`stop` kills without waiting for a request in flight.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+        op_timeout_s: float = OP_TIMEOUT_S,
+    ) -> None:
+        if max_output_bytes <= 0 or startup_timeout_s <= 0 or op_timeout_s <= 0:
+            raise ValueError("max_output_bytes, startup_timeout_s and op_timeout_s must be positive")
+        self.max_output_bytes = max_output_bytes
+        self.startup_timeout_s = startup_timeout_s
+        self.op_timeout_s = op_timeout_s
+        self._lock = threading.RLock()
+        self._channel: AgentChannel | None = None
+        self._stopped = False
+        self.agent_info: dict[str, Any] = {}
+        """What the agent's last start-up ping answered (pid, version, python, workspace)."""
+        self.starts = 0
+        """How many times an agent was launched (1 + the restarts)."""
+
+    # -- backend hooks ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _launch(self) -> Transport:
+        """Start a fresh agent and return a transport to it."""
+
+    @abc.abstractmethod
+    def _terminate(self) -> None:
+        """Kill the agent and release what it holds (idempotent, may run concurrently with a request)."""
+
+    @abc.abstractmethod
+    def _agent_running(self) -> bool:
+        """Whether the launched agent process still runs."""
+
+    def _death_cause(self) -> str:
+        """Why the agent's stream ended, in words (called before :meth:`_terminate`)."""
+        return "the agent process exited"
+
+    # -- Sandbox ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            self._stopped = False
+            if self._channel is None:
+                self._boot()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._terminate()  # unblocks a request in flight (it sees EOF)
+        with self._lock:
+            self._discard()
+
+    @property
+    def alive(self) -> bool:
+        return self._channel is not None and self._agent_running()
+
+    def call(
+        self,
+        tool: str,
+        inputs: dict[str, Any],
+        *,
+        timeout_s: float,
+        files: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+            raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
+        fields: dict[str, Any] = {"tool": tool, "inputs": inputs, "timeout_s": timeout_s}
+        if files is not None:
+            fields["files"] = files
+        result = self._op("call", fields, timeout_s + GRACE_S)
+        if not isinstance(result, dict):
+            raise SandboxError(f"the agent returned a {type(result).__name__} result for {tool}")
+        return result
+
+    def write_file(self, path: str, content: str) -> None:
+        self._op("write_file", {"path": path, "content": content}, self.op_timeout_s)
+
+    def read_file(self, path: str) -> str:
+        return str(self._op("read_file", {"path": path}, self.op_timeout_s)["content"])
+
+    def reset(self) -> None:
+        self._op("reset", {}, self.op_timeout_s)
+
+    def ping(self) -> dict[str, Any]:
+        """The agent's ``{"pid", "version", "python", "workspace"}`` (starts the sandbox if needed)."""
+        return dict(self._op("ping", {}, self.op_timeout_s))
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _boot(self) -> None:
+        try:
+            transport = self._launch()
+        except SandboxError:
+            self._terminate()
+            raise
+        except Exception as exc:
+            self._terminate()
+            raise SandboxError(f"cannot start the sandbox: {type(exc).__name__}: {exc}") from exc
+        self.starts += 1
+        self._channel = AgentChannel(transport, self.max_output_bytes + RESPONSE_SLACK_BYTES)
+        try:
+            response = self._channel.request("ping", {}, self.startup_timeout_s)
+        except ChannelTimeout:
+            self._discard()
+            raise SandboxError(f"the sandbox agent did not answer within {self.startup_timeout_s:g}s") from None
+        except (ChannelClosed, ChannelProtocolError) as exc:
+            cause = self._death_cause() if isinstance(exc, ChannelClosed) else str(exc)
+            self._discard()
+            raise SandboxError(f"the sandbox agent failed to start: {cause}") from None
+        if not response.get("ok"):
+            self._discard()
+            raise SandboxError(f"the sandbox agent refused a ping: {response.get('error')}")
+        self.agent_info = dict(response.get("result") or {})
+
+    def _discard(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.transport.close()
+        self._terminate()
+
+    def _ready_channel(self) -> AgentChannel:
+        if self._stopped:
+            raise SandboxError("the sandbox was stopped; call start() to use it again")
+        if self._channel is not None:
+            try:
+                gone = self._channel.at_eof()
+            except ChannelProtocolError:
+                gone = True
+            if gone:  # died while idle: nothing was sent yet, so restarting is safe
+                self._discard()
+        if self._channel is None:
+            self._boot()
+        assert self._channel is not None
+        return self._channel
+
+    def _op(self, op: str, fields: dict[str, Any], timeout_s: float) -> Any:
+        with self._lock:
+            channel = self._ready_channel()
+            try:
+                response = channel.request(op, fields, timeout_s)
+            except ChannelTimeout:
+                self._discard()
+                raise ToolCallError(
+                    ErrorType.TIMEOUT,
+                    f"the sandbox did not answer {op} within {timeout_s:g}s; it was killed and will restart",
+                ) from None
+            except ChannelClosed:
+                cause = "the sandbox was stopped" if self._stopped else self._death_cause()
+                self._discard()
+                raise SandboxError(f"the sandbox died during {op}: {cause}") from None
+            except ChannelProtocolError as exc:
+                self._discard()
+                raise SandboxError(f"protocol error during {op}: {exc}") from None
+            if response.get("ok") is True:
+                return response.get("result")
+            error = response.get("error") or {}
+            message = str(error.get("message", "no message"))
+            try:
+                error_type = ErrorType(error.get("type"))
+            except ValueError:
+                error_type = ErrorType.INTERNAL
+            if error_type is ErrorType.SANDBOX_ERROR:
+                self._discard()  # e.g. an OOM kill: start clean
+                raise SandboxError(message)
+            raise ToolCallError(error_type, message)

@@ -1,0 +1,709 @@
+"""The in-sandbox agent: reads JSON-lines requests on stdin, answers on stdout.
+
+STDLIB ONLY: this module runs inside the sandbox image (a bare Debian ``python3`` or
+``python:3.11-slim``) where no third-party package is installed. The protocol is described in
+:mod:`tools_sandbox.sandbox`.
+
+Design
+------
+* The agent is single-threaded and serves one request at a time.
+* Each ``call`` runs the tool in a forked *worker* process that starts its own session (and so its
+  own process group). The worker sends its result back through a pipe, which the agent reads in
+  chunks, stopping one byte past the output cap. When ``timeout_s`` passes, every process of the
+  worker's session is killed (``SIGKILL``) and the call answers ``timeout``.
+* The protocol streams are moved off fds 0/1 at start-up: fd 1 then points at stderr and fd 0 at
+  ``/dev/null``, so a stray ``print`` (in the agent or in a tool) can never corrupt the protocol,
+  and a worker never holds the protocol pipes (the host sees EOF as soon as the agent dies).
+* Inside a container (``OFFICERAY_SANDBOX_CONTAINER=1``, set by the Docker backend) the agent
+  also kills every other process it may signal after each call (``kill(-1, SIGKILL)``: the init
+  process and the agent itself are spared), so nothing a call started outlives it, and it watches
+  the memory cgroup's ``oom_kill`` counter to report an out-of-memory kill as ``sandbox_error``.
+
+Diagnostics go to stderr only.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from tools_sandbox.agent.errors import ToolFailure
+
+AGENT_VERSION = "1"
+"""Protocol version reported by ``ping``."""
+
+MAX_OUTPUT_BYTES = 10 * 1024**2
+"""A call result (or file read) whose JSON is larger than this is refused with ``output_limit``.
+The Docker backend may lower it with ``OFFICERAY_MAX_OUTPUT_BYTES``."""
+
+MAX_REQUEST_BYTES = 64 * 1024**2
+"""Longest request line accepted (staged files travel inside the request)."""
+
+MAX_STAGED_FILES = 2_000
+"""Most files a call may stage."""
+
+MAX_STAGED_BYTES = 32 * 1024**2
+"""Most bytes (UTF-8, all files together) a call may stage."""
+
+MAX_FILE_BYTES = 32 * 1024**2
+"""Largest file ``write_file`` accepts."""
+
+MAX_TIMEOUT_S = 24 * 3600.0
+"""Largest ``timeout_s`` a call may ask for."""
+
+KILL_GRACE_S = 0.25
+"""Extra time the agent gives a tool that enforces the timeout itself (python_exec) before killing it."""
+
+MAX_MESSAGE_CHARS = 4_000
+"""Error messages are cut to this length."""
+
+READ_CHUNK_BYTES = 1024**2
+
+ERROR_TYPES = frozenset(
+    {"timeout", "tool_error", "bad_input", "output_limit", "sandbox_error", "dependency_failed", "internal"}
+)
+"""The values of ``officeray.contracts.ErrorType`` (not importable here: pydantic is not installed)."""
+
+
+class AgentError(Exception):
+    """A failure answered as ``{"type": error_type, "message": ...}``."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+def bad_input(message: str) -> AgentError:
+    return AgentError("bad_input", message)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------------------------------
+
+
+class ToolEntry:
+    """How the agent runs one tool: which function, which inputs, which input is a staged folder."""
+
+    def __init__(
+        self,
+        module: str,
+        function: str,
+        required: tuple[str, ...],
+        optional: tuple[str, ...] = (),
+        *,
+        staged_input: str | None = None,
+        takes_timeout: bool = False,
+    ) -> None:
+        self.module = module
+        self.function = function
+        self.required = required
+        self.optional = optional
+        self.staged_input = staged_input
+        self.takes_timeout = takes_timeout
+
+
+TOOLS: dict[str, ToolEntry] = {
+    "python_exec": ToolEntry(
+        "tools_sandbox.agent.tools.python_exec", "run", ("code",), ("stdin",), takes_timeout=True
+    ),
+    "math_calculator": ToolEntry(
+        "tools_sandbox.agent.tools.math_calculator", "evaluate", ("expression",), ("variables",)
+    ),
+    "code_analyzer": ToolEntry(
+        "tools_sandbox.agent.tools.code_analyzer",
+        "analyze",
+        ("folder", "start_func", "end_func"),
+        staged_input="folder",
+    ),
+}
+"""The dispatch table. ``staged_input`` must agree with ``catalog.ToolSpec.staged_folder_input``."""
+
+_loaded: dict[str, Callable[..., Any]] = {}
+
+
+def load_tool(name: str) -> Callable[..., Any]:
+    """Import a tool's function (once; the forked workers inherit it)."""
+    fn = _loaded.get(name)
+    if fn is None:
+        entry = TOOLS[name]
+        try:
+            module = importlib.import_module(entry.module)
+        except ImportError as exc:
+            raise AgentError("internal", f"tool {name!r} is not available in this sandbox: {exc}") from None
+        fn = getattr(module, entry.function)
+        _loaded[name] = fn
+    return fn
+
+
+# --------------------------------------------------------------------------------------------------
+# Workspace
+# --------------------------------------------------------------------------------------------------
+
+
+class Workspace:
+    """The folder every file operation is confined to."""
+
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.root = os.path.realpath(root)
+
+    def contains(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root + os.sep)
+
+    def resolve(self, path: Any, what: str = "path") -> str:
+        """The real absolute path of ``path`` (relative to the root), refusing anything that escapes."""
+        if not isinstance(path, str) or not path.strip():
+            raise bad_input(f"{what} must be a non-empty string")
+        if "\x00" in path:
+            raise bad_input(f"{what} must not contain NUL characters")
+        if os.path.isabs(path) or path.startswith("~"):
+            raise bad_input(f"{what} {path!r} is absolute; paths are relative to the workspace")
+        if ".." in path.replace("\\", "/").split("/"):
+            raise bad_input(f"{what} {path!r} contains '..'")
+        real = os.path.realpath(os.path.join(self.root, path))
+        if not self.contains(real):
+            raise bad_input(f"{what} {path!r} escapes the workspace (through a symbolic link)")
+        return real
+
+    def fresh_dir(self, prefix: str) -> str:
+        return tempfile.mkdtemp(prefix=prefix, dir=self.root)
+
+    def clear(self) -> int:
+        removed = 0
+        for name in os.listdir(self.root):
+            full = os.path.join(self.root, name)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full, onerror=_force_remove)
+            else:
+                os.unlink(full)
+            removed += 1
+        return removed
+
+
+def _force_remove(func: Callable[..., Any], path: str, _exc: object) -> None:
+    """rmtree error handler: make the parent writable/searchable again and retry once."""
+    parent = os.path.dirname(path)
+    for target in (parent, path):
+        try:
+            os.chmod(target, 0o700)
+        except OSError:
+            pass
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        func(path)
+
+
+def write_text(ws: Workspace, path: Any, content: Any, what: str = "path") -> int:
+    if not isinstance(content, str):
+        raise bad_input("content must be a string")
+    data = content.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_FILE_BYTES:
+        raise bad_input(f"{path!r} is {len(data)} bytes; files are limited to {MAX_FILE_BYTES} bytes")
+    real = ws.resolve(path, what)
+    if real == ws.root or os.path.isdir(real):
+        raise bad_input(f"{what} {path!r} is a directory")
+    try:
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        error_type = "tool_error" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else "bad_input"
+        raise AgentError(error_type, f"cannot write {path!r}: {exc.strerror}") from None
+    return len(data)
+
+
+def read_text(ws: Workspace, path: Any, limit: int) -> str:
+    real = ws.resolve(path)
+    if os.path.isdir(real):
+        raise bad_input(f"path {path!r} is a directory")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise bad_input(f"no such file in the workspace: {path!r}") from None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise AgentError("output_limit", f"{path!r} is larger than the output limit of {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AgentError("tool_error", f"{path!r} is not UTF-8 text") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: str) -> tuple[int, int, str] | None:
+    """(pgid, sid, state) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return int(fields[2]), int(fields[3]), fields[0]
+    except (IndexError, ValueError):
+        return None
+
+
+def kill_session(sid: int) -> int:
+    """SIGKILL every process of session ``sid`` (and its group), repeating while new ones appear."""
+    killed = 0
+    me = os.getpid()
+    for _ in range(10):
+        found = 0
+        try:
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            if int(pid) == me:
+                continue
+            stat = _proc_stat(pid)
+            if stat is None or stat[2] == "Z":
+                continue
+            pgid, psid, _state = stat
+            if psid == sid or pgid == sid:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                    found += 1
+                except OSError:
+                    pass
+        try:
+            os.killpg(sid, signal.SIGKILL)
+        except OSError:
+            pass
+        killed += found
+        if not found:
+            break
+    return killed
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def kill_strays() -> None:
+    """Inside a container: kill every process this one may signal (init and the agent are spared)."""
+    if os.environ.get("OFFICERAY_SANDBOX_CONTAINER") == "1":
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _reap(pid: int, deadline: float) -> int | None:
+    """waitpid with a deadline; returns the raw status or None if the child is still running."""
+    pause = 0.0001
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+
+
+class OomWatch:
+    """The memory cgroup's ``oom_kill`` counter (container only), to tell an OOM kill from a crash."""
+
+    FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+    def __init__(self) -> None:
+        limit = os.environ.get("OFFICERAY_MEMORY_LIMIT_MB")
+        self.limit_mb = limit
+        self.path = None
+        if limit:
+            self.path = next((p for p in self.FILES if os.path.exists(p)), None)
+
+    def count(self) -> int:
+        if self.path is None:
+            return 0
+        try:
+            with open(self.path) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def message(self) -> str:
+        return (
+            f"out of memory: the call exceeded the sandbox memory limit of {self.limit_mb} MB and was "
+            "killed by the kernel OOM killer"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker (forked child)
+# --------------------------------------------------------------------------------------------------
+
+
+def _encode_error(error_type: str, message: str) -> bytes:
+    if error_type not in ERROR_TYPES:
+        error_type = "tool_error"
+    return b"E" + json.dumps({"type": error_type, "message": message[:MAX_MESSAGE_CHARS]}).encode()
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker thread: if the agent dies, kill this worker's whole session."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            kill_session(os.getpid())
+            os._exit(1)
+
+
+def _worker(
+    server: Server, fn: Callable[..., Any], kwargs: dict[str, Any], write_fd: int, parent: int
+) -> NoReturn:
+    code = 0
+    try:
+        os.setsid()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        server.close_protocol_fds()
+        os.chdir(server.workspace.root)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as fh:  # be the OOM killer's first choice
+                fh.write("1000")
+        except OSError:
+            pass
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+        try:
+            result = fn(**kwargs)
+            payload = b"R" + json.dumps(result).encode()
+            if len(payload) - 1 > server.max_output:
+                payload = _encode_error(
+                    "output_limit",
+                    f"the result is {len(payload) - 1} bytes; the limit is {server.max_output} bytes",
+                )
+        except ToolFailure as exc:
+            payload = _encode_error(str(getattr(exc, "error_type", "tool_error")), str(exc))
+        except RecursionError:
+            payload = _encode_error("tool_error", "maximum recursion depth exceeded")
+        except MemoryError:
+            payload = _encode_error("tool_error", "out of memory")
+        except Exception as exc:  # an unexpected bug of the tool
+            traceback.print_exc(file=sys.stderr)
+            payload = _encode_error("internal", f"{type(exc).__name__}: {exc}")
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    except BaseException:  # noqa: B036 - nothing may escape a forked child
+        code = 1
+    finally:
+        os._exit(code)
+
+
+# --------------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, proto_in: int, proto_out: int, workspace: str) -> None:
+        self.proto_in = proto_in
+        self.proto_out = proto_out
+        self.workspace = Workspace(workspace)
+        self.max_output = _env_int("OFFICERAY_MAX_OUTPUT_BYTES", MAX_OUTPUT_BYTES)
+        self.oom = OomWatch()
+        self._rbuf = bytearray()
+
+    # -- protocol io --------------------------------------------------------------------------
+
+    def close_protocol_fds(self) -> None:
+        for fd in (self.proto_in, self.proto_out):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def read_request(self) -> bytes | None:
+        """One request line (without the newline), None at EOF; raises for an over-long line."""
+        overflow = False
+        while True:
+            nl = self._rbuf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._rbuf[:nl])
+                del self._rbuf[: nl + 1]
+                if overflow:
+                    raise bad_input(f"request line longer than {MAX_REQUEST_BYTES} bytes")
+                return line
+            if len(self._rbuf) > MAX_REQUEST_BYTES:
+                overflow = True
+                self._rbuf.clear()
+            chunk = os.read(self.proto_in, READ_CHUNK_BYTES)
+            if not chunk:
+                return None
+            self._rbuf += chunk
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data + b"\n")
+        while view:
+            view = view[os.write(self.proto_out, view) :]
+
+    def answer_ok(self, req_id: Any, result: Any = None, raw: bytes | None = None) -> None:
+        body = raw if raw is not None else json.dumps(result).encode()
+        self.send(b'{"id": ' + json.dumps(req_id).encode() + b', "ok": true, "result": ' + body + b"}")
+
+    def answer_error(self, req_id: Any, error_type: str, message: str) -> None:
+        error = {"type": error_type, "message": message[:MAX_MESSAGE_CHARS]}
+        self.send(json.dumps({"id": req_id, "ok": False, "error": error}).encode())
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        while True:
+            req_id: Any = None
+            try:
+                line = self.read_request()
+                if line is None:
+                    return 0
+                try:
+                    request = json.loads(line)
+                except ValueError as exc:
+                    raise bad_input(f"malformed request (not JSON): {exc}") from None
+                if not isinstance(request, dict):
+                    raise bad_input("malformed request: not a JSON object")
+                req_id = request.get("id")
+                raw = self.handle(request)
+                self.answer_ok(req_id, raw=raw)
+            except AgentError as exc:
+                self.answer_error(req_id, exc.error_type, exc.message)
+            except Exception as exc:
+                print(f"officeray agent: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+                self.answer_error(req_id, "internal", f"{type(exc).__name__}: {exc}")
+
+    def handle(self, request: dict[str, Any]) -> bytes:
+        """Run one request; returns the result's JSON."""
+        op = request.get("op")
+        if op == "call":
+            return self.op_call(request)
+        if op == "ping":
+            info = {
+                "pid": os.getpid(),
+                "version": AGENT_VERSION,
+                "python": sys.version.split()[0],
+                "workspace": self.workspace.root,
+            }
+            return json.dumps(info).encode()
+        if op == "reset":
+            kill_strays()
+            return json.dumps({"removed": self.workspace.clear()}).encode()
+        if op == "write_file":
+            size = write_text(self.workspace, request.get("path"), request.get("content"))
+            return json.dumps({"bytes": size}).encode()
+        if op == "read_file":
+            content = read_text(self.workspace, request.get("path"), self.max_output)
+            return json.dumps({"content": content}).encode()
+        raise bad_input(f"unknown op {op!r}; expected call, ping, reset, write_file or read_file")
+
+    # -- call -------------------------------------------------------------------------------------
+
+    def _check_call(self, request: dict[str, Any]) -> tuple[str, ToolEntry, dict[str, Any], float]:
+        tool = request.get("tool")
+        if not isinstance(tool, str) or tool not in TOOLS:
+            raise bad_input(f"unknown tool {tool!r}; known tools: {', '.join(sorted(TOOLS))}")
+        entry = TOOLS[tool]
+        inputs = request.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise bad_input("inputs must be a JSON object")
+        inputs = dict(inputs)
+        if request.get("files") is not None and entry.staged_input:
+            inputs.setdefault(entry.staged_input, ".")
+        unknown = sorted(set(inputs) - set(entry.required) - set(entry.optional))
+        missing = [k for k in entry.required if k not in inputs]
+        if unknown or missing:
+            raise bad_input(f"{tool}: unknown inputs {unknown}, missing inputs {missing}")
+        timeout = request.get("timeout_s")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
+            raise bad_input(f"timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]")
+        return tool, entry, inputs, float(timeout)
+
+    def stage_files(self, files: Any) -> str:
+        """Write ``files`` under a fresh ``staged-*`` folder; returns it relative to the workspace."""
+        if not isinstance(files, dict):
+            raise bad_input("files must be a JSON object mapping relative paths to text")
+        if len(files) > MAX_STAGED_FILES:
+            raise bad_input(f"{len(files)} files staged; the limit is {MAX_STAGED_FILES}")
+        total = 0
+        for path, content in files.items():
+            if not isinstance(content, str):
+                raise bad_input(f"staged file {path!r}: content must be a string")
+            total += len(content.encode("utf-8", "surrogatepass"))
+        if total > MAX_STAGED_BYTES:
+            raise bad_input(f"{total} bytes staged; the limit is {MAX_STAGED_BYTES} bytes")
+        for path in files:
+            if not isinstance(path, str) or not path.strip():
+                raise bad_input("staged file paths must be non-empty strings")
+            if os.path.isabs(path) or ".." in path.replace("\\", "/").split("/"):
+                raise bad_input(f"staged file {path!r} must be a relative path without '..'")
+        rel = os.path.relpath(self.workspace.fresh_dir("staged-"), self.workspace.root)
+        for path, content in files.items():
+            write_text(self.workspace, os.path.join(rel, path), content, what="staged file")
+        return rel
+
+    def op_call(self, request: dict[str, Any]) -> bytes:
+        tool, entry, inputs, timeout = self._check_call(request)
+        if entry.staged_input:
+            if request.get("files") is not None:
+                inputs[entry.staged_input] = self.stage_files(request["files"])
+            else:
+                self.workspace.resolve(inputs[entry.staged_input], entry.staged_input)
+        elif request.get("files"):
+            raise bad_input(f"tool {tool!r} takes no staged files")
+        fn = load_tool(tool)
+        if entry.takes_timeout:
+            inputs["timeout_s"] = timeout
+        oom_before = self.oom.count()
+        failure: AgentError | None = None
+        try:
+            raw = self.run_worker(tool, fn, inputs, timeout + (KILL_GRACE_S if entry.takes_timeout else 0.0))
+        except AgentError as exc:
+            failure = exc
+        kill_strays()
+        if self.oom.count() > oom_before:  # an OOM kill explains any other outcome
+            raise AgentError("sandbox_error", self.oom.message())
+        if failure is not None:
+            raise failure
+        return raw
+
+    def run_worker(self, tool: str, fn: Callable[..., Any], kwargs: dict[str, Any], timeout: float) -> bytes:
+        read_fd, write_fd = os.pipe()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _worker(self, fn, kwargs, write_fd, os.getppid())
+        os.close(write_fd)
+        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
+        size = 0
+        limit = self.max_output + 1  # the one-byte R/E tag
+        failure: AgentError | None = None
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    failure = AgentError(
+                        "timeout", f"{tool} timed out after {timeout:g}s; its process tree was killed"
+                    )
+                    break
+                ready, _, _ = select.select([read_fd], [], [], remaining)
+                if not ready:
+                    continue
+                chunk = os.read(read_fd, READ_CHUNK_BYTES)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    failure = AgentError(
+                        "output_limit", f"{tool} produced more than {self.max_output} bytes of result"
+                    )
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(read_fd)
+            status = _reap(pid, time.monotonic() + (0.0 if failure else 1.0))
+            if failure is None and status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                _kill_group(pid)  # a clean end: tools clean up after themselves; catch stragglers
+            else:
+                kill_session(pid)  # timeout, over the cap or a crash: every process of the call
+            if status is None:
+                status = _reap(pid, time.monotonic() + 5.0)
+        if failure is not None:
+            raise failure
+        payload = b"".join(chunks)
+        if payload[:1] == b"R":
+            return payload[1:]
+        if payload[:1] == b"E":
+            error = json.loads(payload[1:])
+            raise AgentError(error["type"], error["message"])
+        raise AgentError("sandbox_error", f"the {tool} process died without a result ({_describe(status)})")
+
+
+def _describe(status: int | None) -> str:
+    if status is None:
+        return "still running"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by {name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def self_check() -> int:
+    """Import every tool and the stdlib modules the agent needs; print a JSON report."""
+    report: dict[str, str] = {}
+    for name in TOOLS:
+        try:
+            load_tool(name)
+            report[name] = "ok"
+        except Exception as exc:
+            report[name] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps({"python": sys.version.split()[0], "tools": report}))
+    return 0 if all(v == "ok" for v in report.values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--self-check"]:
+        return self_check()
+    if args:
+        print("usage: python3 -m tools_sandbox.agent [--self-check]", file=sys.stderr)
+        return 2
+    # Move the protocol streams off fds 0/1 (see the module docstring).
+    sys.stdout.flush()
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    server = Server(proto_in, proto_out, os.environ.get("OFFICERAY_WORKSPACE", "/workspace"))
+    try:
+        return server.serve()
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 0

@@ -1,0 +1,101 @@
+"""Running one plan step in a sandbox: check the inputs, stage host files, call, map the outcome.
+
+This is what a tool runner does for each step; it is a plain function over a :class:`Sandbox` so
+it runs the same under a Ray actor and in a unit test with the local fake sandbox.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
+from tools_sandbox.catalog import describe_input_errors, get_tool
+from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
+
+MAX_STAGED_FILES = 2_000
+"""Most files copied from a host folder into the sandbox for one step."""
+
+MAX_STAGED_BYTES = 8 * 1024**2
+"""Most bytes copied from a host folder into the sandbox for one step."""
+
+STAGED_SUFFIXES = (".py",)
+"""Which files of a staged folder are copied (code_analyzer reads Python sources only)."""
+
+SKIPPED_DIRS = frozenset({"__pycache__", ".git", ".venv", "venv", "node_modules", "site-packages"})
+
+STDERR_TAIL_CHARS = 2_000
+"""How much of a failed program's stderr goes into the step's error message."""
+
+
+class StagingError(ValueError):
+    """A staged folder is missing, outside the workspace root, or over a limit."""
+
+
+def stage_folder(workspace_root: Path, folder: str) -> dict[str, str]:
+    """The Python files under ``workspace_root / folder`` as ``{relative posix path: text}``.
+
+    The folder must resolve (symlinks included) to a path inside ``workspace_root``.
+    """
+    root = workspace_root.resolve()
+    target = (root / folder).resolve()
+    try:
+        target.relative_to(root)
+    except ValueError:
+        raise StagingError(f"folder {folder!r} is outside the workspace root {root}") from None
+    if not target.is_dir():
+        raise StagingError(f"folder {folder!r} does not exist under {root}")
+    files: dict[str, str] = {}
+    total = 0
+    for path in sorted(target.rglob("*")):
+        rel = path.relative_to(target)
+        if any(part in SKIPPED_DIRS or part.startswith(".") for part in rel.parts[:-1]):
+            continue
+        if not path.is_file() or path.suffix not in STAGED_SUFFIXES:
+            continue
+        if not path.resolve().is_relative_to(root):
+            continue  # a symlink pointing out of the workspace root is not followed
+        data = path.read_bytes()
+        total += len(data)
+        if len(files) >= MAX_STAGED_FILES or total > MAX_STAGED_BYTES:
+            raise StagingError(
+                f"folder {folder!r} is over the staging limit ({MAX_STAGED_FILES} files, {MAX_STAGED_BYTES} bytes)"
+            )
+        files[rel.as_posix()] = data.decode("utf-8", errors="replace")
+    return files
+
+
+def _fail(error_type: ErrorType, message: str, output: Any = None) -> StepOutcome:
+    return StepOutcome(output=output, error=StepError(type=error_type, message=message))
+
+
+def run_step(sandbox: Sandbox, step: PlanStep, inputs: dict[str, Any], workspace_root: Path) -> StepOutcome:
+    """Run ``step`` (with references already resolved into ``inputs``) and never raise."""
+    try:
+        spec = get_tool(step.action)
+    except KeyError as exc:
+        return _fail(ErrorType.BAD_INPUT, str(exc.args[0]))
+    try:
+        checked = spec.validate_inputs(inputs).model_dump(mode="json")
+    except ValidationError as exc:
+        return _fail(ErrorType.BAD_INPUT, f"{step.action} inputs: " + "; ".join(describe_input_errors(exc)))
+    files = None
+    if spec.staged_folder_input is not None:
+        try:
+            files = stage_folder(workspace_root, checked[spec.staged_folder_input])
+        except StagingError as exc:
+            return _fail(ErrorType.BAD_INPUT, str(exc))
+    try:
+        result = sandbox.call(step.action, checked, timeout_s=step.timeout_seconds, files=files)
+    except ToolCallError as exc:
+        if exc.error_type == ErrorType.TIMEOUT:
+            return _fail(ErrorType.TIMEOUT, f"step {step.step_id} timed out after {step.timeout_seconds}s")
+        return _fail(exc.error_type, exc.message)
+    except SandboxError as exc:
+        return _fail(ErrorType.SANDBOX_ERROR, str(exc))
+    if step.action == "python_exec" and result.get("exit_code", 0) != 0:
+        stderr = str(result.get("stderr", ""))[-STDERR_TAIL_CHARS:]
+        return _fail(ErrorType.TOOL_ERROR, f"program exited with code {result['exit_code']}: {stderr}", result)
+    return StepOutcome(output=result)

@@ -1,0 +1,95 @@
+"""The ``Sandbox`` interface every backend implements, and the errors it raises.
+
+A sandbox is a long-lived, isolated place where tool calls run: a warm Docker container in
+production (:mod:`tools_sandbox.docker_sandbox`), a local subprocess in unit tests
+(:mod:`tools_sandbox.testing`). Both run the same stdlib-only agent (:mod:`tools_sandbox.agent`) and
+speak the same JSON-lines protocol with it, so a step does not pay for ``docker run`` or
+``docker exec``.
+
+Agent protocol (one JSON object per line, one request in flight at a time)::
+
+    host  -> agent  {"id": "r1", "op": "call", "tool": "math_calculator",
+                     "inputs": {...}, "timeout_s": 30, "files": {"pkg/a.py": "..."}}
+    agent -> host   {"id": "r1", "ok": true, "result": {...}}
+                    {"id": "r1", "ok": false, "error": {"type": "timeout", "message": "..."}}
+
+Other ops: ``ping`` (result ``{"pid": ..., "version": ...}``), ``reset`` (empty the workspace),
+``write_file`` (``path``, ``content``) and ``read_file`` (``path`` → ``{"content": ...}``).
+``files`` on a call are written under a fresh folder in the workspace first, and the tool's
+staged-folder input (see :class:`tools_sandbox.catalog.ToolSpec`) is pointed at that folder.
+``error.type`` takes the values of :class:`officeray.contracts.ErrorType`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from officeray.contracts import ErrorType
+
+
+class SandboxError(Exception):
+    """The sandbox could not run the call (crashed, lost, not started). The step may be retried."""
+
+    error_type: ErrorType = ErrorType.SANDBOX_ERROR
+
+
+class ToolCallError(Exception):
+    """The agent ran the call and reports a failure of the given type."""
+
+    def __init__(self, error_type: ErrorType, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+class Sandbox(abc.ABC):
+    """A warm, isolated runtime for tool calls. Use as a context manager or call start/stop."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the sandbox and wait until its agent answers a ping."""
+
+    @abc.abstractmethod
+    def call(
+        self,
+        tool: str,
+        inputs: dict[str, Any],
+        *,
+        timeout_s: float,
+        files: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Run one tool call and return its result.
+
+        Raises :class:`ToolCallError` when the tool fails (``timeout`` when ``timeout_s`` passed;
+        the whole process tree of the call is killed) and :class:`SandboxError` when the
+        sandbox itself failed. After a ``SandboxError`` the sandbox restarts itself on the next call.
+        """
+
+    @abc.abstractmethod
+    def write_file(self, path: str, content: str) -> None:
+        """Write a text file inside the workspace (path relative to the workspace root)."""
+
+    @abc.abstractmethod
+    def read_file(self, path: str) -> str:
+        """Read a text file from the workspace (path relative to the workspace root)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Empty the workspace so that the next task sees nothing of the previous one."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the sandbox and release everything it holds. Safe to call twice."""
+
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """Whether the sandbox is started and its agent process is running."""
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

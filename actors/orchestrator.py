@@ -14,13 +14,13 @@ from typing import Any
 
 import ray
 
+from actors.tool_runner import RunnerPool
 from officeray.config import Settings
 from officeray.contracts import TaskRecord, TaskRequest, TaskStatus, new_id
 from officeray.errors import TaskNotFoundError
 from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
 from officeray.workflow import Workflow
-from actors.tool_runner import RunnerPool
 from serving.models import ServePlanner, ServeReviewer
 from tools_sandbox.catalog import BUILTIN_TOOLS
 

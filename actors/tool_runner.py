@@ -52,7 +52,9 @@ class ToolRunner:
     def ready(self) -> bool:
         return self.sandbox.alive
 
-    def run(self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]) -> StepOutcome:
+    def run(
+        self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
+    ) -> StepOutcome:
         with self.tracer.start_as_current_span(
             f"tool {step.action}",
             context=extract_context(carrier),

@@ -49,9 +49,11 @@ def prepare_settings(settings: Settings) -> Settings:
     """Absolute paths, and the sandbox image built (once) when the Docker backend is used."""
     settings = absolutize(settings)
     if settings.sandbox.backend == "docker" and not settings.sandbox.image:
+        from tools_sandbox.docker_sandbox import remove_sandbox_containers
         from tools_sandbox.image import ensure_image
 
         settings = apply_overrides(settings, {"sandbox.image": ensure_image()})
+        remove_sandbox_containers(only_exited=True)  # left by runners of an earlier local cluster
     return settings
 
 
@@ -140,10 +142,6 @@ class LocalStack:
         return asyncio.run(run_tasks(self.actor, requests, **kwargs))
 
     def __exit__(self, *exc: object) -> None:
-        if self.address in (None, "local"):
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-        else:
-            ray.shutdown()
+        # A local instance goes away whole with ray.shutdown(); on a cluster the app, the
+        # orchestrator and its runners stay up for the next job.
+        ray.shutdown()

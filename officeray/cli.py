@@ -37,6 +37,10 @@ DEFAULT_EXAMPLES = Path("examples/tasks.jsonl")
 RESULT_PREVIEW_CHARS = 90
 
 
+_ENVIRONMENT_ERRORS = frozenset({"DockerUnavailable", "ImageBuildError"})
+"""Errors of the machine's set-up (raised by tools_sandbox.image) reported as a message, not a traceback."""
+
+
 class UsageError(Exception):
     """Bad command-line input: reported on stderr with exit code 2."""
 
@@ -168,7 +172,11 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print_summary([record], time.monotonic() - started)
         if record.status == TaskStatus.COMPLETED:
-            print(json.dumps(record.result, indent=2, default=str) if not isinstance(record.result, str) else record.result)
+            print(
+                json.dumps(record.result, indent=2, default=str)
+                if not isinstance(record.result, str)
+                else record.result
+            )
     return EXIT_OK if record.status == TaskStatus.COMPLETED else EXIT_FAILED
 
 
@@ -213,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, settings)
     except (UsageError, ConfigError) as exc:
         print(f"officeray: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:
+        if type(exc).__name__ not in _ENVIRONMENT_ERRORS:
+            raise
+        print(f"officeray: error: {exc} (scripts/bootstrap.sh sets up Docker and the image)", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -127,6 +127,101 @@ def _bad_reference(step: PlanStep, exc: Exception) -> StepResult:
     )
 
 
+class _Scheduler:
+    """The state of one DAG run; see :func:`run_dag`."""
+
+    def __init__(
+        self,
+        steps: list[PlanStep],
+        run_step: RunStep,
+        on_skip: Callable[[StepResult], Awaitable[None]] | None,
+    ) -> None:
+        self.steps = steps
+        self.by_id = {s.step_id: s for s in steps}
+        self.run_step = run_step
+        self.on_skip = on_skip
+        self.results: dict[str, StepResult] = {}
+        self.outputs: dict[str, Any] = {}
+        self.running: dict[asyncio.Task[StepResult], PlanStep] = {}
+        self.pending = list(steps)  # plan order breaks ties
+        self.exclusive_running = False
+
+    async def skip(self, step: PlanStep, failed_dep: str) -> None:
+        result = _skipped(step, failed_dep)
+        self.results[step.step_id] = result
+        if self.on_skip is not None:
+            await self.on_skip(result)
+
+    def _failed_dependency(self, step: PlanStep) -> str | None:
+        for dep in step.dependencies:
+            if dep in self.results and self.results[dep].status != StepStatus.SUCCEEDED:
+                return dep
+        return None
+
+    def _can_start(self, step: PlanStep) -> bool:
+        if any(d not in self.results for d in step.dependencies):
+            return False
+        return not (self.exclusive_running or (not step.parallelizable and self.running))
+
+    def _start(self, step: PlanStep) -> None:
+        self.pending.remove(step)
+        try:
+            inputs = resolve_inputs(step.inputs, self.outputs)
+        except InputReferenceError as exc:
+            self.results[step.step_id] = _bad_reference(step, exc)
+            return
+        self.running[asyncio.ensure_future(self.run_step(step, inputs))] = step
+        if not step.parallelizable:
+            self.exclusive_running = True
+
+    async def launch_ready(self) -> None:
+        """Skip what can no longer run and start what can, until nothing changes."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for step in list(self.pending):
+                failed = self._failed_dependency(step)
+                if failed is not None:
+                    self.pending.remove(step)
+                    await self.skip(step, failed)
+                    progressed = True
+                elif self._can_start(step):
+                    self._start(step)
+                    progressed = True
+                    if self.exclusive_running:
+                        return
+
+    async def collect(self) -> None:
+        done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            step = self.running.pop(task)
+            result = task.result()
+            self.results[step.step_id] = result
+            if result.status == StepStatus.SUCCEEDED:
+                self.outputs[step.step_id] = result.output
+            if not step.parallelizable:
+                self.exclusive_running = False
+
+    async def run(self) -> dict[str, StepResult]:
+        try:
+            while self.pending or self.running:
+                await self.launch_ready()
+                if not self.running:
+                    # only reachable with dependencies that no step of the plan satisfies
+                    for step in list(self.pending):
+                        missing = next(
+                            (d for d in step.dependencies if d not in self.by_id), "a step in a cycle"
+                        )
+                        await self.skip(step, missing)
+                    self.pending.clear()
+                    break
+                await self.collect()
+        finally:
+            for task in self.running:
+                task.cancel()
+        return {s.step_id: self.results[s.step_id] for s in self.steps}
+
+
 async def run_dag(
     steps: list[PlanStep],
     run_step: RunStep,
@@ -137,67 +232,4 @@ async def run_dag(
     ``run_step(step, resolved_inputs)`` runs one step and returns its result; it must not raise.
     ``on_skip`` is told about each step skipped because a dependency failed.
     """
-    by_id = {s.step_id: s for s in steps}
-    results: dict[str, StepResult] = {}
-    outputs: dict[str, Any] = {}
-    running: dict[asyncio.Task[StepResult], PlanStep] = {}
-    pending = list(steps)  # plan order breaks ties
-    exclusive_running = False
-
-    async def skip(step: PlanStep, failed_dep: str) -> None:
-        result = _skipped(step, failed_dep)
-        results[step.step_id] = result
-        if on_skip is not None:
-            await on_skip(result)
-
-    try:
-        while pending or running:
-            progressed = True
-            while progressed:
-                progressed = False
-                for step in list(pending):
-                    failed = next(
-                        (d for d in step.dependencies if d in results and results[d].status != StepStatus.SUCCEEDED),
-                        None,
-                    )
-                    if failed is not None:
-                        pending.remove(step)
-                        await skip(step, failed)
-                        progressed = True
-                        continue
-                    if any(d not in results for d in step.dependencies):
-                        continue
-                    if exclusive_running or (not step.parallelizable and running):
-                        continue
-                    pending.remove(step)
-                    try:
-                        inputs = resolve_inputs(step.inputs, outputs)
-                    except InputReferenceError as exc:
-                        results[step.step_id] = _bad_reference(step, exc)
-                        progressed = True
-                        continue
-                    task = asyncio.ensure_future(run_step(step, inputs))
-                    running[task] = step
-                    if not step.parallelizable:
-                        exclusive_running = True
-                        break
-            if not running:
-                if pending:  # only reachable with dependencies outside the plan
-                    for step in pending:
-                        missing = next((d for d in step.dependencies if d not in by_id), "a step in a cycle")
-                        await skip(step, missing)
-                    pending.clear()
-                break
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                step = running.pop(task)
-                result = task.result()
-                results[step.step_id] = result
-                if result.status == StepStatus.SUCCEEDED:
-                    outputs[step.step_id] = result.output
-                if not step.parallelizable:
-                    exclusive_running = False
-    finally:
-        for task in running:
-            task.cancel()
-    return {s.step_id: results[s.step_id] for s in steps}
+    return await _Scheduler(steps, run_step, on_skip).run()

@@ -72,7 +72,9 @@ def _make_engine(url: str) -> Engine:
         return sa.create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = sa.create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -160,7 +162,9 @@ class SqlStore:
                 .values(**row)
             ).rowcount
             if not updated:
-                conn.execute(step_results_table.insert().values(idempotency_key=result.idempotency_key, **row))
+                conn.execute(
+                    step_results_table.insert().values(idempotency_key=result.idempotency_key, **row)
+                )
 
     def get_step_result_sync(self, idempotency_key: str) -> StepResult | None:
         with self._engine.connect() as conn:

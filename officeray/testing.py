@@ -45,7 +45,9 @@ class _Script:
     def next(self, request: Any) -> Any:
         self.requests.append(request)
         if not self.answers:
-            raise AssertionError(f"{self.kind} called {len(self.requests)} time(s) but the script has no more answers")
+            raise AssertionError(
+                f"{self.kind} called {len(self.requests)} time(s) but the script has no more answers"
+            )
         answer = self.answers.pop(0)
         if isinstance(answer, BaseException):
             raise answer

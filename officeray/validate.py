@@ -86,7 +86,9 @@ def _check_step(
         reasons.append(f"{where} lists a dependency twice")
 
     if step.action not in tools:
-        reasons.append(f"{where}: unknown action {step.action!r}; registered tools: {', '.join(sorted(tools))}")
+        reasons.append(
+            f"{where}: unknown action {step.action!r}; registered tools: {', '.join(sorted(tools))}"
+        )
         return reasons
     if allowed_tools is not None and step.action not in allowed_tools:
         reasons.append(f"{where}: tool {step.action!r} is not allowed for this task")

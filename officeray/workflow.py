@@ -168,7 +168,9 @@ class _TaskRun:
         self.log("task accepted")
         await self.persist("accepted")
         if unknown:
-            return await self.finish(TaskStatus.FAILED, error=f"unknown tools in allowed_tools: {', '.join(unknown)}")
+            return await self.finish(
+                TaskStatus.FAILED, error=f"unknown tools in allowed_tools: {', '.join(unknown)}"
+            )
         max_iterations = self.request.max_iterations or wf.settings.max_iterations
         feedback: list[str] = []
         previous: Plan | None = None
@@ -193,11 +195,14 @@ class _TaskRun:
             if review.verdict == ReviewVerdict.APPROVED:
                 return await self.finish(TaskStatus.COMPLETED, result=review.final_output)
             if review.verdict == ReviewVerdict.FAILED:
-                return await self.finish(TaskStatus.FAILED, error=review.feedback or "the reviewer failed the task")
+                return await self.finish(
+                    TaskStatus.FAILED, error=review.feedback or "the reviewer failed the task"
+                )
             feedback = [review.feedback or "the reviewer asked for a revision"]
         last = "; ".join(feedback) or "no feedback"
         return await self.finish(
-            TaskStatus.FAILED, error=f"not approved after {max_iterations} iteration(s); last feedback: {last}"
+            TaskStatus.FAILED,
+            error=f"not approved after {max_iterations} iteration(s); last feedback: {last}",
         )
 
     async def _plan(
@@ -230,9 +235,10 @@ class _TaskRun:
                 return None
             span.set_attribute("officeray.steps", len(plan.steps))
         self.record.plan = plan
-        self.log(f"iteration {iteration}: planned {len(plan.steps)} step(s): " + ", ".join(
-            f"{s.step_id}={s.action}" for s in plan.steps
-        ))
+        self.log(
+            f"iteration {iteration}: planned {len(plan.steps)} step(s): "
+            + ", ".join(f"{s.step_id}={s.action}" for s in plan.steps)
+        )
         await self.persist("planned", iteration=iteration, plan_id=plan.plan_id)
         return plan
 
@@ -253,7 +259,10 @@ class _TaskRun:
         self.record.status = TaskStatus.EXECUTING
         self.record.steps = [
             StepResult(
-                step_id=s.step_id, action=s.action, idempotency_key=s.idempotency_key, status=StepStatus.PENDING
+                step_id=s.step_id,
+                action=s.action,
+                idempotency_key=s.idempotency_key,
+                status=StepStatus.PENDING,
             )
             for s in plan.steps
         ]
@@ -264,7 +273,8 @@ class _TaskRun:
             # without this the record would show it as pending after the task ended.
             if result.status == StepStatus.FAILED and result.attempts == 0:
                 self._set_step(result)
-                self.log(f"step {result.step_id} failed: {result.error.message if result.error else ''}", "error")
+                reason = result.error.message if result.error else "no input"
+                self.log(f"step {result.step_id} failed: {reason}", "error")
         self.record.current_step = None
         return list(results.values())
 
@@ -327,7 +337,9 @@ class _TaskRun:
         if outcome.error is None:
             self.log(f"step {step.step_id} succeeded after {result.attempts} attempt(s)")
         else:
-            self.log(f"step {step.step_id} failed ({outcome.error.type.value}): {outcome.error.message}", "error")
+            self.log(
+                f"step {step.step_id} failed ({outcome.error.type.value}): {outcome.error.message}", "error"
+            )
         await wf.store.save_step_result(self.task_id, result.model_copy(deep=True))
         await self.persist("step_finished", step_id=step.step_id, step_status=result.status.value)
         return result
@@ -353,7 +365,9 @@ class _TaskRun:
                 return None
             span.set_attribute("officeray.verdict", review.verdict.value)
         self.log(f"iteration {iteration}: review {review.verdict.value}: {review.feedback}")
-        await self.persist("reviewed", iteration=iteration, verdict=review.verdict.value, feedback=review.feedback)
+        await self.persist(
+            "reviewed", iteration=iteration, verdict=review.verdict.value, feedback=review.feedback
+        )
         return review
 
 

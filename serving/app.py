@@ -26,13 +26,18 @@ def _options(dep: DeploymentSettings) -> dict[str, Any]:
 def build_app(settings: Settings) -> Application:
     serve_cfg = settings.serve
     models = settings.models
-    planner = PlannerDeployment.options(**_options(serve_cfg.planner)).bind(
+    # serve.deployment turns each class into a Deployment, which mypy cannot see.
+    planner_dep: Any = PlannerDeployment
+    reviewer_dep: Any = ReviewerDeployment
+    gateway_dep: Any = Gateway
+    planner = planner_dep.options(**_options(serve_cfg.planner)).bind(
         [t.model_dump() for t in models.planner]
     )
-    reviewer = ReviewerDeployment.options(**_options(serve_cfg.reviewer)).bind(
+    reviewer = reviewer_dep.options(**_options(serve_cfg.reviewer)).bind(
         [t.model_dump() for t in models.reviewer]
     )
-    return Gateway.options(**_options(serve_cfg.gateway)).bind(settings, planner, reviewer)
+    app: Application = gateway_dep.options(**_options(serve_cfg.gateway)).bind(settings, planner, reviewer)
+    return app
 
 
 def app_builder(args: dict[str, str]) -> Application:

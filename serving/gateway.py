@@ -13,7 +13,6 @@ Bad input answers 4xx with a message (422 for a body that does not match the sch
 entry per bad field), an unknown id answers 404.
 """
 
-from __future__ import annotations
 
 import asyncio
 from typing import Any
@@ -41,7 +40,9 @@ async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONR
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         errors.append({"field": ".".join(loc) or "(body)", "message": err.get("msg", "invalid")})
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse(status_code=422, content={"detail": f"invalid task request: {summary}", "errors": errors})
+    return JSONResponse(
+        status_code=422, content={"detail": f"invalid task request: {summary}", "errors": errors}
+    )
 
 
 @serve.deployment(name="Gateway")
@@ -53,12 +54,14 @@ class Gateway:
         self.orchestrator = get_or_create_orchestrator(settings, planner, reviewer)
 
     @app.post("/v1/tasks", status_code=202)
-    async def create_task(self, request: TaskRequest) -> JSONResponse:
-        if request.task_id is not None:
-            existing = await self.store.get_task(request.task_id)
+    async def create_task(self, task: TaskRequest) -> JSONResponse:
+        if task.task_id is not None:
+            existing = await self.store.get_task(task.task_id)
             if existing is not None:
-                return JSONResponse({"task_id": existing.task_id, "status": existing.status.value}, status_code=200)
-        record: TaskRecord = await self.orchestrator.submit.remote(request)
+                return JSONResponse(
+                    {"task_id": existing.task_id, "status": existing.status.value}, status_code=200
+                )
+        record: TaskRecord = await self.orchestrator.submit.remote(task)
         return JSONResponse({"task_id": record.task_id, "status": record.status.value}, status_code=202)
 
     @app.get("/v1/tasks/{task_id}")

@@ -21,13 +21,14 @@ Failure handling:
 from __future__ import annotations
 
 import abc
+import contextlib
 import itertools
 import json
 import os
 import select
 import threading
 import time
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from officeray.contracts import ErrorType
 from tools_sandbox.agent.server import MAX_OUTPUT_BYTES
@@ -65,7 +66,7 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def send(self, data: bytes, deadline: float) -> None:
-        """Write all of ``data``; raise ChannelTimeout at ``deadline`` or ChannelClosed if the peer is gone."""
+        """Write all of ``data``; ChannelTimeout at ``deadline``, ChannelClosed when the peer is gone."""
 
     @abc.abstractmethod
     def recv(self, deadline: float) -> bytes | None:
@@ -79,7 +80,7 @@ class Transport(abc.ABC):
 class FdTransport(Transport):
     """A transport over two pipes (the agent's stdin and stdout)."""
 
-    def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
+    def __init__(self, reader: IO[bytes], writer: IO[bytes]) -> None:
         self._reader = reader
         self._writer = writer
         self._rfd = reader.fileno()
@@ -113,10 +114,8 @@ class FdTransport(Transport):
 
     def close(self) -> None:
         for stream in (self._writer, self._reader):
-            try:
+            with contextlib.suppress(OSError):
                 stream.close()
-            except OSError:
-                pass
 
 
 class AgentChannel:
@@ -199,6 +198,8 @@ class AgentSandbox(Sandbox):
         self.max_output_bytes = max_output_bytes
         self.startup_timeout_s = startup_timeout_s
         self.op_timeout_s = op_timeout_s
+        self.grace_s = GRACE_S
+        """How much longer than a call's ``timeout_s`` the host waits for its answer."""
         self._lock = threading.RLock()
         self._channel: AgentChannel | None = None
         self._stopped = False
@@ -256,7 +257,7 @@ class AgentSandbox(Sandbox):
         fields: dict[str, Any] = {"tool": tool, "inputs": inputs, "timeout_s": timeout_s}
         if files is not None:
             fields["files"] = files
-        result = self._op("call", fields, timeout_s + GRACE_S)
+        result = self._op("call", fields, timeout_s + self.grace_s)
         if not isinstance(result, dict):
             raise SandboxError(f"the agent returned a {type(result).__name__} result for {tool}")
         return result
@@ -291,7 +292,9 @@ class AgentSandbox(Sandbox):
             response = self._channel.request("ping", {}, self.startup_timeout_s)
         except ChannelTimeout:
             self._discard()
-            raise SandboxError(f"the sandbox agent did not answer within {self.startup_timeout_s:g}s") from None
+            raise SandboxError(
+                f"the sandbox agent did not answer within {self.startup_timeout_s:g}s"
+            ) from None
         except (ChannelClosed, ChannelProtocolError) as exc:
             cause = self._death_cause() if isinstance(exc, ChannelClosed) else str(exc)
             self._discard()
@@ -345,7 +348,7 @@ class AgentSandbox(Sandbox):
             error = response.get("error") or {}
             message = str(error.get("message", "no message"))
             try:
-                error_type = ErrorType(error.get("type"))
+                error_type = ErrorType(str(error.get("type")))
             except ValueError:
                 error_type = ErrorType.INTERNAL
             if error_type is ErrorType.SANDBOX_ERROR:

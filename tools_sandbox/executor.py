@@ -61,7 +61,8 @@ def stage_folder(workspace_root: Path, folder: str) -> dict[str, str]:
         total += len(data)
         if len(files) >= MAX_STAGED_FILES or total > MAX_STAGED_BYTES:
             raise StagingError(
-                f"folder {folder!r} is over the staging limit ({MAX_STAGED_FILES} files, {MAX_STAGED_BYTES} bytes)"
+                f"folder {folder!r} is over the staging limit "
+                f"({MAX_STAGED_FILES} files, {MAX_STAGED_BYTES} bytes)"
             )
         files[rel.as_posix()] = data.decode("utf-8", errors="replace")
     return files
@@ -97,5 +98,7 @@ def run_step(sandbox: Sandbox, step: PlanStep, inputs: dict[str, Any], workspace
         return _fail(ErrorType.SANDBOX_ERROR, str(exc))
     if step.action == "python_exec" and result.get("exit_code", 0) != 0:
         stderr = str(result.get("stderr", ""))[-STDERR_TAIL_CHARS:]
-        return _fail(ErrorType.TOOL_ERROR, f"program exited with code {result['exit_code']}: {stderr}", result)
+        return _fail(
+            ErrorType.TOOL_ERROR, f"program exited with code {result['exit_code']}: {stderr}", result
+        )
     return StepOutcome(output=result)

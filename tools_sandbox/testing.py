@@ -12,6 +12,7 @@ process limits. Never use it for untrusted input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -81,18 +82,14 @@ class LocalProcessSandbox(AgentSandbox):
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
             proc.kill()
             proc.wait()
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         stream.close()
-                    except OSError:
-                        pass
         workspace, self.workspace = self.workspace, None
         if workspace is not None:
             shutil.rmtree(workspace, ignore_errors=True)

@@ -56,7 +56,9 @@ def _summary(records: list[TaskRecord], elapsed_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.jobs.batch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster.jobs.batch", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("tasks", help="JSONL file, one task per line")
     parser.add_argument("--out", required=True, help="where to write one task record per line (JSONL)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
@@ -79,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     def progress(_index: int, record: TaskRecord) -> None:
         nonlocal finished
         finished += 1
-        print(f"[{finished}/{len(requests)}] {record.task_id} {record.status.value}", file=sys.stderr, flush=True)
+        print(
+            f"[{finished}/{len(requests)}] {record.task_id} {record.status.value}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     with LocalStack(settings, address=_address(args.address, settings.ray_namespace)) as stack:
         records = stack.run(requests, on_done=progress)

@@ -41,7 +41,9 @@ def _officeray(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 def test_run_json_prints_exactly_one_record_and_exits_0(tmp_path: Path) -> None:
     require_docker()
     proc = _officeray(
-        "run", "Trace the call sequence from main to process_data in examples/sample_project", "--json",
+        "run",
+        "Trace the call sequence from main to process_data in examples/sample_project",
+        "--json",
         tmp_path=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,7 +24,9 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert exc.value.code == 2
 
 
-def test_missing_config_file_exits_2_with_its_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_missing_config_file_exits_2_with_its_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code = cli.main(["run", "Compute 1 + 1", "--config", str(tmp_path / "nope.yaml")])
     assert code == 2
     assert "nope.yaml" in capsys.readouterr().err

@@ -215,7 +215,10 @@ def test_task_request_blank_description_message_is_clear() -> None:
 
 
 def test_task_request_description_at_the_limit_is_accepted() -> None:
-    assert len(TaskRequest(description="x" * MAX_TASK_DESCRIPTION_CHARS).description) == MAX_TASK_DESCRIPTION_CHARS
+    assert (
+        len(TaskRequest(description="x" * MAX_TASK_DESCRIPTION_CHARS).description)
+        == MAX_TASK_DESCRIPTION_CHARS
+    )
 
 
 # -- task records --------------------------------------------------------------------------------

@@ -173,7 +173,9 @@ async def test_independent_branch_keeps_running_while_a_failure_is_handled() -> 
         return "x done"
 
     runner = Runner({"a": a_body, "x": x_body}, fail={"a"})
-    results = await run(steps({"step_id": "x"}, {"step_id": "a"}, {"step_id": "b", "dependencies": ["a"]}), runner)
+    results = await run(
+        steps({"step_id": "x"}, {"step_id": "a"}, {"step_id": "b", "dependencies": ["a"]}), runner
+    )
     assert results["x"].output == "x done"
     assert results["b"].status == StepStatus.SKIPPED
 
@@ -223,7 +225,11 @@ async def test_nothing_starts_while_an_exclusive_step_runs() -> None:
 async def test_two_exclusive_steps_never_overlap() -> None:
     runner = Runner()
     await run(
-        steps({"step_id": "p", "parallelizable": False}, {"step_id": "q", "parallelizable": False}, {"step_id": "r"}),
+        steps(
+            {"step_id": "p", "parallelizable": False},
+            {"step_id": "q", "parallelizable": False},
+            {"step_id": "r"},
+        ),
         runner,
     )
     for overlap in runner.overlaps:
@@ -380,7 +386,9 @@ def test_iter_references_finds_nested_references() -> None:
             ["a", "c", "b", "a"],
             id="three-cycle-off-a-root",
         ),
-        pytest.param([{"step_id": "a", "dependencies": ["ghost"]}], None, id="unknown-dependency-is-no-cycle"),
+        pytest.param(
+            [{"step_id": "a", "dependencies": ["ghost"]}], None, id="unknown-dependency-is-no-cycle"
+        ),
     ],
 )
 def test_find_cycle(specs: list[dict[str, Any]], expected: list[str] | None) -> None:

@@ -42,7 +42,9 @@ async def test_creates_the_database_file_and_its_folder(db_path: Path, store: Sq
 
 async def test_save_and_get_task(store: SqlStore) -> None:
     saved = record(
-        plan=make_plan("task-1", [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "1"}}]),
+        plan=make_plan(
+            "task-1", [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "1"}}]
+        ),
         steps=[step_result(output={"value": 1})],
         trace_id="ab" * 16,
     )
@@ -59,7 +61,9 @@ async def test_save_and_get_task(store: SqlStore) -> None:
 async def test_update_task_replaces_the_record(store: SqlStore) -> None:
     first = record()
     await store.save_task(first)
-    done = first.model_copy(update={"status": TaskStatus.COMPLETED, "result": {"answer": 42}, "iterations": 2})
+    done = first.model_copy(
+        update={"status": TaskStatus.COMPLETED, "result": {"answer": 42}, "iterations": 2}
+    )
     await store.save_task(done)
 
     loaded = await store.get_task("task-1")

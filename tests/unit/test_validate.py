@@ -57,7 +57,14 @@ BAD_PLANS = [
         id="self-dependency",
     ),
     pytest.param(
-        make_plan(TASK, [calc("s1", dependencies=["s3"]), calc("s2", dependencies=["s1"]), calc("s3", dependencies=["s2"])]),
+        make_plan(
+            TASK,
+            [
+                calc("s1", dependencies=["s3"]),
+                calc("s2", dependencies=["s1"]),
+                calc("s3", dependencies=["s2"]),
+            ],
+        ),
         None,
         "dependencies form a cycle: s1 -> s3 -> s2 -> s1",
         id="cycle-shows-path",
@@ -126,7 +133,9 @@ BAD_PLANS = [
         "plan.confidence: Input should be less than or equal to 1",
         id="schema-confidence",
     ),
-    pytest.param(raw_plan(steps=[]), None, "plan.steps: List should have at least 1 item", id="schema-empty-steps"),
+    pytest.param(
+        raw_plan(steps=[]), None, "plan.steps: List should have at least 1 item", id="schema-empty-steps"
+    ),
     pytest.param(
         raw_plan(plan_id=None),
         None,
@@ -145,7 +154,9 @@ BAD_PLANS = [
         "plan.steps.0.idempotency_key: Field required",
         id="schema-step-missing-key",
     ),
-    pytest.param(raw_plan(extra_field=1), None, "plan.extra_field: Extra inputs are not permitted", id="schema-extra"),
+    pytest.param(
+        raw_plan(extra_field=1), None, "plan.extra_field: Extra inputs are not permitted", id="schema-extra"
+    ),
 ]
 
 
@@ -177,7 +188,9 @@ def test_valid_plan_with_references_has_no_reasons() -> None:
         ],
     )
     assert validate_plan(plan, task_id=TASK, tools=TOOLS) == []
-    assert validate_plan(plan, task_id=TASK, tools=TOOLS, allowed_tools=["math_calculator", "python_exec"]) == []
+    assert (
+        validate_plan(plan, task_id=TASK, tools=TOOLS, allowed_tools=["math_calculator", "python_exec"]) == []
+    )
 
 
 def test_valid_raw_dict_plan_has_no_reasons() -> None:

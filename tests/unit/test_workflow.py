@@ -59,7 +59,9 @@ def calc_plan(task_id: str = TASK, expression: str = "2 + 3", iteration: int = 1
 
 def approve(request: ReviewRequest) -> Review:
     """Approves with the last step's value as the task's result."""
-    return Review(verdict=ReviewVerdict.APPROVED, final_output={"answer": request.results[-1].output["value"]})
+    return Review(
+        verdict=ReviewVerdict.APPROVED, final_output={"answer": request.results[-1].output["value"]}
+    )
 
 
 def revise(feedback: str) -> Review:
@@ -76,7 +78,9 @@ class Harness:
     workflow: Workflow
     sleeps: list[float] = field(default_factory=list)
 
-    async def run(self, description: str = "add two numbers", task_id: str = TASK, **request: Any) -> TaskRecord:
+    async def run(
+        self, description: str = "add two numbers", task_id: str = TASK, **request: Any
+    ) -> TaskRecord:
         record = await asyncio.wait_for(
             self.workflow.run(TaskRequest(description=description, **request), task_id), timeout=5
         )
@@ -312,7 +316,9 @@ async def test_reviewer_can_fail_the_task() -> None:
 
 async def test_max_iterations_exhausted_fails_with_the_count_and_last_feedback() -> None:
     settings = WorkflowSettings(max_iterations=2)
-    h = harness([calc_plan(), calc_plan(iteration=2)], [revise("try again"), revise("still wrong")], settings=settings)
+    h = harness(
+        [calc_plan(), calc_plan(iteration=2)], [revise("try again"), revise("still wrong")], settings=settings
+    )
     record = await h.run()
 
     assert record.status == TaskStatus.FAILED
@@ -345,7 +351,9 @@ async def test_task_request_max_iterations_overrides_the_setting() -> None:
 
 
 async def test_allowed_tools_reach_the_planner_and_are_enforced() -> None:
-    python_plan = make_plan(TASK, [{"step_id": "s1", "action": "python_exec", "inputs": {"code": "print(1)"}}])
+    python_plan = make_plan(
+        TASK, [{"step_id": "s1", "action": "python_exec", "inputs": {"code": "print(1)"}}]
+    )
     h = harness([python_plan, calc_plan(iteration=2)], [approve])
     record = await h.run(allowed_tools=["math_calculator"])
 

@@ -24,6 +24,7 @@ Diagnostics go to stderr only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import json
@@ -170,7 +171,7 @@ class Workspace:
             raise bad_input(f"{what} must be a non-empty string")
         if "\x00" in path:
             raise bad_input(f"{what} must not contain NUL characters")
-        if os.path.isabs(path) or path.startswith("~"):
+        if os.path.isabs(path):
             raise bad_input(f"{what} {path!r} is absolute; paths are relative to the workspace")
         if ".." in path.replace("\\", "/").split("/"):
             raise bad_input(f"{what} {path!r} contains '..'")
@@ -198,10 +199,8 @@ def _force_remove(func: Callable[..., Any], path: str, _exc: object) -> None:
     """rmtree error handler: make the parent writable/searchable again and retry once."""
     parent = os.path.dirname(path)
     for target in (parent, path):
-        try:
+        with contextlib.suppress(OSError):
             os.chmod(target, 0o700)
-        except OSError:
-            pass
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     else:
@@ -288,10 +287,8 @@ def kill_session(sid: int) -> int:
                     found += 1
                 except OSError:
                     pass
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(sid, signal.SIGKILL)
-        except OSError:
-            pass
         killed += found
         if not found:
             break
@@ -299,19 +296,15 @@ def kill_session(sid: int) -> int:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def kill_strays() -> None:
     """Inside a container: kill every process this one may signal (init and the agent are spared)."""
     if os.environ.get("OFFICERAY_SANDBOX_CONTAINER") == "1":
-        try:
+        with contextlib.suppress(OSError):
             os.kill(-1, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _reap(pid: int, deadline: float) -> int | None:
@@ -397,7 +390,8 @@ def _worker(
                 fh.write("1000")
         except OSError:
             pass
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+        if os.environ.get("OFFICERAY_SANDBOX_CONTAINER") != "1":  # in a container, it all dies with the agent
+            threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
         try:
             result = fn(**kwargs)
             payload = b"R" + json.dumps(result).encode()
@@ -415,9 +409,10 @@ def _worker(
         except Exception as exc:  # an unexpected bug of the tool
             traceback.print_exc(file=sys.stderr)
             payload = _encode_error("internal", f"{type(exc).__name__}: {exc}")
-        view = memoryview(payload)
+        view = memoryview(payload + b"\n")  # the newline marks a complete payload
         while view:
             view = view[os.write(write_fd, view) :]
+        os.close(write_fd)  # EOF for the agent now, before the (slower) process exit
     except BaseException:  # noqa: B036 - nothing may escape a forked child
         code = 1
     finally:
@@ -437,15 +432,14 @@ class Server:
         self.max_output = _env_int("OFFICERAY_MAX_OUTPUT_BYTES", MAX_OUTPUT_BYTES)
         self.oom = OomWatch()
         self._rbuf = bytearray()
+        self._zombies: list[int] = []
 
     # -- protocol io --------------------------------------------------------------------------
 
     def close_protocol_fds(self) -> None:
         for fd in (self.proto_in, self.proto_out):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def read_request(self) -> bytes | None:
         """One request line (without the newline), None at EOF; raises for an over-long line."""
@@ -545,7 +539,11 @@ class Server:
         if unknown or missing:
             raise bad_input(f"{tool}: unknown inputs {unknown}, missing inputs {missing}")
         timeout = request.get("timeout_s")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_TIMEOUT_S
+        ):
             raise bad_input(f"timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]")
         return tool, entry, inputs, float(timeout)
 
@@ -584,6 +582,7 @@ class Server:
         fn = load_tool(tool)
         if entry.takes_timeout:
             inputs["timeout_s"] = timeout
+        self.reap_zombies()
         oom_before = self.oom.count()
         failure: AgentError | None = None
         try:
@@ -608,7 +607,7 @@ class Server:
         deadline = time.monotonic() + timeout
         chunks: list[bytes] = []
         size = 0
-        limit = self.max_output + 1  # the one-byte R/E tag
+        limit = self.max_output + 2  # the R/E tag and the final newline
         failure: AgentError | None = None
         try:
             while True:
@@ -633,22 +632,31 @@ class Server:
                 chunks.append(chunk)
         finally:
             os.close(read_fd)
-            status = _reap(pid, time.monotonic() + (0.0 if failure else 1.0))
-            if failure is None and status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                _kill_group(pid)  # a clean end: tools clean up after themselves; catch stragglers
-            else:
-                kill_session(pid)  # timeout, over the cap or a crash: every process of the call
-            if status is None:
-                status = _reap(pid, time.monotonic() + 5.0)
+        payload = b"".join(chunks)
+        complete = failure is None and payload[:1] in (b"R", b"E") and payload.endswith(b"\n")
+        if complete:
+            # The worker closed the pipe as its last act: kill its group (stragglers) and do not
+            # wait for its exit; the zombie is reaped at the next request.
+            _kill_group(pid)
+            if _reap(pid, 0.0) is None:
+                self._zombies.append(pid)
+        else:  # timeout, over the cap or a crash: every process of the call, then the exit status
+            kill_session(pid)
+            status = _reap(pid, time.monotonic() + 5.0)
         if failure is not None:
             raise failure
-        payload = b"".join(chunks)
+        if not complete:
+            raise AgentError(
+                "sandbox_error", f"the {tool} process died without a result ({_describe(status)})"
+            )
         if payload[:1] == b"R":
-            return payload[1:]
-        if payload[:1] == b"E":
-            error = json.loads(payload[1:])
-            raise AgentError(error["type"], error["message"])
-        raise AgentError("sandbox_error", f"the {tool} process died without a result ({_describe(status)})")
+            return payload[1:-1]
+        error = json.loads(payload[1:])
+        raise AgentError(error["type"], error["message"])
+
+    def reap_zombies(self) -> None:
+        """Collect the exit status of finished workers (see :meth:`run_worker`)."""
+        self._zombies = [pid for pid in self._zombies if _reap(pid, 0.0) is None]
 
 
 def _describe(status: int | None) -> str:

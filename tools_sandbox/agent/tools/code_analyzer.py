@@ -68,6 +68,8 @@ MAX_CANDIDATES_LISTED = 20
 MAX_SUGGESTIONS = 5
 """Most close matches suggested for an unknown name."""
 
+_NO_CYCLE = 1 << 30
+
 SKIPPED_DIR_NAMES = frozenset({"__pycache__", "venv", "site-packages", "dist-packages", "node_modules"})
 """Folders never searched (besides hidden folders and any folder holding a ``pyvenv.cfg``)."""
 
@@ -231,6 +233,35 @@ def _join(module: str, attr: str) -> str:
     return f"{module}.{attr}" if module else attr
 
 
+_NOTED = frozenset(
+    {
+        ast.Call,
+        ast.Import,
+        ast.ImportFrom,
+        ast.Assign,
+        ast.AnnAssign,
+        ast.NamedExpr,
+        ast.For,
+        ast.AsyncFor,
+        ast.withitem,
+        ast.ExceptHandler,
+        ast.Global,
+        ast.Return,
+    }
+)
+"""Node types that bind a name, call or return (see ``_Index._note``)."""
+
+_LEAVES = frozenset(
+    {ast.Name, ast.Constant, ast.alias, ast.Pass, ast.Break, ast.Continue}
+    | {
+        cls
+        for base in (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+        for cls in base.__subclasses__()
+    }
+)
+"""Node types with nothing inside to record: not visited (a large share of every tree)."""
+
+
 # --- indexing --------------------------------------------------------------------------------------
 
 
@@ -247,10 +278,10 @@ class _Index:
         self.classes: dict[str, _Class] = {}
         self.skipped: list[dict[str, str]] = []
         self.files_indexed = 0
-        self._active: set[Any] = set()
-        self._depth = 0
-        self._cuts = 0  # how many lookups were cut short by a cycle or the depth limit
+        self._active: dict[Any, int] = {}  # lookups in progress -> their depth
+        self._low = _NO_CYCLE  # shallowest lookup in progress that a cycle cut back to
         self._cache: dict[Any, frozenset[_Value]] = {}
+        self._provisional: dict[Any, frozenset[_Value]] = {}  # results inside a cycle, during one lookup
         self._mro_cache: dict[str, list[str]] = {}
         self._mro_active: set[str] = set()
         self._subclasses: dict[str, list[str]] | None = None
@@ -327,7 +358,9 @@ class _Index:
     def _collect(self, module: str, file: str, tree: ast.Module, *, is_package: bool) -> None:
         scope = _Scope("module", module, module, None)
         self.modules[module] = _Module(module, file, is_package, scope)
-        stack: list[tuple[ast.AST, _Scope, _Function | None]] = [(s, scope, None) for s in reversed(tree.body)]
+        stack: list[tuple[ast.AST, _Scope, _Function | None]] = [
+            (s, scope, None) for s in reversed(tree.body)
+        ]
         while stack:
             node, scope, func = stack.pop()
             children: list[tuple[ast.AST, _Scope, _Function | None]]
@@ -343,8 +376,11 @@ class _Index:
                 children = [(e, scope, func) for e in outer_exprs]
                 children += [(s, body, func) for s in node.body]
             else:
-                self._note(node, scope, func)
-                children = [(child, scope, func) for child in ast.iter_child_nodes(node)]
+                if type(node) in _NOTED:
+                    self._note(node, scope, func)
+                children = [
+                    (child, scope, func) for child in ast.iter_child_nodes(node) if type(child) not in _LEAVES
+                ]
             stack.extend(reversed(children))
 
     def _note(self, node: ast.AST, scope: _Scope, func: _Function | None) -> None:
@@ -353,16 +389,8 @@ class _Index:
             func.calls.append((node.func, scope))
         elif isinstance(node, ast.Import | ast.ImportFrom):
             self._bind_import(node, scope)
-        elif isinstance(node, ast.Assign):
-            for target in node.targets:
-                self._bind_target(target, node.value, scope)
-        elif isinstance(node, ast.AnnAssign | ast.NamedExpr):
-            if isinstance(node, ast.AnnAssign) and node.value is None:
-                if isinstance(node.target, ast.Name):
-                    scope.bind(node.target.id, _Ref("annot", node=node.annotation, scope=scope))
-            else:
-                assert node.value is not None
-                self._bind_target(node.target, node.value, scope)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.NamedExpr):
+            self._bind_assignment(node, scope)
         elif isinstance(node, ast.For | ast.AsyncFor):
             self._bind_target(node.target, None, scope)
         elif isinstance(node, ast.withitem) and node.optional_vars is not None:
@@ -374,7 +402,19 @@ class _Index:
         elif isinstance(node, ast.Return) and node.value is not None and func is not None:
             func.returns.append((node.value, scope))
 
-    def _add_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef, scope: _Scope, file: str) -> _Function:
+    def _bind_assignment(self, node: ast.Assign | ast.AnnAssign | ast.NamedExpr, scope: _Scope) -> None:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                self._bind_target(target, node.value, scope)
+        elif node.value is not None:
+            self._bind_target(node.target, node.value, scope)
+        elif isinstance(node.target, ast.Name):  # ``x: Foo`` without a value: typed by the annotation
+            assert isinstance(node, ast.AnnAssign)
+            scope.bind(node.target.id, _Ref("annot", node=node.annotation, scope=scope))
+
+    def _add_function(
+        self, node: ast.FunctionDef | ast.AsyncFunctionDef, scope: _Scope, file: str
+    ) -> _Function:
         qualname = _join(scope.qualname, node.name)
         method_class = scope.qualname if scope.kind == "class" else None
         inner = _Scope("function", qualname, scope.module, scope, method_class=method_class)
@@ -462,22 +502,38 @@ class _Index:
         return []
 
     def _guarded(self, key: Any, compute: Any) -> frozenset[_Value]:
-        """Memoised, cycle- and depth-safe evaluation of ``compute()``."""
+        """Memoised, cycle- and depth-safe evaluation of ``compute()``.
+
+        A lookup that comes back to one in progress (a cycle: ``x = x.parent``, mutual imports,
+        recursive returns) gets nothing from it. As in Tarjan's algorithm, results are cached for good
+        only once the outermost lookup of their cycle is done; until then they are kept provisionally,
+        so that every lookup is computed at most once per top-level resolution (no exponential blow-up).
+        """
         if key in self._cache:
             return self._cache[key]
-        if key in self._active or self._depth >= MAX_RESOLVE_DEPTH:
-            self._cuts += 1
+        if key in self._provisional:
+            return self._provisional[key]
+        depth = self._active.get(key)
+        if depth is not None:
+            self._low = min(self._low, depth)
             return frozenset()
-        cuts = self._cuts
-        self._active.add(key)
-        self._depth += 1
+        depth = len(self._active)
+        if depth >= MAX_RESOLVE_DEPTH:
+            return frozenset()
+        self._active[key] = depth
+        outer_low, self._low = self._low, _NO_CYCLE
         try:
             result = frozenset(compute())
         finally:
-            self._active.discard(key)
-            self._depth -= 1
-        if self._cuts == cuts:  # only complete results (nothing cut short on the way) are cached
+            del self._active[key]
+        if self._low >= depth:  # no cycle through a lookup outside this one
             self._cache[key] = result
+            self._low = outer_low
+        else:
+            self._provisional[key] = result
+            self._low = min(outer_low, self._low)
+        if not self._active:
+            self._provisional.clear()
         return result
 
     def _canonical_module(self, name: str) -> str | None:
@@ -560,7 +616,11 @@ class _Index:
 
     def _call_result(self, node: ast.Call, scope: _Scope) -> set[_Value]:
         func = node.func
-        if isinstance(func, ast.Name) and func.id == "super" and not self._ref_values(self._lookup("super", scope)):
+        if (
+            isinstance(func, ast.Name)
+            and func.id == "super"
+            and not self._ref_values(self._lookup("super", scope))
+        ):
             current: _Scope | None = scope
             while current is not None and current.kind != "module":
                 if current.method_class is not None:
@@ -724,8 +784,7 @@ def _not_found_message(index: _Index, name: str, wanted: str, role: str) -> str:
             if qualname not in suggestions:
                 suggestions.append(qualname)
     message = (
-        f"{role} {name!r} not found among {len(index.functions)} functions "
-        f"in {index.files_indexed} files"
+        f"{role} {name!r} not found among {len(index.functions)} functions in {index.files_indexed} files"
     )
     if index.skipped:
         message += f" ({len(index.skipped)} files skipped, see skipped_files)"

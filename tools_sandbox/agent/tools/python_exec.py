@@ -11,6 +11,7 @@ The program sees ``OFFICERAY_WORKSPACE`` (the workspace root) in its environment
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -48,10 +49,8 @@ def _workspace() -> str:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def _decode(data: bytearray, total: int) -> str:
@@ -111,13 +110,16 @@ def run(code: str, stdin: str = "", *, timeout_s: float | None = None) -> dict[s
     if timeout_s is not None and timeout_s <= 0:
         raise ToolInputError("timeout_s must be positive")
     workspace = _workspace()
-    folder = tempfile.mkdtemp(prefix="exec-", dir=workspace)
-    script = os.path.join(folder, "main.py")
-    with open(script, "w", encoding="utf-8", errors="surrogatepass") as fh:
-        fh.write(code)
-    stdin_path = os.path.join(folder, ".stdin")
-    with open(stdin_path, "wb") as fh:
-        fh.write(stdin_bytes)
+    try:
+        folder = tempfile.mkdtemp(prefix="exec-", dir=workspace)
+        script = os.path.join(folder, "main.py")
+        with open(script, "w", encoding="utf-8", errors="surrogatepass") as fh:
+            fh.write(code)
+        stdin_path = os.path.join(folder, ".stdin")
+        with open(stdin_path, "wb") as fh:
+            fh.write(stdin_bytes)
+    except OSError as exc:  # e.g. the workspace is full
+        raise ToolFailure(f"cannot write the program to the workspace: {exc.strerror or exc}") from None
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": folder,

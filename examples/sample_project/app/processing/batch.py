@@ -1,7 +1,7 @@
 """Batch mode: score a whole file in one go, without the configurable pipeline.
 
-Used by maintenance scripts (``python -c "from app.processing.batch import run; print(run('data/records.csv'))"``);
-the command-line app does not go through here.
+Used by maintenance scripts, e.g. ``from app.processing.batch import run; run("data/records.csv")``;
+the command-line app (``app.main``) does not go through here.
 """
 
 from __future__ import annotations

@@ -10,4 +10,7 @@ def clean_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _clean(record: dict[str, Any]) -> dict[str, Any]:
-    return {key.strip().lower(): value.strip() if isinstance(value, str) else value for key, value in record.items()}
+    return {
+        key.strip().lower(): value.strip() if isinstance(value, str) else value
+        for key, value in record.items()
+    }

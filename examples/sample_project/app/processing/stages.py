@@ -6,16 +6,18 @@ from typing import Any
 
 from .clean import clean_records
 
+Records = list[dict[str, Any]]
+
 COMPOSITES: dict[str, list[str]] = {"full": ["clean", "process"]}
 
 
-def apply_all(names: list[str], records: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+def apply_all(names: list[str], records: Records, options: dict[str, Any]) -> Records:
     for name in names:
         records = apply(name, records, options)
     return records
 
 
-def apply(name: str, records: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+def apply(name: str, records: Records, options: dict[str, Any]) -> Records:
     if name in COMPOSITES:
         return apply_all(COMPOSITES[name], records, options)
     if name == "clean":

@@ -61,6 +61,8 @@ def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> 
     """Connect to ``address`` (``"auto"``: the running cluster) or start a local Ray instance."""
     if ray.is_initialized():
         return
+    if quiet:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {
         "namespace": settings.ray_namespace,
         "log_to_driver": not quiet,

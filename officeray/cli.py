@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ EXIT_USAGE = 2
 
 DEFAULT_EXAMPLES = Path("examples/tasks.jsonl")
 RESULT_PREVIEW_CHARS = 90
+SUMMARY_MIN_WIDTH = 140
 
 
 _ENVIRONMENT_ERRORS = frozenset({"DockerUnavailable", "ImageBuildError"})
@@ -102,6 +104,8 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _preview(value: Any) -> str:
+    if isinstance(value, dict) and isinstance(value.get("message"), str):
+        value = value["message"]  # e.g. code_analyzer's "main → … → process_data (5 hops)"
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = " ".join(text.split())
     return text if len(text) <= RESULT_PREVIEW_CHARS else text[: RESULT_PREVIEW_CHARS - 1] + "…"
@@ -145,7 +149,7 @@ def print_summary(records: Sequence[TaskRecord], elapsed_s: float) -> None:
         if record.finished_at is not None:
             secs = f"{(record.finished_at - record.created_at).total_seconds():.2f}"
         ok = record.status == TaskStatus.COMPLETED
-        steps = ",".join(f"{s.action}:{s.status.value}" for s in record.steps)
+        steps = ", ".join(f"{s.step_id} {s.action} {s.status.value}" for s in record.steps)
         table.add_row(
             _preview(record.description.splitlines()[0]),
             f"[green]{record.status.value}[/]" if ok else f"[red]{record.status.value}[/]",
@@ -154,7 +158,7 @@ def print_summary(records: Sequence[TaskRecord], elapsed_s: float) -> None:
             secs,
             _preview(record.result if ok else record.error),
         )
-    Console().print(table)
+    Console(width=max(SUMMARY_MIN_WIDTH, shutil.get_terminal_size().columns)).print(table)
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:

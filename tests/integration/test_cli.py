@@ -85,3 +85,53 @@ def test_batch_job_writes_one_record_per_task_in_order(tmp_path: Path) -> None:
     assert [r["status"] for r in records] == ["completed", "completed", "failed", "completed"]
     assert [r["result"] for r in records if r["status"] == "completed"] == [2, 9, 2.5]
     assert "3 completed, 1 failed" in proc.stdout
+
+
+def test_serve_answers_http_until_stopped(tmp_path: Path) -> None:
+    require_docker()
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).with_name("officeray")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        created = httpx.post(f"{base}/v1/tasks", json={"description": "Calculate 40 + 2"}, timeout=10)
+        assert created.status_code == 202
+        task_id = created.json()["task_id"]
+        while time.monotonic() < deadline:
+            body = httpx.get(f"{base}/v1/tasks/{task_id}", timeout=10).json()
+            if body["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.2)
+        assert body["status"] == "completed" and body["result"] == 42
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0

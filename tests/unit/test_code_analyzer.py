@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import textwrap
 from collections import deque
 from pathlib import Path
@@ -82,6 +83,31 @@ def test_sample_project_from_the_package_folder_keeps_package_names() -> None:
     result = analyze(str(SAMPLE / "app"), "main", "process_data")
     assert names(result) == [name for name, _, _ in SAMPLE_PATH]
     assert result["path"][0]["file"] == "main.py"
+
+
+def test_sample_package_staged_under_another_name(tmp_path: Path) -> None:
+    """The sandbox stages a folder as ``staged-<random>``: the package name comes from its imports."""
+    staged = tmp_path / "staged-1a2b3c"
+    shutil.copytree(SAMPLE / "app", staged, ignore=shutil.ignore_patterns("__pycache__"))
+    result = analyze(str(staged), "main", "process_data")
+    assert names(result) == [name for name, _, _ in SAMPLE_PATH]
+    assert result["path"][-1]["file"] == "processing/core.py"
+
+
+def test_unnamed_package_folder(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path / "staged-x",
+        {
+            "__init__.py": "def helper():\n    pass\n",
+            "sub/__init__.py": "",
+            "sub/mod.py": "from .. import helper\n\ndef start():\n    helper()\n",
+        },
+    )
+    result = analyze(folder, "start", "helper")
+    assert result["path"] == [
+        {"name": "sub.mod.start", "file": "sub/mod.py", "line": 3},
+        {"name": "helper", "file": "__init__.py", "line": 1},
+    ]
 
 
 def test_sample_project_decoy_defeats_name_based_matching() -> None:
@@ -756,3 +782,71 @@ def test_src_layout_absolute_imports(tmp_path: Path) -> None:
     assert names(result) == ["src.app.cli.start", "src.app.core.work"]
     assert result["path"][1]["file"] == "src/app/core.py"
     assert analyze(folder, "app.cli.start", "app.core.work")["hops"] == 1
+
+
+def test_star_import(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        {
+            "m.py": "from helpers import *\n\ndef start():\n    target()\n",
+            "helpers.py": "from impl import target\n",
+            "impl.py": "def target():\n    pass\n",
+        },
+    )
+    assert names(analyze(folder, "start", "target")) == ["m.start", "impl.target"]
+
+
+def test_cyclic_value_flows_stay_fast(tmp_path: Path) -> None:
+    """Return values that depend on each other in a cycle, four routes per level: re-resolving them
+    naively would take 4**12 steps; memoisation makes it linear."""
+    levels = 12
+    functions = [
+        f"def f{i}(flag):\n    a, b = f{i + 1}(1), f{i + 1}(2)\n    c = f{i + 1}(3)\n"
+        f"    return a or b if flag else c or f{i + 1}(4)\n"
+        for i in range(levels)
+    ]
+    functions.append(f"def f{levels}(flag):\n    return f0(flag) if flag else Box()\n")
+    source = "\n\n".join(functions)
+    source += "\n\nclass Box:\n    def open(self):\n        pass\n\ndef start():\n    f0(True).open()\n"
+    folder = write(tmp_path, {"m.py": source})
+    assert names(analyze(folder, "start", "Box.open")) == ["m.start", "m.Box.open"]
+
+
+def test_property_and_with_statement_types(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        {
+            "m.py": """
+                import functools
+
+                class Client:
+                    def fetch(self):
+                        pass
+
+                    def __enter__(self):
+                        return self
+
+                class Service:
+                    @property
+                    def client(self) -> Client:
+                        return Client()
+
+                    @functools.cached_property
+                    def cached(self):
+                        return Client()
+
+                    def run(self):
+                        self.client.fetch()
+
+                    def run_cached(self):
+                        self.cached.fetch()
+
+                def session():
+                    with Client() as client:
+                        client.fetch()
+            """,
+        },
+    )
+    assert names(analyze(folder, "Service.run", "fetch")) == ["m.Service.run", "m.Client.fetch"]
+    assert analyze(folder, "run_cached", "fetch")["hops"] == 1
+    assert analyze(folder, "session", "fetch")["hops"] == 1

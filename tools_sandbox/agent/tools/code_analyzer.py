@@ -2,8 +2,8 @@
 
 :func:`analyze` parses every ``*.py`` file under a folder (with :mod:`ast`; nothing is imported or
 run), indexes every function and method under a qualified name (``pkg.mod.func``,
-``pkg.mod.Class.method``, ``pkg.mod.outer.inner``), builds a call graph and returns the shortest
-path from one function to another (breadth-first search, so recursion and cycles are harmless).
+``pkg.mod.Class.method``, ``pkg.mod.outer.inner``) and returns the shortest call path from one
+function to another (breadth-first search over the call graph, so recursion and cycles are harmless).
 
 Module names come from paths relative to the folder (``pkg/sub/mod.py`` -> ``pkg.sub.mod``,
 ``pkg/__init__.py`` -> ``pkg``); when the folder is itself a package (it has an ``__init__.py``)
@@ -12,8 +12,8 @@ folder (``src/app/x.py``) can also be imported under its package-relative name (
 
 Calls are resolved the way Python would bind the names, statically:
 
-* bare names: local definitions (nested functions), enclosing functions, module globals, ``from m
-  import *``; parameters and loop variables shadow outer names;
+* bare names: local definitions (nested functions), enclosing functions, module globals,
+  ``from m import *``; parameters and loop variables shadow outer names;
 * imports anywhere (module level or inside a function): ``import a.b``, ``import a.b as c``,
   ``from a import f``, ``from a import f as g``, relative imports (``from . import x``,
   ``from ..mod import f``), re-exports through ``__init__`` modules;
@@ -29,9 +29,11 @@ Calls in a nested function belong to it; calls in a lambda belong to the functio
 Dynamic calls (``getattr``, callbacks passed as values, dispatch dicts) are not followed, and calls
 made at module or class level are not part of any function.
 
-Limits: at most :data:`MAX_FILES` files (a larger folder is refused), files over
-:data:`MAX_FILE_BYTES` or that do not parse are skipped and reported in ``skipped_files``; hidden
-folders, ``__pycache__`` and virtual environments are not searched.
+Limits: at most :data:`MAX_FILES` files and :data:`MAX_TOTAL_BYTES` of source (a larger folder is
+refused with :class:`~tools_sandbox.agent.errors.ToolInputError`); files over :data:`MAX_FILE_BYTES`
+or that do not parse are skipped and reported in ``skipped_files``; hidden folders, ``__pycache__``
+and virtual environments are not searched. Calls are resolved lazily, only for the functions the
+search reaches, and every lookup is memoised, so the cost is dominated by parsing.
 
 stdlib only: this module runs inside the sandbox container.
 """
@@ -40,15 +42,18 @@ from __future__ import annotations
 
 import ast
 import difflib
+import keyword
 import os
+import re
+import sys
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tools_sandbox.agent.errors import ToolInputError
+from tools_sandbox.agent.errors import ToolFailure, ToolInputError
 
 MAX_FILES = 5_000
 """Most ``*.py`` files in the folder; a larger folder is refused (point the tool at a subfolder)."""
@@ -56,10 +61,12 @@ MAX_FILES = 5_000
 MAX_FILE_BYTES = 2 * 1024 * 1024
 """Largest file parsed; larger files are skipped and listed in ``skipped_files``."""
 
-MAX_TOTAL_BYTES = 200 * 1024 * 1024
-"""Most bytes of Python source in the folder; a larger folder is refused."""
+MAX_TOTAL_BYTES = 64 * 1024 * 1024
+"""Most bytes of Python source in the folder; a larger folder is refused. Parsing runs at roughly
+1 MiB/s (the whole CPython standard library, 31 MB, takes about 30 s), so this keeps a call well
+inside the default step timeout."""
 
-MAX_RESOLVE_DEPTH = 60
+MAX_RESOLVE_DEPTH = 100
 """Deepest chain of name / attribute / import lookups followed while resolving one expression."""
 
 MAX_CANDIDATES_LISTED = 20
@@ -69,6 +76,7 @@ MAX_SUGGESTIONS = 5
 """Most close matches suggested for an unknown name."""
 
 _NO_CYCLE = 1 << 30
+"""``_Index._low`` when no cycle was cut (deeper than any lookup can be)."""
 
 SKIPPED_DIR_NAMES = frozenset({"__pycache__", "venv", "site-packages", "dist-packages", "node_modules"})
 """Folders never searched (besides hidden folders and any folder holding a ``pyvenv.cfg``)."""
@@ -184,14 +192,43 @@ def _find_sources(root: Path) -> list[Path]:
     return found
 
 
-def _package_prefix(root: Path) -> list[str]:
-    """The dotted package name of ``root`` itself when it is a package (``[]`` otherwise)."""
+_IMPORT_LINE = re.compile(
+    rb"^[ \t]*(?:from[ \t]+([A-Za-z_][\w.]*)[ \t]+import\b|import[ \t]+([A-Za-z_][\w.]*))", re.MULTILINE
+)
+
+
+def _is_identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _package_prefix(root: Path, sources: list[Path], rels: list[Path]) -> list[str]:
+    """The dotted package name of ``root`` itself when it is a package (``[]`` otherwise).
+
+    A folder staged into the sandbox lost its name (``staged-1a2b3c``): the package name is then
+    inferred from the folder's own absolute imports (``from app.io import x`` in a folder holding
+    ``io/``). Without a name the package's ``__init__`` is the module ``""``.
+    """
     prefix: list[str] = []
     here = root.resolve()
-    while (here / "__init__.py").is_file() and here.name and len(prefix) < 50:
+    while (here / "__init__.py").is_file() and _is_identifier(here.name) and len(prefix) < 50:
         prefix.insert(0, here.name)
         here = here.parent
-    return prefix
+    if prefix or not (root / "__init__.py").is_file():
+        return prefix
+    modules = {".".join(_module_parts(rel)) for rel in rels}
+    votes: Counter[str] = Counter()
+    for path in sources:
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                continue
+            source = path.read_bytes()
+        except OSError:
+            continue
+        for match in _IMPORT_LINE.finditer(source):
+            first, _, rest = (match.group(1) or match.group(2)).decode("ascii").partition(".")
+            if rest in modules and first not in modules and first not in sys.stdlib_module_names:
+                votes[first] += 1
+    return [min(votes, key=lambda name: (-votes[name], name))] if votes else []
 
 
 def _module_parts(rel: Path) -> list[str]:
@@ -276,6 +313,7 @@ class _Index:
         self.functions: dict[str, _Function] = {}  # first definition of each qualified name
         self.definitions: dict[str, list[_Function]] = {}  # every definition of each qualified name
         self.classes: dict[str, _Class] = {}
+        self.properties: set[str] = set()  # methods decorated with @property or @cached_property
         self.skipped: list[dict[str, str]] = []
         self.files_indexed = 0
         self._active: dict[Any, int] = {}  # lookups in progress -> their depth
@@ -285,6 +323,7 @@ class _Index:
         self._mro_cache: dict[str, list[str]] = {}
         self._mro_active: set[str] = set()
         self._subclasses: dict[str, list[str]] | None = None
+        self._callees: dict[str, list[str]] = {}
 
     # discovery and parsing
 
@@ -292,13 +331,11 @@ class _Index:
         sources = _find_sources(self.root)
         if not sources:
             raise ToolInputError(f"no Python (*.py) files found in folder {self.root}")
-        prefix = _package_prefix(self.root)
         rels = [path.relative_to(self.root) for path in sources]
+        prefix = _package_prefix(self.root, sources, rels)
         package_dirs = {rel.parent for rel in rels if rel.name == "__init__.py"}
         for path, rel in zip(sources, rels, strict=True):
             parts = [*prefix, *_module_parts(rel)]
-            if not parts:
-                continue
             tree = self._parse(path, rel)
             if tree is None:
                 continue
@@ -423,14 +460,19 @@ class _Index:
         self.functions.setdefault(qualname, func)
         self.definitions.setdefault(qualname, []).append(func)
 
+        decorators = {
+            d.id if isinstance(d, ast.Name) else d.attr
+            for d in node.decorator_list
+            if isinstance(d, ast.Name | ast.Attribute)
+        }
+        if method_class is not None and decorators & {"property", "cached_property"}:
+            self.properties.add(qualname)
         args = node.args
         params = [*args.posonlyargs, *args.args]
-        if method_class is not None and params:
-            decorators = {d.id for d in node.decorator_list if isinstance(d, ast.Name)}
-            if "staticmethod" not in decorators:
-                first = params.pop(0)
-                is_cls = "classmethod" in decorators or node.name in ("__new__", "__init_subclass__")
-                inner.bind(first.arg, _Ref("cls" if is_cls else "self", method_class))
+        if method_class is not None and params and "staticmethod" not in decorators:
+            first = params.pop(0)
+            is_cls = "classmethod" in decorators or node.name in ("__new__", "__init_subclass__")
+            inner.bind(first.arg, _Ref("cls" if is_cls else "self", method_class))
         params += [*args.kwonlyargs, *(a for a in (args.vararg, args.kwarg) if a is not None)]
         for param in params:
             if param.annotation is not None and param not in (args.vararg, args.kwarg):
@@ -610,6 +652,12 @@ class _Index:
                 return values
             if isinstance(node, ast.Call):
                 return self._call_result(node, scope)
+            if isinstance(node, ast.IfExp):
+                return set(self.resolve(node.body, scope) | self.resolve(node.orelse, scope))
+            if isinstance(node, ast.BoolOp):
+                return {value for operand in node.values for value in self.resolve(operand, scope)}
+            if isinstance(node, ast.NamedExpr):
+                return set(self.resolve(node.value, scope))
             return set()
 
         return self._guarded(("expr", id(node), id(scope)), compute)
@@ -646,30 +694,36 @@ class _Index:
         return self._guarded(("returns", qualname), compute)
 
     def attr_values(self, value: _Value, attr: str) -> set[_Value]:
+        """What ``value.attr`` may be: a module's global, a class's or an instance's attribute."""
         if value.kind == "module":
             return set(self.module_attr(value.name, attr))
         if value.kind not in ("class", "instance", "super") or value.name not in self.classes:
             return set()
-        mro = self.mro(value.name)
-        if value.kind == "super":
-            mro = mro[1:]
-        values: set[_Value] = set()
-        for cls in mro:
-            info = self.classes[cls]
-            refs = info.scope.bindings.get(attr)
-            if refs:
-                values = self._ref_values(refs)
-            if value.kind != "class" and attr in info.instance_attrs:
-                for expr, scope in info.instance_attrs[attr]:
-                    values |= self.resolve(expr, scope)
-            if values:
-                break
+        values = self._class_attr(value, attr)
+        getters = {v for v in values if v.kind == "func" and v.name in self.properties}
+        if getters and value.kind != "class":
+            values -= getters  # obj.prop is what the property's getter returns
+            for getter in getters:
+                values |= self._function_returns(getter.name)
         if value.kind == "instance" and not value.exact:
             # self.method() may run an override defined in a subclass.
             for sub in self.subclasses(value.name):
                 refs = self.classes[sub].scope.bindings.get(attr, [])
                 values |= {_Value("func", r.target) for r in refs if r.kind == "def"}
         return values
+
+    def _class_attr(self, value: _Value, attr: str) -> set[_Value]:
+        """The attribute from the first class in the method resolution order that defines it."""
+        mro = self.mro(value.name)
+        for cls in mro[1:] if value.kind == "super" else mro:
+            info = self.classes[cls]
+            values = self._ref_values(info.scope.bindings.get(attr, []))
+            if value.kind != "class":  # instance attributes: self.attr = ... in a method
+                for expr, scope in info.instance_attrs.get(attr, []):
+                    values |= self.resolve(expr, scope)
+            if values:
+                return values
+        return set()
 
     def bases(self, qualname: str) -> list[str]:
         info = self.classes[qualname]
@@ -733,14 +787,16 @@ class _Index:
             targets += [name for name in names if name in self.functions and name not in targets]
         return targets
 
-    def call_graph(self) -> dict[str, dict[str, None]]:
-        graph: dict[str, dict[str, None]] = {name: {} for name in self.functions}
-        for qualname, definitions in self.definitions.items():
-            for func in definitions:
+    def callees(self, qualname: str) -> list[str]:
+        """The functions ``qualname`` calls, in the order of the calls (resolved on first use)."""
+        found = self._callees.get(qualname)
+        if found is None:
+            targets: dict[str, None] = {}
+            for func in self.definitions.get(qualname, []):
                 for callee, scope in func.calls:
-                    for target in self.call_targets(callee, scope):
-                        graph[qualname][target] = None
-        return graph
+                    targets.update(dict.fromkeys(self.call_targets(callee, scope)))
+            found = self._callees[qualname] = list(targets)
+        return found
 
 
 # --- name matching ---------------------------------------------------------------------------------
@@ -807,7 +863,7 @@ def _check_folder(folder: Any) -> Path:
     return root
 
 
-def _shortest_path(graph: dict[str, dict[str, None]], start: str, end: str) -> tuple[list[str], int]:
+def _shortest_path(index: _Index, start: str, end: str) -> tuple[list[str], int]:
     """BFS: the shortest path (``[]`` when none) and how many functions ``start`` reaches."""
     parents: dict[str, str | None] = {start: None}
     queue = deque([start])
@@ -820,7 +876,7 @@ def _shortest_path(graph: dict[str, dict[str, None]], start: str, end: str) -> t
                 path.append(step)
                 step = parents[step]
             return path[::-1], len(parents) - 1
-        for callee in graph.get(current, {}):
+        for callee in index.callees(current):
             if callee not in parents:
                 parents[callee] = current
                 queue.append(callee)
@@ -847,7 +903,10 @@ def analyze(folder: str, start_func: str, end_func: str) -> dict[str, Any]:
         )
     start = _match(index, start_func, "start_func")
     end = _match(index, end_func, "end_func")
-    path, reached = _shortest_path(index.call_graph(), start, end)
+    try:
+        path, reached = _shortest_path(index, start, end)
+    except RecursionError:
+        raise ToolFailure("the code is nested too deeply to resolve its calls") from None
     functions = [index.functions[name] for name in path]
     counts = f"{len(index.functions)} functions in {index.files_indexed} files indexed"
     if functions:

@@ -22,7 +22,8 @@ from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
 from officeray.workflow import Workflow
 from serving.models import ServePlanner, ServeReviewer
-from tools_sandbox.catalog import BUILTIN_TOOLS
+from tools_sandbox.catalog import input_models
+from tools_sandbox.plugins import load_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ ORCHESTRATOR_NAME = "officeray-orchestrator"
 class Orchestrator:
     def __init__(self, settings: Settings, planner_handle: Any, reviewer_handle: Any) -> None:
         self.settings = settings
+        load_plugins(settings.plugins)
         self.store = SqlStore(settings.store.url)
         self.pool = RunnerPool(settings)
         self.workflow = Workflow(
@@ -40,7 +42,7 @@ class Orchestrator:
             executor=self.pool,
             store=self.store,
             tracer=setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name),
-            tools={name: spec.input_model for name, spec in BUILTIN_TOOLS.items()},
+            tools=input_models(),
             settings=settings.workflow,
         )
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)

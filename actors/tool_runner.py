@@ -20,7 +20,9 @@ from ray.exceptions import RayActorError
 from officeray.config import SandboxSettings, Settings
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
 from officeray.telemetry import extract_context, setup_tracing
+from tools_sandbox.catalog import HostContext, validate_tool_settings
 from tools_sandbox.executor import run_step
+from tools_sandbox.plugins import load_plugins
 from tools_sandbox.sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ class ToolRunner:
     """Owns one warm sandbox and runs steps in it, one at a time."""
 
     def __init__(self, settings: Settings) -> None:
+        load_plugins(settings.plugins)
         self.workspace_root = Path(settings.workspace_root)
+        self.host_context = HostContext(settings=validate_tool_settings(settings.tools))
         self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
         self.sandbox = make_sandbox(settings.sandbox)
         self.sandbox.start()
@@ -60,7 +64,7 @@ class ToolRunner:
             context=extract_context(carrier),
             attributes={"officeray.task_id": task_id, "officeray.step_id": step.step_id},
         ) as span:
-            outcome = run_step(self.sandbox, step, inputs, self.workspace_root)
+            outcome = run_step(self.sandbox, step, inputs, self.workspace_root, self.host_context)
             if outcome.error is not None:
                 span.set_attribute("officeray.error_type", outcome.error.type.value)
             return outcome

@@ -22,6 +22,7 @@ from ray import serve
 from actors.orchestrator import ORCHESTRATOR_NAME
 from officeray.config import Settings, apply_overrides
 from officeray.contracts import TaskRecord, TaskRequest
+from officeray.errors import ConfigError
 from serving.app import build_app
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,22 @@ def absolutize(settings: Settings, base: Path | None = None) -> Settings:
     return apply_overrides(settings, overrides)
 
 
+def check_tools(settings: Settings) -> None:
+    """Import the configured plugins and check every ``tools:`` section; ConfigError names the key."""
+    from tools_sandbox.catalog import validate_tool_settings
+    from tools_sandbox.plugins import load_plugins
+
+    try:
+        load_plugins(settings.plugins)
+        validate_tool_settings(settings.tools)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def prepare_settings(settings: Settings) -> Settings:
-    """Absolute paths, and the sandbox image built (once) when the Docker backend is used."""
+    """Absolute paths, tool settings checked, and the sandbox image built (once) for Docker."""
     settings = absolutize(settings)
+    check_tools(settings)
     if settings.sandbox.backend == "docker" and not settings.sandbox.image:
         from tools_sandbox.docker_sandbox import remove_sandbox_containers
         from tools_sandbox.image import ensure_image

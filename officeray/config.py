@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     runners: RunnerSettings = Field(default_factory=RunnerSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-tool settings by tool name (``tools.http_client.allow_hosts``, ...), each checked against
+    that tool's settings model when the runtime starts."""
+    plugins: list[str] = Field(default_factory=list)
+    """Modules to import at start; their ``@tool`` functions join the catalog."""
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,6 @@ Bad input answers 4xx with a message (422 for a body that does not match the sch
 entry per bad field), an unknown id answers 404.
 """
 
-
 import asyncio
 from typing import Any
 

@@ -8,13 +8,15 @@ with the real values.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from officeray.contracts import StepReference
+from officeray.contracts import ErrorType, StepReference
 
 MAX_PYTHON_CODE_CHARS = 100_000
 """Longest ``python_exec`` program accepted."""
@@ -49,6 +51,37 @@ class MathCalculatorInput(_Inputs):
     variables: dict[str, float | StepReference] = Field(default_factory=dict)
 
 
+class ToolRuntime(StrEnum):
+    SANDBOX = "sandbox"
+    """Runs inside the tool runner's Docker sandbox (no network, no host files)."""
+    HOST = "host"
+    """Runs in the tool runner's process, outside the sandbox: tools that need the network behind
+    the SSRF guard (http_client, web_search) or the model router (ai_tool). Never user code."""
+
+
+HostFunction = Callable[[BaseModel, "HostContext"], Any]
+"""A host-side tool: ``fn(validated_inputs, context) -> JSON-able output``; raises
+:class:`HostToolError` for a typed failure. A spec names it as ``"package.module:function"`` so the
+catalog imports it only when the tool runs."""
+
+
+class HostToolError(Exception):
+    """A host-side tool failed; ``error_type`` is an :class:`~officeray.contracts.ErrorType`."""
+
+    def __init__(self, error_type: ErrorType, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass
+class HostContext:
+    """What host-side tools may use: their settings (``settings[tool_name]``) and shared services."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     name: str
@@ -58,10 +91,22 @@ class ToolSpec:
     risk: RiskLevel = RiskLevel.LOW
     staged_folder_input: str | None = None
     """Name of an input holding a host folder whose files are copied into the sandbox workspace."""
+    runtime: ToolRuntime = ToolRuntime.SANDBOX
+    host_function: str | None = None
+    """For ``runtime == HOST``: ``"module:function"`` of the :data:`HostFunction` that runs it."""
+    settings_model: type[BaseModel] | None = None
+    """The model of this tool's section in the config's ``tools:`` mapping (validated at load)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate_inputs(self, inputs: dict[str, Any]) -> BaseModel:
         return self.input_model.model_validate(inputs)
+
+    def load_host_function(self) -> HostFunction:
+        if self.host_function is None:
+            raise LookupError(f"tool {self.name!r} is not a host tool")
+        module_name, _, attr = self.host_function.partition(":")
+        fn: HostFunction = getattr(importlib.import_module(module_name), attr)
+        return fn
 
 
 BUILTIN_TOOLS: dict[str, ToolSpec] = {
@@ -94,12 +139,54 @@ BUILTIN_TOOLS: dict[str, ToolSpec] = {
 }
 
 
+_REGISTRY: dict[str, ToolSpec] = dict(BUILTIN_TOOLS)
+
+
+def register(spec: ToolSpec, *, replace: bool = False) -> ToolSpec:
+    """Add a tool to the catalog (plugins do this through ``@tool``)."""
+    if spec.name in _REGISTRY and not replace and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"a tool named {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def all_tools() -> dict[str, ToolSpec]:
+    """Every registered tool by name: the built-ins and the loaded plugins."""
+    return dict(_REGISTRY)
+
+
+def input_models() -> dict[str, type[BaseModel]]:
+    """Tool name -> input model, what the plan validator checks inputs against."""
+    return {name: spec.input_model for name, spec in _REGISTRY.items()}
+
+
 def get_tool(name: str) -> ToolSpec:
     try:
-        return BUILTIN_TOOLS[name]
+        return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(BUILTIN_TOOLS))
+        known = ", ".join(sorted(_REGISTRY))
         raise KeyError(f"unknown tool {name!r}; registered tools: {known}") from None
+
+
+def validate_tool_settings(sections: dict[str, Any]) -> dict[str, BaseModel]:
+    """The config's ``tools:`` mapping, each section checked against its tool's settings model.
+
+    Raises ``ValueError`` naming ``tools.<name>.<field>`` for a bad value or an unknown tool.
+    """
+    checked: dict[str, BaseModel] = {}
+    for name, section in sections.items():
+        spec = _REGISTRY.get(name)
+        if spec is None or spec.settings_model is None:
+            raise ValueError(f"tools.{name}: no tool named {name!r} takes settings")
+        try:
+            checked[name] = spec.settings_model.model_validate(section or {})
+        except ValidationError as exc:
+            lines = [f"tools.{name}.{line}" for line in describe_input_errors(exc)]
+            raise ValueError("; ".join(lines)) from None
+    for name, spec in _REGISTRY.items():
+        if spec.settings_model is not None and name not in checked:
+            checked[name] = spec.settings_model()
+    return checked
 
 
 def describe_input_errors(exc: ValidationError) -> list[str]:

@@ -12,7 +12,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
-from tools_sandbox.catalog import describe_input_errors, get_tool
+from tools_sandbox.catalog import (
+    HostContext,
+    HostToolError,
+    ToolRuntime,
+    ToolSpec,
+    describe_input_errors,
+    get_tool,
+)
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
 
 MAX_STAGED_FILES = 2_000
@@ -72,7 +79,23 @@ def _fail(error_type: ErrorType, message: str, output: Any = None) -> StepOutcom
     return StepOutcome(output=output, error=StepError(type=error_type, message=message))
 
 
-def run_step(sandbox: Sandbox, step: PlanStep, inputs: dict[str, Any], workspace_root: Path) -> StepOutcome:
+def _run_host_tool(spec: ToolSpec, inputs: dict[str, Any], context: HostContext) -> StepOutcome:
+    try:
+        fn = spec.load_host_function()
+        return StepOutcome(output=fn(spec.validate_inputs(inputs), context))
+    except HostToolError as exc:
+        return _fail(exc.error_type, exc.message)
+    except Exception as exc:  # a host tool must not take the runner down
+        return _fail(ErrorType.TOOL_ERROR, f"{spec.name} failed: {type(exc).__name__}: {exc}")
+
+
+def run_step(
+    sandbox: Sandbox,
+    step: PlanStep,
+    inputs: dict[str, Any],
+    workspace_root: Path,
+    host_context: HostContext | None = None,
+) -> StepOutcome:
     """Run ``step`` (with references already resolved into ``inputs``) and never raise."""
     try:
         spec = get_tool(step.action)
@@ -82,6 +105,8 @@ def run_step(sandbox: Sandbox, step: PlanStep, inputs: dict[str, Any], workspace
         checked = spec.validate_inputs(inputs).model_dump(mode="json")
     except ValidationError as exc:
         return _fail(ErrorType.BAD_INPUT, f"{step.action} inputs: " + "; ".join(describe_input_errors(exc)))
+    if spec.runtime == ToolRuntime.HOST:
+        return _run_host_tool(spec, checked, host_context or HostContext())
     files = None
     if spec.staged_folder_input is not None:
         try:

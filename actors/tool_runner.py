@@ -17,29 +17,17 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from officeray.config import SandboxSettings, Settings
+from officeray.config import Settings
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
 from officeray.telemetry import extract_context, setup_tracing
+from tools_sandbox.backends import make_sandbox
 from tools_sandbox.catalog import HostContext, validate_tool_settings
 from tools_sandbox.executor import run_step
+from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.plugins import load_plugins
-from tools_sandbox.sandbox import Sandbox
+from tools_sandbox.recycling import TaskSandboxes
 
 logger = logging.getLogger(__name__)
-
-
-def make_sandbox(settings: SandboxSettings) -> Sandbox:
-    """The sandbox backend the settings name, not started yet."""
-    if settings.backend == "local":
-        from tools_sandbox.testing import LocalProcessSandbox
-
-        return LocalProcessSandbox()
-    from tools_sandbox.docker_sandbox import DockerSandbox
-    from tools_sandbox.image import ensure_image
-    from tools_sandbox.limits import SandboxLimits
-
-    image = settings.image or ensure_image()
-    return DockerSandbox(image=image, limits=SandboxLimits(**settings.limits))
 
 
 class ToolRunner:
@@ -50,11 +38,18 @@ class ToolRunner:
         self.workspace_root = Path(settings.workspace_root)
         self.host_context = HostContext(settings=validate_tool_settings(settings.tools))
         self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
-        self.sandbox = make_sandbox(settings.sandbox)
-        self.sandbox.start()
+        box = settings.sandbox
+        if box.backend == "docker":
+            limits = SandboxLimits(**box.limits)  # a bad limit fails here, before any container starts
+            box = box.model_copy(update={"limits": limits.model_dump()})
+        self.sandboxes = TaskSandboxes(
+            lambda: make_sandbox(box.backend, image=box.image, limits=box.limits),
+            recycle=box.recycle,
+            spares=box.spares,
+        )
 
     def ready(self) -> bool:
-        return self.sandbox.alive
+        return self.sandboxes.active.alive
 
     def run(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
@@ -64,27 +59,34 @@ class ToolRunner:
             context=extract_context(carrier),
             attributes={"officeray.task_id": task_id, "officeray.step_id": step.step_id},
         ) as span:
-            outcome = run_step(self.sandbox, step, inputs, self.workspace_root, self.host_context)
+            sandbox = self.sandboxes.for_task(task_id)
+            outcome = run_step(sandbox, step, inputs, self.workspace_root, self.host_context)
             if outcome.error is not None:
                 span.set_attribute("officeray.error_type", outcome.error.type.value)
+                if outcome.error.type == ErrorType.SANDBOX_ERROR:
+                    self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
             return outcome
 
     def shutdown(self) -> None:
-        self.sandbox.stop()
+        self.sandboxes.close()
 
 
 class RunnerPool:
-    """A fixed set of :class:`ToolRunner` actors behind a queue of idle ones (the StepExecutor port)."""
+    """A fixed set of :class:`ToolRunner` actors behind a list of idle ones (the StepExecutor port).
+
+    A step prefers an idle runner that last served the same task (its sandbox needs no recycling);
+    otherwise it takes the runner idle the longest.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._actor_cls = ray.remote(ToolRunner).options(
             num_cpus=settings.runners.num_cpus, max_restarts=0, max_concurrency=1
         )
-        self._idle: asyncio.Queue[Any] = asyncio.Queue()
         self.runners = [self._spawn() for _ in range(settings.runners.count)]
-        for runner in self.runners:
-            self._idle.put_nowait(runner)
+        self._idle: list[Any] = list(self.runners)
+        self._last_task: dict[int, str] = {}
+        self._changed = asyncio.Condition()
 
     def _spawn(self) -> Any:
         return self._actor_cls.remote(self.settings)
@@ -92,22 +94,37 @@ class RunnerPool:
     async def wait_ready(self) -> None:
         await asyncio.gather(*(r.ready.remote() for r in self.runners))
 
+    async def _acquire(self, task_id: str) -> Any:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._idle))
+            for i, runner in enumerate(self._idle):
+                if self._last_task.get(id(runner)) == task_id:
+                    return self._idle.pop(i)
+            return self._idle.pop(0)
+
+    async def _release(self, runner: Any, task_id: str) -> None:
+        async with self._changed:
+            self._last_task[id(runner)] = task_id
+            self._idle.append(runner)
+            self._changed.notify()
+
     async def execute(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
     ) -> StepOutcome:
-        runner = await self._idle.get()
+        runner = await self._acquire(task_id)
         try:
             return await runner.run.remote(task_id, step, inputs, trace_carrier)
         except RayActorError as exc:
             logger.warning("tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
             fresh = self._spawn()
             self.runners = [fresh if r is runner else r for r in self.runners]
+            self._last_task.pop(id(runner), None)
             runner = fresh
             return StepOutcome(
                 error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the tool runner died: {exc}")
             )
         finally:
-            self._idle.put_nowait(runner)
+            await self._release(runner, task_id)
 
     def shutdown(self) -> None:
         for runner in self.runners:

@@ -2,23 +2,28 @@
 
     python -m loadtests.bench_sandbox --calls 200
 
-Prints p50/p95 (milliseconds) of:
+Also ``officeray bench sandbox [--json]``. Prints p50/p95 (milliseconds) of one trivial step (a
+``math_calculator`` evaluation of ``2+3*4``) run three ways, in one run:
 
-* ``ping``: a protocol round trip to the warm agent (the fixed cost of every call);
-* ``math``: a warm ``math_calculator`` call (round trip + the agent's fork of a worker);
-* ``exec``: ``docker exec`` of ``python3 -c pass`` in the same container (SDK ``exec_run``);
-* ``run``: ``docker run --rm`` of ``python3 -c pass`` (a fresh container per call);
+* ``warm``: through the warm sandbox (protocol round trip + the agent's fork of a worker);
+* ``exec``: ``docker exec`` of a one-off ``python3`` doing the same evaluation, in the same container;
+* ``run``: ``docker run --rm`` of that one-off process (a fresh container per step);
 
-and the ratios exec/ping, exec/math and run/math. Counts are bounded (``--calls`` <= 2000, ``docker
-run`` at most ``--run-calls`` <= 50 times), so the benchmark takes well under a minute.
+plus the bare protocol round trip (``ping``), and the ratios exec/warm and run/warm. Counts are
+bounded (``--calls`` <= 2000, ``docker run`` at most ``--run-calls`` <= 50 times), so the benchmark
+takes well under a minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 MAX_CALLS = 2000
 MAX_RUN_CALLS = 50
@@ -41,6 +46,112 @@ def measure(fn: Callable[[], object], count: int, warmup: int = 3) -> list[float
     return samples
 
 
+TRIVIAL_EXPRESSION = "2+3*4"
+TRIVIAL_STEP_CODE = (
+    f"from tools_sandbox.agent.tools.math_calculator import evaluate; evaluate({TRIVIAL_EXPRESSION!r})"
+)
+"""The same trivial step (a math_calculator evaluation) as a one-off process for exec and run."""
+
+TARGET_WARM_P50_MS = 5.0
+TARGET_RATIO_VS_EXEC = 5.0
+
+LABELS = {
+    "ping": "warm sandbox: protocol round trip",
+    "warm": "warm sandbox: trivial step",
+    "exec": "docker exec: trivial step",
+    "run": "docker run --rm: trivial step",
+}
+
+
+def run_bench(calls: int = 200, exec_calls: int | None = None, run_calls: int = 10) -> dict[str, Any]:
+    """Measure the trivial step three ways in one run; returns the report (milliseconds).
+
+    Raises :class:`tools_sandbox.image.DockerUnavailable` when Docker cannot be reached.
+    """
+    calls = max(1, min(calls, MAX_CALLS))
+    exec_calls = max(1, min(exec_calls or calls, MAX_CALLS))
+    run_calls = max(1, min(run_calls, MAX_RUN_CALLS))
+
+    from tools_sandbox.docker_sandbox import DockerSandbox
+    from tools_sandbox.image import docker_client, ensure_image
+
+    client = docker_client()
+    image = ensure_image(client)
+    samples: dict[str, list[float]] = {}
+    sandbox = DockerSandbox(image, client=client)
+    started = time.perf_counter()
+    sandbox.start()
+    cold_ms = (time.perf_counter() - started) * 1000
+    try:
+        samples["ping"] = measure(sandbox.ping, calls)
+        samples["warm"] = measure(
+            lambda: sandbox.call("math_calculator", {"expression": TRIVIAL_EXPRESSION}, timeout_s=10), calls
+        )
+        container = sandbox.container
+
+        def docker_exec() -> None:
+            code, _ = container.exec_run(["python3", "-c", TRIVIAL_STEP_CODE], user="65534:65534")
+            assert code == 0
+
+        samples["exec"] = measure(docker_exec, exec_calls)
+    finally:
+        sandbox.stop()
+
+    def docker_run() -> None:
+        client.containers.run(image, ["python3", "-c", TRIVIAL_STEP_CODE], remove=True, network_mode="none")
+
+    samples["run"] = measure(docker_run, run_calls, warmup=1)
+
+    stats = {
+        key: {
+            "label": LABELS[key],
+            "n": len(values),
+            "p50_ms": percentile(values, 50),
+            "p95_ms": percentile(values, 95),
+        }
+        for key, values in samples.items()
+    }
+    warm = stats["warm"]["p50_ms"]
+    ratios = {
+        "exec_over_warm": stats["exec"]["p50_ms"] / warm,
+        "run_over_warm": stats["run"]["p50_ms"] / warm,
+    }
+    return {
+        "benchmark": "sandbox",
+        "image": image,
+        "cold_start_ms": cold_ms,
+        "measures": stats,
+        "ratios_p50": ratios,
+        "targets": {
+            "warm_p50_ms_at_most": TARGET_WARM_P50_MS,
+            "exec_over_warm_at_least": TARGET_RATIO_VS_EXEC,
+            "met": warm <= TARGET_WARM_P50_MS and ratios["exec_over_warm"] >= TARGET_RATIO_VS_EXEC,
+        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"image {report['image']}; cold start of a sandbox (create + start + first ping): "
+        f"{report['cold_start_ms']:.0f} ms",
+        f"{'measure':<40} {'n':>5} {'p50 ms':>9} {'p95 ms':>9}",
+    ]
+    for stat in report["measures"].values():
+        lines.append(f"{stat['label']:<40} {stat['n']:>5} {stat['p50_ms']:>9.2f} {stat['p95_ms']:>9.2f}")
+    ratios = report["ratios_p50"]
+    targets = report["targets"]
+    lines.append(
+        f"p50 ratios: docker exec / warm = {ratios['exec_over_warm']:.1f}x, "
+        f"docker run / warm = {ratios['run_over_warm']:.1f}x"
+    )
+    lines.append(
+        f"target (warm p50 <= {targets['warm_p50_ms_at_most']} ms and >= "
+        f"{targets['exec_over_warm_at_least']}x below docker exec): {'met' if targets['met'] else 'NOT met'}"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.bench_sandbox", description=__doc__.split("\n")[0]
@@ -52,62 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-calls", type=int, default=10, help=f"docker run --rm samples (<= {MAX_RUN_CALLS})"
     )
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
-    calls = max(1, min(args.calls, MAX_CALLS))
-    exec_calls = max(1, min(args.exec_calls or calls, MAX_CALLS))
-    run_calls = max(0, min(args.run_calls, MAX_RUN_CALLS))
-
-    from tools_sandbox.docker_sandbox import DockerSandbox
-    from tools_sandbox.image import DockerUnavailable, docker_client, ensure_image
+    from tools_sandbox.image import DockerUnavailable
 
     try:
-        client = docker_client()
+        report = run_bench(args.calls, args.exec_calls, args.run_calls)
     except DockerUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    image = ensure_image(client)
-    results: dict[str, list[float]] = {}
-    sandbox = DockerSandbox(image, client=client)
-    started = time.perf_counter()
-    sandbox.start()
-    cold_ms = (time.perf_counter() - started) * 1000
-    try:
-        results["ping"] = measure(sandbox.ping, calls)
-        results["math"] = measure(
-            lambda: sandbox.call("math_calculator", {"expression": "2+3*4"}, timeout_s=10), calls
-        )
-        container = sandbox.container
-
-        def docker_exec() -> None:
-            code, _ = container.exec_run(["python3", "-c", "pass"], user="65534:65534")
-            assert code == 0
-
-        results["exec"] = measure(docker_exec, exec_calls)
-    finally:
-        sandbox.stop()
-    if run_calls:
-
-        def docker_run() -> None:
-            client.containers.run(image, ["python3", "-c", "pass"], remove=True, network_mode="none")
-
-        results["run"] = measure(docker_run, run_calls, warmup=1)
-
-    print(f"image {image}; cold start of a sandbox (create + start + first ping): {cold_ms:.0f} ms")
-    print(f"{'measure':<40} {'n':>5} {'p50 ms':>9} {'p95 ms':>9}")
-    labels = {
-        "ping": "warm sandbox ping round trip",
-        "math": "warm math_calculator call",
-        "exec": "docker exec python3 -c pass",
-        "run": "docker run --rm python3 -c pass",
-    }
-    for key, samples in results.items():
-        p50, p95 = percentile(samples, 50), percentile(samples, 95)
-        print(f"{labels[key]:<40} {len(samples):>5} {p50:>9.2f} {p95:>9.2f}")
-    med = {key: percentile(samples, 50) for key, samples in results.items()}
-    print(f"ratio exec/ping p50: {med['exec'] / med['ping']:.1f}x", end="; ")
-    print(f"exec/math p50: {med['exec'] / med['math']:.1f}x")
-    if "run" in med:
-        print(f"ratio run/math p50: {med['run'] / med['math']:.1f}x")
+    print(json.dumps(report) if args.json else format_report(report))
     return 0
 
 

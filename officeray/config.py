@@ -95,6 +95,11 @@ class SandboxSettings(_Section):
     """Sandbox image tag; ``None`` uses (and builds if missing) the project's versioned image."""
     limits: dict[str, Any] = Field(default_factory=dict)
     """Overrides of :class:`tools_sandbox.limits.SandboxLimits` (memory_mb, cpus, pids, ...)."""
+    recycle: Literal["reset", "replace"] = "reset"
+    """Between two tasks on one runner: ``reset`` empties the workspace and kills leftover
+    processes; ``replace`` swaps in a fresh pre-warmed container."""
+    spares: int = Field(default=1, ge=0, le=8)
+    """Pre-warmed spare sandboxes per runner, taking over from a failed or retired one at once."""
 
 
 class RunnerSettings(_Section):

@@ -12,63 +12,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import ray
-import sqlalchemy as sa
 from ray import serve
 
 from actors.orchestrator import ORCHESTRATOR_NAME
-from officeray.config import Settings, apply_overrides
+from cluster.prepare import absolutize as absolutize
+from cluster.prepare import check_tools as check_tools
+from cluster.prepare import prepare_settings
+from officeray.config import Settings
 from officeray.contracts import TaskRecord, TaskRequest
-from officeray.errors import ConfigError
 from serving.app import build_app
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 180.0
 """How long start-up may take (Ray, Serve, warm sandboxes) before it is reported as failed."""
-
-
-def absolutize(settings: Settings, base: Path | None = None) -> Settings:
-    """``settings`` with relative file paths made absolute against ``base`` (default: the cwd)."""
-    base = (base or Path.cwd()).resolve()
-    url = sa.make_url(settings.store.url)
-    overrides: dict[str, Any] = {
-        "telemetry.trace_file": str((base / settings.telemetry.trace_file).resolve()),
-        "workspace_root": str((base / settings.workspace_root).resolve()),
-    }
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        overrides["store.url"] = url.set(database=str((base / url.database).resolve())).render_as_string(
-            hide_password=False
-        )
-    return apply_overrides(settings, overrides)
-
-
-def check_tools(settings: Settings) -> None:
-    """Import the configured plugins and check every ``tools:`` section; ConfigError names the key."""
-    from tools_sandbox.catalog import validate_tool_settings
-    from tools_sandbox.plugins import load_plugins
-
-    try:
-        load_plugins(settings.plugins)
-        validate_tool_settings(settings.tools)
-    except (ImportError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def prepare_settings(settings: Settings) -> Settings:
-    """Absolute paths, tool settings checked, and the sandbox image built (once) for Docker."""
-    settings = absolutize(settings)
-    check_tools(settings)
-    if settings.sandbox.backend == "docker" and not settings.sandbox.image:
-        from tools_sandbox.docker_sandbox import remove_sandbox_containers
-        from tools_sandbox.image import ensure_image
-
-        settings = apply_overrides(settings, {"sandbox.image": ensure_image()})
-        remove_sandbox_containers(only_exited=True)  # left by runners of an earlier local cluster
-    return settings
 
 
 def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> None:

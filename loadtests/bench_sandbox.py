@@ -102,7 +102,7 @@ def run_bench(calls: int = 200, exec_calls: int | None = None, run_calls: int = 
 
     samples["run"] = measure(docker_run, run_calls, warmup=1)
 
-    stats = {
+    stats: dict[str, dict[str, Any]] = {
         key: {
             "label": LABELS[key],
             "n": len(values),
@@ -111,11 +111,9 @@ def run_bench(calls: int = 200, exec_calls: int | None = None, run_calls: int = 
         }
         for key, values in samples.items()
     }
-    warm = stats["warm"]["p50_ms"]
-    ratios = {
-        "exec_over_warm": stats["exec"]["p50_ms"] / warm,
-        "run_over_warm": stats["run"]["p50_ms"] / warm,
-    }
+    p50 = {key: percentile(values, 50) for key, values in samples.items()}
+    warm = p50["warm"]
+    ratios = {"exec_over_warm": p50["exec"] / warm, "run_over_warm": p50["run"] / warm}
     return {
         "benchmark": "sandbox",
         "image": image,

@@ -6,6 +6,8 @@
   HTTP API; blocks until interrupted.
 * ``officeray examples [FILE] [--config FILE]``: every task of ``examples/tasks.jsonl`` end to end,
   with a per-task summary.
+* ``officeray tools [--json] [--config FILE]``: every registered tool (the built-ins and the config's
+  ``plugins:``) with its runtime, risk, description, outputs and input JSON schema.
 
 Ray, Serve and the sandbox are imported only inside the commands: ``--help`` and usage errors
 answer at once.
@@ -65,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("file", nargs="?", default=str(DEFAULT_EXAMPLES), help="JSONL file of tasks")
     ex.add_argument("--json", action="store_true", help="print one task record per line")
     ex.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+
+    tl = sub.add_parser(
+        "tools", help="list every registered tool (built-ins and plugins) with its input schema"
+    )
+    tl.add_argument("--json", action="store_true", help='print one JSON object: {"tools": [...]}')
+    tl.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
     return parser
 
 
@@ -199,6 +207,45 @@ def _cmd_examples(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if all(r.status == TaskStatus.COMPLETED for r in records) else EXIT_FAILED
 
 
+def tool_listing() -> list[dict[str, Any]]:
+    """Every registered tool as ``officeray tools --json`` prints it, in registration order."""
+    from tools_sandbox.catalog import all_tools
+
+    return [
+        {
+            "name": spec.name,
+            "description": spec.description,
+            "runtime": spec.runtime.value,
+            "risk": spec.risk.value,
+            "outputs": list(spec.outputs),
+            "input_schema": spec.input_model.model_json_schema(),
+        }
+        for spec in all_tools().values()
+    ]
+
+
+def _cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.prepare import check_tools  # the plugins are imported here (no Ray)
+    from tools_sandbox.catalog import get_tool
+    from tools_sandbox.plugins import plugin_ref
+
+    check_tools(settings)
+    tools = tool_listing()
+    if args.json:
+        print(json.dumps({"tools": tools}))
+        return EXIT_OK
+    for index, tool in enumerate(tools):
+        ref = plugin_ref(get_tool(tool["name"]))
+        origin = f", plugin {ref.module}:{ref.function}" if ref is not None else ""
+        if index:
+            print()
+        print(f"{tool['name']}  ({tool['runtime']}, risk {tool['risk']}{origin})")
+        print(f"  {tool['description']}")
+        print(f"  outputs: {', '.join(tool['outputs']) or '(none declared)'}")
+        print(f"  input schema: {json.dumps(tool['input_schema'], sort_keys=True)}")
+    return EXIT_OK
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from cluster.runtime import LocalStack
 
@@ -221,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             overrides = {"serve.host": args.host, "serve.port": args.port}
         settings = load_settings(args.config, **overrides)
-        handler = {"run": _cmd_run, "serve": _cmd_serve, "examples": _cmd_examples}[args.command]
+        handler = {"run": _cmd_run, "serve": _cmd_serve, "examples": _cmd_examples, "tools": _cmd_tools}[
+            args.command
+        ]
         return handler(args, settings)
     except (UsageError, ConfigError) as exc:
         print(f"officeray: error: {exc}", file=sys.stderr)

@@ -12,11 +12,21 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from officeray.contracts import ErrorType, StepReference
+from tools_sandbox.agent.errors import ToolInputError
+from tools_sandbox.agent.tools.file_operations import MAX_PATH_CHARS, MAX_WRITE_BYTES
+from tools_sandbox.agent.workspace import check_relative
+from tools_sandbox.host_tools.ai_tool import AiToolInput
+from tools_sandbox.host_tools.models import (
+    HttpClientInput,
+    HttpClientSettings,
+    WebSearchInput,
+    WebSearchSettings,
+)
 
 MAX_PYTHON_CODE_CHARS = 100_000
 """Longest ``python_exec`` program accepted."""
@@ -49,6 +59,41 @@ class CodeAnalyzerInput(_Inputs):
 class MathCalculatorInput(_Inputs):
     expression: str = Field(min_length=1, max_length=MAX_EXPRESSION_CHARS)
     variables: dict[str, float | StepReference] = Field(default_factory=dict)
+
+
+class FileOperationsInput(_Inputs):
+    """``file_operations`` (see :mod:`tools_sandbox.agent.tools.file_operations` for the outputs)."""
+
+    operation: Literal["read", "write", "list", "delete"]
+    path: str = Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description="File or folder, relative to the workspace root ('.' is the root, for list).",
+    )
+    content: Annotated[str, Field(max_length=MAX_WRITE_BYTES)] | StepReference | None = Field(
+        default=None, description="The text to write (write only; at most 1 MiB of UTF-8)."
+    )
+    recursive: bool = Field(
+        default=False, description="list: descend into sub-folders; delete: remove a non-empty folder."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, path: str) -> str:
+        try:
+            return check_relative(path)
+        except ToolInputError as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_operation(self) -> FileOperationsInput:
+        if self.operation == "write" and self.content is None:
+            raise ValueError("write needs content")
+        if self.operation != "write" and self.content is not None:
+            raise ValueError(f"content applies to write only, not to {self.operation}")
+        if self.recursive and self.operation not in ("list", "delete"):
+            raise ValueError(f"recursive applies to list and delete, not to {self.operation}")
+        return self
 
 
 class ToolRuntime(StrEnum):
@@ -134,6 +179,55 @@ BUILTIN_TOOLS: dict[str, ToolSpec] = {
             description="Evaluate an arithmetic expression (no eval: an AST whitelist); returns value.",
             input_model=MathCalculatorInput,
             outputs=("value",),
+        ),
+        ToolSpec(
+            name="file_operations",
+            description=(
+                "Read, write, list or delete a file of the task workspace (paths relative to it; nothing "
+                "outside is reachable). Returns operation and path, plus: read -> content, bytes; "
+                "write -> bytes; list -> entries [{name, type, bytes}], truncated; delete -> deleted."
+            ),
+            input_model=FileOperationsInput,
+            outputs=("operation", "path"),
+            risk=RiskLevel.MEDIUM,
+        ),
+        ToolSpec(
+            name="http_client",
+            description=(
+                "Fetch an http(s) URL (GET, HEAD or POST) from the host behind an SSRF guard: internal "
+                "addresses are refused unless allowlisted, redirects are re-checked, the body is capped; "
+                "returns status, headers, body, truncated, url and redirects."
+            ),
+            input_model=HttpClientInput,
+            outputs=("status", "body"),
+            risk=RiskLevel.MEDIUM,
+            runtime=ToolRuntime.HOST,
+            host_function="tools_sandbox.host_tools.http_client:fetch",
+            settings_model=HttpClientSettings,
+        ),
+        ToolSpec(
+            name="web_search",
+            description=(
+                "Search a document collection (or a configured search API) for a query; returns "
+                "results, each with title, url_or_path, snippet and score."
+            ),
+            input_model=WebSearchInput,
+            outputs=("results",),
+            runtime=ToolRuntime.HOST,
+            host_function="tools_sandbox.host_tools.web_search:search",
+            settings_model=WebSearchSettings,
+        ),
+        ToolSpec(
+            name="ai_tool",
+            description=(
+                "Send a prompt to the model router's ai_tool role; returns answer, tier and usage. "
+                "Without a configured model (models.ai_tool) only 'summarize: TEXT', 'keywords: TEXT', "
+                "'count words: TEXT' and 'classify sentiment: TEXT' are answered."
+            ),
+            input_model=AiToolInput,
+            outputs=("answer",),
+            runtime=ToolRuntime.HOST,
+            host_function="tools_sandbox.host_tools.ai_tool:run",
         ),
     )
 }

@@ -10,8 +10,13 @@ goes to the container log (``json-file``, capped at 1 MiB) and its tail is quote
 Hardening: no network (``network_mode="none"``, only ``lo``), read-only root file system, tmpfs
 ``/workspace`` and ``/tmp`` (size-capped, ``nosuid,nodev``), every capability dropped,
 ``no-new-privileges``, user ``65534:65534`` (nobody), memory limit without swap, CPU quota, pid
-limit, no core dumps, an init process (``tini``) that reaps orphans. Limits come from
-:class:`~tools_sandbox.limits.SandboxLimits`.
+limit, no core dumps. Limits come from :class:`~tools_sandbox.limits.SandboxLimits`.
+
+The agent itself is the container's init (PID 1; no ``--init``/``tini``): it reaps orphans, and
+nothing the tools run can outlive a call or take root in the container. An init that runs as the
+sandbox user would not do: ``kill(-1)`` spares PID 1, and the code a call runs (same uid) could
+ptrace it and keep a foothold across calls and tasks. The agent, non-dumpable, cannot be ptraced,
+and as PID 1 it ignores every signal sent from inside the container.
 
 When the container dies (a crash, an OOM kill of the agent) the request fails with
 :class:`~tools_sandbox.sandbox.SandboxError` naming the cause (an OOM kill names the memory limit)
@@ -183,7 +188,7 @@ class DockerSandbox(AgentSandbox):
             "mem_limit": f"{lim.memory_mb}m",
             "memswap_limit": f"{lim.memory_mb}m",
             "nano_cpus": int(lim.cpus * 1e9),
-            "init": True,
+            "init": False,  # the agent is PID 1 (see the module docstring)
             "tmpfs": {
                 WORKSPACE: f"size={lim.workspace_mb}m,mode=1777,uid=65534,gid=65534,nosuid,nodev",
                 "/tmp": f"size={lim.tmp_mb}m,mode=1777,nosuid,nodev",

@@ -2,6 +2,9 @@
 
 This is what a tool runner does for each step; it is a plain function over a :class:`Sandbox` so
 it runs the same under a Ray actor and in a unit test with the local fake sandbox.
+
+Plugin tools (:mod:`tools_sandbox.plugins`) run in the sandbox like the built-ins: the call carries
+the plugin's module source in the protocol's ``plugin`` field (see :func:`call_plugin`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
+from tools_sandbox._channel import AgentSandbox
 from tools_sandbox.catalog import (
     HostContext,
     HostToolError,
@@ -20,6 +24,7 @@ from tools_sandbox.catalog import (
     describe_input_errors,
     get_tool,
 )
+from tools_sandbox.plugins import PluginRef, plugin_ref
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
 
 MAX_STAGED_FILES = 2_000
@@ -79,6 +84,24 @@ def _fail(error_type: ErrorType, message: str, output: Any = None) -> StepOutcom
     return StepOutcome(output=output, error=StepError(type=error_type, message=message))
 
 
+def call_plugin(
+    sandbox: Sandbox, tool: str, inputs: dict[str, Any], *, timeout_s: float, ref: PluginRef
+) -> dict[str, Any]:
+    """One agent ``call`` of a plugin tool: ``inputs`` plus ``{"plugin": {module, function, source}}``.
+
+    :meth:`Sandbox.call` has no parameter for the ``plugin`` field, so the request goes through the
+    agent channel of :class:`~tools_sandbox._channel.AgentSandbox` (both backends are one), with the
+    same deadline, locking and error mapping as :meth:`AgentSandbox.call`.
+    """
+    if not isinstance(sandbox, AgentSandbox):
+        raise SandboxError(f"the {type(sandbox).__name__} sandbox backend cannot run plugin tools")
+    fields = {"tool": tool, "inputs": inputs, "timeout_s": timeout_s, "plugin": ref.protocol_field()}
+    result = sandbox._op("call", fields, timeout_s + sandbox.grace_s)
+    if not isinstance(result, dict):
+        raise SandboxError(f"the agent returned a {type(result).__name__} result for {tool}")
+    return result
+
+
 def _run_host_tool(spec: ToolSpec, inputs: dict[str, Any], context: HostContext) -> StepOutcome:
     try:
         fn = spec.load_host_function()
@@ -113,8 +136,12 @@ def run_step(
             files = stage_folder(workspace_root, checked[spec.staged_folder_input])
         except StagingError as exc:
             return _fail(ErrorType.BAD_INPUT, str(exc))
+    ref = plugin_ref(spec)
     try:
-        result = sandbox.call(step.action, checked, timeout_s=step.timeout_seconds, files=files)
+        if ref is not None:
+            result = call_plugin(sandbox, step.action, checked, timeout_s=step.timeout_seconds, ref=ref)
+        else:
+            result = sandbox.call(step.action, checked, timeout_s=step.timeout_seconds, files=files)
     except ToolCallError as exc:
         if exc.error_type == ErrorType.TIMEOUT:
             return _fail(ErrorType.TIMEOUT, f"step {step.step_id} timed out after {step.timeout_seconds}s")

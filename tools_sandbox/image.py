@@ -1,9 +1,18 @@
 """Build (once) and name the sandbox image.
 
-The image is ``officeray-sandbox:<version>-<12 hex>``, the hex being a SHA-256 over the Dockerfile and
-every source file of the agent package, so any change to the agent gives a new tag and
-:func:`ensure_image` reuses an existing tag at once. The build context is a temporary folder holding
-only the Dockerfile and ``tools_sandbox/__init__.py`` + ``tools_sandbox/agent/**``.
+The image is ``officeray-sandbox:<version>-<12 hex>``, the hex being a SHA-256 over the Dockerfile,
+every source file of the agent package and every vendored file, so any change to the agent (or an
+upgrade of the host's pydantic) gives a new tag and :func:`ensure_image` reuses an existing tag at
+once. The build context is a temporary folder holding only the Dockerfile,
+``tools_sandbox/__init__.py`` + ``tools_sandbox/plugins.py`` + ``tools_sandbox/agent/**`` and
+``vendor/``.
+
+``vendor/`` is pydantic and its runtime dependencies (today pydantic-core, typing-extensions,
+annotated-types, typing-inspection: the closure of pydantic's ``Requires-Dist`` without extras, see
+:func:`vendored_sources`) copied file by file from the host's site-packages; plugin tools need
+pydantic in the sandbox. No registry or network is involved. The compiled ``pydantic_core`` must
+match the image's Python, CPython 3.11 on Linux (both bases), so building needs a CPython 3.11 host
+of the same architecture.
 
 The base image is, in order of preference:
 
@@ -49,6 +58,13 @@ OFFLINE_SUITE = "bookworm"
 OFFLINE_PACKAGES = ("python3-minimal", "libpython3.11-stdlib")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PULL_TIMEOUT_S = 10.0
+VENDORED_ROOTS = ("pydantic",)
+"""Distributions installed into the image's ``vendor/`` folder, with their runtime dependencies."""
+
+IMAGE_PYTHON_TAG = "cpython-311"
+"""``sys.implementation.cache_tag`` of the image's Python (compiled vendored files must match it)."""
+
+_SKIPPED_VENDOR_SUFFIXES = (".pyc", ".pyo")
 """How long :func:`ensure_base` waits for ``docker pull python:3.11-slim`` before building offline."""
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -78,9 +94,77 @@ def _version() -> str:
         return "0"
 
 
+def _requirement_name(requirement: str) -> str | None:
+    """The normalised distribution name of a ``Requires-Dist`` line, None for an extra's requirement."""
+    name, _, marker = requirement.partition(";")
+    if "extra" in marker:
+        return None
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else None
+
+
+def vendored_sources() -> list[tuple[str, Path]]:
+    """(``vendor/<path in site-packages>``, file) of :data:`VENDORED_ROOTS` and their dependencies.
+
+    The dependencies are the closure of each distribution's ``Requires-Dist`` (extras left out; a
+    requirement with an environment marker that is not installed on the host is skipped). Bytecode
+    and files outside site-packages (scripts) are not copied.
+    """
+    from importlib import metadata
+
+    todo = list(VENDORED_ROOTS)
+    seen: set[str] = set()
+    files: dict[str, Path] = {}
+    while todo:
+        requirement = todo.pop()
+        name = _requirement_name(requirement)
+        if name is None or name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            if ";" in requirement:
+                continue  # its marker did not hold on this host
+            raise ImageBuildError(
+                f"the sandbox image needs {name!r} (for pydantic), which is not installed"
+            ) from None
+        if dist.files is None:
+            raise ImageBuildError(
+                f"{name} {dist.version} has no RECORD: cannot vendor it into the sandbox image"
+            )
+        for entry in dist.files:
+            parts = entry.parts
+            if (
+                not parts
+                or parts[0] == ".."
+                or "__pycache__" in parts
+                or entry.suffix in _SKIPPED_VENDOR_SUFFIXES
+            ):
+                continue
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                files["vendor/" + "/".join(parts)] = path
+        todo.extend(dist.requires or ())
+    return sorted(files.items())
+
+
+def _check_vendored_python(sources: list[tuple[str, Path]]) -> None:
+    compiled = [name for name, _ in sources if name.endswith(".so")]
+    if compiled and sys.implementation.cache_tag != IMAGE_PYTHON_TAG:
+        raise ImageBuildError(
+            f"the sandbox image runs {IMAGE_PYTHON_TAG} but this host runs {sys.implementation.cache_tag}: "
+            f"its compiled {compiled[0].split('/')[1]} would not load there. Build the image from a "
+            "CPython 3.11 environment (the vendored pydantic is copied from the host's site-packages)"
+        )
+
+
 def agent_sources() -> list[tuple[str, Path]]:
-    """(path in the build context, file) of every file the image needs, sorted."""
-    files = [("tools_sandbox/__init__.py", _PACKAGE_DIR / "__init__.py")]
+    """(path in the build context, file) of every officeray file the image needs, sorted."""
+    files = [
+        ("tools_sandbox/__init__.py", _PACKAGE_DIR / "__init__.py"),
+        ("tools_sandbox/plugins.py", _PACKAGE_DIR / "plugins.py"),
+    ]
     agent = _PACKAGE_DIR / "agent"
     for path in sorted(agent.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
@@ -89,10 +173,10 @@ def agent_sources() -> list[tuple[str, Path]]:
 
 
 def image_tag() -> str:
-    """``officeray-sandbox:<version>-<12 hex of sha256 over the Dockerfile and the agent sources>``."""
+    """``officeray-sandbox:<version>-<12 hex of sha256 over the Dockerfile and the image's files>``."""
     digest = hashlib.sha256()
     digest.update(b"Dockerfile\0" + DOCKERFILE.read_bytes() + b"\0")
-    for name, path in agent_sources():
+    for name, path in agent_sources() + vendored_sources():
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     version = re.sub(r"[^A-Za-z0-9_.-]", "_", _version())
     return f"{IMAGE_REPOSITORY}:{version}-{digest.hexdigest()[:12]}"
@@ -244,10 +328,12 @@ def build_image(client: Any, tag: str | None = None, log: Log = _stderr) -> str:
     import docker.errors
 
     tag = tag or image_tag()
+    vendored = vendored_sources()
+    _check_vendored_python(vendored)
     base = ensure_base(client, log)
     with tempfile.TemporaryDirectory(prefix="officeray-image-") as ctx:
         shutil.copyfile(DOCKERFILE, Path(ctx) / "Dockerfile")
-        for name, path in agent_sources():
+        for name, path in agent_sources() + vendored:
             target = Path(ctx) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)

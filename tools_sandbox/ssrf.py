@@ -60,10 +60,53 @@ CLOUD_METADATA_ADDRESSES = frozenset(
 BLOCKED_NAMES = frozenset({"localhost", "metadata.google.internal", "metadata"})
 
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
-_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
-_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> tuple[tuple[_Net, str], ...]:
+    return tuple((ipaddress.ip_network(net), reason) for net, reason in rows)
+
+
+# From IANA's special-purpose address registries (entries not globally reachable), spelled out so the
+# verdict does not depend on the Python version's ``ipaddress`` tables; those flags are checked too.
+_V4_BLOCKS = _table(
+    [
+        ("0.0.0.0/8", "an unspecified ('this network') address"),
+        ("10.0.0.0/8", "a private address"),
+        ("100.64.0.0/10", "a shared (CGNAT, 100.64.0.0/10) address"),
+        ("127.0.0.0/8", "a loopback address"),
+        ("169.254.0.0/16", "a link-local address"),
+        ("172.16.0.0/12", "a private address"),
+        ("192.0.0.0/24", "an IETF protocol assignment address"),
+        ("192.0.2.0/24", "a documentation address"),
+        ("192.88.99.0/24", "a 6to4 relay anycast address"),
+        ("192.168.0.0/16", "a private address"),
+        ("198.18.0.0/15", "a benchmarking address"),
+        ("198.51.100.0/24", "a documentation address"),
+        ("203.0.113.0/24", "a documentation address"),
+        ("224.0.0.0/4", "a multicast address"),
+        ("240.0.0.0/4", "a reserved address"),
+    ]
+)
+_V6_BLOCKS = _table(
+    [
+        ("::1/128", "a loopback address"),
+        ("::/128", "an unspecified address"),
+        ("::/96", "an IPv4-compatible (deprecated) address"),
+        ("64:ff9b:1::/48", "a local-use NAT64 address"),
+        ("100::/64", "a discard-only address"),
+        ("2001::/32", "a Teredo address"),
+        ("2001::/23", "an IETF protocol assignment address"),
+        ("2001:db8::/32", "a documentation address"),
+        ("3fff::/20", "a documentation address"),
+        ("fc00::/7", "a unique-local address"),
+        ("fe80::/10", "a link-local address"),
+        ("fec0::/10", "a site-local address"),
+        ("ff00::/8", "a multicast address"),
+    ]
+)
 
 _HOSTNAME_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*$")
 _NUMERIC_LABEL_RE = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
@@ -149,20 +192,24 @@ def parse_ipv4_literal(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(number)
 
 
-def _ipv4_reason(ip: ipaddress.IPv4Address) -> str | None:
-    if ip in CLOUD_METADATA_ADDRESSES:
-        return "a cloud metadata address"
+def _flag_reason(ip: IPAddress) -> str | None:
     checks = (
         (ip.is_loopback, "a loopback address"),
-        (ip.is_unspecified or ip in _THIS_NETWORK, "an unspecified ('this network') address"),
+        (ip.is_unspecified, "an unspecified address"),
         (ip.is_link_local, "a link-local address"),
         (ip.is_multicast, "a multicast address"),
-        (ip in _CGNAT, "a shared (CGNAT, 100.64.0.0/10) address"),
         (ip.is_private, "a private address"),
         (ip.is_reserved, "a reserved address"),
         (not ip.is_global, "not a public address"),
     )
     return next((reason for hit, reason in checks if hit), None)
+
+
+def _ipv4_reason(ip: ipaddress.IPv4Address) -> str | None:
+    if ip in CLOUD_METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    blocked = next((reason for net, reason in _V4_BLOCKS if ip in net), None)
+    return blocked or _flag_reason(ip)
 
 
 def _ipv6_reason(ip: ipaddress.IPv6Address) -> str | None:
@@ -172,30 +219,19 @@ def _ipv6_reason(ip: ipaddress.IPv6Address) -> str | None:
         return "a cloud metadata address"
     embedded: tuple[str, ipaddress.IPv4Address] | None = None
     if ip.ipv4_mapped is not None:
-        embedded = ("IPv4-mapped", ip.ipv4_mapped)
+        embedded = ("an IPv4-mapped", ip.ipv4_mapped)
     elif ip in _NAT64_WELL_KNOWN:
-        embedded = ("NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        embedded = ("a NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     elif ip.sixtofour is not None:
-        embedded = ("6to4", ip.sixtofour)
+        embedded = ("a 6to4", ip.sixtofour)
     if embedded is not None:
         kind, v4 = embedded
         inner = _ipv4_reason(v4)
-        return f"an {kind} IPv6 address embedding {v4}, {inner}" if inner else None
-    checks = (
-        (ip in _NAT64_LOCAL_USE, "a local-use NAT64 address"),
-        (ip.teredo is not None, "a Teredo address"),
-        (ip.is_loopback, "a loopback address"),
-        (ip.is_unspecified, "an unspecified address"),
-        (ip in _IPV4_COMPATIBLE, "an IPv4-compatible (deprecated) address"),
-        (ip.is_link_local, "a link-local address"),
-        (ip.is_site_local, "a site-local address"),
-        (ip.is_multicast, "a multicast address"),
-        (ip in ipaddress.IPv6Network("fc00::/7"), "a unique-local address"),
-        (ip.is_private, "a private address"),
-        (ip.is_reserved, "a reserved address"),
-        (not ip.is_global, "not a public address"),
-    )
-    return next((reason for hit, reason in checks if hit), None)
+        return f"{kind} IPv6 address embedding {v4} ({inner})" if inner else None
+    blocked = next((reason for net, reason in _V6_BLOCKS if ip in net), None)
+    if blocked is None and ip not in _GLOBAL_UNICAST_V6:
+        blocked = "a reserved address (outside global unicast 2000::/3)"
+    return blocked or _flag_reason(ip)
 
 
 def blocked_reason(address: str | IPAddress) -> str | None:
@@ -265,7 +301,10 @@ def parse_url(url: str) -> ParsedUrl:
         raise UrlRefused(f"URL longer than {MAX_URL_CHARS} characters")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url) or "\\" in url:
         raise UrlRefused("URL contains whitespace, control characters or backslashes")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise UrlRefused(f"malformed URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         shown = f"{scheme}:" if scheme else "(none)"
@@ -343,25 +382,24 @@ def _resolve_checked(parsed: ParsedUrl, resolve: Resolver) -> list[IPAddress]:
     return out
 
 
-def check_url(
-    url: str, *, allow_hosts: Sequence[str] = (), resolve: Resolver | None = None
-) -> VettedUrl:
+def check_url(url: str, *, allow_hosts: Sequence[str] = (), resolve: Resolver | None = None) -> VettedUrl:
     """Parse, resolve and vet ``url``; the :class:`VettedUrl` names the addresses to connect to.
 
     Raises :class:`UrlRefused` with a reason for a refused scheme, host or address.
     """
     parsed = parse_url(url)
     allowlisted = is_allowlisted(parsed, allow_hosts)
-    if not allowlisted and parsed.ip is None:
-        if parsed.host in BLOCKED_NAMES or parsed.host.endswith(".localhost"):
-            raise UrlRefused(f"host {parsed.host!r} is an internal name")
+    internal_name = parsed.host in BLOCKED_NAMES or parsed.host.endswith(".localhost")
+    if not allowlisted and parsed.ip is None and internal_name:
+        raise UrlRefused(f"host {parsed.host!r} is an internal name")
     addresses = [parsed.ip] if parsed.ip is not None else _resolve_checked(parsed, resolve or default_resolve)
     if not allowlisted:
         for ip in addresses:
             reason = blocked_reason(ip)
             if reason is not None:
-                via = "" if parsed.ip is not None else f" resolves to {ip}, which"
-                raise UrlRefused(f"host {parsed.host!r}{via} is {reason}".replace("which is is", "which is"))
+                if parsed.ip is not None:
+                    raise UrlRefused(f"host {parsed.host!r} is {reason}")
+                raise UrlRefused(f"host {parsed.host!r} resolves to {ip}: {reason}")
     return VettedUrl(
         scheme=parsed.scheme,
         host=parsed.host,

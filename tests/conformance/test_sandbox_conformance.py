@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from officeray.contracts import ErrorType
 from tools_sandbox._channel import AgentSandbox
 from tools_sandbox.agent import server
 from tools_sandbox.agent.tools.python_exec import MAX_STREAM_BYTES
-from tools_sandbox.catalog import BUILTIN_TOOLS
+from tools_sandbox.catalog import BUILTIN_TOOLS, ToolRuntime
 from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.sandbox import SandboxError, ToolCallError
 
@@ -49,8 +50,9 @@ def call_error(sandbox: AgentSandbox, tool: str, inputs: dict[str, Any], **kwarg
 
 
 def test_agent_tool_table_matches_the_catalog() -> None:
-    assert set(server.TOOLS) == set(BUILTIN_TOOLS)
-    for name, spec in BUILTIN_TOOLS.items():
+    in_sandbox = {name: spec for name, spec in BUILTIN_TOOLS.items() if spec.runtime == ToolRuntime.SANDBOX}
+    assert set(server.TOOLS) == set(in_sandbox)
+    for name, spec in in_sandbox.items():
         assert server.TOOLS[name].staged_input == spec.staged_folder_input
 
 
@@ -96,6 +98,12 @@ def test_non_zero_exit_is_a_result(sandbox: AgentSandbox) -> None:
     result = run_py(sandbox, "raise ValueError('boom')")
     assert result["exit_code"] == 1
     assert "ValueError: boom" in result["stderr"]
+
+
+def _from_host_after(delay_s: float, action: Callable[[], object]) -> None:
+    timer = threading.Timer(delay_s, action)
+    timer.daemon = True
+    timer.start()
 
 
 # --- timeouts ----------------------------------------------------------------------------------------
@@ -144,14 +152,13 @@ def test_stuck_agent_is_killed_by_the_host_deadline(sandbox: AgentSandbox) -> No
     pid = sandbox.ping()["pid"]
     starts = sandbox.starts
     saved, sandbox.grace_s = sandbox.grace_s, 0.5
+    code = f"import os, signal\nos.kill({pid}, signal.SIGSTOP)\n"
+    if pid == 1:  # Docker: the agent is the container's init; signals from inside are dropped
+        code = "import time\ntime.sleep(0.5)\n"
+        _from_host_after(0.2, lambda: sandbox.container.kill(signal="SIGSTOP"))  # type: ignore[attr-defined]
     try:
         started = time.monotonic()
-        err = call_error(
-            sandbox,
-            "python_exec",
-            {"code": f"import os, signal\nos.kill({pid}, signal.SIGSTOP)\n"},
-            timeout_s=1,
-        )
+        err = call_error(sandbox, "python_exec", {"code": code}, timeout_s=1)
         assert err.error_type == ErrorType.TIMEOUT
         assert time.monotonic() - started < 1 + 0.5 + 2
     finally:
@@ -275,14 +282,119 @@ def test_code_analyzer_folder_outside_the_workspace_is_refused(sandbox: AgentSan
     assert err.error_type == ErrorType.BAD_INPUT
 
 
+# --- file_operations -----------------------------------------------------------------------------------
+
+
+def file_op(sandbox: AgentSandbox, operation: str, path: str, **extra: Any) -> dict[str, Any]:
+    """A file_operations call with every input, as the executor sends it after validation."""
+    inputs = {"operation": operation, "path": path, "content": None, "recursive": False, **extra}
+    return sandbox.call("file_operations", inputs, timeout_s=10)
+
+
+def file_op_error(sandbox: AgentSandbox, operation: str, path: str, **extra: Any) -> ToolCallError:
+    with pytest.raises(ToolCallError) as info:
+        file_op(sandbox, operation, path, **extra)
+    return info.value
+
+
+def test_file_operations_write_read_list_delete(sandbox: AgentSandbox) -> None:
+    text = "héllo\nwörld"
+    written = file_op(sandbox, "write", "fo/notes/a.txt", content=text)
+    assert written == {"operation": "write", "path": "fo/notes/a.txt", "bytes": len(text.encode())}
+    assert file_op(sandbox, "read", "fo/notes/a.txt") == {
+        "operation": "read",
+        "path": "fo/notes/a.txt",
+        "content": text,
+        "bytes": len(text.encode()),
+    }
+    assert sandbox.read_file("fo/notes/a.txt") == text  # the agent's own op sees the same file
+    listing = file_op(sandbox, "list", "fo", recursive=True)
+    assert listing["truncated"] is False
+    assert listing["entries"] == [
+        {"name": "notes", "type": "dir", "bytes": None},
+        {"name": "notes/a.txt", "type": "file", "bytes": len(text.encode())},
+    ]
+    assert file_op(sandbox, "delete", "fo/notes/a.txt") == {
+        "operation": "delete",
+        "path": "fo/notes/a.txt",
+        "deleted": True,
+    }
+    err = file_op_error(sandbox, "read", "fo/notes/a.txt")
+    assert err.error_type == ErrorType.TOOL_ERROR and "no such file" in err.message
+    assert file_op_error(sandbox, "delete", "fo").error_type == ErrorType.BAD_INPUT  # not empty
+    file_op(sandbox, "delete", "fo", recursive=True)
+    assert file_op_error(sandbox, "list", "fo").error_type == ErrorType.TOOL_ERROR
+    assert file_op_error(sandbox, "delete", ".", recursive=True).error_type == ErrorType.BAD_INPUT
+
+
+@pytest.mark.parametrize(
+    ("operation", "path"),
+    [
+        ("read", "../etc/passwd"),
+        ("read", "/etc/passwd"),
+        ("read", "fo/../../etc/passwd"),
+        ("list", "/"),
+        ("list", ".."),
+        ("write", "/tmp/escaped.txt"),
+        ("write", "../escaped.txt"),
+        ("delete", "/etc/passwd"),
+        ("delete", "a\x00b"),
+    ],
+)
+def test_file_operations_traversal_is_refused(sandbox: AgentSandbox, operation: str, path: str) -> None:
+    extra = {"content": "pwned"} if operation == "write" else {}
+    err = file_op_error(sandbox, operation, path, **extra)
+    assert err.error_type == ErrorType.BAD_INPUT, err.message
+
+
+def test_file_operations_symlink_escape_is_refused(sandbox: AgentSandbox) -> None:
+    code = """
+        import os
+        ws = os.environ["OFFICERAY_WORKSPACE"]
+        os.makedirs(os.path.join(ws, "fo-links"), exist_ok=True)
+        for name, target in (("root", "/"), ("passwd", "/etc/passwd"), ("up", "../.."),
+                             ("tmp-new", "/tmp/officeray-fo-escape.txt")):
+            if not os.path.lexists(os.path.join(ws, "fo-links", name)):
+                os.symlink(target, os.path.join(ws, "fo-links", name))
+    """
+    assert run_py(sandbox, code)["exit_code"] == 0
+    attempts = [
+        ("read", "fo-links/root/etc/passwd", {}),
+        ("read", "fo-links/passwd", {}),
+        ("read", "fo-links/up/etc/passwd", {}),
+        ("list", "fo-links/root", {}),
+        ("write", "fo-links/passwd", {"content": "pwned"}),
+        ("write", "fo-links/root/tmp/officeray-fo-escape.txt", {"content": "pwned"}),
+        ("write", "fo-links/tmp-new", {"content": "pwned"}),
+        ("delete", "fo-links/passwd", {}),
+        ("delete", "fo-links/root/tmp", {"recursive": True}),
+    ]
+    for operation, path, extra in attempts:
+        err = file_op_error(sandbox, operation, path, **extra)
+        assert err.error_type == ErrorType.BAD_INPUT and "escapes the workspace" in err.message, path
+    check = """
+        import json, os
+        print(json.dumps([os.path.exists("/tmp/officeray-fo-escape.txt"),
+                          open("/etc/passwd").read().startswith("root:")]))
+    """
+    assert py_json(sandbox, check) == [False, True]
+    names = [e["name"] for e in file_op(sandbox, "list", "fo-links")["entries"]]
+    assert names == ["passwd", "root", "tmp-new", "up"]  # the links are listed, never followed
+    file_op(sandbox, "delete", "fo-links", recursive=True)
+
+
 # --- crashes -------------------------------------------------------------------------------------------
 
 
 def test_agent_crash_fails_the_call_and_the_next_call_works(sandbox: AgentSandbox) -> None:
     pid = sandbox.ping()["pid"]
     starts = sandbox.starts
+    code = f"import os, time\nos.kill({pid}, 9)\ntime.sleep(5)"
+    if pid == 1:  # Docker: the code cannot kill the agent (PID 1); kill the container from the host
+        code = "import time\ntime.sleep(5)"
+        _from_host_after(0.3, lambda: sandbox.container.kill())  # type: ignore[attr-defined]
     with pytest.raises(SandboxError):
-        run_py(sandbox, f"import os, time\nos.kill({pid}, 9)\ntime.sleep(5)")
+        run_py(sandbox, code)
     assert sandbox.call("math_calculator", {"expression": "2+3"}, timeout_s=10)["value"] == 5
     assert sandbox.starts == starts + 1
     assert sandbox.alive

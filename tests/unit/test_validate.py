@@ -76,9 +76,9 @@ BAD_PLANS = [
         id="duplicate-dependency",
     ),
     pytest.param(
-        make_plan(TASK, [{"step_id": "s1", "action": "web_search", "inputs": {"q": "x"}}]),
+        make_plan(TASK, [{"step_id": "s1", "action": "send_email", "inputs": {"q": "x"}}]),
         None,
-        "step s1: unknown action 'web_search'; registered tools: code_analyzer, math_calculator, python_exec",
+        "step s1: unknown action 'send_email'; registered tools: " + ", ".join(sorted(TOOLS)),
         id="unknown-action-lists-tools",
     ),
     pytest.param(
@@ -201,14 +201,14 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
     plan = make_plan(
         TASK,
         [
-            {"step_id": "s1", "action": "web_search", "inputs": {}},
+            {"step_id": "s1", "action": "send_email", "inputs": {}},
             {"step_id": "s2", "action": "math_calculator", "inputs": {}, "dependencies": ["ghost"]},
         ],
     )
     reasons = validate_plan(plan, task_id="another", tools=TOOLS)
     joined = "\n".join(reasons)
     assert "expected 'another'" in joined
-    assert "unknown action 'web_search'" in joined
+    assert "unknown action 'send_email'" in joined
     assert "unknown step 'ghost'" in joined
     assert "inputs.expression: Field required" in joined
 

@@ -253,7 +253,7 @@ async def test_revise_then_approve_passes_the_feedback_to_the_planner() -> None:
 
 
 async def test_invalid_plan_sends_the_validator_reasons_back() -> None:
-    bad = make_plan(TASK, [{"step_id": "s1", "action": "web_search", "inputs": {"q": "x"}}])
+    bad = make_plan(TASK, [{"step_id": "s1", "action": "send_email", "inputs": {"q": "x"}}])
     h = harness([bad, calc_plan(iteration=2)], [approve])
     record = await h.run()
 
@@ -261,7 +261,7 @@ async def test_invalid_plan_sends_the_validator_reasons_back() -> None:
     assert record.iterations == 2
     feedback = h.planner.requests[1].feedback
     assert feedback and all(line.startswith("plan rejected: ") for line in feedback)
-    assert any("unknown action 'web_search'" in line for line in feedback)
+    assert any("unknown action 'send_email'" in line for line in feedback)
     assert h.executor.calls == [("s1", {"expression": "2 + 3"})]  # the bad plan never ran
     validated = [data for kind, data in h.store.events[TASK] if kind == "validated"]
     assert [v["valid"] for v in validated] == [False, True]

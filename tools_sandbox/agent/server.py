@@ -1,8 +1,9 @@
 """The in-sandbox agent: reads JSON-lines requests on stdin, answers on stdout.
 
 STDLIB ONLY: this module runs inside the sandbox image (a bare Debian ``python3`` or
-``python:3.11-slim``) where no third-party package is installed. The protocol is described in
-:mod:`tools_sandbox.sandbox`.
+``python:3.11-slim``). The image also ships pydantic, for plugin tools only: it is imported (with
+:mod:`tools_sandbox.plugins`) at the first plugin call, never by the built-in tools. The protocol
+is described in :mod:`tools_sandbox.sandbox`.
 
 Design
 ------
@@ -14,10 +15,23 @@ Design
 * The protocol streams are moved off fds 0/1 at start-up: fd 1 then points at stderr and fd 0 at
   ``/dev/null``, so a stray ``print`` (in the agent or in a tool) can never corrupt the protocol,
   and a worker never holds the protocol pipes (the host sees EOF as soon as the agent dies).
+* Plugin calls (a ``call`` with a ``plugin`` field: ``{"module", "function", "source"}``) write the
+  source into a fresh ``plugin-*`` folder of the workspace; the worker imports it from there under
+  its module name and runs it through :func:`tools_sandbox.plugins.call_in_sandbox`. The agent
+  itself never imports a plugin, so every call gets a fresh module in a fresh process.
+* At start-up the agent drops the start-up directory (``/workspace`` in a container) from
+  ``sys.path``: no file a tool writes into the workspace can shadow a module the agent imports later.
 * Inside a container (``OFFICERAY_SANDBOX_CONTAINER=1``, set by the Docker backend) the agent
   also kills every other process it may signal after each call (``kill(-1, SIGKILL)``: the init
   process and the agent itself are spared), so nothing a call started outlives it, and it watches
   the memory cgroup's ``oom_kill`` counter to report an out-of-memory kill as ``sandbox_error``.
+  The Docker backend runs the agent as the container's init (PID 1, no ``tini``): the kernel then
+  drops every signal the code sends it, ``kill(-1)`` spares it, and every orphan is reparented to it,
+  so after each call it kills and reaps until no other process is left. ``reset`` also empties
+  the container's ``/tmp`` and ``/dev/shm``.
+* The agent makes itself non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``; inherited by the workers,
+  reset by ``exec``): the code a call runs has the same uid, but can neither ptrace the agent nor
+  open its ``/proc/<pid>/mem`` or ``/proc/<pid>/fd/*`` (the protocol pipes).
 
 Diagnostics go to stderr only.
 """
@@ -29,6 +43,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -40,7 +55,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from tools_sandbox.agent.errors import ToolFailure
+from tools_sandbox.agent.errors import ToolFailure, ToolInputError
+from tools_sandbox.agent.workspace import DEFAULT_ROOT, ROOT_ENV, check_relative, confine, is_inside
 
 AGENT_VERSION = "1"
 """Protocol version reported by ``ping``."""
@@ -64,6 +80,9 @@ MAX_FILE_BYTES = 32 * 1024**2
 MAX_TIMEOUT_S = 24 * 3600.0
 """Largest ``timeout_s`` a call may ask for."""
 
+STRAY_REAP_S = 2.0
+"""How long (container init only) the agent waits for killed strays to be gone after a call."""
+
 KILL_GRACE_S = 0.25
 """Extra time the agent gives a tool that enforces the timeout itself (python_exec) before killing it."""
 
@@ -71,6 +90,13 @@ MAX_MESSAGE_CHARS = 4_000
 """Error messages are cut to this length."""
 
 READ_CHUNK_BYTES = 1024**2
+
+MAX_PLUGIN_SOURCE_BYTES = 1024**2
+"""Largest plugin module source a call may carry (same as ``tools_sandbox.plugins``)."""
+
+PLUGIN_FIELDS = frozenset({"module", "function", "source"})
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 ERROR_TYPES = frozenset(
     {"timeout", "tool_error", "bad_input", "output_limit", "sandbox_error", "dependency_failed", "internal"}
@@ -130,6 +156,9 @@ TOOLS: dict[str, ToolEntry] = {
         ("folder", "start_func", "end_func"),
         staged_input="folder",
     ),
+    "file_operations": ToolEntry(
+        "tools_sandbox.agent.tools.file_operations", "run", ("operation", "path"), ("content", "recursive")
+    ),
 }
 """The dispatch table. ``staged_input`` must agree with ``catalog.ToolSpec.staged_folder_input``."""
 
@@ -150,6 +179,28 @@ def load_tool(name: str) -> Callable[..., Any]:
     return fn
 
 
+_plugin_runner: Callable[..., Any] | None = None
+
+
+def load_plugin_runner() -> Callable[..., Any]:
+    """:func:`tools_sandbox.plugins.call_in_sandbox`, imported once (with pydantic) by the agent.
+
+    The forked workers inherit the imported modules, so a plugin call does not pay for importing
+    pydantic; the plugin module itself is imported in the worker only.
+    """
+    global _plugin_runner
+    if _plugin_runner is None:
+        try:
+            plugins = importlib.import_module("tools_sandbox.plugins")
+        except ImportError as exc:
+            raise AgentError(
+                "internal", f"plugin tools are not available in this sandbox (pydantic is missing?): {exc}"
+            ) from None
+        plugins._in_sandbox = True  # type: ignore[attr-defined]  # never touch the catalog here
+        _plugin_runner = plugins.call_in_sandbox
+    return _plugin_runner
+
+
 # --------------------------------------------------------------------------------------------------
 # Workspace
 # --------------------------------------------------------------------------------------------------
@@ -163,36 +214,34 @@ class Workspace:
         self.root = os.path.realpath(root)
 
     def contains(self, real: str) -> bool:
-        return real == self.root or real.startswith(self.root + os.sep)
+        return is_inside(self.root, real)
 
     def resolve(self, path: Any, what: str = "path") -> str:
-        """The real absolute path of ``path`` (relative to the root), refusing anything that escapes."""
-        if not isinstance(path, str) or not path.strip():
-            raise bad_input(f"{what} must be a non-empty string")
-        if "\x00" in path:
-            raise bad_input(f"{what} must not contain NUL characters")
-        if os.path.isabs(path):
-            raise bad_input(f"{what} {path!r} is absolute; paths are relative to the workspace")
-        if ".." in path.replace("\\", "/").split("/"):
-            raise bad_input(f"{what} {path!r} contains '..'")
-        real = os.path.realpath(os.path.join(self.root, path))
-        if not self.contains(real):
-            raise bad_input(f"{what} {path!r} escapes the workspace (through a symbolic link)")
-        return real
+        """The real absolute path of ``path`` (relative to the root), refusing anything that escapes
+        (see :func:`tools_sandbox.agent.workspace.confine`, shared with the file_operations tool)."""
+        try:
+            return confine(self.root, path, what)
+        except ToolInputError as exc:
+            raise bad_input(exc.message) from None
 
     def fresh_dir(self, prefix: str) -> str:
         return tempfile.mkdtemp(prefix=prefix, dir=self.root)
 
     def clear(self) -> int:
-        removed = 0
-        for name in os.listdir(self.root):
-            full = os.path.join(self.root, name)
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full, onerror=_force_remove)
-            else:
-                os.unlink(full)
-            removed += 1
-        return removed
+        return clear_folder(self.root)
+
+
+def clear_folder(folder: str) -> int:
+    """Remove everything in ``folder`` (not the folder); returns how many entries were removed."""
+    removed = 0
+    for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, onerror=_force_remove)
+        else:
+            os.unlink(full)
+        removed += 1
+    return removed
 
 
 def _force_remove(func: Callable[..., Any], path: str, _exc: object) -> None:
@@ -300,11 +349,63 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def in_container() -> bool:
+    return os.environ.get("OFFICERAY_SANDBOX_CONTAINER") == "1"
+
+
 def kill_strays() -> None:
-    """Inside a container: kill every process this one may signal (init and the agent are spared)."""
-    if os.environ.get("OFFICERAY_SANDBOX_CONTAINER") == "1":
+    """Inside a container: kill every process this one may signal (init and the agent are spared).
+
+    When the agent is the container's init (PID 1, the Docker backend), every orphan is its child:
+    it then repeats the kill and reaps until no other process is left (or :data:`STRAY_REAP_S`
+    passed), so nothing a call started outlives it, not even as a zombie holding a pid.
+    """
+    if not in_container():
+        return
+    deadline = time.monotonic() + STRAY_REAP_S
+    pause = 0.0001
+    while True:
         with contextlib.suppress(OSError):
             os.kill(-1, signal.SIGKILL)
+        if os.getpid() != 1:
+            return
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return  # no child left: every process but this one is gone
+        if time.monotonic() >= deadline:
+            print("officeray agent: stray processes survived SIGKILL", file=sys.stderr)
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+
+
+SCRATCH_DIRS = ("/tmp", "/dev/shm")
+"""Container only: shared scratch folders emptied by ``reset`` with the workspace."""
+
+
+def clear_scratch() -> int:
+    """Inside a container: empty :data:`SCRATCH_DIRS` (never on a host: they are the host's)."""
+    if not in_container():
+        return 0
+    return sum(clear_folder(folder) for folder in SCRATCH_DIRS if os.path.isdir(folder))
+
+
+PR_SET_DUMPABLE = 4
+
+
+def set_dumpable(on: bool) -> bool:
+    """``prctl(PR_SET_DUMPABLE)``. A non-dumpable process cannot be ptraced, nor its
+    ``/proc/<pid>/{mem,fd,environ}`` opened, by other processes of the same user (the code a call
+    runs) without ``CAP_SYS_PTRACE``. Inherited by fork, reset by exec. False when unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_DUMPABLE, int(on), 0, 0, 0)) == 0
+    except Exception:
+        return False
 
 
 def _reap(pid: int, deadline: float) -> int | None:
@@ -385,11 +486,14 @@ def _worker(
             signal.signal(sig, signal.SIG_DFL)
         server.close_protocol_fds()
         os.chdir(server.workspace.root)
+        undumpable = set_dumpable(True)  # /proc/self/* is root-owned while non-dumpable
         try:
             with open("/proc/self/oom_score_adj", "w") as fh:  # be the OOM killer's first choice
                 fh.write("1000")
         except OSError:
             pass
+        if undumpable:
+            set_dumpable(False)
         if os.environ.get("OFFICERAY_SANDBOX_CONTAINER") != "1":  # in a container, it all dies with the agent
             threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
         try:
@@ -512,7 +616,7 @@ class Server:
             return json.dumps(info).encode()
         if op == "reset":
             kill_strays()
-            return json.dumps({"removed": self.workspace.clear()}).encode()
+            return json.dumps({"removed": self.workspace.clear() + clear_scratch()}).encode()
         if op == "write_file":
             size = write_text(self.workspace, request.get("path"), request.get("content"))
             return json.dumps({"bytes": size}).encode()
@@ -538,14 +642,7 @@ class Server:
         missing = [k for k in entry.required if k not in inputs]
         if unknown or missing:
             raise bad_input(f"{tool}: unknown inputs {unknown}, missing inputs {missing}")
-        timeout = request.get("timeout_s")
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout <= MAX_TIMEOUT_S
-        ):
-            raise bad_input(f"timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]")
-        return tool, entry, inputs, float(timeout)
+        return tool, entry, inputs, _check_timeout(request)
 
     def stage_files(self, files: Any) -> str:
         """Write ``files`` under a fresh ``staged-*`` folder; returns it relative to the workspace."""
@@ -561,16 +658,18 @@ class Server:
         if total > MAX_STAGED_BYTES:
             raise bad_input(f"{total} bytes staged; the limit is {MAX_STAGED_BYTES} bytes")
         for path in files:
-            if not isinstance(path, str) or not path.strip():
-                raise bad_input("staged file paths must be non-empty strings")
-            if os.path.isabs(path) or ".." in path.replace("\\", "/").split("/"):
-                raise bad_input(f"staged file {path!r} must be a relative path without '..'")
+            try:
+                check_relative(path, "staged file")
+            except ToolInputError as exc:
+                raise bad_input(exc.message) from None
         rel = os.path.relpath(self.workspace.fresh_dir("staged-"), self.workspace.root)
         for path, content in files.items():
             write_text(self.workspace, os.path.join(rel, path), content, what="staged file")
         return rel
 
     def op_call(self, request: dict[str, Any]) -> bytes:
+        if request.get("plugin") is not None:
+            return self.op_call_plugin(request)
         tool, entry, inputs, timeout = self._check_call(request)
         if entry.staged_input:
             if request.get("files") is not None:
@@ -582,11 +681,70 @@ class Server:
         fn = load_tool(tool)
         if entry.takes_timeout:
             inputs["timeout_s"] = timeout
+        return self.run_call(tool, fn, inputs, timeout + (KILL_GRACE_S if entry.takes_timeout else 0.0))
+
+    def _check_plugin_call(
+        self, request: dict[str, Any]
+    ) -> tuple[str, dict[str, str], dict[str, Any], float]:
+        tool = request.get("tool")
+        if not isinstance(tool, str) or not _IDENTIFIER_RE.match(tool):
+            raise bad_input(f"plugin tool name {tool!r} must be an identifier of at most 64 characters")
+        if tool in TOOLS:
+            raise bad_input(f"{tool!r} is a built-in tool; a plugin call cannot replace it")
+        plugin = request["plugin"]
+        if not isinstance(plugin, dict) or set(plugin) != PLUGIN_FIELDS:
+            raise bad_input("plugin must be a JSON object with exactly module, function and source")
+        module, function, source = plugin["module"], plugin["function"], plugin["source"]
+        if not isinstance(module, str) or not _MODULE_RE.match(module) or len(module) > 300:
+            raise bad_input(f"plugin module {module!r} is not a dotted module name")
+        if not isinstance(function, str) or not function.isidentifier():
+            raise bad_input(f"plugin function {function!r} is not an identifier")
+        if not isinstance(source, str):
+            raise bad_input("plugin source must be a string")
+        if len(source.encode("utf-8", "surrogatepass")) > MAX_PLUGIN_SOURCE_BYTES:
+            raise bad_input(f"plugin {module!r}: the source is larger than {MAX_PLUGIN_SOURCE_BYTES} bytes")
+        if request.get("files") is not None:
+            raise bad_input(f"plugin tool {tool!r} takes no staged files")
+        inputs = request.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise bad_input("inputs must be a JSON object")
+        return (
+            tool,
+            {"module": module, "function": function, "source": source},
+            inputs,
+            _check_timeout(request),
+        )
+
+    def op_call_plugin(self, request: dict[str, Any]) -> bytes:
+        """Stage the plugin's source, run it in a worker (see the module docstring), remove the source."""
+        tool, plugin, inputs, timeout = self._check_plugin_call(request)
+        runner = load_plugin_runner()
+        folder = self.workspace.fresh_dir("plugin-")
+        try:
+            rel = os.path.relpath(folder, self.workspace.root)
+            filename = plugin["module"].rpartition(".")[2] + ".py"
+            write_text(self.workspace, os.path.join(rel, filename), plugin["source"], what="plugin source")
+            kwargs = {
+                "module_name": plugin["module"],
+                "function": plugin["function"],
+                "source_path": os.path.join(folder, filename),
+                "inputs": inputs,
+            }
+            return self.run_call(tool, runner, kwargs, timeout)
+        finally:
+            with contextlib.suppress(OSError):  # the plugin may have removed or replaced it
+                if os.path.islink(folder):
+                    os.unlink(folder)
+                else:
+                    shutil.rmtree(folder, onerror=_force_remove)
+
+    def run_call(self, tool: str, fn: Callable[..., Any], kwargs: dict[str, Any], timeout: float) -> bytes:
+        """Run ``fn(**kwargs)`` in a worker; then kill strays and report an OOM kill."""
         self.reap_zombies()
         oom_before = self.oom.count()
         failure: AgentError | None = None
         try:
-            raw = self.run_worker(tool, fn, inputs, timeout + (KILL_GRACE_S if entry.takes_timeout else 0.0))
+            raw = self.run_worker(tool, fn, kwargs, timeout)
         except AgentError as exc:
             failure = exc
         kill_strays()
@@ -659,6 +817,13 @@ class Server:
         self._zombies = [pid for pid in self._zombies if _reap(pid, 0.0) is None]
 
 
+def _check_timeout(request: dict[str, Any]) -> float:
+    timeout = request.get("timeout_s")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise bad_input(f"timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]")
+    return float(timeout)
+
+
 def _describe(status: int | None) -> str:
     if status is None:
         return "still running"
@@ -681,7 +846,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def self_check() -> int:
-    """Import every tool and the stdlib modules the agent needs; print a JSON report."""
+    """Import every tool, and the plugin runner (pydantic); print a JSON report."""
     report: dict[str, str] = {}
     for name in TOOLS:
         try:
@@ -689,6 +854,11 @@ def self_check() -> int:
             report[name] = "ok"
         except Exception as exc:
             report[name] = f"{type(exc).__name__}: {exc}"
+    try:
+        load_plugin_runner()
+        report["(plugins)"] = "ok"
+    except AgentError as exc:
+        report["(plugins)"] = exc.message
     print(json.dumps({"python": sys.version.split()[0], "tools": report}))
     return 0 if all(v == "ok" for v in report.values()) else 1
 
@@ -700,6 +870,10 @@ def main(argv: list[str] | None = None) -> int:
     if args:
         print("usage: python3 -m tools_sandbox.agent [--self-check]", file=sys.stderr)
         return 2
+    # `python3 -m` put the start-up directory (the workspace, in a container) first on sys.path:
+    # drop it, so that no file written into the workspace shadows a module imported later.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
     # Move the protocol streams off fds 0/1 (see the module docstring).
     sys.stdout.flush()
     proto_in = os.dup(0)
@@ -710,7 +884,11 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    server = Server(proto_in, proto_out, os.environ.get("OFFICERAY_WORKSPACE", "/workspace"))
+    if os.getpid() == 1:  # the container's init: no handler, so the kernel drops signals sent from inside
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if not set_dumpable(False) and in_container():
+        print("officeray agent: WARNING: cannot make the agent non-dumpable", file=sys.stderr)
+    server = Server(proto_in, proto_out, os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
     try:
         return server.serve()
     except (BrokenPipeError, KeyboardInterrupt):

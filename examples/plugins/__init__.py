@@ -1,0 +1,1 @@
+"""Example plugin tools (see :mod:`tools_sandbox.plugins`); enable one with ``plugins: [MODULE]``."""

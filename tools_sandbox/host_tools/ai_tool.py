@@ -1,0 +1,96 @@
+"""The ``ai_tool`` host tool: one prompt to the model router's ai_tool role.
+
+It runs in the tool runner's process (a model is a service of the host, not of the sandbox). The
+answerer is ``context.services["ai_tool"]`` when the runner provides one: an object with a
+**synchronous** ``answer(prompt, max_tokens)`` returning ``{"answer", "tier", "usage"}`` (or just
+the answer text) and raising :class:`~officeray.errors.PlanningError` for a prompt it refuses and
+:class:`~officeray.errors.ModelUnavailableError` when it cannot answer now. Host functions are
+synchronous (the runner is a synchronous actor), so an ``async def answer`` is refused rather than
+run on a private event loop. Without a service, the embedded tier's deterministic answerer
+(:func:`serving.tiers.embedded.answer_prompt`) answers: a few explicit prompt forms
+(``summarize:``, ``keywords:``, ``count words:``, ``classify sentiment:``), and a clear refusal,
+naming ``models.ai_tool``, for anything else.
+
+The output is ``{"answer", "tier", "usage": {"prompt_tokens", "completion_tokens"}}``. The embedded
+tier counts whitespace-separated tokens, not a model tokenizer's.
+
+IMPORT RULE: the catalog imports this module for :class:`AiToolInput`, so it imports only pydantic
+at module level; the catalog, officeray's errors and the serving tier are imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from tools_sandbox.catalog import HostContext
+
+MAX_PROMPT_CHARS = 50_000
+"""Longest prompt accepted."""
+
+DEFAULT_MAX_TOKENS = 256
+MAX_TOKENS_LIMIT = 8_192
+"""Largest ``max_tokens`` a step may ask for."""
+
+SERVICE_NAME = "ai_tool"
+"""Key of the answerer in :attr:`tools_sandbox.catalog.HostContext.services`."""
+
+
+class AiToolInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt, in plain words.")
+    max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_TOKENS_LIMIT, description="Longest answer, in tokens."
+    )
+
+
+def _tokens(text: str) -> int:
+    return len(text.split())
+
+
+def _normalise(reply: Any, prompt: str) -> dict[str, Any]:
+    """A service's reply as ``{"answer", "tier", "usage"}``."""
+    if isinstance(reply, str):
+        reply = {"answer": reply}
+    if not isinstance(reply, dict) or "answer" not in reply:
+        raise TypeError(f"the ai_tool service returned {type(reply).__name__}, not a dict with 'answer'")
+    answer = reply["answer"]
+    usage = reply.get("usage")
+    if not isinstance(usage, dict):
+        text = answer if isinstance(answer, str) else str(answer)
+        usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(text)}
+    return {"answer": answer, "tier": str(reply.get("tier", SERVICE_NAME)), "usage": usage}
+
+
+def run(inputs: BaseModel, context: HostContext) -> dict[str, Any]:
+    """The :data:`~tools_sandbox.catalog.HostFunction` of ``ai_tool``."""
+    from officeray.contracts import ErrorType
+    from officeray.errors import ModelUnavailableError, PlanningError
+    from tools_sandbox.catalog import HostToolError
+
+    checked = inputs if isinstance(inputs, AiToolInput) else AiToolInput.model_validate(inputs.model_dump())
+    service = context.services.get(SERVICE_NAME)
+    try:
+        if service is None:
+            from serving.tiers.embedded import answer_prompt
+
+            return answer_prompt(checked.prompt, checked.max_tokens)
+        reply = service.answer(checked.prompt, checked.max_tokens)
+        if inspect.isawaitable(reply):
+            if inspect.iscoroutine(reply):
+                reply.close()  # never awaited: close it so Python does not warn
+            raise HostToolError(
+                ErrorType.TOOL_ERROR,
+                f"services[{SERVICE_NAME!r}].answer is asynchronous; host tools need a synchronous answer()",
+            )
+        return _normalise(reply, checked.prompt)
+    except PlanningError as exc:  # the answerer refuses this prompt: the same prompt fails again
+        raise HostToolError(ErrorType.BAD_INPUT, str(exc)) from None
+    except ModelUnavailableError as exc:  # may work on a retry
+        raise HostToolError(ErrorType.INTERNAL, f"the ai_tool model is unavailable: {exc}") from None
+    except TimeoutError as exc:
+        raise HostToolError(ErrorType.TIMEOUT, f"the ai_tool model did not answer in time: {exc}") from None

@@ -6,6 +6,10 @@
   HTTP API; blocks until interrupted.
 * ``officeray examples [FILE] [--config FILE]``: every task of ``examples/tasks.jsonl`` end to end,
   with a per-task summary.
+* ``officeray tools [--json]``: every registered tool with its input schema.
+* ``officeray tool NAME --input JSON [--timeout S] [--json]``: one tool call as a plan step would
+  run it; exit 0 succeeded, 1 failed, 2 bad usage.
+* ``officeray bench sandbox [--json]``: warm sandbox vs ``docker exec`` vs ``docker run``.
 * ``officeray tools [--json] [--config FILE]``: every registered tool (the built-ins and the config's
   ``plugins:``) with its runtime, risk, description, outputs and input JSON schema.
 
@@ -73,6 +77,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     tl.add_argument("--json", action="store_true", help='print one JSON object: {"tools": [...]}')
     tl.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+
+    one = sub.add_parser("tool", help="run one tool call exactly as a plan step would, and print the result")
+    one.add_argument("name", help="the tool's name (see `officeray tools`)")
+    one.add_argument("--input", required=True, metavar="JSON", help="the tool's inputs as a JSON object")
+    one.add_argument("--timeout", type=float, default=None, metavar="S", help="step timeout in seconds")
+    one.add_argument("--json", action="store_true", help="print the step result as one JSON object")
+    one.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bsb = bench_sub.add_parser(
+        "sandbox", help="a trivial step through the warm sandbox, docker exec and docker run, with ratios"
+    )
+    bsb.add_argument("--calls", type=int, default=200, help="samples per warm measurement")
+    bsb.add_argument("--run-calls", type=int, default=10, help="docker run samples")
+    bsb.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    bsb.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
     return parser
 
 
@@ -246,6 +267,32 @@ def _cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_tool(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.oneshot import ToolUsageError, parse_inputs, run_tool
+
+    try:
+        result = run_tool(settings, args.name, parse_inputs(args.input), args.timeout)
+    except ToolUsageError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(f"{result['tool']}: {result['status']} in {result['duration_ms']:.1f} ms")
+        if result["error"]:
+            print(f"error ({result['error']['type']}): {result['error']['message']}")
+        if result["output"] is not None:
+            print(json.dumps(result["output"], indent=2, default=str))
+    return EXIT_OK if result["status"] == "succeeded" else EXIT_FAILED
+
+
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from loadtests.bench_sandbox import format_report, run_bench
+
+    report = run_bench(args.calls, run_calls=args.run_calls)
+    print(json.dumps(report) if args.json else format_report(report))
+    return EXIT_OK
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from cluster.runtime import LocalStack
 
@@ -268,9 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             overrides = {"serve.host": args.host, "serve.port": args.port}
         settings = load_settings(args.config, **overrides)
-        handler = {"run": _cmd_run, "serve": _cmd_serve, "examples": _cmd_examples, "tools": _cmd_tools}[
-            args.command
-        ]
+        handler = {
+            "run": _cmd_run,
+            "serve": _cmd_serve,
+            "examples": _cmd_examples,
+            "tools": _cmd_tools,
+            "tool": _cmd_tool,
+            "bench": _cmd_bench,
+        }[args.command]
         return handler(args, settings)
     except (UsageError, ConfigError) as exc:
         print(f"officeray: error: {exc}", file=sys.stderr)

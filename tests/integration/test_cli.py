@@ -135,3 +135,27 @@ def test_serve_answers_http_until_stopped(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+def test_tool_runs_in_the_docker_sandbox_like_a_step(tmp_path: Path) -> None:
+    require_docker()
+    code = "import os, socket\nprint(os.getuid())\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"
+    proc = _officeray(
+        "tool", "python_exec", "--input", json.dumps({"code": code}), "--json", tmp_path=tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["status"] == "failed" and result["error"]["type"] == "tool_error"
+    assert result["output"]["stdout"].strip() == "65534"  # the sandbox user, not root
+    assert "Network is unreachable" in result["output"]["stderr"] or "Errno" in result["output"]["stderr"]
+
+
+def test_bench_sandbox_reports_the_three_ways_and_the_ratios(tmp_path: Path) -> None:
+    require_docker()
+    proc = _officeray("bench", "sandbox", "--calls", "20", "--run-calls", "2", "--json", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert set(report["measures"]) == {"ping", "warm", "exec", "run"}
+    assert report["measures"]["warm"]["n"] == 20 and report["measures"]["run"]["n"] == 2
+    assert set(report["ratios_p50"]) == {"exec_over_warm", "run_over_warm"}
+    assert isinstance(report["targets"]["met"], bool)

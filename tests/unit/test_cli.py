@@ -74,3 +74,58 @@ def test_record_json_puts_the_documented_fields_first() -> None:
 
     data = cli.record_json(TaskRecord(task_id="t1", description="d"))
     assert list(data)[:7] == ["task_id", "status", "result", "error", "iterations", "steps", "trace_id"]
+
+
+@pytest.fixture
+def local_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``officeray tool`` on the local fake sandbox (the Docker path is in tests/integration)."""
+    monkeypatch.setenv("OFFICERAY_SANDBOX__BACKEND", "local")
+
+
+def test_tool_prints_one_step_result_and_exits_0(
+    local_sandbox: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["tool", "python_exec", "--input", json.dumps({"code": "print(6 * 7)"}), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert result["status"] == "succeeded" and result["error"] is None
+    assert result["output"] == {"stdout": "42\n", "stderr": "", "exit_code": 0}
+    assert result["duration_ms"] > 0
+
+
+def test_tool_failure_exits_1_with_the_typed_error(
+    local_sandbox: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "tool",
+            "python_exec",
+            "--input",
+            '{"code": "import time; time.sleep(30)"}',
+            "--timeout",
+            "1",
+            "--json",
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert result["status"] == "failed" and result["error"]["type"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["tool", "send_email", "--input", "{}"], "unknown tool 'send_email'"),
+        (["tool", "math_calculator", "--input", "{oops"], "not valid JSON"),
+        (["tool", "math_calculator", "--input", "[1]"], "must be a JSON object"),
+        (["tool", "math_calculator", "--input", '{"expression": 1}'], "expression"),
+        (["tool", "math_calculator", "--input", '{"expression": "1", "x": 2}'], "x: Extra inputs"),
+        (["tool", "math_calculator", "--input", '{"expression": "1"}', "--timeout", "-1"], "--timeout"),
+    ],
+)
+def test_tool_bad_usage_exits_2_before_anything_runs(
+    local_sandbox: None, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert fragment in captured.err and captured.out == ""

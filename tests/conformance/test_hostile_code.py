@@ -260,10 +260,18 @@ ROWS: list[Row] = [
     # --- the file system: read-only root, nothing of the host --------------------------------------
     Row("write-etc", attempts("open('/etc/x', 'w')"), ("ok",), frozenset({"EROFS"})),
     Row("write-usr-lib", attempts("open('/usr/lib/x', 'w')"), ("ok",), frozenset({"EROFS"})),
-    Row("write-tmp-dotdot", attempts("open('/tmp/../x', 'w')", "os.mkdir('/tmp/../y')"), ("ok",), frozenset({"EROFS"})),
+    Row(
+        "write-tmp-dotdot",
+        attempts("open('/tmp/../x', 'w')", "os.mkdir('/tmp/../y')"),
+        ("ok",),
+        frozenset({"EROFS"}),
+    ),
     Row(
         "tamper-agent-code",
-        attempts("open('/opt/officeray/tools_sandbox/agent/server.py', 'a')", "os.unlink('/opt/officeray/tools_sandbox/agent/server.py')"),
+        attempts(
+            "open('/opt/officeray/tools_sandbox/agent/server.py', 'a')",
+            "os.unlink('/opt/officeray/tools_sandbox/agent/server.py')",
+        ),
         ("ok",),
         frozenset({"EROFS", "EACCES"}),
     ),
@@ -380,7 +388,13 @@ ROWS: list[Row] = [
         backends=BOTH,
     ),
     Row("double-forked-daemon", DAEMON, ("ok",), then=_pid_is_gone),
-    Row("segfault", "import ctypes\nctypes.string_at(0)", ("tool_error",), message=("code -11",), backends=BOTH),
+    Row(
+        "segfault",
+        "import ctypes\nctypes.string_at(0)",
+        ("tool_error",),
+        message=("code -11",),
+        backends=BOTH,
+    ),
     Row(
         "kill-the-agent-local",
         KILL_AGENT,
@@ -390,7 +404,7 @@ ROWS: list[Row] = [
     ),
     Row(
         "kill-the-agent-pid1",  # PID 1 ignores every signal sent from inside its container
-        KILL_AGENT + "\nos.kill(1, signal.SIGKILL)\nprint('still')",
+        textwrap.dedent(KILL_AGENT) + "os.kill(1, signal.SIGKILL)\nprint('still')\n",
         ("ok",),
         frozenset({"the", "agent", "survived", "still"}),
     ),
@@ -501,7 +515,7 @@ def _mark(marker: Path) -> str:
     return f"open({str(marker)!r}, 'w').write('ran')\n"
 
 
-MALFORMED: list[tuple[str, str, Callable[[Path], dict[str, Any]], str]] = [
+MALFORMED: list[tuple[str, str, Callable[[Path], Any], str]] = [
     # (id, action, inputs given the marker path, a fragment of the error message)
     ("code-not-a-string", "python_exec", lambda m: {"code": 123}, "code"),
     ("code-null", "python_exec", lambda m: {"code": None}, "code"),
@@ -516,20 +530,35 @@ MALFORMED: list[tuple[str, str, Callable[[Path], dict[str, Any]], str]] = [
         "code",
     ),
     ("unresolved-reference", "python_exec", lambda m: {"code": {"from_step": "s0"}}, "code"),
-    ("inputs-not-an-object", "python_exec", lambda m: [_mark(m)], "inputs"),  # type: ignore[return-value,arg-type]
+    ("inputs-not-an-object", "python_exec", lambda m: [_mark(m)], "inputs"),
     ("unknown-tool", "shell", lambda m: {"cmd": f"touch {m}"}, "unknown tool"),
     ("math-oversized", "math_calculator", lambda m: {"expression": "1+" * 600 + "1"}, "expression"),
-    ("math-variables-wrong-type", "math_calculator", lambda m: {"expression": "x", "variables": [1]}, "variables"),
+    (
+        "math-variables-wrong-type",
+        "math_calculator",
+        lambda m: {"expression": "x", "variables": [1]},
+        "variables",
+    ),
     (
         "file-write-absolute",
         "file_operations",
         lambda m: {"operation": "write", "path": str(m), "content": "ran"},
         "absolute",
     ),
-    ("file-read-dotdot", "file_operations", lambda m: {"operation": "read", "path": "../../etc/passwd"}, "'..'"),
+    (
+        "file-read-dotdot",
+        "file_operations",
+        lambda m: {"operation": "read", "path": "../../etc/passwd"},
+        "'..'",
+    ),
     ("file-no-path", "file_operations", lambda m: {"operation": "delete"}, "path"),
     ("file-bad-operation", "file_operations", lambda m: {"operation": "chmod", "path": "a"}, "operation"),
-    ("file-content-on-read", "file_operations", lambda m: {"operation": "read", "path": "a", "content": "x"}, "content"),
+    (
+        "file-content-on-read",
+        "file_operations",
+        lambda m: {"operation": "read", "path": "a", "content": "x"},
+        "content",
+    ),
     (
         "analyzer-folder-outside",
         "code_analyzer",
@@ -547,7 +576,7 @@ def test_malformed_inputs_fail_before_anything_runs(
     marker: Path,
     tmp_path: Path,
     action: str,
-    make_inputs: Callable[[Path], dict[str, Any]],
+    make_inputs: Callable[[Path], Any],
     fragment: str,
 ) -> None:
     step = PlanStep(step_id="s1", action=action, timeout_seconds=5, idempotency_key="malformed")

@@ -358,7 +358,7 @@ def test_file_operations_symlink_escape_is_refused(sandbox: AgentSandbox) -> Non
                 os.symlink(target, os.path.join(ws, "fo-links", name))
     """
     assert run_py(sandbox, code)["exit_code"] == 0
-    attempts = [
+    attempts: list[tuple[str, str, dict[str, Any]]] = [
         ("read", "fo-links/root/etc/passwd", {}),
         ("read", "fo-links/passwd", {}),
         ("read", "fo-links/up/etc/passwd", {}),

@@ -16,7 +16,7 @@ import ray
 
 from actors.tool_runner import RunnerPool
 from officeray.config import Settings
-from officeray.contracts import TaskRecord, TaskRequest, TaskStatus, new_id
+from officeray.contracts import LogLine, TaskRecord, TaskRequest, TaskStatus, new_id, utcnow
 from officeray.errors import TaskNotFoundError
 from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
@@ -29,53 +29,111 @@ logger = logging.getLogger(__name__)
 
 ORCHESTRATOR_NAME = "officeray-orchestrator"
 
+ORCHESTRATOR_MAX_CONCURRENCY = 100_000
+"""Concurrent actor calls (submit, wait, run) the orchestrator accepts; task workflows themselves
+are bounded by ``workflow.max_concurrent_tasks``."""
+
 
 class Orchestrator:
-    def __init__(self, settings: Settings, planner_handle: Any, reviewer_handle: Any) -> None:
+    def __init__(
+        self, settings: Settings, planner_handle: Any, reviewer_handle: Any, ai_tool_handle: Any = None
+    ) -> None:
         self.settings = settings
         load_plugins(settings.plugins)
         self.store = SqlStore(settings.store.url)
-        self.pool = RunnerPool(settings)
+        self.pool = RunnerPool(settings, ai_tool_handle)
+        self._tenants: dict[str, str] = {}
         self.workflow = Workflow(
-            planner=ServePlanner(planner_handle),
-            reviewer=ServeReviewer(reviewer_handle),
+            planner=ServePlanner(planner_handle, self._tenant_of),
+            reviewer=ServeReviewer(reviewer_handle, self._tenant_of),
             executor=self.pool,
             store=self.store,
             tracer=setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name),
             tools=input_models(),
             settings=settings.workflow,
+            token_budget=settings.models.task_token_budget,
         )
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
+        self._reserved: set[str] = set()
+        self._resumed = False
+
+    def _tenant_of(self, task_id: str) -> str:
+        return self._tenants.get(task_id, "default")
 
     async def ready(self) -> bool:
+        """True once the runners are warm and unfinished tasks of an earlier life were resumed."""
         await self.pool.wait_ready()
+        await self._ensure_resumed()
         return True
 
-    async def submit(self, request: TaskRequest) -> TaskRecord:
-        """Persist the task and start it; returns the queued record (or the existing one)."""
+    async def _ensure_resumed(self) -> None:
+        """Resume unfinished tasks once per actor life, on the first call of any kind."""
+        if not self._resumed:
+            self._resumed = True
+            await self._resume_unfinished()
+
+    async def _resume_unfinished(self) -> None:
+        """After a restart (Ray restarts this actor), run again every task the store has unfinished.
+
+        A resumed task starts a new round from planning; steps already recorded are run again
+        (durable step results by idempotency key come with the durable-workflow work).
+        """
+        for record, request in await self.store.unfinished():
+            if record.task_id in self._running:
+                continue
+            record.logs.append(LogLine(level="warning", message="resumed after an orchestrator restart"))
+            self._start(request, record)
+
+    def _start(self, request: TaskRequest, record: TaskRecord) -> None:
+        self._tenants[record.task_id] = request.tenant
+        self._running[record.task_id] = asyncio.ensure_future(self._run(request, record))
+
+    async def submit(self, request: TaskRequest) -> tuple[TaskRecord, bool]:
+        """Persist the task and start it; returns ``(record, created)``.
+
+        The same ``task_id`` submitted twice (even at the same moment, from several gateways) runs
+        once: the id is reserved here before any ``await`` and the store's insert is atomic; the
+        later submissions get the existing record and ``created=False``.
+        """
+        await self._ensure_resumed()
         task_id = request.task_id or new_id("task")
-        existing = await self.store.get_task(task_id)
-        if existing is not None:
-            return existing
-        record = TaskRecord(task_id=task_id, description=request.description)
-        await self.store.save_task(record)
-        await self.store.append_event(task_id, "accepted", {"status": TaskStatus.QUEUED.value})
-        self._running[task_id] = asyncio.ensure_future(self._run(request, record))
-        return record
+        if task_id in self._reserved:
+            existing = await self.store.get_task(task_id)
+            return (existing or TaskRecord(task_id=task_id, description=request.description)), False
+        self._reserved.add(task_id)
+        try:
+            record = TaskRecord(task_id=task_id, description=request.description, tenant=request.tenant)
+            if not await self.store.create_task(record, request):
+                existing = await self.store.get_task(task_id)
+                assert existing is not None
+                return existing, False
+            self._start(request, record)
+            return record, True
+        finally:
+            self._reserved.discard(task_id)
 
     async def _run(self, request: TaskRequest, record: TaskRecord) -> TaskRecord:
         try:
             async with self._slots:
-                return await self.workflow.run(request, record.task_id, record)
+                final = await self.workflow.run(request, record.task_id, record)
+            if final.usage.calls:
+                await self.store.add_tenant_usage(final.tenant, final.usage)
+            return final
         except Exception as exc:  # the workflow does not raise; this is a last line of defence
             logger.exception("task %s crashed", record.task_id)
             record.status = TaskStatus.FAILED
             record.error = f"internal error: {type(exc).__name__}: {exc}"
+            record.current_step = None
+            record.finished_at = utcnow()
             await self.store.save_task(record)
+            await self.store.append_event(
+                record.task_id, "failed", {"status": "failed", "error": record.error}
+            )
             return record
         finally:
             self._running.pop(record.task_id, None)
+            self._tenants.pop(record.task_id, None)
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """The final record of ``task_id`` (waits for it while it runs here)."""
@@ -88,14 +146,17 @@ class Orchestrator:
         return record
 
     async def run(self, request: TaskRequest, timeout_s: float | None = None) -> TaskRecord:
-        record = await self.submit(request)
+        record, _created = await self.submit(request)
         return await self.wait(record.task_id, timeout_s)
 
     async def in_flight(self) -> int:
+        await self._ensure_resumed()
         return len(self._running)
 
 
-def get_or_create_orchestrator(settings: Settings, planner_handle: Any, reviewer_handle: Any) -> Any:
+def get_or_create_orchestrator(
+    settings: Settings, planner_handle: Any, reviewer_handle: Any, ai_tool_handle: Any = None
+) -> Any:
     """The cluster's orchestrator actor, created (detached) on first use."""
     actor_cls = ray.remote(Orchestrator).options(
         name=ORCHESTRATOR_NAME,
@@ -103,6 +164,7 @@ def get_or_create_orchestrator(settings: Settings, planner_handle: Any, reviewer
         get_if_exists=True,
         lifetime="detached",
         num_cpus=settings.serve.orchestrator_num_cpus,
-        max_concurrency=100_000,
+        max_concurrency=ORCHESTRATOR_MAX_CONCURRENCY,
+        max_restarts=-1,  # a crashed orchestrator comes back and resumes unfinished tasks
     )
-    return actor_cls.remote(settings, planner_handle, reviewer_handle)
+    return actor_cls.remote(settings, planner_handle, reviewer_handle, ai_tool_handle)

@@ -30,13 +30,37 @@ from tools_sandbox.recycling import TaskSandboxes
 logger = logging.getLogger(__name__)
 
 
+class AiToolService:
+    """``ai_tool``'s answerer on a runner: the ai_tool deployment, called synchronously."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def answer(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        from officeray.errors import ModelUnavailableError, PlanningError
+
+        reply = self.handle.answer.remote(prompt, max_tokens, None, {}).result()
+        if reply.text is None:
+            if reply.error == "planning":
+                raise PlanningError(reply.message)
+            raise ModelUnavailableError(reply.message or "the ai_tool model did not answer")
+        call = reply.call
+        return {
+            "answer": reply.text,
+            "tier": call.tier if call else "",
+            "usage": call.usage.model_dump() if call else {},
+        }
+
+
 class ToolRunner:
     """Owns one warm sandbox and runs steps in it, one at a time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         load_plugins(settings.plugins)
         self.workspace_root = Path(settings.workspace_root)
         self.host_context = HostContext(settings=validate_tool_settings(settings.tools))
+        if ai_tool_handle is not None:
+            self.host_context.services["ai_tool"] = AiToolService(ai_tool_handle)
         self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
         box = settings.sandbox
         if box.backend == "docker":
@@ -78,8 +102,9 @@ class RunnerPool:
     otherwise it takes the runner idle the longest.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         self.settings = settings
+        self.ai_tool_handle = ai_tool_handle
         self._actor_cls = ray.remote(ToolRunner).options(
             num_cpus=settings.runners.num_cpus, max_restarts=0, max_concurrency=1
         )
@@ -89,7 +114,7 @@ class RunnerPool:
         self._changed = asyncio.Condition()
 
     def _spawn(self) -> Any:
-        return self._actor_cls.remote(self.settings)
+        return self._actor_cls.remote(self.settings, self.ai_tool_handle)
 
     async def wait_ready(self) -> None:
         await asyncio.gather(*(r.ready.remote() for r in self.runners))

@@ -76,15 +76,21 @@ def run_tool(
     settings = prepare_settings(settings) if spec.runtime == ToolRuntime.SANDBOX else settings
     host_context = HostContext(settings=validate_tool_settings(settings.tools))
     box = settings.sandbox
-    sandbox = make_sandbox(box.backend, image=box.image, limits=box.limits)
+    # Host-side tools (http_client, web_search, ai_tool) need no sandbox, nor Docker.
+    sandbox = (
+        make_sandbox(box.backend, image=box.image, limits=box.limits)
+        if spec.runtime == ToolRuntime.SANDBOX
+        else None
+    )
     try:
-        if spec.runtime == ToolRuntime.SANDBOX:
+        if sandbox is not None:
             sandbox.start()
         started = time.perf_counter()
-        outcome = run_step(sandbox, step, inputs, settings.workspace_root, host_context)
+        outcome = run_step(sandbox, step, inputs, settings.workspace_root, host_context)  # type: ignore[arg-type]
         duration_ms = (time.perf_counter() - started) * 1000
     finally:
-        sandbox.stop()
+        if sandbox is not None:
+            sandbox.stop()
     return {
         "tool": name,
         "status": "succeeded" if outcome.error is None else "failed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,18 @@ def prepare_settings(settings: Settings) -> Settings:
         settings = apply_overrides(settings, {"sandbox.image": ensure_image()})
         remove_sandbox_containers(only_exited=True)  # left by runners of an earlier local cluster
     return settings
+
+
+RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch that keeps a one-machine instance on 127.0.0.1 (off, Ray binds the node's first
+network interface even for a purely local instance)."""
+
+
+def prefer_loopback() -> None:
+    """Keep a local Ray instance on loopback, unless the process joins a cluster (``RAY_ADDRESS``).
+
+    Must run before ``ray`` is imported: Ray reads the switch once, at import.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ.setdefault(RAY_SINGLE_NODE_ENV, "0")

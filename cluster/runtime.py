@@ -27,6 +27,8 @@ from serving.app import build_app
 
 logger = logging.getLogger(__name__)
 
+LOOPBACK = "127.0.0.1"
+
 READY_TIMEOUT_S = 180.0
 """How long start-up may take (Ray, Serve, warm sandboxes) before it is reported as failed."""
 
@@ -43,7 +45,8 @@ def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> 
         "logging_level": logging.WARNING if quiet else logging.INFO,
     }
     if address in (None, "local"):
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        # Everything of a local instance listens on loopback, never on another interface.
+        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **kwargs)
     else:
         ray.init(address=address, **kwargs)
 

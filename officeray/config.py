@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -109,19 +109,128 @@ class RunnerSettings(_Section):
     """CPUs Ray reserves for each runner actor."""
 
 
-class TierConfig(_Section):
+class LatencyModel(_Section):
+    """Simulated model latency for the embedded tier, so load tests stand in honestly for a real model.
+
+    A call waits ``ttft_s`` plus ``completion_tokens / tokens_per_s``, each scaled by a random
+    factor in [1 - jitter, 1 + jitter]. Reports say when this stand-in was used.
+    """
+
+    ttft_s: float = Field(default=0.0, ge=0, le=600)
+    tokens_per_s: float = Field(default=0.0, ge=0)
+    """0 means the tokens cost no time."""
+    jitter: float = Field(default=0.0, ge=0, le=1)
+
+
+class EmbeddedTierConfig(_Section):
     tier: Literal["embedded"] = "embedded"
+    latency: LatencyModel | None = None
+
+
+class OpenAITierConfig(_Section):
+    """Any OpenAI-compatible endpoint through the ``openai`` SDK (OpenAI, Gemini's and Mistral's
+    compatible endpoints, Groq, Ollama, a vLLM server)."""
+
+    tier: Literal["openai"]
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    """``None`` uses the SDK's default (api.openai.com)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the key; the key itself never enters the config."""
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """Limit of one attempt."""
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries on this tier after a 429, a 5xx or a timeout, before the next tier is tried."""
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    """How to ask for JSON: a strict JSON Schema (default), JSON mode, or instructions only."""
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+
+
+class VllmTierConfig(_Section):
+    """Local inference on GPU nodes through ``ray.serve.llm`` (``pip install .[gpu]``)."""
+
+    tier: Literal["vllm"]
+    model: str = Field(min_length=1)
+    """A local path or a model name already present on the node; nothing is downloaded."""
+    model_id: str | None = None
+    """Name the model is served under (default: the last part of ``model``)."""
+    accelerator_type: str | None = None
+    """E.g. ``H100``, ``A10G``: the GPU type replicas are placed on."""
+    num_gpus: float = Field(default=1.0, gt=0)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=1, ge=0, le=10)
+
+
+TierConfig = Annotated[EmbeddedTierConfig | OpenAITierConfig | VllmTierConfig, Field(discriminator="tier")]
+"""One tier of a role's chain, told apart by its ``tier`` key."""
+
+
+class Price(_Section):
+    """USD per 1000 tokens."""
+
+    prompt_per_1k: float = Field(default=0.0, ge=0)
+    completion_per_1k: float = Field(default=0.0, ge=0)
+
+
+class CircuitBreakerSettings(_Section):
+    failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive failed calls after which a tier's breaker opens (the tier is skipped)."""
+    cooldown_s: float = Field(default=30.0, gt=0)
+    """How long an open breaker waits before letting one trial call through (half-open)."""
+
+
+class ResponseCacheSettings(_Section):
+    enabled: bool = False
+    """Cache identical planner requests (same task text, tools and feedback)."""
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_entries: int = Field(default=1024, ge=1)
+
+
+class RouterSettings(_Section):
+    initial_backoff_s: float = Field(default=0.5, ge=0)
+    backoff_coefficient: float = Field(default=2.0, ge=1)
+    max_backoff_s: float = Field(default=10.0, ge=0)
+    """Upper bound of one wait, including a Retry-After the provider asks for."""
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+    cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
+
+
+def _embedded_chain() -> list[TierConfig]:
+    return [EmbeddedTierConfig()]
+
+
+class ModelsSettings(_Section):
+    planner: list[TierConfig] = Field(default_factory=_embedded_chain, min_length=1)
+    reviewer: list[TierConfig] = Field(default_factory=_embedded_chain, min_length=1)
+    ai_tool: list[TierConfig] = Field(default_factory=_embedded_chain, min_length=1)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    """Price per model name; models without an entry cost 0 (tokens are still counted)."""
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    task_token_budget: int | None = Field(default=None, ge=1)
+    """Tokens one task may spend on model calls; past it the task stops with a clear reason."""
+
+
+class AutoscalingSettings(_Section):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=64.0, gt=0)
 
 
 class DeploymentSettings(_Section):
     num_replicas: int = Field(default=1, ge=1)
+    """Fixed replica count, used when ``autoscaling`` is not set."""
+    autoscaling: AutoscalingSettings | None = None
     num_cpus: float = Field(default=0.1, ge=0)
     max_ongoing_requests: int = Field(default=256, ge=1)
-
-
-class ModelsSettings(_Section):
-    planner: list[TierConfig] = Field(default_factory=lambda: [TierConfig()], min_length=1)
-    reviewer: list[TierConfig] = Field(default_factory=lambda: [TierConfig()], min_length=1)
+    """Requests one replica takes at once; more wait in its queue (up to ``max_queued_requests``)."""
+    max_queued_requests: int = Field(default=1024, ge=-1)
+    """Requests waiting for a replica; past it callers get a retriable backpressure error. -1: no bound."""
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    health_check_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class ServeSettings(_Section):
@@ -131,6 +240,7 @@ class ServeSettings(_Section):
     gateway: DeploymentSettings = Field(default_factory=DeploymentSettings)
     planner: DeploymentSettings = Field(default_factory=DeploymentSettings)
     reviewer: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    ai_tool: DeploymentSettings = Field(default_factory=DeploymentSettings)
     orchestrator_num_cpus: float = Field(default=0.1, ge=0)
 
 

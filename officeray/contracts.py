@@ -122,6 +122,42 @@ class TaskStatus(StrEnum):
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
 
 
+class ModelUsage(_Strict):
+    """Tokens and cost of model calls (summed with ``+``). Token counts come from the provider; the
+    embedded tier counts whitespace-separated words. Cost comes from ``models.prices``."""
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    calls: int = Field(default=0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: ModelUsage) -> ModelUsage:
+        return ModelUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            calls=self.calls + other.calls,
+        )
+
+
+class ModelCallRecord(_Strict):
+    """One routed model call of a task: which tier answered, after how many fallbacks, at what cost."""
+
+    role: str
+    iteration: int = 0
+    tier: str = ""
+    model: str = ""
+    fallbacks: int = 0
+    cached: bool = False
+    usage: ModelUsage = Field(default_factory=ModelUsage)
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    """Every try in order: tier, model, outcome (ok, error, skipped_open_circuit, cache_hit), error."""
+
+
 class TaskRequest(_Strict):
     """What a client submits: ``POST /v1/tasks``, ``officeray run``, a batch line."""
 
@@ -131,6 +167,10 @@ class TaskRequest(_Strict):
         default=None, description="Restrict the tools this task may use; all registered tools when omitted."
     )
     max_iterations: int | None = Field(default=None, ge=1, le=20)
+    tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    """Whose task this is: tokens and cost are also summed per tenant."""
+    token_budget: int | None = Field(default=None, ge=1)
+    """Most model tokens this task may spend (default: ``models.task_token_budget``)."""
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("description")
@@ -211,6 +251,20 @@ class Review(_Strict):
     final_output: Any = None
 
 
+class Planned(_Strict):
+    """A plan with the record of the model call that made it (what routed planners return)."""
+
+    plan: Plan
+    call: ModelCallRecord | None = None
+
+
+class Reviewed(_Strict):
+    """A review with the record of the model call that made it (what routed reviewers return)."""
+
+    review: Review
+    call: ModelCallRecord | None = None
+
+
 class PlanRequest(_Strict):
     """What the planner is asked: the task, the tools it may use, and what went wrong last time."""
 
@@ -250,6 +304,10 @@ class TaskRecord(_Strict):
     plan: Plan | None = None
     feedback: list[str] = Field(default_factory=list)
     trace_id: str | None = None
+    tenant: str = "default"
+    usage: ModelUsage = Field(default_factory=ModelUsage)
+    """Tokens and cost of every model call of this task (planner and reviewer; ai_tool steps too)."""
+    model_calls: list[ModelCallRecord] = Field(default_factory=list)
     logs: list[LogLine] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

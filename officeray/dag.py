@@ -83,7 +83,7 @@ def _lookup(output: Any, path: str | None, ref: StepReference) -> Any:
     for part in path.split("."):
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and part.isascii() and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
             raise InputReferenceError(f"step {ref.from_step} output has no {path!r}")
@@ -167,7 +167,7 @@ class _Scheduler:
         self.pending.remove(step)
         try:
             inputs = resolve_inputs(step.inputs, self.outputs)
-        except InputReferenceError as exc:
+        except (InputReferenceError, ValidationError, ValueError) as exc:
             self.results[step.step_id] = _bad_reference(step, exc)
             return
         self.running[asyncio.ensure_future(self.run_step(step, inputs))] = step

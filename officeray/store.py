@@ -6,7 +6,8 @@ Tables:
   columns that are queried (status, timestamps);
 * ``task_events``: every transition of a task, in order (accepted, planned, validated, step
   started/finished, reviewed, final);
-* ``step_results``: each step's result under its plan ``idempotency_key``.
+* ``step_results``: each step's result under its plan ``idempotency_key``;
+* ``tenant_usage``: model tokens and cost summed per tenant over finished tasks.
 
 The workflow writes each transition here before it acts on it. Methods are ``async`` (the work
 runs in a thread) so an orchestrator's event loop is never blocked by the database.
@@ -22,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from officeray.contracts import StepResult, TaskRecord, TaskStatus, utcnow
+from officeray.contracts import ModelUsage, StepResult, TaskRecord, TaskRequest, TaskStatus, utcnow
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another process's lock before failing."""
@@ -38,6 +39,7 @@ tasks_table = sa.Table(
     sa.Column("status", sa.String(32), nullable=False, index=True),
     sa.Column("description", sa.Text, nullable=False),
     sa.Column("record", sa.Text, nullable=False),
+    sa.Column("request", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
@@ -60,6 +62,17 @@ step_results_table = sa.Table(
     sa.Column("step_id", sa.String(64), nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("result", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+tenant_usage_table = sa.Table(
+    "tenant_usage",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False, default=0),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("calls", sa.BigInteger, nullable=False, default=0),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -116,6 +129,41 @@ class SqlStore:
                 conn.execute(
                     tasks_table.insert().values(task_id=record.task_id, created_at=record.created_at, **row)
                 )
+
+    def create_task_sync(self, record: TaskRecord, request: TaskRequest) -> bool:
+        """Insert a new task atomically; False when a task with that id already exists."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    tasks_table.insert().values(
+                        task_id=record.task_id,
+                        status=record.status.value,
+                        description=record.description,
+                        record=record.model_dump_json(),
+                        request=request.model_dump_json(),
+                        created_at=record.created_at,
+                        updated_at=record.updated_at,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def unfinished_sync(self) -> list[tuple[TaskRecord, TaskRequest]]:
+        """Tasks not in a final state, with their requests (what a restarted orchestrator resumes)."""
+        final = [TaskStatus.COMPLETED.value, TaskStatus.FAILED.value]
+        query = (
+            sa.select(tasks_table.c.record, tasks_table.c.request)
+            .where(tasks_table.c.status.not_in(final))
+            .order_by(tasks_table.c.created_at)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (TaskRecord.model_validate_json(row.record), TaskRequest.model_validate_json(row.request))
+            for row in rows
+            if row.request
+        ]
 
     def get_task_sync(self, task_id: str) -> TaskRecord | None:
         with self._engine.connect() as conn:
@@ -175,10 +223,46 @@ class SqlStore:
             ).scalar_one_or_none()
         return None if raw is None else StepResult.model_validate_json(raw)
 
+    def add_tenant_usage_sync(self, tenant: str, usage: ModelUsage) -> None:
+        t = tenant_usage_table
+        with self._engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.tenant == tenant)
+                .values(
+                    prompt_tokens=t.c.prompt_tokens + usage.prompt_tokens,
+                    completion_tokens=t.c.completion_tokens + usage.completion_tokens,
+                    cost_usd=t.c.cost_usd + usage.cost_usd,
+                    calls=t.c.calls + usage.calls,
+                    updated_at=utcnow(),
+                )
+            ).rowcount
+            if not updated:
+                conn.execute(t.insert().values(tenant=tenant, updated_at=utcnow(), **usage.model_dump()))
+
+    def tenant_usage_sync(self, tenant: str) -> ModelUsage:
+        t = tenant_usage_table
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.tenant == tenant)).first()
+        if row is None:
+            return ModelUsage()
+        return ModelUsage(
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            cost_usd=row.cost_usd,
+            calls=row.calls,
+        )
+
     # -- async API (the workflow's Store port) --------------------------------------------------
 
     async def save_task(self, record: TaskRecord) -> None:
         await asyncio.to_thread(self.save_task_sync, record.model_copy(deep=True))
+
+    async def create_task(self, record: TaskRecord, request: TaskRequest) -> bool:
+        return await asyncio.to_thread(self.create_task_sync, record.model_copy(deep=True), request)
+
+    async def unfinished(self) -> list[tuple[TaskRecord, TaskRequest]]:
+        return await asyncio.to_thread(self.unfinished_sync)
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         return await asyncio.to_thread(self.get_task_sync, task_id)
@@ -191,6 +275,12 @@ class SqlStore:
 
     async def events(self, task_id: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.events_sync, task_id)
+
+    async def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> None:
+        await asyncio.to_thread(self.add_tenant_usage_sync, tenant, usage)
+
+    async def tenant_usage(self, tenant: str) -> ModelUsage:
+        return await asyncio.to_thread(self.tenant_usage_sync, tenant)
 
     def close(self) -> None:
         self._engine.dispose()

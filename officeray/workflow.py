@@ -33,10 +33,13 @@ from officeray.config import WorkflowSettings
 from officeray.contracts import (
     ErrorType,
     LogLine,
+    ModelCallRecord,
     Plan,
+    Planned,
     PlanRequest,
     PlanStep,
     Review,
+    Reviewed,
     ReviewRequest,
     ReviewVerdict,
     StepError,
@@ -61,11 +64,13 @@ MAX_FEEDBACK_ITEMS = 20
 
 
 class Planner(Protocol):
-    async def plan(self, request: PlanRequest) -> Plan: ...
+    """Answers a plan; routed planners answer :class:`Planned` (the plan and its call's cost)."""
+
+    async def plan(self, request: PlanRequest) -> Plan | Planned: ...
 
 
 class Reviewer(Protocol):
-    async def review(self, request: ReviewRequest) -> Review: ...
+    async def review(self, request: ReviewRequest) -> Review | Reviewed: ...
 
 
 class StepExecutor(Protocol):
@@ -95,6 +100,7 @@ class Workflow:
         tracer: trace.Tracer,
         tools: Mapping[str, type[BaseModel]],
         settings: WorkflowSettings | None = None,
+        token_budget: int | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -105,6 +111,8 @@ class Workflow:
         self.tracer = tracer
         self.tools = tools
         self.settings = settings or WorkflowSettings()
+        self.token_budget = token_budget
+        """Model tokens one task may spend (a task's ``token_budget`` overrides it); None: no limit."""
         self._sleep = sleep
         self._rand = rand
 
@@ -122,6 +130,8 @@ class _TaskRun:
         self.request = request
         self.task_id = task_id
         self.record = record or TaskRecord(task_id=task_id, description=request.description)
+        self.record.tenant = request.tenant
+        self.budget = request.token_budget or wf.token_budget
         self._lock = asyncio.Lock()
 
     # -- persistence --------------------------------------------------------------------------
@@ -136,6 +146,24 @@ class _TaskRun:
             self.record.updated_at = utcnow()
             await self.wf.store.save_task(self.record.model_copy(deep=True))
             await self.wf.store.append_event(self.task_id, kind, {"status": self.record.status.value, **data})
+
+    def account(self, call: ModelCallRecord | None, iteration: int) -> str | None:
+        """Add a model call to the record; returns why the task must stop when over its budget."""
+        if call is None:
+            return None
+        call = call.model_copy(update={"iteration": iteration})
+        self.record.model_calls.append(call)
+        self.record.usage = self.record.usage + call.usage
+        if call.fallbacks:
+            self.log(
+                f"iteration {iteration}: {call.role} answered by {call.tier} "
+                f"after {call.fallbacks} fallback(s)",
+                "warning",
+            )
+        used = self.record.usage.total_tokens
+        if self.budget is not None and used > self.budget:
+            return f"token budget exceeded: {used} tokens used, the budget is {self.budget}"
+        return None
 
     async def finish(self, status: TaskStatus, *, result: Any = None, error: str | None = None) -> TaskRecord:
         self.record.status = status
@@ -223,7 +251,7 @@ class _TaskRun:
         )
         with wf.tracer.start_as_current_span("plan", attributes={"officeray.iteration": iteration}) as span:
             try:
-                plan = await asyncio.wait_for(wf.planner.plan(request), wf.settings.model_call_timeout_s)
+                answer = await asyncio.wait_for(wf.planner.plan(request), wf.settings.model_call_timeout_s)
             except PlanningError as exc:
                 span.set_status(Status(StatusCode.ERROR, "cannot plan"))
                 return await self.finish(TaskStatus.FAILED, error=str(exc))
@@ -233,7 +261,11 @@ class _TaskRun:
                 feedback[:] = [f"the planner failed: {_describe(exc)}"]
                 self.log(f"iteration {iteration}: planner failed: {_describe(exc)}", "warning")
                 return None
+            plan, call = (answer.plan, answer.call) if isinstance(answer, Planned) else (answer, None)
             span.set_attribute("officeray.steps", len(plan.steps))
+        over = self.account(call, iteration)
+        if over is not None:
+            return await self.finish(TaskStatus.FAILED, error=over)
         self.record.plan = plan
         self.log(
             f"iteration {iteration}: planned {len(plan.steps)} step(s): "
@@ -357,13 +389,17 @@ class _TaskRun:
         )
         with wf.tracer.start_as_current_span("review", attributes={"officeray.iteration": iteration}) as span:
             try:
-                review = await asyncio.wait_for(wf.reviewer.review(request), wf.settings.model_call_timeout_s)
+                answer = await asyncio.wait_for(wf.reviewer.review(request), wf.settings.model_call_timeout_s)
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 self.log(f"iteration {iteration}: reviewer failed: {_describe(exc)}", "warning")
                 return None
+            review, call = (answer.review, answer.call) if isinstance(answer, Reviewed) else (answer, None)
             span.set_attribute("officeray.verdict", review.verdict.value)
+        over = self.account(call, iteration)
+        if over is not None:
+            return Review(verdict=ReviewVerdict.FAILED, feedback=over)
         self.log(f"iteration {iteration}: review {review.verdict.value}: {review.feedback}")
         await self.persist(
             "reviewed", iteration=iteration, verdict=review.verdict.value, feedback=review.feedback

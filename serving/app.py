@@ -1,7 +1,10 @@
-"""The Serve application: gateway (ingress) + planner + reviewer deployments.
+"""The Serve application: gateway (ingress) + planner + reviewer + ai_tool deployments.
 
 ``build_app(settings)`` is the builder used by the CLI, the batch job and ``serve run``
-(``serve run serving.app:app_builder config_file=...``).
+(``serve run serving.app:app_builder config_file=...``). Each model deployment takes its
+``serve.<role>`` settings: fixed ``num_replicas`` or ``autoscaling`` (min/max replicas, target
+ongoing requests), ``max_ongoing_requests``, ``max_queued_requests`` (past it: backpressure) and
+health-check period and timeout.
 """
 
 from __future__ import annotations
@@ -12,34 +15,44 @@ from ray.serve import Application
 
 from officeray.config import DeploymentSettings, Settings, load_settings
 from serving.gateway import Gateway
-from serving.models import PlannerDeployment, ReviewerDeployment
+from serving.models import AiToolDeployment, PlannerDeployment, ReviewerDeployment
 
 
-def _options(dep: DeploymentSettings) -> dict[str, Any]:
-    return {
-        "num_replicas": dep.num_replicas,
+def deployment_options(dep: DeploymentSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "max_ongoing_requests": dep.max_ongoing_requests,
+        "max_queued_requests": dep.max_queued_requests,
+        "health_check_period_s": dep.health_check_period_s,
+        "health_check_timeout_s": dep.health_check_timeout_s,
         "ray_actor_options": {"num_cpus": dep.num_cpus},
     }
+    if dep.autoscaling is not None:
+        options["autoscaling_config"] = dep.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = dep.num_replicas
+    return options
 
 
 def build_app(settings: Settings) -> Application:
     serve_cfg = settings.serve
-    models = settings.models
     # serve.deployment turns each class into a Deployment, which mypy cannot see.
     planner_dep: Any = PlannerDeployment
     reviewer_dep: Any = ReviewerDeployment
+    ai_tool_dep: Any = AiToolDeployment
     gateway_dep: Any = Gateway
-    planner = planner_dep.options(**_options(serve_cfg.planner)).bind(
-        [t.model_dump() for t in models.planner]
+    planner = planner_dep.options(**deployment_options(serve_cfg.planner)).bind(settings)
+    reviewer = reviewer_dep.options(**deployment_options(serve_cfg.reviewer)).bind(settings)
+    ai_tool = ai_tool_dep.options(**deployment_options(serve_cfg.ai_tool)).bind(settings)
+    app: Application = gateway_dep.options(**deployment_options(serve_cfg.gateway)).bind(
+        settings, planner, reviewer, ai_tool
     )
-    reviewer = reviewer_dep.options(**_options(serve_cfg.reviewer)).bind(
-        [t.model_dump() for t in models.reviewer]
-    )
-    app: Application = gateway_dep.options(**_options(serve_cfg.gateway)).bind(settings, planner, reviewer)
     return app
 
 
 def app_builder(args: dict[str, str]) -> Application:
     """Entry point for ``serve run`` / ``serve deploy``: ``args`` may name a ``config_file``."""
-    return build_app(load_settings(args.get("config_file")))
+    from cluster.prepare import absolutize, check_tools
+
+    settings = absolutize(load_settings(args.get("config_file")))
+    check_tools(settings)
+    return build_app(settings)

@@ -1,62 +1,203 @@
-"""The planner and reviewer as Ray Serve deployments, and the adapters the workflow calls them through.
+"""The planner, reviewer and ai_tool as Ray Serve deployments, and the adapters that call them.
 
-Across the deployment handle the replies are small envelopes (:class:`ModelReply`) rather than
+Each deployment owns a :class:`~serving.router.Router` over its role's tier chain (``models.<role>``
+in the config). Replies cross the deployment handle as envelopes (:class:`ModelReply`) rather than
 raised exceptions, so that "this task cannot be planned" (final) stays distinguishable from "the
 model is unavailable" (another round may work) whatever Ray does to exception types in transit.
+
+Backpressure: a deployment at ``max_ongoing_requests`` with a full queue (``max_queued_requests``)
+answers with Serve's ``BackPressureError`` at once; the adapters retry it a few times with backoff
+and then report the model as unavailable, a retriable failure of the round, never a hang.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from officeray.config import TierConfig
-from officeray.contracts import Plan, PlanRequest, Review, ReviewRequest
+from officeray.config import Settings
+from officeray.contracts import ModelCallRecord, Plan, Planned, PlanRequest, Review, Reviewed, ReviewRequest
 from officeray.errors import ModelUnavailableError, PlanningError
-from serving.router import build_planner_chain, build_reviewer_chain
+from officeray.telemetry import inject_context, setup_tracing
+from serving.roles import (
+    accept_plan,
+    accept_review,
+    accept_text,
+    ai_tool_call,
+    call_record,
+    planner_call,
+    reviewer_call,
+)
+from serving.router import Router
+from serving.tiers import base as tier_errors
+from serving.tiers import build_tier
+from serving.tiers.base import CannotAnswerError, ModelAnswer, ModelCall, Role, TierError
+
+BACKPRESSURE_RETRIES = 5
+"""Times an adapter retries a deployment that answered with backpressure."""
+
+BACKPRESSURE_INITIAL_WAIT_S = 0.1
+"""First wait after backpressure; doubled each time."""
 
 
 class ModelReply(BaseModel):
     plan: Plan | None = None
     review: Review | None = None
+    text: str | None = None
+    call: ModelCallRecord | None = None
     error: Literal["planning", "unavailable"] | None = None
     message: str = ""
 
 
 def _failure(exc: Exception) -> ModelReply:
-    kind: Literal["planning", "unavailable"] = "planning" if isinstance(exc, PlanningError) else "unavailable"
+    final = isinstance(exc, PlanningError | CannotAnswerError)
+    kind: Literal["planning", "unavailable"] = "planning" if final else "unavailable"
     return ModelReply(error=kind, message=str(exc))
 
 
-@serve.deployment(name="Planner")
-class PlannerDeployment:
-    """Turns a :class:`PlanRequest` into a :class:`Plan` through the planner tier chain."""
+class RoleModel:
+    """A role's router, tools catalog and tracer. One per replica; used by the deployments below."""
 
-    def __init__(self, tiers: list[dict[str, Any]]) -> None:
-        self.chain = build_planner_chain([TierConfig.model_validate(t) for t in tiers])
+    def __init__(self, role: Role, settings: Settings) -> None:
+        from tools_sandbox.catalog import all_tools
+        from tools_sandbox.plugins import load_plugins
 
-    async def plan(self, request: PlanRequest) -> ModelReply:
+        load_plugins(settings.plugins)
+        self.role = role
+        models = settings.models
+        chain = getattr(models, role)
+        tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
+        vllm_url = f"http://{settings.serve.host}:{settings.serve.port}/llm/v1"
+        tiers = [(cfg, build_tier(cfg, role, vllm_base_url=vllm_url)) for cfg in chain]
+        self.router = Router(role, tiers, models.router, models.prices, tracer=tracer)
+        self.tools = {name: (spec.description, spec.input_model) for name, spec in all_tools().items()}
+
+    async def plan(self, request: PlanRequest, tenant: str, carrier: dict[str, str]) -> ModelReply:
         try:
-            return ModelReply(plan=await self.chain.call(lambda tier: tier.plan(request)))
+            routed = await self.router.call(
+                planner_call(request, self.tools, tenant=tenant, trace_context=carrier), accept_plan(request)
+            )
         except Exception as exc:
             return _failure(exc)
+        return ModelReply(plan=routed.value, call=call_record("planner", routed))
+
+    async def review(self, request: ReviewRequest, tenant: str, carrier: dict[str, str]) -> ModelReply:
+        try:
+            routed = await self.router.call(
+                reviewer_call(request, tenant=tenant, trace_context=carrier), accept_review
+            )
+        except Exception as exc:
+            return _failure(exc)
+        return ModelReply(review=routed.value, call=call_record("reviewer", routed))
+
+    async def answer(
+        self, prompt: str, max_tokens: int, task_id: str | None, carrier: dict[str, str]
+    ) -> ModelReply:
+        try:
+            routed = await self.router.call(
+                ai_tool_call(prompt, max_tokens, task_id=task_id, trace_context=carrier), accept_text
+            )
+        except Exception as exc:
+            return _failure(exc)
+        return ModelReply(text=routed.value, call=call_record("ai_tool", routed))
+
+    async def chat(self, call: ModelCall) -> dict[str, Any]:
+        """An OpenAI-shaped call from the HTTP route: ``{"answer": ModelAnswer}`` or ``{"error": ...}``
+        (the error's class name, message and Retry-After: see :func:`unwrap_chat_reply`)."""
+        try:
+            routed = await self.router.call(call, lambda answer: answer)
+        except TierError as exc:
+            return {"error": type(exc).__name__, "message": str(exc), "retry_after_s": exc.retry_after_s}
+        answer: ModelAnswer = routed.value
+        return {"answer": answer.model_copy(update={"usage": routed.usage})}
+
+    async def stream(self, call: ModelCall) -> AsyncIterator[str]:
+        """Content chunks from the first tier that streams (the embedded tier paces them with its
+        latency model); other tiers answer whole."""
+        for _cfg, tier in self.router.tiers:
+            streamer = getattr(tier, "stream", None)
+            if streamer is None:
+                continue
+            started = False
+            try:
+                async for chunk in streamer(call):
+                    started = True
+                    yield chunk
+                return
+            except TierError:
+                if started:
+                    raise
+                continue  # this tier cannot stream now: try the next one
+        yield unwrap_chat_reply(await self.chat(call)).content
+
+
+@serve.deployment(name="Planner")
+class PlannerDeployment(RoleModel):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("planner", settings)
+
+    async def check_health(self) -> None:
+        """Serve's health check: the replica answers and has a tier chain."""
+        if not self.router.tiers:
+            raise RuntimeError("no planner tiers")
 
 
 @serve.deployment(name="Reviewer")
-class ReviewerDeployment:
-    """Judges a round's step results through the reviewer tier chain."""
+class ReviewerDeployment(RoleModel):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("reviewer", settings)
 
-    def __init__(self, tiers: list[dict[str, Any]]) -> None:
-        self.chain = build_reviewer_chain([TierConfig.model_validate(t) for t in tiers])
+    async def check_health(self) -> None:
+        if not self.router.tiers:
+            raise RuntimeError("no reviewer tiers")
 
-    async def review(self, request: ReviewRequest) -> ModelReply:
+
+@serve.deployment(name="AiTool")
+class AiToolDeployment(RoleModel):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("ai_tool", settings)
+
+    async def check_health(self) -> None:
+        if not self.router.tiers:
+            raise RuntimeError("no ai_tool tiers")
+
+
+def unwrap_chat_reply(reply: dict[str, Any]) -> ModelAnswer:
+    """The answer of :meth:`RoleModel.chat`, or its typed error raised again on this side."""
+    if "answer" in reply:
+        answer: ModelAnswer = reply["answer"]
+        return answer
+    error_cls = getattr(tier_errors, str(reply.get("error")), None)
+    if not (isinstance(error_cls, type) and issubclass(error_cls, TierError)):
+        error_cls = TierError
+    raise error_cls(str(reply.get("message", "")), retry_after_s=reply.get("retry_after_s"))
+
+
+def _is_backpressure(exc: BaseException) -> bool:
+    return type(exc).__name__ == "BackPressureError"
+
+
+async def call_with_backpressure(method: Any, *args: Any) -> Any:
+    """``await method.remote(*args)``, retrying Serve's backpressure with backoff, then unavailable."""
+    wait = BACKPRESSURE_INITIAL_WAIT_S
+    for attempt in range(BACKPRESSURE_RETRIES + 1):
         try:
-            return ModelReply(review=await self.chain.call(lambda tier: tier.review(request)))
+            return await method.remote(*args)
         except Exception as exc:
-            return _failure(exc)
+            if not _is_backpressure(exc):
+                raise
+            if attempt == BACKPRESSURE_RETRIES:
+                raise ModelUnavailableError(
+                    f"the model deployment is overloaded (backpressure): {exc}"
+                ) from None
+            await asyncio.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
 
 
 def _raise(reply: ModelReply) -> None:
@@ -66,28 +207,34 @@ def _raise(reply: ModelReply) -> None:
 
 
 class ServePlanner:
-    """The workflow's Planner port over a deployment handle."""
+    """The workflow's Planner port over the planner deployment's handle."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, tenant_of: Any = None) -> None:
         self.handle = handle
+        self.tenant_of = tenant_of or (lambda _task_id: "default")
 
-    async def plan(self, request: PlanRequest) -> Plan:
-        reply: ModelReply = await self.handle.plan.remote(request)
+    async def plan(self, request: PlanRequest) -> Planned:
+        reply: ModelReply = await call_with_backpressure(
+            self.handle.plan, request, self.tenant_of(request.task_id), inject_context()
+        )
         if reply.plan is None:
             _raise(reply)
         assert reply.plan is not None
-        return reply.plan
+        return Planned(plan=reply.plan, call=reply.call)
 
 
 class ServeReviewer:
-    """The workflow's Reviewer port over a deployment handle."""
+    """The workflow's Reviewer port over the reviewer deployment's handle."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, tenant_of: Any = None) -> None:
         self.handle = handle
+        self.tenant_of = tenant_of or (lambda _task_id: "default")
 
-    async def review(self, request: ReviewRequest) -> Review:
-        reply: ModelReply = await self.handle.review.remote(request)
+    async def review(self, request: ReviewRequest) -> Reviewed:
+        reply: ModelReply = await call_with_backpressure(
+            self.handle.review, request, self.tenant_of(request.task_id), inject_context()
+        )
         if reply.review is None:
             _raise(reply)
         assert reply.review is not None
-        return reply.review
+        return Reviewed(review=reply.review, call=reply.call)

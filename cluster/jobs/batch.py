@@ -14,32 +14,55 @@ Exit code: 0 when every task completed, 1 when any failed, 2 for bad input.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from cluster.prepare import prefer_loopback
 from officeray.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, read_task_lines, record_json
 from officeray.config import load_settings
 from officeray.contracts import TaskRecord, TaskStatus
 from officeray.errors import ConfigError
 
+LOCAL_CLUSTER_PROBE_TIMEOUT_S = 1.0
+"""How long the probe of a cluster recorded on this machine may take before a local one is started."""
 
-def _address(explicit: str | None, namespace: str) -> str:
-    """``explicit``, else the running cluster (``auto``) when there is one, else ``local``."""
+
+def _running_local_cluster() -> str | None:
+    """The GCS address of a cluster started on this machine with ``ray start`` on loopback, if it answers.
+
+    Only loopback addresses are considered: a stale record of an earlier cluster, or one bound to
+    another interface, never makes the job wait on or send traffic to another address.
+    """
+    from ray._private.utils import read_ray_address
+
+    address = read_ray_address()
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            return None
+        with socket.create_connection((host, int(port)), timeout=LOCAL_CLUSTER_PROBE_TIMEOUT_S):
+            return address
+    except (ValueError, OSError):
+        return None
+
+
+def _address(explicit: str | None) -> str:
+    """``explicit``; else the cluster of ``ray job submit`` (RAY_ADDRESS); else a running loopback
+    cluster on this machine; else ``local`` (start one)."""
     if explicit:
         return explicit
-    import ray
-
     if os.environ.get("RAY_ADDRESS"):
         return "auto"
-    try:
-        ray.init(address="auto", namespace=namespace, log_to_driver=False)
-    except ConnectionError:
-        return "local"
-    return "auto"
+    prefer_loopback()
+    return _running_local_cluster() or "local"
 
 
 def _summary(records: list[TaskRecord], elapsed_s: float) -> str:
@@ -87,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    with LocalStack(settings, address=_address(args.address, settings.ray_namespace)) as stack:
+    with LocalStack(settings, address=_address(args.address)) as stack:
         records = stack.run(requests, on_done=progress)
     with out.open("w", encoding="utf-8") as handle:
         for record in records:

@@ -119,8 +119,9 @@ _PLACEHOLDER_RE = re.compile(r"\x00(\d+)\x00")
 _UNFENCED_RUN_PYTHON_RE = re.compile(
     r"\b(?:run|execute)\s+python(?:\s+(?:code|program|script))?\s*:", re.IGNORECASE
 )
-_THEN_SPLIT_RE = re.compile(r"\s*[;,.]?\s*\b(?:and\s+)?then\b[\s,:]*", re.IGNORECASE)
-_AND_ALSO_SPLIT_RE = re.compile(r"\s*[;,]?\s*\band\s+also\b[\s,:]*", re.IGNORECASE)
+# Possessive quantifiers (``*+``): a long run of spaces must not make these backtrack (ReDoS).
+_THEN_SPLIT_RE = re.compile(r"\s*+[;,.]?\s*+\b(?:and\s++)?then\b[\s,:]*+", re.IGNORECASE)
+_AND_ALSO_SPLIT_RE = re.compile(r"\s*+[;,]?\s*+\band\s++also\b[\s,:]*+", re.IGNORECASE)
 _LEADING_FILLER_RE = re.compile(r"^(?:(?:please|first|next|finally)\b[\s,:]*)+", re.IGNORECASE)
 
 _PYTHON_CLAUSE_RE = re.compile(

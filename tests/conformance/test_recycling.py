@@ -106,3 +106,101 @@ def test_bad_settings_are_refused() -> None:
         TaskSandboxes(LocalProcessSandbox, recycle="never")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="spares"):
         TaskSandboxes(LocalProcessSandbox, spares=99)
+
+
+# --- IPC objects outlive their processes: reset must remove them (Docker: the container's namespace) ---
+
+IPC_PRELUDE = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+KEY, SECRET, MQ = 0x0FF1CE, b"task-a-ipc-secret", b"/officeray-secret"
+IPC_CREAT, IPC_NOWAIT, GETVAL, SETVAL = 0o1000, 0o4000, 12, 16
+
+class Msg(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 64)]
+
+def check(ret, what):
+    if ret == -1:
+        raise OSError(ctypes.get_errno(), what)
+    return ret
+"""
+
+IPC_PLANT = (
+    IPC_PRELUDE
+    + """
+shmid = check(libc.shmget(KEY, 4096, IPC_CREAT | 0o600), "shmget")
+addr = libc.shmat(shmid, None, 0)
+ctypes.memmove(addr, SECRET, len(SECRET))
+libc.shmdt(addr)
+msqid = check(libc.msgget(KEY, IPC_CREAT | 0o600), "msgget")
+check(libc.msgsnd(msqid, ctypes.byref(Msg(1, SECRET)), len(SECRET), 0), "msgsnd")
+semid = check(libc.semget(KEY, 1, IPC_CREAT | 0o600), "semget")
+check(libc.semctl(semid, 0, SETVAL, ctypes.c_long(4242)), "semctl")
+mqd = check(libc.mq_open(MQ, os.O_CREAT | os.O_WRONLY, 0o600, None), "mq_open")
+check(libc.mq_send(mqd, SECRET, len(SECRET), 0), "mq_send")
+libc.mq_close(mqd)
+print("planted")
+"""
+)
+
+IPC_PEEK = (
+    IPC_PRELUDE
+    + """
+found = {}
+for kind in ("shm", "msg", "sem"):
+    with open(f"/proc/sysvipc/{kind}") as fh:
+        found[kind] = [line.split()[1] for line in fh.read().splitlines()[1:] if line.strip()]
+shmid = libc.shmget(KEY, 0, 0)
+if shmid >= 0:
+    addr = libc.shmat(shmid, None, 0)
+    found["shm_data"] = ctypes.string_at(addr, len(SECRET)).decode()
+    libc.shmdt(addr)
+msqid = libc.msgget(KEY, 0)
+if msqid >= 0:
+    msg = Msg()
+    size = libc.msgrcv(msqid, ctypes.byref(msg), 64, 0, IPC_NOWAIT)
+    if size >= 0:
+        libc.msgsnd(msqid, ctypes.byref(msg), size, 0)  # put it back
+    found["msg_data"] = msg.mtext[: max(size, 0)].decode()
+semid = libc.semget(KEY, 0, 0)
+if semid >= 0:
+    found["sem_value"] = libc.semctl(semid, 0, GETVAL)
+mqd = libc.mq_open(MQ, os.O_RDONLY | os.O_NONBLOCK, 0, None)
+if mqd >= 0:
+    buf = ctypes.create_string_buffer(1 << 16)
+    size = libc.mq_receive(mqd, buf, len(buf), None)
+    found["mq_data"] = buf.raw[: max(size, 0)].decode()
+    libc.mq_close(mqd)
+found["mqueue"] = sorted(os.listdir("/dev/mqueue")) if os.path.isdir("/dev/mqueue") else []
+print(json.dumps(found))
+"""
+)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("recycle", ["reset", "replace"])
+def test_a_task_never_sees_the_ipc_objects_of_the_previous_task(
+    request: pytest.FixtureRequest, pools: list[TaskSandboxes], recycle: str
+) -> None:
+    """SysV shm/msg/sem and POSIX message queues outlive the program that made them: a task's
+    secret left in one must be gone when the next task starts (``reset`` removes every object of the
+    container's IPC namespace; ``replace`` brings a fresh namespace)."""
+    from tools_sandbox.docker_sandbox import DockerSandbox
+
+    image = request.getfixturevalue("sandbox_image")
+    pool = TaskSandboxes(lambda: DockerSandbox(image=image), recycle=recycle, spares=1)  # type: ignore[arg-type]
+    pools.append(pool)
+    first = pool.for_task("task-a")
+    assert _py(first, IPC_PLANT) == "planted"
+    # within the task they persist between steps (this also shows the peek finds them)
+    seen = json.loads(_py(pool.for_task("task-a"), IPC_PEEK))
+    assert seen["shm_data"] == "task-a-ipc-secret" and seen["msg_data"] == "task-a-ipc-secret"
+    assert seen["sem_value"] == 4242 and seen["mq_data"] == "task-a-ipc-secret"
+    assert seen["mqueue"] == ["officeray-secret"] and seen["shm"] and seen["msg"] and seen["sem"]
+
+    second = pool.for_task("task-b")
+    assert (second is first) == (recycle == "reset")
+    assert json.loads(_py(second, IPC_PEEK)) == {"shm": [], "msg": [], "sem": [], "mqueue": []}

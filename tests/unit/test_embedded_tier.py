@@ -652,3 +652,23 @@ async def test_async_wrappers() -> None:
     review = await EmbeddedReviewer().review(review_request(plan, results))
     assert review.verdict == ReviewVerdict.APPROVED
     assert review.final_output == 21.0
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "description",
+    [
+        "Compute " + " " * 19_000 + "1",
+        "Compute 1" + " " * 19_000 + "then compute 2",
+        "Compute 1 and" + " " * 19_000 + "also compute 2",
+        "Calculate 1 ;" + " " * 9_000 + ";" + " " * 9_000 + "then",
+        "Trace the call path from " + " " * 6_000 + " to " + " " * 6_000 + " in " + " " * 6_000,
+    ],
+)
+def test_long_runs_of_whitespace_do_not_stall_the_planner(description: str) -> None:
+    """A regex that backtracks on whitespace froze the planner for minutes (ReDoS); this must stay linear."""
+    request = PlanRequest(task_id="t", description=description, allowed_tools=sorted(BUILTIN_TOOLS))
+    try:
+        plan_task(request)
+    except PlanningError:
+        pass

@@ -28,7 +28,9 @@ Design
   The Docker backend runs the agent as the container's init (PID 1, no ``tini``): the kernel then
   drops every signal the code sends it, ``kill(-1)`` spares it, and every orphan is reparented to it,
   so after each call it kills and reaps until no other process is left. ``reset`` also empties
-  the container's ``/tmp`` and ``/dev/shm``.
+  the container's ``/tmp`` and ``/dev/shm`` and removes every SysV IPC object (shared memory,
+  message queue, semaphore set) and POSIX message queue of the container's IPC namespace
+  (:func:`clear_ipc`): they outlive the processes that made them.
 * The agent makes itself non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``; inherited by the workers,
   reset by ``exec``): the code a call runs has the same uid, but can neither ptrace the agent nor
   open its ``/proc/<pid>/mem`` or ``/proc/<pid>/fd/*`` (the protocol pipes).
@@ -56,23 +58,28 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
+from tools_sandbox.agent.limits import (
+    MAX_OUTPUT_BYTES,
+    MAX_PLUGIN_SOURCE_BYTES,
+    MAX_STAGED_BYTES,
+    MAX_STAGED_FILES,
+    READ_CHUNK_BYTES,
+)
 from tools_sandbox.agent.workspace import DEFAULT_ROOT, ROOT_ENV, check_relative, confine, is_inside
 
 AGENT_VERSION = "1"
 """Protocol version reported by ``ping``."""
 
-MAX_OUTPUT_BYTES = 10 * 1024**2
-"""A call result (or file read) whose JSON is larger than this is refused with ``output_limit``.
-The Docker backend may lower it with ``OFFICERAY_MAX_OUTPUT_BYTES``."""
+__all__ = [  # the shared limits (tools_sandbox.agent.limits) are re-exported for the host side
+    "MAX_OUTPUT_BYTES",
+    "MAX_PLUGIN_SOURCE_BYTES",
+    "MAX_STAGED_BYTES",
+    "MAX_STAGED_FILES",
+    "READ_CHUNK_BYTES",
+]
 
 MAX_REQUEST_BYTES = 64 * 1024**2
 """Longest request line accepted (staged files travel inside the request)."""
-
-MAX_STAGED_FILES = 2_000
-"""Most files a call may stage."""
-
-MAX_STAGED_BYTES = 32 * 1024**2
-"""Most bytes (UTF-8, all files together) a call may stage."""
 
 MAX_FILE_BYTES = 32 * 1024**2
 """Largest file ``write_file`` accepts."""
@@ -83,16 +90,19 @@ MAX_TIMEOUT_S = 24 * 3600.0
 STRAY_REAP_S = 2.0
 """How long (container init only) the agent waits for killed strays to be gone after a call."""
 
+WORKER_EXIT_WAIT_S = 5.0
+"""After killing the session of a worker that gave no complete result (timeout, over the output
+cap, crash), how long the agent waits for the worker's exit status (to name the signal that killed it)."""
+
+PARENT_POLL_S = 0.5
+"""Outside a container: how often a worker checks that the agent is still alive (if not, it kills
+its own session and exits, so no call outlives a dead local agent)."""
+
 KILL_GRACE_S = 0.25
 """Extra time the agent gives a tool that enforces the timeout itself (python_exec) before killing it."""
 
 MAX_MESSAGE_CHARS = 4_000
 """Error messages are cut to this length."""
-
-READ_CHUNK_BYTES = 1024**2
-
-MAX_PLUGIN_SOURCE_BYTES = 1024**2
-"""Largest plugin module source a call may carry (same as ``tools_sandbox.plugins``)."""
 
 PLUGIN_FIELDS = frozenset({"module", "function", "source"})
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -392,6 +402,103 @@ def clear_scratch() -> int:
     return sum(clear_folder(folder) for folder in SCRATCH_DIRS if os.path.isdir(folder))
 
 
+SYSV_IPC_DIR = "/proc/sysvipc"
+"""Where the kernel lists the SysV IPC objects of the caller's IPC namespace (one file per kind)."""
+
+SYSV_IPC_KINDS = ("shm", "msg", "sem")
+"""The SysV IPC object kinds (file names under :data:`SYSV_IPC_DIR`) that ``reset`` removes."""
+
+MQUEUE_DIR = "/dev/mqueue"
+"""Where the POSIX message queues of the IPC namespace are visible (Docker mounts it)."""
+
+IPC_RMID = 0
+"""The ``cmd`` of ``shmctl``/``msgctl``/``semctl`` that removes an object (``<sys/ipc.h>``)."""
+
+
+def sysv_ipc_ids(kind: str) -> list[int]:
+    """The ids of every SysV IPC object of ``kind`` (``shm``, ``msg``, ``sem``) in this IPC namespace."""
+    try:
+        with open(os.path.join(SYSV_IPC_DIR, kind)) as fh:
+            rows = fh.read().splitlines()[1:]  # the first line is the header
+    except OSError:
+        return []  # no SysV IPC in this kernel: nothing to remove
+    ids = []
+    for row in rows:
+        fields = row.split()
+        if len(fields) > 1 and fields[1].isdigit():
+            ids.append(int(fields[1]))  # columns: key, id, perms, ...
+    return ids
+
+
+def _remove_sysv_ipc(libc: Any, kind: str, ipc_id: int) -> None:
+    if kind == "shm":
+        rc = libc.shmctl(ipc_id, IPC_RMID, None)
+    elif kind == "msg":
+        rc = libc.msgctl(ipc_id, IPC_RMID, None)
+    else:
+        rc = libc.semctl(ipc_id, 0, IPC_RMID)
+    if rc != 0:
+        err = ctypes_errno()
+        if err not in (errno.EINVAL, errno.EIDRM):  # EINVAL/EIDRM: already removed
+            raise OSError(err, f"cannot remove SysV {kind} object {ipc_id}: {os.strerror(err)}")
+
+
+def clear_ipc() -> int:
+    """Inside a container: remove every IPC object of its IPC namespace; how many were removed.
+
+    SysV shared memory segments, message queues and semaphore sets, and POSIX message queues, are
+    kernel objects that outlive the process that made them (POSIX shared memory and semaphores are
+    files in ``/dev/shm``, emptied by :func:`clear_scratch`). A program of one task could leave a
+    secret in one for the next task: ``reset`` removes them all (``IPC_RMID``, through ``ctypes``;
+    every object was made by the sandbox uid, so the agent may remove it). Runs after
+    :func:`kill_strays`, so no process is left to hold a segment attached or make new objects.
+    Never on a host: those would be the host's objects. An object that cannot be removed fails the
+    reset with ``sandbox_error``, and the host then replaces the container.
+    """
+    if not in_container():
+        return 0
+    removed = 0
+    try:
+        for kind in SYSV_IPC_KINDS:
+            ids = sysv_ipc_ids(kind)
+            if ids:
+                libc = _libc()
+                for ipc_id in ids:
+                    _remove_sysv_ipc(libc, kind, ipc_id)
+                    removed += 1
+        if os.path.ismount(MQUEUE_DIR):
+            removed += clear_folder(MQUEUE_DIR)
+    except OSError as exc:
+        raise AgentError("sandbox_error", f"reset could not remove the IPC objects of the sandbox: {exc}") from None
+    left = {kind: len(ids) for kind in SYSV_IPC_KINDS if (ids := sysv_ipc_ids(kind))}
+    if left:  # e.g. a segment still attached by a process kill_strays could not kill
+        raise AgentError("sandbox_error", f"reset left SysV IPC objects in the sandbox: {left}")
+    return removed
+
+
+_libc_handle: Any = None
+
+
+def _libc() -> Any:
+    """The C library through ``ctypes`` (with ``errno``), loaded once; OSError when unavailable."""
+    global _libc_handle
+    if _libc_handle is None:
+        try:
+            import ctypes
+
+            _libc_handle = ctypes.CDLL(None, use_errno=True)
+        except Exception as exc:
+            raise OSError(errno.ENOSYS, f"ctypes cannot load the C library: {exc}") from None
+    return _libc_handle
+
+
+def ctypes_errno() -> int:
+    """``errno`` of the last ``ctypes`` call of this thread."""
+    import ctypes
+
+    return ctypes.get_errno()
+
+
 PR_SET_DUMPABLE = 4
 
 
@@ -470,7 +577,7 @@ def _encode_error(error_type: str, message: str) -> bytes:
 def _watch_parent(parent: int) -> None:
     """Worker thread: if the agent dies, kill this worker's whole session."""
     while True:
-        time.sleep(0.5)
+        time.sleep(PARENT_POLL_S)
         if os.getppid() != parent:
             kill_session(os.getpid())
             os._exit(1)
@@ -615,8 +722,9 @@ class Server:
             }
             return json.dumps(info).encode()
         if op == "reset":
-            kill_strays()
-            return json.dumps({"removed": self.workspace.clear() + clear_scratch()}).encode()
+            kill_strays()  # first: no process may still hold (or recreate) what is removed next
+            removed = self.workspace.clear() + clear_scratch() + clear_ipc()
+            return json.dumps({"removed": removed}).encode()
         if op == "write_file":
             size = write_text(self.workspace, request.get("path"), request.get("content"))
             return json.dumps({"bytes": size}).encode()
@@ -800,7 +908,7 @@ class Server:
                 self._zombies.append(pid)
         else:  # timeout, over the cap or a crash: every process of the call, then the exit status
             kill_session(pid)
-            status = _reap(pid, time.monotonic() + 5.0)
+            status = _reap(pid, time.monotonic() + WORKER_EXIT_WAIT_S)
         if failure is not None:
             raise failure
         if not complete:

@@ -1,0 +1,427 @@
+"""The OpenAI chat-completions surface of the role models (``planner``, ``reviewer``, ``ai_tool``).
+
+:func:`make_chat_router` returns a FastAPI ``APIRouter`` (no Serve decorator: the gateway mounts it)
+with two routes:
+
+* ``POST /v1/chat/completions``: the OpenAI request shape. ``model`` is a role name; ``messages``
+  (text content: a string or ``[{"type": "text", "text": ...}]`` parts); optional ``max_tokens``
+  (or ``max_completion_tokens``), ``temperature``, ``response_format``, ``stream``. Other OpenAI
+  fields are accepted and ignored; ``n`` must be 1.
+
+  Structured output: ``response_format`` ``{"type": "json_schema", "json_schema": {"name", "schema"}}``
+  asks the role's model for that schema, ``{"type": "json_object"}`` for any JSON object,
+  ``{"type": "text"}`` for free text. Without ``response_format`` the planner is asked for the plan
+  schema and the reviewer for the review schema (the ai_tool answers text).
+
+  The answer is a ``chat.completion`` object (``choices[0].message.content``, ``finish_reason``
+  ``"stop"``, ``usage``) plus an ``officeray`` member naming the tier and model that answered.
+  With ``"stream": true`` it is a ``text/event-stream`` of ``chat.completion.chunk`` objects (a first
+  chunk with the assistant role, one per content piece, a last one with ``finish_reason``) ending with
+  ``data: [DONE]``. An error after the stream started is sent as a ``data: {"error": ...}`` event and
+  the stream ends without ``[DONE]``.
+* ``GET /v1/models``: the roles, as an OpenAI model list.
+
+Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``:
+
+===========================================  ======================================================
+body not JSON                                400
+body not a chat request                      422 (the fields at fault in the message)
+unknown ``model``                            404 ``unknown model 'x'; models: planner, reviewer, ai_tool``
+:class:`~serving.tiers.base.CannotAnswerError`  422 with the model's message (also ``PlanningError``)
+:class:`~serving.tiers.base.BackpressureError`  503, ``Retry-After`` (1 s unless the error says more;
+                                             also Ray Serve's ``BackPressureError``)
+other retryable ``TierError``                503, ``Retry-After`` when the error knows it
+:class:`~serving.tiers.base.TierUnavailableError`  503 (also ``ModelUnavailableError``)
+other ``TierError`` (malformed answer, ...)  502
+anything else                                500 (logged)
+===========================================  ======================================================
+
+The router depends only on a :class:`ChatDispatch`, which the gateway implements with deployment
+handles (and tests with :class:`~serving.tiers.embedded_tier.EmbeddedTier` instances).
+"""
+
+
+import json
+import logging
+import math
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol, get_args
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from officeray.contracts import Plan, Review
+from officeray.errors import ModelUnavailableError, PlanningError
+from serving.tiers.base import (
+    BackpressureError,
+    CannotAnswerError,
+    ModelAnswer,
+    ModelCall,
+    RateLimitedError,
+    Role,
+    ServerError,
+    TierError,
+    TierTimeoutError,
+    TierUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+ROLES: tuple[Role, ...] = get_args(Role)
+"""The model names of this surface, in the order ``/v1/models`` lists them."""
+
+DEFAULT_BACKPRESSURE_RETRY_AFTER_S = 1
+
+MODEL_OWNER = "officeray"
+
+
+class ChatDispatch(Protocol):
+    """How the router reaches the role models (the gateway: deployment handles)."""
+
+    async def generate(self, role: Role, call: ModelCall) -> ModelAnswer: ...
+
+    def stream(self, role: Role, call: ModelCall) -> AsyncIterator[str]: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Request shape
+# --------------------------------------------------------------------------------------------------
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise ValueError(f"only text content is supported, not {part.type!r} parts")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class JsonSchemaFormat(_Lenient):
+    name: str = Field(default="answer", min_length=1, max_length=64)
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class ChatCompletionRequest(_Lenient):
+    """The OpenAI chat-completions request, as far as the role models use it."""
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    response_format: ResponseFormat | None = None
+    stream: bool = False
+    n: int | None = Field(default=None, ge=1, le=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+class ChatAPIError(Exception):
+    """An error answer: status, OpenAI error body fields, headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {}
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The original error of a Ray task error (what a deployment handle raises)."""
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    if ray_exceptions is not None and isinstance(exc, ray_exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            return cause
+    return exc
+
+
+def _is_serve_backpressure(exc: BaseException) -> bool:
+    serve_exceptions = sys.modules.get("ray.serve.exceptions")
+    return serve_exceptions is not None and isinstance(exc, serve_exceptions.BackPressureError)
+
+
+_RETRYABLE_CODES: dict[type[TierError], str] = {
+    RateLimitedError: "model_rate_limited",
+    ServerError: "model_server_error",
+    TierTimeoutError: "model_timeout",
+}
+
+
+def dispatch_error(exc: BaseException) -> ChatAPIError:
+    """The HTTP answer to an error raised by the dispatch (see the module docstring's table)."""
+    exc = _unwrap(exc)
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, CannotAnswerError | PlanningError):
+        return ChatAPIError(422, message, code="cannot_answer")
+    if isinstance(exc, BackpressureError) or _is_serve_backpressure(exc):
+        retry_after = getattr(exc, "retry_after_s", None) or DEFAULT_BACKPRESSURE_RETRY_AFTER_S
+        if not isinstance(exc, BackpressureError):
+            message = "the model deployment is at capacity; retry later"
+        return ChatAPIError(503, message, type_="server_error", code="overloaded", retry_after_s=retry_after)
+    if isinstance(exc, TierError) and exc.retryable:
+        code = next(
+            (c for cls, c in _RETRYABLE_CODES.items() if isinstance(exc, cls)), "model_retryable_error"
+        )
+        return ChatAPIError(503, message, type_="server_error", code=code, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, TierUnavailableError | ModelUnavailableError):
+        return ChatAPIError(503, message, type_="server_error", code="model_unavailable")
+    if isinstance(exc, TierError):
+        return ChatAPIError(502, message, type_="server_error", code="bad_model_answer")
+    logger.error("chat completion failed", exc_info=exc)
+    return ChatAPIError(
+        500, f"internal error ({type(exc).__name__})", type_="server_error", code="internal_error"
+    )
+
+
+def _validation_error(exc: ValidationError) -> ChatAPIError:
+    parts = []
+    for err in exc.errors()[:8]:
+        where = ".".join(str(p) for p in err["loc"]) or "(body)"
+        parts.append(f"{where}: {err['msg']}")
+    first = exc.errors()[0]["loc"] if exc.errors() else ()
+    param = ".".join(str(p) for p in first) or None
+    return ChatAPIError(422, "invalid chat completion request: " + "; ".join(parts), param=param)
+
+
+# --------------------------------------------------------------------------------------------------
+# Request -> ModelCall, ModelAnswer -> response
+# --------------------------------------------------------------------------------------------------
+
+_DEFAULT_SCHEMAS: dict[Role, tuple[str, type[BaseModel]] | None] = {
+    "planner": ("plan", Plan),
+    "reviewer": ("review", Review),
+    "ai_tool": None,
+}
+
+
+async def parse_request(request: Request) -> ChatCompletionRequest:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ChatAPIError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ChatAPIError(400, "the request body must be a JSON object")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+def _role(model: str) -> Role:
+    for role in ROLES:
+        if role == model:
+            return role
+    raise ChatAPIError(
+        404, f"unknown model {model!r}; models: {', '.join(ROLES)}", param="model", code="model_not_found"
+    )
+
+
+def build_call(role: Role, body: ChatCompletionRequest) -> ModelCall:
+    """The :class:`ModelCall` a chat request makes (schema per ``response_format``, see module docs)."""
+    messages = []
+    for index, message in enumerate(body.messages):
+        try:
+            messages.append({"role": message.role, "content": message.text()})
+        except ValueError as exc:
+            raise ChatAPIError(
+                422, f"messages.{index}.content: {exc}", param=f"messages.{index}.content"
+            ) from None
+    schema: dict[str, Any] | None = None
+    schema_name = "answer"
+    response_format = body.response_format
+    if response_format is None:
+        default = _DEFAULT_SCHEMAS[role]
+        if default is not None:
+            schema_name, model = default
+            schema = model.model_json_schema()
+    elif response_format.type == "json_object":
+        schema = {"type": "object"}
+    elif response_format.type == "json_schema":
+        if response_format.json_schema is None:
+            raise ChatAPIError(
+                422,
+                "response_format.json_schema is required with type 'json_schema'",
+                param="response_format",
+            )
+        schema = response_format.json_schema.json_schema
+        schema_name = response_format.json_schema.name
+    kwargs: dict[str, Any] = {}
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    if body.temperature is not None:
+        kwargs["temperature"] = body.temperature
+    return ModelCall(role=role, messages=messages, json_schema=schema, schema_name=schema_name, **kwargs)
+
+
+def completion_body(completion_id: str, created: int, model: str, answer: ModelAnswer) -> dict[str, Any]:
+    usage = answer.usage
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        "officeray": {"tier": answer.tier, "model": answer.model},
+    }
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+async def _aclose(stream: AsyncIterator[str]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # closing is best effort
+            logger.debug("closing a model stream failed", exc_info=True)
+
+
+async def _event_stream(
+    completion_id: str, created: int, model: str, first: str | None, stream: AsyncIterator[str]
+) -> AsyncIterator[str]:
+    try:
+        yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
+        if first is not None:
+            yield _chunk(completion_id, created, model, {"content": first}, None)
+            try:
+                async for piece in stream:
+                    yield _chunk(completion_id, created, model, {"content": piece}, None)
+            except Exception as exc:
+                yield f"data: {json.dumps(dispatch_error(exc).body(), ensure_ascii=False)}\n\n"
+                return
+        yield _chunk(completion_id, created, model, {}, "stop")
+        yield "data: [DONE]\n\n"
+    finally:
+        await _aclose(stream)
+
+
+# --------------------------------------------------------------------------------------------------
+# The router
+# --------------------------------------------------------------------------------------------------
+
+
+def make_chat_router(dispatch: ChatDispatch) -> APIRouter:
+    """The ``/v1/chat/completions`` and ``/v1/models`` routes over ``dispatch``."""
+    router = APIRouter(tags=["models"])
+
+    @router.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": role, "object": "model", "created": 0, "owned_by": MODEL_OWNER} for role in ROLES
+            ],
+        }
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        try:
+            body = await parse_request(request)
+            role = _role(body.model)
+            call = build_call(role, body)
+        except ChatAPIError as exc:
+            return exc.response()
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if not body.stream:
+            try:
+                answer = await dispatch.generate(role, call)
+            except Exception as exc:
+                return dispatch_error(exc).response()
+            return JSONResponse(completion_body(completion_id, created, role, answer))
+        stream: AsyncIterator[str] | None = None
+        try:
+            stream = dispatch.stream(role, call)
+            # The first piece comes before the response starts, so that a refusal or an overload
+            # still gets its own status code.
+            first: str | None = await anext(stream)
+        except StopAsyncIteration:
+            first = None
+        except Exception as exc:
+            if stream is not None:
+                await _aclose(stream)
+            return dispatch_error(exc).response()
+        assert stream is not None
+        return StreamingResponse(
+            _event_stream(completion_id, created, role, first, stream),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return router

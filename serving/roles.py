@@ -1,0 +1,210 @@
+"""Role adapters: how a planner, reviewer or ai_tool question becomes a :class:`ModelCall` and how
+an answer becomes a :class:`Plan`, a :class:`Review` or a text.
+
+Text tiers get chat messages and, for plans and reviews, the JSON Schema exported from the
+contracts (:func:`officeray.contracts.plan_json_schema`), so the same schema drives the validator
+and the model's structured output. The embedded tier gets the structured request as ``payload``.
+
+A planner's answer is re-stamped for the task that asked: ``task_id``, ``plan_id``
+(``<task_id>-plan-<iteration>``) and each step's ``idempotency_key``
+(``<task_id>:<iteration>:<step_id>``) are set by officeray, not trusted from the model, so a cached
+answer or a model's invented ids can never collide with another task's steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from officeray.contracts import (
+    ModelCallRecord,
+    Plan,
+    PlanRequest,
+    Review,
+    ReviewRequest,
+    plan_json_schema,
+)
+from serving.tiers.base import ModelAnswer, ModelCall
+
+MAX_RESULT_CHARS_FOR_REVIEW = 4_000
+"""How much of each step's output the reviewer model is shown (the rest is cut with a marker)."""
+
+PLANNER_SYSTEM = """You are the planner of officeray. Turn the user's task into a plan: a JSON object
+that matches the given JSON Schema exactly. Each step calls one tool with inputs that match the
+tool's input schema. Steps that need an earlier step's output list it in "dependencies" and may
+pass it with {{"from_step": "<step_id>", "path": "<key>"}} as an input value. Use only these tools:
+{tools}
+If feedback from an earlier attempt is given, fix what it names. Answer with the JSON object only."""
+
+REVIEWER_SYSTEM = """You are the reviewer of officeray. You get a task, the plan that ran and each
+step's result. Answer with a JSON object matching the given JSON Schema: "verdict" is "APPROVED"
+when the results answer the task, "REVISE" when a new plan could fix a failure (say what in
+"feedback"), "FAILED" when it cannot be done; "final_output" is the answer to the task."""
+
+
+def tool_catalog_text(tools: Mapping[str, tuple[str, type[BaseModel]]], allowed: list[str]) -> str:
+    """One line per allowed tool: name, description and input JSON Schema."""
+    lines = []
+    for name in allowed:
+        if name in tools:
+            description, model = tools[name]
+            lines.append(f"- {name}: {description} Inputs schema: {json.dumps(model.model_json_schema())}")
+    return "\n".join(lines)
+
+
+def planner_call(
+    request: PlanRequest,
+    tools: Mapping[str, tuple[str, type[BaseModel]]],
+    *,
+    tenant: str = "default",
+    trace_context: dict[str, str] | None = None,
+) -> ModelCall:
+    user = {
+        "task_id": request.task_id,
+        "description": request.description,
+        "iteration": request.iteration,
+        "allowed_tools": request.allowed_tools,
+        "feedback": request.feedback,
+    }
+    return ModelCall(
+        role="planner",
+        messages=[
+            {
+                "role": "system",
+                "content": PLANNER_SYSTEM.format(tools=tool_catalog_text(tools, request.allowed_tools)),
+            },
+            {"role": "user", "content": json.dumps(user)},
+        ],
+        json_schema=plan_json_schema(),
+        schema_name="plan",
+        payload=request,
+        task_id=request.task_id,
+        tenant=tenant,
+        trace_context=trace_context or {},
+    )
+
+
+def accept_plan(request: PlanRequest) -> Callable[[ModelAnswer], Plan]:
+    """Parse an answer into a Plan for ``request`` (ValueError when it is not one)."""
+
+    def accept(answer: ModelAnswer) -> Plan:
+        data = answer.data
+        plan = data if isinstance(data, Plan) else Plan.model_validate(_with_defaults(data, request))
+        steps = [
+            step.model_copy(
+                update={"idempotency_key": f"{request.task_id}:{request.iteration}:{step.step_id}"}
+            )
+            for step in plan.steps
+        ]
+        return plan.model_copy(
+            update={
+                "task_id": request.task_id,
+                "plan_id": f"{request.task_id}-plan-{request.iteration}",
+                "steps": steps,
+            }
+        )
+
+    return accept
+
+
+def _with_defaults(data: Any, request: PlanRequest) -> Any:
+    """Fill ids a model may leave out (they are re-stamped anyway)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a plan must be a JSON object, not {type(data).__name__}")
+    data = {"task_id": request.task_id, "plan_id": f"{request.task_id}-plan-{request.iteration}", **data}
+    data.setdefault("confidence", 0.5)
+    steps = data.get("steps")
+    if isinstance(steps, list):
+        data["steps"] = [
+            {"idempotency_key": f"{request.task_id}:{request.iteration}:{s.get('step_id', i)}", **s}
+            if isinstance(s, dict)
+            else s
+            for i, s in enumerate(steps, start=1)
+        ]
+    return data
+
+
+def _clip(value: Any) -> Any:
+    text = json.dumps(value, default=str)
+    if len(text) <= MAX_RESULT_CHARS_FOR_REVIEW:
+        return value
+    return text[:MAX_RESULT_CHARS_FOR_REVIEW] + f"... [cut at {MAX_RESULT_CHARS_FOR_REVIEW} characters]"
+
+
+def reviewer_call(
+    request: ReviewRequest, *, tenant: str = "default", trace_context: dict[str, str] | None = None
+) -> ModelCall:
+    results = [
+        {
+            "step_id": r.step_id,
+            "action": r.action,
+            "status": r.status.value,
+            "output": _clip(r.output),
+            "error": r.error.model_dump(mode="json") if r.error else None,
+        }
+        for r in request.results
+    ]
+    user = {
+        "task": request.description,
+        "plan": [
+            {"step_id": s.step_id, "action": s.action, "outputs_expectation": s.outputs_expectation}
+            for s in request.plan.steps
+        ],
+        "results": results,
+    }
+    return ModelCall(
+        role="reviewer",
+        messages=[
+            {"role": "system", "content": REVIEWER_SYSTEM},
+            {"role": "user", "content": json.dumps(user)},
+        ],
+        json_schema=Review.model_json_schema(),
+        schema_name="review",
+        payload=request,
+        task_id=request.task_id,
+        tenant=tenant,
+        trace_context=trace_context or {},
+    )
+
+
+def accept_review(answer: ModelAnswer) -> Review:
+    data = answer.data
+    return data if isinstance(data, Review) else Review.model_validate(data)
+
+
+def ai_tool_call(
+    prompt: str, max_tokens: int, *, task_id: str | None = None, trace_context: dict[str, str] | None = None
+) -> ModelCall:
+    return ModelCall(
+        role="ai_tool",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        payload=prompt,
+        task_id=task_id,
+        trace_context=trace_context or {},
+    )
+
+
+def accept_text(answer: ModelAnswer) -> str:
+    data = answer.data
+    if isinstance(data, str):
+        return data
+    if data is None and answer.content:
+        return answer.content
+    return json.dumps(data, default=str)
+
+
+def call_record(role: str, routed: Any) -> ModelCallRecord:
+    """The task-record entry of a routed call (``routed`` is a :class:`serving.router.Routed`)."""
+    return ModelCallRecord(
+        role=role,
+        tier=routed.answer.tier,
+        model=routed.answer.model,
+        fallbacks=routed.fallbacks,
+        cached=routed.cached,
+        usage=routed.usage,
+        attempts=[a.model_dump(mode="json", exclude={"usage"}) for a in routed.attempts],
+    )

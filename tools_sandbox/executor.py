@@ -9,13 +9,15 @@ the plugin's module source in the protocol's ``plugin`` field (see :func:`call_p
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
-from tools_sandbox._channel import AgentSandbox
+from tools_sandbox.agent.limits import MAX_STAGED_BYTES, MAX_STAGED_FILES
 from tools_sandbox.catalog import (
     HostContext,
     HostToolError,
@@ -27,16 +29,13 @@ from tools_sandbox.catalog import (
 from tools_sandbox.plugins import PluginRef, plugin_ref
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
 
-MAX_STAGED_FILES = 2_000
-"""Most files copied from a host folder into the sandbox for one step."""
-
-MAX_STAGED_BYTES = 8 * 1024**2
-"""Most bytes copied from a host folder into the sandbox for one step."""
+__all__ = ["MAX_STAGED_BYTES", "MAX_STAGED_FILES", "StagingError", "call_plugin", "run_step", "stage_folder"]
 
 STAGED_SUFFIXES = (".py",)
 """Which files of a staged folder are copied (code_analyzer reads Python sources only)."""
 
 SKIPPED_DIRS = frozenset({"__pycache__", ".git", ".venv", "venv", "node_modules", "site-packages"})
+"""Folders a staged folder's walk never enters (nor any folder whose name starts with a dot)."""
 
 STDERR_TAIL_CHARS = 2_000
 """How much of a failed program's stderr goes into the step's error message."""
@@ -49,7 +48,11 @@ class StagingError(ValueError):
 def stage_folder(workspace_root: Path, folder: str) -> dict[str, str]:
     """The Python files under ``workspace_root / folder`` as ``{relative posix path: text}``.
 
-    The folder must resolve (symlinks included) to a path inside ``workspace_root``.
+    The folder must resolve (symlinks included) to a path inside ``workspace_root``. The walk never
+    enters :data:`SKIPPED_DIRS`, hidden folders or symlinked folders, and a file linking out of the
+    workspace root is skipped. The limits (:data:`MAX_STAGED_FILES`, :data:`MAX_STAGED_BYTES`, the
+    agent's own) are checked before a file is read (from its size), so a huge file costs no memory;
+    the walk stops at the first file over a limit.
     """
     root = workspace_root.resolve()
     target = (root / folder).resolve()
@@ -61,23 +64,54 @@ def stage_folder(workspace_root: Path, folder: str) -> dict[str, str]:
         raise StagingError(f"folder {folder!r} does not exist under {root}")
     files: dict[str, str] = {}
     total = 0
-    for path in sorted(target.rglob("*")):
-        rel = path.relative_to(target)
-        if any(part in SKIPPED_DIRS or part.startswith(".") for part in rel.parts[:-1]):
-            continue
-        if not path.is_file() or path.suffix not in STAGED_SUFFIXES:
-            continue
-        if not path.resolve().is_relative_to(root):
-            continue  # a symlink pointing out of the workspace root is not followed
-        data = path.read_bytes()
-        total += len(data)
-        if len(files) >= MAX_STAGED_FILES or total > MAX_STAGED_BYTES:
-            raise StagingError(
-                f"folder {folder!r} is over the staging limit "
-                f"({MAX_STAGED_FILES} files, {MAX_STAGED_BYTES} bytes)"
-            )
-        files[rel.as_posix()] = data.decode("utf-8", errors="replace")
+    for dirpath, dirnames, filenames in os.walk(target):  # symlinked folders are not entered
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.endswith(STAGED_SUFFIXES):
+                continue
+            path = Path(dirpath, name)
+            if not path.resolve().is_relative_to(root):
+                continue  # a symlink pointing out of the workspace root is not followed
+            if len(files) >= MAX_STAGED_FILES:
+                raise _over_limit(folder)
+            text = _read_staged(path, MAX_STAGED_BYTES - total, folder)
+            if text is None:
+                continue  # not a regular file
+            total += len(text.encode("utf-8", "surrogatepass"))  # what the agent counts
+            if total > MAX_STAGED_BYTES:
+                raise _over_limit(folder)
+            files[path.relative_to(target).as_posix()] = text
     return files
+
+
+def _over_limit(folder: str) -> StagingError:
+    return StagingError(
+        f"folder {folder!r} is over the staging limit ({MAX_STAGED_FILES} files, {MAX_STAGED_BYTES} bytes)"
+    )
+
+
+def _read_staged(path: Path, budget: int, folder: str) -> str | None:
+    """The text of ``path``, None when it is not a regular file (a FIFO, a device, ...).
+
+    Raises :class:`StagingError` when the file's size is over ``budget`` (before reading anything)
+    or it cannot be read; reads at most ``budget + 1`` bytes, so a file growing meanwhile is caught
+    by the caller's count.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not block the runner
+    except OSError as exc:
+        raise StagingError(f"cannot read {path.name!r} of folder {folder!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > budget:
+            raise _over_limit(folder)
+        try:
+            data = fh.read(budget + 1)
+        except OSError as exc:
+            raise StagingError(f"cannot read {path.name!r} of folder {folder!r}: {exc.strerror}") from None
+    return data.decode("utf-8", errors="replace")
 
 
 def _fail(error_type: ErrorType, message: str, output: Any = None) -> StepOutcome:

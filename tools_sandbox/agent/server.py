@@ -438,7 +438,9 @@ def _remove_sysv_ipc(libc: Any, kind: str, ipc_id: int) -> None:
     else:
         rc = libc.semctl(ipc_id, 0, IPC_RMID)
     if rc != 0:
-        err = ctypes_errno()
+        import ctypes  # loaded already by _libc
+
+        err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.EIDRM):  # EINVAL/EIDRM: already removed
             raise OSError(err, f"cannot remove SysV {kind} object {ipc_id}: {os.strerror(err)}")
 
@@ -469,7 +471,9 @@ def clear_ipc() -> int:
         if os.path.ismount(MQUEUE_DIR):
             removed += clear_folder(MQUEUE_DIR)
     except OSError as exc:
-        raise AgentError("sandbox_error", f"reset could not remove the IPC objects of the sandbox: {exc}") from None
+        raise AgentError(
+            "sandbox_error", f"reset could not remove the IPC objects of the sandbox: {exc}"
+        ) from None
     left = {kind: len(ids) for kind in SYSV_IPC_KINDS if (ids := sysv_ipc_ids(kind))}
     if left:  # e.g. a segment still attached by a process kill_strays could not kill
         raise AgentError("sandbox_error", f"reset left SysV IPC objects in the sandbox: {left}")
@@ -492,13 +496,6 @@ def _libc() -> Any:
     return _libc_handle
 
 
-def ctypes_errno() -> int:
-    """``errno`` of the last ``ctypes`` call of this thread."""
-    import ctypes
-
-    return ctypes.get_errno()
-
-
 PR_SET_DUMPABLE = 4
 
 
@@ -507,10 +504,7 @@ def set_dumpable(on: bool) -> bool:
     ``/proc/<pid>/{mem,fd,environ}`` opened, by other processes of the same user (the code a call
     runs) without ``CAP_SYS_PTRACE``. Inherited by fork, reset by exec. False when unavailable."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_DUMPABLE, int(on), 0, 0, 0)) == 0
+        return int(_libc().prctl(PR_SET_DUMPABLE, int(on), 0, 0, 0)) == 0
     except Exception:
         return False
 

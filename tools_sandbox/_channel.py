@@ -31,7 +31,7 @@ import time
 from typing import IO, Any
 
 from officeray.contracts import ErrorType
-from tools_sandbox.agent.server import MAX_OUTPUT_BYTES
+from tools_sandbox.agent.limits import MAX_OUTPUT_BYTES, READ_CHUNK_BYTES
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
 
 GRACE_S = 5.0
@@ -45,8 +45,6 @@ STARTUP_TIMEOUT_S = 60.0
 
 RESPONSE_SLACK_BYTES = 1024**2
 """A response line may exceed the output cap by this much (the envelope); more is a protocol error."""
-
-READ_CHUNK_BYTES = 1024**2
 
 
 class ChannelClosed(Exception):
@@ -251,12 +249,15 @@ class AgentSandbox(Sandbox):
         *,
         timeout_s: float,
         files: dict[str, str] | None = None,
+        plugin: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
             raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
         fields: dict[str, Any] = {"tool": tool, "inputs": inputs, "timeout_s": timeout_s}
         if files is not None:
             fields["files"] = files
+        if plugin is not None:
+            fields["plugin"] = plugin
         result = self._op("call", fields, timeout_s + self.grace_s)
         if not isinstance(result, dict):
             raise SandboxError(f"the agent returned a {type(result).__name__} result for {tool}")

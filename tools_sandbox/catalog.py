@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from officeray.contracts import ErrorType, StepReference
 from tools_sandbox.agent.errors import ToolInputError
 from tools_sandbox.agent.tools.file_operations import MAX_PATH_CHARS, MAX_WRITE_BYTES
+from tools_sandbox.agent.tools.math_calculator import MAX_EXPRESSION_CHARS
+from tools_sandbox.agent.tools.python_exec import MAX_CODE_CHARS as MAX_PYTHON_CODE_CHARS
 from tools_sandbox.agent.workspace import check_relative
 from tools_sandbox.host_tools.ai_tool import AiToolInput
 from tools_sandbox.host_tools.models import (
@@ -28,11 +30,8 @@ from tools_sandbox.host_tools.models import (
     WebSearchSettings,
 )
 
-MAX_PYTHON_CODE_CHARS = 100_000
-"""Longest ``python_exec`` program accepted."""
-
-MAX_EXPRESSION_CHARS = 1_000
-"""Longest ``math_calculator`` expression accepted (the evaluator enforces the same limit)."""
+# MAX_PYTHON_CODE_CHARS (longest python_exec program) and MAX_EXPRESSION_CHARS (longest
+# math_calculator expression) are the tools' own limits, imported above: defined once, in the tool.
 
 
 class RiskLevel(StrEnum):
@@ -141,6 +140,9 @@ class ToolSpec:
     """For ``runtime == HOST``: ``"module:function"`` of the :data:`HostFunction` that runs it."""
     settings_model: type[BaseModel] | None = None
     """The model of this tool's section in the config's ``tools:`` mapping (validated at load)."""
+    fails_on_nonzero_exit: bool = False
+    """The tool runs a program and returns its ``exit_code`` (and ``stderr``) as a result: when set,
+    a non-zero ``exit_code`` fails the step with ``tool_error`` (the result is kept as its output)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate_inputs(self, inputs: dict[str, Any]) -> BaseModel:
@@ -163,6 +165,7 @@ BUILTIN_TOOLS: dict[str, ToolSpec] = {
             input_model=PythonExecInput,
             outputs=("stdout", "stderr", "exit_code"),
             risk=RiskLevel.MEDIUM,
+            fails_on_nonzero_exit=True,
         ),
         ToolSpec(
             name="code_analyzer",

@@ -5,7 +5,8 @@ the agent over the container's attached stdin/stdout (no ``docker exec`` per cal
 Docker socket or host path inside): requests go to the agent's stdin; its stdout comes back
 multiplexed (no TTY) in frames of an 8-byte header (stream type, 3 zero bytes, big-endian size) and a
 payload, which :class:`DockerAttachTransport` demultiplexes. The agent's stderr is not attached; it
-goes to the container log (``json-file``, capped at 1 MiB) and its tail is quoted when the agent dies.
+goes to the container log (``json-file``, capped at :data:`LOG_MAX_SIZE`) and its tail is quoted when
+the agent dies.
 
 Hardening: no network (``network_mode="none"``, only ``lo``), read-only root file system, tmpfs
 ``/workspace`` and ``/tmp`` (size-capped, ``nosuid,nodev``), every capability dropped,
@@ -35,7 +36,6 @@ import uuid
 from typing import Any
 
 from tools_sandbox._channel import (
-    READ_CHUNK_BYTES,
     STARTUP_TIMEOUT_S,
     AgentSandbox,
     ChannelClosed,
@@ -43,6 +43,7 @@ from tools_sandbox._channel import (
     ChannelTimeout,
     Transport,
 )
+from tools_sandbox.agent.limits import READ_CHUNK_BYTES
 from tools_sandbox.image import DockerUnavailable, docker_client, ensure_image
 from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.sandbox import SandboxError
@@ -53,6 +54,27 @@ SANDBOX_LABEL = "officeray.sandbox"
 AGENT_COMMAND = ["python3", "-m", "tools_sandbox.agent"]
 WORKSPACE = "/workspace"
 SANDBOX_UID = "65534:65534"
+
+NOFILE_LIMIT = 1024
+"""``ulimit nofile`` (soft = hard) of every process in the container: bounds the descriptors (pipes,
+sockets, files) one program may hold open."""
+
+LOG_MAX_SIZE = "1m"
+"""``json-file`` log driver ``max-size``: the agent's stderr kept by Docker (one file, rotated away
+beyond this), so a program spamming the agent's stderr cannot fill the host's disk."""
+
+LOG_MAX_FILES = 1
+"""``json-file`` log driver ``max-file``: only the current log file is kept."""
+
+DEATH_WAIT_S = 5.0
+"""After the agent's stream ended, how long the host waits for the container to exit before it
+reads its state (exit code, OOM kill) to say why the agent died."""
+
+DEATH_LOG_LINES = 5
+"""How many last lines of the agent's stderr (the container log) a death cause quotes."""
+
+DEATH_LOG_CHARS = 1_000
+"""At most this many last characters of those lines are quoted."""
 
 MAX_FRAME_BYTES = 64 * 1024**2
 """A multiplexed frame announcing more than this is treated as a corrupt stream."""
@@ -203,8 +225,13 @@ class DockerSandbox(AgentSandbox):
                 "OFFICERAY_MAX_OUTPUT_BYTES": str(lim.output_bytes),
             },
             "labels": {SANDBOX_LABEL: "1", f"{SANDBOX_LABEL}.host_pid": str(os.getpid())},
-            "ulimits": [Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=1024, hard=1024)],
-            "log_config": LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            "ulimits": [
+                Ulimit(name="core", soft=0, hard=0),
+                Ulimit(name="nofile", soft=NOFILE_LIMIT, hard=NOFILE_LIMIT),
+            ],
+            "log_config": LogConfig(
+                type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)}
+            ),
             "hostname": "sandbox",
             "auto_remove": False,
         }
@@ -250,7 +277,7 @@ class DockerSandbox(AgentSandbox):
         if container is None:
             return "the container is gone"
         try:
-            container.wait(timeout=5)
+            container.wait(timeout=DEATH_WAIT_S)
             container.reload()
             state = container.attrs.get("State", {})
         except Exception as exc:
@@ -270,10 +297,11 @@ class DockerSandbox(AgentSandbox):
         if state.get("Error"):
             cause += f" ({state['Error']})"
         try:
-            tail = container.logs(stdout=False, stderr=True, tail=5).decode("utf-8", "replace").strip()
+            logs = container.logs(stdout=False, stderr=True, tail=DEATH_LOG_LINES)
+            tail = logs.decode("utf-8", "replace").strip()
         except Exception:
             tail = ""
-        return f"{cause}; agent stderr: {tail[-1000:]}" if tail else cause
+        return f"{cause}; agent stderr: {tail[-DEATH_LOG_CHARS:]}" if tail else cause
 
 
 def remove_sandbox_containers(client: Any = None, *, only_exited: bool = False) -> int:

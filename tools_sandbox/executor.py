@@ -4,7 +4,7 @@ This is what a tool runner does for each step; it is a plain function over a :cl
 it runs the same under a Ray actor and in a unit test with the local fake sandbox.
 
 Plugin tools (:mod:`tools_sandbox.plugins`) run in the sandbox like the built-ins: the call carries
-the plugin's module source in the protocol's ``plugin`` field (see :func:`call_plugin`).
+the plugin's module source in the protocol's ``plugin`` field (``Sandbox.call(..., plugin=...)``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from tools_sandbox.catalog import (
 )
 from tools_sandbox.plugins import PluginRef, plugin_ref
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
-
-__all__ = ["MAX_STAGED_BYTES", "MAX_STAGED_FILES", "StagingError", "call_plugin", "run_step", "stage_folder"]
 
 STAGED_SUFFIXES = (".py",)
 """Which files of a staged folder are copied (code_analyzer reads Python sources only)."""
@@ -67,7 +65,7 @@ def stage_folder(workspace_root: Path, folder: str) -> dict[str, str]:
     for dirpath, dirnames, filenames in os.walk(target):  # symlinked folders are not entered
         dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("."))
         for name in sorted(filenames):
-            if not name.endswith(STAGED_SUFFIXES):
+            if os.path.splitext(name)[1] not in STAGED_SUFFIXES:
                 continue
             path = Path(dirpath, name)
             if not path.resolve().is_relative_to(root):
@@ -94,8 +92,8 @@ def _read_staged(path: Path, budget: int, folder: str) -> str | None:
     """The text of ``path``, None when it is not a regular file (a FIFO, a device, ...).
 
     Raises :class:`StagingError` when the file's size is over ``budget`` (before reading anything)
-    or it cannot be read; reads at most ``budget + 1`` bytes, so a file growing meanwhile is caught
-    by the caller's count.
+    or it cannot be read; reads at most ``budget + 1`` bytes, so a file that grows meanwhile is
+    caught by the caller's count.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not block the runner
@@ -108,7 +106,9 @@ def _read_staged(path: Path, budget: int, folder: str) -> str | None:
         if info.st_size > budget:
             raise _over_limit(folder)
         try:
-            data = fh.read(budget + 1)
+            data = fh.read(info.st_size + 1)  # read(n) allocates n bytes: never more than the size
+            if len(data) > info.st_size:  # it grew since fstat: read on, up to the budget
+                data += fh.read(budget + 1 - len(data))
         except OSError as exc:
             raise StagingError(f"cannot read {path.name!r} of folder {folder!r}: {exc.strerror}") from None
     return data.decode("utf-8", errors="replace")
@@ -121,19 +121,9 @@ def _fail(error_type: ErrorType, message: str, output: Any = None) -> StepOutcom
 def call_plugin(
     sandbox: Sandbox, tool: str, inputs: dict[str, Any], *, timeout_s: float, ref: PluginRef
 ) -> dict[str, Any]:
-    """One agent ``call`` of a plugin tool: ``inputs`` plus ``{"plugin": {module, function, source}}``.
-
-    :meth:`Sandbox.call` has no parameter for the ``plugin`` field, so the request goes through the
-    agent channel of :class:`~tools_sandbox._channel.AgentSandbox` (both backends are one), with the
-    same deadline, locking and error mapping as :meth:`AgentSandbox.call`.
-    """
-    if not isinstance(sandbox, AgentSandbox):
-        raise SandboxError(f"the {type(sandbox).__name__} sandbox backend cannot run plugin tools")
-    fields = {"tool": tool, "inputs": inputs, "timeout_s": timeout_s, "plugin": ref.protocol_field()}
-    result = sandbox._op("call", fields, timeout_s + sandbox.grace_s)
-    if not isinstance(result, dict):
-        raise SandboxError(f"the agent returned a {type(result).__name__} result for {tool}")
-    return result
+    """One ``call`` of a plugin tool: ``inputs`` plus ``plugin={module, function, source}``
+    (see :meth:`Sandbox.call`)."""
+    return sandbox.call(tool, inputs, timeout_s=timeout_s, plugin=ref.protocol_field())
 
 
 def _run_host_tool(spec: ToolSpec, inputs: dict[str, Any], context: HostContext) -> StepOutcome:
@@ -171,18 +161,18 @@ def run_step(
         except StagingError as exc:
             return _fail(ErrorType.BAD_INPUT, str(exc))
     ref = plugin_ref(spec)
+    plugin = ref.protocol_field() if ref is not None else None
     try:
-        if ref is not None:
-            result = call_plugin(sandbox, step.action, checked, timeout_s=step.timeout_seconds, ref=ref)
-        else:
-            result = sandbox.call(step.action, checked, timeout_s=step.timeout_seconds, files=files)
+        result = sandbox.call(
+            step.action, checked, timeout_s=step.timeout_seconds, files=files, plugin=plugin
+        )
     except ToolCallError as exc:
         if exc.error_type == ErrorType.TIMEOUT:
             return _fail(ErrorType.TIMEOUT, f"step {step.step_id} timed out after {step.timeout_seconds}s")
         return _fail(exc.error_type, exc.message)
     except SandboxError as exc:
         return _fail(ErrorType.SANDBOX_ERROR, str(exc))
-    if step.action == "python_exec" and result.get("exit_code", 0) != 0:
+    if spec.fails_on_nonzero_exit and result.get("exit_code", 0) != 0:
         stderr = str(result.get("stderr", ""))[-STDERR_TAIL_CHARS:]
         return _fail(
             ErrorType.TOOL_ERROR, f"program exited with code {result['exit_code']}: {stderr}", result

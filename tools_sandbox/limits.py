@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tools_sandbox.agent.limits import MAX_OUTPUT_BYTES
+
 DEFAULT_MEMORY_MB = 512
 DEFAULT_CPUS = 1.0
 DEFAULT_PIDS = 128
 DEFAULT_WORKSPACE_MB = 64
 DEFAULT_TMP_MB = 16
-DEFAULT_OUTPUT_BYTES = 10 * 1024**2
+DEFAULT_OUTPUT_BYTES = MAX_OUTPUT_BYTES
 
 
 class SandboxLimits(BaseModel):

@@ -19,7 +19,9 @@ directly in your tests.
 
 How a plugin runs
 -----------------
-Like the built-in tools, **in the sandbox**, never in the tool runner's process. At registration
+The *module* is imported **host side** (by :func:`load_plugins`, in the orchestrator, the tool
+runners, the serving app and the CLI): its top-level code runs there, as trusted code. The
+*function* runs like the built-in tools, **in the sandbox**, never in a host process. At registration
 the decorator reads the module's source file; for each call the executor sends that source with
 the step (protocol field ``plugin``: module, function, source). The in-sandbox agent writes it into
 a fresh staged folder of the workspace, imports it *from there* under its module name (a new module
@@ -53,9 +55,10 @@ a lambda, closure, method, coroutine or generator) with exactly one parameter, w
 identifier not registered yet (re-importing the same module replaces its own tools). Input models
 are made strict: unknown input keys are refused, as for the built-in tools.
 
-IMPORT RULE: this module runs inside the sandbox too, so it imports only the standard library and
-pydantic at module level; :mod:`tools_sandbox.catalog` (officeray) is imported inside :func:`tool`,
-and not at all when the agent imports a plugin.
+IMPORT RULE: this module runs inside the sandbox too, so it imports only the standard library,
+pydantic and :mod:`tools_sandbox.agent.limits` (stdlib-only, shipped in the image) at module level;
+:mod:`tools_sandbox.catalog` (officeray) is imported inside :func:`tool`, and not at all when the
+agent imports a plugin.
 """
 
 from __future__ import annotations
@@ -75,11 +78,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tools_sandbox.agent.limits import MAX_PLUGIN_SOURCE_BYTES
+
 PLUGIN_EXTRA_KEY = "plugin"
 """Key of :attr:`tools_sandbox.catalog.ToolSpec.extra` holding a plugin tool's :class:`PluginRef`."""
-
-MAX_PLUGIN_SOURCE_BYTES = 1024**2
-"""Largest plugin module source accepted (host and agent)."""
 
 RISK_LEVELS = ("low", "medium", "high")
 """The values of :class:`tools_sandbox.catalog.RiskLevel` (not imported here: see the module docstring)."""

@@ -13,7 +13,18 @@ Agent protocol (one JSON object per line, one request in flight at a time)::
     agent -> host   {"id": "r1", "ok": true, "result": {...}}
                     {"id": "r1", "ok": false, "error": {"type": "timeout", "message": "..."}}
 
-Other ops: ``ping`` (result ``{"pid": ..., "version": ...}``), ``reset`` (empty the workspace),
+A call of a plugin tool (:mod:`tools_sandbox.plugins`) carries the plugin's code instead of naming
+a built-in tool, and no ``files``::
+
+    host  -> agent  {"id": "r2", "op": "call", "tool": "word_count", "inputs": {...}, "timeout_s": 30,
+                     "plugin": {"module": "my_plugins.text", "function": "word_count",
+                                "source": "<the module's source>"}}
+
+The agent writes ``source`` into a fresh folder of the workspace, imports it there (in the call's
+worker process) and runs ``function`` with the inputs; :meth:`Sandbox.call` sends it as ``plugin=``.
+
+Other ops: ``ping`` (result ``{"pid": ..., "version": ...}``), ``reset`` (empty the workspace and,
+in a container, ``/tmp``, ``/dev/shm`` and every IPC object; kill leftover processes),
 ``write_file`` (``path``, ``content``) and ``read_file`` (``path`` → ``{"content": ...}``).
 ``files`` on a call are written under a fresh folder in the workspace first, and the tool's
 staged-folder input (see :class:`tools_sandbox.catalog.ToolSpec`) is pointed at that folder.
@@ -58,9 +69,14 @@ class Sandbox(abc.ABC):
         *,
         timeout_s: float,
         files: dict[str, str] | None = None,
+        plugin: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run one tool call and return its result.
 
+        ``files`` (relative path -> text) are staged for the tool's staged-folder input. ``plugin``
+        (``{"module", "function", "source"}``, see
+        :meth:`tools_sandbox.plugins.PluginRef.protocol_field`) makes ``tool`` a plugin tool whose
+        code travels with the call (see the module docstring); it takes no ``files``.
         Raises :class:`ToolCallError` when the tool fails (``timeout`` when ``timeout_s`` passed;
         the whole process tree of the call is killed) and :class:`SandboxError` when the
         sandbox itself failed. After a ``SandboxError`` the sandbox restarts itself on the next call.
@@ -76,7 +92,8 @@ class Sandbox(abc.ABC):
 
     @abc.abstractmethod
     def reset(self) -> None:
-        """Empty the workspace so that the next task sees nothing of the previous one."""
+        """Empty the workspace (and, in a container, the scratch folders and IPC objects) and kill
+        leftover processes, so that the next task sees nothing of the previous one."""
 
     @abc.abstractmethod
     def stop(self) -> None:

@@ -204,3 +204,19 @@ def test_a_task_never_sees_the_ipc_objects_of_the_previous_task(
     second = pool.for_task("task-b")
     assert (second is first) == (recycle == "reset")
     assert json.loads(_py(second, IPC_PEEK)) == {"shm": [], "msg": [], "sem": [], "mqueue": []}
+
+
+def test_reset_never_touches_the_host_ipc_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a container (the local backend, a developer's machine) the IPC objects are the host's."""
+    from tools_sandbox.agent import server
+
+    def forbidden(*_args: object) -> None:
+        raise AssertionError("clear_ipc looked at IPC objects outside a container")
+
+    monkeypatch.delenv("OFFICERAY_SANDBOX_CONTAINER", raising=False)
+    monkeypatch.setattr(server, "sysv_ipc_ids", forbidden)
+    monkeypatch.setattr(server, "_libc", forbidden)
+    monkeypatch.setattr(server, "clear_folder", forbidden)
+    assert server.clear_ipc() == 0
+    monkeypatch.setenv("OFFICERAY_SANDBOX_CONTAINER", "0")
+    assert server.clear_ipc() == 0

@@ -417,7 +417,11 @@ def test_check_tools_reports_plugin_errors_as_config_errors(plugin_module: Calla
 
 
 def test_source_limit_matches_the_agent() -> None:
-    assert plugins.MAX_PLUGIN_SOURCE_BYTES == server.MAX_PLUGIN_SOURCE_BYTES
+    from tools_sandbox.agent import limits
+
+    # one definition (tools_sandbox.agent.limits), imported by both sides
+    assert plugins.MAX_PLUGIN_SOURCE_BYTES is limits.MAX_PLUGIN_SOURCE_BYTES
+    assert server.MAX_PLUGIN_SOURCE_BYTES is limits.MAX_PLUGIN_SOURCE_BYTES
     assert tuple(level.value for level in RiskLevel) == plugins.RISK_LEVELS
 
 
@@ -439,3 +443,19 @@ def test_plugins_module_imports_no_officeray_at_top_level() -> None:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_the_sandbox_doc_says_plugin_modules_are_imported_host_side() -> None:
+    """A security reviewer must not read "plugins run in the sandbox" as "plugin code never runs on
+    the host": the module's top-level code runs wherever ``plugins:`` is loaded."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sandbox.md").read_text()
+    text = " ".join(doc.split())
+    assert "plugin **module** listed in the config's `plugins:` is **imported host side**" in text
+    assert "Its top-level code (imports, module-level statements) runs in each of those processes" in text
+    for importer in ("orchestrator", "tool runner", "serving app", "CLI"):
+        assert importer in text
+    assert "plugin **function body** runs **only in the sandbox**" in text
+    assert "User code (a plan's `python_exec` program, a plugin's function) never runs host side" not in text
+    assert "| PID 1 | the agent itself, not `--init`" in doc
+    doc_tools = plugins.__doc__ or ""
+    assert "imported **host side**" in doc_tools

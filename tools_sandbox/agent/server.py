@@ -70,14 +70,6 @@ from tools_sandbox.agent.workspace import DEFAULT_ROOT, ROOT_ENV, check_relative
 AGENT_VERSION = "1"
 """Protocol version reported by ``ping``."""
 
-__all__ = [  # the shared limits (tools_sandbox.agent.limits) are re-exported for the host side
-    "MAX_OUTPUT_BYTES",
-    "MAX_PLUGIN_SOURCE_BYTES",
-    "MAX_STAGED_BYTES",
-    "MAX_STAGED_FILES",
-    "READ_CHUNK_BYTES",
-]
-
 MAX_REQUEST_BYTES = 64 * 1024**2
 """Longest request line accepted (staged files travel inside the request)."""
 

@@ -35,7 +35,7 @@ from tools_sandbox.agent.errors import ToolFailure, ToolInputError
 Number = int | float
 
 MAX_EXPRESSION_CHARS = 1_000
-"""Longest expression accepted (same limit as ``tools_sandbox.catalog.MAX_EXPRESSION_CHARS``)."""
+"""Longest expression accepted (defined here only: ``tools_sandbox.catalog`` imports it)."""
 
 MAX_AST_NODES = 300
 """Most expression nodes (numbers, names, operations, calls) in one expression."""

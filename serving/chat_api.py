@@ -40,7 +40,6 @@ The router depends only on a :class:`ChatDispatch`, which the gateway implements
 handles (and tests with :class:`~serving.tiers.embedded_tier.EmbeddedTier` instances).
 """
 
-
 import json
 import logging
 import math

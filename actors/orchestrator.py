@@ -1,15 +1,29 @@
-"""The orchestrator: an async Ray actor that runs many task workflows at once.
+"""The orchestrator: an async Ray actor that runs many task workflows at once, durably.
 
-It owns the store, the tracer and the pool of tool runners, and calls the planner and reviewer
-deployments through their handles. ``submit`` persists the task before it answers, then the
-workflow runs in the background, bounded by ``workflow.max_concurrent_tasks``; ``wait`` returns the
-final record. One orchestrator per cluster, found by name (:data:`ORCHESTRATOR_NAME`).
+It owns the tool-runner pool and calls the planner and reviewer deployments through their handles;
+the store is its memory and its queue:
+
+* ``submit`` writes the task (atomically: one ``task_id`` never runs twice), takes a *lease* on it
+  and starts its workflow in the background, bounded by ``workflow.max_concurrent_tasks``;
+* a lease is renewed every third of ``workflow.lease_ttl_s`` while the task runs; a task whose lease
+  expired (its orchestrator died) is claimed by the next orchestrator that looks
+  (``workflow.claim_interval_s``), and resumed from its last checkpoint: its stored plan, and the
+  recorded results of steps that already succeeded (they are not run again);
+* Ray restarts a crashed orchestrator (``max_restarts=-1``); the new one starts looking at once;
+* a task that ends ``failed`` goes to the dead-letter queue; ``retry`` re-queues it from there;
+* a step that needs approval waits in the workflow (no runner held) for a decision in the store;
+  ``notify_approval`` wakes it at once, and a poll catches decisions written elsewhere.
+
+One orchestrator per cluster by default, found by name (:data:`ORCHESTRATOR_NAME`); more may run
+against the same store (leases keep each task on one of them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from typing import Any
 
 import ray
@@ -22,7 +36,7 @@ from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
 from officeray.workflow import Workflow
 from serving.models import ServePlanner, ServeReviewer
-from tools_sandbox.catalog import input_models
+from tools_sandbox.catalog import all_tools, input_models
 from tools_sandbox.plugins import load_plugins
 
 logger = logging.getLogger(__name__)
@@ -33,16 +47,55 @@ ORCHESTRATOR_MAX_CONCURRENCY = 100_000
 """Concurrent actor calls (submit, wait, run) the orchestrator accepts; task workflows themselves
 are bounded by ``workflow.max_concurrent_tasks``."""
 
+APPROVAL_POLL_S = 2.0
+"""How often a waiting step re-reads the store for a decision made without ``notify_approval``."""
+
+
+class StoreApprovals:
+    """The workflow's Approvals port: decisions live in the store; ``notify`` wakes a waiter early."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+
+    def notify(self, task_id: str, step_id: str) -> None:
+        event = self._events.get((task_id, step_id))
+        if event is not None:
+            event.set()
+
+    async def wait(self, task_id: str, step_id: str, timeout_s: float) -> dict[str, Any] | None:
+        key = (task_id, step_id)
+        event = self._events.setdefault(key, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while True:
+                decision = await self.store.get_approval(task_id, step_id)
+                if decision is not None:
+                    return decision
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, APPROVAL_POLL_S))
+        finally:
+            self._events.pop(key, None)
+
 
 class Orchestrator:
     def __init__(
         self, settings: Settings, planner_handle: Any, reviewer_handle: Any, ai_tool_handle: Any = None
     ) -> None:
         self.settings = settings
+        self.owner = f"{ORCHESTRATOR_NAME}-{os.getpid()}-{new_id('life')}"
         load_plugins(settings.plugins)
         self.store = SqlStore(settings.store.url)
         self.pool = RunnerPool(settings, ai_tool_handle)
+        self.approvals = StoreApprovals(self.store)
         self._tenants: dict[str, str] = {}
+        tools = all_tools()
+        needs_review = set(settings.workflow.approvals.required_risk_levels)
         self.workflow = Workflow(
             planner=ServePlanner(planner_handle, self._tenant_of),
             reviewer=ServeReviewer(reviewer_handle, self._tenant_of),
@@ -52,38 +105,61 @@ class Orchestrator:
             tools=input_models(),
             settings=settings.workflow,
             token_budget=settings.models.task_token_budget,
+            needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
+            approvals=self.approvals,
         )
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
         self._reserved: set[str] = set()
-        self._resumed = False
+        self._background: list[asyncio.Task[None]] = []
+
+    # -- life ------------------------------------------------------------------------------------
 
     def _tenant_of(self, task_id: str) -> str:
         return self._tenants.get(task_id, "default")
 
     async def ready(self) -> bool:
-        """True once the runners are warm and unfinished tasks of an earlier life were resumed."""
+        """True once the runners are warm (and the lease and claim loops run)."""
+        self._ensure_started()
         await self.pool.wait_ready()
-        await self._ensure_resumed()
         return True
 
-    async def _ensure_resumed(self) -> None:
-        """Resume unfinished tasks once per actor life, on the first call of any kind."""
-        if not self._resumed:
-            self._resumed = True
-            await self._resume_unfinished()
+    async def pid(self) -> int:
+        """This actor's process id (fault-injection tests kill it)."""
+        return os.getpid()
 
-    async def _resume_unfinished(self) -> None:
-        """After a restart (Ray restarts this actor), run again every task the store has unfinished.
+    def _ensure_started(self) -> None:
+        """Start the background loops on the first call of this actor's life."""
+        if not self._background:
+            self._background = [
+                asyncio.ensure_future(self._renew_leases()),
+                asyncio.ensure_future(self._claim_unfinished()),
+            ]
 
-        A resumed task starts a new round from planning; steps already recorded are run again
-        (durable step results by idempotency key come with the durable-workflow work).
-        """
-        for record, request in await self.store.unfinished():
-            if record.task_id in self._running:
-                continue
-            record.logs.append(LogLine(level="warning", message="resumed after an orchestrator restart"))
-            self._start(request, record)
+    async def _renew_leases(self) -> None:
+        ttl = self.settings.workflow.lease_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                await self.store.renew_leases(self.owner, ttl)
+            except Exception:
+                logger.exception("could not renew the task leases")
+
+    async def _claim_unfinished(self) -> None:
+        """Resume unfinished tasks nobody holds: after a restart, a dead peer, or a DLQ retry."""
+        ttl = self.settings.workflow.lease_ttl_s
+        while True:
+            try:
+                for record, request in await self.store.claimable_unfinished(self.owner, ttl):
+                    if record.task_id in self._running:
+                        continue
+                    record.logs.append(LogLine(level="warning", message=f"claimed by {self.owner}"))
+                    self._start(request, record)
+            except Exception:
+                logger.exception("could not claim unfinished tasks")
+            await asyncio.sleep(self.settings.workflow.claim_interval_s)
+
+    # -- tasks -----------------------------------------------------------------------------------
 
     def _start(self, request: TaskRequest, record: TaskRecord) -> None:
         self._tenants[record.task_id] = request.tenant
@@ -96,7 +172,7 @@ class Orchestrator:
         once: the id is reserved here before any ``await`` and the store's insert is atomic; the
         later submissions get the existing record and ``created=False``.
         """
-        await self._ensure_resumed()
+        self._ensure_started()
         task_id = request.task_id or new_id("task")
         if task_id in self._reserved:
             existing = await self.store.get_task(task_id)
@@ -108,6 +184,7 @@ class Orchestrator:
                 existing = await self.store.get_task(task_id)
                 assert existing is not None
                 return existing, False
+            await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s)
             self._start(request, record)
             return record, True
         finally:
@@ -119,6 +196,8 @@ class Orchestrator:
                 final = await self.workflow.run(request, record.task_id, record)
             if final.usage.calls:
                 await self.store.add_tenant_usage(final.tenant, final.usage)
+            if final.status == TaskStatus.FAILED:
+                await self.store.dead_letter(final, final.error or "failed")
             return final
         except Exception as exc:  # the workflow does not raise; this is a last line of defence
             logger.exception("task %s crashed", record.task_id)
@@ -127,16 +206,50 @@ class Orchestrator:
             record.current_step = None
             record.finished_at = utcnow()
             await self.store.save_task(record)
-            await self.store.append_event(
-                record.task_id, "failed", {"status": "failed", "error": record.error}
-            )
+            event = {"status": TaskStatus.FAILED.value, "error": record.error}
+            await self.store.append_event(record.task_id, "failed", event)
+            await self.store.dead_letter(record, record.error)
             return record
         finally:
             self._running.pop(record.task_id, None)
             self._tenants.pop(record.task_id, None)
+            with contextlib.suppress(Exception):
+                await self.store.release_lease(record.task_id, self.owner)
+
+    async def retry(self, task_id: str) -> TaskRecord:
+        """Re-run a dead-lettered task from its last good checkpoint (its plan, its succeeded steps)."""
+        self._ensure_started()
+        entry = await self.store.dlq_get(task_id)
+        if entry is None:
+            raise TaskNotFoundError(f"task {task_id!r} is not in the dead-letter queue")
+        record = await self.store.get_task(task_id)
+        request = await self.store.get_request(task_id)
+        if record is None or request is None:
+            raise TaskNotFoundError(task_id)
+        if task_id in self._running:
+            return record
+        await self.store.dlq_remove(task_id)
+        # back to the state it failed in: the workflow resumes from there (a task that failed
+        # before executing plans again; one that failed in a round re-runs that round's plan)
+        record.status = TaskStatus.EXECUTING if record.plan is not None else TaskStatus.QUEUED
+        record.error = None
+        record.finished_at = None
+        record.iterations = max(1, record.iterations)
+        record.counters = record.counters.model_copy(update={"step_attempts": 0, "model_calls": 0})
+        record.logs.append(LogLine(level="warning", message="re-queued from the dead-letter queue"))
+        await self.store.save_task(record)
+        await self.store.append_event(task_id, "retried_from_dlq", {"status": record.status.value})
+        await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s)
+        self._start(request, record)
+        return record
+
+    async def notify_approval(self, task_id: str, step_id: str) -> None:
+        """A decision for ``task_id``/``step_id`` was stored: wake the step waiting for it."""
+        self.approvals.notify(task_id, step_id)
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """The final record of ``task_id`` (waits for it while it runs here)."""
+        self._ensure_started()
         running = self._running.get(task_id)
         if running is not None:
             await asyncio.wait_for(asyncio.shield(running), timeout_s)
@@ -150,7 +263,7 @@ class Orchestrator:
         return await self.wait(record.task_id, timeout_s)
 
     async def in_flight(self) -> int:
-        await self._ensure_resumed()
+        self._ensure_started()
         return len(self._running)
 
 

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from officeray.contracts import ErrorType
+from officeray.contracts import ErrorType, WorkflowRetryPolicy
 from officeray.errors import ConfigError
 
 CONFIG_ENV_VAR = "OFFICERAY_CONFIG"
@@ -52,6 +52,8 @@ class StepRetryPolicy(_Section):
             ErrorType.BAD_INPUT,
             ErrorType.OUTPUT_LIMIT,
             ErrorType.DEPENDENCY_FAILED,
+            ErrorType.APPROVAL,
+            ErrorType.POLICY,
         ]
     )
     """Failures that are final at once: running the same inputs again gives the same answer."""
@@ -67,12 +69,34 @@ class StepRetryPolicy(_Section):
         return error_type not in self.non_retryable_error_types
 
 
+RiskName = Literal["low", "medium", "high"]
+
+
+class ApprovalSettings(_Section):
+    """Which steps wait for a person: by the risk level of their tool."""
+
+    required_risk_levels: list[RiskName] = Field(default_factory=lambda: list[RiskName](["high"]))
+    """Steps of tools at these risk levels pause their task until approved or rejected."""
+    timeout_s: float = Field(default=3600.0, gt=0)
+    """A step not decided within this time fails its task (``approval timed out``)."""
+
+
 class WorkflowSettings(_Section):
     max_iterations: int = Field(default=3, ge=1, le=20)
     """Plan-review rounds before a task fails (a rejected plan counts as a round)."""
     max_concurrent_tasks: int = Field(default=256, ge=1, le=100_000)
     """Task workflows one orchestrator runs at once; more wait in its queue."""
     step_retry: StepRetryPolicy = Field(default_factory=StepRetryPolicy)
+    step_retry_by_tool: dict[str, StepRetryPolicy] = Field(default_factory=dict)
+    """Per-tool step retry policies (by tool name), used instead of ``step_retry``."""
+    retry_policy: WorkflowRetryPolicy = Field(default_factory=WorkflowRetryPolicy)
+    """Caps on a whole task run; a task's own ``retry_policy`` replaces it."""
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    """An orchestrator holds a lease on each task it runs, renewed every third of this; a task whose
+    lease expired (its orchestrator died) is claimed by another orchestrator."""
+    claim_interval_s: float = Field(default=2.0, gt=0)
+    """How often an orchestrator looks for unfinished tasks nobody holds (resumes, DLQ retries)."""
     model_call_timeout_s: float = Field(default=120.0, gt=0)
     """Limit for one planner or reviewer call."""
 

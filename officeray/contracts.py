@@ -113,6 +113,7 @@ class TaskStatus(StrEnum):
     PLANNING = "planning"
     VALIDATING = "validating"
     EXECUTING = "executing"
+    WAITING_APPROVAL = "waiting_approval"
     REVIEWING = "reviewing"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -120,6 +121,20 @@ class TaskStatus(StrEnum):
     @property
     def is_final(self) -> bool:
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+
+
+class WorkflowRetryPolicy(_Strict):
+    """Caps on a whole task run, so a runaway task stops (then it goes to the dead-letter queue).
+
+    Separate from ``max_iterations`` (plan-review rounds) and from the per-step retry policy.
+    """
+
+    maximum_step_attempts: int = Field(default=50, ge=1, le=10_000)
+    """Step attempts (first tries and retries, every round together) one task may make."""
+    maximum_model_calls: int = Field(default=20, ge=1, le=1_000)
+    """Planner and reviewer calls one task may make."""
+    maximum_duration_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    """Wall-clock time from acceptance to a final state, approval waits included."""
 
 
 class ModelUsage(_Strict):
@@ -171,6 +186,10 @@ class TaskRequest(_Strict):
     """Whose task this is: tokens and cost are also summed per tenant."""
     token_budget: int | None = Field(default=None, ge=1)
     """Most model tokens this task may spend (default: ``models.task_token_budget``)."""
+    retry_policy: WorkflowRetryPolicy | None = None
+    """Caps on the whole run (default: ``workflow.retry_policy`` in the config)."""
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    """The same key from the same tenant returns the same task (also the ``Idempotency-Key`` header)."""
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("description")
@@ -183,6 +202,7 @@ class TaskRequest(_Strict):
 
 class StepStatus(StrEnum):
     PENDING = "pending"
+    WAITING_APPROVAL = "waiting_approval"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -198,6 +218,8 @@ class ErrorType(StrEnum):
     OUTPUT_LIMIT = "output_limit"
     SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed (crash, OOM, lost container)
     DEPENDENCY_FAILED = "dependency_failed"
+    APPROVAL = "approval"  # a person rejected the step, or nobody decided in time
+    POLICY = "policy"  # the workflow retry policy stopped the task (attempts, model calls, duration)
     INTERNAL = "internal"
 
 
@@ -290,6 +312,13 @@ class LogLine(_Strict):
     message: str
 
 
+class TaskCounters(_Strict):
+    """What the workflow retry policy counts, kept in the record so a resumed task goes on counting."""
+
+    step_attempts: int = 0
+    model_calls: int = 0
+
+
 class TaskRecord(_Strict):
     """The state of a task as clients see it (``GET /v1/tasks/{id}``, ``officeray run --json``)."""
 
@@ -308,6 +337,9 @@ class TaskRecord(_Strict):
     usage: ModelUsage = Field(default_factory=ModelUsage)
     """Tokens and cost of every model call of this task (planner and reviewer; ai_tool steps too)."""
     model_calls: list[ModelCallRecord] = Field(default_factory=list)
+    counters: TaskCounters = Field(default_factory=TaskCounters)
+    resumed: int = 0
+    """How many times the task was resumed (after an orchestrator restart or a DLQ retry)."""
     logs: list[LogLine] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -21,3 +21,12 @@ class ModelUnavailableError(OfficerayError):
 
 class TaskNotFoundError(OfficerayError):
     """No task with that id."""
+
+
+class StoreError(OfficerayError):
+    """The durable store refused an operation: a database newer than this code, a failed statement."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached now (server down, connection refused, pool exhausted, SQLite locked
+    past its busy timeout). Transient: HTTP callers answer 503 with ``Retry-After`` and retry later."""

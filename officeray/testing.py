@@ -4,6 +4,7 @@
   exceptions to raise) and record every request; :meth:`assert_consumed` fails a test that ended
   with answers left over.
 * :class:`InMemoryStore` keeps records, events and step results in dicts.
+* :class:`InMemoryApprovals` is the approvals port: a test decides steps with ``decide``.
 * :class:`FunctionExecutor` runs steps by calling a Python function per action.
 * :func:`in_memory_tracer` gives an OpenTelemetry tracer whose finished spans can be inspected.
 """
@@ -114,8 +115,45 @@ class InMemoryStore:
     async def save_step_result(self, task_id: str, result: StepResult) -> None:
         self.step_results[result.idempotency_key] = result.model_copy(deep=True)
 
+    async def get_step_result(self, idempotency_key: str) -> StepResult | None:
+        found = self.step_results.get(idempotency_key)
+        return None if found is None else found.model_copy(deep=True)
+
     def kinds(self, task_id: str) -> list[str]:
         return [kind for kind, _ in self.events.get(task_id, [])]
+
+
+class InMemoryApprovals:
+    """The workflow's Approvals port: a test decides with :meth:`decide`; ``requested`` lists waits."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[tuple[str, str], dict[str, Any]] = {}
+        self.requested: list[tuple[str, str]] = []
+        self._changed = asyncio.Event()
+
+    def decide(self, task_id: str, step_id: str, decision: str, by: str = "tester", reason: str = "") -> None:
+        self.decisions[(task_id, step_id)] = {
+            "decision": decision,
+            "decided_by": by,
+            "reason": reason,
+            "decided_at": "2026-01-01T00:00:00+00:00",
+        }
+        self._changed.set()
+
+    async def wait(self, task_id: str, step_id: str, timeout_s: float) -> dict[str, Any] | None:
+        self.requested.append((task_id, step_id))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (task_id, step_id) not in self.decisions:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self.decisions[(task_id, step_id)]
 
 
 StepFunction = Callable[[dict[str, Any]], Any | Awaitable[Any]]

@@ -25,8 +25,9 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from pydantic import BaseModel
 
 from officeray.config import WorkflowSettings
@@ -60,6 +61,9 @@ MAX_LOG_LINES = 200
 """Log lines kept in a task record; older ones are dropped first."""
 
 MAX_FEEDBACK_ITEMS = 20
+
+_RESUME_WITH_PLAN = frozenset({TaskStatus.EXECUTING, TaskStatus.WAITING_APPROVAL, TaskStatus.REVIEWING})
+"""A task resumed in one of these states goes on with its stored plan instead of planning again."""
 """Feedback lines passed to the planner for the next round."""
 
 
@@ -82,13 +86,29 @@ class StepExecutor(Protocol):
 class Store(Protocol):
     async def save_task(self, record: TaskRecord) -> None: ...
 
+    async def get_step_result(self, idempotency_key: str) -> StepResult | None: ...
+
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None: ...
 
     async def save_step_result(self, task_id: str, result: StepResult) -> None: ...
 
 
+class Approvals(Protocol):
+    """Where a person's decision on a step comes from."""
+
+    async def wait(self, task_id: str, step_id: str, timeout_s: float) -> dict[str, Any] | None:
+        """The decision (``{"decision": "approved"|"rejected", "decided_by", "reason", "decided_at"}``),
+        or None when ``timeout_s`` passed without one."""
+        ...
+
+
 class Workflow:
-    """Runs tasks; one instance serves any number of concurrent :meth:`run` calls."""
+    """Runs tasks; one instance serves any number of concurrent :meth:`run` calls.
+
+    A record that already made progress (loaded from the store after a restart, or re-queued from
+    the dead-letter queue) is *resumed*: a task that was executing or reviewing goes on with its
+    stored plan, and a step whose idempotency key already has a successful result is not run again.
+    """
 
     def __init__(
         self,
@@ -101,6 +121,8 @@ class Workflow:
         tools: Mapping[str, type[BaseModel]],
         settings: WorkflowSettings | None = None,
         token_budget: int | None = None,
+        needs_approval: Callable[[str], bool] | None = None,
+        approvals: Approvals | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -113,6 +135,9 @@ class Workflow:
         self.settings = settings or WorkflowSettings()
         self.token_budget = token_budget
         """Model tokens one task may spend (a task's ``token_budget`` overrides it); None: no limit."""
+        self.needs_approval = needs_approval or (lambda _action: False)
+        """Whether steps of a tool (by name) wait for a person's decision before they run."""
+        self.approvals = approvals
         self._sleep = sleep
         self._rand = rand
 
@@ -132,6 +157,9 @@ class _TaskRun:
         self.record = record or TaskRecord(task_id=task_id, description=request.description)
         self.record.tenant = request.tenant
         self.budget = request.token_budget or wf.token_budget
+        self.policy = request.retry_policy or wf.settings.retry_policy
+        self.stop_reason: str | None = None
+        self._waiting = 0
         self._lock = asyncio.Lock()
 
     # -- persistence --------------------------------------------------------------------------
@@ -177,9 +205,21 @@ class _TaskRun:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def _trace_parent(self) -> otel_context.Context | None:
+        """A resumed task goes on in its original trace."""
+        if not self.record.trace_id:
+            return None
+        parent = SpanContext(
+            trace_id=int(self.record.trace_id, 16),
+            span_id=random.getrandbits(64) or 1,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        return trace.set_span_in_context(NonRecordingSpan(parent))
+
     async def execute(self) -> TaskRecord:
         with self.wf.tracer.start_as_current_span(
-            "task", attributes={"officeray.task_id": self.task_id}
+            "task", context=self._trace_parent(), attributes={"officeray.task_id": self.task_id}
         ) as span:
             self.record.trace_id = trace_id_hex(span)
             record = await self._loop()
@@ -189,33 +229,70 @@ class _TaskRun:
                 span.set_status(Status(StatusCode.ERROR, record.error or "failed"))
             return record
 
+    def over_policy(self) -> str | None:
+        """Why the workflow retry policy stops this task now, if it does."""
+        policy, counters = self.policy, self.record.counters
+        if counters.step_attempts >= policy.maximum_step_attempts:
+            return f"workflow retry policy: maximum_step_attempts ({policy.maximum_step_attempts}) reached"
+        if counters.model_calls >= policy.maximum_model_calls:
+            return f"workflow retry policy: maximum_model_calls ({policy.maximum_model_calls}) reached"
+        elapsed = (utcnow() - self.record.created_at).total_seconds()
+        if elapsed >= policy.maximum_duration_s:
+            return f"workflow retry policy: maximum_duration_s ({policy.maximum_duration_s:g}) reached"
+        return None
+
+    async def _begin(self) -> bool:
+        """Log and persist the start; True when this run resumes a task that made progress."""
+        if self.record.iterations == 0:
+            self.log("task accepted")
+            await self.persist("accepted")
+            return False
+        self.record.resumed += 1
+        where = f"{self.record.status.value} (iteration {self.record.iterations})"
+        self.log(f"task resumed at {where}", "warning")
+        await self.persist("resumed", iteration=self.record.iterations)
+        return True
+
     async def _loop(self) -> TaskRecord:
         wf = self.wf
         allowed = self.request.allowed_tools if self.request.allowed_tools is not None else sorted(wf.tools)
         unknown = sorted(set(allowed) - set(wf.tools))
-        self.log("task accepted")
-        await self.persist("accepted")
+        resuming = self.record.iterations > 0
+        if resuming:
+            self.record.resumed += 1
+            self.log(
+                f"task resumed at {self.record.status.value} (iteration {self.record.iterations})", "warning"
+            )
+            await self.persist("resumed", iteration=self.record.iterations)
+        else:
+            self.log("task accepted")
+            await self.persist("accepted")
         if unknown:
             return await self.finish(
                 TaskStatus.FAILED, error=f"unknown tools in allowed_tools: {', '.join(unknown)}"
             )
         max_iterations = self.request.max_iterations or wf.settings.max_iterations
-        feedback: list[str] = []
-        previous: Plan | None = None
-        for iteration in range(1, max_iterations + 1):
+        feedback: list[str] = list(self.record.feedback)
+        previous: Plan | None = self.record.plan
+        resume_plan = previous if resuming and self.record.status in _RESUME_WITH_PLAN else None
+        for iteration in range(max(1, self.record.iterations), max_iterations + 1):
             self.record.iterations = iteration
-            self.record.feedback = list(feedback)
-            plan = await self._plan(iteration, allowed, feedback, previous)
-            if isinstance(plan, TaskRecord):
-                return plan
-            if plan is None:
-                continue
-            previous = plan
-            reasons = await self._validate(plan, allowed)
-            if reasons:
-                feedback = [f"plan rejected: {r}" for r in reasons][:MAX_FEEDBACK_ITEMS]
-                continue
+            stop = self.over_policy()
+            if stop:
+                return await self.finish(TaskStatus.FAILED, error=stop)
+            if resume_plan is not None:
+                plan, resume_plan = resume_plan, None
+            else:
+                planned = await self._plan_and_validate(iteration, allowed, feedback, previous)
+                if isinstance(planned, TaskRecord):
+                    return planned
+                if isinstance(planned, list):  # no usable plan this round: try again with feedback
+                    feedback = planned
+                    continue
+                plan = previous = planned
             results = await self._execute(plan)
+            if self.stop_reason:
+                return await self.finish(TaskStatus.FAILED, error=self.stop_reason)
             review = await self._review(iteration, plan, results)
             if review is None:
                 feedback = ["the reviewer did not answer; run the plan again"]
@@ -233,6 +310,19 @@ class _TaskRun:
             error=f"not approved after {max_iterations} iteration(s); last feedback: {last}",
         )
 
+    async def _plan_and_validate(
+        self, iteration: int, allowed: list[str], feedback: list[str], previous: Plan | None
+    ) -> Plan | TaskRecord | list[str]:
+        """A valid plan; a final record; or the feedback for the next round when there is none."""
+        self.record.feedback = list(feedback)
+        planned = await self._plan(iteration, allowed, feedback, previous)
+        if planned is None or isinstance(planned, TaskRecord):
+            return feedback if planned is None else planned
+        reasons = await self._validate(planned, allowed)
+        if reasons:
+            return [f"plan rejected: {r}" for r in reasons][:MAX_FEEDBACK_ITEMS]
+        return planned
+
     async def _plan(
         self, iteration: int, allowed: list[str], feedback: list[str], previous: Plan | None
     ) -> Plan | TaskRecord | None:
@@ -249,6 +339,7 @@ class _TaskRun:
             feedback=feedback,
             previous_plan=previous,
         )
+        self.record.counters.model_calls += 1
         with wf.tracer.start_as_current_span("plan", attributes={"officeray.iteration": iteration}) as span:
             try:
                 answer = await asyncio.wait_for(wf.planner.plan(request), wf.settings.model_call_timeout_s)
@@ -322,9 +413,82 @@ class _TaskRun:
         self.log(f"step {result.step_id} skipped: {result.error.message if result.error else ''}", "warning")
         await self.persist("step_skipped", step_id=result.step_id)
 
+    async def _recorded_success(self, step: PlanStep) -> StepResult | None:
+        recorded = await self.wf.store.get_step_result(step.idempotency_key)
+        if recorded is None or recorded.status != StepStatus.SUCCEEDED:
+            return None
+        self._set_step(recorded)
+        self.log(
+            f"step {step.step_id}: its recorded result is reused (idempotency key {step.idempotency_key})"
+        )
+        await self.persist("step_reused", step_id=step.step_id)
+        return recorded
+
+    async def _approve(self, step: PlanStep) -> StepError | None:
+        """Wait (holding no runner) for a person's decision; an error when rejected or timed out."""
+        wf = self.wf
+        timeout_s = wf.settings.approvals.timeout_s
+        waiting = StepResult(
+            step_id=step.step_id,
+            action=step.action,
+            idempotency_key=step.idempotency_key,
+            status=StepStatus.WAITING_APPROVAL,
+            started_at=utcnow(),
+        )
+        self._set_step(waiting)
+        self._waiting += 1
+        self.record.status = TaskStatus.WAITING_APPROVAL
+        self.log(f"step {step.step_id} ({step.action}) waits for approval", "warning")
+        await self.persist(
+            "approval_requested", step_id=step.step_id, action=step.action, timeout_s=timeout_s
+        )
+        decision = None
+        if wf.approvals is not None:
+            decision = await wf.approvals.wait(self.task_id, step.step_id, timeout_s)
+        self._waiting -= 1
+        if self._waiting == 0:
+            self.record.status = TaskStatus.EXECUTING
+        if decision is None:
+            why = f"approval of step {step.step_id} timed out after {timeout_s:g}s"
+            self.log(why, "error")
+            await self.persist("approval_timed_out", step_id=step.step_id)
+            return StepError(type=ErrorType.APPROVAL, message=why)
+        audit = {k: decision.get(k) for k in ("decision", "decided_by", "reason", "decided_at")}
+        self.log(f"step {step.step_id} {decision['decision']} by {decision.get('decided_by')}")
+        await self.persist("approval_decided", step_id=step.step_id, **audit)
+        if decision["decision"] != "approved":
+            reason = f": {decision.get('reason')}" if decision.get("reason") else ""
+            return StepError(
+                type=ErrorType.APPROVAL,
+                message=f"step {step.step_id} was rejected by {decision.get('decided_by')}{reason}",
+            )
+        return None
+
+    def _step_failed(self, step: PlanStep, error: StepError) -> StepResult:
+        return StepResult(
+            step_id=step.step_id,
+            action=step.action,
+            idempotency_key=step.idempotency_key,
+            status=StepStatus.FAILED,
+            error=error,
+            started_at=utcnow(),
+            finished_at=utcnow(),
+        )
+
     async def _run_step(self, step: PlanStep, inputs: dict[str, Any]) -> StepResult:
         wf = self.wf
-        policy = wf.settings.step_retry
+        recorded = await self._recorded_success(step)
+        if recorded is not None:
+            return recorded
+        if wf.needs_approval(step.action):
+            refused = await self._approve(step)
+            if refused is not None:
+                failed = self._step_failed(step, refused)
+                self._set_step(failed)
+                await wf.store.save_step_result(self.task_id, failed.model_copy(deep=True))
+                await self.persist("step_finished", step_id=step.step_id, step_status=failed.status.value)
+                return failed
+        policy = wf.settings.step_retry_by_tool.get(step.action, wf.settings.step_retry)
         result = StepResult(
             step_id=step.step_id,
             action=step.action,
@@ -342,7 +506,13 @@ class _TaskRun:
         ) as span:
             outcome = StepOutcome()
             while True:
+                stop = self.over_policy()
+                if stop:
+                    self.stop_reason = stop
+                    outcome = StepOutcome(error=StepError(type=ErrorType.POLICY, message=stop))
+                    break
                 result.attempts += 1
+                self.record.counters.step_attempts += 1
                 try:
                     outcome = await wf.executor.execute(self.task_id, step, inputs, inject_context())
                 except Exception as exc:  # an executor must not raise; count it as internal
@@ -387,6 +557,7 @@ class _TaskRun:
             plan=plan,
             results=results,
         )
+        self.record.counters.model_calls += 1
         with wf.tracer.start_as_current_span("review", attributes={"officeray.iteration": iteration}) as span:
             try:
                 answer = await asyncio.wait_for(wf.reviewer.review(request), wf.settings.model_call_timeout_s)

@@ -246,6 +246,7 @@ def test_task_record_public_view_has_progress_counts() -> None:
     view = record.public_view()
     assert view["progress"] == {
         "pending": 1,
+        "waiting_approval": 0,
         "running": 1,
         "succeeded": 2,
         "failed": 1,

@@ -38,6 +38,7 @@ from officeray.testing import (
     make_plan,
 )
 from officeray.workflow import Workflow
+from tools_sandbox.agent.tools.math_calculator import evaluate
 from tools_sandbox.catalog import BUILTIN_TOOLS
 
 TOOLS = {name: spec.input_model for name, spec in BUILTIN_TOOLS.items()}
@@ -45,8 +46,8 @@ TASK = "task-1"
 
 
 def calculate(inputs: dict[str, Any]) -> dict[str, Any]:
-    """A stand-in for math_calculator: evaluates simple arithmetic over the given variables."""
-    return {"value": eval(inputs["expression"], {"__builtins__": {}}, dict(inputs.get("variables", {})))}
+    """math_calculator's own evaluator, called in process (no sandbox)."""
+    return {"value": evaluate(inputs["expression"], dict(inputs.get("variables", {})))["value"]}
 
 
 def calc_plan(task_id: str = TASK, expression: str = "2 + 3", iteration: int = 1) -> Plan:

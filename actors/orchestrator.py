@@ -111,7 +111,7 @@ class Orchestrator:
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
         self._reserved: set[str] = set()
-        self._background: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Future[None]] = []
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -126,7 +126,12 @@ class Orchestrator:
 
     async def pid(self) -> int:
         """This actor's process id (fault-injection tests kill it)."""
+        self._ensure_started()
         return os.getpid()
+
+    async def busy_runner_pids(self) -> list[int]:
+        """Process ids of the tool runners running a step now (fault-injection tests kill them)."""
+        return self.pool.busy_pids()
 
     def _ensure_started(self) -> None:
         """Start the background loops on the first call of this actor's life."""
@@ -134,6 +139,7 @@ class Orchestrator:
             self._background = [
                 asyncio.ensure_future(self._renew_leases()),
                 asyncio.ensure_future(self._claim_unfinished()),
+                asyncio.ensure_future(self.pool.wait_ready()),
             ]
 
     async def _renew_leases(self) -> None:

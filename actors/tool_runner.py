@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ class ToolRunner:
     def ready(self) -> bool:
         return self.sandboxes.active.alive
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def run(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
     ) -> StepOutcome:
@@ -110,6 +114,8 @@ class RunnerPool:
         )
         self.runners = [self._spawn() for _ in range(settings.runners.count)]
         self._idle: list[Any] = list(self.runners)
+        self._pids: dict[int, int] = {}
+        """Runner process ids (by ``id(actor)``), learned while the runner is idle."""
         self._last_task: dict[int, str] = {}
         self._changed = asyncio.Condition()
 
@@ -118,6 +124,13 @@ class RunnerPool:
 
     async def wait_ready(self) -> None:
         await asyncio.gather(*(r.ready.remote() for r in self.runners))
+        pids = await asyncio.gather(*(r.pid.remote() for r in self.runners))
+        self._pids.update({id(r): pid for r, pid in zip(self.runners, pids, strict=True)})
+
+    def busy_pids(self) -> list[int]:
+        """Process ids of the runners running a step now (for fault-injection tests)."""
+        idle = {id(r) for r in self._idle}
+        return [pid for key, pid in self._pids.items() if key not in idle]
 
     async def _acquire(self, task_id: str) -> Any:
         async with self._changed:
@@ -144,6 +157,7 @@ class RunnerPool:
             fresh = self._spawn()
             self.runners = [fresh if r is runner else r for r in self.runners]
             self._last_task.pop(id(runner), None)
+            self._pids.pop(id(runner), None)
             runner = fresh
             return StepOutcome(
                 error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the tool runner died: {exc}")

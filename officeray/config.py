@@ -261,7 +261,8 @@ class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     app_name: str = "officeray"
-    gateway: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    gateway: DeploymentSettings = Field(default_factory=lambda: DeploymentSettings(health_check_period_s=2.0))
+    """The gateway's health check also wakes a restarted orchestrator, hence the short period."""
     planner: DeploymentSettings = Field(default_factory=DeploymentSettings)
     reviewer: DeploymentSettings = Field(default_factory=DeploymentSettings)
     ai_tool: DeploymentSettings = Field(default_factory=DeploymentSettings)

@@ -286,6 +286,8 @@ def migrate(engine: Engine, target: int | None = None) -> int:
     The check and the changes run in one transaction that first takes the database's write lock, so
     of several processes opening a fresh database at once, one migrates and the others find it done.
     Raises :class:`~officeray.errors.StoreError` for a database newer than :data:`SCHEMA_VERSION`.
+    :class:`SqlStore` calls it on open; a SQLite engine made elsewhere lacks the store's
+    ``BEGIN IMMEDIATE`` (and pysqlite then runs DDL outside the transaction).
     """
     target = SCHEMA_VERSION if target is None else target
     with _translated(), engine.connect() as conn:  # fast path: nothing to do, no write lock taken
@@ -480,7 +482,7 @@ class SqlStore:
             status=record.status.value,
             description=record.description,
             record=record.model_dump_json(),
-            created_at=record.created_at,
+            created_at=_utc(record.created_at),
             updated_at=record.updated_at,
         )
         stmt = stmt.on_conflict_do_update(
@@ -500,13 +502,14 @@ class SqlStore:
                 description=record.description,
                 record=record.model_dump_json(),
                 request=request.model_dump_json(),
-                created_at=record.created_at,
+                created_at=_utc(record.created_at),
                 updated_at=record.updated_at,
             )
             .on_conflict_do_nothing(index_elements=[tasks_table.c.task_id])
+            .returning(tasks_table.c.task_id)  # a row when inserted (INSERT rowcounts are not portable)
         )
         with self._write() as conn:
-            return bool(conn.execute(stmt).rowcount)
+            return conn.execute(stmt).first() is not None
 
     def unfinished_sync(self) -> list[tuple[TaskRecord, TaskRequest]]:
         """Tasks not in a final state, with their requests (what a restarted orchestrator resumes).
@@ -530,6 +533,14 @@ class SqlStore:
                 sa.select(tasks_table.c.record).where(tasks_table.c.task_id == task_id)
             ).scalar_one_or_none()
         return None if raw is None else TaskRecord.model_validate_json(raw)
+
+    def get_request_sync(self, task_id: str) -> TaskRequest | None:
+        """The request the task was created with (None for an unknown task or one saved without it)."""
+        with self._read() as conn:
+            raw = conn.execute(
+                sa.select(tasks_table.c.request).where(tasks_table.c.task_id == task_id)
+            ).scalar_one_or_none()
+        return None if raw is None else TaskRequest.model_validate_json(raw)
 
     def list_tasks_sync(self, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
         query = sa.select(tasks_table.c.record).order_by(tasks_table.c.created_at.desc()).limit(limit)
@@ -791,9 +802,10 @@ class SqlStore:
             self._insert(t)
             .values(tenant=tenant, key=key, body_sha256=body_sha256, task_id=task_id, created_at=utcnow())
             .on_conflict_do_nothing(index_elements=[t.c.tenant, t.c.key])
+            .returning(t.c.task_id)
         )
         with self._write() as conn:
-            if conn.execute(stmt).rowcount:
+            if conn.execute(stmt).first() is not None:
                 return task_id, True
             existing = conn.execute(
                 sa.select(t.c.task_id, t.c.body_sha256).where(t.c.tenant == tenant, t.c.key == key)
@@ -826,9 +838,10 @@ class SqlStore:
                 decided_at=utcnow(),
             )
             .on_conflict_do_nothing(index_elements=[t.c.task_id, t.c.step_id])
+            .returning(t.c.task_id)
         )
         with self._write() as conn:
-            return bool(conn.execute(stmt).rowcount)
+            return conn.execute(stmt).first() is not None
 
     def get_approval_sync(self, task_id: str, step_id: str) -> dict[str, Any] | None:
         """The decision on a step: task_id, step_id, decision, decided_by, reason, decided_at (ISO)."""
@@ -859,6 +872,9 @@ class SqlStore:
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         return await asyncio.to_thread(self.get_task_sync, task_id)
+
+    async def get_request(self, task_id: str) -> TaskRequest | None:
+        return await asyncio.to_thread(self.get_request_sync, task_id)
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
         await asyncio.to_thread(self.append_event_sync, task_id, kind, data)

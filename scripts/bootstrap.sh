@@ -4,6 +4,8 @@
 #   2. the Docker engine (Debian's docker.io) when missing, and dockerd started when not running
 #      (--bridge=none --iptables=false: sandboxes use --network none)
 #   3. the sandbox image (built offline from a Debian rootfs when no registry answers)
+#   +  Debian's postgresql when missing (tests/store starts its own server from it; the packaged
+#      default cluster is stopped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +49,23 @@ if ! docker info >/dev/null 2>&1; then
     sleep 0.5
   done
   docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/officeray-dockerd.log"; exit 1; }
+fi
+
+# -- PostgreSQL server binaries (tests/store runs a throwaway server; officeray itself needs none) ----
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing postgresql (tests/store needs its server binaries): run this script as root"; exit 1
+  fi
+  log "installing postgresql (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq postgresql >/dev/null
+  # the package's default cluster is not used: stop it if its postinst started it
+  for conf in /etc/postgresql/*/main; do
+    if [ -d "$conf" ]; then
+      pg_ctlcluster "$(basename "$(dirname "$conf")")" main stop >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # -- 3. Sandbox image ---------------------------------------------------------------------------

@@ -217,6 +217,28 @@ _dispatch = _HandleDispatch()
 app.include_router(make_chat_router(_dispatch))
 
 
+def _idempotency_key(header: str | None, body: str | None) -> str | None:
+    """The request's idempotency key: the header, or the body's field (422 when both differ)."""
+    if header is not None and body is not None and header != body:
+        raise HTTPException(
+            status_code=422,
+            detail=f"invalid task request: the {IDEMPOTENCY_HEADER} header ({header!r}) and the body's "
+            f"idempotency_key ({body!r}) differ; send one, or the same value in both",
+        )
+    return header if header is not None else body
+
+
+def _already_decided(task_id: str, step_id: str, previous: dict[str, Any]) -> str:
+    who = f" by {previous['decided_by']}" if previous.get("decided_by") else ""
+    when = f" at {jsonable_encoder(previous['decided_at'])}" if previous.get("decided_at") else ""
+    return (
+        f"step {step_id!r} of task {task_id!r} was already decided: "
+        f"{previous.get('decision', 'decided')}{who}{when}"
+    )
+
+
+# serve.ingress pickles the app (and so these methods, with the module globals they use) when the
+# class is decorated: every helper the routes call must be defined above this line.
 @serve.deployment(name="Gateway")
 @serve.ingress(app)
 class Gateway:
@@ -356,6 +378,14 @@ class Gateway:
             )
         return {"task_id": task_id, "step_id": step_id, **jsonable_encoder(stored)}
 
+    async def check_health(self) -> None:
+        """Serve's periodic health check: reach the orchestrator (after a crash, Ray restarts it and
+        this call starts its loops, which resume the tasks it held)."""
+        try:
+            await asyncio.wait_for(self._call_orchestrator("in_flight"), HEALTH_TIMEOUT_S)
+        except Exception as exc:  # the gateway itself is healthy while the orchestrator restarts
+            logger.warning("orchestrator not reachable from the health check: %s", exc)
+
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
         try:
@@ -388,23 +418,3 @@ class Gateway:
         if entry is None:
             raise HTTPException(status_code=404, detail=f"task {task_id!r} is not in the dead-letter queue")
         return entry
-
-
-def _idempotency_key(header: str | None, body: str | None) -> str | None:
-    """The request's idempotency key: the header, or the body's field (422 when both differ)."""
-    if header is not None and body is not None and header != body:
-        raise HTTPException(
-            status_code=422,
-            detail=f"invalid task request: the {IDEMPOTENCY_HEADER} header ({header!r}) and the body's "
-            f"idempotency_key ({body!r}) differ; send one, or the same value in both",
-        )
-    return header if header is not None else body
-
-
-def _already_decided(task_id: str, step_id: str, previous: dict[str, Any]) -> str:
-    who = f" by {previous['decided_by']}" if previous.get("decided_by") else ""
-    when = f" at {jsonable_encoder(previous['decided_at'])}" if previous.get("decided_at") else ""
-    return (
-        f"step {step_id!r} of task {task_id!r} was already decided: "
-        f"{previous.get('decision', 'decided')}{who}{when}"
-    )

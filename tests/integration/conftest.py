@@ -46,6 +46,9 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         "telemetry.trace_file": str(tmp / "traces.jsonl"),
         "serve.port": free_port(),
         "runners.count": 2,
+        # short leases: a killed orchestrator's tasks are claimed again within seconds
+        "workflow.lease_ttl_s": 3.0,
+        "workflow.claim_interval_s": 0.5,
         **overrides,
     }
     return load_settings(None, **data)

@@ -8,6 +8,7 @@ the binaries the PostgreSQL tests fail with a pointer to ``scripts/bootstrap.sh`
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -123,10 +124,8 @@ class PostgresServer:
 
     def remove(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.stop()
-            except RuntimeError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _admin(self) -> psycopg.Connection:

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import pytest
 import sqlalchemy as sa
 
-from officeray import store as store_module
 from officeray.contracts import (
     ErrorType,
     ModelUsage,
@@ -129,6 +128,9 @@ def test_tasks_round_trip_and_upsert_keeps_created_at_and_request(store: SqlStor
     assert [r.task_id for r in store.list_tasks_sync(TaskStatus.COMPLETED)] == ["task-2"]
     assert sorted(r.task_id for r in store.list_tasks_sync()) == ["task-1", "task-2"]
     assert store.get_task_sync("nope") is None
+    assert store.get_request_sync("task-1") == request_for("task-1")
+    assert store.get_request_sync("task-2") is None  # saved without a request
+    assert store.get_request_sync("nope") is None
 
 
 def test_events_in_order_with_utc_times(store: SqlStore) -> None:
@@ -311,8 +313,8 @@ def test_dead_letter_queue(store: SqlStore) -> None:
     ]
 
     store.dead_letter_sync(failed, "retried and failed again")  # upsert
-    entry = store.dlq_get_sync("task-1")
-    assert entry is not None and entry["reason"] == "retried and failed again"
+    again = store.dlq_get_sync("task-1")
+    assert again is not None and again["reason"] == "retried and failed again"
     assert len(store.dlq_list_sync()) == 2
 
     assert store.dlq_remove_sync("task-1")
@@ -380,6 +382,7 @@ async def test_async_wrappers(store: SqlStore) -> None:
     await store.save_task(record(status=TaskStatus.EXECUTING))
     assert (await store.get_task("task-1")) is not None
     assert len(await store.unfinished()) == 1
+    assert await store.get_request("task-1") == request_for("task-1")
     await store.append_event("task-1", "accepted", {})
     assert len(await store.events("task-1")) == 1
     await store.save_step_result("task-1", step_result())
@@ -423,7 +426,7 @@ def test_fresh_database_gets_every_migration(url: str, store: SqlStore) -> None:
     assert applied_versions(url) == [version for version, _, _ in MIGRATIONS]
     engine = engine_for(url)
     try:
-        assert ALL_TABLES <= set(sa.inspect(engine).get_table_names())
+        assert set(sa.inspect(engine).get_table_names()) >= ALL_TABLES
     finally:
         engine.dispose()
     SqlStore(url).close()  # reopening changes nothing
@@ -517,6 +520,7 @@ def every_call(store: SqlStore) -> dict[str, Callable[[], object]]:
         "save_task": lambda: store.save_task_sync(record()),
         "create_task": lambda: store.create_task_sync(record("x"), request_for("x")),
         "get_task": lambda: store.get_task_sync("task-1"),
+        "get_request": lambda: store.get_request_sync("task-1"),
         "list_tasks": lambda: store.list_tasks_sync(),
         "unfinished": lambda: store.unfinished_sync(),
         "append_event": lambda: store.append_event_sync("task-1", "k", {}),
@@ -543,6 +547,7 @@ def every_call(store: SqlStore) -> dict[str, Callable[[], object]]:
 
 READS = {
     "get_task",
+    "get_request",
     "list_tasks",
     "unfinished",
     "events",

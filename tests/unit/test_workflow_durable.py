@@ -212,3 +212,42 @@ async def test_per_tool_step_retry_policy_replaces_the_default() -> None:
     )
     final = await workflow.run(TaskRequest(description="d"), TASK)
     assert final.status == TaskStatus.COMPLETED and final.steps[0].attempts == 5
+
+
+async def test_attempts_in_the_trace_follow_the_step_policy() -> None:
+    """Retryable twice then success: 3 attempts; non-retryable: exactly 1; never past maximum_attempts."""
+    outcomes: dict[str, list[Any]] = {
+        "2+1": [ToolFailed(ErrorType.TIMEOUT, "slow"), ToolFailed(ErrorType.SANDBOX_ERROR, "lost")],
+        "2+2": [ToolFailed(ErrorType.BAD_INPUT, "no")],
+        "2+3": [ToolFailed(ErrorType.TIMEOUT, "slow")] * 10,
+    }
+
+    def scripted(inputs: dict[str, Any]) -> Any:
+        pending = outcomes[inputs["expression"]]
+        if pending:
+            raise pending.pop(0)
+        return calculate(inputs)
+
+    settings = WorkflowSettings(step_retry=StepRetryPolicy(maximum_attempts=3, initial_interval_s=0))
+    steps = [
+        {"step_id": f"s{i}", "action": "math_calculator", "inputs": {"expression": expr}}
+        for i, expr in enumerate(outcomes, start=1)
+    ]
+    tracer, spans = in_memory_tracer()
+    planner, reviewer = ScriptedPlanner([make_plan(TASK, steps)]), ScriptedReviewer([approve])
+    workflow = Workflow(
+        planner=planner,
+        reviewer=reviewer,
+        executor=FunctionExecutor({"math_calculator": scripted}),
+        store=InMemoryStore(),
+        tracer=tracer,
+        tools=TOOLS,
+        settings=settings,
+    )
+    await workflow.run(TaskRequest(description="d"), TASK)
+    attempts = {
+        span.name: span.attributes["officeray.attempts"]
+        for span in spans.get_finished_spans()
+        if span.name.startswith("step ")
+    }
+    assert attempts == {"step s1": 3, "step s2": 1, "step s3": 3}

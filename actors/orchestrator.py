@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import zlib
 from typing import Any
 
 import ray
@@ -49,6 +50,10 @@ are bounded by ``workflow.max_concurrent_tasks``."""
 
 APPROVAL_POLL_S = 2.0
 """How often a waiting step re-reads the store for a decision made without ``notify_approval``."""
+
+WAIT_POLL_S = 0.2
+"""How often ``wait`` re-reads a task that another orchestrator runs."""
+
 
 
 class StoreApprovals:
@@ -85,10 +90,16 @@ class StoreApprovals:
 
 class Orchestrator:
     def __init__(
-        self, settings: Settings, planner_handle: Any, reviewer_handle: Any, ai_tool_handle: Any = None
+        self,
+        settings: Settings,
+        planner_handle: Any,
+        reviewer_handle: Any,
+        ai_tool_handle: Any = None,
+        shard: int = 0,
     ) -> None:
         self.settings = settings
-        self.owner = f"{ORCHESTRATOR_NAME}-{os.getpid()}-{new_id('life')}"
+        self.owner = f"{orchestrator_name(shard)}@{os.getpid()}/{new_id('life')}"
+        """Who holds this actor life's leases (shard name, process, a fresh id per restart)."""
         load_plugins(settings.plugins)
         self.store = SqlStore(settings.store.url)
         self.pool = RunnerPool(settings, ai_tool_handle)
@@ -143,11 +154,17 @@ class Orchestrator:
             ]
 
     async def _renew_leases(self) -> None:
+        """Keep our leases; stop any run whose lease another orchestrator took (we were too slow)."""
         ttl = self.settings.workflow.lease_ttl_s
         while True:
             await asyncio.sleep(ttl / 3)
             try:
                 await self.store.renew_leases(self.owner, ttl)
+                for task_id, running in list(self._running.items()):
+                    owner = await self.store.lease_owner(task_id)
+                    if owner is not None and owner != self.owner:
+                        logger.warning("task %s: lease taken by %s; stopping this run", task_id, owner)
+                        running.cancel()
             except Exception:
                 logger.exception("could not renew the task leases")
 
@@ -186,11 +203,15 @@ class Orchestrator:
         self._reserved.add(task_id)
         try:
             record = TaskRecord(task_id=task_id, description=request.description, tenant=request.tenant)
-            if not await self.store.create_task(record, request):
+            record.logs.append(LogLine(message=f"accepted by {self.owner}"))
+            # Lease first, then the row: another orchestrator's claim loop only sees the new task
+            # once it exists, and by then it is already held.
+            leased = await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s)
+            if not leased or not await self.store.create_task(record, request):
+                if leased:
+                    await self.store.release_lease(task_id, self.owner)
                 existing = await self.store.get_task(task_id)
-                assert existing is not None
-                return existing, False
-            await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s)
+                return (existing or record), False
             self._start(request, record)
             return record, True
         finally:
@@ -234,6 +255,8 @@ class Orchestrator:
             raise TaskNotFoundError(task_id)
         if task_id in self._running:
             return record
+        if not await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s):
+            return record  # another orchestrator holds it
         await self.store.dlq_remove(task_id)
         # back to the state it failed in: the workflow resumes from there (a task that failed
         # before executing plans again; one that failed in a round re-runs that round's plan)
@@ -245,7 +268,6 @@ class Orchestrator:
         record.logs.append(LogLine(level="warning", message="re-queued from the dead-letter queue"))
         await self.store.save_task(record)
         await self.store.append_event(task_id, "retried_from_dlq", {"status": record.status.value})
-        await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s)
         self._start(request, record)
         return record
 
@@ -256,13 +278,21 @@ class Orchestrator:
     async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """The final record of ``task_id`` (waits for it while it runs here)."""
         self._ensure_started()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         running = self._running.get(task_id)
         if running is not None:
-            await asyncio.wait_for(asyncio.shield(running), timeout_s)
-        record = await self.store.get_task(task_id)
-        if record is None:
-            raise TaskNotFoundError(task_id)
-        return record
+            with contextlib.suppress(asyncio.CancelledError):  # our run stopped: another holds it
+                await asyncio.wait_for(asyncio.shield(running), timeout_s)
+        while True:
+            record = await self.store.get_task(task_id)
+            if record is None:
+                raise TaskNotFoundError(task_id)
+            if record.status.is_final or task_id in self._running:
+                return record if record.status.is_final else await self.wait(task_id, timeout_s)
+            if deadline is not None and loop.time() > deadline:
+                raise TimeoutError(f"task {task_id} did not finish in {timeout_s}s")
+            await asyncio.sleep(WAIT_POLL_S)  # run by another orchestrator (or about to be claimed)
 
     async def run(self, request: TaskRequest, timeout_s: float | None = None) -> TaskRecord:
         record, _created = await self.submit(request)
@@ -273,12 +303,22 @@ class Orchestrator:
         return len(self._running)
 
 
+def orchestrator_name(shard: int) -> str:
+    """The actor name of orchestrator shard ``shard`` (shard 0 keeps the plain name)."""
+    return ORCHESTRATOR_NAME if shard == 0 else f"{ORCHESTRATOR_NAME}-{shard}"
+
+
+def shard_of(task_id: str, shards: int) -> int:
+    """The orchestrator shard that starts ``task_id`` (stable across processes and restarts)."""
+    return zlib.crc32(task_id.encode()) % shards
+
+
 def get_or_create_orchestrator(
-    settings: Settings, planner_handle: Any, reviewer_handle: Any, ai_tool_handle: Any = None
+    settings: Settings, planner_handle: Any, reviewer_handle: Any, ai_tool_handle: Any = None, shard: int = 0
 ) -> Any:
-    """The cluster's orchestrator actor, created (detached) on first use."""
+    """Orchestrator shard ``shard`` of the cluster, created (detached) on first use."""
     actor_cls = ray.remote(Orchestrator).options(
-        name=ORCHESTRATOR_NAME,
+        name=orchestrator_name(shard),
         namespace=settings.ray_namespace,
         get_if_exists=True,
         lifetime="detached",
@@ -286,4 +326,4 @@ def get_or_create_orchestrator(
         max_concurrency=ORCHESTRATOR_MAX_CONCURRENCY,
         max_restarts=-1,  # a crashed orchestrator comes back and resumes unfinished tasks
     )
-    return actor_cls.remote(settings, planner_handle, reviewer_handle, ai_tool_handle)
+    return actor_cls.remote(settings, planner_handle, reviewer_handle, ai_tool_handle, shard)

@@ -91,10 +91,15 @@ class WorkflowSettings(_Section):
     """Per-tool step retry policies (by tool name), used instead of ``step_retry``."""
     retry_policy: WorkflowRetryPolicy = Field(default_factory=WorkflowRetryPolicy)
     """Caps on a whole task run; a task's own ``retry_policy`` replaces it."""
+    retry_policy_by_tool: dict[str, WorkflowRetryPolicy] = Field(default_factory=dict)
+    """Tighter caps for tasks whose plan uses a tool (by name): each field's smallest value applies."""
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     lease_ttl_s: float = Field(default=30.0, gt=0)
     """An orchestrator holds a lease on each task it runs, renewed every third of this; a task whose
     lease expired (its orchestrator died) is claimed by another orchestrator."""
+    orchestrators: int = Field(default=1, ge=1, le=64)
+    """Orchestrator actors (shards) sharing the store; a task's id picks the one that starts it, and
+    any of them takes over a task whose orchestrator died."""
     claim_interval_s: float = Field(default=2.0, gt=0)
     """How often an orchestrator looks for unfinished tasks nobody holds (resumes, DLQ retries)."""
     model_call_timeout_s: float = Field(default=120.0, gt=0)

@@ -50,6 +50,7 @@ from officeray.contracts import (
     TaskRecord,
     TaskRequest,
     TaskStatus,
+    WorkflowRetryPolicy,
     utcnow,
 )
 from officeray.dag import run_dag
@@ -229,9 +230,24 @@ class _TaskRun:
                 span.set_status(Status(StatusCode.ERROR, record.error or "failed"))
             return record
 
+    def effective_policy(self) -> WorkflowRetryPolicy:
+        """The task's policy, tightened by the policies of the tools its current plan uses."""
+        policy = self.policy
+        plan = self.record.plan
+        by_tool = self.wf.settings.retry_policy_by_tool
+        for action in sorted({s.action for s in plan.steps} if plan else set()):
+            other = by_tool.get(action)
+            if other is not None:
+                policy = WorkflowRetryPolicy(
+                    maximum_step_attempts=min(policy.maximum_step_attempts, other.maximum_step_attempts),
+                    maximum_model_calls=min(policy.maximum_model_calls, other.maximum_model_calls),
+                    maximum_duration_s=min(policy.maximum_duration_s, other.maximum_duration_s),
+                )
+        return policy
+
     def over_policy(self) -> str | None:
         """Why the workflow retry policy stops this task now, if it does."""
-        policy, counters = self.policy, self.record.counters
+        policy, counters = self.effective_policy(), self.record.counters
         if counters.step_attempts >= policy.maximum_step_attempts:
             return f"workflow retry policy: maximum_step_attempts ({policy.maximum_step_attempts}) reached"
         if counters.model_calls >= policy.maximum_model_calls:

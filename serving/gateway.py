@@ -45,7 +45,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.orchestrator import get_or_create_orchestrator
+from actors.orchestrator import get_or_create_orchestrator, shard_of
 from officeray.config import Settings
 from officeray.contracts import StepStatus, TaskRecord, TaskRequest, new_id
 from officeray.errors import ModelUnavailableError, StoreUnavailableError, TaskNotFoundError
@@ -246,7 +246,11 @@ class Gateway:
         self.settings = settings
         self.store = SqlStore(settings.store.url)
         self._model_handles = (planner, reviewer, ai_tool)
-        self.orchestrator = get_or_create_orchestrator(settings, planner, reviewer, ai_tool)
+        self.shards = settings.workflow.orchestrators
+        self.orchestrators = [
+            get_or_create_orchestrator(settings, planner, reviewer, ai_tool, shard=i)
+            for i in range(self.shards)
+        ]
         _dispatch.handles = {"planner": planner, "reviewer": reviewer, "ai_tool": ai_tool}
 
     @app.post("/v1/tasks", status_code=202)
@@ -268,7 +272,12 @@ class Gateway:
         key = _idempotency_key(idempotency_key, task.idempotency_key)
         if key is not None:
             task = await self._claim(task, key)
-        record, created = await self._call_orchestrator("submit", task)
+        if task.task_id is None:
+            task = task.model_copy(update={"task_id": new_id("task")})
+        assert task.task_id is not None
+        record, created = await self._call_orchestrator(
+            "submit", task, shard=shard_of(task.task_id, self.shards)
+        )
         body = {"task_id": record.task_id, "status": record.status.value}
         return JSONResponse(body, status_code=202 if created else 200)
 
@@ -331,7 +340,7 @@ class Gateway:
     async def dlq_retry(self, task_id: str) -> JSONResponse:
         await self._dlq_entry(task_id)
         try:
-            record = await self._call_orchestrator("retry", task_id)
+            record = await self._call_orchestrator("retry", task_id, shard=shard_of(task_id, self.shards))
         except TaskNotFoundError:  # taken out of the queue meanwhile (another retry)
             raise HTTPException(
                 status_code=404, detail=f"task {task_id!r} is not in the dead-letter queue"
@@ -357,7 +366,8 @@ class Gateway:
             raise HTTPException(status_code=409, detail=_already_decided(task_id, step_id, previous))
         stored = await self.store.get_approval(task_id, step_id) or {}
         try:
-            await self._call_orchestrator("notify_approval", task_id, step_id)
+            for shard in range(self.shards):  # whichever holds the task wakes its waiting step
+                await self._call_orchestrator("notify_approval", task_id, step_id, shard=shard)
         except Exception as exc:  # the decision is durable: the workflow reads it when it resumes
             logger.warning("task %s step %s: notify_approval failed: %s", task_id, step_id, exc)
         return {
@@ -381,30 +391,37 @@ class Gateway:
     async def check_health(self) -> None:
         """Serve's periodic health check: reach the orchestrator (after a crash, Ray restarts it and
         this call starts its loops, which resume the tasks it held)."""
-        try:
-            await asyncio.wait_for(self._call_orchestrator("in_flight"), HEALTH_TIMEOUT_S)
-        except Exception as exc:  # the gateway itself is healthy while the orchestrator restarts
-            logger.warning("orchestrator not reachable from the health check: %s", exc)
+        for shard in range(self.shards):
+            try:
+                await asyncio.wait_for(self._call_orchestrator("in_flight", shard=shard), HEALTH_TIMEOUT_S)
+            except Exception as exc:  # the gateway itself is healthy while an orchestrator restarts
+                logger.warning("orchestrator %d not reachable from the health check: %s", shard, exc)
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
         try:
-            in_flight = await asyncio.wait_for(self._call_orchestrator("in_flight"), HEALTH_TIMEOUT_S)
+            counts = await asyncio.wait_for(
+                asyncio.gather(*(self._call_orchestrator("in_flight", shard=i) for i in range(self.shards))),
+                HEALTH_TIMEOUT_S,
+            )
+            in_flight = sum(counts)
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "tasks_in_flight": in_flight})
 
-    async def _call_orchestrator(self, method: str, *args: Any) -> Any:
-        """Call the orchestrator; after it died, find its restarted incarnation once, else 503."""
+    async def _call_orchestrator(self, method: str, *args: Any, shard: int = 0) -> Any:
+        """Call orchestrator ``shard``; after it died, find its restarted incarnation once, else 503."""
         for attempt in range(2):
             try:
-                return await getattr(self.orchestrator, method).remote(*args)
+                return await getattr(self.orchestrators[shard], method).remote(*args)
             except RayActorError as exc:
                 if attempt:
                     raise HTTPException(
                         status_code=503, detail=f"the orchestrator is unavailable: {exc}"
                     ) from None
-                self.orchestrator = get_or_create_orchestrator(self.settings, *self._model_handles)
+                self.orchestrators[shard] = get_or_create_orchestrator(
+                    self.settings, *self._model_handles, shard=shard
+                )
         raise AssertionError("unreachable")
 
     async def _record(self, task_id: str) -> TaskRecord:

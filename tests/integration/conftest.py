@@ -49,6 +49,7 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         # short leases: a killed orchestrator's tasks are claimed again within seconds
         "workflow.lease_ttl_s": 3.0,
         "workflow.claim_interval_s": 0.5,
+        "workflow.orchestrators": 2,
         **overrides,
     }
     return load_settings(None, **data)

@@ -41,15 +41,14 @@ def _final_records(store: SqlStore, task_ids: list[str], timeout_s: float) -> di
 
 
 def test_kill_9_the_orchestrator_with_100_tasks_in_flight(stack: LocalStack) -> None:
-    base = f"http://127.0.0.1:{stack.settings.serve.port}"
     store = SqlStore(stack.settings.store.url)
     task_ids = [f"kill9-{i:03d}" for i in range(IN_FLIGHT)]
-    with httpx.Client(base_url=base, timeout=30) as client:
-        for task_id in task_ids:
-            response = client.post("/v1/tasks", json={"description": SLEEPY_STEP, "task_id": task_id})
-            assert response.status_code == 202, response.text
-    # some work is done and most is still in flight when the process dies
-    while sum(1 for t in task_ids if (r := store.get_task_sync(t)) and r.status.is_final) < 5:
+    # all 100 on the orchestrator that is killed (shard 0), accepted and durable before the kill
+    accepted = ray.get(
+        [stack.actor.submit.remote(TaskRequest(description=SLEEPY_STEP, task_id=t)) for t in task_ids]
+    )
+    assert all(created for _record, created in accepted)
+    while not any((r := store.get_task_sync(t)) and r.status.is_final for t in task_ids):
         time.sleep(0.05)
     pid = ray.get(stack.actor.pid.remote())
     finished_before = sum(1 for t in task_ids if (r := store.get_task_sync(t)) and r.status.is_final)
@@ -95,3 +94,29 @@ def test_killing_a_tool_runner_mid_step_retries_the_step_on_another(stack: Local
     assert record.status == TaskStatus.COMPLETED, record.error
     (step,) = record.steps
     assert step.attempts == 2 and step.output["stdout"].strip() == "survived"
+
+
+def test_tasks_are_spread_over_the_orchestrator_shards_and_each_runs_once(stack: LocalStack) -> None:
+    assert stack.settings.workflow.orchestrators == 2
+    base = f"http://127.0.0.1:{stack.settings.serve.port}"
+    store = SqlStore(stack.settings.store.url)
+    task_ids = [f"shard-{i:02d}" for i in range(20)]
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for task_id in task_ids:
+            assert (
+                client.post(
+                    "/v1/tasks", json={"description": "Compute 1 + 1", "task_id": task_id}
+                ).status_code
+                == 202
+            )
+    records = _final_records(store, task_ids, RECOVERY_TIMEOUT_S)
+    assert all(r.status == TaskStatus.COMPLETED for r in records.values())
+    owners = {
+        line.message.split("accepted by ", 1)[1].split("@", 1)[0]
+        for r in records.values()
+        for line in r.logs
+        if line.message.startswith("accepted by ")
+    }
+    assert owners == {"officeray-orchestrator", "officeray-orchestrator-1"}
+    for task_id in task_ids:
+        assert [e["kind"] for e in store.events_sync(task_id)].count("completed") == 1

@@ -251,3 +251,22 @@ async def test_attempts_in_the_trace_follow_the_step_policy() -> None:
         if span.name.startswith("step ")
     }
     assert attempts == {"step s1": 3, "step s2": 1, "step s3": 3}
+
+
+async def test_a_tool_s_workflow_policy_tightens_the_caps_of_tasks_that_use_it() -> None:
+    def always_flaky(_inputs: dict[str, Any]) -> Any:
+        raise ToolFailed(ErrorType.SANDBOX_ERROR, "container lost")
+
+    settings = WorkflowSettings(
+        step_retry=StepRetryPolicy(maximum_attempts=10, initial_interval_s=0),
+        retry_policy_by_tool={"math_calculator": WorkflowRetryPolicy(maximum_step_attempts=2)},
+    )
+    workflow, _p, _r, executor, _store = make(
+        [make_plan(TASK, [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "1"}}])],
+        [],
+        functions={"math_calculator": always_flaky},
+        settings=settings,
+    )
+    final = await workflow.run(TaskRequest(description="d"), TASK)
+    assert final.status == TaskStatus.FAILED and "maximum_step_attempts (2)" in (final.error or "")
+    assert len(executor.calls) == 2

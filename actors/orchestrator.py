@@ -31,8 +31,8 @@ import ray
 
 from actors.tool_runner import RunnerPool
 from officeray.config import Settings
-from officeray.contracts import LogLine, TaskRecord, TaskRequest, TaskStatus, new_id, utcnow
-from officeray.errors import TaskNotFoundError
+from officeray.contracts import LogLine, ModelUsage, TaskRecord, TaskRequest, TaskStatus, new_id, utcnow
+from officeray.errors import StoreUnavailableError, TaskNotFoundError
 from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
 from officeray.workflow import Workflow
@@ -53,7 +53,6 @@ APPROVAL_POLL_S = 2.0
 
 WAIT_POLL_S = 0.2
 """How often ``wait`` re-reads a task that another orchestrator runs."""
-
 
 
 class StoreApprovals:
@@ -80,7 +79,8 @@ class StoreApprovals:
                     return decision
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return None
+                    # one last look: a decision stored just as the time ran out still counts
+                    return await self.store.get_approval(task_id, step_id)
                 event.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, APPROVAL_POLL_S))
@@ -121,7 +121,8 @@ class Orchestrator:
         )
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
-        self._reserved: set[str] = set()
+        self._reserved: dict[str, asyncio.Future[None]] = {}
+        self._to_release: set[str] = set()
         self._background: list[asyncio.Future[None]] = []
 
     # -- life ------------------------------------------------------------------------------------
@@ -159,11 +160,14 @@ class Orchestrator:
         while True:
             await asyncio.sleep(ttl / 3)
             try:
+                for task_id in list(self._to_release):  # releases that failed while the store was down
+                    await self.store.release_lease(task_id, self.owner)
+                    self._to_release.discard(task_id)
                 await self.store.renew_leases(self.owner, ttl)
                 for task_id, running in list(self._running.items()):
                     owner = await self.store.lease_owner(task_id)
-                    if owner is not None and owner != self.owner:
-                        logger.warning("task %s: lease taken by %s; stopping this run", task_id, owner)
+                    if owner != self.owner:  # taken (or taken, finished and released) by another
+                        logger.warning("task %s: lease held by %s; stopping this run", task_id, owner)
                         running.cancel()
             except Exception:
                 logger.exception("could not renew the task leases")
@@ -184,9 +188,13 @@ class Orchestrator:
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def _start(self, request: TaskRequest, record: TaskRecord) -> None:
+    def _start(self, request: TaskRequest, record: TaskRecord) -> bool:
+        """Run ``record`` here unless it already runs here or is final; True when started."""
+        if record.task_id in self._running or record.status.is_final:
+            return False
         self._tenants[record.task_id] = request.tenant
         self._running[record.task_id] = asyncio.ensure_future(self._run(request, record))
+        return True
 
     async def submit(self, request: TaskRequest) -> tuple[TaskRecord, bool]:
         """Persist the task and start it; returns ``(record, created)``.
@@ -197,10 +205,11 @@ class Orchestrator:
         """
         self._ensure_started()
         task_id = request.task_id or new_id("task")
-        if task_id in self._reserved:
-            existing = await self.store.get_task(task_id)
-            return (existing or TaskRecord(task_id=task_id, description=request.description)), False
-        self._reserved.add(task_id)
+        pending = self._reserved.get(task_id)
+        if pending is not None:  # the same id is being submitted right now: answer with its outcome
+            await asyncio.shield(pending)
+            return await self._existing(task_id), False
+        self._reserved[task_id] = asyncio.get_running_loop().create_future()
         try:
             record = TaskRecord(task_id=task_id, description=request.description, tenant=request.tenant)
             record.logs.append(LogLine(message=f"accepted by {self.owner}"))
@@ -210,38 +219,46 @@ class Orchestrator:
             if not leased or not await self.store.create_task(record, request):
                 if leased:
                     await self.store.release_lease(task_id, self.owner)
-                existing = await self.store.get_task(task_id)
-                return (existing or record), False
+                return await self._existing(task_id), False
             self._start(request, record)
             return record, True
         finally:
-            self._reserved.discard(task_id)
+            self._reserved.pop(task_id).set_result(None)
+
+    async def _existing(self, task_id: str) -> TaskRecord:
+        """The stored task of a duplicate submission; retryable when it is not written yet."""
+        existing = await self.store.get_task(task_id)
+        if existing is None:
+            raise StoreUnavailableError(f"task {task_id!r} is being created by another request; retry")
+        return existing
 
     async def _run(self, request: TaskRequest, record: TaskRecord) -> TaskRecord:
         try:
-            async with self._slots:
-                final = await self.workflow.run(request, record.task_id, record)
-            if final.usage.calls:
-                await self.store.add_tenant_usage(final.tenant, final.usage)
+            try:
+                async with self._slots:
+                    final = await self.workflow.run(request, record.task_id, record)
+            except Exception as exc:  # the workflow does not raise; this is a last line of defence
+                logger.exception("task %s crashed", record.task_id)
+                final = record
+                final.status = TaskStatus.FAILED
+                final.error = f"internal error: {type(exc).__name__}: {exc}"
+                final.current_step = None
+                final.finished_at = utcnow()
+                await self.store.save_task(final)
+                event = {"status": TaskStatus.FAILED.value, "error": final.error}
+                await self.store.append_event(final.task_id, "failed", event)
             if final.status == TaskStatus.FAILED:
                 await self.store.dead_letter(final, final.error or "failed")
+            if final.usage.calls:
+                await self.store.add_tenant_usage(final.tenant, final.usage)
             return final
-        except Exception as exc:  # the workflow does not raise; this is a last line of defence
-            logger.exception("task %s crashed", record.task_id)
-            record.status = TaskStatus.FAILED
-            record.error = f"internal error: {type(exc).__name__}: {exc}"
-            record.current_step = None
-            record.finished_at = utcnow()
-            await self.store.save_task(record)
-            event = {"status": TaskStatus.FAILED.value, "error": record.error}
-            await self.store.append_event(record.task_id, "failed", event)
-            await self.store.dead_letter(record, record.error)
-            return record
         finally:
             self._running.pop(record.task_id, None)
             self._tenants.pop(record.task_id, None)
-            with contextlib.suppress(Exception):
+            try:
                 await self.store.release_lease(record.task_id, self.owner)
+            except Exception:
+                self._to_release.add(record.task_id)  # released by the renew loop once the store is back
 
     async def retry(self, task_id: str) -> TaskRecord:
         """Re-run a dead-lettered task from its last good checkpoint (its plan, its succeeded steps)."""
@@ -253,21 +270,28 @@ class Orchestrator:
         request = await self.store.get_request(task_id)
         if record is None or request is None:
             raise TaskNotFoundError(task_id)
-        if task_id in self._running:
+        if task_id in self._running or not record.status.is_final:
             return record
         if not await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s):
             return record  # another orchestrator holds it
-        await self.store.dlq_remove(task_id)
-        # back to the state it failed in: the workflow resumes from there (a task that failed
-        # before executing plans again; one that failed in a round re-runs that round's plan)
-        record.status = TaskStatus.EXECUTING if record.plan is not None else TaskStatus.QUEUED
-        record.error = None
-        record.finished_at = None
-        record.iterations = max(1, record.iterations)
-        record.counters = record.counters.model_copy(update={"step_attempts": 0, "model_calls": 0})
-        record.logs.append(LogLine(level="warning", message="re-queued from the dead-letter queue"))
-        await self.store.save_task(record)
-        await self.store.append_event(task_id, "retried_from_dlq", {"status": record.status.value})
+        try:
+            # back to the state it failed in: the workflow resumes from there (a task that failed
+            # before executing plans again; one that failed in a round re-runs that round's plan)
+            record.status = TaskStatus.EXECUTING if record.plan is not None else TaskStatus.QUEUED
+            record.error = None
+            record.finished_at = None
+            record.iterations = max(1, record.iterations)
+            record.run_started_at = utcnow()  # the duration cap counts from this run
+            record.counters = record.counters.model_copy(update={"step_attempts": 0, "model_calls": 0})
+            record.usage = ModelUsage()  # usage already billed to the tenant is not billed again
+            record.logs.append(LogLine(level="warning", message="re-queued from the dead-letter queue"))
+            await self.store.save_task(record)  # not final any more: then out of the queue
+            if not await self.store.dlq_remove(task_id):
+                raise TaskNotFoundError(f"task {task_id!r} is not in the dead-letter queue")
+            await self.store.append_event(task_id, "retried_from_dlq", {"status": record.status.value})
+        except BaseException:
+            await self.store.release_lease(task_id, self.owner)
+            raise
         self._start(request, record)
         return record
 

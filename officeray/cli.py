@@ -29,7 +29,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,6 +53,8 @@ DLQ_HTTP_TIMEOUT_S = 30.0
 """How long ``officeray dlq`` waits for the server's answer."""
 RESULT_PREVIEW_CHARS = 90
 SUMMARY_MIN_WIDTH = 140
+SERVE_POLL_S = 1.0
+"""How often ``officeray serve`` checks whether it was asked to stop (SIGINT or SIGTERM)."""
 
 
 _ENVIRONMENT_ERRORS = frozenset({"DockerUnavailable", "ImageBuildError"})
@@ -333,15 +337,22 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from cluster.runtime import LocalStack
 
-    with LocalStack(settings, http=True):
-        print(
-            f"officeray is serving on http://{settings.serve.host}:{settings.serve.port} "
-            "(POST /v1/tasks, GET /v1/tasks/{id}, GET /healthz); Ctrl-C to stop",
-            flush=True,
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with LocalStack(settings, http=True):
+            print(
+                f"officeray is serving on http://{settings.serve.host}:{settings.serve.port} "
+                "(POST /v1/tasks, GET /v1/tasks/{id}, GET /healthz); Ctrl-C to stop",
+                flush=True,
+            )
+            while not stop.wait(SERVE_POLL_S):
+                pass
+            # a second Ctrl-C must not interrupt the shutdown half-way
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return EXIT_OK
 
 

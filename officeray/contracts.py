@@ -343,6 +343,8 @@ class TaskRecord(_Strict):
     logs: list[LogLine] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    run_started_at: datetime | None = None
+    """When the current run began (a DLQ retry starts a new one); the duration cap counts from it."""
     finished_at: datetime | None = None
 
     @property

@@ -53,7 +53,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from officeray.contracts import ModelUsage, StepResult, TaskRecord, TaskRequest, TaskStatus, utcnow
+from officeray.contracts import (
+    ModelUsage,
+    StepResult,
+    StepStatus,
+    TaskRecord,
+    TaskRequest,
+    TaskStatus,
+    utcnow,
+)
 from officeray.errors import StoreError, StoreUnavailableError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -580,6 +588,8 @@ class SqlStore:
             set_={
                 name: stmt.excluded[name] for name in ("task_id", "step_id", "status", "result", "updated_at")
             },
+            # a recorded success is final: a stale run's later failure never replaces it
+            where=step_results_table.c.status != StepStatus.SUCCEEDED.value,
         )
         with self._write() as conn:
             conn.execute(stmt)
@@ -703,6 +713,8 @@ class SqlStore:
             found = conn.execute(
                 sa.select(t.c.record, t.c.request)
                 .where(t.c.task_id.in_(claimed))
+                # a task that became final between the candidate scan and the lease is not resumed
+                .where(t.c.status.not_in([TaskStatus.COMPLETED.value, TaskStatus.FAILED.value]))
                 .order_by(t.c.created_at, t.c.task_id)
             ).all()
         return [

@@ -252,7 +252,7 @@ class _TaskRun:
             return f"workflow retry policy: maximum_step_attempts ({policy.maximum_step_attempts}) reached"
         if counters.model_calls >= policy.maximum_model_calls:
             return f"workflow retry policy: maximum_model_calls ({policy.maximum_model_calls}) reached"
-        elapsed = (utcnow() - self.record.created_at).total_seconds()
+        elapsed = (utcnow() - (self.record.run_started_at or self.record.created_at)).total_seconds()
         if elapsed >= policy.maximum_duration_s:
             return f"workflow retry policy: maximum_duration_s ({policy.maximum_duration_s:g}) reached"
         return None
@@ -460,7 +460,9 @@ class _TaskRun:
         )
         decision = None
         if wf.approvals is not None:
-            decision = await wf.approvals.wait(self.task_id, step.step_id, timeout_s)
+            # keyed by the step's idempotency key: a decision never carries over to another
+            # round's step that happens to reuse the step id
+            decision = await wf.approvals.wait(self.task_id, step.idempotency_key, timeout_s)
         self._waiting -= 1
         if self._waiting == 0:
             self.record.status = TaskStatus.EXECUTING

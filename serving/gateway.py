@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 5.0
 
+ORCHESTRATOR_CALL_TIMEOUT_S = 30.0
+"""Longest wait for an orchestrator call from a request (a restarting shard answers 503 after it)."""
+
 MAX_REQUEST_BYTES = 1024 * 1024
 """Largest request body accepted (1 MiB); a larger one answers 413 before it is parsed."""
 
@@ -247,6 +250,7 @@ class Gateway:
         self.store = SqlStore(settings.store.url)
         self._model_handles = (planner, reviewer, ai_tool)
         self.shards = settings.workflow.orchestrators
+        self._background: set[asyncio.Future[None]] = set()
         self.orchestrators = [
             get_or_create_orchestrator(settings, planner, reviewer, ai_tool, shard=i)
             for i in range(self.shards)
@@ -352,7 +356,7 @@ class Gateway:
         record = await self._record(task_id)
         step = next((s for s in record.steps if s.step_id == step_id), None)
         if step is None or step.status != StepStatus.WAITING_APPROVAL:
-            previous = await self.store.get_approval(task_id, step_id)
+            previous = await self.store.get_approval(task_id, step.idempotency_key) if step else None
             if previous is not None:
                 raise HTTPException(status_code=409, detail=_already_decided(task_id, step_id, previous))
             state = "has no such step" if step is None else f"is {step.status.value}"
@@ -361,15 +365,14 @@ class Gateway:
                 detail=f"step {step_id!r} of task {task_id!r} is not waiting for approval (it {state})",
             )
         decision = _STORED_DECISION[body.decision]
-        if not await self.store.decide_approval(task_id, step_id, decision, body.by, body.reason):
-            previous = await self.store.get_approval(task_id, step_id) or {}
+        key = step.idempotency_key  # decisions belong to this round's step, not to every "s1"
+        if not await self.store.decide_approval(task_id, key, decision, body.by, body.reason):
+            previous = await self.store.get_approval(task_id, key) or {}
             raise HTTPException(status_code=409, detail=_already_decided(task_id, step_id, previous))
-        stored = await self.store.get_approval(task_id, step_id) or {}
-        try:
-            for shard in range(self.shards):  # whichever holds the task wakes its waiting step
-                await self._call_orchestrator("notify_approval", task_id, step_id, shard=shard)
-        except Exception as exc:  # the decision is durable: the workflow reads it when it resumes
-            logger.warning("task %s step %s: notify_approval failed: %s", task_id, step_id, exc)
+        stored = await self.store.get_approval(task_id, key) or {}
+        # the decision is durable (the waiting step also polls for it): wake it without waiting
+        self._background.add(task := asyncio.ensure_future(self._notify_all(task_id, key)))
+        task.add_done_callback(self._background.discard)
         return {
             "task_id": task_id,
             "step_id": step_id,
@@ -380,22 +383,28 @@ class Gateway:
 
     @app.get("/v1/tasks/{task_id}/approvals/{step_id}")
     async def get_approval(self, task_id: str, step_id: str) -> dict[str, Any]:
-        await self._record(task_id)
-        stored = await self.store.get_approval(task_id, step_id)
+        record = await self._record(task_id)
+        step = next((s for s in record.steps if s.step_id == step_id), None)
+        stored = None if step is None else await self.store.get_approval(task_id, step.idempotency_key)
         if stored is None:
             raise HTTPException(
                 status_code=404, detail=f"no decision for step {step_id!r} of task {task_id!r}"
             )
-        return {"task_id": task_id, "step_id": step_id, **jsonable_encoder(stored)}
+        return {**jsonable_encoder(stored), "task_id": task_id, "step_id": step_id}
 
     async def check_health(self) -> None:
         """Serve's periodic health check: reach the orchestrator (after a crash, Ray restarts it and
         this call starts its loops, which resume the tasks it held)."""
-        for shard in range(self.shards):
-            try:
-                await asyncio.wait_for(self._call_orchestrator("in_flight", shard=shard), HEALTH_TIMEOUT_S)
-            except Exception as exc:  # the gateway itself is healthy while an orchestrator restarts
-                logger.warning("orchestrator %d not reachable from the health check: %s", shard, exc)
+        results = await asyncio.gather(
+            *(
+                asyncio.wait_for(self._call_orchestrator("in_flight", shard=shard), HEALTH_TIMEOUT_S)
+                for shard in range(self.shards)
+            ),
+            return_exceptions=True,
+        )
+        for shard, result in enumerate(results):
+            if isinstance(result, BaseException):  # the gateway is healthy while an orchestrator restarts
+                logger.warning("orchestrator %d not reachable from the health check: %s", shard, result)
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -409,11 +418,33 @@ class Gateway:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "tasks_in_flight": in_flight})
 
+    async def _notify_all(self, task_id: str, key: str) -> None:
+        """Tell every shard (whichever holds the task wakes its waiting step)."""
+        results = await asyncio.gather(
+            *(self._call_orchestrator("notify_approval", task_id, key, shard=i) for i in range(self.shards)),
+            return_exceptions=True,
+        )
+        for shard, result in enumerate(results):
+            if isinstance(result, BaseException):
+                logger.warning("task %s: notify_approval on shard %d failed: %s", task_id, shard, result)
+
     async def _call_orchestrator(self, method: str, *args: Any, shard: int = 0) -> Any:
-        """Call orchestrator ``shard``; after it died, find its restarted incarnation once, else 503."""
+        """Call orchestrator ``shard``; after it died, find its restarted incarnation once, else 503.
+
+        A shard that does not answer within ``ORCHESTRATOR_CALL_TIMEOUT_S`` (restarting, overloaded)
+        gets a 503 with Retry-After, never a hung request.
+        """
         for attempt in range(2):
             try:
-                return await getattr(self.orchestrators[shard], method).remote(*args)
+                return await asyncio.wait_for(
+                    getattr(self.orchestrators[shard], method).remote(*args), ORCHESTRATOR_CALL_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise HTTPException(
+                    status_code=503,
+                    detail=f"the orchestrator did not answer within {ORCHESTRATOR_CALL_TIMEOUT_S:g}s",
+                    headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+                ) from None
             except RayActorError as exc:
                 if attempt:
                     raise HTTPException(

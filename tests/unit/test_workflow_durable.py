@@ -137,7 +137,7 @@ async def test_a_step_that_needs_approval_waits_and_runs_once_approved() -> None
     assert waiting.status == TaskStatus.WAITING_APPROVAL
     assert waiting.steps[0].status == StepStatus.WAITING_APPROVAL
     assert executor.calls == []  # waiting holds no runner: nothing ran yet
-    approvals.decide(TASK, "s1", "approved", by="alice")
+    approvals.decide(TASK, f"{TASK}:1:s1", "approved", by="alice")
     final = await asyncio.wait_for(running, 5)
     assert final.status == TaskStatus.COMPLETED and len(executor.calls) == 1
     decided = [data for kind, data in store.events[TASK] if kind == "approval_decided"]
@@ -146,7 +146,7 @@ async def test_a_step_that_needs_approval_waits_and_runs_once_approved() -> None
 
 async def test_a_rejected_step_fails_its_task_without_running() -> None:
     approvals = InMemoryApprovals()
-    approvals.decide(TASK, "s1", "rejected", by="bob", reason="too risky")
+    approvals.decide(TASK, f"{TASK}:1:s1", "rejected", by="bob", reason="too risky")
     workflow, _p, reviewer, executor, _store = make(
         [make_plan(TASK, [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "1"}}])],
         [lambda request: __import__("serving.tiers.embedded", fromlist=["x"]).review_results(request)],

@@ -484,6 +484,20 @@ class SqlStore:
 
     def save_task_sync(self, record: TaskRecord) -> None:
         """Insert or replace the task's record (its ``created_at`` and request are kept)."""
+        with self._write() as conn:
+            conn.execute(self._save_task_stmt(record))
+
+    def save_transition_sync(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
+        """The record and its transition event in ONE transaction: both are stored or neither."""
+        with self._write() as conn:
+            conn.execute(self._save_task_stmt(record))
+            conn.execute(
+                events_table.insert().values(
+                    task_id=record.task_id, kind=kind, data=json.dumps(data, default=str), at=utcnow()
+                )
+            )
+
+    def _save_task_stmt(self, record: TaskRecord) -> Any:
         record.updated_at = utcnow()
         stmt = self._insert(tasks_table).values(
             task_id=record.task_id,
@@ -493,12 +507,10 @@ class SqlStore:
             created_at=_utc(record.created_at),
             updated_at=record.updated_at,
         )
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=[tasks_table.c.task_id],
             set_={name: stmt.excluded[name] for name in ("status", "description", "record", "updated_at")},
         )
-        with self._write() as conn:
-            conn.execute(stmt)
 
     def create_task_sync(self, record: TaskRecord, request: TaskRequest) -> bool:
         """Insert a new task atomically; False when a task with that id already exists."""
@@ -711,12 +723,17 @@ class SqlStore:
             if not claimed:
                 return []
             found = conn.execute(
-                sa.select(t.c.record, t.c.request)
+                sa.select(t.c.task_id, t.c.record, t.c.request)
                 .where(t.c.task_id.in_(claimed))
                 # a task that became final between the candidate scan and the lease is not resumed
                 .where(t.c.status.not_in([TaskStatus.COMPLETED.value, TaskStatus.FAILED.value]))
                 .order_by(t.c.created_at, t.c.task_id)
             ).all()
+            finished = set(claimed) - {row.task_id for row in found}
+            if finished:  # and its lease is given back at once
+                conn.execute(
+                    lease.delete().where(lease.c.task_id.in_(finished)).where(lease.c.owner == owner)
+                )
         return [
             (TaskRecord.model_validate_json(row.record), TaskRequest.model_validate_json(row.request))
             for row in found
@@ -875,6 +892,9 @@ class SqlStore:
 
     async def save_task(self, record: TaskRecord) -> None:
         await asyncio.to_thread(self.save_task_sync, record.model_copy(deep=True))
+
+    async def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.save_transition_sync, record.model_copy(deep=True), kind, data)
 
     async def create_task(self, record: TaskRecord, request: TaskRequest) -> bool:
         return await asyncio.to_thread(self.create_task_sync, record.model_copy(deep=True), request)

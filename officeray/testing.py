@@ -109,6 +109,10 @@ class InMemoryStore:
     async def get_task(self, task_id: str) -> TaskRecord | None:
         return self.tasks.get(task_id)
 
+    async def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
+        await self.save_task(record)
+        await self.append_event(record.task_id, kind, data)
+
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
         self.events.setdefault(task_id, []).append((kind, dict(data)))
 

@@ -87,6 +87,10 @@ class StepExecutor(Protocol):
 class Store(Protocol):
     async def save_task(self, record: TaskRecord) -> None: ...
 
+    async def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
+        """Write the record and one event atomically."""
+        ...
+
     async def get_step_result(self, idempotency_key: str) -> StepResult | None: ...
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None: ...
@@ -173,8 +177,12 @@ class _TaskRun:
         """Write the record and one event, in order, before the workflow acts on the transition."""
         async with self._lock:
             self.record.updated_at = utcnow()
-            await self.wf.store.save_task(self.record.model_copy(deep=True))
-            await self.wf.store.append_event(self.task_id, kind, {"status": self.record.status.value, **data})
+            event = {"status": self.record.status.value, **data}
+            # shielded: a run stopped half-way (its lease went to another orchestrator) never leaves
+            # a record without its event
+            await asyncio.shield(
+                self.wf.store.save_transition(self.record.model_copy(deep=True), kind, event)
+            )
 
     def account(self, call: ModelCallRecord | None, iteration: int) -> str | None:
         """Add a model call to the record; returns why the task must stop when over its budget."""

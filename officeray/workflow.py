@@ -28,13 +28,14 @@ from typing import Any, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from officeray.config import WorkflowSettings
 from officeray.contracts import (
     ErrorType,
     LogLine,
     ModelCallRecord,
+    ModelUsage,
     Plan,
     Planned,
     PlanRequest,
@@ -568,9 +569,25 @@ class _TaskRun:
             self.log(
                 f"step {step.step_id} failed ({outcome.error.type.value}): {outcome.error.message}", "error"
             )
+        self._account_step_usage(step, result)
         await wf.store.save_step_result(self.task_id, result.model_copy(deep=True))
         await self.persist("step_finished", step_id=step.step_id, step_status=result.status.value)
         return result
+
+    def _account_step_usage(self, step: PlanStep, result: StepResult) -> None:
+        """A step whose output reports model ``usage`` (``ai_tool`` does) counts toward the task's tokens."""
+        output = result.output
+        if result.status != StepStatus.SUCCEEDED or not isinstance(output, dict):
+            return
+        raw = output.get("usage")
+        if not isinstance(raw, dict):
+            return
+        try:
+            usage = ModelUsage.model_validate({"calls": 1, **raw})
+        except ValidationError:
+            return  # not a model's usage report: nothing to count
+        call = ModelCallRecord(role=step.action, tier=str(output.get("tier", "")), usage=usage)
+        self.account(call, self.record.iterations)
 
     async def _review(self, iteration: int, plan: Plan, results: list[StepResult]) -> Review | None:
         wf = self.wf

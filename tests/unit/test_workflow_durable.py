@@ -270,3 +270,19 @@ async def test_a_tool_s_workflow_policy_tightens_the_caps_of_tasks_that_use_it()
     final = await workflow.run(TaskRequest(description="d"), TASK)
     assert final.status == TaskStatus.FAILED and "maximum_step_attempts (2)" in (final.error or "")
     assert len(executor.calls) == 2
+
+
+async def test_model_usage_reported_by_a_step_counts_toward_the_task() -> None:
+    def ai_tool(inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"answer": "short", "tier": "embedded", "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
+
+    plan = make_plan(TASK, [{"step_id": "s1", "action": "ai_tool", "inputs": {"prompt": "summarize: a. b."}}])
+    workflow, _p, _r, _e, _store = make(
+        [plan],
+        [lambda request: __import__("officeray.contracts", fromlist=["x"]).Review(verdict="APPROVED")],
+        functions={"ai_tool": ai_tool},
+    )
+    final = await workflow.run(TaskRequest(description="d"), TASK)
+    assert final.status == TaskStatus.COMPLETED
+    assert final.usage.prompt_tokens == 7 and final.usage.completion_tokens == 2 and final.usage.calls == 1
+    assert [(c.role, c.tier) for c in final.model_calls] == [("ai_tool", "embedded")]

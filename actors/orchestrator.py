@@ -35,7 +35,7 @@ from officeray.contracts import LogLine, ModelUsage, TaskRecord, TaskRequest, Ta
 from officeray.errors import StoreUnavailableError, TaskNotFoundError
 from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
-from officeray.workflow import Workflow
+from officeray.workflow import RunSupersededError, Workflow
 from serving.models import ServePlanner, ServeReviewer
 from tools_sandbox.catalog import all_tools, input_models
 from tools_sandbox.plugins import load_plugins
@@ -118,6 +118,7 @@ class Orchestrator:
             token_budget=settings.models.task_token_budget,
             needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
             approvals=self.approvals,
+            fence=self._holds_lease,
         )
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
@@ -126,6 +127,9 @@ class Orchestrator:
         self._background: list[asyncio.Future[None]] = []
 
     # -- life ------------------------------------------------------------------------------------
+
+    async def _holds_lease(self, task_id: str) -> bool:
+        return await self.store.lease_owner(task_id) == self.owner
 
     def _tenant_of(self, task_id: str) -> str:
         return self._tenants.get(task_id, "default")
@@ -237,6 +241,9 @@ class Orchestrator:
             try:
                 async with self._slots:
                     final = await self.workflow.run(request, record.task_id, record)
+            except RunSupersededError:
+                logger.warning("task %s: another orchestrator took it over; this run stops", record.task_id)
+                return record
             except Exception as exc:  # the workflow does not raise; this is a last line of defence
                 logger.exception("task %s crashed", record.task_id)
                 final = record

@@ -69,6 +69,10 @@ _RESUME_WITH_PLAN = frozenset({TaskStatus.EXECUTING, TaskStatus.WAITING_APPROVAL
 """Feedback lines passed to the planner for the next round."""
 
 
+class RunSupersededError(Exception):
+    """This run lost its task to another run (its lease expired); it stops without writing."""
+
+
 class Planner(Protocol):
     """Answers a plan; routed planners answer :class:`Planned` (the plan and its call's cost)."""
 
@@ -129,6 +133,7 @@ class Workflow:
         token_budget: int | None = None,
         needs_approval: Callable[[str], bool] | None = None,
         approvals: Approvals | None = None,
+        fence: Callable[[str], Awaitable[bool]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -144,6 +149,9 @@ class Workflow:
         self.needs_approval = needs_approval or (lambda _action: False)
         """Whether steps of a tool (by name) wait for a person's decision before they run."""
         self.approvals = approvals
+        self.fence = fence
+        """``fence(task_id)``: whether this run may still write the task's final state (an
+        orchestrator checks that it still holds the task's lease)."""
         self._sleep = sleep
         self._rand = rand
 
@@ -204,6 +212,8 @@ class _TaskRun:
         return None
 
     async def finish(self, status: TaskStatus, *, result: Any = None, error: str | None = None) -> TaskRecord:
+        if self.wf.fence is not None and not await self.wf.fence(self.task_id):
+            raise RunSupersededError(f"task {self.task_id} is run by another orchestrator now")
         self.record.status = status
         self.record.result = result
         self.record.error = error

@@ -47,7 +47,7 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         "serve.port": free_port(),
         "runners.count": 2,
         # short leases: a killed orchestrator's tasks are claimed again within seconds
-        "workflow.lease_ttl_s": 4.0,
+        "workflow.lease_ttl_s": 8.0,
         "workflow.claim_interval_s": 0.5,
         "workflow.orchestrators": 2,
         **overrides,

@@ -47,6 +47,27 @@ RESPONSE_SLACK_BYTES = 1024**2
 """A response line may exceed the output cap by this much (the envelope); more is a protocol error."""
 
 
+def send_all(data: bytes, deadline: float, waitable: Any, write_some: Any) -> None:
+    """Write all of ``data`` to a non-blocking fd or socket before ``deadline``.
+
+    ``waitable`` is what ``select`` waits on; ``write_some(chunk)`` writes and returns the count.
+    """
+    view = memoryview(data)
+    while view:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ChannelTimeout
+        _, writable, _ = select.select([], [waitable], [], remaining)
+        if not writable:
+            continue
+        try:
+            view = view[write_some(view[:READ_CHUNK_BYTES]) :]
+        except BlockingIOError:
+            continue
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ChannelClosed from exc
+
+
 class ChannelClosed(Exception):
     """The agent's output stream ended (the agent or its container died)."""
 
@@ -86,20 +107,7 @@ class FdTransport(Transport):
         os.set_blocking(self._wfd, False)
 
     def send(self, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChannelTimeout
-            _, writable, _ = select.select([], [self._wfd], [], remaining)
-            if not writable:
-                continue
-            try:
-                view = view[os.write(self._wfd, view[:READ_CHUNK_BYTES]) :]
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise ChannelClosed from exc
+        send_all(data, deadline, self._wfd, lambda chunk: os.write(self._wfd, chunk))
 
     def recv(self, deadline: float) -> bytes | None:
         remaining = deadline - time.monotonic()

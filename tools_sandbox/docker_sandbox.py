@@ -38,10 +38,9 @@ from typing import Any
 from tools_sandbox._channel import (
     STARTUP_TIMEOUT_S,
     AgentSandbox,
-    ChannelClosed,
     ChannelProtocolError,
-    ChannelTimeout,
     Transport,
+    send_all,
 )
 from tools_sandbox.agent.limits import READ_CHUNK_BYTES
 from tools_sandbox.image import DockerUnavailable, docker_client, ensure_image
@@ -93,20 +92,7 @@ class DockerAttachTransport(Transport):
         self._eof = False
 
     def send(self, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChannelTimeout
-            _, writable, _ = select.select([], [self._sock], [], remaining)
-            if not writable:
-                continue
-            try:
-                view = view[self._sock.send(view[:READ_CHUNK_BYTES]) :]
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise ChannelClosed from exc
+        send_all(data, deadline, self._sock, self._sock.send)
 
     def _demux(self) -> bytes:
         """stdout payload of every complete frame in the buffer (other streams are dropped)."""

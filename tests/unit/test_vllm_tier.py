@@ -205,7 +205,7 @@ def test_configured_vllm_tiers_walks_every_role() -> None:
 
 def test_base_url_uses_the_route_prefix() -> None:
     assert VLLM_ROUTE_PREFIX == "/llm"
-    assert vllm_base_url("10.0.0.5", 8123) == "http://10.0.0.5:8123/llm/v1"
+    assert vllm_base_url("127.0.0.5", 8123) == "http://127.0.0.5:8123/llm/v1"
     assert DEFAULT_VLLM_BASE_URL == "http://127.0.0.1:8000/llm/v1"
 
 
@@ -296,10 +296,10 @@ def test_is_a_model_tier() -> None:
 
 
 def test_openai_client_config() -> None:
-    tier = VllmTier(vcfg(timeout_s=33, max_retries=4), base_url="http://10.0.0.5:8000/llm/v1/")
+    tier = VllmTier(vcfg(timeout_s=33, max_retries=4), base_url="http://127.0.0.5:8000/llm/v1/")
     config = tier.openai_config()
     assert config.model == "Qwen2.5-0.5B-Instruct"
-    assert config.base_url == "http://10.0.0.5:8000/llm/v1"
+    assert config.base_url == "http://127.0.0.5:8000/llm/v1"
     assert (config.timeout_s, config.max_retries, config.structured_output) == (33, 4, "json_schema")
 
 

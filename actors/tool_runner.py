@@ -5,6 +5,10 @@ only that actor's own process, never the orchestrator's event loop). The :class:
 in the orchestrator and implements the workflow's ``StepExecutor`` port: a step waits for an idle
 runner, so up to ``runners.count`` independent steps run in parallel. A runner whose process died
 is replaced; the step it was running fails with ``sandbox_error`` and is retried under the policy.
+
+Host-side tools (``runtime: host``: http_client, web_search, ai_tool, sleep) need no sandbox: the
+pool sends them to one :class:`HostToolRunner`, a threaded actor that runs up to
+``runners.host_concurrency`` of them at once, so a slow fetch or a long wait never holds a sandbox.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from officeray.config import Settings
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
 from officeray.telemetry import extract_context, setup_tracing
 from tools_sandbox.backends import make_sandbox
-from tools_sandbox.catalog import HostContext, validate_tool_settings
-from tools_sandbox.executor import run_step
+from tools_sandbox.catalog import HostContext, ToolRuntime, get_tool, validate_tool_settings
+from tools_sandbox.executor import run_host_step, run_step
 from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.plugins import load_plugins
 from tools_sandbox.recycling import TaskSandboxes
@@ -53,15 +57,53 @@ class AiToolService:
         }
 
 
+def _host_context(settings: Settings, ai_tool_handle: Any) -> HostContext:
+    context = HostContext(settings=validate_tool_settings(settings.tools))
+    if ai_tool_handle is not None:
+        context.services["ai_tool"] = AiToolService(ai_tool_handle)
+    return context
+
+
+def _runs_on_host(action: str) -> bool:
+    try:
+        return get_tool(action).runtime == ToolRuntime.HOST
+    except KeyError:
+        return False  # an unknown tool: the sandbox runner's run_step reports it
+
+
+class HostToolRunner:
+    """Runs host-side tool steps, many at once (a threaded actor, ``runners.host_concurrency``)."""
+
+    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
+        load_plugins(settings.plugins)
+        self.workspace_root = Path(settings.workspace_root)
+        self.host_context = _host_context(settings, ai_tool_handle)
+        self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
+
+    def ready(self) -> bool:
+        return True
+
+    def run(
+        self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
+    ) -> StepOutcome:
+        with self.tracer.start_as_current_span(
+            f"tool {step.action}",
+            context=extract_context(carrier),
+            attributes={"officeray.task_id": task_id, "officeray.step_id": step.step_id},
+        ) as span:
+            outcome = run_host_step(step, inputs, self.workspace_root, self.host_context)
+            if outcome.error is not None:
+                span.set_attribute("officeray.error_type", outcome.error.type.value)
+            return outcome
+
+
 class ToolRunner:
     """Owns one warm sandbox and runs steps in it, one at a time."""
 
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         load_plugins(settings.plugins)
         self.workspace_root = Path(settings.workspace_root)
-        self.host_context = HostContext(settings=validate_tool_settings(settings.tools))
-        if ai_tool_handle is not None:
-            self.host_context.services["ai_tool"] = AiToolService(ai_tool_handle)
+        self.host_context = _host_context(settings, ai_tool_handle)
         self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
         box = settings.sandbox
         if box.backend == "docker":
@@ -112,6 +154,10 @@ class RunnerPool:
         self._actor_cls = ray.remote(ToolRunner).options(
             num_cpus=settings.runners.num_cpus, max_restarts=0, max_concurrency=1
         )
+        self._host_cls = ray.remote(HostToolRunner).options(
+            num_cpus=0, max_restarts=0, max_concurrency=settings.runners.host_concurrency
+        )
+        self.host_runner: Any = self._host_cls.remote(settings, ai_tool_handle)
         self.runners = [self._spawn() for _ in range(settings.runners.count)]
         self._idle: list[Any] = list(self.runners)
         self._pids: dict[int, int] = {}
@@ -123,7 +169,7 @@ class RunnerPool:
         return self._actor_cls.remote(self.settings, self.ai_tool_handle)
 
     async def wait_ready(self) -> None:
-        await asyncio.gather(*(r.ready.remote() for r in self.runners))
+        await asyncio.gather(self.host_runner.ready.remote(), *(r.ready.remote() for r in self.runners))
         pids = await asyncio.gather(*(r.pid.remote() for r in self.runners))
         self._pids.update({id(r): pid for r, pid in zip(self.runners, pids, strict=True)})
 
@@ -149,6 +195,8 @@ class RunnerPool:
     async def execute(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
     ) -> StepOutcome:
+        if _runs_on_host(step.action):
+            return await self._execute_on_host(task_id, step, inputs, trace_carrier)
         runner = await self._acquire(task_id)
         try:
             return await runner.run.remote(task_id, step, inputs, trace_carrier)
@@ -165,6 +213,20 @@ class RunnerPool:
         finally:
             await self._release(runner, task_id)
 
+    async def _execute_on_host(
+        self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
+    ) -> StepOutcome:
+        runner = self.host_runner
+        try:
+            return await runner.run.remote(task_id, step, inputs, trace_carrier)
+        except RayActorError as exc:
+            logger.warning("the host-tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
+            if self.host_runner is runner:
+                self.host_runner = self._host_cls.remote(self.settings, self.ai_tool_handle)
+            return StepOutcome(
+                error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the host-tool runner died: {exc}")
+            )
+
     def shutdown(self) -> None:
-        for runner in self.runners:
+        for runner in [*self.runners, self.host_runner]:
             ray.kill(runner)

@@ -86,7 +86,7 @@ def run_tool(
         if sandbox is not None:
             sandbox.start()
         started = time.perf_counter()
-        outcome = run_step(sandbox, step, inputs, settings.workspace_root, host_context)  # type: ignore[arg-type]
+        outcome = run_step(sandbox, step, inputs, settings.workspace_root, host_context)
         duration_ms = (time.perf_counter() - started) * 1000
     finally:
         if sandbox is not None:

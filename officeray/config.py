@@ -136,6 +136,9 @@ class RunnerSettings(_Section):
     """Tool-runner actors, each owning one warm sandbox: the number of steps run in parallel."""
     num_cpus: float = Field(default=0.25, ge=0)
     """CPUs Ray reserves for each runner actor."""
+    host_concurrency: int = Field(default=512, ge=1, le=10_000)
+    """Host-side tool steps (http_client, web_search, ai_tool, sleep) run at once in the host-tool
+    runner's thread pool; they hold no sandbox runner."""
 
 
 class LatencyModel(_Section):

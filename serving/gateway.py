@@ -4,7 +4,9 @@
   ``{"task_id", "status"}`` once the task is persisted. A ``task_id`` already known answers 200 with
   that task instead of starting a second one.
 * ``GET /v1/tasks/{task_id}``: the task record with ``progress`` (step counts by status),
-  ``current_step``, the steps with their status, attempts, output or error, and log lines.
+  ``current_step``, the steps with their status, attempts, output or error, and log lines. With
+  ``?wait_s=S`` (at most :data:`MAX_WAIT_S`) it is a long poll: the answer comes when the task is
+  final or after ``S`` seconds, whichever is first (clients follow a task without busy polling).
 * ``GET /v1/tasks/{task_id}/events``: the task's transitions in order.
 * ``GET /v1/tasks/{task_id}/trace``: the task's spans in order.
 * ``GET /v1/tenants/{tenant}/usage``: tokens and cost summed over the tenant's finished tasks.
@@ -71,6 +73,13 @@ STORE_RETRY_AFTER_S = 5
 
 DLQ_LIST_MAX = 1000
 """Most dead-letter entries one ``GET /v1/dlq`` returns."""
+
+MAX_WAIT_S = 30.0
+"""Longest long poll (``GET /v1/tasks/{task_id}?wait_s=``)."""
+
+WAIT_GRACE_S = 5.0
+"""How much longer than ``wait_s`` the gateway waits for the orchestrator's answer before it reads
+the store instead."""
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
@@ -305,8 +314,30 @@ class Gateway:
         return task.model_copy(update={"task_id": claimed_id, "idempotency_key": key})
 
     @app.get("/v1/tasks/{task_id}")
-    async def get_task(self, task_id: str) -> dict[str, Any]:
-        return (await self._record(task_id)).public_view()
+    async def get_task(
+        self,
+        task_id: str,
+        wait_s: Annotated[
+            float, Query(ge=0, le=MAX_WAIT_S, description="Long poll: answer once final, or after this.")
+        ] = 0.0,
+    ) -> dict[str, Any]:
+        record = await self._record(task_id)
+        if wait_s > 0 and not record.status.is_final:
+            record = await self._wait_final(record, wait_s)
+        return record.public_view()
+
+    async def _wait_final(self, record: TaskRecord, wait_s: float) -> TaskRecord:
+        """The record once final (the orchestrator running it answers the moment it ends), or as
+        stored after ``wait_s``."""
+        waiter = self.orchestrators[shard_of(record.task_id, self.shards)]
+        try:
+            final: TaskRecord = await asyncio.wait_for(
+                waiter.wait.remote(record.task_id, wait_s), wait_s + WAIT_GRACE_S
+            )
+            return final
+        except Exception as exc:  # not final in time, or the shard is restarting: the store answers
+            logger.debug("task %s: long poll ended without a final state: %s", record.task_id, exc)
+            return await self._record(record.task_id)
 
     @app.get("/v1/tasks/{task_id}/events")
     async def get_events(self, task_id: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from tools_sandbox.host_tools.models import (
     WebSearchInput,
     WebSearchSettings,
 )
+from tools_sandbox.host_tools.sleep import SleepInput
 
 # MAX_PYTHON_CODE_CHARS (longest python_exec program) and MAX_EXPRESSION_CHARS (longest
 # math_calculator expression) are the tools' own limits, imported above: defined once, in the tool.
@@ -231,6 +232,17 @@ BUILTIN_TOOLS: dict[str, ToolSpec] = {
             outputs=("answer",),
             runtime=ToolRuntime.HOST,
             host_function="tools_sandbox.host_tools.ai_tool:run",
+        ),
+        ToolSpec(
+            name="sleep",
+            description=(
+                "Wait the given number of seconds (at most 600) without using a sandbox; returns "
+                "slept_s, the time waited."
+            ),
+            input_model=SleepInput,
+            outputs=("slept_s",),
+            runtime=ToolRuntime.HOST,
+            host_function="tools_sandbox.host_tools.sleep:run",
         ),
     )
 }

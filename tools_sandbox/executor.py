@@ -136,14 +136,24 @@ def _run_host_tool(spec: ToolSpec, inputs: dict[str, Any], context: HostContext)
         return _fail(ErrorType.TOOL_ERROR, f"{spec.name} failed: {type(exc).__name__}: {exc}")
 
 
+def run_host_step(
+    step: PlanStep, inputs: dict[str, Any], workspace_root: Path, host_context: HostContext | None = None
+) -> StepOutcome:
+    """Run a host-side ``step`` (no sandbox needed) and never raise."""
+    return run_step(None, step, inputs, workspace_root, host_context)
+
+
 def run_step(
-    sandbox: Sandbox,
+    sandbox: Sandbox | None,
     step: PlanStep,
     inputs: dict[str, Any],
     workspace_root: Path,
     host_context: HostContext | None = None,
 ) -> StepOutcome:
-    """Run ``step`` (with references already resolved into ``inputs``) and never raise."""
+    """Run ``step`` (with references already resolved into ``inputs``) and never raise.
+
+    ``sandbox`` may be None on a runner of host-side tools only; a sandbox tool then fails with
+    ``sandbox_error``."""
     try:
         spec = get_tool(step.action)
     except KeyError as exc:
@@ -154,6 +164,8 @@ def run_step(
         return _fail(ErrorType.BAD_INPUT, f"{step.action} inputs: " + "; ".join(describe_input_errors(exc)))
     if spec.runtime == ToolRuntime.HOST:
         return _run_host_tool(spec, checked, host_context or HostContext())
+    if sandbox is None:
+        return _fail(ErrorType.SANDBOX_ERROR, f"{step.action} runs in a sandbox; this runner has none")
     files = None
     if spec.staged_folder_input is not None:
         try:

@@ -9,6 +9,7 @@ Phrasings (case-insensitive; quotes and backticks around names, paths and expres
     Trace the call sequence from A to B in FOLDER      -> code_analyzer
     Compute EXPR / Calculate EXPR / What is EXPR        -> math_calculator
     Run python: <code on the next lines>  or  ```python ... ```   -> python_exec
+    Wait N seconds / Sleep N ms / Pause for N s         -> sleep
 
 Clauses joined by ``then`` run in sequence (each stage depends on every step of the stage before),
 clauses joined by ``and also`` run in parallel. In a math clause after the first stage, ``ans``
@@ -21,6 +22,7 @@ classes are thin async wrappers with the interface the other tiers share.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from officeray.contracts import (
 )
 from officeray.errors import PlanningError
 from tools_sandbox.catalog import MAX_EXPRESSION_CHARS, MAX_PYTHON_CODE_CHARS, get_tool
+from tools_sandbox.host_tools.sleep import MAX_SLEEP_S
 
 # --------------------------------------------------------------------------------------------------
 # Constants
@@ -51,15 +54,20 @@ from tools_sandbox.catalog import MAX_EXPRESSION_CHARS, MAX_PYTHON_CODE_CHARS, g
 PYTHON_EXEC = "python_exec"
 CODE_ANALYZER = "code_analyzer"
 MATH_CALCULATOR = "math_calculator"
+SLEEP = "sleep"
 
 MATH_TIMEOUT_SECONDS = 60
 CODE_ANALYZER_TIMEOUT_SECONDS = 120
 PYTHON_EXEC_TIMEOUT_SECONDS = 120
+SLEEP_TIMEOUT_SECONDS = 60
+SLEEP_TIMEOUT_MARGIN_SECONDS = 10
+"""A sleep step's timeout is at least its wait plus this margin."""
 
 STEP_TIMEOUT_SECONDS: dict[str, int] = {
     MATH_CALCULATOR: MATH_TIMEOUT_SECONDS,
     CODE_ANALYZER: CODE_ANALYZER_TIMEOUT_SECONDS,
     PYTHON_EXEC: PYTHON_EXEC_TIMEOUT_SECONDS,
+    SLEEP: SLEEP_TIMEOUT_SECONDS,
 }
 """The timeout each tool's step gets in a first plan."""
 
@@ -67,6 +75,7 @@ ESTIMATED_STEP_SECONDS: dict[str, float] = {
     MATH_CALCULATOR: 0.5,
     CODE_ANALYZER: 5.0,
     PYTHON_EXEC: 3.0,
+    SLEEP: 0.0,  # plus the wait itself (see _Clause.seconds)
 }
 """Rough run time of one step, summed along the critical path for ``estimated_duration_seconds``."""
 
@@ -107,6 +116,7 @@ UNDERSTOOD_PHRASINGS: tuple[tuple[str, str], ...] = (
         "Run python: followed by code on the next lines, or a ```python fenced block",
         "Run python:\nprint(6 * 7)",
     ),
+    ("Wait N seconds / Sleep N ms / Pause for N s", "Wait 0.5 seconds and also wait 500 ms"),
     ("A then B (in sequence; a later math step may use ans)", "Compute 6*7 then calculate ans / 2"),
     ("A and also B (in parallel)", "Compute 1+1 and also compute 2+2"),
 )
@@ -139,6 +149,11 @@ _MATH_CLAUSE_RE = re.compile(
     r"^(?:compute|calculate|evaluate|what\s+is|what's)\s+(?:the\s+value\s+of\s+)?(?P<expr>\S.*)$",
     re.IGNORECASE | re.DOTALL,
 )
+_SLEEP_CLAUSE_RE = re.compile(
+    r"^(?:wait|sleep|pause)\s+(?:for\s+)?(?P<amount>\d{1,6}(?:\.\d{1,6})?)\s*"
+    r"(?P<unit>ms|milliseconds?|s|secs?|seconds?)[\s.]*$",
+    re.IGNORECASE,
+)
 _FUNC_NAME_RE = re.compile(r"^[^\s'\"`\x00]+$")
 _QUOTES = "'\"`"
 _TRAILING_PUNCT = "?!;,:"
@@ -156,6 +171,8 @@ class _Clause:
     inputs: dict[str, Any]
     text: str
     previous_names: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    """How long the step waits by itself (sleep only): its duration estimate and timeout floor."""
 
 
 def _not_understood(detail: str) -> PlanningError:
@@ -287,6 +304,14 @@ def _parse_math(match: re.Match[str], shown: str) -> _Clause:
     return _Clause(MATH_CALCULATOR, {"expression": expr}, shown, previous_names=previous)
 
 
+def _parse_sleep(match: re.Match[str], shown: str) -> _Clause:
+    amount = float(match.group("amount"))
+    seconds = amount / 1000 if match.group("unit").lower().startswith("m") else amount
+    if seconds > MAX_SLEEP_S:
+        raise _not_understood(f"{shown!r} waits longer than the sleep tool's {MAX_SLEEP_S:g} s")
+    return _Clause(SLEEP, {"seconds": seconds}, shown, seconds=seconds)
+
+
 def _parse_clause(clause: str, codes: list[str]) -> _Clause:
     shown = _display(clause, codes)
     # Periods stay for now: "in ." names a folder. Each field drops its own below.
@@ -304,9 +329,12 @@ def _parse_clause(clause: str, codes: list[str]) -> _Clause:
     trace = _TRACE_CLAUSE_RE.match(text)
     if trace is not None:
         return _parse_trace(trace, shown)
-    math = _MATH_CLAUSE_RE.match(text)
-    if math is not None:
-        return _parse_math(math, shown)
+    math_match = _MATH_CLAUSE_RE.match(text)
+    if math_match is not None:
+        return _parse_math(math_match, shown)
+    sleep = _SLEEP_CLAUSE_RE.match(text)
+    if sleep is not None:
+        return _parse_sleep(sleep, shown)
     raise _not_understood(f"{shown!r} matches none of the phrasings it knows")
 
 
@@ -393,14 +421,17 @@ def plan_task(request: PlanRequest) -> Plan:
                     action=clause.action,
                     inputs=inputs,
                     outputs_expectation=list(get_tool(clause.action).outputs),
-                    timeout_seconds=_timeout_for(step_id, clause.action, request, timed_out),
+                    timeout_seconds=max(
+                        _timeout_for(step_id, clause.action, request, timed_out),
+                        math.ceil(clause.seconds) + SLEEP_TIMEOUT_MARGIN_SECONDS if clause.seconds else 0,
+                    ),
                     parallelizable=len(stage) > 1 or len(stages) == 1,
                     idempotency_key=f"{request.task_id}:{request.iteration}:{step_id}",
                     dependencies=[sid for sid, _ in previous_stage or []],
                 )
             )
             current.append((step_id, clause))
-        duration += max(ESTIMATED_STEP_SECONDS[c.action] for c in stage)
+        duration += max(ESTIMATED_STEP_SECONDS[c.action] + c.seconds for c in stage)
         previous_stage = current
     return Plan(
         plan_id=f"{request.task_id}-plan-{request.iteration}",

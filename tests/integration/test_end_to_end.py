@@ -133,3 +133,22 @@ def test_every_task_is_one_trace_with_all_its_spans(stack: LocalStack) -> None:
     with httpx.Client(base_url=_base(stack), timeout=30) as client:
         served = client.get(f"/v1/tasks/{record.task_id}/trace").json()
     assert [s["name"] for s in served["spans"]] == names
+
+
+def test_long_poll_answers_when_the_task_ends_and_sleep_steps_hold_no_sandbox(stack: LocalStack) -> None:
+    # four parallel 1 s waits with 2 sandbox runners: host steps do not queue for a runner
+    description = " and also ".join(["wait 1 second"] * 4)
+    with httpx.Client(base_url=_base(stack), timeout=60) as client:
+        started = time.monotonic()
+        task_id = client.post("/v1/tasks", json={"description": description}).json()["task_id"]
+        early = client.get(f"/v1/tasks/{task_id}", params={"wait_s": 0.2})
+        assert early.status_code == 200
+        assert early.json()["status"] not in ("completed", "failed")  # the long poll timed out
+        body = client.get(f"/v1/tasks/{task_id}", params={"wait_s": 20}).json()
+        elapsed = time.monotonic() - started
+        assert body["status"] == "completed", body
+        assert elapsed < 3.5, f"four parallel 1 s waits took {elapsed:.1f} s"
+        slept = [step["output"]["slept_s"] for step in body["steps"]]
+        assert len(slept) == 4 and all(0.99 <= s < 1.5 for s in slept), slept
+        too_long = client.get(f"/v1/tasks/{task_id}", params={"wait_s": 31})
+        assert too_long.status_code == 422 and "wait_s" in too_long.text

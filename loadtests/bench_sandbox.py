@@ -17,22 +17,17 @@ takes well under a minute.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_argument, emit, percentile
+
+__all__ = ["format_report", "main", "measure", "percentile", "result_of", "run_bench"]
+
 MAX_CALLS = 2000
 MAX_RUN_CALLS = 50
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def measure(fn: Callable[[], object], count: int, warmup: int = 3) -> list[float]:
@@ -114,40 +109,60 @@ def run_bench(calls: int = 200, exec_calls: int | None = None, run_calls: int = 
     p50 = {key: percentile(values, 50) for key, values in samples.items()}
     warm = p50["warm"]
     ratios = {"exec_over_warm": p50["exec"] / warm, "run_over_warm": p50["run"] / warm}
-    return {
-        "benchmark": "sandbox",
-        "image": image,
-        "cold_start_ms": cold_ms,
-        "measures": stats,
-        "ratios_p50": ratios,
-        "targets": {
-            "warm_p50_ms_at_most": TARGET_WARM_P50_MS,
-            "exec_over_warm_at_least": TARGET_RATIO_VS_EXEC,
-            "met": warm <= TARGET_WARM_P50_MS and ratios["exec_over_warm"] >= TARGET_RATIO_VS_EXEC,
-        },
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-    }
+    raw = {"image": image, "cold_start_ms": cold_ms, "measures": stats, "ratios_p50": ratios}
+    return result_of(raw).to_dict()
+
+
+def result_of(raw: dict[str, Any]) -> BenchResult:
+    """The shared result format of the raw measurements (``image``, ``cold_start_ms``, ``measures``,
+    ``ratios_p50``), which it keeps as they are."""
+    ratios = raw["ratios_p50"]
+    table = Table(
+        "trivial step, three ways (milliseconds)",
+        [
+            Column("label", "measure"),
+            Column("n", "n"),
+            Column("p50_ms", "p50 ms", ".2f"),
+            Column("p95_ms", "p95 ms", ".2f"),
+        ],
+        [dict(stat) for stat in raw["measures"].values()],
+    )
+    return BenchResult(
+        benchmark="sandbox",
+        title="bench sandbox: warm sandbox vs docker exec vs docker run",
+        tables=[table],
+        targets=[
+            Target(
+                "warm",
+                "warm sandbox p50 of a trivial step",
+                raw["measures"]["warm"]["p50_ms"],
+                TARGET_WARM_P50_MS,
+                "<=",
+                "ms",
+            ),
+            Target(
+                "ratio",
+                "docker exec p50 / warm p50",
+                ratios["exec_over_warm"],
+                TARGET_RATIO_VS_EXEC,
+                ">=",
+                "x",
+                ".1f",
+            ),
+        ],
+        notes=[
+            f"image {raw['image']}; cold start of a sandbox (create + start + first ping): "
+            f"{raw['cold_start_ms']:.0f} ms",
+            f"p50 ratios: docker exec / warm = {ratios['exec_over_warm']:.1f}x, "
+            f"docker run / warm = {ratios['run_over_warm']:.1f}x",
+        ],
+        extra=raw,
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [
-        f"image {report['image']}; cold start of a sandbox (create + start + first ping): "
-        f"{report['cold_start_ms']:.0f} ms",
-        f"{'measure':<40} {'n':>5} {'p50 ms':>9} {'p95 ms':>9}",
-    ]
-    for stat in report["measures"].values():
-        lines.append(f"{stat['label']:<40} {stat['n']:>5} {stat['p50_ms']:>9.2f} {stat['p95_ms']:>9.2f}")
-    ratios = report["ratios_p50"]
-    targets = report["targets"]
-    lines.append(
-        f"p50 ratios: docker exec / warm = {ratios['exec_over_warm']:.1f}x, "
-        f"docker run / warm = {ratios['run_over_warm']:.1f}x"
-    )
-    lines.append(
-        f"target (warm p50 <= {targets['warm_p50_ms_at_most']} ms and >= "
-        f"{targets['exec_over_warm_at_least']}x below docker exec): {'met' if targets['met'] else 'NOT met'}"
-    )
-    return "\n".join(lines)
+    """The text of a report returned by :func:`run_bench` (or read back from its JSON)."""
+    return BenchResult.from_dict(report).format_text()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-calls", type=int, default=10, help=f"docker run --rm samples (<= {MAX_RUN_CALLS})"
     )
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     from tools_sandbox.image import DockerUnavailable
 
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except DockerUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(report) if args.json else format_report(report))
+    emit(BenchResult.from_dict(report), args.json)
     return 0
 
 

@@ -10,6 +10,9 @@
 * ``officeray tool NAME --input JSON [--timeout S] [--json]``: one tool call as a plan step would
   run it; exit 0 succeeded, 1 failed, 2 bad usage.
 * ``officeray bench sandbox [--json]``: warm sandbox vs ``docker exec`` vs ``docker run``.
+* ``officeray loadtest --users N --spawn-rate R --duration S --out DIR [--host URL] [--workers N]
+  [--shape KIND|FILE] [--arrival-rate R] [--slo EXPR]...``: a bounded locust run with a report
+  (see :mod:`loadtests.loadtest`); exit 0 when the SLOs hold, 1 when one is violated, 2 bad input.
 * ``officeray tools [--json] [--config FILE]``: every registered tool (the built-ins and the config's
   ``plugins:``) with its runtime, risk, description, outputs and input JSON schema.
 * ``officeray dlq list [--tenant T] [--limit N] [--json]``, ``officeray dlq show TASK_ID [--json]``,
@@ -110,8 +113,22 @@ def _parser() -> argparse.ArgumentParser:
     bsb.add_argument("--run-calls", type=int, default=10, help="docker run samples")
     bsb.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bsb.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+    _add_loadtest_parser(sub)
     _add_dlq_parser(sub)
     return parser
+
+
+def _add_loadtest_parser(sub: Any) -> None:
+    from loadtests.loadtest import add_arguments
+
+    lt = sub.add_parser(
+        "loadtest",
+        help="a bounded locust load test (starts the system unless --host) with report.json/html and plots",
+    )
+    add_arguments(lt)
+    lt.add_argument(
+        "--config", metavar="FILE", help="config of the system it starts (default: loadtests/stack.yaml)"
+    )
 
 
 def _add_dlq_parser(sub: Any) -> None:
@@ -483,13 +500,19 @@ def _cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_loadtest(args: argparse.Namespace, _settings: Settings) -> int:
+    from loadtests.loadtest import run_from_args
+
+    return run_from_args(args, args.config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         overrides = {}
         if args.command == "serve":
             overrides = {"serve.host": args.host, "serve.port": args.port}
-        settings = load_settings(args.config, **overrides)
+        settings = load_settings(None if args.command == "loadtest" else args.config, **overrides)
         handler = {
             "run": _cmd_run,
             "serve": _cmd_serve,
@@ -498,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tool": _cmd_tool,
             "bench": _cmd_bench,
             "dlq": _cmd_dlq,
+            "loadtest": _cmd_loadtest,
         }[args.command]
         return handler(args, settings)
     except (UsageError, ConfigError) as exc:

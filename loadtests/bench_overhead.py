@@ -1,0 +1,871 @@
+"""Orchestration overhead benchmark: task latency against a known ideal, throughput, CPU and memory.
+
+    python -m loadtests.bench_overhead [--levels 1,10,100,500,1000] [--json FILE]
+
+Also ``officeray bench overhead``. Two runs, each on its own local Ray instance (loopback only):
+
+* **latency run**: the embedded planner and reviewer with an exact latency model (default planner
+  3 s, reviewer 1 s, no jitter, no token time) and the task "Wait 0.5 seconds and also wait 0.5
+  seconds", planned as two parallel ``sleep`` steps. Its ideal critical path is planner + one step +
+  reviewer (4.5 s). At each concurrency level ``c``, ``c`` clients each run ``rounds`` tasks back to
+  back (closed loop; at least :data:`MIN_TASKS_PER_LEVEL` tasks a level); a task's latency is from
+  its submission to its final record, seen by this process. Printed per level: median and p95 latency
+  and their ratio to the ideal, throughput, failures (a task not ``completed``, or not final within
+  :data:`LEVEL_TIMEOUT_S`), the peak of tasks in flight in the orchestrator and its memory per
+  in-flight task (RSS at the peak minus RSS before the first level, over the peak in flight).
+* **instant run**: no model latency, "wait 0 seconds and also wait 0 seconds". Per level:
+  throughput and CPU time (user + system) per task, summed over every process of the Ray session
+  (raylet, GCS, every worker: orchestrator, Serve replicas and controller, tool runners) and this
+  process, and the orchestrator's own share; plus a per-process breakdown at the largest level.
+
+The system is sized so that no level waits in an artificial queue: ``workflow.max_concurrent_tasks``
+and the planner/reviewer ``max_ongoing_requests`` at least the largest level, host-tool threads
+twice it (two steps a task), one orchestrator, one tool runner, no spare sandboxes. The store (SQLite)
+and traces live in a temporary folder. Targets are printed, never asserted: exit 0 once the figures
+are printed, 2 on bad arguments, a bad config or no Docker, 1 when the stack cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_argument, emit, percentile
+
+# -- limits and defaults ----------------------------------------------------------------------------
+
+DEFAULT_LEVELS = (1, 10, 100, 500, 1000)
+"""Concurrency levels of the latency run."""
+MAX_LEVEL = 2000
+"""Largest concurrency level accepted (the host-tool runner gets two threads per task)."""
+DEFAULT_ROUNDS = 1
+"""Tasks each client runs back to back at a level (raised for small levels, see below)."""
+MAX_ROUNDS = 50
+MIN_TASKS_PER_LEVEL = 5
+"""A level runs at least this many tasks (``c=1`` runs 5 rounds)."""
+
+DEFAULT_INSTANT_LEVELS = (1, 10, 100)
+"""Concurrency levels of the instant run."""
+DEFAULT_INSTANT_TASKS = 200
+"""Tasks per instant level (rounded up to a multiple of the level)."""
+MAX_INSTANT_TASKS = 10_000
+
+DEFAULT_PLANNER_S = 3.0
+DEFAULT_REVIEWER_S = 1.0
+DEFAULT_STEP_S = 0.5
+"""Duration of each of the two parallel ``sleep`` steps of the latency run."""
+MAX_MODEL_S = 60.0
+MAX_STEP_S = 60.0
+
+LEVEL_TIMEOUT_S = 300.0
+"""A level's tasks not final this long after the level started count as failed (``timeout``)."""
+SETTLE_TIMEOUT_S = 60.0
+"""How long to wait, after a level, for the orchestrator to have no task in flight."""
+WARMUP_TASKS = 5
+"""Tasks run (not measured) after start-up, before the first level of a run."""
+SAMPLE_INTERVAL_S = 0.25
+"""How often the orchestrator's RSS and tasks in flight are sampled during a level."""
+IN_FLIGHT_CALL_TIMEOUT_S = 5.0
+"""Limit of one ``in_flight`` call to the orchestrator while it is busy."""
+IDLE_CPU_SAMPLE_S = 3.0
+"""How long the session's idle CPU use (background loops) is sampled before the instant levels."""
+HOST_THREADS_PER_TASK = 2
+"""Host-tool threads one task may hold at once (its two parallel ``sleep`` steps)."""
+
+TARGET_LATENCY_LEVEL = 100
+TARGET_MEDIAN_RATIO = 1.10
+"""(a) median latency at most this multiple of the ideal critical path at 100 concurrent tasks."""
+TARGET_MEMORY_LEVEL = 1000
+TARGET_MEMORY_KIB_PER_TASK = 1024.0
+"""(b) "bounded memory": this benchmark's bound on the orchestrator's RSS growth per in-flight task."""
+TARGET_CPU_MS_PER_TASK = 40.0
+"""(c) CPU time (all processes of the session) per instant task."""
+TARGET_THROUGHPUT = 50.0
+"""(c) instant tasks per second at the largest instant level."""
+
+KIB = 1024
+MIB = 1024 * 1024
+
+T = TypeVar("T")
+
+
+# -- pure helpers -----------------------------------------------------------------------------------
+
+
+def sleep_task(step_s: float) -> str:
+    """The task the embedded planner plans as two parallel ``sleep`` steps of ``step_s`` each."""
+    amount = f"{step_s:.6f}".rstrip("0").rstrip(".")
+    return f"Wait {amount} seconds and also wait {amount} seconds"
+
+
+def ideal_s(planner_s: float, reviewer_s: float, step_s: float) -> float:
+    """The critical path of :func:`sleep_task`: one planner call, the parallel steps, one review."""
+    return planner_s + step_s + reviewer_s
+
+
+def rounds_for(concurrency: int, rounds: int, min_tasks: int = MIN_TASKS_PER_LEVEL) -> int:
+    """Rounds per client at a latency level: ``rounds``, raised so the level runs ``min_tasks``."""
+    return max(rounds, math.ceil(min_tasks / concurrency))
+
+
+def instant_rounds(concurrency: int, tasks: int) -> int:
+    """Rounds per client at an instant level so that the level runs at least ``tasks`` tasks."""
+    return max(1, math.ceil(tasks / concurrency))
+
+
+def memory_per_task_kib(baseline_rss: int | None, peak_rss: int | None, in_flight: int) -> float | None:
+    """The orchestrator's RSS growth per in-flight task (KiB), or None when not measured."""
+    if baseline_rss is None or peak_rss is None or in_flight <= 0:
+        return None
+    return max(0, peak_rss - baseline_rss) / in_flight / KIB
+
+
+def process_group(
+    name: str, cmdline: Sequence[str], pid: int, *, driver_pid: int, orchestrator_pid: int
+) -> str:
+    """The group a process of the Ray session is counted under in the CPU breakdown."""
+    if pid == driver_pid:
+        return "driver (this process)"
+    if pid == orchestrator_pid:
+        return "orchestrator"
+    if name in ("raylet", "gcs_server"):
+        return name
+    title = cmdline[0] if cmdline else name
+    if title.startswith("ray::ServeReplica:"):
+        return f"serve replica {title.split(':')[-1].split('.')[0]}"
+    prefixes = {
+        "ray::ServeController": "serve controller",
+        "ray::HostToolRunner": "host-tool runner",
+        "ray::ToolRunner": "tool runner",
+        "ray::IDLE": "idle workers",
+    }
+    for prefix, group in prefixes.items():
+        if title.startswith(prefix):
+            return group
+    return "other ray workers" if title.startswith("ray::") else "ray daemons"
+
+
+def _parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{what}: give comma-separated integers, e.g. 1,10,100")
+    values = []
+    for part in parts:
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}: {part!r} is not an integer") from None
+        if not 1 <= value <= MAX_LEVEL:
+            raise argparse.ArgumentTypeError(f"{what}: {value} is not between 1 and {MAX_LEVEL}")
+        if value not in values:
+            values.append(value)
+    return tuple(values)
+
+
+def levels_arg(text: str) -> tuple[int, ...]:
+    """``--levels``/``--instant-levels``: comma-separated concurrency levels, 1..MAX_LEVEL, in order."""
+    return _parse_int_list(text, "levels")
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def bounded_float(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of arguments (each one is checked by its type), or None."""
+    if args.skip_latency and args.skip_instant:
+        return "--skip-latency and --skip-instant together leave nothing to measure"
+    return None
+
+
+# -- measurements -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LevelRun:
+    """What one concurrency level measured."""
+
+    concurrency: int
+    tasks: int
+    latencies_s: list[float] = field(default_factory=list)
+    """Submission to final record, seen by the driver; completed tasks only."""
+    server_s: list[float] = field(default_factory=list)
+    """``created_at`` to ``finished_at`` of the record (the orchestrator's view); completed tasks only."""
+    failures: Counter[str] = field(default_factory=Counter)
+    unexpected_rounds: int = 0
+    """Completed tasks that took other than one round of one planner and one reviewer call."""
+    wall_s: float = 0.0
+    peak_in_flight: int = 0
+    rss_peak: int | None = None
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (user + system) spent during the level, by process group."""
+    processes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def session_cpu_s(self) -> float:
+        return sum(self.cpu_s.values())
+
+
+def level_row(run: LevelRun, ideal: float | None, baseline_rss: int | None) -> dict[str, Any]:
+    """One table row of figures from a level (latencies in seconds when ``ideal`` is given, else ms)."""
+    row: dict[str, Any] = {"concurrency": run.concurrency, "tasks": run.tasks, "failed": run.failed}
+    done = len(run.latencies_s)
+    median = percentile(run.latencies_s, 50) if done else None
+    p95 = percentile(run.latencies_s, 95) if done else None
+    if ideal is not None:
+        row.update(median_s=median, p95_s=p95)
+        row["median_ratio"] = None if median is None or ideal <= 0 else median / ideal
+        row["p95_ratio"] = None if p95 is None or ideal <= 0 else p95 / ideal
+        row["server_median_s"] = percentile(run.server_s, 50) if run.server_s else None
+    else:
+        row["median_ms"] = None if median is None else median * 1000
+        row["p95_ms"] = None if p95 is None else p95 * 1000
+    row["tasks_per_s"] = done / run.wall_s if run.wall_s > 0 else None
+    per_task = 1000 / run.tasks if run.tasks else 0.0
+    row["cpu_ms_per_task"] = run.session_cpu_s * per_task if run.cpu_s else None
+    row["orch_cpu_ms_per_task"] = run.cpu_s.get("orchestrator", 0.0) * per_task if run.cpu_s else None
+    row["cores_used"] = run.session_cpu_s / run.wall_s if run.cpu_s and run.wall_s > 0 else None
+    row["peak_in_flight"] = run.peak_in_flight
+    row["orch_rss_peak_mib"] = None if run.rss_peak is None else run.rss_peak / MIB
+    row["kib_per_in_flight_task"] = memory_per_task_kib(baseline_rss, run.rss_peak, run.peak_in_flight)
+    return row
+
+
+class SessionCpu:
+    """CPU times of this process and all its descendants (a local Ray instance is one tree)."""
+
+    def __init__(self, orchestrator_pid: int) -> None:
+        self.root = psutil.Process()
+        self.orchestrator_pid = orchestrator_pid
+
+    def snapshot(self) -> dict[int, tuple[str, float]]:
+        """``{pid: (group, CPU seconds so far)}`` for every live process of the session."""
+        out: dict[int, tuple[str, float]] = {}
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    group = process_group(
+                        proc.name(),
+                        proc.cmdline(),
+                        proc.pid,
+                        driver_pid=self.root.pid,
+                        orchestrator_pid=self.orchestrator_pid,
+                    )
+            except psutil.Error:  # exited meanwhile, or not ours to read
+                continue
+            out[proc.pid] = (group, times.user + times.system)
+        return out
+
+    @staticmethod
+    def spent(
+        before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+    ) -> tuple[dict[str, float], Counter[str]]:
+        """CPU seconds spent between two snapshots, and the process count, by group.
+
+        A process born in between counts whole; one that died in between is not counted.
+        """
+        spent: dict[str, float] = {}
+        count: Counter[str] = Counter()
+        for pid, (group, cpu) in after.items():
+            previous = before.get(pid, (group, 0.0))[1]
+            spent[group] = spent.get(group, 0.0) + max(0.0, cpu - previous)
+            count[group] += 1
+        return spent, count
+
+
+async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
+    async def wait() -> T:
+        return await awaitable
+
+    return await asyncio.wait_for(wait(), timeout_s)
+
+
+async def _sample_in_flight(actor: Any, run: LevelRun) -> None:
+    while True:
+        try:
+            in_flight = await _within(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S)
+            run.peak_in_flight = max(run.peak_in_flight, int(in_flight))
+        except TimeoutError:
+            pass
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+
+async def _sample_rss(proc: psutil.Process | None, run: LevelRun) -> None:
+    while proc is not None:
+        try:
+            rss = int(proc.memory_info().rss)
+        except psutil.Error:
+            return
+        run.rss_peak = rss if run.rss_peak is None else max(run.rss_peak, rss)
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+
+async def run_level(
+    actor: Any,
+    description: str,
+    concurrency: int,
+    rounds: int,
+    *,
+    timeout_s: float = LEVEL_TIMEOUT_S,
+    orchestrator: psutil.Process | None = None,
+    cpu: SessionCpu | None = None,
+) -> LevelRun:
+    """``concurrency`` clients, each running ``rounds`` tasks back to back; bounded by ``timeout_s``."""
+    from officeray.contracts import TaskRequest, TaskStatus
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    run = LevelRun(concurrency=concurrency, tasks=concurrency * rounds)
+
+    async def client() -> None:
+        for _ in range(rounds):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                run.failures["timeout"] += 1
+                continue
+            started = time.perf_counter()
+            try:
+                record = await _within(actor.run.remote(TaskRequest(description=description)), remaining)
+            except TimeoutError:
+                run.failures["timeout"] += 1
+                continue
+            except Exception as exc:  # a failed call is a failed task, counted by its error type
+                run.failures[type(exc).__name__] += 1
+                continue
+            elapsed = time.perf_counter() - started
+            if record.status != TaskStatus.COMPLETED:
+                run.failures[f"status {record.status.value}"] += 1
+                continue
+            run.latencies_s.append(elapsed)
+            if record.finished_at is not None:
+                run.server_s.append((record.finished_at - record.created_at).total_seconds())
+            if record.iterations != 1 or len(record.model_calls) != 2:
+                run.unexpected_rounds += 1
+
+    samplers = [
+        asyncio.ensure_future(_sample_in_flight(actor, run)),
+        asyncio.ensure_future(_sample_rss(orchestrator, run)),
+    ]
+    before = cpu.snapshot() if cpu else {}
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    finally:
+        run.wall_s = time.perf_counter() - started
+        if cpu:
+            run.cpu_s, run.processes = cpu.spent(before, cpu.snapshot())
+        for sampler in samplers:
+            sampler.cancel()
+        await asyncio.gather(*samplers, return_exceptions=True)
+    return run
+
+
+async def _settle(actor: Any) -> bool:
+    """Wait until the orchestrator has no task in flight; False when it still has after a while."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if await _within(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S) == 0:
+                return True
+        except TimeoutError:
+            pass
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+    return False
+
+
+# -- the two runs -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run needs (from the command line)."""
+
+    levels: tuple[int, ...] = DEFAULT_LEVELS
+    rounds: int = DEFAULT_ROUNDS
+    instant_levels: tuple[int, ...] = DEFAULT_INSTANT_LEVELS
+    instant_tasks: int = DEFAULT_INSTANT_TASKS
+    planner_s: float = DEFAULT_PLANNER_S
+    reviewer_s: float = DEFAULT_REVIEWER_S
+    step_s: float = DEFAULT_STEP_S
+    skip_latency: bool = False
+    skip_instant: bool = False
+    config: str | None = None
+    level_timeout_s: float = LEVEL_TIMEOUT_S
+
+    @property
+    def ideal_s(self) -> float:
+        return ideal_s(self.planner_s, self.reviewer_s, self.step_s)
+
+
+@dataclass
+class RunOutcome:
+    """The levels of one run (latency or instant) and what was measured around them."""
+
+    levels: list[LevelRun] = field(default_factory=list)
+    baseline_rss: int | None = None
+    """The orchestrator's RSS after the warm-up, before the first level."""
+    idle_cores: float | None = None
+    """CPU cores the idle session used (its background loops), sampled before the levels."""
+    unsettled: list[int] = field(default_factory=list)
+    """Levels after which tasks were still in flight when the next level began."""
+
+
+def _embedded_chain(latency_s: float | None) -> list[dict[str, Any]]:
+    if latency_s is None:
+        return [{"tier": "embedded"}]
+    return [{"tier": "embedded", "latency": {"ttft_s": latency_s, "tokens_per_s": 0.0, "jitter": 0.0}}]
+
+
+def bench_settings(
+    config: str | None, state_dir: Path, max_level: int, planner_s: float | None, reviewer_s: float | None
+) -> Any:
+    """The settings of one run: the config file's, sized for ``max_level`` and with the model latency."""
+    from officeray.config import load_settings
+
+    base = load_settings(config)
+    overrides: dict[str, Any] = {
+        "store.url": f"sqlite:///{state_dir}/bench.db",
+        "telemetry.trace_file": str(state_dir / "traces.jsonl"),
+        "workflow.orchestrators": 1,
+        "workflow.max_concurrent_tasks": max(base.workflow.max_concurrent_tasks, max_level),
+        "runners.count": 1,
+        "runners.host_concurrency": max(base.runners.host_concurrency, HOST_THREADS_PER_TASK * max_level),
+        "sandbox.spares": 0,
+        "models.planner": _embedded_chain(planner_s),
+        "models.reviewer": _embedded_chain(reviewer_s),
+    }
+    for role in ("planner", "reviewer"):
+        dep = getattr(base.serve, role)
+        overrides[f"serve.{role}.max_ongoing_requests"] = max(dep.max_ongoing_requests, max_level)
+        if dep.max_queued_requests != -1:
+            overrides[f"serve.{role}.max_queued_requests"] = max(dep.max_queued_requests, max_level)
+    return load_settings(config, **overrides)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _orchestrator_process(actor: Any) -> tuple[int, psutil.Process | None]:
+    pid = int(await actor.pid.remote())
+    try:
+        return pid, psutil.Process(pid)
+    except psutil.Error:  # on another node: no memory figures
+        return pid, None
+
+
+async def _run_levels(
+    actor: Any,
+    description: str,
+    plan: Sequence[tuple[int, int]],
+    *,
+    timeout_s: float,
+    label: str,
+    idle_sample_s: float = 0.0,
+) -> RunOutcome:
+    pid, orchestrator = await _orchestrator_process(actor)
+    cpu = SessionCpu(pid)
+    outcome = RunOutcome()
+    await run_level(actor, description, WARMUP_TASKS, 1, timeout_s=timeout_s)
+    await _settle(actor)
+    if idle_sample_s > 0:
+        before = cpu.snapshot()
+        await asyncio.sleep(idle_sample_s)
+        outcome.idle_cores = sum(cpu.spent(before, cpu.snapshot())[0].values()) / idle_sample_s
+    if orchestrator is not None:
+        outcome.baseline_rss = int(orchestrator.memory_info().rss)
+    for concurrency, rounds in plan:
+        run = await run_level(
+            actor, description, concurrency, rounds, timeout_s=timeout_s, orchestrator=orchestrator, cpu=cpu
+        )
+        outcome.levels.append(run)
+        done = run.latencies_s
+        median = f"{percentile(done, 50):.3f} s" if done else "-"
+        _progress(
+            f"{label} c={concurrency}: {run.tasks} tasks, {run.failed} failed, median {median}, "
+            f"{len(done) / run.wall_s:.1f} tasks/s, peak in flight {run.peak_in_flight}"
+        )
+        if not await _settle(actor):
+            outcome.unsettled.append(concurrency)
+    return outcome
+
+
+def _run_stack(settings: Any, body: Callable[[Any], Coroutine[Any, Any, RunOutcome]]) -> RunOutcome:
+    from cluster.runtime import LocalStack
+
+    with LocalStack(settings) as stack:
+        return asyncio.run(body(stack.actor))
+
+
+def latency_run(cfg: BenchConfig, state_dir: Path) -> RunOutcome:
+    """The latency run: one stack, every level of ``cfg.levels``."""
+    settings = bench_settings(cfg.config, state_dir, max(cfg.levels), cfg.planner_s, cfg.reviewer_s)
+    plan = [(c, rounds_for(c, cfg.rounds)) for c in cfg.levels]
+
+    def body(actor: Any) -> Coroutine[Any, Any, RunOutcome]:
+        return _run_levels(
+            actor, sleep_task(cfg.step_s), plan, timeout_s=cfg.level_timeout_s, label="latency"
+        )
+
+    return _run_stack(settings, body)
+
+
+def instant_run(cfg: BenchConfig, state_dir: Path) -> RunOutcome:
+    """The instant run: one stack without model latency, every level of ``cfg.instant_levels``."""
+    settings = bench_settings(cfg.config, state_dir, max(cfg.instant_levels), None, None)
+    plan = [(c, instant_rounds(c, cfg.instant_tasks)) for c in cfg.instant_levels]
+
+    def body(actor: Any) -> Coroutine[Any, Any, RunOutcome]:
+        return _run_levels(
+            actor,
+            sleep_task(0.0),
+            plan,
+            timeout_s=cfg.level_timeout_s,
+            label="instant",
+            idle_sample_s=IDLE_CPU_SAMPLE_S,
+        )
+
+    return _run_stack(settings, body)
+
+
+# -- the result -------------------------------------------------------------------------------------
+
+LATENCY_COLUMNS = [
+    Column("concurrency", "c"),
+    Column("tasks", "tasks"),
+    Column("failed", "failed"),
+    Column("median_s", "median s", ".3f"),
+    Column("p95_s", "p95 s", ".3f"),
+    Column("median_ratio", "median/ideal", ".3f"),
+    Column("p95_ratio", "p95/ideal", ".3f"),
+    Column("server_median_s", "orch median s", ".3f"),
+    Column("tasks_per_s", "tasks/s", ".1f"),
+    Column("cpu_ms_per_task", "CPU ms/task", ".1f"),
+    Column("peak_in_flight", "peak in flight"),
+    Column("orch_rss_peak_mib", "orch RSS MiB", ".0f"),
+    Column("kib_per_in_flight_task", "KiB/in-flight task", ".1f"),
+]
+INSTANT_COLUMNS = [
+    Column("concurrency", "c"),
+    Column("tasks", "tasks"),
+    Column("failed", "failed"),
+    Column("median_ms", "median ms", ".1f"),
+    Column("p95_ms", "p95 ms", ".1f"),
+    Column("tasks_per_s", "tasks/s", ".1f"),
+    Column("cpu_ms_per_task", "CPU ms/task", ".1f"),
+    Column("orch_cpu_ms_per_task", "orch CPU ms/task", ".1f"),
+    Column("cores_used", "cores used", ".2f"),
+]
+BREAKDOWN_COLUMNS = [
+    Column("group", "process"),
+    Column("processes", "n"),
+    Column("cpu_ms_per_task", "CPU ms/task", ".2f"),
+    Column("share_pct", "share %", ".1f"),
+]
+
+
+def breakdown_rows(run: LevelRun) -> list[dict[str, Any]]:
+    """CPU per task by process group at one level, largest first."""
+    total = run.session_cpu_s
+    rows = [
+        {
+            "group": group,
+            "processes": run.processes.get(group, 0),
+            "cpu_ms_per_task": cpu * 1000 / run.tasks if run.tasks else None,
+            "share_pct": 100 * cpu / total if total > 0 else None,
+        }
+        for group, cpu in run.cpu_s.items()
+    ]
+    return sorted(rows, key=lambda r: -(r["cpu_ms_per_task"] or 0.0))
+
+
+def _row_at(rows: Iterable[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["concurrency"] == concurrency), None)
+
+
+def targets_of(
+    latency_rows: Sequence[dict[str, Any]], instant_rows: Sequence[dict[str, Any]]
+) -> list[Target]:
+    """The issue's targets, evaluated on the rows (a level not in the run is "not measured")."""
+    at_a = _row_at(latency_rows, TARGET_LATENCY_LEVEL) or {}
+    at_b = _row_at(latency_rows, TARGET_MEMORY_LEVEL) or {}
+    at_c = instant_rows[-1] if instant_rows else {}
+    c_level = at_c.get("concurrency", "?")
+    return [
+        Target(
+            "(a)",
+            f"median latency / ideal at {TARGET_LATENCY_LEVEL} concurrent",
+            at_a.get("median_ratio"),
+            TARGET_MEDIAN_RATIO,
+            "<=",
+            fmt=".3f",
+        ),
+        Target(
+            "(a)", f"failed tasks at {TARGET_LATENCY_LEVEL} concurrent", at_a.get("failed"), 0, "<=", fmt="d"
+        ),
+        Target(
+            "(b)", f"failed tasks at {TARGET_MEMORY_LEVEL} concurrent", at_b.get("failed"), 0, "<=", fmt="d"
+        ),
+        Target(
+            "(b)",
+            f"peak tasks in flight at {TARGET_MEMORY_LEVEL} concurrent",
+            at_b.get("peak_in_flight"),
+            TARGET_MEMORY_LEVEL,
+            ">=",
+            fmt="d",
+        ),
+        Target(
+            "(b)",
+            f"orchestrator RSS growth per in-flight task at {TARGET_MEMORY_LEVEL} concurrent",
+            at_b.get("kib_per_in_flight_task"),
+            TARGET_MEMORY_KIB_PER_TASK,
+            "<=",
+            "KiB",
+            ".1f",
+        ),
+        Target(
+            "(c)",
+            f"CPU per instant task (all session processes) at {c_level} concurrent",
+            at_c.get("cpu_ms_per_task"),
+            TARGET_CPU_MS_PER_TASK,
+            "<=",
+            "ms",
+            ".1f",
+        ),
+        Target(
+            "(c)",
+            f"instant throughput at {c_level} concurrent",
+            at_c.get("tasks_per_s"),
+            TARGET_THROUGHPUT,
+            ">=",
+            "tasks/s",
+            ".1f",
+        ),
+    ]
+
+
+def _run_notes(label: str, outcome: RunOutcome) -> list[str]:
+    notes = []
+    for run in outcome.levels:
+        if run.failures:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in run.failures.most_common())
+            notes.append(f"{label} c={run.concurrency}: failures by reason: {reasons}")
+        if run.unexpected_rounds:
+            notes.append(
+                f"{label} c={run.concurrency}: {run.unexpected_rounds} completed task(s) took more than "
+                "one planner and one reviewer call"
+            )
+    if outcome.unsettled:
+        levels = ", ".join(str(c) for c in outcome.unsettled)
+        notes.append(f"{label}: tasks still in flight {SETTLE_TIMEOUT_S:g} s after level(s) {levels}")
+    return notes
+
+
+def build_result(cfg: BenchConfig, latency: RunOutcome | None, instant: RunOutcome | None) -> BenchResult:
+    """The printed and JSON result of the two runs (either may be None: skipped)."""
+    ideal = cfg.ideal_s
+    tables: list[Table] = []
+    notes = [
+        "store: SQLite in a temporary folder; one orchestrator, one tool runner, sleep steps on the "
+        "host-tool runner; latency = submission to final record, seen by the driver"
+    ]
+    latency_rows: list[dict[str, Any]] = []
+    instant_rows: list[dict[str, Any]] = []
+    if latency is not None:
+        latency_rows = [level_row(r, ideal, latency.baseline_rss) for r in latency.levels]
+        title = (
+            f"latency: planner {cfg.planner_s:g} s + two parallel {cfg.step_s:g} s sleep steps + "
+            f"reviewer {cfg.reviewer_s:g} s = ideal {ideal:.3f} s"
+        )
+        tables.append(Table(title, LATENCY_COLUMNS, latency_rows))
+        if latency.baseline_rss is not None:
+            notes.append(
+                f"orchestrator RSS before the first latency level: {latency.baseline_rss / MIB:.0f} MiB; "
+                "KiB/in-flight task = (RSS peak - that) / peak in flight"
+            )
+        notes.extend(_run_notes("latency", latency))
+    if instant is not None:
+        instant_rows = [level_row(r, None, instant.baseline_rss) for r in instant.levels]
+        tables.append(Table("instant models and tools", INSTANT_COLUMNS, instant_rows))
+        if instant.levels:
+            top = instant.levels[-1]
+            title = f"CPU by process, instant, at {top.concurrency} concurrent ({top.tasks} tasks)"
+            tables.append(Table(title, BREAKDOWN_COLUMNS, breakdown_rows(top)))
+        if instant.idle_cores is not None:
+            notes.append(f"idle session before the instant levels used {instant.idle_cores:.3f} CPU cores")
+        notes.extend(_run_notes("instant", instant))
+    config = {
+        "levels": list(cfg.levels),
+        "rounds": cfg.rounds,
+        "instant_levels": list(cfg.instant_levels),
+        "instant_tasks": cfg.instant_tasks,
+        "planner_s": cfg.planner_s,
+        "reviewer_s": cfg.reviewer_s,
+        "step_s": cfg.step_s,
+        "ideal_s": ideal,
+        "skip_latency": cfg.skip_latency,
+        "skip_instant": cfg.skip_instant,
+    }
+    return BenchResult(
+        benchmark="overhead",
+        title="bench overhead: orchestration overhead against a known ideal critical path",
+        tables=tables,
+        targets=targets_of(latency_rows, instant_rows),
+        notes=notes,
+        extra={"config": config, "latency_levels": latency_rows, "instant_levels": instant_rows},
+    )
+
+
+def run_bench(cfg: BenchConfig) -> BenchResult:
+    """Run the latency run, then the instant run (each on its own local Ray instance)."""
+    from cluster.prepare import prefer_loopback
+
+    prefer_loopback()  # before Ray is imported: a local instance stays on 127.0.0.1
+    with tempfile.TemporaryDirectory(prefix="officeray-bench-") as tmp:
+        latency = None if cfg.skip_latency else latency_run(cfg, Path(tmp) / "latency")
+        instant = None if cfg.skip_instant else instant_run(cfg, Path(tmp) / "instant")
+    return build_result(cfg, latency, instant)
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``bench overhead`` (shared by ``python -m`` and ``officeray bench overhead``)."""
+    levels = ",".join(str(c) for c in DEFAULT_LEVELS)
+    instant_levels = ",".join(str(c) for c in DEFAULT_INSTANT_LEVELS)
+    parser.add_argument(
+        "--levels", type=levels_arg, default=DEFAULT_LEVELS, help=f"latency-run levels (default {levels})"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=bounded_int(1, MAX_ROUNDS),
+        default=DEFAULT_ROUNDS,
+        help=f"tasks each client runs back to back (default {DEFAULT_ROUNDS}; "
+        f"a level runs at least {MIN_TASKS_PER_LEVEL})",
+    )
+    parser.add_argument(
+        "--instant-levels",
+        type=levels_arg,
+        default=DEFAULT_INSTANT_LEVELS,
+        help=f"instant-run levels (default {instant_levels})",
+    )
+    parser.add_argument(
+        "--instant-tasks",
+        type=bounded_int(1, MAX_INSTANT_TASKS),
+        default=DEFAULT_INSTANT_TASKS,
+        help=f"tasks per instant level (default {DEFAULT_INSTANT_TASKS})",
+    )
+    parser.add_argument(
+        "--planner-s",
+        type=bounded_float(0, MAX_MODEL_S),
+        default=DEFAULT_PLANNER_S,
+        help=f"planner latency, latency run (default {DEFAULT_PLANNER_S:g})",
+    )
+    parser.add_argument(
+        "--reviewer-s",
+        type=bounded_float(0, MAX_MODEL_S),
+        default=DEFAULT_REVIEWER_S,
+        help=f"reviewer latency, latency run (default {DEFAULT_REVIEWER_S:g})",
+    )
+    parser.add_argument(
+        "--step-s",
+        type=bounded_float(0, MAX_STEP_S),
+        default=DEFAULT_STEP_S,
+        help=f"each of the two parallel sleep steps, latency run (default {DEFAULT_STEP_S:g})",
+    )
+    parser.add_argument("--skip-latency", action="store_true", help="do not run the latency run")
+    parser.add_argument("--skip-instant", action="store_true", help="do not run the instant run")
+    add_json_argument(parser)
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        levels=tuple(args.levels),
+        rounds=args.rounds,
+        instant_levels=tuple(args.instant_levels),
+        instant_tasks=args.instant_tasks,
+        planner_s=args.planner_s,
+        reviewer_s=args.reviewer_s,
+        step_s=args.step_s,
+        skip_latency=args.skip_latency,
+        skip_instant=args.skip_instant,
+        config=args.config,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark the parsed arguments describe and print its result; the exit status."""
+    from officeray.errors import ConfigError
+    from tools_sandbox.image import DockerUnavailable
+
+    problem = check_args(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    cfg = config_from_args(args)
+    try:
+        result = run_bench(cfg)
+    except (ConfigError, DockerUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TimeoutError as exc:
+        print(f"error: the stack did not start: {exc}", file=sys.stderr)
+        return 1
+    emit(result, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.bench_overhead", description=(__doc__ or "").split("\n")[0]
+    )
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

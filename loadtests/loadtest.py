@@ -307,14 +307,21 @@ def locust_commands(plan: Plan, host: str, master_port: int) -> list[list[str]]:
             user_class,
         ]
     )
-    worker = common + [
-        "--worker",
-        "--master-host",
-        "127.0.0.1",
-        "--master-port",
-        str(master_port),
-        user_class,
-    ]
+    # locust hands the master's options to its workers at spawn; the custom ones are also given
+    # here so a worker's own start-up (before the first spawn) sees the same values
+    custom = options[options.index("--task-mix") : options.index("--stop-timeout")]
+    worker = (
+        common
+        + custom
+        + [
+            "--worker",
+            "--master-host",
+            "127.0.0.1",
+            "--master-port",
+            str(master_port),
+            user_class,
+        ]
+    )
     if args.model_prompts:
         worker += ["--model-prompts", str(Path(args.model_prompts).resolve())]
     return [master] + [list(worker) for _ in range(args.workers)]

@@ -430,6 +430,40 @@ def _iso(moment: datetime) -> str:
     return _utc(moment).isoformat()
 
 
+_TASK_ROW_COLUMNS = ("task_id", "status", "description", "record", "created_at", "updated_at")
+
+
+def _task_row(record: TaskRecord) -> dict[str, Any]:
+    """The ``tasks`` row of ``record`` as of now (``updated_at``); the caller's record is not changed."""
+    now = utcnow()
+    return {
+        "task_id": record.task_id,
+        "status": record.status.value,
+        "description": record.description,
+        "record": record.model_copy(update={"updated_at": now}).model_dump_json(),  # a shallow copy
+        "created_at": _utc(record.created_at),
+        "updated_at": now,
+    }
+
+
+_STEP_ROW_COLUMNS = ("idempotency_key", "task_id", "step_id", "status", "result", "updated_at")
+
+
+def _step_row(task_id: str, result: StepResult) -> dict[str, Any]:
+    return {
+        "idempotency_key": result.idempotency_key,
+        "task_id": task_id,
+        "step_id": result.step_id,
+        "status": result.status.value,
+        "result": result.model_dump_json(),
+        "updated_at": utcnow(),
+    }
+
+
+def _event_row(task_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"task_id": task_id, "kind": kind, "data": json.dumps(data, default=str), "at": utcnow()}
+
+
 def _positive_ttl(ttl_s: float) -> timedelta:
     if ttl_s <= 0:
         raise ValueError(f"ttl_s must be positive, not {ttl_s}")
@@ -463,6 +497,24 @@ class SqlStore:
         except BaseException:
             self._engine.dispose()
             raise
+        # Built once: building an upsert costs more CPU than running it (hot path: every transition).
+        upsert = self._insert(tasks_table).values({name: sa.bindparam(name) for name in _TASK_ROW_COLUMNS})
+        self._save_task_upsert = upsert.on_conflict_do_update(
+            index_elements=[tasks_table.c.task_id],
+            set_={name: upsert.excluded[name] for name in ("status", "description", "record", "updated_at")},
+        )
+        results = self._insert(step_results_table).values(
+            {name: sa.bindparam(name) for name in _STEP_ROW_COLUMNS}
+        )
+        self._step_result_upsert = results.on_conflict_do_update(
+            index_elements=[step_results_table.c.idempotency_key],
+            set_={name: results.excluded[name] for name in _STEP_ROW_COLUMNS[1:]},
+            # a recorded success is final: a stale run's later failure never replaces it
+            where=step_results_table.c.status != StepStatus.SUCCEEDED.value,
+        )
+        self._event_insert = events_table.insert().values(
+            {name: sa.bindparam(name) for name in ("task_id", "kind", "data", "at")}
+        )
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -484,33 +536,20 @@ class SqlStore:
 
     def save_task_sync(self, record: TaskRecord) -> None:
         """Insert or replace the task's record (its ``created_at`` and request are kept)."""
-        with self._write() as conn:
-            conn.execute(self._save_task_stmt(record))
+        self._write_task_row(_task_row(record))
 
     def save_transition_sync(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
         """The record and its transition event in ONE transaction: both are stored or neither."""
-        with self._write() as conn:
-            conn.execute(self._save_task_stmt(record))
-            conn.execute(
-                events_table.insert().values(
-                    task_id=record.task_id, kind=kind, data=json.dumps(data, default=str), at=utcnow()
-                )
-            )
+        self._write_transition_rows(_task_row(record), _event_row(record.task_id, kind, data))
 
-    def _save_task_stmt(self, record: TaskRecord) -> Any:
-        record.updated_at = utcnow()
-        stmt = self._insert(tasks_table).values(
-            task_id=record.task_id,
-            status=record.status.value,
-            description=record.description,
-            record=record.model_dump_json(),
-            created_at=_utc(record.created_at),
-            updated_at=record.updated_at,
-        )
-        return stmt.on_conflict_do_update(
-            index_elements=[tasks_table.c.task_id],
-            set_={name: stmt.excluded[name] for name in ("status", "description", "record", "updated_at")},
-        )
+    def _write_task_row(self, row: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(self._save_task_upsert, row)
+
+    def _write_transition_rows(self, row: dict[str, Any], event: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(self._save_task_upsert, row)
+            conn.execute(self._event_insert, event)
 
     def create_task_sync(self, record: TaskRecord, request: TaskRequest) -> bool:
         """Insert a new task atomically; False when a task with that id already exists."""
@@ -570,12 +609,11 @@ class SqlStore:
             return [TaskRecord.model_validate_json(raw) for raw in conn.execute(query).scalars()]
 
     def append_event_sync(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
+        self._write_event_row(_event_row(task_id, kind, data))
+
+    def _write_event_row(self, event: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(
-                events_table.insert().values(
-                    task_id=task_id, kind=kind, data=json.dumps(data, default=str), at=utcnow()
-                )
-            )
+            conn.execute(self._event_insert, event)
 
     def events_sync(self, task_id: str) -> list[dict[str, Any]]:
         query = sa.select(events_table).where(events_table.c.task_id == task_id).order_by(events_table.c.id)
@@ -587,24 +625,11 @@ class SqlStore:
 
     def save_step_result_sync(self, task_id: str, result: StepResult) -> None:
         """Insert or replace the result stored under ``result.idempotency_key``."""
-        stmt = self._insert(step_results_table).values(
-            idempotency_key=result.idempotency_key,
-            task_id=task_id,
-            step_id=result.step_id,
-            status=result.status.value,
-            result=result.model_dump_json(),
-            updated_at=utcnow(),
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[step_results_table.c.idempotency_key],
-            set_={
-                name: stmt.excluded[name] for name in ("task_id", "step_id", "status", "result", "updated_at")
-            },
-            # a recorded success is final: a stale run's later failure never replaces it
-            where=step_results_table.c.status != StepStatus.SUCCEEDED.value,
-        )
+        self._write_step_row(_step_row(task_id, result))
+
+    def _write_step_row(self, row: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(stmt)
+            conn.execute(self._step_result_upsert, row)
 
     def get_step_result_sync(self, idempotency_key: str) -> StepResult | None:
         with self._read() as conn:
@@ -890,11 +915,15 @@ class SqlStore:
 
     # -- async API (the workflow's Store port) --------------------------------------------------
 
+    # The record is serialized here, on the caller's thread, before the write goes to a worker
+    # thread: the caller may change it meanwhile, and serializing costs less than a deep copy.
+
     async def save_task(self, record: TaskRecord) -> None:
-        await asyncio.to_thread(self.save_task_sync, record.model_copy(deep=True))
+        await asyncio.to_thread(self._write_task_row, _task_row(record))
 
     async def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.save_transition_sync, record.model_copy(deep=True), kind, data)
+        rows = (_task_row(record), _event_row(record.task_id, kind, data))
+        await asyncio.to_thread(self._write_transition_rows, *rows)
 
     async def create_task(self, record: TaskRecord, request: TaskRequest) -> bool:
         return await asyncio.to_thread(self.create_task_sync, record.model_copy(deep=True), request)
@@ -909,10 +938,10 @@ class SqlStore:
         return await asyncio.to_thread(self.get_request_sync, task_id)
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.append_event_sync, task_id, kind, data)
+        await asyncio.to_thread(self._write_event_row, _event_row(task_id, kind, data))
 
     async def save_step_result(self, task_id: str, result: StepResult) -> None:
-        await asyncio.to_thread(self.save_step_result_sync, task_id, result)
+        await asyncio.to_thread(self._write_step_row, _step_row(task_id, result))
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None:
         return await asyncio.to_thread(self.get_step_result_sync, idempotency_key)

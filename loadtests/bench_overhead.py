@@ -80,6 +80,8 @@ IN_FLIGHT_CALL_TIMEOUT_S = 5.0
 """Limit of one ``in_flight`` call to the orchestrator while it is busy."""
 IDLE_CPU_SAMPLE_S = 3.0
 """How long the session's idle CPU use (background loops) is sampled before the instant levels."""
+EXPECTED_RUN = (1, 2, 2)
+"""What a task on its ideal path takes: (rounds, model calls, step attempts)."""
 HOST_THREADS_PER_TASK = 2
 """Host-tool threads one task may hold at once (its two parallel ``sleep`` steps)."""
 
@@ -229,8 +231,9 @@ class LevelRun:
     server_s: list[float] = field(default_factory=list)
     """``created_at`` to ``finished_at`` of the record (the orchestrator's view); completed tasks only."""
     failures: Counter[str] = field(default_factory=Counter)
-    unexpected_rounds: int = 0
-    """Completed tasks that took other than one round of one planner and one reviewer call."""
+    unexpected: Counter[str] = field(default_factory=Counter)
+    """Completed tasks that took other than one round, two model calls and two step attempts, by what
+    they took."""
     wall_s: float = 0.0
     peak_in_flight: int = 0
     rss_peak: int | None = None
@@ -381,8 +384,9 @@ async def run_level(
             run.latencies_s.append(elapsed)
             if record.finished_at is not None:
                 run.server_s.append((record.finished_at - record.created_at).total_seconds())
-            if record.iterations != 1 or len(record.model_calls) != 2:
-                run.unexpected_rounds += 1
+            took = (record.iterations, len(record.model_calls), record.counters.step_attempts)
+            if took != EXPECTED_RUN:
+                run.unexpected["{} round(s), {} model calls, {} step attempts".format(*took)] += 1
 
     samplers = [
         asyncio.ensure_future(_sample_in_flight(actor, run)),
@@ -446,8 +450,9 @@ class RunOutcome:
     levels: list[LevelRun] = field(default_factory=list)
     baseline_rss: int | None = None
     """The orchestrator's RSS after the warm-up, before the first level."""
-    idle_cores: float | None = None
-    """CPU cores the idle session used (its background loops), sampled before the levels."""
+    idle_cores: dict[str, float] | None = None
+    """CPU cores the idle session used (its background loops) by process group, sampled before the
+    levels."""
     unsettled: list[int] = field(default_factory=list)
     """Levels after which tasks were still in flight when the next level began."""
 
@@ -513,7 +518,8 @@ async def _run_levels(
     if idle_sample_s > 0:
         before = cpu.snapshot()
         await asyncio.sleep(idle_sample_s)
-        outcome.idle_cores = sum(cpu.spent(before, cpu.snapshot())[0].values()) / idle_sample_s
+        spent, _count = cpu.spent(before, cpu.snapshot())
+        outcome.idle_cores = {group: cpu_s / idle_sample_s for group, cpu_s in spent.items()}
     if orchestrator is not None:
         outcome.baseline_rss = int(orchestrator.memory_info().rss)
     for concurrency, rounds in plan:
@@ -602,18 +608,26 @@ BREAKDOWN_COLUMNS = [
     Column("group", "process"),
     Column("processes", "n"),
     Column("cpu_ms_per_task", "CPU ms/task", ".2f"),
+    Column("idle_ms_per_task", "idle ms/task", ".2f"),
     Column("share_pct", "share %", ".1f"),
 ]
 
 
-def breakdown_rows(run: LevelRun) -> list[dict[str, Any]]:
-    """CPU per task by process group at one level, largest first."""
+def breakdown_rows(run: LevelRun, idle_cores: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """CPU per task by process group at one level, largest first; with the CPU the same group used
+    while idle (``idle_cores``), the part of it its background loops account for."""
     total = run.session_cpu_s
+    per_task = 1000 / run.tasks if run.tasks else None
     rows = [
         {
             "group": group,
             "processes": run.processes.get(group, 0),
-            "cpu_ms_per_task": cpu * 1000 / run.tasks if run.tasks else None,
+            "cpu_ms_per_task": None if per_task is None else cpu * per_task,
+            "idle_ms_per_task": (
+                None
+                if per_task is None or idle_cores is None
+                else idle_cores.get(group, 0.0) * run.wall_s * per_task
+            ),
             "share_pct": 100 * cpu / total if total > 0 else None,
         }
         for group, cpu in run.cpu_s.items()
@@ -692,10 +706,11 @@ def _run_notes(label: str, outcome: RunOutcome) -> list[str]:
         if run.failures:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in run.failures.most_common())
             notes.append(f"{label} c={run.concurrency}: failures by reason: {reasons}")
-        if run.unexpected_rounds:
+        if run.unexpected:
+            took = ", ".join(f"{what}: {n}" for what, n in run.unexpected.most_common())
             notes.append(
-                f"{label} c={run.concurrency}: {run.unexpected_rounds} completed task(s) took more than "
-                "one planner and one reviewer call"
+                f"{label} c={run.concurrency}: completed tasks off the ideal path (1 round, 2 model calls, "
+                f"2 step attempts): {took}"
             )
     if outcome.unsettled:
         levels = ", ".join(str(c) for c in outcome.unsettled)
@@ -732,9 +747,12 @@ def build_result(cfg: BenchConfig, latency: RunOutcome | None, instant: RunOutco
         if instant.levels:
             top = instant.levels[-1]
             title = f"CPU by process, instant, at {top.concurrency} concurrent ({top.tasks} tasks)"
-            tables.append(Table(title, BREAKDOWN_COLUMNS, breakdown_rows(top)))
+            tables.append(Table(title, BREAKDOWN_COLUMNS, breakdown_rows(top, instant.idle_cores)))
         if instant.idle_cores is not None:
-            notes.append(f"idle session before the instant levels used {instant.idle_cores:.3f} CPU cores")
+            notes.append(
+                f"the idle session (background loops) used {sum(instant.idle_cores.values()):.3f} CPU cores "
+                "before the instant levels; 'idle ms/task' is that share of the CPU per task"
+            )
         notes.extend(_run_notes("instant", instant))
     config = {
         "levels": list(cfg.levels),

@@ -99,8 +99,11 @@ class Plan(_Strict):
 
 
 def plan_json_schema() -> dict[str, Any]:
-    """The plan's JSON Schema: used by the validator and requested from structured-output tiers."""
-    return Plan.model_json_schema()
+    """The plan's JSON Schema: used by the validator and requested from structured-output tiers.
+
+    Built once per process (generating it costs milliseconds, on every planner call); treat the
+    returned dict as read-only."""
+    return _PLAN_SCHEMA
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,3 +363,6 @@ class TaskRecord(_Strict):
         data = self.model_dump(mode="json")
         data["progress"] = self.progress
         return data
+
+
+_PLAN_SCHEMA: dict[str, Any] = Plan.model_json_schema()

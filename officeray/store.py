@@ -43,7 +43,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -915,15 +915,18 @@ class SqlStore:
 
     # -- async API (the workflow's Store port) --------------------------------------------------
 
-    # The record is serialized here, on the caller's thread, before the write goes to a worker
-    # thread: the caller may change it meanwhile, and serializing costs less than a deep copy.
+    # The writes serialize their record when called, on the caller's thread, and return the
+    # awaitable of the write (run in a worker thread): the caller may change the record meanwhile
+    # (the Store port's contract), and serializing costs less than a deep copy.
 
-    async def save_task(self, record: TaskRecord) -> None:
-        await asyncio.to_thread(self._write_task_row, _task_row(record))
+    def save_task(self, record: TaskRecord) -> Coroutine[Any, Any, None]:
+        return asyncio.to_thread(self._write_task_row, _task_row(record))
 
-    async def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
+    def save_transition(
+        self, record: TaskRecord, kind: str, data: dict[str, Any]
+    ) -> Coroutine[Any, Any, None]:
         rows = (_task_row(record), _event_row(record.task_id, kind, data))
-        await asyncio.to_thread(self._write_transition_rows, *rows)
+        return asyncio.to_thread(self._write_transition_rows, *rows)
 
     async def create_task(self, record: TaskRecord, request: TaskRequest) -> bool:
         return await asyncio.to_thread(self.create_task_sync, record.model_copy(deep=True), request)
@@ -937,11 +940,11 @@ class SqlStore:
     async def get_request(self, task_id: str) -> TaskRequest | None:
         return await asyncio.to_thread(self.get_request_sync, task_id)
 
-    async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._write_event_row, _event_row(task_id, kind, data))
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Coroutine[Any, Any, None]:
+        return asyncio.to_thread(self._write_event_row, _event_row(task_id, kind, data))
 
-    async def save_step_result(self, task_id: str, result: StepResult) -> None:
-        await asyncio.to_thread(self._write_step_row, _step_row(task_id, result))
+    def save_step_result(self, task_id: str, result: StepResult) -> Coroutine[Any, Any, None]:
+        return asyncio.to_thread(self._write_step_row, _step_row(task_id, result))
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None:
         return await asyncio.to_thread(self.get_step_result_sync, idempotency_key)

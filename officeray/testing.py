@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -103,21 +103,35 @@ class InMemoryStore:
         self.events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.step_results: dict[str, StepResult] = {}
 
-    async def save_task(self, record: TaskRecord) -> None:
-        self.tasks[record.task_id] = record.model_copy(deep=True)
+    # Like SqlStore, the writes take their snapshot of the record when called, before any await
+    # (the Store port's contract): the workflow may change the record while the write is pending.
+
+    def save_task(self, record: TaskRecord) -> Coroutine[Any, Any, None]:
+        return self._put_task(record.model_copy(deep=True))
+
+    async def _put_task(self, snapshot: TaskRecord) -> None:
+        self.tasks[snapshot.task_id] = snapshot
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         return self.tasks.get(task_id)
 
-    async def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
-        await self.save_task(record)
-        await self.append_event(record.task_id, kind, data)
+    def save_transition(
+        self, record: TaskRecord, kind: str, data: dict[str, Any]
+    ) -> Coroutine[Any, Any, None]:
+        return self._put_transition(record.model_copy(deep=True), kind, dict(data))
+
+    async def _put_transition(self, snapshot: TaskRecord, kind: str, data: dict[str, Any]) -> None:
+        self.tasks[snapshot.task_id] = snapshot
+        self.events.setdefault(snapshot.task_id, []).append((kind, data))
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
         self.events.setdefault(task_id, []).append((kind, dict(data)))
 
-    async def save_step_result(self, task_id: str, result: StepResult) -> None:
-        self.step_results[result.idempotency_key] = result.model_copy(deep=True)
+    def save_step_result(self, task_id: str, result: StepResult) -> Coroutine[Any, Any, None]:
+        return self._put_step_result(result.model_copy(deep=True))
+
+    async def _put_step_result(self, snapshot: StepResult) -> None:
+        self.step_results[snapshot.idempotency_key] = snapshot
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None:
         found = self.step_results.get(idempotency_key)

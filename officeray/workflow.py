@@ -90,6 +90,9 @@ class StepExecutor(Protocol):
 
 
 class Store(Protocol):
+    """Where tasks live. The writes take their snapshot of the record or result **when called**
+    (before the first ``await``): the workflow goes on changing its record while a write is pending."""
+
     async def save_task(self, record: TaskRecord) -> None: ...
 
     async def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
@@ -189,9 +192,7 @@ class _TaskRun:
             event = {"status": self.record.status.value, **data}
             # shielded: a run stopped half-way (its lease went to another orchestrator) never leaves
             # a record without its event
-            await asyncio.shield(
-                self.wf.store.save_transition(self.record.model_copy(deep=True), kind, event)
-            )
+            await asyncio.shield(self.wf.store.save_transition(self.record, kind, event))
 
     def account(self, call: ModelCallRecord | None, iteration: int) -> str | None:
         """Add a model call to the record; returns why the task must stop when over its budget."""
@@ -522,7 +523,7 @@ class _TaskRun:
             if refused is not None:
                 failed = self._step_failed(step, refused)
                 self._set_step(failed)
-                await wf.store.save_step_result(self.task_id, failed.model_copy(deep=True))
+                await wf.store.save_step_result(self.task_id, failed)
                 await self.persist("step_finished", step_id=step.step_id, step_status=failed.status.value)
                 return failed
         policy = wf.settings.step_retry_by_tool.get(step.action, wf.settings.step_retry)
@@ -580,7 +581,7 @@ class _TaskRun:
                 f"step {step.step_id} failed ({outcome.error.type.value}): {outcome.error.message}", "error"
             )
         self._account_step_usage(step, result)
-        await wf.store.save_step_result(self.task_id, result.model_copy(deep=True))
+        await wf.store.save_step_result(self.task_id, result)
         await self.persist("step_finished", step_id=step.step_id, step_status=result.status.value)
         return result
 

@@ -13,6 +13,7 @@ answer or a model's invented ids can never collide with another task's steps.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,6 +29,9 @@ from officeray.contracts import (
     plan_json_schema,
 )
 from serving.tiers.base import ModelAnswer, ModelCall
+
+SCHEMA_CACHE_SIZE = 1024
+"""Tool input models whose JSON Schema text is kept (built-ins and plugins)."""
 
 MAX_RESULT_CHARS_FOR_REVIEW = 4_000
 """How much of each step's output the reviewer model is shown (the rest is cut with a marker)."""
@@ -51,8 +55,19 @@ def tool_catalog_text(tools: Mapping[str, tuple[str, type[BaseModel]]], allowed:
     for name in allowed:
         if name in tools:
             description, model = tools[name]
-            lines.append(f"- {name}: {description} Inputs schema: {json.dumps(model.model_json_schema())}")
+            lines.append(f"- {name}: {description} Inputs schema: {_schema_text(model)}")
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=SCHEMA_CACHE_SIZE)
+def _schema_text(model: type[BaseModel]) -> str:
+    """A model's JSON Schema as text, generated once per process (it costs milliseconds per call)."""
+    return json.dumps(model.model_json_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _review_schema() -> dict[str, Any]:
+    return Review.model_json_schema()
 
 
 def planner_call(
@@ -161,7 +176,7 @@ def reviewer_call(
             {"role": "system", "content": REVIEWER_SYSTEM},
             {"role": "user", "content": json.dumps(user)},
         ],
-        json_schema=Review.model_json_schema(),
+        json_schema=_review_schema(),
         schema_name="review",
         payload=request,
         task_id=request.task_id,

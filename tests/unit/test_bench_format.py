@@ -213,7 +213,7 @@ def test_sleep_task_is_what_the_embedded_planner_understands() -> None:
 
     assert bo.sleep_task(0.5) == "Wait 0.5 seconds and also wait 0.5 seconds"
     assert bo.sleep_task(0.0) == "Wait 0 seconds and also wait 0 seconds"
-    plan = plan_task(PlanRequest(task_id="t", description=bo.sleep_task(0.25)))
+    plan = plan_task(PlanRequest(task_id="t", description=bo.sleep_task(0.25), allowed_tools=["sleep"]))
     assert [s.action for s in plan.steps] == ["sleep", "sleep"]
     assert all(not s.dependencies for s in plan.steps)
 
@@ -238,7 +238,12 @@ def test_memory_per_task_is_growth_over_in_flight() -> None:
         ("ray::Orchestrator", ["ray::Orchestrator.run"], 2, "orchestrator"),
         ("raylet", ["/x/raylet", "--flag"], 3, "raylet"),
         ("gcs_server", ["/x/gcs_server"], 3, "gcs_server"),
-        ("ray::ServeRepl", ["ray::ServeReplica:officeray:Planner.handle_request"], 3, "serve replica Planner"),
+        (
+            "ray::ServeRepl",
+            ["ray::ServeReplica:officeray:Planner.handle_request"],
+            3,
+            "serve replica Planner",
+        ),
         ("ray::ServeRepl", ["ray::ServeReplica:officeray:Reviewer"], 3, "serve replica Reviewer"),
         ("ray::ServeCont", ["ray::ServeController.listen"], 3, "serve controller"),
         ("ray::HostToolRu", ["ray::HostToolRunner.run"], 3, "host-tool runner"),
@@ -276,26 +281,27 @@ def test_level_row_has_ratios_throughput_cpu_and_memory() -> None:
     assert row["orch_cpu_ms_per_task"] == pytest.approx(10.0)
     assert row["cores_used"] == pytest.approx(0.2)
     assert row["kib_per_in_flight_task"] == pytest.approx(1024.0)
-    instant = bo.level_row(_level(10, [0.02, 0.04], failures=1), None, None)
+    instant = bo.level_row(_level(10, [0.02, 0.04, 0.06], failures=1), None, None)
     assert instant["median_ms"] == pytest.approx(40.0) and instant["failed"] == 1
     assert instant["kib_per_in_flight_task"] is None
 
 
 def test_targets_are_evaluated_at_their_levels() -> None:
-    rows = [
-        bo.level_row(_level(c, [4.6] * 10), 4.5, 100 * bo.MIB) for c in (bo.TARGET_LATENCY_LEVEL, 1000)
-    ]
-    instant = [bo.level_row(_level(100, [0.05] * 600), None, None)]
+    rows = [bo.level_row(_level(c, [4.6] * 10), 4.5, 100 * bo.MIB) for c in (bo.TARGET_LATENCY_LEVEL, 1000)]
+    instant = [bo.level_row(_level(100, [0.05] * 100), None, None)]  # 10 tasks/s, 20 ms CPU a task
     targets = bo.targets_of(rows, instant)
-    assert [t.met for t in targets] == [True, True, True, True, False, True, True]
+    assert [t.met for t in targets] == [True, True, True, True, True, True, False]
+    assert targets[4].value == pytest.approx(102.4)  # (200 - 100) MiB over 1000 in flight
     assert "at 100 concurrent" in targets[-1].description
     assert all(t.met is None for t in bo.targets_of([], []))
 
 
 def test_result_has_the_three_tables_and_the_breakdown() -> None:
     cfg = bo.BenchConfig(levels=(1, 5), instant_levels=(5,))
-    latency = bo.RunOutcome(levels=[_level(1, [4.6] * 5), _level(5, [4.7] * 5, failures=1)], baseline_rss=bo.MIB)
-    instant = bo.RunOutcome(levels=[_level(5, [0.05] * 20)], idle_cores=0.1)
+    latency = bo.RunOutcome(
+        levels=[_level(1, [4.6] * 5), _level(5, [4.7] * 5, failures=1)], baseline_rss=bo.MIB
+    )
+    instant = bo.RunOutcome(levels=[_level(5, [0.05] * 20)], idle_cores={"raylet": 0.1})
     result = bo.build_result(cfg, latency, instant)
     assert [t.title.split(":")[0] for t in result.tables] == [
         "latency",
@@ -304,7 +310,12 @@ def test_result_has_the_three_tables_and_the_breakdown() -> None:
     ]
     text = result.format_text()
     assert "latency c=5: failures by reason: timeout: 1" in text
+    assert "off the ideal path" not in text
     assert "ideal 4.500 s" in text
+    breakdown = {r["group"]: r for r in result.tables[2].rows}
+    assert breakdown["raylet"]["cpu_ms_per_task"] == pytest.approx(50.0)
+    assert breakdown["raylet"]["idle_ms_per_task"] == pytest.approx(50.0)  # 0.1 cores x 10 s / 20 tasks
+    assert breakdown["orchestrator"]["idle_ms_per_task"] == 0
     data = result.to_dict()
     assert data["config"]["ideal_s"] == pytest.approx(4.5)
     assert [r["concurrency"] for r in data["latency_levels"]] == [1, 5]

@@ -39,13 +39,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import queue
 import statistics
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -460,6 +463,18 @@ def _step_row(task_id: str, result: StepResult) -> dict[str, Any]:
     }
 
 
+def _new_task_row(record: TaskRecord, request: TaskRequest) -> dict[str, Any]:
+    return {
+        "task_id": record.task_id,
+        "status": record.status.value,
+        "description": record.description,
+        "record": record.model_dump_json(),
+        "request": request.model_dump_json(),
+        "created_at": _utc(record.created_at),
+        "updated_at": record.updated_at,
+    }
+
+
 def _event_row(task_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"task_id": task_id, "kind": kind, "data": json.dumps(data, default=str), "at": utcnow()}
 
@@ -473,6 +488,96 @@ def _positive_ttl(ttl_s: float) -> timedelta:
 # --------------------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------------------
+
+
+GROUP_COMMIT_MAX_WRITES = 256
+"""Most writes committed together in one transaction by the async API's writer thread."""
+
+_Work = Callable[[Connection], Any]
+_Queued = tuple[_Work, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller gave up (cancelled); the write itself happened or not, as it went
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _GroupCommitter:
+    """Group commit for the async API's writes: a writer thread takes every write waiting and
+    commits them in ONE transaction, in the order they were submitted, then wakes each caller.
+
+    Each caller still awaits its own write's commit (a transition is stored before it is acted
+    on); what is shared is the transaction's begin/commit (on PostgreSQL, its fsync) and the
+    thread hand-off. When a batch fails on a statement's error (not on an unreachable store), the
+    transaction is rolled back and its writes run again one transaction each, so only the bad one
+    fails.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, work: _Work) -> asyncio.Future[Any]:
+        """Queue ``work(conn)``; the future gets its result once its transaction committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._ensure_thread()
+        self._queue.put((work, future, loop))
+        return future
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="officeray-store-writer", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < GROUP_COMMIT_MAX_WRITES:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Queued]) -> None:
+        try:
+            with _write_transaction(self._engine) as conn:
+                results = [work(conn) for work, _, _ in batch]
+        except StoreUnavailableError as exc:
+            for _, future, loop in batch:
+                loop.call_soon_threadsafe(_resolve, future, None, exc)
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    self._commit([item])
+            else:
+                _, future, loop = batch[0]
+                loop.call_soon_threadsafe(_resolve, future, None, exc)
+        else:
+            for (_, future, loop), result in zip(batch, results, strict=True):
+                loop.call_soon_threadsafe(_resolve, future, result, None)
 
 
 class SqlStore:
@@ -512,6 +617,7 @@ class SqlStore:
             # a recorded success is final: a stale run's later failure never replaces it
             where=step_results_table.c.status != StepStatus.SUCCEEDED.value,
         )
+        self._writer = _GroupCommitter(self._engine)
         self._event_insert = events_table.insert().values(
             {name: sa.bindparam(name) for name in ("task_id", "kind", "data", "at")}
         )
@@ -544,31 +650,32 @@ class SqlStore:
 
     def _write_task_row(self, row: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(self._save_task_upsert, row)
+            self._task_row_on(conn, row)
+
+    def _task_row_on(self, conn: Connection, row: dict[str, Any]) -> None:
+        conn.execute(self._save_task_upsert, row)
 
     def _write_transition_rows(self, row: dict[str, Any], event: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(self._save_task_upsert, row)
-            conn.execute(self._event_insert, event)
+            self._transition_on(conn, row, event)
+
+    def _transition_on(self, conn: Connection, row: dict[str, Any], event: dict[str, Any]) -> None:
+        conn.execute(self._save_task_upsert, row)
+        conn.execute(self._event_insert, event)
 
     def create_task_sync(self, record: TaskRecord, request: TaskRequest) -> bool:
         """Insert a new task atomically; False when a task with that id already exists."""
+        with self._write() as conn:
+            return self._create_on(conn, _new_task_row(record, request))
+
+    def _create_on(self, conn: Connection, row: dict[str, Any]) -> bool:
         stmt = (
             self._insert(tasks_table)
-            .values(
-                task_id=record.task_id,
-                status=record.status.value,
-                description=record.description,
-                record=record.model_dump_json(),
-                request=request.model_dump_json(),
-                created_at=_utc(record.created_at),
-                updated_at=record.updated_at,
-            )
+            .values(**row)
             .on_conflict_do_nothing(index_elements=[tasks_table.c.task_id])
             .returning(tasks_table.c.task_id)  # a row when inserted (INSERT rowcounts are not portable)
         )
-        with self._write() as conn:
-            return conn.execute(stmt).first() is not None
+        return conn.execute(stmt).first() is not None
 
     def unfinished_sync(self) -> list[tuple[TaskRecord, TaskRequest]]:
         """Tasks not in a final state, with their requests (what a restarted orchestrator resumes).
@@ -613,7 +720,10 @@ class SqlStore:
 
     def _write_event_row(self, event: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(self._event_insert, event)
+            self._event_on(conn, event)
+
+    def _event_on(self, conn: Connection, event: dict[str, Any]) -> None:
+        conn.execute(self._event_insert, event)
 
     def events_sync(self, task_id: str) -> list[dict[str, Any]]:
         query = sa.select(events_table).where(events_table.c.task_id == task_id).order_by(events_table.c.id)
@@ -629,7 +739,10 @@ class SqlStore:
 
     def _write_step_row(self, row: dict[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute(self._step_result_upsert, row)
+            self._step_on(conn, row)
+
+    def _step_on(self, conn: Connection, row: dict[str, Any]) -> None:
+        conn.execute(self._step_result_upsert, row)
 
     def get_step_result_sync(self, idempotency_key: str) -> StepResult | None:
         with self._read() as conn:
@@ -642,8 +755,12 @@ class SqlStore:
 
     def add_tenant_usage_sync(self, tenant: str, usage: ModelUsage) -> None:
         """Add ``usage`` to the tenant's totals (one atomic statement)."""
+        with self._write() as conn:
+            self._usage_on(conn, tenant, usage.model_dump())
+
+    def _usage_on(self, conn: Connection, tenant: str, usage: dict[str, Any]) -> None:
         t = tenant_usage_table
-        stmt = self._insert(t).values(tenant=tenant, updated_at=utcnow(), **usage.model_dump())
+        stmt = self._insert(t).values(tenant=tenant, updated_at=utcnow(), **usage)
         stmt = stmt.on_conflict_do_update(
             index_elements=[t.c.tenant],
             set_={
@@ -654,8 +771,7 @@ class SqlStore:
                 "updated_at": stmt.excluded.updated_at,
             },
         )
-        with self._write() as conn:
-            conn.execute(stmt)
+        conn.execute(stmt)
 
     def tenant_usage_sync(self, tenant: str) -> ModelUsage:
         t = tenant_usage_table
@@ -688,7 +804,10 @@ class SqlStore:
         now = _utc(now)
         row = {"task_id": task_id, "owner": owner, "expires_at": now + _positive_ttl(ttl_s)}
         with self._write() as conn:
-            return conn.execute(self._lease_upsert([row], owner, now)).first() is not None
+            return self._acquire_on(conn, row, now)
+
+    def _acquire_on(self, conn: Connection, row: dict[str, Any], now: datetime) -> bool:
+        return conn.execute(self._lease_upsert([row], row["owner"], now)).first() is not None
 
     def renew_leases_sync(self, owner: str, ttl_s: float, now: datetime | None = None) -> int:
         """Extend every lease still held by ``owner`` to ``now + ttl_s``; return how many. A lease that
@@ -704,9 +823,12 @@ class SqlStore:
 
     def release_lease_sync(self, task_id: str, owner: str) -> bool:
         """Give the lease up; False when ``owner`` did not hold it (another's lease is left alone)."""
-        t = leases_table
         with self._write() as conn:
-            return bool(conn.execute(t.delete().where(t.c.task_id == task_id, t.c.owner == owner)).rowcount)
+            return self._release_on(conn, task_id, owner)
+
+    def _release_on(self, conn: Connection, task_id: str, owner: str) -> bool:
+        t = leases_table
+        return bool(conn.execute(t.delete().where(t.c.task_id == task_id, t.c.owner == owner)).rowcount)
 
     def lease_owner_sync(self, task_id: str, now: datetime | None = None) -> str | None:
         """Who holds the lease on ``task_id``; None when absent or expired at ``now``."""
@@ -915,21 +1037,19 @@ class SqlStore:
 
     # -- async API (the workflow's Store port) --------------------------------------------------
 
-    # The writes serialize their record when called, on the caller's thread, and return the
-    # awaitable of the write (run in a worker thread): the caller may change the record meanwhile
-    # (the Store port's contract), and serializing costs less than a deep copy.
+    # The hot writes serialize their record when called, on the caller's thread, and return the
+    # awaitable of the write: the caller may change the record meanwhile (the Store port's
+    # contract), and serializing costs less than a deep copy. They go through the group committer.
 
-    def save_task(self, record: TaskRecord) -> Coroutine[Any, Any, None]:
-        return asyncio.to_thread(self._write_task_row, _task_row(record))
+    def save_task(self, record: TaskRecord) -> Awaitable[None]:
+        return self._writer.submit(partial(self._task_row_on, row=_task_row(record)))
 
-    def save_transition(
-        self, record: TaskRecord, kind: str, data: dict[str, Any]
-    ) -> Coroutine[Any, Any, None]:
-        rows = (_task_row(record), _event_row(record.task_id, kind, data))
-        return asyncio.to_thread(self._write_transition_rows, *rows)
+    def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> Awaitable[None]:
+        row, event = _task_row(record), _event_row(record.task_id, kind, data)
+        return self._writer.submit(partial(self._transition_on, row=row, event=event))
 
-    async def create_task(self, record: TaskRecord, request: TaskRequest) -> bool:
-        return await asyncio.to_thread(self.create_task_sync, record.model_copy(deep=True), request)
+    def create_task(self, record: TaskRecord, request: TaskRequest) -> Awaitable[bool]:
+        return self._writer.submit(partial(self._create_on, row=_new_task_row(record, request)))
 
     async def unfinished(self) -> list[tuple[TaskRecord, TaskRequest]]:
         return await asyncio.to_thread(self.unfinished_sync)
@@ -940,11 +1060,11 @@ class SqlStore:
     async def get_request(self, task_id: str) -> TaskRequest | None:
         return await asyncio.to_thread(self.get_request_sync, task_id)
 
-    def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Coroutine[Any, Any, None]:
-        return asyncio.to_thread(self._write_event_row, _event_row(task_id, kind, data))
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Awaitable[None]:
+        return self._writer.submit(partial(self._event_on, event=_event_row(task_id, kind, data)))
 
-    def save_step_result(self, task_id: str, result: StepResult) -> Coroutine[Any, Any, None]:
-        return asyncio.to_thread(self._write_step_row, _step_row(task_id, result))
+    def save_step_result(self, task_id: str, result: StepResult) -> Awaitable[None]:
+        return self._writer.submit(partial(self._step_on, row=_step_row(task_id, result)))
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None:
         return await asyncio.to_thread(self.get_step_result_sync, idempotency_key)
@@ -952,8 +1072,8 @@ class SqlStore:
     async def events(self, task_id: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.events_sync, task_id)
 
-    async def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> None:
-        await asyncio.to_thread(self.add_tenant_usage_sync, tenant, usage)
+    def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> Awaitable[None]:
+        return self._writer.submit(partial(self._usage_on, tenant=tenant, usage=usage.model_dump()))
 
     async def tenant_usage(self, tenant: str) -> ModelUsage:
         return await asyncio.to_thread(self.tenant_usage_sync, tenant)
@@ -961,13 +1081,17 @@ class SqlStore:
     async def acquire_lease(
         self, task_id: str, owner: str, ttl_s: float, now: datetime | None = None
     ) -> bool:
-        return await asyncio.to_thread(self.acquire_lease_sync, task_id, owner, ttl_s, now)
+        moment = _utc(now)
+        row = {"task_id": task_id, "owner": owner, "expires_at": moment + _positive_ttl(ttl_s)}
+        acquired: bool = await self._writer.submit(partial(self._acquire_on, row=row, now=moment))
+        return acquired
 
     async def renew_leases(self, owner: str, ttl_s: float, now: datetime | None = None) -> int:
         return await asyncio.to_thread(self.renew_leases_sync, owner, ttl_s, now)
 
     async def release_lease(self, task_id: str, owner: str) -> bool:
-        return await asyncio.to_thread(self.release_lease_sync, task_id, owner)
+        released: bool = await self._writer.submit(partial(self._release_on, task_id=task_id, owner=owner))
+        return released
 
     async def lease_owner(self, task_id: str, now: datetime | None = None) -> str | None:
         return await asyncio.to_thread(self.lease_owner_sync, task_id, now)
@@ -1013,6 +1137,7 @@ class SqlStore:
         return await asyncio.to_thread(self.schema_version_sync)
 
     def close(self) -> None:
+        self._writer.close()
         self._engine.dispose()
 
 

@@ -172,3 +172,53 @@ async def test_saving_does_not_change_the_callers_record(store: SqlStore) -> Non
     before = mine.model_copy(deep=True)
     await store.save_task(mine)
     assert mine == before
+
+
+async def test_concurrent_writes_are_all_stored_in_order_per_task(store: SqlStore) -> None:
+    import asyncio
+
+    records = [record(f"task-{i}") for i in range(20)]
+
+    async def one_task(r: TaskRecord) -> None:
+        for i in range(10):
+            r.iterations = i
+            await store.save_transition(r, f"t{i}", {"i": i})
+
+    await asyncio.gather(*(one_task(r) for r in records))
+    for r in records:
+        assert [e["kind"] for e in await store.events(r.task_id)] == [f"t{i}" for i in range(10)]
+        stored = await store.get_task(r.task_id)
+        assert stored is not None and stored.iterations == 9
+
+
+async def test_a_failing_write_fails_alone_and_the_others_of_its_batch_are_stored(store: SqlStore) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from officeray.errors import StoreError
+
+    good = [record(f"good-{i}") for i in range(5)]
+
+    def bad(conn: sa.Connection) -> None:
+        conn.execute(sa.text("INSERT INTO no_such_table VALUES (1)"))
+
+    writes = [store.save_task(r) for r in good[:3]]
+    writes.append(store._writer.submit(bad))  # a statement error inside a group commit
+    writes += [store.save_task(r) for r in good[3:]]
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(outcomes[3], StoreError)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [None] * 5
+    for r in good:
+        assert await store.get_task(r.task_id) is not None
+
+
+async def test_duplicate_creates_in_one_batch_insert_once(store: SqlStore) -> None:
+    import asyncio
+
+    from officeray.contracts import TaskRequest
+
+    r = record()
+    request = TaskRequest(description="x")
+    results = await asyncio.gather(*(store.create_task(r, request) for _ in range(5)))
+    assert sorted(results) == [False, False, False, False, True]

@@ -217,12 +217,10 @@ class Orchestrator:
         try:
             record = TaskRecord(task_id=task_id, description=request.description, tenant=request.tenant)
             record.logs.append(LogLine(message=f"accepted by {self.owner}"))
-            # Lease first, then the row: another orchestrator's claim loop only sees the new task
-            # once it exists, and by then it is already held.
-            leased = await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s)
-            if not leased or not await self.store.create_task(record, request):
-                if leased:
-                    await self.store.release_lease(task_id, self.owner)
+            # Lease and row in one transaction: another orchestrator's claim loop only sees the new
+            # task once it exists, and by then it is already held.
+            ttl = self.settings.workflow.lease_ttl_s
+            if not await self.store.create_leased_task(record, request, self.owner, ttl):
                 return await self._existing(task_id), False
             self._start(request, record)
             return record, True

@@ -1051,6 +1051,27 @@ class SqlStore:
     def create_task(self, record: TaskRecord, request: TaskRequest) -> Awaitable[bool]:
         return self._writer.submit(partial(self._create_on, row=_new_task_row(record, request)))
 
+    async def create_leased_task(
+        self, record: TaskRecord, request: TaskRequest, owner: str, ttl_s: float
+    ) -> bool:
+        """Take the lease on the new task and insert it, in one transaction: True when both
+        happened; False (and nothing changed) when another owner holds the lease or the task exists."""
+        now = utcnow()
+        lease = {"task_id": record.task_id, "owner": owner, "expires_at": now + _positive_ttl(ttl_s)}
+        work = partial(self._create_leased_on, lease=lease, now=now, row=_new_task_row(record, request))
+        created: bool = await self._writer.submit(work)
+        return created
+
+    def _create_leased_on(
+        self, conn: Connection, lease: dict[str, Any], now: datetime, row: dict[str, Any]
+    ) -> bool:
+        if not self._acquire_on(conn, lease, now):
+            return False
+        if self._create_on(conn, row):
+            return True
+        self._release_on(conn, lease["task_id"], lease["owner"])  # it existed: leave its lease as it was
+        return False
+
     async def unfinished(self) -> list[tuple[TaskRecord, TaskRequest]]:
         return await asyncio.to_thread(self.unfinished_sync)
 

@@ -222,3 +222,18 @@ async def test_duplicate_creates_in_one_batch_insert_once(store: SqlStore) -> No
     request = TaskRequest(description="x")
     results = await asyncio.gather(*(store.create_task(r, request) for _ in range(5)))
     assert sorted(results) == [False, False, False, False, True]
+
+
+async def test_create_leased_task_takes_the_lease_and_inserts_once(store: SqlStore) -> None:
+    from officeray.contracts import TaskRequest
+
+    request = TaskRequest(description="x")
+    assert await store.create_leased_task(record("t1"), request, "orch-a", 30) is True
+    assert await store.lease_owner("t1") == "orch-a"
+    # the same id again, from another orchestrator: refused while a holds it, nothing changed
+    assert await store.create_leased_task(record("t1"), request, "orch-b", 30) is False
+    assert await store.lease_owner("t1") == "orch-a"
+    # the task exists and its lease is gone: refused, and no lease is left behind
+    await store.release_lease("t1", "orch-a")
+    assert await store.create_leased_task(record("t1"), request, "orch-b", 30) is False
+    assert await store.lease_owner("t1") is None

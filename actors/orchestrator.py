@@ -300,6 +300,13 @@ class Orchestrator:
         self._start(request, record)
         return record
 
+    async def claim_idempotency_key(
+        self, tenant: str, key: str, body_sha256: str, task_id: str
+    ) -> tuple[str, bool]:
+        """:meth:`SqlStore.claim_idempotency_key`, written by this orchestrator's store writer: on
+        SQLite one process writing (with group commit) beats several contending for the file lock."""
+        return await self.store.claim_idempotency_key(tenant, key, body_sha256, task_id)
+
     async def notify_approval(self, task_id: str, step_id: str) -> None:
         """A decision for ``task_id``/``step_id`` was stored: wake the step waiting for it."""
         self.approvals.notify(task_id, step_id)

@@ -973,6 +973,12 @@ class SqlStore:
         every later one, where ``same_body`` says whether the body hashes match. A caller knows its
         claim created the binding when the returned id is its own ``task_id``.
         """
+        with self._write() as conn:
+            return self._claim_on(conn, tenant, key, body_sha256, task_id)
+
+    def _claim_on(
+        self, conn: Connection, tenant: str, key: str, body_sha256: str, task_id: str
+    ) -> tuple[str, bool]:
         t = idempotency_keys_table
         stmt = (
             self._insert(t)
@@ -980,12 +986,11 @@ class SqlStore:
             .on_conflict_do_nothing(index_elements=[t.c.tenant, t.c.key])
             .returning(t.c.task_id)
         )
-        with self._write() as conn:
-            if conn.execute(stmt).first() is not None:
-                return task_id, True
-            existing = conn.execute(
-                sa.select(t.c.task_id, t.c.body_sha256).where(t.c.tenant == tenant, t.c.key == key)
-            ).one()
+        if conn.execute(stmt).first() is not None:
+            return task_id, True
+        existing = conn.execute(
+            sa.select(t.c.task_id, t.c.body_sha256).where(t.c.tenant == tenant, t.c.key == key)
+        ).one()
         return existing.task_id, existing.body_sha256 == body_sha256
 
     # -- approvals --------------------------------------------------------------------------------
@@ -1137,7 +1142,9 @@ class SqlStore:
     async def claim_idempotency_key(
         self, tenant: str, key: str, body_sha256: str, task_id: str
     ) -> tuple[str, bool]:
-        return await asyncio.to_thread(self.claim_idempotency_key_sync, tenant, key, body_sha256, task_id)
+        work = partial(self._claim_on, tenant=tenant, key=key, body_sha256=body_sha256, task_id=task_id)
+        claimed: tuple[str, bool] = await self._writer.submit(work)
+        return claimed
 
     async def decide_approval(
         self,

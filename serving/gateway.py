@@ -302,8 +302,14 @@ class Gateway:
         after its claim). A different request under the same key is refused with 409.
         """
         task_id = task.task_id or new_id("task")
-        claimed_id, same_body = await self.store.claim_idempotency_key(
-            task.tenant, key, request_fingerprint(task), task_id
+        # claimed through an orchestrator (its store writer), not this process's own connection
+        claimed_id, same_body = await self._call_orchestrator(
+            "claim_idempotency_key",
+            task.tenant,
+            key,
+            request_fingerprint(task),
+            task_id,
+            shard=shard_of(f"{task.tenant}/{key}", self.shards),
         )
         if not same_body:
             raise HTTPException(

@@ -71,17 +71,14 @@ def _runs_on_host(action: str) -> bool:
         return False  # an unknown tool: the sandbox runner's run_step reports it
 
 
-class HostToolRunner:
-    """Runs host-side tool steps, many at once (a threaded actor, ``runners.host_concurrency``)."""
+class _StepRunner:
+    """What both runners share: plugins loaded, the host tools' context, a ``tool <action>`` span per step."""
 
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         load_plugins(settings.plugins)
         self.workspace_root = Path(settings.workspace_root)
         self.host_context = _host_context(settings, ai_tool_handle)
         self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
-
-    def ready(self) -> bool:
-        return True
 
     def run(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
@@ -91,20 +88,30 @@ class HostToolRunner:
             context=extract_context(carrier),
             attributes={"officeray.task_id": task_id, "officeray.step_id": step.step_id},
         ) as span:
-            outcome = run_host_step(step, inputs, self.workspace_root, self.host_context)
+            outcome = self._run(task_id, step, inputs)
             if outcome.error is not None:
                 span.set_attribute("officeray.error_type", outcome.error.type.value)
             return outcome
 
+    def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
+        raise NotImplementedError
 
-class ToolRunner:
+
+class HostToolRunner(_StepRunner):
+    """Runs host-side tool steps, many at once (a threaded actor, ``runners.host_concurrency``)."""
+
+    def ready(self) -> bool:
+        return True
+
+    def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
+        return run_host_step(step, inputs, self.workspace_root, self.host_context)
+
+
+class ToolRunner(_StepRunner):
     """Owns one warm sandbox and runs steps in it, one at a time."""
 
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
-        load_plugins(settings.plugins)
-        self.workspace_root = Path(settings.workspace_root)
-        self.host_context = _host_context(settings, ai_tool_handle)
-        self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
+        super().__init__(settings, ai_tool_handle)
         box = settings.sandbox
         if box.backend == "docker":
             limits = SandboxLimits(**box.limits)  # a bad limit fails here, before any container starts
@@ -121,21 +128,12 @@ class ToolRunner:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(
-        self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
-    ) -> StepOutcome:
-        with self.tracer.start_as_current_span(
-            f"tool {step.action}",
-            context=extract_context(carrier),
-            attributes={"officeray.task_id": task_id, "officeray.step_id": step.step_id},
-        ) as span:
-            sandbox = self.sandboxes.for_task(task_id)
-            outcome = run_step(sandbox, step, inputs, self.workspace_root, self.host_context)
-            if outcome.error is not None:
-                span.set_attribute("officeray.error_type", outcome.error.type.value)
-                if outcome.error.type == ErrorType.SANDBOX_ERROR:
-                    self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
-            return outcome
+    def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
+        sandbox = self.sandboxes.for_task(task_id)
+        outcome = run_step(sandbox, step, inputs, self.workspace_root, self.host_context)
+        if outcome.error is not None and outcome.error.type == ErrorType.SANDBOX_ERROR:
+            self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
+        return outcome
 
     def shutdown(self) -> None:
         self.sandboxes.close()

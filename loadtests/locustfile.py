@@ -415,6 +415,9 @@ class TaskUser(FastHttpUser):
             self.followers.spawn(self._follow, kind.kind, task_id, started)
 
     def on_stop(self) -> None:
+        # open loop: tasks already submitted get the graceful stop time (--stop-timeout) to finish
+        drain = float(getattr(self.options, "stop_timeout", 0) or 0)
+        self.followers.join(timeout=drain)
         self.followers.kill(block=False)
 
     def _submit(self, description: str, tenant: str) -> str | None:

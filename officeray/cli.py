@@ -10,6 +10,8 @@
 * ``officeray tool NAME --input JSON [--timeout S] [--json]``: one tool call as a plan step would
   run it; exit 0 succeeded, 1 failed, 2 bad usage.
 * ``officeray bench sandbox [--json]``: warm sandbox vs ``docker exec`` vs ``docker run``.
+* ``officeray bench overhead [--levels 1,10,100,500,1000] [--json [FILE]]``: task latency against
+  the ideal critical path, throughput, CPU and memory per task (:mod:`loadtests.bench_overhead`).
 * ``officeray loadtest --users N --spawn-rate R --duration S --out DIR [--host URL] [--workers N]
   [--shape KIND|FILE] [--arrival-rate R] [--slo EXPR]...``: a bounded locust run with a report
   (see :mod:`loadtests.loadtest`); exit 0 when the SLOs hold, 1 when one is violated, 2 bad input.
@@ -113,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     bsb.add_argument("--run-calls", type=int, default=10, help="docker run samples")
     bsb.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bsb.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+    from loadtests.bench_overhead import add_arguments as add_overhead_arguments
+
+    bov = bench_sub.add_parser(
+        "overhead",
+        help="task latency against the ideal critical path at 1..1000 concurrent, and CPU per task",
+    )
+    add_overhead_arguments(bov)
     _add_loadtest_parser(sub)
     _add_dlq_parser(sub)
     return parser
@@ -344,6 +353,10 @@ def _cmd_tool(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.bench == "overhead":
+        from loadtests.bench_overhead import run_from_args
+
+        return run_from_args(args)
     from loadtests.bench_sandbox import format_report, run_bench
 
     report = run_bench(args.calls, run_calls=args.run_calls)

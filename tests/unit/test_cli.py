@@ -129,3 +129,12 @@ def test_tool_bad_usage_exits_2_before_anything_runs(
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
     assert fragment in captured.err and captured.out == ""
+
+
+def test_bench_overhead_is_a_cli_command_and_bad_levels_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from officeray.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "overhead", "--levels", "0"])
+    assert exc.value.code == 2
+    assert "--levels" in capsys.readouterr().err

@@ -106,3 +106,22 @@ def test_open_loop_run_and_a_violated_slo_exits_1(stack: LocalStack, tmp_path: P
     assert report["passed"] is False
     assert report["completion"]["count"] >= 5  # ~4 tasks/s for 5 s, whatever their latency
     assert "SLO FAIL completion.p50_ms<=1" in proc.stdout
+
+
+def test_model_scenario_measures_the_chat_endpoint(stack: LocalStack, tmp_path: Path) -> None:
+    out = tmp_path / "llm"
+    proc = _loadtest(
+        "--scenario", "model",
+        "--host", _host(stack),
+        "--users", "2", "--spawn-rate", "2", "--duration", "4",
+        "--slo", "request[LLM e2e].failures<=0",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = _report(out)
+    assert report["run"]["scenario"] == "model"
+    by_name = {r["name"]: r for r in report["requests"] if r["type"] == "LLM"}
+    assert set(by_name) >= {"ttft", "e2e"}
+    assert by_name["e2e"]["count"] > 0 and by_name["e2e"]["failures"] == 0
+    assert by_name["ttft"]["p50_ms"] <= by_name["e2e"]["p50_ms"]
+    assert by_name["e2e"].get("tokens_total", 0) > 0

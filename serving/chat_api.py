@@ -17,7 +17,10 @@ with two routes:
   ``"stop"``, ``usage``) plus an ``officeray`` member naming the tier and model that answered.
   With ``"stream": true`` it is a ``text/event-stream`` of ``chat.completion.chunk`` objects (a first
   chunk with the assistant role, one per content piece, a last one with ``finish_reason``) ending with
-  ``data: [DONE]``. An error after the stream started is sent as a ``data: {"error": ...}`` event and
+  ``data: [DONE]``. With ``"stream_options": {"include_usage": true}`` a last chunk before
+  ``[DONE]`` has empty ``choices`` and the ``usage`` (OpenAI's form); in a stream, tokens are counted
+  as whitespace-separated words of the messages and of the streamed content (the tiers stream
+  text, not token counts). An error after the stream started is sent as a ``data: {"error": ...}`` event and
   the stream ends without ``[DONE]``.
 * ``GET /v1/models``: the roles, as an OpenAI model list.
 
@@ -128,6 +131,10 @@ class ResponseFormat(_Lenient):
     json_schema: JsonSchemaFormat | None = None
 
 
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(_Lenient):
     """The OpenAI chat-completions request, as far as the role models use it."""
 
@@ -138,6 +145,7 @@ class ChatCompletionRequest(_Lenient):
     temperature: float | None = Field(default=None, ge=0, le=2)
     response_format: ResponseFormat | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=1)
 
 
@@ -351,20 +359,47 @@ async def _aclose(stream: AsyncIterator[str]) -> None:
             logger.debug("closing a model stream failed", exc_info=True)
 
 
+def _usage_chunk(completion_id: str, created: int, model: str, prompt: int, completion: int) -> str:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
 async def _event_stream(
-    completion_id: str, created: int, model: str, first: str | None, stream: AsyncIterator[str]
+    completion_id: str,
+    created: int,
+    model: str,
+    first: str | None,
+    stream: AsyncIterator[str],
+    prompt_tokens: int | None = None,
 ) -> AsyncIterator[str]:
+    """The SSE events; ``prompt_tokens`` set: a usage chunk before ``[DONE]`` (``include_usage``)."""
+    words = 0
     try:
         yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
         if first is not None:
+            words += len(first.split())
             yield _chunk(completion_id, created, model, {"content": first}, None)
             try:
                 async for piece in stream:
+                    words += len(piece.split())
                     yield _chunk(completion_id, created, model, {"content": piece}, None)
             except Exception as exc:
                 yield f"data: {json.dumps(dispatch_error(exc).body(), ensure_ascii=False)}\n\n"
                 return
         yield _chunk(completion_id, created, model, {}, "stop")
+        if prompt_tokens is not None:
+            yield _usage_chunk(completion_id, created, model, prompt_tokens, words)
         yield "data: [DONE]\n\n"
     finally:
         await _aclose(stream)
@@ -417,8 +452,11 @@ def make_chat_router(dispatch: ChatDispatch) -> APIRouter:
                 await _aclose(stream)
             return dispatch_error(exc).response()
         assert stream is not None
+        prompt_tokens = None
+        if body.stream_options is not None and body.stream_options.include_usage:
+            prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in call.messages)
         return StreamingResponse(
-            _event_stream(completion_id, created, role, first, stream),
+            _event_stream(completion_id, created, role, first, stream, prompt_tokens),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

@@ -217,6 +217,20 @@ def test_stream_sends_chunks_then_done(client: TestClient) -> None:
     assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}
 
 
+def test_stream_with_include_usage_ends_with_a_usage_chunk(client: TestClient) -> None:
+    body = chat("ai_tool", "summarize: alpha beta gamma.", stream=True)
+    body["stream_options"] = {"include_usage": True}
+    received = events(client.post(URL, json=body))
+    assert received[-1] == "[DONE]"
+    usage_chunk = received[-2]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    assert received[-3]["choices"][0]["finish_reason"] == "stop"
+    # without the option: no usage chunk
+    plain = events(client.post(URL, json=chat("ai_tool", "summarize: alpha beta gamma.", stream=True)))
+    assert all("usage" not in c for c in plain[:-1])
+
+
 def test_stream_of_a_plan_joins_to_a_plan(client: TestClient) -> None:
     response = client.post(URL, json=chat("planner", "Compute 1+1 and also compute 2+2", stream=True))
     chunks = events(response)[:-1]

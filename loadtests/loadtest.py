@@ -369,8 +369,7 @@ def run_locust(plan: Plan, host: str, stand_in_model: bool, progress: Progress) 
             while master.poll() is None:
                 if time.monotonic() > deadline:
                     progress.note("the run passed its hard deadline; stopping locust")
-                    _stop(processes)
-                    return 1
+                    return 1  # the finally below stops it
                 progress.update()
                 time.sleep(0.25)
             progress.update(final=True)

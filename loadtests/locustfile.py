@@ -60,7 +60,7 @@ from loadtests.records import (
     StageInfo,
     Tick,
 )
-from loadtests.shapes import Stage
+from loadtests.shapes import Stage, stage_at
 from loadtests.taskmix import DEFAULT_TASK_MIX, TaskMixError, TaskPicker, load_task_mix
 
 logger = logging.getLogger(__name__)
@@ -160,14 +160,11 @@ class Recorder:
             sample["tokens"] = int(context["tokens"])
         if "tokens_per_s" in context:
             sample["tokens_per_s"] = float(context["tokens_per_s"])
-        self.pending.append(sample)
-        if not self.is_worker:
-            self.flush()
+        self.pending.append(sample)  # written (or sent) in batches: every TICK_S / FLUSH_S, and at the end
 
     def add(self, samples: list[Sample]) -> None:
-        """Samples from a worker (master only)."""
+        """Samples from a worker (master only); written with the master's own at the next tick."""
         self.pending.extend(samples)
-        self.flush()
 
     def flush(self) -> None:
         batch, self.pending = self.pending, []
@@ -224,12 +221,8 @@ _stages: list[Stage] = []
 def _current_stage(environment: Environment, started_at: float) -> str:
     if not _stages:
         return DEFAULT_STAGE
-    elapsed, end = time.time() - started_at, 0.0
-    for stage in _stages:
-        end += stage.duration_s
-        if elapsed < end:
-            return stage.name
-    return _stages[-1].name
+    stage = stage_at(_stages, time.time() - started_at)
+    return (stage or _stages[-1]).name  # past the last stage: draining, counted in the last
 
 
 def _ticker(environment: Environment) -> None:

@@ -31,8 +31,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from officeray.config import read_yaml_file
 
 MAX_RUN_S = 6 * 3600.0
 """Longest run a shape may describe (a soak test of six hours)."""
@@ -238,12 +239,7 @@ def load_shape(source: str, *, users: int, spawn_rate: float, duration_s: float)
     """The stages of ``source``: a YAML file (``.yaml``/``.yml``/``.json``) or the CLI form."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml", ".json"):
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ShapeError(f"cannot read shape file {source}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ShapeError(f"shape file {source} is not valid YAML: {exc}") from None
+        raw = read_yaml_file(path, f"shape file {source}", ShapeError)
         if not isinstance(raw, dict):
             raise ShapeError(f"shape file {source} must hold a mapping with a 'kind' key")
     else:

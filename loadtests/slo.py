@@ -37,9 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from loadtests.records import COMPLETION_TYPE
+from officeray.config import read_yaml_file
 
 SELECTORS = ("submit", "completion", "completion[KIND]", "request[TYPE NAME]", "run")
 """The selector forms, as shown in error messages."""
@@ -203,12 +202,7 @@ def load_slo_file(path: str | Path) -> list[Slo]:
     """Read a YAML file ``{slos: [EXPR, ...]}``; a missing file, bad YAML, another shape or a bad
     expression raises :class:`SloError` naming the file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SloError(f"cannot read SLO file {str(path)!r}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise SloError(f"SLO file {str(path)!r} is not valid YAML: {exc}") from exc
+    data = read_yaml_file(path, f"SLO file {str(path)!r}", SloError)
     if not isinstance(data, dict) or not isinstance(data.get("slos"), list):
         raise SloError(f"SLO file {str(path)!r} must be a mapping with a list 'slos: [EXPR, ...]'")
     slos = []

@@ -320,6 +320,19 @@ def _format_errors(exc: ValidationError, source: str, prefix: tuple[str, ...] = 
     return f"invalid configuration in {source}:\n" + "\n".join(lines)
 
 
+def read_yaml_file(path: str | os.PathLike[str], label: str, error: type[Exception] = ConfigError) -> Any:
+    """The YAML document in ``path``; ``error("cannot read <label>: ...")`` or
+    ``error("<label> is not valid YAML: ...")`` when it cannot be had."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read {label}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{label} is not valid YAML: {exc}") from None
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Read the config file (``path``, else ``$OFFICERAY_CONFIG``, else none) and the environment.
 
@@ -330,14 +343,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     source = "defaults and environment"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        loaded = read_yaml_file(path, f"config file {path}")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

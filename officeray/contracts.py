@@ -15,6 +15,7 @@ refuses a plan that does not, and the scheduler substitutes the value before the
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -98,12 +99,13 @@ class Plan(_Strict):
     steps: list[PlanStep] = Field(min_length=1, max_length=MAX_STEPS_PER_PLAN)
 
 
+@functools.cache
 def plan_json_schema() -> dict[str, Any]:
     """The plan's JSON Schema: used by the validator and requested from structured-output tiers.
 
     Built once per process (generating it costs milliseconds, on every planner call); treat the
     returned dict as read-only."""
-    return _PLAN_SCHEMA
+    return Plan.model_json_schema()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,6 +365,3 @@ class TaskRecord(_Strict):
         data = self.model_dump(mode="json")
         data["progress"] = self.progress
         return data
-
-
-_PLAN_SCHEMA: dict[str, Any] = Plan.model_json_schema()

@@ -479,6 +479,11 @@ def _event_row(task_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"task_id": task_id, "kind": kind, "data": json.dumps(data, default=str), "at": utcnow()}
 
 
+def _lease_row(task_id: str, owner: str, ttl_s: float, now: datetime) -> dict[str, Any]:
+    """The ``task_leases`` row of a lease taken at ``now`` for ``ttl_s`` seconds."""
+    return {"task_id": task_id, "owner": owner, "expires_at": now + _positive_ttl(ttl_s)}
+
+
 def _positive_ttl(ttl_s: float) -> timedelta:
     if ttl_s <= 0:
         raise ValueError(f"ttl_s must be positive, not {ttl_s}")
@@ -642,22 +647,20 @@ class SqlStore:
 
     def save_task_sync(self, record: TaskRecord) -> None:
         """Insert or replace the task's record (its ``created_at`` and request are kept)."""
-        self._write_task_row(_task_row(record))
+        self._write_now(partial(self._task_row_on, row=_task_row(record)))
 
     def save_transition_sync(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
         """The record and its transition event in ONE transaction: both are stored or neither."""
-        self._write_transition_rows(_task_row(record), _event_row(record.task_id, kind, data))
+        row, event = _task_row(record), _event_row(record.task_id, kind, data)
+        self._write_now(partial(self._transition_on, row=row, event=event))
 
-    def _write_task_row(self, row: dict[str, Any]) -> None:
+    def _write_now(self, work: _Work) -> Any:
+        """``work(conn)`` in its own write transaction, on this thread (the ``*_sync`` API)."""
         with self._write() as conn:
-            self._task_row_on(conn, row)
+            return work(conn)
 
     def _task_row_on(self, conn: Connection, row: dict[str, Any]) -> None:
         conn.execute(self._save_task_upsert, row)
-
-    def _write_transition_rows(self, row: dict[str, Any], event: dict[str, Any]) -> None:
-        with self._write() as conn:
-            self._transition_on(conn, row, event)
 
     def _transition_on(self, conn: Connection, row: dict[str, Any], event: dict[str, Any]) -> None:
         conn.execute(self._save_task_upsert, row)
@@ -716,11 +719,7 @@ class SqlStore:
             return [TaskRecord.model_validate_json(raw) for raw in conn.execute(query).scalars()]
 
     def append_event_sync(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
-        self._write_event_row(_event_row(task_id, kind, data))
-
-    def _write_event_row(self, event: dict[str, Any]) -> None:
-        with self._write() as conn:
-            self._event_on(conn, event)
+        self._write_now(partial(self._event_on, event=_event_row(task_id, kind, data)))
 
     def _event_on(self, conn: Connection, event: dict[str, Any]) -> None:
         conn.execute(self._event_insert, event)
@@ -735,11 +734,7 @@ class SqlStore:
 
     def save_step_result_sync(self, task_id: str, result: StepResult) -> None:
         """Insert or replace the result stored under ``result.idempotency_key``."""
-        self._write_step_row(_step_row(task_id, result))
-
-    def _write_step_row(self, row: dict[str, Any]) -> None:
-        with self._write() as conn:
-            self._step_on(conn, row)
+        self._write_now(partial(self._step_on, row=_step_row(task_id, result)))
 
     def _step_on(self, conn: Connection, row: dict[str, Any]) -> None:
         conn.execute(self._step_result_upsert, row)
@@ -802,9 +797,10 @@ class SqlStore:
         """Take or extend the lease on ``task_id`` until ``now + ttl_s``: True when it is ``owner``'s
         now (it was absent, expired, or already ``owner``'s), False when another owner holds it."""
         now = _utc(now)
-        row = {"task_id": task_id, "owner": owner, "expires_at": now + _positive_ttl(ttl_s)}
-        with self._write() as conn:
-            return self._acquire_on(conn, row, now)
+        acquired: bool = self._write_now(
+            partial(self._acquire_on, row=_lease_row(task_id, owner, ttl_s, now), now=now)
+        )
+        return acquired
 
     def _acquire_on(self, conn: Connection, row: dict[str, Any], now: datetime) -> bool:
         return conn.execute(self._lease_upsert([row], row["owner"], now)).first() is not None
@@ -1062,7 +1058,7 @@ class SqlStore:
         """Take the lease on the new task and insert it, in one transaction: True when both
         happened; False (and nothing changed) when another owner holds the lease or the task exists."""
         now = utcnow()
-        lease = {"task_id": record.task_id, "owner": owner, "expires_at": now + _positive_ttl(ttl_s)}
+        lease = _lease_row(record.task_id, owner, ttl_s, now)
         work = partial(self._create_leased_on, lease=lease, now=now, row=_new_task_row(record, request))
         created: bool = await self._writer.submit(work)
         return created
@@ -1108,7 +1104,7 @@ class SqlStore:
         self, task_id: str, owner: str, ttl_s: float, now: datetime | None = None
     ) -> bool:
         moment = _utc(now)
-        row = {"task_id": task_id, "owner": owner, "expires_at": moment + _positive_ttl(ttl_s)}
+        row = _lease_row(task_id, owner, ttl_s, moment)
         acquired: bool = await self._writer.submit(partial(self._acquire_on, row=row, now=moment))
         return acquired
 

@@ -145,6 +145,11 @@ class Orchestrator:
         self._ensure_started()
         return os.getpid()
 
+    async def pool_stats(self) -> dict[str, int]:
+        """The tool-runner pool now (runners, idle, starting, waiting steps, autoscaling totals)."""
+        self._ensure_started()
+        return self.pool.stats()
+
     async def busy_runner_pids(self) -> list[int]:
         """Process ids of the tool runners running a step now (fault-injection tests kill them)."""
         return self.pool.busy_pids()
@@ -156,6 +161,7 @@ class Orchestrator:
                 asyncio.ensure_future(self._renew_leases()),
                 asyncio.ensure_future(self._claim_unfinished()),
                 asyncio.ensure_future(self.pool.wait_ready()),
+                asyncio.ensure_future(self.pool.autoscale()),
             ]
 
     async def _renew_leases(self) -> None:

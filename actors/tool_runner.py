@@ -3,8 +3,10 @@
 A :class:`ToolRunner` runs one step at a time in its sandbox (a synchronous actor: slow tools block
 only that actor's own process, never the orchestrator's event loop). The :class:`RunnerPool` lives
 in the orchestrator and implements the workflow's ``StepExecutor`` port: a step waits for an idle
-runner, so up to ``runners.count`` independent steps run in parallel. A runner whose process died
-is replaced; the step it was running fails with ``sandbox_error`` and is retried under the policy.
+runner, so up to ``runners.count`` independent steps run in parallel. With ``runners.autoscaling`` the
+pool grows with waiting steps (up to ``max_runners``, asking Ray for nodes that advertise the
+``docker`` resource) and stops runners left idle. A runner whose process died is replaced; the step
+it was running fails with ``sandbox_error`` and is retried under the policy.
 
 Host-side tools (``runtime: host``: http_client, web_search, ai_tool, sleep) need no sandbox: the
 pool sends them to one :class:`HostToolRunner`, a threaded actor that runs up to
@@ -16,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from officeray.config import Settings
+from officeray.config import RunnerAutoscaling, Settings
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
 from officeray.telemetry import extract_context, setup_tracing
 from tools_sandbox.backends import make_sandbox
@@ -139,46 +143,193 @@ class ToolRunner(_StepRunner):
         self.sandboxes.close()
 
 
+AUTOSCALE_INTERVAL_S = 0.5
+"""How often an autoscaling pool looks for idle runners to stop and unneeded starts to cancel."""
+
+RUNNER_STOP_TIMEOUT_S = 10.0
+"""How long a stopping runner may take to remove its containers before its actor is killed anyway."""
+
+
+def runners_to_add(policy: RunnerAutoscaling, running: int, starting: int, waiting: int) -> int:
+    """New runners to start now: one per waiting step not already covered by a start, up to the max."""
+    room = policy.max_runners - running - starting
+    return max(0, min(waiting - starting, room))
+
+
+def runners_to_stop(policy: RunnerAutoscaling, running: int, idle_for_s: Sequence[float]) -> int:
+    """Idle runners to stop now: those idle past the timeout, never going below ``min_runners``."""
+    expired = sum(1 for idle in idle_for_s if idle >= policy.idle_timeout_s)
+    return max(0, min(expired, running - policy.min_runners))
+
+
+def starts_to_cancel(policy: RunnerAutoscaling, starting: int, waiting: int, quiet_for_s: float) -> int:
+    """Starts no longer needed: more than the waiting steps, once no step has waited for the timeout
+    (they hold a resource request that would make the autoscaler add a node nobody needs)."""
+    if quiet_for_s < policy.idle_timeout_s:
+        return 0
+    return max(0, starting - waiting)
+
+
 class RunnerPool:
-    """A fixed set of :class:`ToolRunner` actors behind a list of idle ones (the StepExecutor port).
+    """:class:`ToolRunner` actors behind a list of idle ones (the StepExecutor port).
 
     A step prefers an idle runner that last served the same task (its sandbox needs no recycling);
-    otherwise it takes the runner idle the longest.
+    otherwise it takes the runner idle the longest. Without ``runners.autoscaling`` the pool is a
+    fixed ``runners.count``; with it, a step that finds no idle runner starts one more (up to
+    ``max_runners``) and :meth:`autoscale` stops runners idle past ``idle_timeout_s`` (down to
+    ``min_runners``). Runner actors ask for ``runners.resources`` (by default ``{"docker": 1}``), so
+    on an autoscaling cluster a start that no node can place makes the autoscaler add a CPU node.
     """
 
-    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, ai_tool_handle: Any = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.ai_tool_handle = ai_tool_handle
+        self.policy = settings.runners.autoscaling
+        self._clock = clock
         self._actor_cls = ray.remote(ToolRunner).options(
-            num_cpus=settings.runners.num_cpus, max_restarts=0, max_concurrency=1
+            num_cpus=settings.runners.num_cpus,
+            resources=dict(settings.runners.resources),
+            max_restarts=0,
+            max_concurrency=1,
         )
         self._host_cls = ray.remote(HostToolRunner).options(
             num_cpus=0, max_restarts=0, max_concurrency=settings.runners.host_concurrency
         )
         self.host_runner: Any = self._host_cls.remote(settings, ai_tool_handle)
-        self.runners = [self._spawn() for _ in range(settings.runners.count)]
+        self.runners = [self._spawn() for _ in range(settings.runners.initial_runners)]
         self._idle: list[Any] = list(self.runners)
+        self._idle_since: dict[int, float] = {id(r): clock() for r in self.runners}
+        self._starting: dict[int, tuple[Any, float]] = {}
+        """Runners being started for waiting steps (by ``id(actor)``), with when they were asked for."""
+        self._waiting = 0
+        """Steps waiting for an idle runner."""
+        self._last_wait = clock()
         self._pids: dict[int, int] = {}
         """Runner process ids (by ``id(actor)``), learned while the runner is idle."""
         self._last_task: dict[int, str] = {}
         self._changed = asyncio.Condition()
+        self._growing: set[asyncio.Future[None]] = set()
+        self.started_total = 0
+        """Runners started by autoscaling over the pool's life."""
+        self.stopped_total = 0
+        """Runners stopped (or starts cancelled) by autoscaling over the pool's life."""
 
     def _spawn(self) -> Any:
         return self._actor_cls.remote(self.settings, self.ai_tool_handle)
 
     async def wait_ready(self) -> None:
-        await asyncio.gather(self.host_runner.ready.remote(), *(r.ready.remote() for r in self.runners))
-        pids = await asyncio.gather(*(r.pid.remote() for r in self.runners))
-        self._pids.update({id(r): pid for r, pid in zip(self.runners, pids, strict=True)})
+        initial = list(self.runners)
+        await asyncio.gather(self.host_runner.ready.remote(), *(r.ready.remote() for r in initial))
+        pids = await asyncio.gather(*(r.pid.remote() for r in initial))
+        self._pids.update({id(r): pid for r, pid in zip(initial, pids, strict=True)})
 
     def busy_pids(self) -> list[int]:
         """Process ids of the runners running a step now (for fault-injection tests)."""
         idle = {id(r) for r in self._idle}
         return [pid for key, pid in self._pids.items() if key not in idle]
 
+    def stats(self) -> dict[str, int]:
+        """The pool now: runners running, idle, starting, steps waiting, and the autoscaling totals."""
+        return {
+            "runners": len(self.runners),
+            "idle": len(self._idle),
+            "starting": len(self._starting),
+            "waiting_steps": self._waiting,
+            "min_runners": self.settings.runners.initial_runners,
+            "max_runners": self.settings.runners.max_runners,
+            "started_total": self.started_total,
+            "stopped_total": self.stopped_total,
+        }
+
+    # -- scaling ---------------------------------------------------------------------------------
+
+    def _grow_for_waiting_steps(self) -> None:
+        if self.policy is None:
+            return
+        for _ in range(runners_to_add(self.policy, len(self.runners), len(self._starting), self._waiting)):
+            actor = self._spawn()
+            self._starting[id(actor)] = (actor, self._clock())
+            future = asyncio.ensure_future(self._join_when_ready(actor))
+            self._growing.add(future)
+            future.add_done_callback(self._growing.discard)
+
+    async def _join_when_ready(self, actor: Any) -> None:
+        try:
+            await actor.ready.remote()
+            pid = await actor.pid.remote()
+        except RayActorError as exc:  # cancelled (killed while starting) or failed to start
+            if self._starting.pop(id(actor), None) is not None:
+                logger.warning("a new tool runner failed to start: %s", exc)
+            return
+        async with self._changed:
+            if self._starting.pop(id(actor), None) is None:
+                return  # cancelled just as it became ready: already killed
+            self.started_total += 1
+            self.runners.append(actor)
+            self._pids[id(actor)] = pid
+            self._idle.append(actor)
+            self._idle_since[id(actor)] = self._clock()
+            self._changed.notify()
+
+    async def autoscale(self) -> None:
+        """Stop idle runners and cancel unneeded starts, forever (an autoscaling pool's loop)."""
+        while self.policy is not None:
+            await asyncio.sleep(AUTOSCALE_INTERVAL_S)
+            try:
+                await self.scale_down_once()
+            except Exception:
+                logger.exception("tool-runner pool: scale-down failed")
+
+    async def scale_down_once(self) -> int:
+        """One pass of scale-down; returns how many runners (or starts) were stopped."""
+        if self.policy is None:
+            return 0
+        now = self._clock()
+        if self._waiting:
+            self._last_wait = now
+        to_stop: list[Any] = []
+        async with self._changed:
+            oldest_first = sorted(self._idle, key=lambda r: self._idle_since.get(id(r), now))
+            idle_for = [now - self._idle_since.get(id(r), now) for r in oldest_first]
+            for runner in oldest_first[: runners_to_stop(self.policy, len(self.runners), idle_for)]:
+                self._idle.remove(runner)
+                self.runners.remove(runner)
+                for table in (self._idle_since, self._pids, self._last_task):
+                    table.pop(id(runner), None)
+                to_stop.append(runner)
+            cancel = starts_to_cancel(self.policy, len(self._starting), self._waiting, now - self._last_wait)
+            newest_first = sorted(self._starting.values(), key=lambda entry: -entry[1])
+            for actor, _since in newest_first[:cancel]:
+                del self._starting[id(actor)]
+                ray.kill(actor)
+        self.stopped_total += len(to_stop) + cancel
+        await asyncio.gather(*(self._stop(runner) for runner in to_stop))
+        return len(to_stop) + cancel
+
+    @staticmethod
+    async def _stop(runner: Any) -> None:
+        """Remove the runner's containers, then end its actor (which frees its resources)."""
+        try:
+            await asyncio.wait_for(runner.shutdown.remote(), RUNNER_STOP_TIMEOUT_S)
+        except (RayActorError, TimeoutError) as exc:
+            logger.warning("a stopping tool runner did not shut down cleanly: %s", exc)
+        ray.kill(runner)
+
+    # -- steps -----------------------------------------------------------------------------------
+
     async def _acquire(self, task_id: str) -> Any:
         async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._idle))
+            if not self._idle:
+                self._waiting += 1
+                self._last_wait = self._clock()
+                try:
+                    self._grow_for_waiting_steps()
+                    await self._changed.wait_for(lambda: bool(self._idle))
+                finally:
+                    self._waiting -= 1
+                    self._last_wait = self._clock()
             for i, runner in enumerate(self._idle):
                 if self._last_task.get(id(runner)) == task_id:
                     return self._idle.pop(i)
@@ -186,8 +337,11 @@ class RunnerPool:
 
     async def _release(self, runner: Any, task_id: str) -> None:
         async with self._changed:
+            if not any(r is runner for r in self.runners):
+                return  # stopped or replaced meanwhile
             self._last_task[id(runner)] = task_id
             self._idle.append(runner)
+            self._idle_since[id(runner)] = self._clock()
             self._changed.notify()
 
     async def execute(
@@ -202,8 +356,8 @@ class RunnerPool:
             logger.warning("tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
             fresh = self._spawn()
             self.runners = [fresh if r is runner else r for r in self.runners]
-            self._last_task.pop(id(runner), None)
-            self._pids.pop(id(runner), None)
+            for table in (self._last_task, self._pids, self._idle_since):
+                table.pop(id(runner), None)
             runner = fresh
             return StepOutcome(
                 error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the tool runner died: {exc}")
@@ -226,5 +380,5 @@ class RunnerPool:
             )
 
     def shutdown(self) -> None:
-        for runner in [*self.runners, self.host_runner]:
+        for runner in [*self.runners, self.host_runner, *(actor for actor, _ in self._starting.values())]:
             ray.kill(runner)

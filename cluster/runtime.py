@@ -33,6 +33,12 @@ READY_TIMEOUT_S = 180.0
 """How long start-up may take (Ray, Serve, warm sandboxes) before it is reported as failed."""
 
 
+def local_node_resources(settings: Settings) -> dict[str, float]:
+    """Custom resources a local one-node instance advertises: enough for the whole runner pool."""
+    runners = settings.runners
+    return {name: amount * runners.max_runners for name, amount in runners.resources.items()}
+
+
 def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> None:
     """Connect to ``address`` (``"auto"``: the running cluster) or start a local Ray instance."""
     if ray.is_initialized():
@@ -45,8 +51,15 @@ def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> 
         "logging_level": logging.WARNING if quiet else logging.INFO,
     }
     if address in (None, "local"):
-        # Everything of a local instance listens on loopback, never on another interface.
-        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **kwargs)
+        # Everything of a local instance listens on loopback, never on another interface. This one
+        # node runs the sandboxes, so it advertises the runners' custom resources (``docker``).
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            resources=local_node_resources(settings),
+            **kwargs,
+        )
     else:
         ray.init(address=address, **kwargs)
 

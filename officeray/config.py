@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from officeray.contracts import ErrorType, WorkflowRetryPolicy
@@ -131,11 +131,58 @@ class SandboxSettings(_Section):
     """Pre-warmed spare sandboxes per runner, taking over from a failed or retired one at once."""
 
 
+SANDBOX_RESOURCE = "docker"
+"""The custom Ray resource a node advertises for each sandbox it can hold (``ray start --resources
+'{"docker": 8}'``); tool runners ask for one each, so they land only on nodes that run Docker."""
+
+
+class RunnerAutoscaling(_Section):
+    """The tool-runner pool grows with queued sandbox steps and shrinks when runners sit idle.
+
+    A step that finds no idle runner asks for one more (up to ``max_runners``): a new runner actor
+    asks Ray for ``runners.num_cpus`` and ``runners.resources``, and on an autoscaling cluster that
+    pending request is what makes the autoscaler add a CPU node. A runner idle for ``idle_timeout_s``
+    is stopped (never below ``min_runners``), which frees its node for scale-down.
+    """
+
+    min_runners: int = Field(default=1, ge=0, le=1024)
+    """Runners kept warm even when idle (started with the orchestrator)."""
+    max_runners: int = Field(default=16, ge=1, le=1024)
+    """Most runners at once: the most sandbox steps run in parallel."""
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    """How long a runner above ``min_runners`` may sit idle before it is stopped. A runner still
+    starting (e.g. waiting for a node) is cancelled once no step has waited for that long."""
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> RunnerAutoscaling:
+        if self.min_runners > self.max_runners:
+            raise ValueError(f"min_runners ({self.min_runners}) is above max_runners ({self.max_runners})")
+        return self
+
+
 class RunnerSettings(_Section):
     count: int = Field(default=4, ge=1, le=1024)
-    """Tool-runner actors, each owning one warm sandbox: the number of steps run in parallel."""
+    """Tool-runner actors, each owning one warm sandbox: the number of steps run in parallel (a fixed
+    pool; with ``autoscaling`` set, its bounds apply instead)."""
+    autoscaling: RunnerAutoscaling | None = None
+    """Grow and shrink the pool with queued steps between ``min_runners`` and ``max_runners``."""
     num_cpus: float = Field(default=0.25, ge=0)
     """CPUs Ray reserves for each runner actor."""
+    resources: dict[str, float] = Field(default_factory=lambda: {SANDBOX_RESOURCE: 1.0})
+    """Custom Ray resources each runner asks for. The default places runners only on nodes that
+    advertise ``docker`` (a local instance started by officeray advertises it itself); ``{}``
+    places them on any node."""
+
+    @property
+    def max_runners(self) -> int:
+        """The most runner actors this pool may hold."""
+        return self.count if self.autoscaling is None else self.autoscaling.max_runners
+
+    @property
+    def initial_runners(self) -> int:
+        """Runners started with the orchestrator (and kept however idle)."""
+        return self.count if self.autoscaling is None else self.autoscaling.min_runners
+
     host_concurrency: int = Field(default=512, ge=1, le=10_000)
     """Host-side tool steps (http_client, web_search, ai_tool, sleep) run at once in the host-tool
     runner's thread pool; they hold no sandbox runner."""

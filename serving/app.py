@@ -14,6 +14,7 @@ from typing import Any
 from ray.serve import Application
 
 from officeray.config import DeploymentSettings, Settings, load_settings
+from officeray.errors import ConfigError
 from serving.gateway import Gateway
 from serving.models import AiToolDeployment, PlannerDeployment, ReviewerDeployment
 
@@ -49,10 +50,28 @@ def build_app(settings: Settings) -> Application:
     return app
 
 
-def app_builder(args: dict[str, str]) -> Application:
-    """Entry point for ``serve run`` / ``serve deploy``: ``args`` may name a ``config_file``."""
+APP_BUILDER_ARGS = frozenset({"config_file", "settings"})
+"""What ``args`` of :func:`app_builder` may hold."""
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry point for ``serve run`` / ``serve deploy`` (``import_path: serving.app:app_builder``).
+
+    ``args`` may name a ``config_file`` (officeray's YAML, relative to the working directory) and
+    give ``settings``: dotted keys applied over that file and the ``OFFICERAY_*`` environment, e.g.
+    ``{"models.planner": [...], "runners.autoscaling": {"max_runners": 64}}``, so a Serve config
+    file (``cluster/serve_config.yaml``) can carry officeray's settings itself.
+    """
     from cluster.prepare import absolutize, check_tools
 
-    settings = absolutize(load_settings(args.get("config_file")))
+    unknown = set(args) - APP_BUILDER_ARGS
+    if unknown:
+        raise ConfigError(f"unknown app args {sorted(unknown)}; expected {sorted(APP_BUILDER_ARGS)}")
+    overrides = args.get("settings") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            f"app args 'settings' must be a mapping of dotted keys, not {type(overrides).__name__}"
+        )
+    settings = absolutize(load_settings(args.get("config_file"), **overrides))
     check_tools(settings)
     return build_app(settings)

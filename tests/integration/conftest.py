@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,3 +69,70 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     tmp = tmp_path_factory.mktemp("stack")
     with LocalStack(integration_settings(tmp), http=True) as running:
         yield running
+
+
+HEAD_START_TIMEOUT_S = 120
+HEAD_STOP_TIMEOUT_S = 5
+HEAD_SANDBOX_SLOTS = 8
+"""The ``docker`` resource a test head advertises: room for that many tool runners."""
+
+
+def head_env(tmp: Path) -> dict[str, str]:
+    """Environment of a test head and of the CLIs that talk to it (token auth, files under ``tmp``)."""
+    env = dict(os.environ)
+    # a job's `python` must be this environment's interpreter, as with an activated venv
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_AUTH_MODE"] = "token"
+    env["OFFICERAY_STORE__URL"] = f"sqlite:///{tmp}/officeray.db"
+    env["OFFICERAY_TELEMETRY__TRACE_FILE"] = str(tmp / "traces.jsonl")
+    env["OFFICERAY_RUNNERS__COUNT"] = "2"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@contextlib.contextmanager
+def ray_head(tmp: Path, env: dict[str, str]) -> Iterator[str]:
+    """``ray start --head`` on loopback with its own ports; yields the dashboard (job/Serve REST) address.
+
+    The head advertises ``docker`` for the tool runners. Stopping it stops only this cluster's processes.
+    """
+    require_docker()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    dashboard = free_port()
+    log = (tmp / "head.log").open("w")
+    proc = subprocess.Popen(
+        [
+            ray_bin, "start", "--head", "--block", "--disable-usage-stats",
+            "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+            "--port", str(free_port()), "--dashboard-port", str(dashboard),
+            "--ray-client-server-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--num-cpus", "2", "--resources", json.dumps({"docker": HEAD_SANDBOX_SLOTS}),
+        ],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, (tmp / "head.log").read_text()[-3000:]
+            probe = subprocess.run(
+                [ray_bin, "job", "list", "--address", address],
+                env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if probe.returncode == 0:
+                break
+            assert time.monotonic() < deadline, probe.stderr[-2000:]
+            time.sleep(1)
+        yield address
+    finally:
+        # the head's processes share the session of `ray start`: stop them all, and only them
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=HEAD_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -36,7 +36,8 @@ READY_TIMEOUT_S = 180.0
 def local_node_resources(settings: Settings) -> dict[str, float]:
     """Custom resources a local one-node instance advertises: enough for the whole runner pool."""
     runners = settings.runners
-    return {name: amount * runners.max_runners for name, amount in runners.resources.items()}
+    pools = settings.workflow.orchestrators  # every orchestrator shard has a pool of its own
+    return {name: amount * runners.max_runners * pools for name, amount in runners.resources.items()}
 
 
 def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> None:
@@ -93,7 +94,15 @@ def orchestrator(settings: Settings, timeout_s: float = READY_TIMEOUT_S) -> Any:
             if time.monotonic() > deadline:
                 raise TimeoutError("the orchestrator did not start; see the Ray logs") from None
             time.sleep(0.2)
-    ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+    try:
+        ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(
+            f"the tool runners did not start in {timeout_s:.0f}s: each asks for "
+            f"{settings.runners.num_cpus:g} CPU and {settings.runners.resources}; `ray status` shows "
+            "demands no node can meet (start nodes with e.g. --resources '{\"docker\": 8}', "
+            "or set runners.resources: {})"
+        ) from None
     return actor
 
 

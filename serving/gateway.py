@@ -18,7 +18,9 @@
 * ``POST /v1/tasks/{task_id}/approvals/{step_id}`` (body ``{"decision": "approve" | "reject", "by",
   "reason"}``): decides a step that waits for approval (409 when it does not wait, or was decided);
   ``GET`` the same path: the decision.
-* ``GET /healthz``: ``{"status": "ok"}`` when the orchestrator answers.
+* ``GET /healthz``: ``{"status": "ok", "tasks_in_flight": N, "tool_runners": {...}}`` when the
+  orchestrator answers; ``tool_runners`` sums the runner pools (runners, idle, starting, steps
+  waiting for a runner: what the pool's autoscaling acts on).
 
 Idempotency: ``POST /v1/tasks`` with an ``Idempotency-Key`` header (or ``idempotency_key`` in the
 body) answers the task first created with that key by that tenant (200) instead of creating another;
@@ -61,6 +63,9 @@ from tools_sandbox.catalog import all_tools
 logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 5.0
+
+HEALTH_RUNNER_FIELDS = ("runners", "idle", "starting", "waiting_steps")
+"""The tool-runner pool figures ``/healthz`` reports, summed over the orchestrator shards."""
 
 ORCHESTRATOR_CALL_TIMEOUT_S = 30.0
 """Longest wait for an orchestrator call from a request (a restarting shard answers 503 after it)."""
@@ -445,15 +450,19 @@ class Gateway:
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
+        shards = range(self.shards)
         try:
-            counts = await asyncio.wait_for(
-                asyncio.gather(*(self._call_orchestrator("in_flight", shard=i) for i in range(self.shards))),
+            counts, pools = await asyncio.wait_for(
+                asyncio.gather(
+                    asyncio.gather(*(self._call_orchestrator("in_flight", shard=i) for i in shards)),
+                    asyncio.gather(*(self._call_orchestrator("pool_stats", shard=i) for i in shards)),
+                ),
                 HEALTH_TIMEOUT_S,
             )
-            in_flight = sum(counts)
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "tasks_in_flight": in_flight})
+        runners = {key: sum(pool[key] for pool in pools) for key in HEALTH_RUNNER_FIELDS}
+        return JSONResponse({"status": "ok", "tasks_in_flight": sum(counts), "tool_runners": runners})
 
     async def _notify_all(self, task_id: str, key: str) -> None:
         """Tell every shard (whichever holds the task wakes its waiting step)."""

@@ -78,7 +78,10 @@ def test_unplannable_task_fails_with_the_phrasings_it_understands(stack: LocalSt
 
 def test_http_api_accepts_a_task_and_reports_progress(stack: LocalStack) -> None:
     with httpx.Client(base_url=_base(stack), timeout=30) as client:
-        assert client.get("/healthz").json()["status"] == "ok"
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok"
+        runners = stack.settings.runners.count * stack.settings.workflow.orchestrators  # a pool per shard
+        assert health["tool_runners"]["runners"] == runners and health["tool_runners"]["starting"] == 0
         created = client.post("/v1/tasks", json={"description": "What is 2 ** 10?"})
         assert created.status_code == 202, created.text
         task_id = created.json()["task_id"]

@@ -68,7 +68,9 @@ def test_serve_deploy_of_the_shipped_config_brings_the_app_up_and_it_answers_a_t
         assert "vllm" in apps[VLLM_APP_NAME]["message"].lower()
 
         base = f"http://127.0.0.1:{port}"
-        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+        health = httpx.get(f"{base}/healthz", timeout=10).json()
+        min_runners = config["applications"][0]["args"]["settings"]["runners.autoscaling"]["min_runners"]
+        assert health["status"] == "ok" and health["tool_runners"]["runners"] == min_runners
         task = {"description": "Compute (17 * 3 + 9) / 4"}
         submitted = httpx.post(f"{base}/v1/tasks", json=task, timeout=30)
         assert submitted.status_code == 202, submitted.text

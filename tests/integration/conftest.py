@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -90,24 +93,38 @@ def head_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def ray_head(tmp: Path, env: dict[str, str]) -> Iterator[str]:
-    """``ray start --head`` on loopback with its own ports; yields the dashboard (job/Serve REST) address.
+@dataclass(frozen=True)
+class RayHead:
+    address: str
+    """The dashboard: what ``ray job submit --address`` and ``serve deploy --address`` take."""
+    gcs: str
+    """The GCS: what ``ray.init(address=...)`` and ``python -m cluster.jobs.batch --address`` take."""
 
-    The head advertises ``docker`` for the tool runners. Stopping it stops only this cluster's processes.
+
+@contextlib.contextmanager
+def ray_head(tmp: Path, env: dict[str, str], *, sandbox_slots: int = HEAD_SANDBOX_SLOTS) -> Iterator[RayHead]:
+    """``ray start --head`` on loopback with its own ports and its own Ray temp dir.
+
+    The head advertises ``docker`` for the tool runners. Its own temp dir matters when other
+    clusters run on the machine: a job's driver is pointed at the cluster recorded in its head's
+    temp dir (``ray_current_cluster``), and in the shared default (``/tmp/ray``) that is whichever
+    cluster started last. It is short: Ray's socket paths live there. Stopping the head stops only
+    this cluster's processes.
     """
     require_docker()
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
     log = (tmp / "head.log").open("w")
     proc = subprocess.Popen(
         [
             ray_bin, "start", "--head", "--block", "--disable-usage-stats",
             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-            "--port", str(free_port()), "--dashboard-port", str(dashboard),
+            "--port", str(gcs), "--dashboard-port", str(dashboard),
             "--ray-client-server-port", str(free_port()),
             "--dashboard-agent-listen-port", str(free_port()),
-            "--num-cpus", "2", "--resources", json.dumps({"docker": HEAD_SANDBOX_SLOTS}),
+            "--num-cpus", "2", "--resources", json.dumps({"docker": sandbox_slots}),
+            "--temp-dir", temp_dir,
         ],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -124,7 +141,7 @@ def ray_head(tmp: Path, env: dict[str, str]) -> Iterator[str]:
                 break
             assert time.monotonic() < deadline, probe.stderr[-2000:]
             time.sleep(1)
-        yield address
+        yield RayHead(address=address, gcs=f"127.0.0.1:{gcs}")
     finally:
         # the head's processes share the session of `ray start`: stop them all, and only them
         with contextlib.suppress(ProcessLookupError):
@@ -136,3 +153,4 @@ def ray_head(tmp: Path, env: dict[str, str]) -> Iterator[str]:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)

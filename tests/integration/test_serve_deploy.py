@@ -47,7 +47,8 @@ def test_serve_deploy_of_the_shipped_config_brings_the_app_up_and_it_answers_a_t
     env = head_env(tmp_path)
     serve_bin = str(Path(sys.executable).with_name("serve"))
 
-    with ray_head(tmp_path, env) as address:
+    with ray_head(tmp_path, env) as head:
+        address = head.address
         proc = subprocess.run(
             [serve_bin, "deploy", str(deployed), "--address", address],
             cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=120,

@@ -145,8 +145,9 @@ class Orchestrator:
         self._ensure_started()
         return os.getpid()
 
-    async def pool_stats(self) -> dict[str, int]:
-        """The tool-runner pool now (runners, idle, starting, waiting steps, autoscaling totals)."""
+    async def pool_stats(self) -> dict[str, Any]:
+        """The tool-runner pool now (runners, idle, starting, waiting steps, autoscaling totals, and
+        why runners cannot be placed, if so)."""
         self._ensure_started()
         return self.pool.stats()
 

@@ -16,6 +16,7 @@ pool sends them to one :class:`HostToolRunner`, a threaded actor that runs up to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -149,6 +150,20 @@ AUTOSCALE_INTERVAL_S = 0.5
 RUNNER_STOP_TIMEOUT_S = 10.0
 """How long a stopping runner may take to remove its containers before its actor is killed anyway."""
 
+WAIT_RECHECK_S = 1.0
+"""How often a step waiting for a runner looks again whether one more must be started."""
+
+MAX_START_FAILURES = 3
+"""Runner starts that may fail while a step waits on an empty pool (no Docker on the node, image
+build failed) before that step fails with ``sandbox_error`` instead of waiting on (the step retry
+policy and the dead-letter queue take over; the next step tries again)."""
+
+START_BACKOFF_MAX_S = 30.0
+"""Longest pause between runner starts after failed ones (the pause doubles per failure)."""
+
+PLACEMENT_CHECK_S = 10.0
+"""How often the pool checks that some node advertises the runners' custom resources."""
+
 
 def runners_to_add(policy: RunnerAutoscaling, running: int, starting: int, waiting: int) -> int:
     """New runners to start now: one per waiting step not already covered by a start, up to the max."""
@@ -170,13 +185,29 @@ def starts_to_cancel(policy: RunnerAutoscaling, starting: int, waiting: int, qui
     return max(0, starting - waiting)
 
 
+def start_backoff_s(failures: int) -> float:
+    """Pause before the next runner start after ``failures`` failed starts in a row."""
+    return 0.0 if failures == 0 else min(START_BACKOFF_MAX_S, 2.0 ** (failures - 1))
+
+
+def missing_resources(wanted: dict[str, float], nodes: Sequence[dict[str, Any]]) -> list[str]:
+    """The custom resources in ``wanted`` that no alive node of ``nodes`` (``ray.nodes()``) advertises."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    return sorted(name for name in wanted if not any(res.get(name, 0) > 0 for res in alive))
+
+
+class NoRunnerError(Exception):
+    """No runner could be started for a waiting step (every recent start failed)."""
+
+
 class RunnerPool:
     """:class:`ToolRunner` actors behind a list of idle ones (the StepExecutor port).
 
-    A step prefers an idle runner that last served the same task (its sandbox needs no recycling);
-    otherwise it takes the runner idle the longest. Without ``runners.autoscaling`` the pool is a
-    fixed ``runners.count``; with it, a step that finds no idle runner starts one more (up to
-    ``max_runners``) and :meth:`autoscale` stops runners idle past ``idle_timeout_s`` (down to
+    A step prefers an idle runner that last served the same task (its sandbox needs no recycling).
+    Without ``runners.autoscaling`` the pool is a fixed ``runners.count`` and a step otherwise takes
+    the runner idle the longest; with it, a step takes the runner released last (so the others stay
+    idle and can be stopped), a step that finds no idle runner starts one more (up to
+    ``max_runners``), and :meth:`autoscale` stops runners idle past ``idle_timeout_s`` (down to
     ``min_runners``). Runner actors ask for ``runners.resources`` (by default ``{"docker": 1}``), so
     on an autoscaling cluster a start that no node can place makes the autoscaler add a CPU node.
     """
@@ -199,6 +230,8 @@ class RunnerPool:
         )
         self.host_runner: Any = self._host_cls.remote(settings, ai_tool_handle)
         self.runners = [self._spawn() for _ in range(settings.runners.initial_runners)]
+        self._initial = list(self.runners)
+        self._initial_ready: asyncio.Future[None] | None = None
         self._idle: list[Any] = list(self.runners)
         self._idle_since: dict[int, float] = {id(r): clock() for r in self.runners}
         self._starting: dict[int, tuple[Any, float]] = {}
@@ -206,6 +239,13 @@ class RunnerPool:
         self._waiting = 0
         """Steps waiting for an idle runner."""
         self._last_wait = clock()
+        self._start_failures = 0
+        """Runner starts failed in a row (reset by one that succeeds)."""
+        self._failed_starts_total = 0
+        self._last_failure_at = 0.0
+        self._last_start_error = ""
+        self.placement_problem: str | None = None
+        """Why runners may never be placed (no node advertises their resources), when that is so."""
         self._pids: dict[int, int] = {}
         """Runner process ids (by ``id(actor)``), learned while the runner is idle."""
         self._last_task: dict[int, str] = {}
@@ -220,18 +260,40 @@ class RunnerPool:
         return self._actor_cls.remote(self.settings, self.ai_tool_handle)
 
     async def wait_ready(self) -> None:
-        initial = list(self.runners)
-        await asyncio.gather(self.host_runner.ready.remote(), *(r.ready.remote() for r in initial))
-        pids = await asyncio.gather(*(r.pid.remote() for r in initial))
-        self._pids.update({id(r): pid for r, pid in zip(initial, pids, strict=True)})
+        """Wait for the host runner and the runners started with the pool (once; later calls share it)."""
+        if self._initial_ready is None:
+            self._initial_ready = asyncio.ensure_future(self._wait_initial())
+        await asyncio.shield(self._initial_ready)
+
+    async def _wait_initial(self) -> None:
+        await self.host_runner.ready.remote()
+        for runner, answer in zip(
+            self._initial,
+            await asyncio.gather(*(self._pid_when_ready(r) for r in self._initial)),
+            strict=True,
+        ):
+            if answer is not None and any(r is runner for r in self.runners):
+                self._pids[id(runner)] = answer
+
+    @staticmethod
+    async def _pid_when_ready(runner: Any) -> int | None:
+        """The runner's process id once it is ready; ``None`` when it died (it is replaced on use)."""
+        try:
+            await runner.ready.remote()
+            pid: int = await runner.pid.remote()
+        except Exception as exc:  # RayActorError: its __init__ failed or its process died
+            logger.warning("a tool runner failed to start: %s", exc)
+            return None
+        return pid
 
     def busy_pids(self) -> list[int]:
         """Process ids of the runners running a step now (for fault-injection tests)."""
         idle = {id(r) for r in self._idle}
         return [pid for key, pid in self._pids.items() if key not in idle]
 
-    def stats(self) -> dict[str, int]:
-        """The pool now: runners running, idle, starting, steps waiting, and the autoscaling totals."""
+    def stats(self) -> dict[str, Any]:
+        """The pool now: runners running, idle, starting, steps waiting, the autoscaling totals, and
+        ``placement_problem`` (why runners may never start, or ``None``)."""
         return {
             "runners": len(self.runners),
             "idle": len(self._idle),
@@ -241,12 +303,15 @@ class RunnerPool:
             "max_runners": self.settings.runners.max_runners,
             "started_total": self.started_total,
             "stopped_total": self.stopped_total,
+            "placement_problem": self.placement_problem,
         }
 
     # -- scaling ---------------------------------------------------------------------------------
 
     def _grow_for_waiting_steps(self) -> None:
         if self.policy is None:
+            return
+        if self._clock() - self._last_failure_at < start_backoff_s(self._start_failures):
             return
         for _ in range(runners_to_add(self.policy, len(self.runners), len(self._starting), self._waiting)):
             actor = self._spawn()
@@ -256,16 +321,18 @@ class RunnerPool:
             future.add_done_callback(self._growing.discard)
 
     async def _join_when_ready(self, actor: Any) -> None:
-        try:
-            await actor.ready.remote()
-            pid = await actor.pid.remote()
-        except RayActorError as exc:  # cancelled (killed while starting) or failed to start
-            if self._starting.pop(id(actor), None) is not None:
-                logger.warning("a new tool runner failed to start: %s", exc)
-            return
+        pid = await self._pid_when_ready(actor)
         async with self._changed:
             if self._starting.pop(id(actor), None) is None:
-                return  # cancelled just as it became ready: already killed
+                return  # cancelled (killed) while starting
+            if pid is None:
+                self._start_failures += 1
+                self._failed_starts_total += 1
+                self._last_failure_at = self._clock()
+                self._last_start_error = "a new tool runner died while starting (see the Ray logs)"
+                self._changed.notify_all()  # the waiting steps start another, or give up
+                return
+            self._start_failures = 0
             self.started_total += 1
             self.runners.append(actor)
             self._pids[id(actor)] = pid
@@ -274,23 +341,45 @@ class RunnerPool:
             self._changed.notify()
 
     async def autoscale(self) -> None:
-        """Stop idle runners and cancel unneeded starts, forever (an autoscaling pool's loop)."""
-        while self.policy is not None:
+        """Forever: check that runners can be placed, and (autoscaling) stop idle runners."""
+        last_check = -PLACEMENT_CHECK_S
+        while True:
             await asyncio.sleep(AUTOSCALE_INTERVAL_S)
             try:
-                await self.scale_down_once()
+                if self._clock() - last_check >= PLACEMENT_CHECK_S:
+                    last_check = self._clock()
+                    self._check_placement(await asyncio.to_thread(ray.nodes))
+                if self.policy is not None:
+                    await self.scale_down_once()
+                    async with self._changed:
+                        if self._waiting:
+                            self._grow_for_waiting_steps()
             except Exception:
-                logger.exception("tool-runner pool: scale-down failed")
+                logger.exception("tool-runner pool: autoscaling pass failed")
+
+    def _check_placement(self, nodes: Sequence[dict[str, Any]]) -> None:
+        missing = missing_resources(self.settings.runners.resources, nodes)
+        problem = None
+        if missing:
+            problem = (
+                f"no node advertises {missing} (tool runners ask for {self.settings.runners.resources}): "
+                "they start only once such a node joins; start nodes with e.g. "
+                "--resources '{\"docker\": 8}', or set runners.resources: {}"
+            )
+        if problem and problem != self.placement_problem:
+            logger.warning("tool-runner pool: %s", problem)
+        self.placement_problem = problem
 
     async def scale_down_once(self) -> int:
         """One pass of scale-down; returns how many runners (or starts) were stopped."""
         if self.policy is None:
             return 0
         now = self._clock()
-        if self._waiting:
-            self._last_wait = now
         to_stop: list[Any] = []
         async with self._changed:
+            if self._waiting:  # steps wait: every idle runner is about to be taken
+                self._last_wait = now
+                return 0
             oldest_first = sorted(self._idle, key=lambda r: self._idle_since.get(id(r), now))
             idle_for = [now - self._idle_since.get(id(r), now) for r in oldest_first]
             for runner in oldest_first[: runners_to_stop(self.policy, len(self.runners), idle_for)]:
@@ -313,9 +402,10 @@ class RunnerPool:
         """Remove the runner's containers, then end its actor (which frees its resources)."""
         try:
             await asyncio.wait_for(runner.shutdown.remote(), RUNNER_STOP_TIMEOUT_S)
-        except (RayActorError, TimeoutError) as exc:
+        except Exception as exc:
             logger.warning("a stopping tool runner did not shut down cleanly: %s", exc)
-        ray.kill(runner)
+        finally:
+            ray.kill(runner)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -324,16 +414,27 @@ class RunnerPool:
             if not self._idle:
                 self._waiting += 1
                 self._last_wait = self._clock()
+                failures_before = self._failed_starts_total
                 try:
-                    self._grow_for_waiting_steps()
-                    await self._changed.wait_for(lambda: bool(self._idle))
+                    while not self._idle:
+                        failed = self._failed_starts_total - failures_before
+                        if failed >= MAX_START_FAILURES and not self.runners:
+                            # every start made while this step waited failed, and no runner exists
+                            raise NoRunnerError(
+                                f"no tool runner could be started ({failed} starts failed while the step "
+                                f"waited; last: {self._last_start_error})"
+                            )
+                        self._grow_for_waiting_steps()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._changed.wait(), WAIT_RECHECK_S)
                 finally:
                     self._waiting -= 1
                     self._last_wait = self._clock()
             for i, runner in enumerate(self._idle):
                 if self._last_task.get(id(runner)) == task_id:
                     return self._idle.pop(i)
-            return self._idle.pop(0)
+            # autoscaling: the runner released last, so the others stay idle long enough to stop
+            return self._idle.pop() if self.policy is not None else self._idle.pop(0)
 
     async def _release(self, runner: Any, task_id: str) -> None:
         async with self._changed:
@@ -349,7 +450,10 @@ class RunnerPool:
     ) -> StepOutcome:
         if _runs_on_host(step.action):
             return await self._execute_on_host(task_id, step, inputs, trace_carrier)
-        runner = await self._acquire(task_id)
+        try:
+            runner = await self._acquire(task_id)
+        except NoRunnerError as exc:
+            return StepOutcome(error=StepError(type=ErrorType.SANDBOX_ERROR, message=str(exc)))
         try:
             return await runner.run.remote(task_id, step, inputs, trace_carrier)
         except RayActorError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from officeray.contracts import ErrorType, WorkflowRetryPolicy
@@ -136,6 +136,10 @@ SANDBOX_RESOURCE = "docker"
 '{"docker": 8}'``); tool runners ask for one each, so they land only on nodes that run Docker."""
 
 
+RAY_PREDEFINED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+"""Resources Ray sets through their own options; ``.options(resources=...)`` refuses them."""
+
+
 class RunnerAutoscaling(_Section):
     """The tool-runner pool grows with queued sandbox steps and shrinks when runners sit idle.
 
@@ -172,6 +176,17 @@ class RunnerSettings(_Section):
     """Custom Ray resources each runner asks for. The default places runners only on nodes that
     advertise ``docker`` (a local instance started by officeray advertises it itself); ``{}``
     places them on any node."""
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
+        predefined = sorted(set(value) & RAY_PREDEFINED_RESOURCES)
+        if predefined:
+            raise ValueError(f"{predefined} are not custom resources; set runners.num_cpus for CPUs")
+        bad = sorted(name for name, amount in value.items() if amount <= 0)
+        if bad:
+            raise ValueError(f"amounts must be above 0: {bad}")
+        return value
 
     @property
     def max_runners(self) -> int:

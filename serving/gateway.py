@@ -20,7 +20,8 @@
   ``GET`` the same path: the decision.
 * ``GET /healthz``: ``{"status": "ok", "tasks_in_flight": N, "tool_runners": {...}}`` when the
   orchestrator answers; ``tool_runners`` sums the runner pools (runners, idle, starting, steps
-  waiting for a runner: what the pool's autoscaling acts on).
+  waiting for a runner: what the pool's autoscaling acts on) and lists ``problems`` (e.g. no node
+  advertises the runners' ``docker`` resource, so they cannot start).
 
 Idempotency: ``POST /v1/tasks`` with an ``Idempotency-Key`` header (or ``idempotency_key`` in the
 body) answers the task first created with that key by that tenant (200) instead of creating another;
@@ -455,13 +456,19 @@ class Gateway:
             counts, pools = await asyncio.wait_for(
                 asyncio.gather(
                     asyncio.gather(*(self._call_orchestrator("in_flight", shard=i) for i in shards)),
-                    asyncio.gather(*(self._call_orchestrator("pool_stats", shard=i) for i in shards)),
+                    # the pool figures are informative: an orchestrator without them is still healthy
+                    asyncio.gather(
+                        *(self._call_orchestrator("pool_stats", shard=i) for i in shards),
+                        return_exceptions=True,
+                    ),
                 ),
                 HEALTH_TIMEOUT_S,
             )
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
-        runners = {key: sum(pool[key] for pool in pools) for key in HEALTH_RUNNER_FIELDS}
+        known = [pool for pool in pools if isinstance(pool, dict)]
+        runners: dict[str, Any] = {key: sum(p.get(key, 0) for p in known) for key in HEALTH_RUNNER_FIELDS}
+        runners["problems"] = sorted({p["placement_problem"] for p in known if p.get("placement_problem")})
         return JSONResponse({"status": "ok", "tasks_in_flight": sum(counts), "tool_runners": runners})
 
     async def _notify_all(self, task_id: str, key: str) -> None:

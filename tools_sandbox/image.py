@@ -37,6 +37,8 @@ Exit status 2 when the Docker engine is not reachable, 1 when the build fails.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -172,6 +174,7 @@ def agent_sources() -> list[tuple[str, Path]]:
     return files
 
 
+@functools.cache
 def image_tag() -> str:
     """``officeray-sandbox:<version>-<12 hex of sha256 over the Dockerfile and the image's files>``."""
     digest = hashlib.sha256()
@@ -197,7 +200,7 @@ def docker_client() -> Any:
     return client
 
 
-def _image_exists(client: Any, ref: str) -> bool:
+def image_exists(client: Any, ref: str) -> bool:
     import docker.errors
 
     try:
@@ -310,12 +313,12 @@ def ensure_base(client: Any, log: Log = _stderr) -> str:
     """The base image reference to build on (see the module docstring for the order)."""
     override = os.environ.get("OFFICERAY_SANDBOX_BASE")
     if override:
-        if not _image_exists(client, override):
+        if not image_exists(client, override):
             raise ImageBuildError(f"OFFICERAY_SANDBOX_BASE={override} does not exist locally")
         return override
-    if _image_exists(client, DEFAULT_BASE):
+    if image_exists(client, DEFAULT_BASE):
         return DEFAULT_BASE
-    if _image_exists(client, OFFLINE_BASE):
+    if image_exists(client, OFFLINE_BASE):
         return OFFLINE_BASE
     if _try_pull(client, DEFAULT_BASE, PULL_TIMEOUT_S, log):
         return DEFAULT_BASE
@@ -356,13 +359,22 @@ def build_image(client: Any, tag: str | None = None, log: Log = _stderr) -> str:
     return tag
 
 
+BUILD_LOCK_FILE = Path(tempfile.gettempdir()) / "officeray-sandbox-image.lock"
+"""Held while the image is built, so processes of one machine (the tool runners of a new node)
+build it once: the others wait, then find it built."""
+
+
 def ensure_image(client: Any | None = None, log: Log = _stderr) -> str:
-    """The sandbox image's tag, building the image first when it does not exist."""
+    """The sandbox image's tag, building the image first when it does not exist (once per machine)."""
     client = client or docker_client()
     tag = image_tag()
-    if _image_exists(client, tag):
+    if image_exists(client, tag):
         return tag
-    return build_image(client, tag, log)
+    with BUILD_LOCK_FILE.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if image_exists(client, tag):  # another process built it while this one waited
+            return tag
+        return build_image(client, tag, log)
 
 
 def main(argv: list[str] | None = None) -> int:

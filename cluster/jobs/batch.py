@@ -189,7 +189,8 @@ def _dataset(inputs: InputFiles) -> Any:
         kwargs["filesystem"] = inputs.location.filesystem
     if inputs.format == "jsonl":
         return ray.data.read_text(inputs.uris, drop_empty_lines=False, **kwargs)
-    return ray.data.read_parquet(inputs.uris, **kwargs)
+    # no hive partitioning: columns are exactly those the pre-run check saw in the files
+    return ray.data.read_parquet(inputs.uris, partitioning=None, **kwargs)
 
 
 def _values(dataset: Any, fmt: str) -> Iterator[str | dict[str, Any]]:

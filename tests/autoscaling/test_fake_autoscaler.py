@@ -75,6 +75,7 @@ def test_a_gpu_deployment_adds_a_gpu_node_and_it_goes_after_the_idle_timeout(
 
     deleting = time.monotonic()
     serve.delete(GPU_APP)
+    serve.shutdown()  # nothing of Serve stays on the cluster (the CPU test needs its nodes empty)
     fake_cluster.wait_for(
         lambda: fake_cluster.workers_with("GPU") == 0, "the GPU node to be removed", SCALE_DOWN_TIMEOUT_S
     )
@@ -136,6 +137,7 @@ def test_queued_tool_steps_add_cpu_nodes_up_to_the_max_and_they_go_when_idle(
             assert pool.stats()["started_total"] == max_nodes * per_node
             burst_done = time.monotonic()
             while pool.stats()["runners"]:
+                assert time.monotonic() - burst_done < SCALE_DOWN_TIMEOUT_S, pool.stats()
                 await asyncio.sleep(0.25)
             return all_nodes_s, nodes_up_s, time.monotonic() - burst_done, peak
         finally:

@@ -107,6 +107,7 @@ def test_a_burst_of_steps_grows_the_pool_to_its_max_and_idle_runners_are_stopped
             assert pool.stats() == {
                 "runners": 0, "idle": 0, "starting": 0, "waiting_steps": 0, "min_runners": 0,
                 "max_runners": MAX_RUNNERS, "started_total": MAX_RUNNERS, "stopped_total": MAX_RUNNERS,
+                "placement_problem": None,
             }  # fmt: skip
             assert _containers_of(pids) == 0  # the stopped runners removed their sandboxes
 

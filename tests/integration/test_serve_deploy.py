@@ -44,7 +44,8 @@ def test_serve_deploy_of_the_shipped_config_brings_the_app_up_and_it_answers_a_t
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     deployed = tmp_path / "serve_config.yaml"
     deployed.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = head_env(tmp_path)
+    # a fixed pool of 1 unless the config's args.settings (runners.autoscaling) reach the app
+    env = head_env(tmp_path) | {"OFFICERAY_RUNNERS__COUNT": "1"}
     serve_bin = str(Path(sys.executable).with_name("serve"))
 
     with ray_head(tmp_path, env) as head:
@@ -71,7 +72,9 @@ def test_serve_deploy_of_the_shipped_config_brings_the_app_up_and_it_answers_a_t
         base = f"http://127.0.0.1:{port}"
         health = httpx.get(f"{base}/healthz", timeout=10).json()
         min_runners = config["applications"][0]["args"]["settings"]["runners.autoscaling"]["min_runners"]
+        assert min_runners != 1
         assert health["status"] == "ok" and health["tool_runners"]["runners"] == min_runners
+        assert health["tool_runners"]["problems"] == []  # the head advertises docker
         task = {"description": "Compute (17 * 3 + 9) / 4"}
         submitted = httpx.post(f"{base}/v1/tasks", json=task, timeout=30)
         assert submitted.status_code == 202, submitted.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -33,9 +35,16 @@ class _Method:
 
 @pytest.fixture(autouse=True)
 def _no_real_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Records the waits of this test's event loop instead of waiting. ``asyncio.sleep`` is patched
+    for the whole process, so event loops of other threads (a Serve handle's, left by an earlier
+    test in this process) keep sleeping for real and are not recorded."""
     waits: list[float] = []
+    real_sleep = asyncio.sleep
 
     async def fake_sleep(seconds: float) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            await real_sleep(seconds)
+            return
         waits.append(seconds)
 
     monkeypatch.setattr(models.asyncio, "sleep", fake_sleep)

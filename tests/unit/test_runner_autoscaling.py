@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from actors.tool_runner import runners_to_add, runners_to_stop, starts_to_cancel
+from actors.tool_runner import (
+    missing_resources,
+    runners_to_add,
+    runners_to_stop,
+    start_backoff_s,
+    starts_to_cancel,
+)
 from officeray.config import SANDBOX_RESOURCE, RunnerAutoscaling, load_settings
 from officeray.errors import ConfigError
 
@@ -68,3 +74,30 @@ def test_min_runners_above_max_is_a_config_error_naming_the_key() -> None:
     expected = "runners.autoscaling.*min_runners \\(5\\) is above max_runners \\(2\\)"
     with pytest.raises(ConfigError, match=expected):
         load_settings(None, **{"runners.autoscaling": {"min_runners": 5, "max_runners": 2}})
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"CPU": 1}, "\\['CPU'\\] are not custom resources"),
+        ({"docker": 1, "GPU": 1}, "\\['GPU'\\] are not custom resources"),
+        ({"docker": 0}, "amounts must be above 0: \\['docker'\\]"),
+    ],
+)
+def test_runner_resources_must_be_custom_and_positive(resources: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"runners.resources.*{message}"):
+        load_settings(None, **{"runners.resources": resources})
+
+
+def test_start_backoff_doubles_up_to_its_cap() -> None:
+    assert [start_backoff_s(n) for n in range(8)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_missing_resources_names_what_no_alive_node_advertises() -> None:
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 2.0, "docker": 8.0}},  # a dead node does not count
+    ]
+    assert missing_resources({"docker": 1.0}, nodes) == ["docker"]
+    assert missing_resources({"docker": 1.0}, [*nodes, {"Alive": True, "Resources": {"docker": 2.0}}]) == []
+    assert missing_resources({}, nodes) == []

@@ -33,6 +33,7 @@ from officeray.telemetry import extract_context, setup_tracing
 from tools_sandbox.backends import make_sandbox
 from tools_sandbox.catalog import HostContext, ToolRuntime, get_tool, validate_tool_settings
 from tools_sandbox.executor import run_host_step, run_step
+from tools_sandbox.image import ensure_image, image_tag
 from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.plugins import load_plugins
 from tools_sandbox.recycling import TaskSandboxes
@@ -120,7 +121,9 @@ class ToolRunner(_StepRunner):
         box = settings.sandbox
         if box.backend == "docker":
             limits = SandboxLimits(**box.limits)  # a bad limit fails here, before any container starts
-            box = box.model_copy(update={"limits": limits.model_dump()})
+            # the project's own image is built on this node when missing (a new cluster node), once
+            image = ensure_image() if box.image in (None, image_tag()) else box.image
+            box = box.model_copy(update={"limits": limits.model_dump(), "image": image})
         self.sandboxes = TaskSandboxes(
             lambda: make_sandbox(box.backend, image=box.image, limits=box.limits),
             recycle=box.recycle,
@@ -196,6 +199,17 @@ def missing_resources(wanted: dict[str, float], nodes: Sequence[dict[str, Any]])
     return sorted(name for name in wanted if not any(res.get(name, 0) > 0 for res in alive))
 
 
+def placement_problem(wanted: dict[str, float], nodes: Sequence[dict[str, Any]]) -> str | None:
+    """Why runners asking for ``wanted`` cannot be placed on ``nodes`` (``ray.nodes()``), or ``None``."""
+    missing = missing_resources(wanted, nodes)
+    if not missing:
+        return None
+    return (
+        f"no node advertises {missing} (tool runners ask for {wanted}): they start only once such a "
+        "node joins; start nodes with e.g. --resources '{\"docker\": 8}', or set runners.resources: {}"
+    )
+
+
 class NoRunnerError(Exception):
     """No runner could be started for a waiting step (every recent start failed)."""
 
@@ -243,7 +257,6 @@ class RunnerPool:
         """Runner starts failed in a row (reset by one that succeeds)."""
         self._failed_starts_total = 0
         self._last_failure_at = 0.0
-        self._last_start_error = ""
         self.placement_problem: str | None = None
         """Why runners may never be placed (no node advertises their resources), when that is so."""
         self._pids: dict[int, int] = {}
@@ -329,7 +342,6 @@ class RunnerPool:
                 self._start_failures += 1
                 self._failed_starts_total += 1
                 self._last_failure_at = self._clock()
-                self._last_start_error = "a new tool runner died while starting (see the Ray logs)"
                 self._changed.notify_all()  # the waiting steps start another, or give up
                 return
             self._start_failures = 0
@@ -343,29 +355,20 @@ class RunnerPool:
     async def autoscale(self) -> None:
         """Forever: check that runners can be placed, and (autoscaling) stop idle runners."""
         last_check = -PLACEMENT_CHECK_S
+        interval = AUTOSCALE_INTERVAL_S if self.policy is not None else PLACEMENT_CHECK_S
         while True:
-            await asyncio.sleep(AUTOSCALE_INTERVAL_S)
+            await asyncio.sleep(interval)
             try:
                 if self._clock() - last_check >= PLACEMENT_CHECK_S:
                     last_check = self._clock()
                     self._check_placement(await asyncio.to_thread(ray.nodes))
                 if self.policy is not None:
                     await self.scale_down_once()
-                    async with self._changed:
-                        if self._waiting:
-                            self._grow_for_waiting_steps()
             except Exception:
                 logger.exception("tool-runner pool: autoscaling pass failed")
 
     def _check_placement(self, nodes: Sequence[dict[str, Any]]) -> None:
-        missing = missing_resources(self.settings.runners.resources, nodes)
-        problem = None
-        if missing:
-            problem = (
-                f"no node advertises {missing} (tool runners ask for {self.settings.runners.resources}): "
-                "they start only once such a node joins; start nodes with e.g. "
-                "--resources '{\"docker\": 8}', or set runners.resources: {}"
-            )
+        problem = placement_problem(self.settings.runners.resources, nodes)
         if problem and problem != self.placement_problem:
             logger.warning("tool-runner pool: %s", problem)
         self.placement_problem = problem
@@ -378,15 +381,13 @@ class RunnerPool:
         to_stop: list[Any] = []
         async with self._changed:
             if self._waiting:  # steps wait: every idle runner is about to be taken
-                self._last_wait = now
                 return 0
             oldest_first = sorted(self._idle, key=lambda r: self._idle_since.get(id(r), now))
             idle_for = [now - self._idle_since.get(id(r), now) for r in oldest_first]
             for runner in oldest_first[: runners_to_stop(self.policy, len(self.runners), idle_for)]:
                 self._idle.remove(runner)
                 self.runners.remove(runner)
-                for table in (self._idle_since, self._pids, self._last_task):
-                    table.pop(id(runner), None)
+                self._forget(runner)
                 to_stop.append(runner)
             cancel = starts_to_cancel(self.policy, len(self._starting), self._waiting, now - self._last_wait)
             newest_first = sorted(self._starting.values(), key=lambda entry: -entry[1])
@@ -396,6 +397,11 @@ class RunnerPool:
         self.stopped_total += len(to_stop) + cancel
         await asyncio.gather(*(self._stop(runner) for runner in to_stop))
         return len(to_stop) + cancel
+
+    def _forget(self, runner: Any) -> None:
+        """Drop what the pool remembers of a runner that left it."""
+        for table in (self._idle_since, self._pids, self._last_task):
+            table.pop(id(runner), None)
 
     @staticmethod
     async def _stop(runner: Any) -> None:
@@ -413,8 +419,8 @@ class RunnerPool:
         async with self._changed:
             if not self._idle:
                 self._waiting += 1
-                self._last_wait = self._clock()
                 failures_before = self._failed_starts_total
+                recheck_s = WAIT_RECHECK_S if self.policy is not None else None
                 try:
                     while not self._idle:
                         failed = self._failed_starts_total - failures_before
@@ -422,11 +428,11 @@ class RunnerPool:
                             # every start made while this step waited failed, and no runner exists
                             raise NoRunnerError(
                                 f"no tool runner could be started ({failed} starts failed while the step "
-                                f"waited; last: {self._last_start_error})"
+                                "waited; last: a new tool runner died while starting (see the Ray logs))"
                             )
                         self._grow_for_waiting_steps()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._changed.wait(), WAIT_RECHECK_S)
+                        with contextlib.suppress(TimeoutError):  # a fixed pool has nothing to recheck
+                            await asyncio.wait_for(self._changed.wait(), recheck_s)
                 finally:
                     self._waiting -= 1
                     self._last_wait = self._clock()
@@ -460,8 +466,7 @@ class RunnerPool:
             logger.warning("tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
             fresh = self._spawn()
             self.runners = [fresh if r is runner else r for r in self.runners]
-            for table in (self._last_task, self._pids, self._idle_since):
-                table.pop(id(runner), None)
+            self._forget(runner)
             runner = fresh
             return StepOutcome(
                 error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the tool runner died: {exc}")

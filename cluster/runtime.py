@@ -18,7 +18,7 @@ import ray
 from ray import serve
 
 from actors.orchestrator import ORCHESTRATOR_NAME
-from actors.tool_runner import missing_resources
+from actors.tool_runner import placement_problem
 from cluster.prepare import absolutize as absolutize
 from cluster.prepare import check_tools as check_tools
 from cluster.prepare import prepare_settings
@@ -98,13 +98,9 @@ def orchestrator(settings: Settings, timeout_s: float = READY_TIMEOUT_S) -> Any:
     try:
         ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
     except ray.exceptions.GetTimeoutError:
-        missing = missing_resources(settings.runners.resources, ray.nodes())
-        why = "see `ray status` for demands no node can meet, and the Ray logs"
-        if missing:
-            why = (
-                f"the tool runners ask for {settings.runners.resources} and no node advertises {missing} "
-                "(start nodes with e.g. --resources '{\"docker\": 8}', or set runners.resources: {})"
-            )
+        why = placement_problem(settings.runners.resources, ray.nodes()) or (
+            "see `ray status` for demands no node can meet, and the Ray logs"
+        )
         message = f"the orchestrator and its tool runners were not ready in {timeout_s:.0f}s: {why}"
         raise TimeoutError(message) from None
     return actor

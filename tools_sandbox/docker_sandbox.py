@@ -43,7 +43,7 @@ from tools_sandbox._channel import (
     send_all,
 )
 from tools_sandbox.agent.limits import READ_CHUNK_BYTES
-from tools_sandbox.image import DockerUnavailable, docker_client, ensure_image, image_exists, image_tag
+from tools_sandbox.image import DockerUnavailable, docker_client, ensure_image
 from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.sandbox import SandboxError
 
@@ -224,8 +224,7 @@ class DockerSandbox(AgentSandbox):
 
     def _launch(self) -> Transport:
         client = self._docker()
-        if self.image is None or (self.image == image_tag() and not image_exists(client, self.image)):
-            # the project's own image, missing on this node (a new cluster node): build it here once
+        if self.image is None:
             try:
                 self.image = ensure_image(client)
             except Exception as exc:

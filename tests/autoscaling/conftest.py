@@ -7,9 +7,7 @@ ports and temp dir, and stopping it stops only its own processes (never a machin
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO, free_port
+from officeray.config import Settings, load_settings
+from officeray.contracts import PlanStep
+from tests.integration.conftest import REPO, free_port, stop_process_group
 
 LOCAL_AUTOSCALING_CONFIG = REPO / "cluster" / "local-autoscaling.yaml"
 HEAD_START_TIMEOUT_S = 120.0
@@ -102,13 +102,25 @@ def fake_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeClust
     finally:
         ray.shutdown()
         # the head, its autoscaler and every fake node it started share the session of `ray start`
-        _signal_group(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=HEAD_STOP_TIMEOUT_S)
-        _signal_group(proc.pid, signal.SIGKILL)  # GCS and the autoscaler may ignore SIGTERM
-        proc.wait()
+        stop_process_group(proc, HEAD_STOP_TIMEOUT_S)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
+def autoscaling_settings(tmp: Path, *, max_runners: int, idle_timeout_s: float) -> Settings:
+    """Settings of a runner pool that scales from zero, with its files under ``tmp``."""
+    policy = {"min_runners": 0, "max_runners": max_runners, "idle_timeout_s": idle_timeout_s}
+    return load_settings(
+        None,
+        **{
+            "workspace_root": str(REPO),
+            "store.url": f"sqlite:///{tmp}/officeray.db",
+            "telemetry.trace_file": str(tmp / "traces.jsonl"),
+            "sandbox.spares": 0,
+            "runners.autoscaling": policy,
+        },
+    )
+
+
+def sleep_step(i: int, seconds: float) -> PlanStep:
+    """A sandbox step that sleeps ``seconds`` and prints ``i``."""
+    code = f"import time\ntime.sleep({seconds})\nprint({i})"
+    return PlanStep(step_id=f"s{i}", action="python_exec", inputs={"code": code}, idempotency_key=f"k{i}")

@@ -23,9 +23,7 @@ from ray import serve
 
 from actors.tool_runner import RunnerPool
 from cluster.prepare import prepare_settings
-from officeray.config import Settings, load_settings
-from officeray.contracts import PlanStep
-from tests.autoscaling.conftest import FakeCluster
+from tests.autoscaling.conftest import FakeCluster, autoscaling_settings, sleep_step
 from tests.integration.conftest import REPO, require_docker
 
 pytestmark = [pytest.mark.integration, pytest.mark.autoscaling]
@@ -88,33 +86,14 @@ def test_a_gpu_deployment_adds_a_gpu_node_and_it_goes_after_the_idle_timeout(
     )
 
 
-def _settings(tmp: Path, max_runners: int) -> Settings:
-    return load_settings(
-        None,
-        **{
-            "workspace_root": str(REPO),
-            "store.url": f"sqlite:///{tmp}/officeray.db",
-            "telemetry.trace_file": str(tmp / "traces.jsonl"),
-            "sandbox.spares": 0,
-            "runners.autoscaling": {
-                "min_runners": 0, "max_runners": max_runners, "idle_timeout_s": RUNNER_IDLE_TIMEOUT_S,
-            },
-        },
-    )  # fmt: skip
-
-
-def _sleep_step(i: int) -> PlanStep:
-    code = f"import time\ntime.sleep({STEP_SLEEP_S})\nprint({i})"
-    return PlanStep(step_id=f"s{i}", action="python_exec", inputs={"code": code}, idempotency_key=f"k{i}")
-
-
 def test_queued_tool_steps_add_cpu_nodes_up_to_the_max_and_they_go_when_idle(
     fake_cluster: FakeCluster, tmp_path: Path
 ) -> None:
     require_docker()
     cpu_type = fake_cluster.config["available_node_types"]["cpu_worker"]
     max_nodes, per_node = cpu_type["max_workers"], int(cpu_type["resources"]["docker"])
-    settings = prepare_settings(_settings(tmp_path, max_runners=max_nodes * per_node))
+    policy = {"max_runners": max_nodes * per_node, "idle_timeout_s": RUNNER_IDLE_TIMEOUT_S}
+    settings = prepare_settings(autoscaling_settings(tmp_path, **policy))
     assert fake_cluster.workers_with("docker") == 0  # the head runs no sandboxes
 
     async def burst() -> tuple[float, float, float, int]:
@@ -122,7 +101,7 @@ def test_queued_tool_steps_add_cpu_nodes_up_to_the_max_and_they_go_when_idle(
         scaler = asyncio.ensure_future(pool.autoscale())
         try:
             await pool.wait_ready()
-            steps = [_sleep_step(i) for i in range(2 * max_nodes * per_node)]
+            steps = [sleep_step(i, STEP_SLEEP_S) for i in range(2 * max_nodes * per_node)]
             started = time.monotonic()
             runs = [asyncio.ensure_future(pool.execute(f"t{s.step_id}", s, s.inputs, {})) for s in steps]
             peak, all_nodes_s = 0, float("nan")

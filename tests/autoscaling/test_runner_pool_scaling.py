@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import pytest
 import ray
 
 from actors.tool_runner import RunnerPool
-from cluster.runtime import LocalStack, init_ray, local_node_resources
-from officeray.config import Settings, load_settings
+from cluster.prepare import prepare_settings
+from cluster.runtime import init_ray, local_node_resources
+from officeray.config import Settings
 from officeray.contracts import PlanStep, StepOutcome
-from tests.integration.conftest import REPO, require_docker
+from tests.autoscaling.conftest import autoscaling_settings, sleep_step
+from tests.integration.conftest import require_docker
 from tools_sandbox.docker_sandbox import SANDBOX_LABEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.autoscaling]
@@ -31,28 +32,14 @@ STEP_SLEEP_S = 2.0
 SCALE_DOWN_TIMEOUT_S = 30.0
 
 
-def _settings(tmp: Path) -> Settings:
-    return load_settings(
-        None,
-        **{
-            "workspace_root": str(REPO),
-            "store.url": f"sqlite:///{tmp}/officeray.db",
-            "telemetry.trace_file": str(tmp / "traces.jsonl"),
-            "sandbox.spares": 0,
-            "runners.autoscaling": {
-                "min_runners": 0,
-                "max_runners": MAX_RUNNERS,
-                "idle_timeout_s": IDLE_TIMEOUT_S,
-            },
-        },
-    )
-
-
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     require_docker()
     tmp = tmp_path_factory.mktemp("pool")
-    prepared = LocalStack(_settings(tmp)).settings  # paths made absolute, sandbox image built
+    # paths made absolute, sandbox image built
+    prepared = prepare_settings(
+        autoscaling_settings(tmp, max_runners=MAX_RUNNERS, idle_timeout_s=IDLE_TIMEOUT_S)
+    )
     init_ray(prepared, "local")
     try:
         yield prepared
@@ -61,8 +48,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 
 def _step(i: int) -> PlanStep:
-    code = f"import time\ntime.sleep({STEP_SLEEP_S})\nprint({i})"
-    return PlanStep(step_id=f"s{i}", action="python_exec", inputs={"code": code}, idempotency_key=f"k{i}")
+    return sleep_step(i, STEP_SLEEP_S)
 
 
 def _containers_of(pids: set[int]) -> int:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,13 +145,16 @@ def ray_head(tmp: Path, env: dict[str, str], *, sandbox_slots: int = HEAD_SANDBO
         yield RayHead(address=address, gcs=f"127.0.0.1:{gcs}")
     finally:
         # the head's processes share the session of `ray start`: stop them all, and only them
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=HEAD_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, HEAD_STOP_TIMEOUT_S)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_process_group(proc: subprocess.Popen[Any], timeout_s: float) -> None:
+    """Stop every process of ``proc``'s session (started with ``start_new_session``): SIGTERM, then
+    SIGKILL for whatever is left after ``timeout_s`` (Ray's GCS and autoscaler may ignore SIGTERM)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout_s)

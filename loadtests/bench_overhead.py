@@ -34,10 +34,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 
@@ -98,8 +98,6 @@ TARGET_THROUGHPUT = 50.0
 
 KIB = 1024
 MIB = 1024 * 1024
-
-T = TypeVar("T")
 
 
 # -- pure helpers -----------------------------------------------------------------------------------
@@ -318,17 +316,10 @@ class SessionCpu:
         return spent, count
 
 
-async def _within(awaitable: Awaitable[T], timeout_s: float) -> T:
-    async def wait() -> T:
-        return await awaitable
-
-    return await asyncio.wait_for(wait(), timeout_s)
-
-
 async def _sample_in_flight(actor: Any, run: LevelRun) -> None:
     while True:
         try:
-            in_flight = await _within(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S)
+            in_flight = await asyncio.wait_for(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S)
             run.peak_in_flight = max(run.peak_in_flight, int(in_flight))
         except TimeoutError:
             pass
@@ -370,7 +361,9 @@ async def run_level(
                 continue
             started = time.perf_counter()
             try:
-                record = await _within(actor.run.remote(TaskRequest(description=description)), remaining)
+                record = await asyncio.wait_for(
+                    actor.run.remote(TaskRequest(description=description)), remaining
+                )
             except TimeoutError:
                 run.failures["timeout"] += 1
                 continue
@@ -411,7 +404,7 @@ async def _settle(actor: Any) -> bool:
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            if await _within(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S) == 0:
+            if await asyncio.wait_for(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S) == 0:
                 return True
         except TimeoutError:
             pass

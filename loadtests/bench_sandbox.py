@@ -2,7 +2,7 @@
 
     python -m loadtests.bench_sandbox --calls 200
 
-Also ``officeray bench sandbox [--json]``. Prints p50/p95 (milliseconds) of one trivial step (a
+Also ``officeray bench sandbox [--json [FILE]]``. Prints p50/p95 (milliseconds) of one trivial step (a
 ``math_calculator`` evaluation of ``2+3*4``) run three ways, in one run:
 
 * ``warm``: through the warm sandbox (protocol round trip + the agent's fork of a worker);

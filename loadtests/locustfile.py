@@ -60,7 +60,7 @@ from loadtests.records import (
     StageInfo,
     Tick,
 )
-from loadtests.shapes import Stage, stage_at
+from loadtests.shapes import Stage, read_stages, stage_at
 from loadtests.taskmix import DEFAULT_TASK_MIX, TaskMixError, TaskPicker, load_task_mix
 
 logger = logging.getLogger(__name__)
@@ -109,11 +109,6 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument("--shape-file", default="", help="stages as JSON (written by officeray loadtest)")
     group.add_argument("--tenant", default="loadtest", help="tenant of the submitted tasks")
-
-
-def read_stages(path: str) -> list[Stage]:
-    """The stages of a shape file as ``officeray loadtest`` writes it (a JSON list of stages)."""
-    return [Stage.model_validate(item) for item in json.loads(Path(path).read_text(encoding="utf-8"))]
 
 
 # --------------------------------------------------------------------------------------------------

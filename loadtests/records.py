@@ -28,9 +28,8 @@ SUBMIT_TYPE = "POST"
 SUBMIT_NAME = "/v1/tasks"
 """The locust request type and name of a task submission (``POST /v1/tasks``)."""
 
-POLL_TYPE = "GET"
 POLL_NAME = "/v1/tasks/[id]"
-"""The locust request type and name of a task status read (long poll or poll)."""
+"""The locust name of a task status read (``GET``; long poll or poll)."""
 
 COMPLETION_TYPE = "TASK"
 """The locust request type of a task's completion; its name is the task kind (from the task mix).

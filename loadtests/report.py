@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
+import functools
 import html
 import json
 import math
@@ -60,7 +61,18 @@ from loadtests.records import (
     StageInfo,
     Tick,
 )
-from loadtests.slo import Slo, SloError, SloResult, evaluate, load_slo_file, parse_slo, trace_completeness
+from loadtests.slo import (
+    COUNT_METRICS,
+    LATENCY_METRICS,
+    PERCENTILES,
+    Slo,
+    SloError,
+    SloResult,
+    evaluate,
+    load_slo_file,
+    parse_slo,
+    trace_completeness,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -76,8 +88,6 @@ TOP_ERRORS = 10
 MAX_ERROR_CHARS = 500
 """Error messages are cut to this many characters before they are grouped and reported."""
 
-PERCENTILES = (50, 90, 95, 99)
-"""The latency percentiles of every aggregate (``p50_ms`` ...)."""
 
 PLOT_NAMES = ("latency.png", "throughput.png", "users.png", "failures.png")
 """The plot files :func:`write_plots` writes, in order."""
@@ -112,7 +122,7 @@ class RunData:
         """``ended_at - started_at`` in seconds."""
         return float(self.info["ended_at"]) - self.started_at
 
-    @property
+    @functools.cached_property
     def stages(self) -> list[StageInfo]:
         """run.json's stages by start, or one :data:`DEFAULT_STAGE` spanning the run when it has none."""
         if self.info["stages"]:
@@ -128,6 +138,13 @@ class RunData:
                 spawn_rate=float(_number_or(settings.get("spawn_rate"), 0.0)),
             )
         ]
+
+    @functools.cached_property
+    def span_s(self) -> float:
+        """Seconds from the start to the last thing to plot (the end, a late sample or tick)."""
+        ends = [self.duration_s, *(float(s["t"]) - self.started_at for s in self.samples)]
+        ends += [float(tick["t"]) - self.started_at for tick in self.timeline]
+        return max(0.0, *ends)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +282,7 @@ def load_run(out_dir: str | Path) -> RunData:
 
 def _latency(ms: Sequence[float]) -> dict[str, float | None]:
     """Percentiles (linear interpolation), max and mean of the latencies; None values when empty."""
-    keys = [f"p{q}_ms" for q in PERCENTILES] + ["max_ms", "mean_ms"]
+    keys = LATENCY_METRICS
     if not ms:
         return dict.fromkeys(keys)
     values = np.asarray(ms, dtype=float)
@@ -412,15 +429,8 @@ class _Buckets:
         return [sum(1 for s in self.groups.get(i, ()) if keep(s)) / self.width for i in range(self.count)]
 
 
-def _span(run: RunData) -> float:
-    """Seconds from the start to the last thing to plot (the end, a late sample or tick)."""
-    ends = [run.duration_s, *(float(s["t"]) - run.started_at for s in run.samples)]
-    ends += [float(tick["t"]) - run.started_at for tick in run.timeline]
-    return max(0.0, *ends)
-
-
 def _bucket(run: RunData) -> _Buckets:
-    span = _span(run)
+    span = run.span_s
     width = max(TICK_S, span / MAX_PLOT_POINTS)
     count = max(1, min(MAX_PLOT_POINTS, math.ceil(span / width)))
     groups: dict[int, list[Sample]] = defaultdict(list)
@@ -446,7 +456,7 @@ def _finish(ax: Axes, run: RunData, title: str, ylabel: str, drawn: bool) -> Non
     ax.set_title(title)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel(ylabel)
-    ax.set_xlim(0, max(_span(run), 1.0))
+    ax.set_xlim(0, max(run.span_s, 1.0))
     for stage in run.stages:
         ax.axvline(float(stage["start_s"]), color="grey", linestyle="--", linewidth=0.8)
         ax.text(
@@ -562,20 +572,7 @@ th { background: #f3f3f3; } td.text { text-align: left; }
 img { max-width: 100%; display: block; margin-bottom: 1em; }
 """
 
-_REQUEST_COLUMNS = (
-    "count",
-    "failures",
-    "failure_rate",
-    "throughput_rps",
-    "p50_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "max_ms",
-    "mean_ms",
-    "tokens_per_s_mean",
-    "tokens_total",
-)
+_REQUEST_COLUMNS = (*COUNT_METRICS, *LATENCY_METRICS, "tokens_per_s_mean", "tokens_total")
 
 
 def _e(value: object) -> str:

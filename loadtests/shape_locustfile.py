@@ -13,7 +13,7 @@ import locust  # noqa: F401  (first: gevent's monkey-patching)
 
 from locust import LoadTestShape
 
-from loadtests.shapes import Stage, stage_at
+from loadtests.shapes import Stage, read_stages, stage_at
 
 
 class StagedShape(LoadTestShape):
@@ -25,8 +25,6 @@ class StagedShape(LoadTestShape):
 
     def stages(self) -> list[Stage]:
         if self._stages is None:
-            from loadtests.locustfile import read_stages
-
             options = self.runner.environment.parsed_options if self.runner is not None else None
             path = getattr(options, "shape_file", "") if options is not None else ""
             if not path:

@@ -27,6 +27,7 @@ Limits: a run lasts at most :data:`MAX_RUN_S`, has at most :data:`MAX_STAGES` st
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -260,3 +261,8 @@ def stage_at(stages: list[Stage], elapsed_s: float) -> Stage | None:
         if elapsed_s < end:
             return stage
     return None
+
+
+def read_stages(path: str) -> list[Stage]:
+    """The stages of a shape file as ``officeray loadtest`` writes it (a JSON list of stages)."""
+    return [Stage.model_validate(item) for item in json.loads(Path(path).read_text(encoding="utf-8"))]

@@ -43,18 +43,16 @@ from officeray.config import read_yaml_file
 SELECTORS = ("submit", "completion", "completion[KIND]", "request[TYPE NAME]", "run")
 """The selector forms, as shown in error messages."""
 
-REQUEST_METRICS = (
-    "p50_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "max_ms",
-    "mean_ms",
-    "count",
-    "failures",
-    "failure_rate",
-    "throughput_rps",
-)
+PERCENTILES = (50, 90, 95, 99)
+"""The latency percentiles of every aggregate (``p50_ms`` ...)."""
+
+LATENCY_METRICS = (*(f"p{q}_ms" for q in PERCENTILES), "max_ms", "mean_ms")
+"""The latency keys of an aggregate, in milliseconds."""
+
+COUNT_METRICS = ("count", "failures", "failure_rate", "throughput_rps")
+"""The count and rate keys of an aggregate."""
+
+REQUEST_METRICS = (*LATENCY_METRICS, *COUNT_METRICS)
 """Metrics of ``submit``, ``completion``, ``completion[KIND]`` and ``request[TYPE NAME]``: keys of an
 aggregate in the report (see :func:`loadtests.report.aggregate`)."""
 

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from loadtests.records import COMPLETION_TYPE, SAMPLES_FILE
+from officeray.telemetry import iter_spans
 
 REQUIRED_SPANS = ("plan", "validate", "review")
 REQUIRED_MODEL_ROLES = ("planner", "reviewer")
@@ -87,21 +88,12 @@ def index_trace_file(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[
     """Spans by trace id, and the trace ids each task's spans sit in (by ``officeray.task_id``)."""
     by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
     traces_of_task: dict[str, set[str]] = defaultdict(set)
-    try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115
-    except FileNotFoundError:
-        return {}, {}
-    with fh:
-        for line in fh:
-            try:
-                span = json.loads(line)
-            except ValueError:
-                continue
-            trace_id = _trace_id(span)
-            by_trace[trace_id].append(span)
-            task_id = _attr(span, "officeray.task_id")
-            if task_id:
-                traces_of_task[str(task_id)].add(trace_id)
+    for span in iter_spans(path):
+        trace_id = _trace_id(span)
+        by_trace[trace_id].append(span)
+        task_id = _attr(span, "officeray.task_id")
+        if task_id:
+            traces_of_task[str(task_id)].add(trace_id)
     return by_trace, traces_of_task
 
 

@@ -9,7 +9,7 @@
 * ``officeray tools [--json]``: every registered tool with its input schema.
 * ``officeray tool NAME --input JSON [--timeout S] [--json]``: one tool call as a plan step would
   run it; exit 0 succeeded, 1 failed, 2 bad usage.
-* ``officeray bench sandbox [--json]``: warm sandbox vs ``docker exec`` vs ``docker run``.
+* ``officeray bench sandbox [--json [FILE]]``: warm sandbox vs ``docker exec`` vs ``docker run``.
 * ``officeray bench overhead [--levels 1,10,100,500,1000] [--json [FILE]]``: task latency against
   the ideal critical path, throughput, CPU and memory per task (:mod:`loadtests.bench_overhead`).
 * ``officeray loadtest --users N --spawn-rate R --duration S --out DIR [--host URL] [--workers N]
@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--json", action="store_true", help="print the step result as one JSON object")
     one.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
 
+    from loadtests.bench_format import add_json_argument
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bsb = bench_sub.add_parser(
@@ -113,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bsb.add_argument("--calls", type=int, default=200, help="samples per warm measurement")
     bsb.add_argument("--run-calls", type=int, default=10, help="docker run samples")
-    bsb.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_json_argument(bsb)
     bsb.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
     from loadtests.bench_overhead import add_arguments as add_overhead_arguments
 
@@ -357,10 +359,10 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from loadtests.bench_overhead import run_from_args
 
         return run_from_args(args)
-    from loadtests.bench_sandbox import format_report, run_bench
+    from loadtests.bench_format import BenchResult, emit
+    from loadtests.bench_sandbox import run_bench
 
-    report = run_bench(args.calls, run_calls=args.run_calls)
-    print(json.dumps(report) if args.json else format_report(report))
+    emit(BenchResult.from_dict(run_bench(args.calls, run_calls=args.run_calls)), args.json)
     return EXIT_OK
 
 

@@ -70,6 +70,7 @@ from serving.tiers.base import (
     TierTimeoutError,
     TierUnavailableError,
 )
+from serving.tiers.embedded_tier import whitespace_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -339,15 +340,22 @@ def completion_body(completion_id: str, created: int, model: str, answer: ModelA
     }
 
 
-def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
+def _event(completion_id: str, created: int, model: str, choices: list[Any], **extra: Any) -> str:
+    """One ``chat.completion.chunk`` server-sent event."""
     body = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        "choices": choices,
+        **extra,
     }
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    return _event(completion_id, created, model, [choice])
 
 
 async def _aclose(stream: AsyncIterator[str]) -> None:
@@ -360,19 +368,8 @@ async def _aclose(stream: AsyncIterator[str]) -> None:
 
 
 def _usage_chunk(completion_id: str, created: int, model: str, prompt: int, completion: int) -> str:
-    body = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-    }
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return _event(completion_id, created, model, [], usage=usage)
 
 
 async def _event_stream(
@@ -385,14 +382,15 @@ async def _event_stream(
 ) -> AsyncIterator[str]:
     """The SSE events; ``prompt_tokens`` set: a usage chunk before ``[DONE]`` (``include_usage``)."""
     words = 0
+    count = prompt_tokens is not None  # tokens are counted only for the usage chunk
     try:
         yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
         if first is not None:
-            words += len(first.split())
+            words += whitespace_tokens(first) if count else 0
             yield _chunk(completion_id, created, model, {"content": first}, None)
             try:
                 async for piece in stream:
-                    words += len(piece.split())
+                    words += whitespace_tokens(piece) if count else 0
                     yield _chunk(completion_id, created, model, {"content": piece}, None)
             except Exception as exc:
                 yield f"data: {json.dumps(dispatch_error(exc).body(), ensure_ascii=False)}\n\n"
@@ -454,7 +452,7 @@ def make_chat_router(dispatch: ChatDispatch) -> APIRouter:
         assert stream is not None
         prompt_tokens = None
         if body.stream_options is not None and body.stream_options.include_usage:
-            prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in call.messages)
+            prompt_tokens = sum(whitespace_tokens(str(m.get("content") or "")) for m in call.messages)
         return StreamingResponse(
             _event_stream(completion_id, created, role, first, stream, prompt_tokens),
             media_type="text/event-stream",

@@ -118,7 +118,7 @@ class Orchestrator:
             token_budget=settings.models.task_token_budget,
             needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
             approvals=self.approvals,
-            fence=self._holds_lease,
+            owner=self.owner,  # every transition is written only while this life holds the task
         )
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
@@ -127,9 +127,6 @@ class Orchestrator:
         self._background: list[asyncio.Future[None]] = []
 
     # -- life ------------------------------------------------------------------------------------
-
-    async def _holds_lease(self, task_id: str) -> bool:
-        return await self.store.lease_owner(task_id) == self.owner
 
     def _tenant_of(self, task_id: str) -> str:
         return self._tenants.get(task_id, "default")
@@ -242,10 +239,12 @@ class Orchestrator:
         return existing
 
     async def _run(self, request: TaskRequest, record: TaskRecord) -> TaskRecord:
+        """Run the task to its end. The workflow writes the end in one transaction (final record,
+        dead-letter entry of a failed task, the tenant's usage: ``finish_task``), fenced on our lease."""
         try:
             try:
                 async with self._slots:
-                    final = await self.workflow.run(request, record.task_id, record)
+                    return await self.workflow.run(request, record.task_id, record)
             except RunSupersededError:
                 logger.warning("task %s: another orchestrator took it over; this run stops", record.task_id)
                 return record
@@ -256,14 +255,12 @@ class Orchestrator:
                 final.error = f"internal error: {type(exc).__name__}: {exc}"
                 final.current_step = None
                 final.finished_at = utcnow()
-                await self.store.save_task(final)
                 event = {"status": TaskStatus.FAILED.value, "error": final.error}
-                await self.store.append_event(final.task_id, "failed", event)
-            if final.status == TaskStatus.FAILED:
-                await self.store.dead_letter(final, final.error or "failed")
-            if final.usage.calls:
-                await self.store.add_tenant_usage(final.tenant, final.usage)
-            return final
+                if not await self.store.finish_task(final, "failed", event, owner=self.owner):
+                    logger.warning(
+                        "task %s: another orchestrator holds it; its crash is not recorded", final.task_id
+                    )
+                return final
         finally:
             self._running.pop(record.task_id, None)
             self._tenants.pop(record.task_id, None)

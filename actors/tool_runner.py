@@ -83,6 +83,7 @@ class _StepRunner:
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         load_plugins(settings.plugins)
         self.workspace_root = Path(settings.workspace_root)
+        self.workspace_confined = settings.workspace_confined
         self.host_context = _host_context(settings, ai_tool_handle)
         self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
 
@@ -138,7 +139,14 @@ class ToolRunner(_StepRunner):
 
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
         sandbox = self.sandboxes.for_task(task_id)
-        outcome = run_step(sandbox, step, inputs, self.workspace_root, self.host_context)
+        outcome = run_step(
+            sandbox,
+            step,
+            inputs,
+            self.workspace_root,
+            self.host_context,
+            workspace_confined=self.workspace_confined,
+        )
         if outcome.error is not None and outcome.error.type == ErrorType.SANDBOX_ERROR:
             self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
         return outcome

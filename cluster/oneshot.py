@@ -86,7 +86,14 @@ def run_tool(
         if sandbox is not None:
             sandbox.start()
         started = time.perf_counter()
-        outcome = run_step(sandbox, step, inputs, settings.workspace_root, host_context)
+        outcome = run_step(
+            sandbox,
+            step,
+            inputs,
+            settings.workspace_root,
+            host_context,
+            workspace_confined=settings.workspace_confined,
+        )
         duration_ms = (time.perf_counter() - started) * 1000
     finally:
         if sandbox is not None:

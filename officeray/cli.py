@@ -1,14 +1,17 @@
 """The ``officeray`` command line.
 
-* ``officeray run "TASK" [--json] [--config FILE]``: one task on an embedded local Ray cluster;
-  exit 0 when it completed, 1 when it failed, 2 for bad usage.
+* ``officeray run "TASK" [--plan FILE] [--json] [--config FILE]``: one task on an embedded local Ray
+  cluster; exit 0 when it completed, 1 when it failed, 2 for bad usage. ``--plan`` runs a ready plan
+  (a JSON file in the published plan schema) instead of asking the planner first; an invalid one is
+  refused with the validator's reasons (exit 2) before anything starts. Folders the task names are the
+  invoking user's: relative to the current directory, or absolute (``workspace_confined`` off).
 * ``officeray serve [--host 127.0.0.1] [--port 8000] [--config FILE]``: Ray + the Serve app with the
   HTTP API; blocks until interrupted.
 * ``officeray examples [FILE] [--config FILE]``: every task of ``examples/tasks.jsonl`` end to end,
   with a per-task summary.
 * ``officeray tools [--json]``: every registered tool with its input schema.
 * ``officeray tool NAME --input JSON [--timeout S] [--json]``: one tool call as a plan step would
-  run it; exit 0 succeeded, 1 failed, 2 bad usage.
+  run it; exit 0 succeeded, 1 failed, 2 bad usage. Folders as for ``run``.
 * ``officeray bench sandbox [--json [FILE]]``: warm sandbox vs ``docker exec`` vs ``docker run``.
 * ``officeray bench overhead [--levels 1,10,100,500,1000] [--json [FILE]]``: task latency against
   the ideal critical path, throughput, CPU and memory per task (:mod:`loadtests.bench_overhead`).
@@ -80,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one task on a local Ray cluster and print the result")
     run.add_argument("task", help="the task in plain words")
+    run.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="a ready plan (JSON, the published plan schema) to run instead of asking the planner",
+    )
     run.add_argument("--json", action="store_true", help="print the final task record as one JSON object")
     run.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
 
@@ -259,13 +267,24 @@ def print_summary(records: Sequence[TaskRecord], elapsed_s: float) -> None:
     Console(width=max(SUMMARY_MIN_WIDTH, shutil.get_terminal_size().columns)).print(table)
 
 
+def invoking_user_workspace(cwd: Path | None = None) -> dict[str, Any]:
+    """The settings ``officeray run`` and ``officeray tool`` override: the task names the invoking
+    user's own folders, so a relative folder resolves against their current directory and an
+    absolute one is taken as is (``workspace_confined`` off). ``officeray serve``, ``examples`` and
+    batch jobs keep the configured, confined workspace."""
+    return {"workspace_root": str((cwd or Path.cwd()).resolve()), "workspace_confined": False}
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from cluster.runtime import LocalStack
 
+    plan = read_plan_file(Path(args.plan)) if args.plan else None
     try:
-        request = TaskRequest(description=args.task)
+        request = TaskRequest(description=args.task, plan=plan)
     except ValidationError as exc:
         raise UsageError(f"invalid task: {exc.errors()[0]['msg']}") from None
+    if plan is not None:
+        check_ready_plan(request, settings, args.plan)
     started = time.monotonic()
     with _stdout_to_stderr(), LocalStack(settings) as stack:
         (record,) = stack.run([request])
@@ -280,6 +299,38 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 else record.result
             )
     return EXIT_OK if record.status == TaskStatus.COMPLETED else EXIT_FAILED
+
+
+def read_plan_file(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a ready plan); UsageError when it cannot be read or is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a plan is a JSON object, not {type(data).__name__}")
+    return data
+
+
+def check_ready_plan(request: TaskRequest, settings: Settings, source: str) -> None:
+    """UsageError listing the validator's reasons when ``request``'s ready plan is refused (checked
+    as the workflow will check it, against the registered tools and the config's plugins)."""
+    from cluster.prepare import check_tools
+    from officeray.validate import validate_plan
+    from tools_sandbox.catalog import input_models
+
+    check_tools(settings)  # imports the plugins: their tools are registered
+    task_id = request.task_id or "new-task"  # the plan runs under the task's id, whatever it says
+    tools = input_models()
+    reasons = validate_plan(
+        request.ready_plan(task_id) or {}, task_id=task_id, tools=tools, allowed_tools=request.allowed_tools
+    )
+    if reasons:
+        raise UsageError(f"invalid plan in {source}:\n" + "\n".join(f"  - {reason}" for reason in reasons))
 
 
 def _cmd_examples(args: argparse.Namespace, settings: Settings) -> int:
@@ -375,7 +426,8 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         with LocalStack(settings, http=True):
             print(
                 f"officeray is serving on http://{settings.serve.host}:{settings.serve.port} "
-                "(POST /v1/tasks, GET /v1/tasks/{id}, GET /healthz); Ctrl-C to stop",
+                "(POST /tasks, GET /tasks/{id}/status, POST /v1/tasks, GET /v1/tasks/{id}, GET /healthz); "
+                "Ctrl-C to stop",
                 flush=True,
             )
             while not stop.wait(SERVE_POLL_S):
@@ -524,9 +576,11 @@ def _cmd_loadtest(args: argparse.Namespace, _settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        overrides = {}
+        overrides: dict[str, Any] = {}
         if args.command == "serve":
             overrides = {"serve.host": args.host, "serve.port": args.port}
+        elif args.command in ("run", "tool"):
+            overrides = invoking_user_workspace()
         settings = load_settings(None if args.command == "loadtest" else args.config, **overrides)
         handler = {
             "run": _cmd_run,

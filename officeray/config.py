@@ -346,6 +346,13 @@ class Settings(BaseSettings):
 
     workspace_root: Path = Path(".")
     """Folders named in tasks (e.g. code_analyzer's ``folder``) are resolved under this directory."""
+    workspace_confined: bool = True
+    """When True, a folder named in a task must resolve (symlinks included) inside ``workspace_root``:
+    an absolute path, ``..`` or a symlink leading out of it is refused. This is the boundary for API
+    clients (``officeray serve``, the Serve app, batch jobs): keep it on wherever the task comes from
+    someone else. ``officeray run`` and ``officeray tool`` turn it off, with ``workspace_root`` set to
+    the invoking user's current directory: a relative folder resolves against it, an absolute one
+    (or ``~/...``) is taken as is, since the user runs the task with their own rights."""
     ray_namespace: str = "officeray"
     workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)

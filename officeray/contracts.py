@@ -1,8 +1,11 @@
 """The data contracts of officeray, defined once.
 
 Every boundary (HTTP, Ray calls, the store, the LLM tiers) speaks these pydantic v2 models. The plan
-schema is the seed's; :func:`plan_json_schema` exports it as JSON Schema, and that one schema is
-what the validator checks and what structured-output model tiers are asked to produce.
+contract is the published JSON Schema shipped as ``officeray/schemas/plan.schema.json``
+(:func:`plan_json_schema`): structured-output model tiers are asked for it, ready plans are written in
+it, and the :class:`Plan` model accepts every document valid under it. Where officeray is stricter
+(step count, timeout bounds, id lengths, registered tools), the rule is in :mod:`officeray.validate`
+and its message reaches the planner as revision feedback.
 
 Step inputs may refer to an earlier step's output with a *reference object*::
 
@@ -16,9 +19,11 @@ refuses a plan that does not, and the scheduler substitutes the value before the
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
+from importlib import resources
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,9 +38,13 @@ MAX_TASK_DESCRIPTION_CHARS = 20_000
 """Longest task description accepted by the gateway, the CLI and the batch job."""
 
 MAX_STEPS_PER_PLAN = 64
-"""A plan with more steps than this is refused by the schema."""
+"""A plan with more steps than this is refused by a validator rule."""
 
-STEP_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_STEP_ID_CHARS = 64
+"""Longest step id a plan may use (a validator rule)."""
+
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+"""Longest step idempotency key (a validator rule; the store's key columns hold this many)."""
 
 
 def new_id(prefix: str) -> str:
@@ -52,60 +61,105 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------
-# Plans (the seed's schema)
+# Plans (the published plan schema: officeray/schemas/plan.schema.json)
 # --------------------------------------------------------------------------------------------------
 
-
-class Priority(StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
+LEGACY_PRIORITIES: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
+"""Priorities of plans stored before the published schema (words); read as these integers."""
 
 
-class PlanMetadata(_Strict):
-    priority: Priority = Priority.MEDIUM
+class _Tolerant(BaseModel):
+    """Plan models accept every document valid under the published schema: unknown properties are
+    dropped, never an error; officeray's stricter rules live in :mod:`officeray.validate`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class PlanMetadata(_Tolerant):
+    priority: int = Field(default=0, ge=0)
+    """Larger is more urgent; 0 is normal. Stored with the task; read by the scheduler."""
     required_tools: list[str] = Field(default_factory=list)
-    estimated_cost_tokens: int = Field(default=0, ge=0)
-    estimated_duration_seconds: float = Field(default=0.0, ge=0)
+    estimated_cost_tokens: int | float = 0
+    estimated_duration_seconds: int | float = 0.0
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _legacy_priority(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in LEGACY_PRIORITIES:
+            return LEGACY_PRIORITIES[value.lower()]
+        return value
 
 
 class StepReference(_Strict):
     """An input value taken from an earlier step's output (see the module docstring)."""
 
-    from_step: str = Field(pattern=STEP_ID_PATTERN)
+    from_step: str = Field(min_length=1)
     path: str | None = None
 
 
-class PlanStep(_Strict):
-    step_id: str = Field(pattern=STEP_ID_PATTERN)
-    action: str = Field(min_length=1, description="The registered tool this step calls.")
+OutputsExpectation = dict[str, Any]
+"""What a step's output must satisfy (checked by the reviewer, :mod:`officeray.expectations`): a JSON
+Schema (draft 2020-12), or the shorthand ``{"keys": ["a", "b"]}`` for an object with these keys."""
+
+
+class PlanStep(_Tolerant):
+    step_id: str
+    """Any non-empty text (``"s1"``, ``"step 1"``); length and characters are validator rules."""
+    action: str = Field(description="The registered tool this step calls.")
     inputs: dict[str, Any] = Field(default_factory=dict)
-    outputs_expectation: list[str] = Field(
-        default_factory=list,
-        description="Keys the step's output must contain for the reviewer to accept it.",
+    outputs_expectation: OutputsExpectation | None = Field(
+        default=None,
+        description="A JSON Schema the step's output must satisfy, or {'keys': [...]}; null: none.",
     )
-    timeout_seconds: int = Field(default=DEFAULT_STEP_TIMEOUT_SECONDS, ge=1, le=MAX_STEP_TIMEOUT_SECONDS)
-    parallelizable: bool = True
-    idempotency_key: str = Field(min_length=1, max_length=200)
+    timeout_seconds: int = DEFAULT_STEP_TIMEOUT_SECONDS
+    """Bounds (1..:data:`MAX_STEP_TIMEOUT_SECONDS`) are a validator rule."""
+    parallelizable: bool = False
+    """False (the schema's default): the step runs alone, after what runs before it finished."""
+    idempotency_key: str
     dependencies: list[str] = Field(default_factory=list)
 
+    @field_validator("outputs_expectation", mode="before")
+    @classmethod
+    def _legacy_expectation(cls, value: Any) -> Any:
+        """Plans stored before the published schema listed the expected keys."""
+        if isinstance(value, list) and all(isinstance(key, str) for key in value):
+            return {"keys": value} if value else None
+        return value
 
-class Plan(_Strict):
+
+class Plan(_Tolerant):
     plan_id: str
     task_id: str
-    generated_at: datetime = Field(default_factory=utcnow)
-    confidence: float = Field(ge=0.0, le=1.0)
+    generated_at: datetime | None = Field(default_factory=utcnow)
+    """When the plan was made; a value that is not a date-time is dropped (None)."""
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     metadata: PlanMetadata = Field(default_factory=PlanMetadata)
-    steps: list[PlanStep] = Field(min_length=1, max_length=MAX_STEPS_PER_PLAN)
+    steps: list[PlanStep] = Field(default_factory=list)
+    """An empty list and more than :data:`MAX_STEPS_PER_PLAN` steps are refused by validator rules."""
+
+    @field_validator("generated_at", mode="before")
+    @classmethod
+    def _lenient_timestamp(cls, value: Any) -> Any:
+        if value is None or isinstance(value, datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                return None
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return None
 
 
 @functools.cache
 def plan_json_schema() -> dict[str, Any]:
-    """The plan's JSON Schema: used by the validator and requested from structured-output tiers.
+    """The published plan schema (``officeray/schemas/plan.schema.json``): what structured-output
+    tiers are asked for and what ready plans are written in.
 
-    Built once per process (generating it costs milliseconds, on every planner call); treat the
-    returned dict as read-only."""
-    return Plan.model_json_schema()
+    Loaded once per process; treat the returned dict as read-only."""
+    text = resources.files("officeray").joinpath("schemas/plan.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,6 +250,16 @@ class TaskRequest(_Strict):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key from the same tenant returns the same task (also the ``Idempotency-Key`` header)."""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    plan: dict[str, Any] | None = Field(
+        default=None,
+        description="A ready plan in the published plan schema: run instead of asking the planner.",
+    )
+    """A *ready plan*: a document in the published plan schema that the first iteration runs instead
+    of calling the planner. It is validated like a model's plan (and refused with the validator's
+    reasons); the reviewer still reviews its results, and a REVISE verdict sends later iterations to
+    the planner as usual. Kept as raw JSON here: its ``task_id`` is informational, because the client
+    does not know the task's id when writing it; the plan runs with ``task_id`` set to the task's id
+    (:meth:`ready_plan`)."""
 
     @field_validator("description")
     @classmethod
@@ -203,6 +267,10 @@ class TaskRequest(_Strict):
         if not value.strip():
             raise ValueError("description must not be blank")
         return value
+
+    def ready_plan(self, task_id: str) -> dict[str, Any] | None:
+        """The submitted :attr:`plan` as it runs for task ``task_id`` (its ``task_id`` replaced)."""
+        return None if self.plan is None else {**self.plan, "task_id": task_id}
 
 
 class StepStatus(StrEnum):

@@ -11,7 +11,8 @@ Tables:
 * ``task_leases``: which orchestrator runs which unfinished task, until when;
 * ``dlq``: the dead-letter queue, tasks given up on, with the reason and the full record;
 * ``idempotency_keys``: ``Idempotency-Key`` headers per tenant, with the task they created;
-* ``approvals``: the first decision (approved or rejected) on a step that waits for a human;
+* ``approvals``: the first decision (approved or rejected) on a step that waits for a human, keyed
+  by the task and the step's idempotency key;
 * ``schema_migrations``: which of :data:`MIGRATIONS` this database has had, and when.
 
 The schema is changed only by :data:`MIGRATIONS`, applied in order by :func:`migrate` when a store is
@@ -27,11 +28,16 @@ A database that cannot be reached (server down, connection refused, SQLite locke
 timeout) raises :class:`~officeray.errors.StoreUnavailableError` from every method; callers answer
 503 with ``Retry-After``. Other database failures raise :class:`~officeray.errors.StoreError`.
 
-The workflow writes each transition here before it acts on it. Methods come in pairs: ``*_sync``
-(for tools that are not async) and ``async`` wrappers that run it in a thread, so an orchestrator's
-event loop is never blocked by the database. Time-dependent methods (leases) take ``now`` so tests
-control the clock; it defaults to :func:`~officeray.contracts.utcnow`. Run
-``python -m officeray.store --bench [--url URL]`` to measure the cost of one task transition.
+The workflow writes each transition here before it acts on it, *fenced* on its task's lease
+(``owner``: written only while that owner holds the lease, checked in the write's transaction, so a
+run that lost its task to another orchestrator never overwrites the newer record), and the end of a
+run (final record, dead-letter entry, tenant usage) in one transaction (``finish_task``).
+
+Methods come in pairs: ``*_sync`` (for tools that are not async) and ``async`` wrappers that run it
+in a thread, so an orchestrator's event loop is never blocked by the database. Time-dependent
+methods (leases) take ``now`` so tests control the clock; it defaults to
+:func:`~officeray.contracts.utcnow`. Run ``python -m officeray.store --bench [--url URL]`` to measure
+the cost of one task transition.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -106,6 +113,12 @@ APPROVAL_DECISIONS = ("approved", "rejected")
 ApprovalDecision = Literal["approved", "rejected"]
 
 _FINAL_STATUSES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
+
+_KEY_CHARS = 256
+"""Width of the columns that hold a step's idempotency key (at most
+:data:`~officeray.contracts.MAX_IDEMPOTENCY_KEY_CHARS`); task ids and tenants (at most 100 characters,
+:class:`~officeray.contracts.TaskRequest`) fit the 128 of theirs. SQLite does not enforce widths,
+PostgreSQL does: a value over its column's width is a :class:`~officeray.errors.StoreError` there."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,6 +228,21 @@ def _approvals_v2(md: sa.MetaData) -> sa.Table:
     )
 
 
+def _approvals_v3(md: sa.MetaData) -> sa.Table:
+    """``step_id`` holds the step's idempotency key (a decision belongs to one round's step), up to
+    :data:`~officeray.contracts.MAX_IDEMPOTENCY_KEY_CHARS` long; version 2 held 64 characters."""
+    return sa.Table(
+        "approvals",
+        md,
+        sa.Column("task_id", sa.String(128), primary_key=True),
+        sa.Column("step_id", sa.String(_KEY_CHARS), primary_key=True),
+        sa.Column("decision", sa.String(16), nullable=False),
+        sa.Column("decided_by", sa.String(256), nullable=False),
+        sa.Column("reason", sa.Text, nullable=True),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
 def _schema_migrations(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "schema_migrations",
@@ -235,7 +263,7 @@ tenant_usage_table = _tenant_usage_v1(metadata)
 leases_table = _task_leases_v2(metadata)
 dlq_table = _dlq_v2(metadata)
 idempotency_keys_table = _idempotency_keys_v2(metadata)
-approvals_table = _approvals_v2(metadata)
+approvals_table = _approvals_v3(metadata)
 migrations_table = _schema_migrations(metadata)
 
 
@@ -262,11 +290,19 @@ def _migration_2(conn: Connection) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _migration_3(conn: Connection) -> None:
+    # PostgreSQL enforces VARCHAR lengths (widening one is a catalog change, no table rewrite); SQLite
+    # neither enforces them nor alters a column's type, so its approvals table is left as it is.
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"ALTER TABLE approvals ALTER COLUMN step_id TYPE VARCHAR({_KEY_CHARS})"))
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "tasks, task_events, step_results, tenant_usage", _migration_1),
     (2, "task_leases, dlq, idempotency_keys, approvals", _migration_2),
+    (3, "approvals.step_id holds a step's idempotency key: VARCHAR(256)", _migration_3),
 )
 """Every schema change, oldest first: ``(version, description, apply(conn))``. Append only; never edit
 or reorder an entry that has shipped."""
@@ -479,6 +515,44 @@ def _event_row(task_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"task_id": task_id, "kind": kind, "data": json.dumps(data, default=str), "at": utcnow()}
 
 
+def _dlq_row(record: TaskRecord, reason: str) -> dict[str, Any]:
+    return {
+        "task_id": record.task_id,
+        "tenant": record.tenant,
+        "reason": reason,
+        "trace_id": record.trace_id,
+        "description": record.description,
+        "record": record.model_dump_json(),
+        "created_at": utcnow(),
+    }
+
+
+def _finish_rows(record: TaskRecord, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What the end of a run writes (see :meth:`SqlStore.finish_task_sync`), as of now."""
+    if not record.status.is_final:
+        raise ValueError(f"the end of a run needs a final record, not a {record.status.value} one")
+    failed = record.status == TaskStatus.FAILED
+    return {
+        "row": _task_row(record),
+        "event": _event_row(record.task_id, kind, data),
+        "dead_letter": _dlq_row(record, record.error or "failed") if failed else None,
+        "usage": record.usage.model_dump() if record.usage.calls else None,
+        "tenant": record.tenant,
+    }
+
+
+def _task_ids_match(column: sa.Column[str], single: bool) -> sa.ColumnElement[bool]:
+    """``column = :task_id`` (``single``) or ``column IN :task_ids``."""
+    if single:
+        return column == sa.bindparam("task_id")
+    return column.in_(sa.bindparam("task_ids", expanding=True))
+
+
+def _fenced(work: _Work, row: dict[str, Any], owner: str | None) -> _Job:
+    """``work`` on the task of its ``tasks`` ``row``, fenced on ``owner``'s lease when given."""
+    return work if owner is None else _Fenced(row["task_id"], owner, work)
+
+
 def _lease_row(task_id: str, owner: str, ttl_s: float, now: datetime) -> dict[str, Any]:
     """The ``task_leases`` row of a lease taken at ``now`` for ``ttl_s`` seconds."""
     return {"task_id": task_id, "owner": owner, "expires_at": now + _positive_ttl(ttl_s)}
@@ -499,7 +573,58 @@ GROUP_COMMIT_MAX_WRITES = 256
 """Most writes committed together in one transaction by the async API's writer thread."""
 
 _Work = Callable[[Connection], Any]
-_Queued = tuple[_Work, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+@dataclass(frozen=True)
+class _Fenced:
+    """A write that runs only while ``owner`` holds the lease on ``task_id``; otherwise it is skipped
+    and answers False (see :func:`_run_in_order`)."""
+
+    task_id: str
+    owner: str
+    work: _Work
+
+
+@dataclass(frozen=True)
+class _LeaseChange:
+    """A write that takes or gives up the lease on ``task_id``: fenced writes of that task after it
+    in its transaction read the lease again."""
+
+    task_id: str
+    work: _Work
+
+
+_Job = _Work | _Fenced | _LeaseChange
+_Holders = Callable[[Connection, list[str]], dict[str, str]]
+"""``holders(conn, task_ids)``: who holds the lease of each of ``task_ids`` that has one."""
+_Queued = tuple[_Job, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _run_in_order(conn: Connection, jobs: Sequence[_Job], holders: _Holders) -> list[Any]:
+    """Run ``jobs`` in order in ``conn``'s transaction and return their results.
+
+    Fences cost one look-up per transaction, not one per write: before any job runs, the leases of
+    every fenced job's task are read at once (``holders``; on PostgreSQL their rows are locked first,
+    in one order, so writers of the same tasks never wait for each other in a cycle). A task's lease
+    is read again for its fenced jobs after a job that changed it.
+    """
+    fenced = sorted({job.task_id for job in jobs if isinstance(job, _Fenced)})
+    held = holders(conn, fenced) if fenced else {}
+    changed: set[str] = set()
+    results: list[Any] = []
+    for job in jobs:
+        if isinstance(job, _Fenced):
+            if job.task_id in changed:
+                changed.discard(job.task_id)
+                held.pop(job.task_id, None)
+                held.update(holders(conn, [job.task_id]))
+            results.append(job.work(conn) if held.get(job.task_id) == job.owner else False)
+        elif isinstance(job, _LeaseChange):
+            results.append(job.work(conn))
+            changed.add(job.task_id)
+        else:
+            results.append(job(conn))
+    return results
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -517,18 +642,19 @@ class _GroupCommitter:
 
     Each caller still awaits its own write's commit (a transition is stored before it is acted
     on); what is shared is the transaction's begin/commit (on PostgreSQL, its fsync) and the
-    thread hand-off. When a batch fails on a statement's error (not on an unreachable store), the
-    transaction is rolled back and its writes run again one transaction each, so only the bad one
-    fails.
+    thread hand-off, and the lease look-up of the batch's fenced writes (:func:`_run_in_order`).
+    When a batch fails on a statement's error (not on an unreachable store), the transaction is
+    rolled back and its writes run again one transaction each, so only the bad one fails.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, holders: _Holders) -> None:
         self._engine = engine
+        self._holders = holders
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, work: _Work) -> asyncio.Future[Any]:
+    def submit(self, work: _Job) -> asyncio.Future[Any]:
         """Queue ``work(conn)``; the future gets its result once its transaction committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -569,7 +695,7 @@ class _GroupCommitter:
     def _commit(self, batch: list[_Queued]) -> None:
         try:
             with _write_transaction(self._engine) as conn:
-                results = [work(conn) for work, _, _ in batch]
+                results = _run_in_order(conn, [job for job, _, _ in batch], self._holders)
         except StoreUnavailableError as exc:
             for _, future, loop in batch:
                 loop.call_soon_threadsafe(_resolve, future, None, exc)
@@ -622,10 +748,25 @@ class SqlStore:
             # a recorded success is final: a stale run's later failure never replaces it
             where=step_results_table.c.status != StepStatus.SUCCEEDED.value,
         )
-        self._writer = _GroupCommitter(self._engine)
+        self._writer = _GroupCommitter(self._engine, self._lease_holders)
         self._event_insert = events_table.insert().values(
             {name: sa.bindparam(name) for name in ("task_id", "kind", "data", "at")}
         )
+        # the leases of fenced writes, by whether there is one task (most batches: ``= :task_id``
+        # costs less than an expanding ``IN``) or several
+        self._leases_of = {
+            single: sa.select(leases_table.c.task_id, leases_table.c.owner).where(
+                _task_ids_match(leases_table.c.task_id, single)
+            )
+            for single in (True, False)
+        }
+        self._lock_task_rows = {
+            single: sa.select(tasks_table.c.task_id)
+            .where(_task_ids_match(tasks_table.c.task_id, single))
+            .order_by(tasks_table.c.task_id)  # one order for all writers
+            .with_for_update(key_share=True)  # FOR NO KEY UPDATE: the lock the upsert takes anyway
+            for single in (True, False)
+        }
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -649,22 +790,80 @@ class SqlStore:
         """Insert or replace the task's record (its ``created_at`` and request are kept)."""
         self._write_now(partial(self._task_row_on, row=_task_row(record)))
 
-    def save_transition_sync(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> None:
-        """The record and its transition event in ONE transaction: both are stored or neither."""
-        row, event = _task_row(record), _event_row(record.task_id, kind, data)
-        self._write_now(partial(self._transition_on, row=row, event=event))
+    def save_transition_sync(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> bool:
+        """The record and its transition event in ONE transaction: both are stored or neither.
 
-    def _write_now(self, work: _Work) -> Any:
+        With ``owner``, the write is *fenced*: it happens only while ``owner`` holds the task's lease,
+        checked in the same transaction; False (nothing written) when another owner took the lease or
+        nobody holds it. A lease that expired but that nobody took is still ``owner``'s. True when
+        written.
+        """
+        row, event = _task_row(record), _event_row(record.task_id, kind, data)
+        written: bool = self._write_now(
+            _fenced(partial(self._transition_on, row=row, event=event), row, owner)
+        )
+        return written
+
+    def _write_now(self, work: _Job) -> Any:
         """``work(conn)`` in its own write transaction, on this thread (the ``*_sync`` API)."""
         with self._write() as conn:
-            return work(conn)
+            return _run_in_order(conn, [work], self._lease_holders)[0]
 
     def _task_row_on(self, conn: Connection, row: dict[str, Any]) -> None:
         conn.execute(self._save_task_upsert, row)
 
-    def _transition_on(self, conn: Connection, row: dict[str, Any], event: dict[str, Any]) -> None:
+    def _transition_on(self, conn: Connection, row: dict[str, Any], event: dict[str, Any]) -> bool:
         conn.execute(self._save_task_upsert, row)
         conn.execute(self._event_insert, event)
+        return True
+
+    def _lease_holders(self, conn: Connection, task_ids: list[str]) -> dict[str, str]:
+        """Who holds the lease of each of ``task_ids`` (that has one), for fenced writes in this
+        transaction.
+
+        SQLite runs one write transaction at a time. On PostgreSQL the tasks' rows are locked first
+        (in one order) and the leases read after (READ COMMITTED: a later statement sees what
+        committed before it), so a run that took a task over before the lock is seen here, and the
+        writes of one that takes it over later wait for this transaction: an old owner never
+        overwrites the new one's record.
+        """
+        single = len(task_ids) == 1
+        params: dict[str, Any] = {"task_id": task_ids[0]} if single else {"task_ids": task_ids}
+        if self._backend == "postgresql":
+            conn.execute(self._lock_task_rows[single], params)
+        return {row.task_id: row.owner for row in conn.execute(self._leases_of[single], params)}
+
+    def finish_task_sync(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> bool:
+        """The end of a task's run in ONE transaction: its final record and event (as
+        :meth:`save_transition_sync`, fenced on ``owner``'s lease when given), the dead-letter entry
+        of a failed task (its error as the reason) and its model usage added to its tenant's. All of
+        it is stored or none; False (nothing written) when ``owner`` does not hold the lease."""
+        written: bool = self._write_now(self._finish_job(record, kind, data, owner))
+        return written
+
+    def _finish_job(self, record: TaskRecord, kind: str, data: dict[str, Any], owner: str | None) -> _Job:
+        rows = _finish_rows(record, kind, data)
+        return _fenced(partial(self._finish_on, **rows), rows["row"], owner)
+
+    def _finish_on(
+        self,
+        conn: Connection,
+        row: dict[str, Any],
+        event: dict[str, Any],
+        dead_letter: dict[str, Any] | None,
+        usage: dict[str, Any] | None,
+        tenant: str,
+    ) -> bool:
+        self._transition_on(conn, row, event)
+        if dead_letter is not None:
+            self._dead_letter_on(conn, dead_letter)
+        if usage is not None:
+            self._usage_on(conn, tenant, usage)
+        return True
 
     def create_task_sync(self, record: TaskRecord, request: TaskRequest) -> bool:
         """Insert a new task atomically; False when a task with that id already exists."""
@@ -886,16 +1085,11 @@ class SqlStore:
 
     def dead_letter_sync(self, record: TaskRecord, reason: str) -> None:
         """Put the task in the dead-letter queue (again: its entry is replaced, ``created_at`` too)."""
+        self._write_now(partial(self._dead_letter_on, row=_dlq_row(record, reason)))
+
+    def _dead_letter_on(self, conn: Connection, row: dict[str, Any]) -> None:
         t = dlq_table
-        stmt = self._insert(t).values(
-            task_id=record.task_id,
-            tenant=record.tenant,
-            reason=reason,
-            trace_id=record.trace_id,
-            description=record.description,
-            record=record.model_dump_json(),
-            created_at=utcnow(),
-        )
+        stmt = self._insert(t).values(**row)
         stmt = stmt.on_conflict_do_update(
             index_elements=[t.c.task_id],
             set_={
@@ -903,8 +1097,7 @@ class SqlStore:
                 for name in ("tenant", "reason", "trace_id", "description", "record", "created_at")
             },
         )
-        with self._write() as conn:
-            conn.execute(stmt)
+        conn.execute(stmt)
 
     @staticmethod
     def _dlq_entry(row: Any) -> dict[str, Any]:
@@ -1045,9 +1238,16 @@ class SqlStore:
     def save_task(self, record: TaskRecord) -> Awaitable[None]:
         return self._writer.submit(partial(self._task_row_on, row=_task_row(record)))
 
-    def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> Awaitable[None]:
+    def save_transition(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
         row, event = _task_row(record), _event_row(record.task_id, kind, data)
-        return self._writer.submit(partial(self._transition_on, row=row, event=event))
+        return self._writer.submit(_fenced(partial(self._transition_on, row=row, event=event), row, owner))
+
+    def finish_task(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
+        return self._writer.submit(self._finish_job(record, kind, data, owner))
 
     def create_task(self, record: TaskRecord, request: TaskRequest) -> Awaitable[bool]:
         return self._writer.submit(partial(self._create_on, row=_new_task_row(record, request)))
@@ -1060,7 +1260,7 @@ class SqlStore:
         now = utcnow()
         lease = _lease_row(record.task_id, owner, ttl_s, now)
         work = partial(self._create_leased_on, lease=lease, now=now, row=_new_task_row(record, request))
-        created: bool = await self._writer.submit(work)
+        created: bool = await self._writer.submit(_LeaseChange(record.task_id, work))
         return created
 
     def _create_leased_on(
@@ -1105,14 +1305,16 @@ class SqlStore:
     ) -> bool:
         moment = _utc(now)
         row = _lease_row(task_id, owner, ttl_s, moment)
-        acquired: bool = await self._writer.submit(partial(self._acquire_on, row=row, now=moment))
+        work = partial(self._acquire_on, row=row, now=moment)
+        acquired: bool = await self._writer.submit(_LeaseChange(task_id, work))
         return acquired
 
     async def renew_leases(self, owner: str, ttl_s: float, now: datetime | None = None) -> int:
         return await asyncio.to_thread(self.renew_leases_sync, owner, ttl_s, now)
 
     async def release_lease(self, task_id: str, owner: str) -> bool:
-        released: bool = await self._writer.submit(partial(self._release_on, task_id=task_id, owner=owner))
+        work = partial(self._release_on, task_id=task_id, owner=owner)
+        released: bool = await self._writer.submit(_LeaseChange(task_id, work))
         return released
 
     async def lease_owner(self, task_id: str, now: datetime | None = None) -> str | None:

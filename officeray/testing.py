@@ -3,7 +3,8 @@
 * :class:`ScriptedPlanner` / :class:`ScriptedReviewer` answer from a script (plans, reviews, or
   exceptions to raise) and record every request; :meth:`assert_consumed` fails a test that ended
   with answers left over.
-* :class:`InMemoryStore` keeps records, events and step results in dicts.
+* :class:`InMemoryStore` keeps records, events, step results, leases, the dead-letter queue and
+  tenant usage in dicts.
 * :class:`InMemoryApprovals` is the approvals port: a test decides steps with ``decide``.
 * :class:`FunctionExecutor` runs steps by calling a Python function per action.
 * :func:`in_memory_tracer` gives an OpenTelemetry tracer whose finished spans can be inspected.
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from officeray.contracts import (
     ErrorType,
+    ModelUsage,
     Plan,
     PlanMetadata,
     PlanRequest,
@@ -32,6 +34,7 @@ from officeray.contracts import (
     StepOutcome,
     StepResult,
     TaskRecord,
+    TaskStatus,
 )
 
 Scripted = Any  # an answer, an exception to raise, or a callable(request) -> answer
@@ -96,12 +99,20 @@ class ScriptedReviewer:
 
 
 class InMemoryStore:
-    """The workflow's Store port in memory. ``events[task_id]`` lists ``(kind, data)`` in order."""
+    """The workflow's Store port in memory. ``events[task_id]`` lists ``(kind, data)`` in order.
+
+    ``leases[task_id]`` is the owner holding the task (a test sets it; a fenced write of another
+    owner is refused); ``dead_letters[task_id]`` the reason a failed task was dead-lettered with, and
+    ``usage[tenant]`` the model usage of the tenant's finished tasks.
+    """
 
     def __init__(self) -> None:
         self.tasks: dict[str, TaskRecord] = {}
         self.events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.step_results: dict[str, StepResult] = {}
+        self.leases: dict[str, str] = {}
+        self.dead_letters: dict[str, str] = {}
+        self.usage: dict[str, ModelUsage] = {}
 
     # Like SqlStore, the writes take their snapshot of the record when called, before any await
     # (the Store port's contract): the workflow may change the record while the write is pending.
@@ -116,13 +127,37 @@ class InMemoryStore:
         return self.tasks.get(task_id)
 
     def save_transition(
-        self, record: TaskRecord, kind: str, data: dict[str, Any]
-    ) -> Coroutine[Any, Any, None]:
-        return self._put_transition(record.model_copy(deep=True), kind, dict(data))
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        return self._put_transition(record.model_copy(deep=True), kind, dict(data), owner)
 
-    async def _put_transition(self, snapshot: TaskRecord, kind: str, data: dict[str, Any]) -> None:
+    async def _put_transition(
+        self, snapshot: TaskRecord, kind: str, data: dict[str, Any], owner: str | None
+    ) -> bool:
+        if owner is not None and self.leases.get(snapshot.task_id) != owner:
+            return False
         self.tasks[snapshot.task_id] = snapshot
         self.events.setdefault(snapshot.task_id, []).append((kind, data))
+        return True
+
+    def finish_task(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        """The final record and event, a failed task's dead-letter entry and the usage, at once."""
+        if not record.status.is_final:
+            raise ValueError(f"the end of a run needs a final record, not a {record.status.value} one")
+        return self._put_end(record.model_copy(deep=True), kind, dict(data), owner)
+
+    async def _put_end(
+        self, snapshot: TaskRecord, kind: str, data: dict[str, Any], owner: str | None
+    ) -> bool:
+        if not await self._put_transition(snapshot, kind, data, owner):
+            return False
+        if snapshot.status == TaskStatus.FAILED:
+            self.dead_letters[snapshot.task_id] = snapshot.error or "failed"
+        if snapshot.usage.calls:
+            self.usage[snapshot.tenant] = self.usage.get(snapshot.tenant, ModelUsage()) + snapshot.usage
+        return True
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
         self.events.setdefault(task_id, []).append((kind, dict(data)))

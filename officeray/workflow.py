@@ -21,6 +21,7 @@ After ``max_iterations`` rounds without approval the task fails with the last fe
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from officeray.config import WorkflowSettings
 from officeray.contracts import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
     ErrorType,
     LogLine,
     ModelCallRecord,
@@ -57,7 +59,7 @@ from officeray.contracts import (
 from officeray.dag import run_dag
 from officeray.errors import PlanningError
 from officeray.telemetry import inject_context, trace_id_hex
-from officeray.validate import validate_plan
+from officeray.validate import parse_plan, validate_plan
 
 MAX_LOG_LINES = 200
 """Log lines kept in a task record; older ones are dropped first."""
@@ -96,8 +98,19 @@ class Store(Protocol):
 
     def save_task(self, record: TaskRecord) -> Awaitable[None]: ...
 
-    def save_transition(self, record: TaskRecord, kind: str, data: dict[str, Any]) -> Awaitable[None]:
-        """Write the record and one event atomically."""
+    def save_transition(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
+        """Write the record and one event atomically. With ``owner``, only while ``owner`` holds the
+        task's lease (checked in the same transaction): False, and nothing written, when it does not."""
+        ...
+
+    def finish_task(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
+        """Write the end of a run atomically: the final record and its event (fenced on ``owner`` as
+        :meth:`save_transition`), a failed task's dead-letter entry and the task's model usage added
+        to its tenant's."""
         ...
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None: ...
@@ -121,7 +134,8 @@ class Workflow:
 
     A record that already made progress (loaded from the store after a restart, or re-queued from
     the dead-letter queue) is *resumed*: a task that was executing or reviewing goes on with its
-    stored plan, and a step whose idempotency key already has a successful result is not run again.
+    stored plan, validated again first (a plan refused now is feedback for a new plan, as in any
+    round), and a step whose idempotency key already has a successful result is not run again.
     """
 
     def __init__(
@@ -137,7 +151,7 @@ class Workflow:
         token_budget: int | None = None,
         needs_approval: Callable[[str], bool] | None = None,
         approvals: Approvals | None = None,
-        fence: Callable[[str], Awaitable[bool]] | None = None,
+        owner: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -153,9 +167,10 @@ class Workflow:
         self.needs_approval = needs_approval or (lambda _action: False)
         """Whether steps of a tool (by name) wait for a person's decision before they run."""
         self.approvals = approvals
-        self.fence = fence
-        """``fence(task_id)``: whether this run may still write the task's final state (an
-        orchestrator checks that it still holds the task's lease)."""
+        self.owner = owner
+        """Who holds the leases of the tasks run here (an orchestrator's life). Every write of a run
+        is then fenced on its task's lease: once another owner took the task over, the run's next
+        write is refused and the run stops with :class:`RunSupersededError`. None: no leases."""
         self._sleep = sleep
         self._rand = rand
 
@@ -188,12 +203,19 @@ class _TaskRun:
 
     async def persist(self, kind: str, **data: Any) -> None:
         """Write the record and one event, in order, before the workflow acts on the transition."""
+        await self._write(self.wf.store.save_transition, kind, data)
+
+    async def _write(self, save: Callable[..., Awaitable[bool]], kind: str, data: dict[str, Any]) -> None:
+        """``save(record, kind, event, owner=...)``; a refused write (another owner holds the task's
+        lease now) stops this run: :class:`RunSupersededError`."""
         async with self._lock:
             self.record.updated_at = utcnow()
             event = {"status": self.record.status.value, **data}
             # shielded: a run stopped half-way (its lease went to another orchestrator) never leaves
             # a record without its event
-            await asyncio.shield(self.wf.store.save_transition(self.record, kind, event))
+            written = await asyncio.shield(save(self.record, kind, event, owner=self.wf.owner))
+        if not written:
+            raise RunSupersededError(f"task {self.task_id} is run by another orchestrator now")
 
     def account(self, call: ModelCallRecord | None, iteration: int) -> str | None:
         """Add a model call to the record; returns why the task must stop when over its budget."""
@@ -214,15 +236,15 @@ class _TaskRun:
         return None
 
     async def finish(self, status: TaskStatus, *, result: Any = None, error: str | None = None) -> TaskRecord:
-        if self.wf.fence is not None and not await self.wf.fence(self.task_id):
-            raise RunSupersededError(f"task {self.task_id} is run by another orchestrator now")
+        """End the run: its final record, with a failed task's dead-letter entry and the task's usage
+        for its tenant, in one write (:meth:`Store.finish_task`)."""
         self.record.status = status
         self.record.result = result
         self.record.error = error
         self.record.current_step = None
         self.record.finished_at = utcnow()
         self.log(f"task {status.value}" + (f": {error}" if error else ""), "error" if error else "info")
-        await self.persist(status.value, error=error)
+        await self._write(self.wf.store.finish_task, status.value, {"error": error})
         return self.record
 
     # -- the loop -----------------------------------------------------------------------------
@@ -273,10 +295,26 @@ class _TaskRun:
             return f"workflow retry policy: maximum_step_attempts ({policy.maximum_step_attempts}) reached"
         if counters.model_calls >= policy.maximum_model_calls:
             return f"workflow retry policy: maximum_model_calls ({policy.maximum_model_calls}) reached"
-        elapsed = (utcnow() - (self.record.run_started_at or self.record.created_at)).total_seconds()
-        if elapsed >= policy.maximum_duration_s:
-            return f"workflow retry policy: maximum_duration_s ({policy.maximum_duration_s:g}) reached"
+        if self.remaining_s() <= 0:
+            return self.duration_reached()
         return None
+
+    def remaining_s(self) -> float:
+        """Seconds left before the wall-clock cap (``maximum_duration_s``, counted from the start of
+        this run: acceptance, or the DLQ retry); what a step, an approval wait or a model call may
+        still take."""
+        elapsed = (utcnow() - (self.record.run_started_at or self.record.created_at)).total_seconds()
+        return self.effective_policy().maximum_duration_s - elapsed
+
+    def _model_call_timeout_s(self) -> float:
+        """A planner or reviewer call's limit: ``model_call_timeout_s``, or less near the wall-clock cap."""
+        return max(0.0, min(self.wf.settings.model_call_timeout_s, self.remaining_s()))
+
+    def duration_reached(self, during: str = "") -> str:
+        """The error of a task stopped by its wall-clock cap (``during``: what was cut short)."""
+        cap = self.effective_policy().maximum_duration_s
+        reached = f"workflow retry policy: maximum_duration_s ({cap:g}) reached"
+        return f"{reached} {during}" if during else reached
 
     async def _begin(self) -> bool:
         """Log and persist the start; True when this run resumes a task that made progress."""
@@ -317,16 +355,17 @@ class _TaskRun:
             stop = self.over_policy()
             if stop:
                 return await self.finish(TaskStatus.FAILED, error=stop)
+            planned: Plan | TaskRecord | list[str]
             if resume_plan is not None:
-                plan, resume_plan = resume_plan, None
+                planned, resume_plan = await self._revalidate(resume_plan, allowed), None
             else:
                 planned = await self._plan_and_validate(iteration, allowed, feedback, previous)
-                if isinstance(planned, TaskRecord):
-                    return planned
-                if isinstance(planned, list):  # no usable plan this round: try again with feedback
-                    feedback = planned
-                    continue
-                plan = previous = planned
+            if isinstance(planned, TaskRecord):
+                return planned
+            if isinstance(planned, list):  # no usable plan this round: try again with feedback
+                feedback = planned
+                continue
+            plan = previous = planned
             results = await self._execute(plan)
             if self.stop_reason:
                 return await self.finish(TaskStatus.FAILED, error=self.stop_reason)
@@ -352,6 +391,8 @@ class _TaskRun:
     ) -> Plan | TaskRecord | list[str]:
         """A valid plan; a final record; or the feedback for the next round when there is none."""
         self.record.feedback = list(feedback)
+        if iteration == 1 and self.request.plan is not None:
+            return await self._ready_plan(allowed)
         planned = await self._plan(iteration, allowed, feedback, previous)
         if planned is None or isinstance(planned, TaskRecord):
             return feedback if planned is None else planned
@@ -359,6 +400,15 @@ class _TaskRun:
         if reasons:
             return [f"plan rejected: {r}" for r in reasons][:MAX_FEEDBACK_ITEMS]
         return planned
+
+    async def _revalidate(self, plan: Plan, allowed: list[str]) -> Plan | list[str]:
+        """A resumed task's stored plan, validated again before any of its steps runs (it may have
+        been refused, as on a DLQ retry of a round whose plan was rejected, or be invalid now that the
+        tool catalog changed); refused, its reasons are the feedback for the next round's plan."""
+        reasons = await self._validate(plan, allowed)
+        if reasons:
+            return [f"plan rejected: {r}" for r in reasons][:MAX_FEEDBACK_ITEMS]
+        return plan
 
     async def _plan(
         self, iteration: int, allowed: list[str], feedback: list[str], previous: Plan | None
@@ -379,13 +429,15 @@ class _TaskRun:
         self.record.counters.model_calls += 1
         with wf.tracer.start_as_current_span("plan", attributes={"officeray.iteration": iteration}) as span:
             try:
-                answer = await asyncio.wait_for(wf.planner.plan(request), wf.settings.model_call_timeout_s)
+                answer = await asyncio.wait_for(wf.planner.plan(request), self._model_call_timeout_s())
             except PlanningError as exc:
                 span.set_status(Status(StatusCode.ERROR, "cannot plan"))
                 return await self.finish(TaskStatus.FAILED, error=str(exc))
             except Exception as exc:  # model down, timed out, bad answer: another round may work
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                if self.remaining_s() <= 0:
+                    return await self.finish(TaskStatus.FAILED, error=self.duration_reached("while planning"))
                 feedback[:] = [f"the planner failed: {_describe(exc)}"]
                 self.log(f"iteration {iteration}: planner failed: {_describe(exc)}", "warning")
                 return None
@@ -400,6 +452,29 @@ class _TaskRun:
             + ", ".join(f"{s.step_id}={s.action}" for s in plan.steps)
         )
         await self.persist("planned", iteration=iteration, plan_id=plan.plan_id)
+        return plan
+
+    async def _ready_plan(self, allowed: list[str]) -> Plan | TaskRecord:
+        """Iteration 1 of a task submitted with a plan: that plan instead of the planner's, validated
+        like a model's; refused, it fails the task with the reasons (nobody re-plans a user's plan)."""
+        wf = self.wf
+        with wf.tracer.start_as_current_span(
+            "plan", attributes={"officeray.iteration": 1, "officeray.plan_source": "submitted"}
+        ):
+            plan, reasons = parse_plan(self.request.ready_plan(self.task_id) or {})
+        if plan is not None:
+            reasons = await self._validate(plan, allowed)
+        if plan is None or reasons:
+            return await self.finish(
+                TaskStatus.FAILED, error="the submitted plan was refused: " + "; ".join(reasons)
+            )
+        plan = _scoped_to_task(plan, self.task_id)
+        self.record.plan = plan
+        self.log(
+            f"iteration 1: the submitted plan has {len(plan.steps)} step(s): "
+            + ", ".join(f"{s.step_id}={s.action}" for s in plan.steps)
+        )
+        await self.persist("planned", iteration=1, plan_id=plan.plan_id, source="submitted")
         return plan
 
     async def _validate(self, plan: Plan, allowed: list[str]) -> list[str]:
@@ -483,10 +558,16 @@ class _TaskRun:
         if wf.approvals is not None:
             # keyed by the step's idempotency key: a decision never carries over to another
             # round's step that happens to reuse the step id
-            decision = await wf.approvals.wait(self.task_id, step.idempotency_key, timeout_s)
+            wait_s = max(0.0, min(timeout_s, self.remaining_s()))  # the wall-clock cap counts waits too
+            decision = await wf.approvals.wait(self.task_id, step.idempotency_key, wait_s)
         self._waiting -= 1
         if self._waiting == 0:
             self.record.status = TaskStatus.EXECUTING
+        if decision is None and self.remaining_s() <= 0:
+            self.stop_reason = self.duration_reached(f"while step {step.step_id} waited for approval")
+            self.log(self.stop_reason, "error")
+            await self.persist("approval_timed_out", step_id=step.step_id)
+            return StepError(type=ErrorType.POLICY, message=self.stop_reason)
         if decision is None:
             why = f"approval of step {step.step_id} timed out after {timeout_s:g}s"
             self.log(why, "error")
@@ -552,11 +633,8 @@ class _TaskRun:
                     break
                 result.attempts += 1
                 self.record.counters.step_attempts += 1
-                try:
-                    outcome = await wf.executor.execute(self.task_id, step, inputs, inject_context())
-                except Exception as exc:  # an executor must not raise; count it as internal
-                    outcome = StepOutcome(error=StepError(type=ErrorType.INTERNAL, message=_describe(exc)))
-                if outcome.error is None:
+                outcome = await self._attempt(step, inputs)
+                if outcome.error is None or self.stop_reason:
                     break
                 if result.attempts >= policy.maximum_attempts or not policy.retryable(outcome.error.type):
                     break
@@ -585,6 +663,20 @@ class _TaskRun:
         await wf.store.save_step_result(self.task_id, result)
         await self.persist("step_finished", step_id=step.step_id, step_status=result.status.value)
         return result
+
+    async def _attempt(self, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
+        """One attempt of ``step``, cut short (and the task stopped) when the wall-clock cap is reached."""
+        try:
+            async with asyncio.timeout(max(0.0, self.remaining_s())) as cap:
+                return await self.wf.executor.execute(self.task_id, step, inputs, inject_context())
+        except TimeoutError as exc:
+            if not cap.expired():  # the executor's own error
+                return StepOutcome(error=StepError(type=ErrorType.INTERNAL, message=_describe(exc)))
+            self.stop_reason = self.duration_reached(f"while step {step.step_id} ({step.action}) was running")
+            self.log(self.stop_reason, "error")
+            return StepOutcome(error=StepError(type=ErrorType.POLICY, message=self.stop_reason))
+        except Exception as exc:  # an executor must not raise; count it as internal
+            return StepOutcome(error=StepError(type=ErrorType.INTERNAL, message=_describe(exc)))
 
     def _account_step_usage(self, step: PlanStep, result: StepResult) -> None:
         """A step whose output reports model ``usage`` (``ai_tool`` does) counts toward the task's tokens."""
@@ -615,10 +707,13 @@ class _TaskRun:
         self.record.counters.model_calls += 1
         with wf.tracer.start_as_current_span("review", attributes={"officeray.iteration": iteration}) as span:
             try:
-                answer = await asyncio.wait_for(wf.reviewer.review(request), wf.settings.model_call_timeout_s)
+                answer = await asyncio.wait_for(wf.reviewer.review(request), self._model_call_timeout_s())
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                if self.remaining_s() <= 0:
+                    stop = self.duration_reached("while reviewing")
+                    return Review(verdict=ReviewVerdict.FAILED, feedback=stop)
                 self.log(f"iteration {iteration}: reviewer failed: {_describe(exc)}", "warning")
                 return None
             review, call = (answer.review, answer.call) if isinstance(answer, Reviewed) else (answer, None)
@@ -631,6 +726,21 @@ class _TaskRun:
             "reviewed", iteration=iteration, verdict=review.verdict.value, feedback=review.feedback
         )
         return review
+
+
+def _scoped_to_task(plan: Plan, task_id: str) -> Plan:
+    """A submitted plan with its steps' idempotency keys made the task's own.
+
+    Recorded step results are found by idempotency key alone (that is how a resumed task skips the
+    steps that succeeded); a key the client chose ("s1") must not find another task's result.
+    """
+    steps = []
+    for step in plan.steps:
+        key = f"{task_id}:{step.idempotency_key}"
+        if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            key = f"{task_id}:{hashlib.sha256(step.idempotency_key.encode()).hexdigest()[:32]}"
+        steps.append(step.model_copy(update={"idempotency_key": key}))
+    return plan.model_copy(update={"steps": steps})
 
 
 def _describe(exc: BaseException) -> str:

@@ -49,14 +49,14 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol, get_args
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from officeray.contracts import Plan, Review
+from officeray.contracts import Review, plan_json_schema
 from officeray.errors import ModelUnavailableError, PlanningError
 from serving.tiers.base import (
     BackpressureError,
@@ -248,9 +248,9 @@ def _validation_error(exc: ValidationError) -> ChatAPIError:
 # Request -> ModelCall, ModelAnswer -> response
 # --------------------------------------------------------------------------------------------------
 
-_DEFAULT_SCHEMAS: dict[Role, tuple[str, type[BaseModel]] | None] = {
-    "planner": ("plan", Plan),
-    "reviewer": ("review", Review),
+_DEFAULT_SCHEMAS: dict[Role, tuple[str, Callable[[], dict[str, Any]]] | None] = {
+    "planner": ("plan", plan_json_schema),  # the published plan schema
+    "reviewer": ("review", Review.model_json_schema),
     "ai_tool": None,
 }
 
@@ -294,8 +294,8 @@ def build_call(role: Role, body: ChatCompletionRequest) -> ModelCall:
     if response_format is None:
         default = _DEFAULT_SCHEMAS[role]
         if default is not None:
-            schema_name, model = default
-            schema = model.model_json_schema()
+            schema_name, make_schema = default
+            schema = make_schema()
     elif response_format.type == "json_object":
         schema = {"type": "object"}
     elif response_format.type == "json_schema":

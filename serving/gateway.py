@@ -1,5 +1,35 @@
 """The HTTP API: a FastAPI app as the Serve ingress.
 
+The task API (what the issue documents; every error answer has ``detail`` and ``code``):
+
+* ``POST /tasks``: body ``{"description": str, "constraints": {"max_duration": seconds > 0,
+  "allowed_tools": [names]}, "plan"?: {...}}`` (:class:`TaskSubmission`; both constraints optional,
+  any other key a 422 naming it); answers 202 ``{"task_id", "status", "estimated_completion"}``.
+  ``constraints.allowed_tools`` restricts the tools (an unknown name: 422, code ``unknown_tools``);
+  ``constraints.max_duration`` is the task's wall-clock cap, from acceptance to a final state
+  (the workflow retry policy's ``maximum_duration_s``; the configured ``workflow.retry_policy``
+  otherwise): when it is reached, even in the middle of a step, the task fails with
+  ``"workflow retry policy: maximum_duration_s (S) reached ..."``. ``estimated_completion`` is
+  the latest moment the task can end: its acceptance time plus that cap (ISO-8601, UTC).
+* ``GET /tasks/{task_id}`` and ``GET /tasks/{task_id}/status``: ``{"task_id", "status",
+  "current_step", "progress", "logs", "final_result", "error"}`` (:class:`TaskStatusView`):
+  ``current_step`` is a sentence (``"planning (iteration 1)"``, ``"step s2 (code_analyzer)
+  running"``, ``"reviewing the results (iteration 1)"``, ``"completed"``), ``progress`` the
+  finished steps over all steps of the current plan (0.0 to 1.0; 1.0 once completed),
+  ``final_result`` the approved result (null until completed).
+* ``GET /tasks/{task_id}/logs``: ``{"task_id", "logs"}``; a log line reads
+  ``"2026-01-01T12:00:00.123456+00:00 info step s1 (code_analyzer) started"``.
+* An unknown task answers 404 (``code`` ``task_not_found``).
+
+A *ready plan* (``plan`` in ``POST /tasks`` and ``POST /v1/tasks``) is a document in the published
+plan schema that the task runs instead of calling the planner on its first iteration (the reviewer
+still reviews; a REVISE goes to the planner). Its ``task_id`` is informational: the plan runs under
+the task's id. It is validated here as the workflow validates a model's plan: an invalid one
+answers 422 ``{"detail": "invalid plan: ...", "code": "invalid_plan", "reasons": [...]}`` and
+nothing is created.
+
+The full API (``/v1``):
+
 * ``POST /v1/tasks``: body :class:`~officeray.contracts.TaskRequest`; answers 202
   ``{"task_id", "status"}`` once the task is persisted. A ``task_id`` already known answers 200 with
   that task instead of starting a second one.
@@ -32,6 +62,9 @@ request, so a retry after a failure creates the task.
 Bad input answers 4xx with a message (422 for a body that does not match the schema, with one
 entry per bad field; 413 for a body over :data:`MAX_REQUEST_BYTES`), an unknown id answers 404, and
 a store that cannot be reached answers 503 with ``Retry-After``: nothing of the request was accepted.
+Every error answer is ``{"detail": "...", "code": "..."}`` (plus ``errors`` or ``reasons`` where
+there are several): ``code`` is one of :data:`ERROR_CODES`' values or a more precise one
+(``task_not_found``, ``unknown_tools``, ``invalid_plan``, ``idempotency_conflict``...).
 """
 
 import asyncio
@@ -39,27 +72,40 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 from ray.exceptions import RayActorError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.orchestrator import get_or_create_orchestrator, shard_of
 from officeray.config import Settings
-from officeray.contracts import StepStatus, TaskRecord, TaskRequest, new_id
+from officeray.contracts import (
+    MAX_TASK_DESCRIPTION_CHARS,
+    StepResult,
+    StepStatus,
+    TaskRecord,
+    TaskRequest,
+    TaskStatus,
+    WorkflowRetryPolicy,
+    new_id,
+)
 from officeray.errors import ModelUnavailableError, StoreUnavailableError, TaskNotFoundError
 from officeray.store import SqlStore
 from officeray.telemetry import read_trace
+from officeray.validate import validate_plan
 from serving.chat_api import make_chat_router
 from serving.models import call_with_backpressure, unwrap_chat_reply
 from serving.tiers.base import BackpressureError, ModelAnswer, ModelCall, Role
-from tools_sandbox.catalog import all_tools
+from tools_sandbox.catalog import all_tools, input_models
+from tools_sandbox.plugins import load_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +136,34 @@ the store instead."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 
+ERROR_CODES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    422: "invalid_request",
+    503: "unavailable",
+}
+"""The ``code`` of an error answer by HTTP status, where no more precise code is given."""
+
+
+class ApiError(HTTPException):
+    """An error answer with a machine-readable ``code`` (and any ``extra`` fields) beside ``detail``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        code: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.code = code
+        self.extra = extra
+
 
 class _BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` with 413: by ``Content-Length`` before reading, and
@@ -108,7 +182,9 @@ class _BodySizeLimit:
             try:
                 too_large = int(declared) > self.max_bytes
             except ValueError:
-                await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                await _send_json(
+                    send, 400, {"detail": "invalid Content-Length header", "code": "bad_request"}
+                )
                 return
             if too_large:
                 await self._refuse(send)
@@ -134,7 +210,7 @@ class _BodySizeLimit:
 
     async def _refuse(self, send: Send) -> None:
         detail = f"request body too large: at most {self.max_bytes} bytes are accepted"
-        await _send_json(send, 413, {"detail": detail}, close=True)
+        await _send_json(send, 413, {"detail": detail, "code": ERROR_CODES[413]}, close=True)
 
 
 def _replay(buffered: list[Message], last: Message | None, receive: Receive) -> Receive:
@@ -161,6 +237,17 @@ app = FastAPI(title="officeray", version="0.1.0")
 app.add_middleware(_BodySizeLimit, max_bytes=MAX_REQUEST_BYTES)
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """``{"detail", "code"}`` (and an :class:`ApiError`'s extra fields) for every HTTP error."""
+    code = getattr(exc, "code", None) or ERROR_CODES.get(exc.status_code, "error")
+    content = {"detail": exc.detail, "code": code, **getattr(exc, "extra", {})}
+    return JSONResponse(status_code=exc.status_code, content=jsonable_encoder(content), headers=exc.headers)
+
+
+_TASK_CREATION_PATHS = frozenset({"/v1/tasks", "/tasks"})
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = []
@@ -168,8 +255,10 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         errors.append({"field": ".".join(loc) or "(body)", "message": err.get("msg", "invalid")})
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    what = "invalid task request" if request.url.path.rstrip("/") == "/v1/tasks" else "invalid request"
-    return JSONResponse(status_code=422, content={"detail": f"{what}: {summary}", "errors": errors})
+    creating = request.url.path.rstrip("/") in _TASK_CREATION_PATHS
+    what = "invalid task request" if creating else "invalid request"
+    content = {"detail": f"{what}: {summary}", "code": ERROR_CODES[422], "errors": errors}
+    return JSONResponse(status_code=422, content=content)
 
 
 @app.exception_handler(StoreUnavailableError)
@@ -179,7 +268,8 @@ async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
         status_code=503,
         content={
             "detail": f"the task store is unavailable, nothing was changed; retry in "
-            f"{STORE_RETRY_AFTER_S}s ({_first_line(exc)})"
+            f"{STORE_RETRY_AFTER_S}s ({_first_line(exc)})",
+            "code": "store_unavailable",
         },
         headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
     )
@@ -211,6 +301,184 @@ class ApprovalRequest(BaseModel):
 
 
 _STORED_DECISION: dict[str, Literal["approved", "rejected"]] = {"approve": "approved", "reject": "rejected"}
+
+
+class TaskConstraints(BaseModel):
+    """``constraints`` of ``POST /tasks``: both optional; any other key is refused, by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_duration: float | None = Field(
+        default=None,
+        gt=0,
+        description="The task's wall-clock cap in seconds, from acceptance to a final state "
+        "(default: the configured workflow.retry_policy.maximum_duration_s).",
+    )
+    allowed_tools: list[str] | None = Field(
+        default=None, description="The tools the task may use (default: every registered tool)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"unknown constraint(s) {', '.join(map(repr, unknown))}; "
+                    f"known: {', '.join(sorted(cls.model_fields))}"
+                )
+        return data
+
+
+class TaskSubmission(BaseModel):
+    """Body of ``POST /tasks``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(min_length=1, max_length=MAX_TASK_DESCRIPTION_CHARS)
+    constraints: TaskConstraints = Field(default_factory=TaskConstraints)
+    plan: dict[str, Any] | None = Field(
+        default=None,
+        description="A ready plan in the published plan schema, run instead of asking the planner; "
+        "its task_id is informational (the plan runs under the task's id).",
+    )
+
+
+class TaskAccepted(BaseModel):
+    """Answer of ``POST /tasks``."""
+
+    task_id: str
+    status: str
+    estimated_completion: datetime = Field(
+        description="The latest moment the task can end: acceptance plus its wall-clock cap (UTC)."
+    )
+
+
+class TaskStatusView(BaseModel):
+    """Answer of ``GET /tasks/{task_id}`` and ``GET /tasks/{task_id}/status``."""
+
+    task_id: str
+    status: str
+    current_step: str = Field(description="What the task does now, as a sentence.")
+    progress: float = Field(ge=0.0, le=1.0, description="Finished steps over the plan's steps.")
+    logs: list[str]
+    final_result: Any = Field(default=None, description="The approved result; null until completed.")
+    error: str | None = None
+
+
+class TaskLogsView(BaseModel):
+    """Answer of ``GET /tasks/{task_id}/logs``."""
+
+    task_id: str
+    logs: list[str]
+
+
+_FINISHED_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
+
+_PHASES = {
+    TaskStatus.PLANNING: "planning",
+    TaskStatus.VALIDATING: "validating the plan",
+    TaskStatus.EXECUTING: "executing the plan",
+    TaskStatus.REVIEWING: "reviewing the results",
+}
+
+
+def _steps_phrase(steps: list[StepResult]) -> str:
+    names = ", ".join(f"{s.step_id} ({s.action})" for s in steps)
+    return f"step {names}" if len(steps) == 1 else f"steps {names}"
+
+
+def describe_current_step(record: TaskRecord) -> str:
+    """What the task does now, as a sentence: ``"planning (iteration 1)"``, ``"step s2
+    (code_analyzer) running"``, ``"completed"``..."""
+    if record.status in (TaskStatus.QUEUED, TaskStatus.COMPLETED, TaskStatus.FAILED):
+        return record.status.value
+    running = [s for s in record.steps if s.status == StepStatus.RUNNING]
+    waiting = [s for s in record.steps if s.status == StepStatus.WAITING_APPROVAL]
+    if record.status in (TaskStatus.EXECUTING, TaskStatus.WAITING_APPROVAL) and (running or waiting):
+        parts = [f"{_steps_phrase(running)} running"] if running else []
+        parts += [f"{_steps_phrase(waiting)} waiting for approval"] if waiting else []
+        return "; ".join(parts)
+    phase = _PHASES.get(record.status, record.status.value)
+    return f"{phase} (iteration {max(1, record.iterations)})"
+
+
+def step_progress(record: TaskRecord) -> float:
+    """Finished steps over the current plan's steps; 1.0 once the task completed."""
+    if record.status == TaskStatus.COMPLETED:
+        return 1.0
+    if not record.steps:
+        return 0.0
+    return sum(s.status in _FINISHED_STEP for s in record.steps) / len(record.steps)
+
+
+def log_lines(record: TaskRecord) -> list[str]:
+    return [f"{line.at.isoformat()} {line.level} {line.message}" for line in record.logs]
+
+
+def status_view(record: TaskRecord) -> TaskStatusView:
+    return TaskStatusView(
+        task_id=record.task_id,
+        status=record.status.value,
+        current_step=describe_current_step(record),
+        progress=step_progress(record),
+        logs=log_lines(record),
+        final_result=record.result if record.status == TaskStatus.COMPLETED else None,
+        error=record.error,
+    )
+
+
+def task_request_from(body: TaskSubmission, default_policy: WorkflowRetryPolicy) -> TaskRequest:
+    """The :class:`TaskRequest` a ``POST /tasks`` body asks for (422 for what it refuses)."""
+    constraints = body.constraints
+    try:
+        policy = None
+        if constraints.max_duration is not None:
+            policy = WorkflowRetryPolicy.model_validate(
+                {**default_policy.model_dump(), "maximum_duration_s": constraints.max_duration}
+            )
+        return TaskRequest(
+            description=body.description,
+            allowed_tools=constraints.allowed_tools,
+            retry_policy=policy,
+            plan=body.plan,
+        )
+    except ValidationError as exc:
+        fields = {"maximum_duration_s": "constraints.max_duration"}
+        errors = [
+            {"field": ".".join(fields.get(str(p), str(p)) for p in e["loc"]) or "(body)", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise ApiError(422, f"invalid task request: {summary}", ERROR_CODES[422], errors=errors) from None
+
+
+def check_allowed_tools(names: list[str] | None) -> None:
+    """422 (``unknown_tools``) naming the tools that are not registered."""
+    registered = all_tools()
+    unknown = sorted(set(names or ()) - set(registered))
+    if unknown:
+        raise ApiError(
+            422,
+            f"invalid task request: allowed_tools: unknown tools {', '.join(unknown)}; "
+            f"registered tools: {', '.join(sorted(registered))}",
+            "unknown_tools",
+        )
+
+
+def check_ready_plan(task: TaskRequest) -> None:
+    """422 (``invalid_plan``) with the validator's reasons when the task's ready plan is refused."""
+    if task.plan is None:
+        return
+    task_id = task.task_id or "new-task"  # the plan runs under the task's id, whatever it says
+    tools = input_models()
+    allowed = task.allowed_tools if task.allowed_tools is not None else sorted(tools)
+    reasons = validate_plan(
+        task.ready_plan(task_id) or {}, task_id=task_id, tools=tools, allowed_tools=allowed
+    )
+    if reasons:
+        raise ApiError(422, "invalid plan: " + "; ".join(reasons), "invalid_plan", reasons=reasons)
 
 
 class _HandleDispatch:
@@ -262,6 +530,7 @@ def _already_decided(task_id: str, step_id: str, previous: dict[str, Any]) -> st
 class Gateway:
     def __init__(self, settings: Settings, planner: Any, reviewer: Any, ai_tool: Any) -> None:
         self.settings = settings
+        load_plugins(settings.plugins)  # plugin tools are known to the allowed_tools and plan checks
         self.store = SqlStore(settings.store.url)
         self._model_handles = (planner, reviewer, ai_tool)
         self.shards = settings.workflow.orchestrators
@@ -281,24 +550,59 @@ class Gateway:
             Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         ] = None,
     ) -> JSONResponse:
-        unknown = sorted(set(task.allowed_tools or ()) - set(all_tools()))
-        if unknown:
-            raise HTTPException(
-                status_code=422,
-                detail=f"invalid task request: allowed_tools: unknown tools {', '.join(unknown)}; "
-                f"registered tools: {', '.join(sorted(all_tools()))}",
-            )
-        key = _idempotency_key(idempotency_key, task.idempotency_key)
+        record, created = await self._submit(task, idempotency_key)
+        body = {"task_id": record.task_id, "status": record.status.value}
+        return JSONResponse(body, status_code=202 if created else 200)
+
+    @app.post("/tasks", status_code=202, response_model=TaskAccepted)
+    async def submit_task(
+        self,
+        body: TaskSubmission,
+        idempotency_key: Annotated[
+            str | None,
+            Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
+        ] = None,
+    ) -> JSONResponse:
+        task = task_request_from(body, self.settings.workflow.retry_policy)
+        record, created = await self._submit(task, idempotency_key)
+        cap = (task.retry_policy or self.settings.workflow.retry_policy).maximum_duration_s
+        accepted = TaskAccepted(
+            task_id=record.task_id,
+            status=record.status.value,
+            estimated_completion=record.created_at + timedelta(seconds=cap),
+        )
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if created else 200)
+
+    @app.get("/tasks/{task_id}")
+    async def task_status(self, task_id: str) -> TaskStatusView:
+        return status_view(await self._record(task_id))
+
+    @app.get("/tasks/{task_id}/status")
+    async def task_status_alias(self, task_id: str) -> TaskStatusView:
+        return status_view(await self._record(task_id))
+
+    @app.get("/tasks/{task_id}/logs")
+    async def task_logs(self, task_id: str) -> TaskLogsView:
+        record = await self._record(task_id)
+        return TaskLogsView(task_id=record.task_id, logs=log_lines(record))
+
+    async def _submit(self, task: TaskRequest, header_key: str | None) -> tuple[TaskRecord, bool]:
+        """Check ``task`` (tools, ready plan), claim its idempotency key, and submit it to its shard;
+        ``(record, created)``. A refused task creates nothing."""
+        check_allowed_tools(task.allowed_tools)
+        check_ready_plan(task)
+        key = _idempotency_key(header_key, task.idempotency_key)
         if key is not None:
             task = await self._claim(task, key)
         if task.task_id is None:
             task = task.model_copy(update={"task_id": new_id("task")})
         assert task.task_id is not None
+        record: TaskRecord
+        created: bool
         record, created = await self._call_orchestrator(
             "submit", task, shard=shard_of(task.task_id, self.shards)
         )
-        body = {"task_id": record.task_id, "status": record.status.value}
-        return JSONResponse(body, status_code=202 if created else 200)
+        return record, created
 
     async def _claim(self, task: TaskRequest, key: str) -> TaskRequest:
         """Claim ``(tenant, key)`` for this request; the request to submit, under the claimed id.
@@ -318,10 +622,11 @@ class Gateway:
             shard=shard_of(f"{task.tenant}/{key}", self.shards),
         )
         if not same_body:
-            raise HTTPException(
-                status_code=409,
-                detail=f"idempotency key {key!r} was used with a different request "
+            raise ApiError(
+                409,
+                f"idempotency key {key!r} was used with a different request "
                 f"(task {claimed_id}); use a new key for a new task",
+                "idempotency_conflict",
             )
         return task.model_copy(update={"task_id": claimed_id, "idempotency_key": key})
 
@@ -493,15 +798,16 @@ class Gateway:
                     getattr(self.orchestrators[shard], method).remote(*args), ORCHESTRATOR_CALL_TIMEOUT_S
                 )
             except TimeoutError:
-                raise HTTPException(
-                    status_code=503,
-                    detail=f"the orchestrator did not answer within {ORCHESTRATOR_CALL_TIMEOUT_S:g}s",
+                raise ApiError(
+                    503,
+                    f"the orchestrator did not answer within {ORCHESTRATOR_CALL_TIMEOUT_S:g}s",
+                    "orchestrator_unavailable",
                     headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
                 ) from None
             except RayActorError as exc:
                 if attempt:
-                    raise HTTPException(
-                        status_code=503, detail=f"the orchestrator is unavailable: {exc}"
+                    raise ApiError(
+                        503, f"the orchestrator is unavailable: {exc}", "orchestrator_unavailable"
                     ) from None
                 self.orchestrators[shard] = get_or_create_orchestrator(
                     self.settings, *self._model_handles, shard=shard
@@ -511,7 +817,7 @@ class Gateway:
     async def _record(self, task_id: str) -> TaskRecord:
         record = await self.store.get_task(task_id)
         if record is None:
-            raise HTTPException(status_code=404, detail=f"task {task_id!r} not found")
+            raise ApiError(404, f"task {task_id!r} not found", "task_not_found")
         return record
 
     async def _dlq_entry(self, task_id: str) -> dict[str, Any]:

@@ -39,7 +39,9 @@ MAX_RESULT_CHARS_FOR_REVIEW = 4_000
 PLANNER_SYSTEM = """You are the planner of officeray. Turn the user's task into a plan: a JSON object
 that matches the given JSON Schema exactly. Each step calls one tool with inputs that match the
 tool's input schema. Steps that need an earlier step's output list it in "dependencies" and may
-pass it with {{"from_step": "<step_id>", "path": "<key>"}} as an input value. Use only these tools:
+pass it with {{"from_step": "<step_id>", "path": "<key>"}} as an input value. "outputs_expectation"
+may say what a step's output must satisfy: a JSON Schema, or {{"keys": ["<key>", ...]}}; the reviewer
+checks it. Use only these tools:
 {tools}
 If feedback from an earlier attempt is given, fix what it names. Answer with the JSON object only."""
 
@@ -130,7 +132,6 @@ def _with_defaults(data: Any, request: PlanRequest) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"a plan must be a JSON object, not {type(data).__name__}")
     data = {"task_id": request.task_id, "plan_id": f"{request.task_id}-plan-{request.iteration}", **data}
-    data.setdefault("confidence", 0.5)
     steps = data.get("steps")
     if isinstance(steps, list):
         data["steps"] = [

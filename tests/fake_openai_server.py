@@ -16,6 +16,10 @@ Modes (``mode=`` or :meth:`FakeOpenAIServer.set_mode`):
     ``iteration``, ``allowed_tools``, ``feedback``): the answer is the embedded planner's plan
     (:func:`serving.tiers.embedded.plan_task`) as JSON. A task the embedded planner cannot plan
     gets ``{"error": "<its message>"}``; a message that is not such JSON gets ``{"echo": text}``.
+``published_plan``
+    As ``plan``, but the plan is rewritten the way another model might write it under the published
+    plan schema: integer ``priority``, ``outputs_expectation`` as a JSON Schema, step ids
+    ``"step 1"``, ``"step 2"``..., no ``confidence`` or ``parallelizable``, unknown properties added.
 ``review``
     The same with a reviewer request (``task_id``, ``description``, ``iteration``, ``plan``,
     ``results``) and :func:`serving.tiers.embedded.review_results`.
@@ -70,6 +74,7 @@ from serving.tiers.embedded import plan_task, review_results
 MODES = frozenset(
     {
         "plan",
+        "published_plan",
         "review",
         "auto",
         "text",
@@ -140,6 +145,27 @@ def _plan_answer(text: str) -> str:
         return plan_task(request).model_dump_json()
     except PlanningError as exc:
         return json.dumps({"error": str(exc)})
+
+
+def _published_style(plan_json: str) -> str:
+    """A plan as another model might write it under the published schema (see ``published_plan``)."""
+    plan = json.loads(plan_json)
+    if "steps" not in plan:
+        return plan_json
+    renamed = {step["step_id"]: f"step {i}" for i, step in enumerate(plan["steps"], start=1)}
+    text = json.dumps(plan)
+    for old, new in renamed.items():
+        text = text.replace(f'"{old}"', f'"{new}"')
+    plan = json.loads(text)
+    plan.pop("confidence", None)
+    plan["metadata"]["priority"] = 5
+    plan["reasoning"] = "an unknown property a model may add"
+    for step in plan["steps"]:
+        keys = (step.pop("outputs_expectation", None) or {}).get("keys", [])
+        step["outputs_expectation"] = {"type": "object", "required": keys} if keys else None
+        step.pop("parallelizable", None)
+        step["note"] = "another unknown property"
+    return json.dumps(plan)
 
 
 def _review_request(text: str) -> ReviewRequest | None:
@@ -416,6 +442,8 @@ class FakeOpenAIServer:
             mode = "review" if _review_request(text) is not None else "plan"
         if mode == "plan":
             return _plan_answer(text)
+        if mode == "published_plan":
+            return _published_style(_plan_answer(text))
         if mode == "review":
             return _review_answer(text)
         if mode == "garbage":

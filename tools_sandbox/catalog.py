@@ -172,7 +172,10 @@ BUILTIN_TOOLS: dict[str, ToolSpec] = {
             name="code_analyzer",
             description=(
                 "Find the shortest call path from start_func to end_func in a folder of Python "
-                "sources; returns found, path (qualified names with file and line) and message."
+                "sources; returns found, path (qualified names with file and line) and message. A bare "
+                "name matching several functions is resolved by reachability: paths lists every path "
+                "found between the candidates (shortest first) and unreachable_candidates the ones on "
+                "none; only when no candidate pair is joined is the name an error listing them."
             ),
             input_model=CodeAnalyzerInput,
             outputs=("found", "path", "message"),

@@ -43,23 +43,30 @@ class StagingError(ValueError):
     """A staged folder is missing, outside the workspace root, or over a limit."""
 
 
-def stage_folder(workspace_root: Path, folder: str) -> dict[str, str]:
+def stage_folder(workspace_root: Path, folder: str, *, confined: bool = True) -> dict[str, str]:
     """The Python files under ``workspace_root / folder`` as ``{relative posix path: text}``.
 
-    The folder must resolve (symlinks included) to a path inside ``workspace_root``. The walk never
-    enters :data:`SKIPPED_DIRS`, hidden folders or symlinked folders, and a file linking out of the
-    workspace root is skipped. The limits (:data:`MAX_STAGED_FILES`, :data:`MAX_STAGED_BYTES`, the
-    agent's own) are checked before a file is read (from its size), so a huge file costs no memory;
-    the walk stops at the first file over a limit.
+    ``confined`` (the setting ``workspace_confined``, on for API clients): the folder must resolve
+    (symlinks included) to a path inside ``workspace_root``; an absolute path, ``..`` or a symlink
+    leading out of it is refused, and a file linking out of the workspace root is skipped.
+    Not confined (``officeray run``, the invoking user's own folders): a relative ``folder``
+    resolves against ``workspace_root``, an absolute one (or ``~/...``) is taken as is, and a file
+    linking out of the named folder is skipped.
+
+    The walk never enters :data:`SKIPPED_DIRS`, hidden folders or symlinked folders. The limits
+    (:data:`MAX_STAGED_FILES`, :data:`MAX_STAGED_BYTES`, the agent's own) are checked before a file
+    is read (from its size), so a huge file costs no memory; the walk stops at the first file over
+    a limit.
     """
     root = workspace_root.resolve()
-    target = (root / folder).resolve()
-    try:
-        target.relative_to(root)
-    except ValueError:
-        raise StagingError(f"folder {folder!r} is outside the workspace root {root}") from None
+    named = Path(folder) if confined else Path(folder).expanduser()
+    target = (root / named).resolve()  # an absolute path replaces ``root``
+    if confined and not target.is_relative_to(root):
+        raise StagingError(f"folder {folder!r} is outside the workspace root {root}")
     if not target.is_dir():
-        raise StagingError(f"folder {folder!r} does not exist under {root}")
+        where = "" if named.is_absolute() else f" under {root}"
+        raise StagingError(f"folder {folder!r} does not exist{where}")
+    boundary = root if confined else target
     files: dict[str, str] = {}
     total = 0
     for dirpath, dirnames, filenames in os.walk(target):  # symlinked folders are not entered
@@ -68,8 +75,8 @@ def stage_folder(workspace_root: Path, folder: str) -> dict[str, str]:
             if os.path.splitext(name)[1] not in STAGED_SUFFIXES:
                 continue
             path = Path(dirpath, name)
-            if not path.resolve().is_relative_to(root):
-                continue  # a symlink pointing out of the workspace root is not followed
+            if not path.resolve().is_relative_to(boundary):
+                continue  # a symlink pointing out of the boundary is not followed
             if len(files) >= MAX_STAGED_FILES:
                 raise _over_limit(folder)
             text = _read_staged(path, MAX_STAGED_BYTES - total, folder)
@@ -149,11 +156,15 @@ def run_step(
     inputs: dict[str, Any],
     workspace_root: Path,
     host_context: HostContext | None = None,
+    *,
+    workspace_confined: bool = True,
 ) -> StepOutcome:
     """Run ``step`` (with references already resolved into ``inputs``) and never raise.
 
     ``sandbox`` may be None on a runner of host-side tools only; a sandbox tool then fails with
-    ``sandbox_error``."""
+    ``sandbox_error``. A staged folder is resolved by :func:`stage_folder` against
+    ``workspace_root``, confined to it unless ``workspace_confined`` is False (the setting of the
+    same name)."""
     try:
         spec = get_tool(step.action)
     except KeyError as exc:
@@ -169,7 +180,9 @@ def run_step(
     files = None
     if spec.staged_folder_input is not None:
         try:
-            files = stage_folder(workspace_root, checked[spec.staged_folder_input])
+            files = stage_folder(
+                workspace_root, checked[spec.staged_folder_input], confined=workspace_confined
+            )
         except StagingError as exc:
             return _fail(ErrorType.BAD_INPUT, str(exc))
     ref = plugin_ref(spec)

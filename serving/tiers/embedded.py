@@ -44,6 +44,7 @@ from officeray.contracts import (
     StepStatus,
 )
 from officeray.errors import PlanningError
+from officeray.expectations import unmet_expectation
 from tools_sandbox.catalog import MAX_EXPRESSION_CHARS, MAX_PYTHON_CODE_CHARS, get_tool
 from tools_sandbox.host_tools.sleep import MAX_SLEEP_S
 
@@ -55,11 +56,19 @@ PYTHON_EXEC = "python_exec"
 CODE_ANALYZER = "code_analyzer"
 MATH_CALCULATOR = "math_calculator"
 SLEEP = "sleep"
+FILE_OPERATIONS = "file_operations"
+HTTP_CLIENT = "http_client"
+WEB_SEARCH = "web_search"
+AI_TOOL = "ai_tool"
 
 MATH_TIMEOUT_SECONDS = 60
 CODE_ANALYZER_TIMEOUT_SECONDS = 120
 PYTHON_EXEC_TIMEOUT_SECONDS = 120
 SLEEP_TIMEOUT_SECONDS = 60
+FILE_OPERATIONS_TIMEOUT_SECONDS = 60
+HTTP_CLIENT_TIMEOUT_SECONDS = 60
+WEB_SEARCH_TIMEOUT_SECONDS = 60
+AI_TOOL_TIMEOUT_SECONDS = 120
 SLEEP_TIMEOUT_MARGIN_SECONDS = 10
 """A sleep step's timeout is at least its wait plus this margin."""
 
@@ -68,6 +77,10 @@ STEP_TIMEOUT_SECONDS: dict[str, int] = {
     CODE_ANALYZER: CODE_ANALYZER_TIMEOUT_SECONDS,
     PYTHON_EXEC: PYTHON_EXEC_TIMEOUT_SECONDS,
     SLEEP: SLEEP_TIMEOUT_SECONDS,
+    FILE_OPERATIONS: FILE_OPERATIONS_TIMEOUT_SECONDS,
+    HTTP_CLIENT: HTTP_CLIENT_TIMEOUT_SECONDS,
+    WEB_SEARCH: WEB_SEARCH_TIMEOUT_SECONDS,
+    AI_TOOL: AI_TOOL_TIMEOUT_SECONDS,
 }
 """The timeout each tool's step gets in a first plan."""
 
@@ -76,6 +89,10 @@ ESTIMATED_STEP_SECONDS: dict[str, float] = {
     CODE_ANALYZER: 5.0,
     PYTHON_EXEC: 3.0,
     SLEEP: 0.0,  # plus the wait itself (see _Clause.seconds)
+    FILE_OPERATIONS: 0.5,
+    HTTP_CLIENT: 2.0,
+    WEB_SEARCH: 1.0,
+    AI_TOOL: 2.0,
 }
 """Rough run time of one step, summed along the critical path for ``estimated_duration_seconds``."""
 
@@ -89,6 +106,19 @@ TIMEOUT_FEEDBACK_MARKER = "step {step_id} timed out"
 
 TIMEOUT_FEEDBACK = TIMEOUT_FEEDBACK_MARKER + " after {timeout_seconds}s"
 """The reviewer's wording for a timed-out step (starts with :data:`TIMEOUT_FEEDBACK_MARKER`)."""
+
+BAD_INPUT_FEEDBACK_MARKER = f"failed ({ErrorType.BAD_INPUT.value})"
+"""How the reviewer words a step refused for bad input (the planner must change something)."""
+
+NAME_FEEDBACK_RE = re.compile(
+    r"(?P<role>start_func|end_func) '(?P<name>[^']+)' (?:is ambiguous: it matches \d+ functions: "
+    r"(?P<candidates>.+?)(?:, and \d+ more)?(?:\.\s|\.?$)"
+    r"|not found among [^;]*; did you mean: (?P<suggestions>[^?]+)\?)"
+)
+"""The code analyzer's wording of an ambiguous or unknown function name, with the names it lists."""
+
+_CANDIDATE_NAME_RE = re.compile(r"([^\s,()]+) \([^()]*\)")
+"""One ``qualified.name (file.py:LINE)`` of an ambiguous-name message."""
 
 TIMEOUT_FEEDBACK_RE = re.compile(
     r"\b"
@@ -110,6 +140,24 @@ UNDERSTOOD_PHRASINGS: tuple[tuple[str, str], ...] = (
     (
         "Trace the call sequence from A to B in FOLDER (also: call path, call chain)",
         "Trace the call sequence from main to save_report in examples/sample_project",
+    ),
+    (
+        "Analyze the Python files in FOLDER and create a call sequence where the start function is A "
+        "and the end function is B",
+        "Analyze the Python files in the ./src folder and create a call sequence where the start "
+        "function is main and the end function is process_data",
+    ),
+    (
+        "Read the file PATH / List the files in FOLDER / Write 'TEXT' to the file PATH / "
+        "Delete the file PATH",
+        "List the files in .",
+    ),
+    ("Fetch URL / Download URL", "Fetch https://example.com/"),
+    ("Search for WORDS / Search the docs for WORDS", "Search the docs for retry policy"),
+    (
+        "Summarize: TEXT / Keywords: TEXT / Count words: TEXT / Classify sentiment: TEXT / "
+        "Ask the model: PROMPT",
+        "Summarize: Ray runs tasks. Serve serves models.",
     ),
     ("Compute EXPR / Calculate EXPR / What is EXPR", "What is 2.5 * 4?"),
     (
@@ -140,9 +188,56 @@ _PYTHON_CLAUSE_RE = re.compile(
     re.IGNORECASE,
 )
 _TRACE_CLAUSE_RE = re.compile(
-    r"^(?:trace|find|show|get|give|what\s+is|what's)\s+(?:me\s+)?(?:the\s+|a\s+)?"
+    r"^(?:trace|find|show|get|give|create|build|generate|produce|make|what\s+is|what's)\s+(?:me\s+)?"
+    r"(?:the\s+|a\s+)?"
     r"call\s+(?:sequence|path|chain)\s+from\s+(?P<start>\S.*?)\s+to\s+(?P<end>\S.*?)\s+"
     r"in(?:side)?\s+(?:the\s+(?:folder|directory)\s+)?(?P<folder>\S.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_ANALYZE_CLAUSE_RE = re.compile(
+    r"^(?:analy[sz]e|scan|read|parse|look\s+at)\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?(?:python\s+)?"
+    r"(?:files|code|sources?|modules)\s+(?:in|under|of)\s+(?:the\s+(?:folder\s+|directory\s+)?)?"
+    r"(?P<folder>\S.*?)(?:\s+(?:folder|directory))?\s*,?\s+and\s+(?:then\s+)?"
+    r"(?:create|build|generate|produce|make|find|trace|show|give)\s+(?:me\s+)?(?:a|the)\s+"
+    r"call\s+(?:sequence|path|chain)\s+"
+    r"(?:where\s+the\s+start(?:ing)?\s+function\s+is\s+(?P<start>\S.*?)\s*,?\s+and\s+the\s+"
+    r"end(?:ing)?\s+function\s+is\s+(?P<end>\S.*?)"
+    r"|from\s+(?P<start_from>\S.*?)\s+to\s+(?P<end_to>\S.*?))$",
+    re.IGNORECASE | re.DOTALL,
+)
+"""The issue tracker's wording of a call-sequence task: the folder first, then the two functions."""
+_FILE_READ_RE = re.compile(
+    r"^(?:read|show|open|cat|print)\s+(?:me\s+)?(?:the\s+)?(?:contents\s+of\s+(?:the\s+)?)?file\s+(?P<path>\S.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_FILE_LIST_RE = re.compile(
+    r"^list\s+(?P<all>all\s+)?(?:the\s+)?(?:files|entries|contents)\s+(?:in|of|under)\s+(?:the\s+)?"
+    r"(?:(?:folder|directory)\s+)?(?P<path>\S.*?)(?:\s+(?:folder|directory))?"
+    r"(?P<recursive>\s+recursively)?$",
+    re.IGNORECASE | re.DOTALL,
+)
+_FILE_WRITE_RE = re.compile(
+    r"^(?:write|save|store)\s+(?P<quote>['\"`])(?P<content>.*?)(?P=quote)\s+(?:to|into|in)\s+(?:the\s+)?"
+    r"(?:file\s+)?(?P<path>\S.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_FILE_DELETE_RE = re.compile(
+    r"^(?:delete|remove)\s+(?:the\s+)?(?P<kind>file|folder|directory)\s+(?P<path>\S.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_FETCH_CLAUSE_RE = re.compile(
+    r"^(?:fetch|download|get|retrieve)\s+(?:the\s+)?(?:(?:page|url|document)\s+(?:at\s+)?)?"
+    r"(?P<url>https?://\S+)$",
+    re.IGNORECASE,
+)
+_SEARCH_CLAUSE_RE = re.compile(
+    r"^(?:search|look\s+up)\s+(?:(?:the\s+)?(?:web|docs|documents|documentation|internet)\s+)?"
+    r"(?:for\s+)?(?P<query>\S.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_AI_CLAUSE_RE = re.compile(
+    r"^(?:(?:ask\s+the\s+(?:model|ai)|prompt)\s*:\s*(?P<prompt>\S.*)"
+    r"|(?P<form>(?:summari[sz]e|keywords|count\s+words|classify\s+sentiment)(?:\s+\d+)?\s*:\s*\S.*))$",
     re.IGNORECASE | re.DOTALL,
 )
 _MATH_CLAUSE_RE = re.compile(
@@ -277,10 +372,23 @@ def _clean_func_name(value: str) -> str:
     return _unquote(name)
 
 
+_FOLDER_WORDS_RE = re.compile(
+    r"^(?:the\s+)?(?:(?:folder|directory)\s+)?(?P<folder>.+?)(?:\s+(?:folder|directory))?$"
+)
+
+
+def _clean_folder(value: str) -> str:
+    """``the ./src folder`` -> ``./src``."""
+    cleaned = _clean_value(value)
+    match = _FOLDER_WORDS_RE.match(cleaned)
+    return _unquote(match.group("folder")) if match else cleaned
+
+
 def _parse_trace(match: re.Match[str], shown: str) -> _Clause:
-    start = _clean_func_name(match.group("start"))
-    end = _clean_func_name(match.group("end"))
-    folder = _clean_value(match.group("folder"))
+    groups = match.groupdict()
+    start = _clean_func_name(groups.get("start") or groups.get("start_from") or "")
+    end = _clean_func_name(groups.get("end") or groups.get("end_to") or "")
+    folder = _clean_folder(match.group("folder"))
     for what, name in (("start function", start), ("end function", end)):
         if not _FUNC_NAME_RE.match(name):
             raise _not_understood(f"in {shown!r}, the {what} {name!r} is not a function name")
@@ -312,6 +420,52 @@ def _parse_sleep(match: re.Match[str], shown: str) -> _Clause:
     return _Clause(SLEEP, {"seconds": seconds}, shown, seconds=seconds)
 
 
+def _parse_file_clause(text: str, shown: str) -> _Clause | None:
+    """``file_operations``: read, list, write or delete a path of the task workspace."""
+    if (read := _FILE_READ_RE.match(text)) is not None:
+        return _Clause(
+            FILE_OPERATIONS, {"operation": "read", "path": _clean_value(read.group("path"))}, shown
+        )
+    if (listing := _FILE_LIST_RE.match(text)) is not None:
+        inputs: dict[str, Any] = {"operation": "list", "path": _clean_folder(listing.group("path"))}
+        if listing.group("recursive") or listing.group("all"):
+            inputs["recursive"] = True
+        return _Clause(FILE_OPERATIONS, inputs, shown)
+    if (write := _FILE_WRITE_RE.match(text)) is not None:
+        inputs = {
+            "operation": "write",
+            "path": _clean_value(write.group("path")),
+            "content": write.group("content"),
+        }
+        return _Clause(FILE_OPERATIONS, inputs, shown)
+    if (delete := _FILE_DELETE_RE.match(text)) is not None:
+        inputs = {"operation": "delete", "path": _clean_value(delete.group("path"))}
+        if delete.group("kind").lower() != "file":
+            inputs["recursive"] = True
+        return _Clause(FILE_OPERATIONS, inputs, shown)
+    return None
+
+
+def _parse_fetch(text: str, shown: str) -> _Clause | None:
+    """``http_client``: GET one http(s) URL (the SSRF guard and allowlist decide whether it may)."""
+    fetch = _FETCH_CLAUSE_RE.match(text)
+    if fetch is None:
+        return None
+    url = _strip_trailing_punct(fetch.group("url"))
+    return _Clause(HTTP_CLIENT, {"url": url, "method": "GET"}, shown)
+
+
+def _parse_ai(text: str, shown: str) -> _Clause | None:
+    """``ai_tool``: the ai_tool role's prompt forms, or ``Ask the model: PROMPT``."""
+    ai = _AI_CLAUSE_RE.match(text)
+    if ai is None:
+        return None
+    prompt = (ai.group("prompt") or ai.group("form") or "").strip()
+    if "\x00" in prompt:
+        raise _not_understood(f"{shown!r} mixes a code block into a prompt")
+    return _Clause(AI_TOOL, {"prompt": prompt}, shown)
+
+
 def _parse_clause(clause: str, codes: list[str]) -> _Clause:
     shown = _display(clause, codes)
     # Periods stay for now: "in ." names a folder. Each field drops its own below.
@@ -326,15 +480,24 @@ def _parse_clause(clause: str, codes: list[str]) -> _Clause:
         if len(code) > MAX_PYTHON_CODE_CHARS:
             raise _not_understood(f"the python code is longer than {MAX_PYTHON_CODE_CHARS} characters")
         return _Clause(PYTHON_EXEC, {"code": code}, shown)
-    trace = _TRACE_CLAUSE_RE.match(text)
+    trace = _TRACE_CLAUSE_RE.match(text) or _ANALYZE_CLAUSE_RE.match(text)
     if trace is not None:
         return _parse_trace(trace, shown)
+    for parse in (_parse_file_clause, _parse_fetch, _parse_ai):
+        understood = parse(text, shown)
+        if understood is not None:
+            return understood
     math_match = _MATH_CLAUSE_RE.match(text)
     if math_match is not None:
         return _parse_math(math_match, shown)
     sleep = _SLEEP_CLAUSE_RE.match(text)
     if sleep is not None:
         return _parse_sleep(sleep, shown)
+    search = _SEARCH_CLAUSE_RE.match(text)
+    if search is not None:
+        query = _clean_value(search.group("query"))
+        if query and "\x00" not in query:
+            return _Clause(WEB_SEARCH, {"query": query}, shown)
     raise _not_understood(f"{shown!r} matches none of the phrasings it knows")
 
 
@@ -393,11 +556,62 @@ def _check_allowed(stages: list[list[_Clause]], allowed: list[str]) -> None:
             )
 
 
+def _previous_step(step_id: str, action: str, request: PlanRequest) -> PlanStep | None:
+    if request.previous_plan is None:
+        return None
+    return next((s for s in request.previous_plan.steps if s.step_id == step_id and s.action == action), None)
+
+
+def _listed_names(match: re.Match[str]) -> list[str]:
+    if match.group("candidates"):
+        return _CANDIDATE_NAME_RE.findall(match.group("candidates"))
+    return [name.strip() for name in match.group("suggestions").split(",") if name.strip()]
+
+
+def _qualified_names(step_id: str, inputs: dict[str, Any], request: PlanRequest) -> dict[str, Any]:
+    """The code analyzer's inputs, with each function name the feedback called ambiguous or unknown
+    replaced by the first candidate it listed that was not tried yet. A name revised in an earlier
+    round stays revised (the previous plan carries it)."""
+    previous = _previous_step(step_id, CODE_ANALYZER, request)
+    revised = dict(inputs)
+    for role in ("start_func", "end_func"):
+        tried = {str(inputs[role])}
+        if previous is not None and isinstance(previous.inputs.get(role), str):
+            revised[role] = previous.inputs[role]
+            tried.add(previous.inputs[role])
+        for item in request.feedback:
+            for match in NAME_FEEDBACK_RE.finditer(item):
+                if match.group("role") != role or match.group("name") != revised[role]:
+                    continue
+                fresh = [name for name in _listed_names(match) if name not in tried]
+                if fresh:
+                    revised[role] = fresh[0]
+    return revised
+
+
+def _check_revisable(steps: list[PlanStep], request: PlanRequest) -> None:
+    """Refuse to answer the same plan to feedback on bad input: it would fail the same way."""
+    if request.previous_plan is None or not any(
+        BAD_INPUT_FEEDBACK_MARKER in item for item in request.feedback
+    ):
+        return
+    before = [(s.action, s.inputs) for s in request.previous_plan.steps]
+    if before == [(s.action, s.inputs) for s in steps]:
+        raise PlanningError(
+            "the embedded planner cannot revise the plan: the same plan would fail again; feedback: "
+            + "; ".join(request.feedback)
+        )
+
+
 def plan_task(request: PlanRequest) -> Plan:
     """The plan for ``request`` (pure and deterministic apart from ``generated_at``).
 
+    On a revision, feedback on a function name the code analyzer found ambiguous or unknown is acted
+    on: the name becomes the first listed candidate not tried yet (:func:`_qualified_names`).
+
     Raises :class:`PlanningError` when the description is not understood, a tool it needs is not
-    allowed, or ``ans`` cannot be resolved.
+    allowed, ``ans`` cannot be resolved, or the feedback reports bad input the planner cannot fix
+    (the same plan would fail the same way).
     """
     stages = _parse_stages(request.description)
     count = sum(len(stage) for stage in stages)
@@ -415,12 +629,14 @@ def plan_task(request: PlanRequest) -> Plan:
             inputs = (
                 _math_inputs(clause, previous_stage) if clause.action == MATH_CALCULATOR else clause.inputs
             )
+            if clause.action == CODE_ANALYZER:
+                inputs = _qualified_names(step_id, inputs, request)
             steps.append(
                 PlanStep(
                     step_id=step_id,
                     action=clause.action,
                     inputs=inputs,
-                    outputs_expectation=list(get_tool(clause.action).outputs),
+                    outputs_expectation={"keys": list(get_tool(clause.action).outputs)},
                     timeout_seconds=max(
                         _timeout_for(step_id, clause.action, request, timed_out),
                         math.ceil(clause.seconds) + SLEEP_TIMEOUT_MARGIN_SECONDS if clause.seconds else 0,
@@ -433,6 +649,7 @@ def plan_task(request: PlanRequest) -> Plan:
             current.append((step_id, clause))
         duration += max(ESTIMATED_STEP_SECONDS[c.action] + c.seconds for c in stage)
         previous_stage = current
+    _check_revisable(steps, request)
     return Plan(
         plan_id=f"{request.task_id}-plan-{request.iteration}",
         task_id=request.task_id,
@@ -465,12 +682,6 @@ def _clip(message: str) -> str:
     return f"{message[:head]} … {message[-tail:]}"
 
 
-def _missing_keys(step: PlanStep, output: Any) -> list[str]:
-    if not isinstance(output, dict):
-        return list(step.outputs_expectation)
-    return [key for key in step.outputs_expectation if key not in output]
-
-
 def _not_found_message(step: PlanStep, output: dict[str, Any]) -> str:
     message = output.get("message")
     if isinstance(message, str) and message.strip():
@@ -482,11 +693,10 @@ def _not_found_message(step: PlanStep, output: dict[str, Any]) -> str:
 
 
 def _review_succeeded(step: PlanStep, result: StepResult, findings: _Findings) -> None:
-    missing = _missing_keys(step, result.output)
-    if missing:
-        findings.transient.append(
-            f"step {step.step_id} ({step.action}) output is missing expected keys: {', '.join(missing)}"
-        )
+    unmet = unmet_expectation(step.outputs_expectation, result.output)
+    if unmet:
+        how = "is " if unmet[0].startswith("missing") else "does not meet its outputs_expectation: "
+        findings.transient.append(f"step {step.step_id} ({step.action}) output {how}{'; '.join(unmet)}")
     elif step.action == CODE_ANALYZER and isinstance(result.output, dict) and not result.output.get("found"):
         findings.deterministic.append(_not_found_message(step, result.output))
 
@@ -505,7 +715,8 @@ def _review_failed(step: PlanStep, result: StepResult, findings: _Findings) -> N
         )
     else:
         reason = f"step {step.step_id} ({step.action}) failed ({error.type.value}): {_clip(error.message)}"
-        (findings.transient if error.type in TRANSIENT_ERROR_TYPES else findings.deterministic).append(reason)
+        revisable = error.type in TRANSIENT_ERROR_TYPES or error.type == ErrorType.BAD_INPUT
+        (findings.transient if revisable else findings.deterministic).append(reason)
 
 
 def _review_step(step: PlanStep, result: StepResult | None, findings: _Findings) -> None:
@@ -565,9 +776,10 @@ def _approval_feedback(count: int, final_output: Any) -> str:
 def review_results(request: ReviewRequest) -> Review:
     """The verdict on a plan's results (pure and deterministic).
 
-    APPROVED when every step succeeded with its expected keys; REVISE when a failure may pass with
-    a new attempt (timeouts, sandbox or internal errors, missing keys); FAILED when the failures
-    would repeat (tool errors, bad input, output limits, no call path).
+    APPROVED when every step succeeded and met its ``outputs_expectation``; REVISE when a failure may
+    pass with a new attempt or a new plan (timeouts, sandbox or internal errors, unmet expectations,
+    bad input: the error goes to the planner as feedback); FAILED when the failures would repeat
+    (tool errors, output limits, no call path).
     """
     results = {r.step_id: r for r in request.results}
     findings = _Findings()

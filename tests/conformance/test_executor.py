@@ -120,15 +120,98 @@ def test_the_file_limit_stops_the_walk(tmp_path: Path, monkeypatch: pytest.Monke
     assert len([p for p in opened if p.endswith(".py")]) == 4  # the fifth is never read
 
 
-def test_staging_refuses_folders_outside_the_root(tmp_path: Path) -> None:
-    (tmp_path / "root").mkdir()
-    (tmp_path / "elsewhere").mkdir()
+@pytest.fixture
+def two_trees(tmp_path: Path) -> Path:
+    """``root/`` (the workspace) with a project, and ``elsewhere/`` beside it, reachable by a symlink."""
+    for tree in ("root/proj", "elsewhere"):
+        (tmp_path / tree).mkdir(parents=True)
+        (tmp_path / tree / "m.py").write_text(f"def {tree.replace('/', '_')}():\n    pass\n")
     (tmp_path / "root/escape").symlink_to(tmp_path / "elsewhere")
-    for folder in ("..", "escape", "/etc"):
-        with pytest.raises(StagingError, match="outside the workspace root"):
-            stage_folder(tmp_path / "root", folder)
+    (tmp_path / "root/proj/nested").symlink_to(tmp_path / "elsewhere")  # a folder link: never entered
+    (tmp_path / "root/proj/leak.py").symlink_to(tmp_path / "elsewhere/m.py")
+    return tmp_path
+
+
+CONFINED_REFUSED = [
+    "..",
+    "../elsewhere",
+    "proj/../../elsewhere",
+    "escape",
+    "escape/",
+    "/etc",
+    "{tmp}/elsewhere",
+    "{tmp}/root/escape",
+    "~",
+]
+"""Folders that resolve out of the workspace root: refused when confined (``officeray serve``)."""
+
+
+@pytest.mark.parametrize("folder", CONFINED_REFUSED)
+def test_confined_staging_refuses_folders_outside_the_root(two_trees: Path, folder: str) -> None:
+    folder = folder.format(tmp=two_trees)
+    if folder == "~":  # not expanded when confined: a folder named "~" under the root
+        with pytest.raises(StagingError, match="does not exist under"):
+            stage_folder(two_trees / "root", folder)
+        return
+    with pytest.raises(StagingError, match="outside the workspace root"):
+        stage_folder(two_trees / "root", folder)
+    with pytest.raises(StagingError, match="outside the workspace root"):
+        stage_folder(two_trees / "root", folder, confined=True)
+
+
+def test_confined_staging_inside_the_root(two_trees: Path) -> None:
+    root = two_trees / "root"
+    expected = {"m.py": "def root_proj():\n    pass\n"}  # leak.py points out of the root: skipped
+    assert stage_folder(root, "proj") == expected
+    assert stage_folder(root, str(root / "proj")) == expected  # absolute, but inside the root
+    assert stage_folder(root, "proj/../proj") == expected
+    with pytest.raises(StagingError, match="does not exist under"):
+        stage_folder(root, "missing")
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        ("{tmp}/elsewhere", {"m.py": "def elsewhere():\n    pass\n"}),  # absolute: taken as is
+        ("../elsewhere", {"m.py": "def elsewhere():\n    pass\n"}),  # relative to the root (the cwd)
+        ("escape", {"m.py": "def elsewhere():\n    pass\n"}),  # the user's own symlink
+        # a file linking out of the named folder is still skipped; the folder link is not entered
+        ("proj", {"m.py": "def root_proj():\n    pass\n"}),
+        ("{tmp}/root/proj", {"m.py": "def root_proj():\n    pass\n"}),
+    ],
+)
+def test_unconfined_staging_takes_the_users_folder(two_trees: Path, folder: str, expected: dict) -> None:
+    assert stage_folder(two_trees / "root", folder.format(tmp=two_trees), confined=False) == expected
+
+
+def test_unconfined_staging_expands_home_and_reports_missing_folders(
+    two_trees: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(two_trees / "elsewhere"))
+    assert stage_folder(two_trees / "root", "~", confined=False) == {"m.py": "def elsewhere():\n    pass\n"}
+    with pytest.raises(StagingError, match=r"folder '/no/such/dir' does not exist$"):
+        stage_folder(two_trees / "root", "/no/such/dir", confined=False)
+    with pytest.raises(StagingError, match=f"folder 'missing' does not exist under {two_trees / 'root'}"):
+        stage_folder(two_trees / "root", "missing", confined=False)
     with pytest.raises(StagingError, match="does not exist"):
-        stage_folder(tmp_path / "root", "missing")
+        stage_folder(two_trees / "root", str(two_trees / "root/proj/m.py"), confined=False)  # a file
+
+
+def test_run_step_passes_the_confinement_setting(two_trees: Path) -> None:
+    """``workspace_confined`` reaches stage_folder through run_step (as the tool runners call it)."""
+    from tools_sandbox.testing import LocalProcessSandbox
+
+    step = PlanStep(
+        step_id="s1", action="code_analyzer", inputs={}, timeout_seconds=60, idempotency_key="confined"
+    )
+    inputs = {"folder": str(two_trees / "elsewhere"), "start_func": "elsewhere", "end_func": "elsewhere"}
+    with LocalProcessSandbox() as box:
+        refused = run_step(box, step, inputs, two_trees / "root")
+        outcome = run_step(box, step, inputs, two_trees / "root", workspace_confined=False)
+    assert refused.error is not None and refused.error.type == ErrorType.BAD_INPUT
+    assert "outside the workspace root" in refused.error.message
+    assert outcome.error is None, outcome.error
+    assert outcome.output["found"] is True and outcome.output["path"][0]["name"] == "m.elsewhere"
 
 
 # --- one definition per shared limit -----------------------------------------------------------------

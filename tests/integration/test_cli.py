@@ -25,11 +25,11 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _officeray(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _officeray(*args: str, tmp_path: Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("officeray")
     return subprocess.run(
         [str(exe), *args],
-        cwd=REPO,
+        cwd=cwd,
         env=_env(tmp_path),
         capture_output=True,
         text=True,
@@ -53,6 +53,27 @@ def test_run_json_prints_exactly_one_record_and_exits_0(tmp_path: Path) -> None:
     (step,) = record["steps"]
     assert step["action"] == "code_analyzer" and step["status"] == "succeeded" and step["attempts"] == 1
     assert step["output"]["found"] is True
+    assert record["result"]["path"][-1].startswith("app.processing.core.process_data")
+
+
+def test_run_takes_an_absolute_folder_from_another_cwd(tmp_path: Path) -> None:
+    """The folder a user names is theirs: no need to cd into the workspace first."""
+    require_docker()
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    project = REPO / "examples" / "sample_project"
+    proc = _officeray(
+        "run",
+        f"Trace the call sequence from main to process_data in {project}",
+        "--json",
+        tmp_path=tmp_path,
+        cwd=cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout)
+    assert record["status"] == "completed", record["error"]
+    (step,) = record["steps"]
+    assert step["output"]["found"] is True and step["output"]["hops"] == 5
     assert record["result"]["path"][-1].startswith("app.processing.core.process_data")
 
 

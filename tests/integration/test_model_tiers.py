@@ -163,3 +163,49 @@ def test_gateway_refuses_unknown_tools_and_runs_a_task_id_once(stack: LocalStack
     events = httpx.get(f"{base}/v1/tasks/same-id-twice/events", timeout=30).json()["events"]
     assert [e["kind"] for e in events].count("completed") == 1
     assert [e["kind"] for e in events].count("accepted") == 1
+
+
+def test_a_model_answering_plans_in_the_published_schema_drives_a_task(tmp_path: Path) -> None:
+    """An OpenAI-compatible endpoint whose plans use the published schema's freedoms (integer
+    priority, a JSON Schema as outputs_expectation, "step 1" ids, unknown properties, no confidence)
+    plans the task, and the task completes."""
+    import jsonschema
+
+    from officeray.contracts import plan_json_schema
+
+    require_docker()
+    with FakeOpenAIServer("published_plan") as model:
+        config = tmp_path / "officeray.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "store": {"url": f"sqlite:///{tmp_path}/o.db"},
+                    "telemetry": {"trace_file": str(tmp_path / "traces.jsonl")},
+                    "runners": {"count": 1},
+                    "models": {
+                        "planner": [{"tier": "openai", "model": "fake-model", "base_url": model.base_url}]
+                    },
+                }
+            )
+        )
+        proc = subprocess.run(
+            [str(Path(sys.executable).with_name("officeray")), "run", "Compute 6 * 7 then calculate ans / 2",
+             "--json", "--config", str(config)],
+            cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
+            timeout=CLI_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        answers = [r for r in model.requests if r["path"].endswith("/chat/completions")]
+        assert len(answers) == 1
+    record = json.loads(proc.stdout)
+    assert record["status"] == "completed" and record["result"] == 21.0
+    assert [s["step_id"] for s in record["steps"]] == ["step 1", "step 2"]
+    assert record["plan"]["metadata"]["priority"] == 5
+    assert record["plan"]["steps"][0]["outputs_expectation"] == {"type": "object", "required": ["value"]}
+    assert record["plan"]["confidence"] is None
+    # what the model was asked for is the published schema, and what it answered is valid under it
+    sent = answers[0]["body"]["response_format"]["json_schema"]["schema"]
+    assert sent == plan_json_schema()
+    published = json.loads(proc.stdout)["plan"]
+    published.pop("confidence")
+    jsonschema.validate(published, plan_json_schema())

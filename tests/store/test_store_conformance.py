@@ -7,6 +7,7 @@ tasks, concurrent upserts, several stores migrating one fresh database at once.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -20,6 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from officeray.contracts import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_STEP_ID_CHARS,
     ErrorType,
     ModelUsage,
     StepError,
@@ -271,6 +274,116 @@ def test_two_orchestrators_claim_disjoint_sets_covering_all(url: str, store: Sql
     assert all(store.lease_owner_sync(t, now=T0) == "orch-1" for t in second)
 
 
+# -- transitions fenced on the lease ------------------------------------------------------------------
+
+
+def test_a_transition_is_written_only_while_its_owner_holds_the_lease(store: SqlStore) -> None:
+    assert store.create_task_sync(record(), request_for("task-1"))
+    assert store.acquire_lease_sync("task-1", "orch-a", ttl_s=30, now=T0)
+    executing = record(status=TaskStatus.EXECUTING, iterations=1)
+    assert store.save_transition_sync(executing, "executing", {"n": 1}, owner="orch-a")
+    # an expired lease nobody took is still the owner's: its run goes on writing
+    assert store.save_transition_sync(executing, "step_started", {"n": 2}, owner="orch-a")
+
+    assert store.acquire_lease_sync("task-1", "orch-b", ttl_s=30, now=T0 + timedelta(seconds=31))
+    taken = record(status=TaskStatus.COMPLETED, iterations=2, result="b")
+    assert store.save_transition_sync(taken, "completed", {"n": 3}, owner="orch-b")
+    stale = record(status=TaskStatus.EXECUTING, iterations=1)
+    assert not store.save_transition_sync(stale, "step_finished", {"n": 4}, owner="orch-a")
+    assert not store.finish_task_sync(
+        record(status=TaskStatus.FAILED, error="a"), "failed", {}, owner="orch-a"
+    )
+
+    kept = store.get_task_sync("task-1")
+    assert kept is not None and (kept.status, kept.result) == (TaskStatus.COMPLETED, "b")
+    assert [e["data"]["n"] for e in store.events_sync("task-1")] == [1, 2, 3]
+    assert store.dlq_get_sync("task-1") is None
+    assert store.release_lease_sync("task-1", "orch-b")  # released: nobody holds it, nobody writes
+    assert not store.save_transition_sync(stale, "step_finished", {}, owner="orch-b")
+    assert store.save_transition_sync(stale, "saved", {}, owner=None)  # unfenced writes are not refused
+
+
+async def test_refused_transitions_leave_the_rest_of_their_group_commit_alone(store: SqlStore) -> None:
+    for task_id, owner in (("mine", "orch-a"), ("theirs", "orch-b")):
+        assert await store.create_leased_task(record(task_id), request_for(task_id), owner, 30)
+    writes = []
+    for i in range(5):  # submitted together: committed in one batch
+        for task_id in ("mine", "theirs"):
+            update = record(task_id, TaskStatus.EXECUTING, iterations=i + 1)
+            writes.append(store.save_transition(update, "step", {"i": i}, owner="orch-a"))
+    assert await asyncio.gather(*writes) == [True, False] * 5
+    assert [e["data"]["i"] for e in await store.events("mine")] == [0, 1, 2, 3, 4]
+    assert await store.events("theirs") == []
+    theirs = await store.get_task("theirs")
+    assert theirs is not None and theirs.status == TaskStatus.QUEUED
+
+
+async def test_fenced_writes_in_one_group_commit_see_the_lease_changes_before_them(store: SqlStore) -> None:
+    assert await store.create_task(record(), request_for("task-1"))
+    assert await store.acquire_lease("task-1", "orch-a", 30, now=T0)
+    inside, plug = threading.Event(), threading.Event()
+
+    def hold_the_writer(_conn: sa.Connection) -> None:
+        inside.set()
+        assert plug.wait(10)
+
+    held = store._writer.submit(hold_the_writer)  # what is queued meanwhile is committed in one batch
+    assert await asyncio.to_thread(inside.wait, 10)
+    update = record(status=TaskStatus.EXECUTING)
+    writes: list[Any] = [store.save_transition(update, "a-before", {}, owner="orch-a")]
+    writes.append(
+        asyncio.ensure_future(store.acquire_lease("task-1", "orch-b", 30, now=T0 + timedelta(seconds=31)))
+    )
+    await asyncio.sleep(0)  # the acquisition is queued
+    writes.append(store.save_transition(update, "a-after", {}, owner="orch-a"))
+    writes.append(store.save_transition(update, "b", {}, owner="orch-b"))
+    writes.append(asyncio.ensure_future(store.release_lease("task-1", "orch-b")))
+    await asyncio.sleep(0)
+    writes.append(store.save_transition(update, "b-released", {}, owner="orch-b"))
+    plug.set()
+    await held
+
+    assert await asyncio.gather(*writes) == [True, True, False, True, True, False]
+    assert [e["kind"] for e in await store.events("task-1")] == ["a-before", "b"]
+
+
+def test_the_run_that_took_a_task_over_is_never_overwritten_by_the_old_owner(
+    url: str, store: SqlStore
+) -> None:
+    """The old owner writes transitions as fast as it can while another takes its lease and writes: after
+    the new owner's write, none of the old owner's lands (the check is in the write's transaction)."""
+    assert store.create_task_sync(record(), request_for("task-1"))
+    assert store.acquire_lease_sync("task-1", "orch-a", ttl_s=30, now=T0)
+    old = SqlStore(url)
+    stop = threading.Event()
+    refused = threading.Event()
+
+    def old_owner() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            update = record(status=TaskStatus.EXECUTING, iterations=i)
+            if not old.save_transition_sync(update, "old", {"i": i}, owner="orch-a"):
+                refused.set()
+
+    writer = threading.Thread(target=old_owner)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        assert store.acquire_lease_sync("task-1", "orch-b", ttl_s=30, now=T0 + timedelta(seconds=31))
+        final = record(status=TaskStatus.COMPLETED, result="new owner")
+        assert store.save_transition_sync(final, "completed", {}, owner="orch-b")
+        assert refused.wait(10)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        writer.join(10)
+        old.close()
+    kept = store.get_task_sync("task-1")
+    assert kept is not None and (kept.status, kept.result) == (TaskStatus.COMPLETED, "new owner")
+    assert store.events_sync("task-1")[-1]["kind"] == "completed"
+
+
 # -- dead-letter queue --------------------------------------------------------------------------------
 
 
@@ -320,6 +433,92 @@ def test_dead_letter_queue(store: SqlStore) -> None:
     assert store.dlq_remove_sync("task-1")
     assert not store.dlq_remove_sync("task-1")
     assert store.dlq_get_sync("task-1") is None
+
+
+# -- the end of a run -------------------------------------------------------------------------------
+
+
+def test_finish_task_writes_the_record_its_event_the_dead_letter_entry_and_the_usage(store: SqlStore) -> None:
+    assert store.create_task_sync(record(status=TaskStatus.EXECUTING), request_for("task-1"))
+    usage = ModelUsage(prompt_tokens=3, completion_tokens=4, cost_usd=0.5, calls=2)
+    failed = record(status=TaskStatus.FAILED, tenant="acme", error="retries exhausted", usage=usage)
+    assert store.finish_task_sync(failed, "failed", {"error": "retries exhausted"})
+
+    stored = store.get_task_sync("task-1")
+    assert stored is not None and stored == failed.model_copy(update={"updated_at": stored.updated_at})
+    assert [(e["kind"], e["data"]) for e in store.events_sync("task-1")] == [
+        ("failed", {"error": "retries exhausted"})
+    ]
+    entry = store.dlq_get_sync("task-1")
+    assert entry is not None and (entry["reason"], entry["tenant"]) == ("retries exhausted", "acme")
+    assert store.tenant_usage_sync("acme") == usage
+
+    done = record("task-2", TaskStatus.COMPLETED, tenant="acme", usage=ModelUsage(calls=1))
+    assert store.finish_task_sync(done, "completed", {})
+    assert store.dlq_get_sync("task-2") is None  # completed: not dead-lettered
+    assert store.tenant_usage_sync("acme").calls == 3
+    free = record("task-3", TaskStatus.FAILED, tenant="other")  # no model call: no usage row
+    assert store.finish_task_sync(free, "failed", {})
+    unpaid = store.dlq_get_sync("task-3")
+    assert unpaid is not None and unpaid["reason"] == "failed"
+    assert store.tenant_usage_sync("other") == ModelUsage()
+    with pytest.raises(ValueError, match="final"):
+        store.finish_task_sync(record("task-4", TaskStatus.EXECUTING), "executing", {})
+
+
+def break_dead_letter_inserts(url: str) -> None:
+    """Make every insert into the dead-letter queue fail, as a database that fails mid-transaction."""
+    engine = engine_for(url)
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.execute(
+                    sa.text(
+                        "CREATE TRIGGER dlq_down BEFORE INSERT ON dlq "
+                        "BEGIN SELECT RAISE(ABORT, 'the dead-letter queue is down'); END"
+                    )
+                )
+            else:
+                conn.execute(
+                    sa.text(
+                        "CREATE FUNCTION dlq_down() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$ BEGIN RAISE EXCEPTION 'the dead-letter queue is down'; END $$"
+                    )
+                )
+                conn.execute(
+                    sa.text(
+                        "CREATE TRIGGER dlq_down BEFORE INSERT ON dlq "
+                        "FOR EACH ROW EXECUTE FUNCTION dlq_down()"
+                    )
+                )
+    finally:
+        engine.dispose()
+
+
+async def test_the_end_of_a_run_is_written_whole_or_not_at_all(url: str, store: SqlStore) -> None:
+    assert await store.create_leased_task(record(status=TaskStatus.EXECUTING), request_for("task-1"), "o", 30)
+    await store.add_tenant_usage("acme", ModelUsage(calls=1))
+    break_dead_letter_inserts(url)
+    failed = record(status=TaskStatus.FAILED, tenant="acme", error="boom", usage=ModelUsage(calls=5))
+    others = [record(f"other-{i}", TaskStatus.EXECUTING) for i in range(3)]
+
+    # in one group commit with other writes: the end fails alone, the others are stored
+    outcomes = await asyncio.gather(
+        store.save_task(others[0]),
+        store.finish_task(failed, "failed", {"error": "boom"}, owner="o"),
+        store.save_task(others[1]),
+        store.save_transition(others[2], "executing", {}),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], StoreError) and "dead-letter queue is down" in str(outcomes[1])
+    assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is True
+
+    kept = await store.get_task("task-1")
+    assert kept is not None and kept.status == TaskStatus.EXECUTING  # not final
+    assert await store.events("task-1") == []
+    assert await store.dlq_get("task-1") is None
+    assert (await store.tenant_usage("acme")).calls == 1  # not counted
+    assert all([await store.get_task(r.task_id) for r in others])
 
 
 # -- idempotency keys ---------------------------------------------------------------------------------
@@ -372,6 +571,49 @@ def test_racing_approvals_one_decision(url: str) -> None:
         return mine.decide_approval_sync("task-1", "s1", "approved" if i % 2 else "rejected", f"user-{i}")
 
     assert sorted(race(url, RACERS, decide)) == [False] * (RACERS - 1) + [True]
+
+
+# -- the longest ids the contracts allow ------------------------------------------------------------
+
+LONG_TASK_ID = "t" * 100
+"""The longest task id a request may carry (TaskRequest.task_id)."""
+LONG_TENANT = "a" * 100
+LONG_STEP_ID = "s" * MAX_STEP_ID_CHARS
+LONG_KEY = f"{LONG_TASK_ID}:1:".ljust(MAX_IDEMPOTENCY_KEY_CHARS, "k")
+"""The longest step idempotency key (the embedded planner writes ``task_id:iteration:step_id``)."""
+
+
+def test_the_longest_ids_fit_every_table(store: SqlStore) -> None:
+    assert len(LONG_KEY) == MAX_IDEMPOTENCY_KEY_CHARS
+    request = TaskRequest(
+        description="long", task_id=LONG_TASK_ID, tenant=LONG_TENANT, idempotency_key=LONG_KEY
+    )
+    task = record(LONG_TASK_ID, tenant=LONG_TENANT)
+    assert store.create_task_sync(task, request)
+    assert store.acquire_lease_sync(LONG_TASK_ID, "orch-a", ttl_s=30)
+    task.status = TaskStatus.WAITING_APPROVAL
+    assert store.save_transition_sync(task, "approval_requested", {"step_id": LONG_STEP_ID}, owner="orch-a")
+    result = StepResult(
+        step_id=LONG_STEP_ID, action="python_exec", idempotency_key=LONG_KEY, status=StepStatus.SUCCEEDED
+    )
+    store.save_step_result_sync(LONG_TASK_ID, result)
+    assert store.get_step_result_sync(LONG_KEY) == result
+
+    # approvals are keyed by the step's idempotency key (a decision belongs to one round's step)
+    assert store.decide_approval_sync(LONG_TASK_ID, LONG_KEY, "approved", "b" * 200, "ok")
+    decided = store.get_approval_sync(LONG_TASK_ID, LONG_KEY)
+    assert decided is not None and (decided["step_id"], decided["decided_by"]) == (LONG_KEY, "b" * 200)
+
+    assert store.claim_idempotency_key_sync(LONG_TENANT, LONG_KEY, "f" * 64, LONG_TASK_ID) == (
+        LONG_TASK_ID,
+        True,
+    )
+    failed = task.model_copy(update={"status": TaskStatus.FAILED, "error": "x", "usage": ModelUsage(calls=1)})
+    assert store.finish_task_sync(failed, "failed", {}, owner="orch-a")
+    assert [e["task_id"] for e in store.dlq_list_sync(tenant=LONG_TENANT)] == [LONG_TASK_ID]
+    assert store.tenant_usage_sync(LONG_TENANT).calls == 1
+    assert store.release_lease_sync(LONG_TASK_ID, "orch-a")
+    assert len(store.events_sync(LONG_TASK_ID)) == 2
 
 
 # -- async wrappers -----------------------------------------------------------------------------------
@@ -449,6 +691,22 @@ def test_older_database_is_migrated_to_the_latest(url: str) -> None:
     assert applied_versions(url) == [version for version, _, _ in MIGRATIONS]
 
 
+def test_a_version_2_database_takes_the_longest_approval_keys_once_migrated(url: str) -> None:
+    engine = engine_for(url)
+    try:
+        assert migrate(engine, target=2) == 2
+    finally:
+        engine.dispose()
+    opened = SqlStore(url)
+    try:
+        assert opened.schema_version_sync() == SCHEMA_VERSION
+        assert opened.decide_approval_sync(LONG_TASK_ID, LONG_KEY, "rejected", "bob")
+        decided = opened.get_approval_sync(LONG_TASK_ID, LONG_KEY)
+        assert decided is not None and decided["step_id"] == LONG_KEY
+    finally:
+        opened.close()
+
+
 def test_database_from_before_migrations_is_adopted(url: str) -> None:
     """Databases made by create_all before explicit migrations; the oldest lack tasks.request."""
     engine = engine_for(url)
@@ -518,6 +776,8 @@ def test_stores_opening_a_fresh_database_at_once_migrate_it_once(url: str) -> No
 def every_call(store: SqlStore) -> dict[str, Callable[[], object]]:
     return {
         "save_task": lambda: store.save_task_sync(record()),
+        "save_transition": lambda: store.save_transition_sync(record(), "k", {}, owner="o"),
+        "finish_task": lambda: store.finish_task_sync(record(status=TaskStatus.FAILED), "failed", {}),
         "create_task": lambda: store.create_task_sync(record("x"), request_for("x")),
         "get_task": lambda: store.get_task_sync("task-1"),
         "get_request": lambda: store.get_request_sync("task-1"),

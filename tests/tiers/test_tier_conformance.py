@@ -33,6 +33,7 @@ from officeray.contracts import (
     StepStatus,
     plan_json_schema,
 )
+from officeray.expectations import missing_keys
 from serving.tiers.base import (
     MalformedAnswerError,
     ModelAnswer,
@@ -95,7 +96,7 @@ def review_request(task_id: str = "t-review") -> ReviewRequest:
             idempotency_key=step.idempotency_key,
             status=StepStatus.SUCCEEDED,
             attempts=1,
-            output={key: 42 for key in step.outputs_expectation},
+            output={key: 42 for key in missing_keys(step.outputs_expectation, {})},
         )
         for step in plan.steps
     ]

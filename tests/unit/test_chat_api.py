@@ -10,7 +10,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from officeray.contracts import Plan, PlanRequest, Review, ReviewVerdict, StepResult, StepStatus
+from officeray.contracts import (
+    Plan,
+    PlanRequest,
+    Review,
+    ReviewVerdict,
+    StepResult,
+    StepStatus,
+    plan_json_schema,
+)
 from serving.chat_api import ChatDispatch, make_chat_router
 from serving.tiers.base import (
     BackpressureError,
@@ -124,7 +132,7 @@ def test_planner_is_asked_for_the_plan_schema_by_default(
     client.post(URL, json=chat("planner", "What is 1+1?", max_tokens=300, temperature=0.5))
     call = dispatch.calls[0]
     assert call.role == "planner"
-    assert call.json_schema == Plan.model_json_schema()
+    assert call.json_schema == plan_json_schema()
     assert call.schema_name == "plan"
     assert (call.max_tokens, call.temperature) == (300, 0.5)
     assert call.payload is None

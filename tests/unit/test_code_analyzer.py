@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import textwrap
 from collections import deque
@@ -57,6 +58,8 @@ def test_sample_project_main_to_process_data() -> None:
         for name, file, func in SAMPLE_PATH
     ]
     assert result["path"] == expected
+    assert result["paths"] == [expected]  # the same shape as for an ambiguous name
+    assert result["unreachable_candidates"] == []
     assert result["hops"] == 5
     assert result["message"] == (
         "main → Pipeline.run → Pipeline._execute → apply_all → apply → process_data (5 hops)"
@@ -162,14 +165,24 @@ def test_sample_project_decoy_defeats_name_based_matching() -> None:
     assert analyze(str(SAMPLE), "main", "app.processing.batch.run")["found"] is False
 
 
-def test_sample_project_ambiguous_run() -> None:
-    with pytest.raises(ToolInputError) as info:
-        analyze(str(SAMPLE), "main", "run")
-    message = str(info.value)
-    assert "ambiguous" in message
-    assert "app.pipeline.Pipeline.run (app/pipeline.py:19)" in message
-    assert "app.processing.batch.run (app/processing/batch.py:15)" in message
-    assert "qualified name" in message
+def test_sample_project_ambiguous_run_is_resolved_by_reachability() -> None:
+    """``run`` matches Pipeline.run and the decoy batch.run: main reaches only the first."""
+    result = analyze(str(SAMPLE), "main", "run")
+    assert result["found"] is True
+    assert names(result) == ["app.main.main", "app.pipeline.Pipeline.run"]
+    assert result["paths"] == [result["path"]]
+    assert result["unreachable_candidates"] == [
+        {
+            "role": "end_func",
+            "name": "app.processing.batch.run",
+            "file": "app/processing/batch.py",
+            "line": 15,
+        }
+    ]
+    assert result["message"] == (
+        "main → Pipeline.run (1 hop); end_func 'run' also matches "
+        "app.processing.batch.run (app/processing/batch.py:15), which main does not reach"
+    )
     assert analyze(str(SAMPLE), "main", "Pipeline.run")["hops"] == 1
 
 
@@ -647,6 +660,8 @@ def test_no_path_message(tmp_path: Path) -> None:
             "no call path from m.start to n.goal (3 functions in 2 files indexed); start reaches 1 function. "
             "Calls made dynamically (getattr, callbacks, dispatch tables) cannot be followed"
         ),
+        "paths": [],
+        "unreachable_candidates": [],
         "functions_indexed": 3,
         "files_indexed": 2,
         "skipped_files": [],
@@ -669,18 +684,193 @@ def two_runs(tmp_path: Path) -> str:
 
 
 def test_ambiguous_bare_name_lists_candidates(two_runs: str) -> None:
+    """No candidate is reachable: the ambiguity is an error, in the format the planner parses."""
     with pytest.raises(ToolInputError) as info:
         analyze(two_runs, "entry", "run")
     message = str(info.value)
-    assert "end_func 'run' is ambiguous: it matches 3 functions" in message
-    for candidate in (
-        "jobs.a.run (jobs/a.py:1)",
-        "jobs.a.Task.run (jobs/a.py:5)",
-        "jobs.b.run (jobs/b.py:1)",
-    ):
-        assert candidate in message
-    assert "Use a qualified name" in message
+    assert message.startswith(
+        "end_func 'run' is ambiguous: it matches 3 functions: "
+        "jobs.a.Task.run (jobs/a.py:5), jobs.a.run (jobs/a.py:1), jobs.b.run (jobs/b.py:1). "
+    )
+    assert "None of them is reachable from jobs.b.entry (entry reaches 0 functions)" in message
+    assert message.endswith("; Use a qualified name such as 'jobs.a.Task.run'")
     assert info.value.error_type == "bad_input"
+
+
+# --- ambiguous names resolved by reachability ----------------------------------------------------------
+
+RUN_TO_PROCESS_DATA = {
+    "main.py": """
+        from runner import run
+
+        def main():
+            run()
+    """,
+    "runner.py": """
+        from pkg.a import process_data
+
+        def run():
+            process_data([])
+    """,
+    "pkg/__init__.py": "",
+    "pkg/a.py": "def process_data(rows):\n    return rows\n",
+    "pkg/b.py": "def helper():\n    pass\n\n\ndef process_data(rows):\n    return rows\n",
+}
+
+
+def test_ambiguous_end_one_reachable(tmp_path: Path) -> None:
+    result = analyze(write(tmp_path, RUN_TO_PROCESS_DATA), "main", "process_data")
+    assert result["found"] is True
+    assert names(result) == ["main.main", "runner.run", "pkg.a.process_data"]
+    assert result["hops"] == 2
+    assert result["paths"] == [result["path"]]
+    assert result["unreachable_candidates"] == [
+        {"role": "end_func", "name": "pkg.b.process_data", "file": "pkg/b.py", "line": 5}
+    ]
+    assert result["message"] == (
+        "main → run → process_data (2 hops); end_func 'process_data' also matches "
+        "pkg.b.process_data (pkg/b.py:5), which main does not reach"
+    )
+
+
+def test_ambiguous_end_both_reachable_shortest_wins(tmp_path: Path) -> None:
+    files = {
+        **RUN_TO_PROCESS_DATA,
+        "main.py": """
+            from runner import run
+            from pkg import b
+
+            def main():
+                run()
+                b.helper()
+        """,
+        "pkg/b.py": "def helper():\n    process_data([])\n\n\ndef process_data(rows):\n    return rows\n",
+        # pkg.c.process_data is as far as pkg.a's: a tie, decided by the qualified names
+        "runner.py": """
+            from pkg.a import process_data
+            from pkg import c
+
+            def run():
+                process_data([])
+                c.process_data([])
+        """,
+        "pkg/c.py": "def process_data(rows):\n    return rows\n",
+    }
+    folder = write(tmp_path, files)
+    result = analyze(folder, "main", "process_data")
+    assert names(result) == ["main.main", "runner.run", "pkg.a.process_data"]
+    assert [[hop["name"] for hop in path] for path in result["paths"]] == [
+        ["main.main", "runner.run", "pkg.a.process_data"],
+        ["main.main", "pkg.b.helper", "pkg.b.process_data"],
+        ["main.main", "runner.run", "pkg.c.process_data"],
+    ]
+    assert result["unreachable_candidates"] == []
+    assert result["message"] == (
+        "main → run → process_data (2 hops); 3 paths join the candidates, the shortest is shown (see paths)"
+    )
+    # a shorter route to one candidate wins over the order of names
+    (tmp_path / "main.py").write_text("from pkg import c\n\ndef main():\n    c.process_data([])\n")
+    assert names(analyze(folder, "main", "process_data")) == ["main.main", "pkg.c.process_data"]
+
+
+def test_ambiguous_none_reachable_is_an_error(tmp_path: Path) -> None:
+    files = {**RUN_TO_PROCESS_DATA, "runner.py": "def run():\n    pass\n"}
+    with pytest.raises(ToolInputError) as info:
+        analyze(write(tmp_path, files), "main", "process_data")
+    assert str(info.value) == (
+        "end_func 'process_data' is ambiguous: it matches 2 functions: "
+        "pkg.a.process_data (pkg/a.py:1), pkg.b.process_data (pkg/b.py:5). "
+        "None of them is reachable from main.main (main reaches 1 function); "
+        "Use a qualified name such as 'pkg.a.process_data'"
+    )
+
+
+def test_ambiguous_start_only_one_reaches(tmp_path: Path) -> None:
+    files = {**RUN_TO_PROCESS_DATA, "tools/main.py": "def main():\n    pass\n"}
+    result = analyze(write(tmp_path, files), "main", "pkg.a.process_data")
+    assert names(result) == ["main.main", "runner.run", "pkg.a.process_data"]
+    assert result["unreachable_candidates"] == [
+        {"role": "start_func", "name": "tools.main.main", "file": "tools/main.py", "line": 1}
+    ]
+    assert result["message"] == (
+        "main → run → process_data (2 hops); start_func 'main' also matches "
+        "tools.main.main (tools/main.py:1), which does not reach process_data"
+    )
+
+
+def test_both_ambiguous(tmp_path: Path) -> None:
+    files = {**RUN_TO_PROCESS_DATA, "tools/main.py": "def main():\n    pass\n"}
+    folder = write(tmp_path, files)
+    result = analyze(folder, "main", "process_data")
+    assert names(result) == ["main.main", "runner.run", "pkg.a.process_data"]
+    assert [(c["role"], c["name"]) for c in result["unreachable_candidates"]] == [
+        ("start_func", "tools.main.main"),
+        ("end_func", "pkg.b.process_data"),
+    ]
+    assert result["message"] == (
+        "main → run → process_data (2 hops); end_func 'process_data' also matches "
+        "pkg.b.process_data (pkg/b.py:5), which no candidate of start_func 'main' reaches; "
+        "start_func 'main' also matches tools.main.main (tools/main.py:1), which reaches no candidate "
+        "of end_func 'process_data'"
+    )
+    (tmp_path / "runner.py").write_text("def run():\n    pass\n")
+    with pytest.raises(ToolInputError) as info:
+        analyze(folder, "main", "process_data")
+    assert str(info.value) == (
+        "start_func 'main' is ambiguous: it matches 2 functions: main.main (main.py:3), "
+        "tools.main.main (tools/main.py:1). None of them reaches any of the 2 functions end_func "
+        "'process_data' matches (pkg.a.process_data (pkg/a.py:1), pkg.b.process_data (pkg/b.py:5)); "
+        "Use a qualified name such as 'main.main'"
+    )
+
+
+def test_ambiguous_error_prefix_is_parsable(tmp_path: Path) -> None:
+    """The planner reads the candidates back from the message: the prefix and list keep their format."""
+    files = {**RUN_TO_PROCESS_DATA, "runner.py": "def run():\n    pass\n"}
+    with pytest.raises(ToolInputError) as info:
+        analyze(write(tmp_path, files), "main", "process_data")
+    match = re.match(r"(\w+) '([^']+)' is ambiguous: it matches (\d+) functions: (.*?\))\. ", str(info.value))
+    assert match is not None
+    role, name, count, listed = match.groups()
+    assert (role, name, count) == ("end_func", "process_data", "2")
+    assert re.findall(r"([\w.]+) \(([^:()]+):(\d+)\)", listed) == [
+        ("pkg.a.process_data", "pkg/a.py", "1"),
+        ("pkg.b.process_data", "pkg/b.py", "5"),
+    ]
+
+
+def test_too_many_start_candidates_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write(tmp_path, {f"m{i}.py": "def f():\n    g()\n\ndef g():\n    pass\n" for i in range(3)})
+    monkeypatch.setattr(code_analyzer, "MAX_START_CANDIDATES", 2)
+    with pytest.raises(ToolInputError) as info:
+        analyze(folder, "f", "m0.g")
+    assert str(info.value).startswith(
+        "start_func 'f' is ambiguous: it matches 3 functions: "
+        "m0.f (m0.py:1), m1.f (m1.py:1), m2.f (m2.py:1). Too many to search (the limit is 2)"
+    )
+    monkeypatch.setattr(code_analyzer, "MAX_START_CANDIDATES", 3)
+    assert names(analyze(folder, "f", "m0.g")) == ["m0.f", "m0.g"]
+
+
+def test_paths_listed_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write(tmp_path, {f"m{i}.py": "def f():\n    g()\n\ndef g():\n    pass\n" for i in range(4)})
+    monkeypatch.setattr(code_analyzer, "MAX_PATHS_LISTED", 2)
+    result = analyze(folder, "f", "g")
+    assert [[hop["name"] for hop in path] for path in result["paths"]] == [["m0.f", "m0.g"], ["m1.f", "m1.g"]]
+    assert "4 paths join the candidates" in result["message"]
+    # each m{i}.f reaches only its own g: every candidate is on a path
+    assert result["unreachable_candidates"] == []
+
+
+def test_a_search_stops_after_the_visit_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = "".join(f"def f{i}():\n    f{i + 1}()\n\n" for i in range(6)) + "def f6():\n    pass\n"
+    folder = write(tmp_path, {"m.py": chain})
+    monkeypatch.setattr(code_analyzer, "MAX_SEARCH_VISITS", 3)
+    result = analyze(folder, "f0", "f6")
+    assert result["found"] is False
+    assert "f0 reaches more than 3 functions (the search stopped after 3 of them)" in result["message"]
+    monkeypatch.setattr(code_analyzer, "MAX_SEARCH_VISITS", 7)
+    assert analyze(folder, "f0", "f6")["hops"] == 6
 
 
 def test_qualified_names_disambiguate(two_runs: str) -> None:

@@ -22,7 +22,9 @@ WAIT_S = 2.0
 
 
 def steps(*specs: dict[str, Any]) -> list[PlanStep]:
-    return make_plan("t", [{"action": "python_exec", **spec} for spec in specs]).steps
+    """Steps that may run in parallel unless a spec says ``parallelizable: False`` (the schema's
+    default is False; these tests are about the scheduler, so they state it)."""
+    return make_plan("t", [{"action": "python_exec", "parallelizable": True, **spec} for spec in specs]).steps
 
 
 Body = Callable[[PlanStep, dict[str, Any]], Awaitable[Any]]

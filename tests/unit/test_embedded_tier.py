@@ -324,7 +324,7 @@ def test_plan_fields() -> None:
     assert plan.metadata.required_tools == sorted({CODE, MATH, PY})
     assert [s.idempotency_key for s in plan.steps] == ["t1:3:s1", "t1:3:s2", "t1:3:s3"]
     for step in plan.steps:
-        assert step.outputs_expectation == list(get_tool(step.action).outputs)
+        assert step.outputs_expectation == {"keys": list(get_tool(step.action).outputs)}
     assert [s.timeout_seconds for s in plan.steps] == [
         CODE_ANALYZER_TIMEOUT_SECONDS,
         MATH_TIMEOUT_SECONDS,
@@ -557,7 +557,9 @@ def test_review_code_analyzer_not_found_fails_with_its_message() -> None:
     assert review.final_output is None
 
 
-@pytest.mark.parametrize("error_type", [ErrorType.TIMEOUT, ErrorType.SANDBOX_ERROR, ErrorType.INTERNAL])
+@pytest.mark.parametrize(
+    "error_type", [ErrorType.TIMEOUT, ErrorType.SANDBOX_ERROR, ErrorType.INTERNAL, ErrorType.BAD_INPUT]
+)
 def test_review_transient_failure_revises(error_type: ErrorType) -> None:
     plan = make_plan(SEQ)
     results = [ok(plan, "s1", {"value": 1}), failed(plan, "s2", error_type, "container lost")]
@@ -570,7 +572,7 @@ def test_review_transient_failure_revises(error_type: ErrorType) -> None:
         assert error_type.value in review.feedback and "container lost" in review.feedback
 
 
-@pytest.mark.parametrize("error_type", [ErrorType.TOOL_ERROR, ErrorType.BAD_INPUT, ErrorType.OUTPUT_LIMIT])
+@pytest.mark.parametrize("error_type", [ErrorType.TOOL_ERROR, ErrorType.OUTPUT_LIMIT])
 def test_review_deterministic_failure_fails(error_type: ErrorType) -> None:
     plan = make_plan(SEQ)
     results = [
@@ -606,7 +608,7 @@ def test_review_dependency_failed_is_not_a_root_cause(
 def test_review_transient_and_deterministic_root_causes_revise() -> None:
     plan = make_plan("Compute 1 and also compute 2")
     results = [
-        failed(plan, "s1", ErrorType.BAD_INPUT, "bad"),
+        failed(plan, "s1", ErrorType.TOOL_ERROR, "bad"),
         failed(plan, "s2", ErrorType.SANDBOX_ERROR, "lost"),
     ]
     review = review_results(review_request(plan, results))
@@ -671,3 +673,137 @@ def test_long_runs_of_whitespace_do_not_stall_the_planner(description: str) -> N
     request = PlanRequest(task_id="t", description=description, allowed_tools=sorted(BUILTIN_TOOLS))
     with contextlib.suppress(PlanningError):
         plan_task(request)
+
+
+# --------------------------------------------------------------------------------------------------
+# The documented wordings, one phrasing per built-in tool, and revisions from feedback
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("description", "inputs"),
+    [
+        (
+            "Analyze the Python files in the ./src folder and create a call sequence where the start "
+            "function is main and the end function is process_data",
+            {"folder": "./src", "start_func": "main", "end_func": "process_data"},
+        ),
+        (
+            "Analyze the Python files in /abs/path/to/project and create a call sequence from main to "
+            "process_data.",
+            {"folder": "/abs/path/to/project", "start_func": "main", "end_func": "process_data"},
+        ),
+        (
+            "Trace the call sequence from main to process_data in the ./src folder",
+            {"folder": "./src", "start_func": "main", "end_func": "process_data"},
+        ),
+        (
+            "Create a call chain from `main()` to 'process_data' in src",
+            {"folder": "src", "start_func": "main", "end_func": "process_data"},
+        ),
+    ],
+)
+def test_call_sequence_wordings(description: str, inputs: dict[str, str]) -> None:
+    plan = make_plan(description)
+    assert shape(plan) == [(CODE, inputs, [])]
+
+
+PER_TOOL = [
+    ("Run python:\nprint(1)", PY, {"code": "print(1)\n"}),
+    (
+        "Trace the call sequence from a to b in src",
+        CODE,
+        {"folder": "src", "start_func": "a", "end_func": "b"},
+    ),
+    ("Compute 2 + 2", MATH, {"expression": "2 + 2"}),
+    ("Read the file notes/todo.txt", "file_operations", {"operation": "read", "path": "notes/todo.txt"}),
+    ("List the files in the src folder", "file_operations", {"operation": "list", "path": "src"}),
+    (
+        "List all files in data recursively",
+        "file_operations",
+        {"operation": "list", "path": "data", "recursive": True},
+    ),
+    (
+        "Write 'hello, world' to the file out/hello.txt",
+        "file_operations",
+        {"operation": "write", "path": "out/hello.txt", "content": "hello, world"},
+    ),
+    ("Delete the file out/hello.txt", "file_operations", {"operation": "delete", "path": "out/hello.txt"}),
+    ("Fetch https://example.com/page.", "http_client", {"url": "https://example.com/page", "method": "GET"}),
+    ("Search the docs for retry policy", "web_search", {"query": "retry policy"}),
+    (
+        "Summarize: Ray runs tasks. Serve serves models.",
+        "ai_tool",
+        {"prompt": "Summarize: Ray runs tasks. Serve serves models."},
+    ),
+    ("Ask the model: name three colours", "ai_tool", {"prompt": "name three colours"}),
+    ("Wait 1 second", "sleep", {"seconds": 1.0}),
+]
+
+
+@pytest.mark.parametrize(("description", "action", "inputs"), PER_TOOL, ids=[a for _, a, _ in PER_TOOL])
+def test_one_phrasing_per_built_in_tool(description: str, action: str, inputs: dict[str, Any]) -> None:
+    plan = make_plan(description)
+    assert shape(plan) == [(action, inputs, [])]
+
+
+def test_every_built_in_tool_has_a_phrasing() -> None:
+    assert {action for _, action, _ in PER_TOOL} == set(BUILTIN_TOOLS)
+
+
+AMBIGUOUS = (
+    "step s1 (code_analyzer) failed (bad_input): end_func 'process_data' is ambiguous: it matches 2 "
+    "functions: app.a.process_data (app/a.py:3), app.b.process_data (app/b.py:7). Neither is reachable "
+    "from main. Use a qualified name such as 'app.a.process_data'"
+)
+UNKNOWN = (
+    "step s1 (code_analyzer) failed (bad_input): start_func 'mian' not found among 12 functions in "
+    "3 files; did you mean: app.main, app.cli.main?"
+)
+
+
+def _revision(description: str, feedback: str, previous: Plan) -> PlanRequest:
+    return PlanRequest(
+        task_id="t1",
+        description=description,
+        iteration=previous_iteration(previous) + 1,
+        allowed_tools=ALL_TOOLS,
+        feedback=[feedback],
+        previous_plan=previous,
+    )
+
+
+def previous_iteration(plan: Plan) -> int:
+    return int(plan.plan_id.rsplit("-", 1)[1])
+
+
+def test_planner_qualifies_an_ambiguous_name_from_the_listed_candidates() -> None:
+    description = "Trace the call sequence from main to process_data in src"
+    first = make_plan(description)
+    second = plan_task(_revision(description, AMBIGUOUS, first))
+    assert second.steps[0].inputs["end_func"] == "app.a.process_data"
+    assert second.steps[0].inputs["start_func"] == "main"
+    # the next round names the first candidate: the planner moves on to the second one
+    third = plan_task(
+        _revision(description, AMBIGUOUS.replace("'process_data' is", "'app.a.process_data' is"), second)
+    )
+    assert third.steps[0].inputs["end_func"] == "app.b.process_data"
+    # a later round whose feedback is about something else keeps the qualified name
+    fourth = plan_task(_revision(description, "step s1 timed out after 120s", third))
+    assert fourth.steps[0].inputs["end_func"] == "app.b.process_data"
+    assert fourth.steps[0].timeout_seconds == 2 * CODE_ANALYZER_TIMEOUT_SECONDS
+
+
+def test_planner_takes_a_suggested_name_for_an_unknown_one() -> None:
+    description = "Trace the call sequence from mian to process_data in src"
+    first = make_plan(description)
+    second = plan_task(_revision(description, UNKNOWN, first))
+    assert second.steps[0].inputs["start_func"] == "app.main"
+
+
+def test_planner_refuses_to_answer_the_same_plan_to_bad_input_it_cannot_fix() -> None:
+    description = "Trace the call sequence from main to process_data in missing_folder"
+    first = make_plan(description)
+    feedback = "step s1 (code_analyzer) failed (bad_input): folder 'missing_folder' does not exist"
+    with pytest.raises(PlanningError, match="cannot revise the plan.*does not exist"):
+        plan_task(_revision(description, feedback, first))

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from officeray.contracts import Plan
+from officeray.contracts import MAX_STEPS_PER_PLAN, Plan
 from officeray.testing import make_plan
 from officeray.validate import parse_plan, validate_plan
 from tools_sandbox.catalog import BUILTIN_TOOLS
@@ -134,7 +134,67 @@ BAD_PLANS = [
         id="schema-confidence",
     ),
     pytest.param(
-        raw_plan(steps=[]), None, "plan.steps: List should have at least 1 item", id="schema-empty-steps"
+        raw_plan(steps=[]), None, "the plan has no steps; a plan needs at least one", id="rule-empty-steps"
+    ),
+    pytest.param(
+        raw_plan(steps=[calc(f"s{i}", idempotency_key=f"k{i}") for i in range(MAX_STEPS_PER_PLAN + 1)]),
+        None,
+        f"the plan has {MAX_STEPS_PER_PLAN + 1} steps; at most {MAX_STEPS_PER_PLAN} are allowed",
+        id="rule-too-many-steps",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s" * 65)]),
+        None,
+        "must be 1 to 64 characters without control characters",
+        id="rule-step-id-too-long",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("")]),
+        None,
+        "step id '' must be 1 to 64 characters",
+        id="rule-step-id-empty",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s1\n")]),
+        None,
+        "without control characters",
+        id="rule-step-id-newline",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s1", timeout_seconds=0)]),
+        None,
+        "step s1: timeout_seconds is 0; it must be between 1 and 3600",
+        id="rule-timeout-zero",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s1", timeout_seconds=100_000)]),
+        None,
+        "step s1: timeout_seconds is 100000; it must be between 1 and 3600",
+        id="rule-timeout-too-long",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s1", idempotency_key="")]),
+        None,
+        "step s1: idempotency_key must be 1 to 200 characters",
+        id="rule-empty-idempotency-key",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s1", idempotency_key="k" * 201)]),
+        None,
+        "step s1: idempotency_key must be 1 to 200 characters",
+        id="rule-long-idempotency-key",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s1", outputs_expectation={"type": 5})]),
+        None,
+        "step s1: outputs_expectation is not a valid JSON Schema",
+        id="rule-bad-expectation-schema",
+    ),
+    pytest.param(
+        make_plan(TASK, [calc("s1", outputs_expectation={"keys": "value"})]),
+        None,
+        "step s1: outputs_expectation is keys must be a list of output key names",
+        id="rule-bad-expectation-keys",
     ),
     pytest.param(
         raw_plan(plan_id=None),
@@ -153,9 +213,6 @@ BAD_PLANS = [
         None,
         "plan.steps.0.idempotency_key: Field required",
         id="schema-step-missing-key",
-    ),
-    pytest.param(
-        raw_plan(extra_field=1), None, "plan.extra_field: Extra inputs are not permitted", id="schema-extra"
     ),
 ]
 
@@ -228,3 +285,41 @@ def test_parse_plan_passes_plans_through_and_reports_schema_errors() -> None:
     parsed, reasons = parse_plan(raw_plan(confidence="very"))
     assert parsed is None
     assert reasons and reasons[0].startswith("plan.confidence:")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"extra_field": 1}, id="unknown-plan-property"),
+        pytest.param({"confidence": None} | {}, id="confidence-null-dropped"),
+        pytest.param({"metadata": {"priority": 7, "surprise": True}}, id="integer-priority-unknown-key"),
+        pytest.param({"generated_at": "2026-12-05T10:00:00+01:00"}, id="offset-timestamp"),
+    ],
+)
+def test_plans_valid_under_the_published_schema_are_accepted(changes: dict[str, Any]) -> None:
+    data = raw_plan(**changes)
+    if data.get("confidence") is None:
+        data.pop("confidence")
+    assert validate_plan(data, task_id=TASK, tools=TOOLS) == []
+
+
+def test_step_ids_a_model_is_likely_to_write_are_accepted() -> None:
+    plan = raw_plan(
+        steps=[
+            calc("step 1", idempotency_key="k1", outputs_expectation={"keys": ["value"]}),
+            calc(
+                "Step #2 (double it)",
+                "x * 2",
+                idempotency_key="k2",
+                dependencies=["step 1"],
+                inputs={"expression": "x * 2", "variables": {"x": {"from_step": "step 1", "path": "value"}}},
+                outputs_expectation=None,
+                unknown_step_field="kept out",
+            ),
+        ]
+    )
+    assert validate_plan(plan, task_id=TASK, tools=TOOLS) == []
+    parsed = Plan.model_validate(plan)
+    assert [s.step_id for s in parsed.steps] == ["step 1", "Step #2 (double it)"]
+    assert parsed.steps[0].parallelizable is False  # the schema's default
+    assert parsed.steps[0].timeout_seconds == 300

@@ -5,6 +5,13 @@ run), indexes every function and method under a qualified name (``pkg.mod.func``
 ``pkg.mod.Class.method``, ``pkg.mod.outer.inner``) and returns the shortest call path from one
 function to another (breadth-first search over the call graph, so recursion and cycles are harmless).
 
+A bare name often matches several functions (two ``process_data`` in two modules). Ambiguity is
+resolved by reachability: the search runs from every candidate of ``start_func`` and keeps the
+candidate pairs that a call path joins. The answer is the shortest such path (``paths`` lists the
+others, ``unreachable_candidates`` the candidates on none, and ``message`` names them: "end_func
+'process_data' also matches pkg.b.process_data (pkg/b.py:3), which main does not reach"). Only
+when no pair is joined is an ambiguous name an error, listing the candidates.
+
 Module names come from paths relative to the folder (``pkg/sub/mod.py`` -> ``pkg.sub.mod``,
 ``pkg/__init__.py`` -> ``pkg``); when the folder is itself a package (it has an ``__init__.py``)
 its own package name is kept as a prefix. A module inside a package tree that does not start at the
@@ -33,7 +40,9 @@ Limits: at most :data:`MAX_FILES` files and :data:`MAX_TOTAL_BYTES` of source (a
 refused with :class:`~tools_sandbox.agent.errors.ToolInputError`); files over :data:`MAX_FILE_BYTES`
 or that do not parse are skipped and reported in ``skipped_files``; hidden folders, ``__pycache__``
 and virtual environments are not searched. Calls are resolved lazily, only for the functions the
-search reaches, and every lookup is memoised, so the cost is dominated by parsing.
+search reaches, and every lookup is memoised (searches from several start candidates share it), so
+the cost is dominated by parsing; at most :data:`MAX_START_CANDIDATES` start candidates are
+searched, each search visiting at most :data:`MAX_SEARCH_VISITS` functions.
 
 stdlib only: this module runs inside the sandbox container.
 """
@@ -70,7 +79,21 @@ MAX_RESOLVE_DEPTH = 100
 """Deepest chain of name / attribute / import lookups followed while resolving one expression."""
 
 MAX_CANDIDATES_LISTED = 20
-"""Most candidates listed in an "ambiguous name" error."""
+"""Most candidates listed in an "ambiguous name" error or a message, and in ``unreachable_candidates``."""
+
+MAX_START_CANDIDATES = 20
+"""Most functions an ambiguous ``start_func`` may match: one breadth-first search runs from each
+(they share the memoised call resolution, so each costs one walk of the call graph). A name
+matching more is refused as ambiguous, asking for a qualified name."""
+
+MAX_SEARCH_VISITS = 100_000
+"""Most functions one breadth-first search visits before it stops (and says so in ``message``).
+Far above what a folder within the limits holds in practice (the ``ray`` package, 2,579 files and
+27 MiB, has 27,715 functions): a guard, so that the work of a search with several start
+candidates stays bounded by ``MAX_START_CANDIDATES * MAX_SEARCH_VISITS`` visits."""
+
+MAX_PATHS_LISTED = 10
+"""Most paths in ``paths`` (shortest first) when ambiguous names join in several ways."""
 
 MAX_SUGGESTIONS = 5
 """Most close matches suggested for an unknown name."""
@@ -806,23 +829,32 @@ def _where(func: _Function) -> str:
     return f"{func.qualname} ({func.file}:{func.line})"
 
 
-def _match(index: _Index, name: Any, role: str) -> str:
+def _listing(index: _Index, candidates: list[str]) -> str:
+    """``q1 (file:line), q2 (file:line)``, at most :data:`MAX_CANDIDATES_LISTED`, then ``, and N more``."""
+    listed = [_where(index.functions[q]) for q in candidates[:MAX_CANDIDATES_LISTED]]
+    more = len(candidates) - len(listed)
+    return ", ".join(listed) + (f", and {more} more" if more else "")
+
+
+def _ambiguous_prefix(index: _Index, name: str, role: str, candidates: list[str]) -> str:
+    """The start of every "ambiguous" error; the embedded planner parses it, so keep its format."""
+    return (
+        f"{role} {name!r} is ambiguous: it matches {len(candidates)} functions: "
+        f"{_listing(index, candidates)}."
+    )
+
+
+def _candidates(index: _Index, name: Any, role: str) -> list[str]:
+    """The functions ``name`` may mean, sorted: the exact qualified name alone, else every function
+    whose qualified name ends with ``.name``. None raises :class:`ToolInputError` with close matches."""
     if not isinstance(name, str) or not name.strip():
         raise ToolInputError(f"{role} must be a non-empty function name")
     wanted = name.strip().removesuffix("()")
     if wanted in index.functions:
-        return wanted
+        return [wanted]
     candidates = sorted(q for q in index.functions if q.endswith("." + wanted))
-    if len(candidates) == 1:
-        return candidates[0]
     if candidates:
-        listed = [_where(index.functions[q]) for q in candidates[:MAX_CANDIDATES_LISTED]]
-        more = len(candidates) - len(listed)
-        tail = f", and {more} more" if more else ""
-        raise ToolInputError(
-            f"{role} {name!r} is ambiguous: it matches {len(candidates)} functions: "
-            f"{', '.join(listed)}{tail}. Use a qualified name such as {candidates[0]!r}"
-        )
+        return candidates
     raise ToolInputError(_not_found_message(index, name, wanted, role))
 
 
@@ -863,35 +895,202 @@ def _check_folder(folder: Any) -> Path:
     return root
 
 
-def _shortest_path(index: _Index, start: str, end: str) -> tuple[list[str], int]:
-    """BFS: the shortest path (``[]`` when none) and how many functions ``start`` reaches."""
+class _Search(NamedTuple):
+    """What one breadth-first search from a start function found."""
+
+    paths: dict[str, list[str]]  # end candidate -> the shortest path to it (start ... end)
+    reached: int  # functions discovered, the start excluded
+    stopped: bool  # True when it hit MAX_SEARCH_VISITS before it was done
+
+
+def _search(index: _Index, start: str, ends: Iterable[str]) -> _Search:
+    """BFS from ``start``: the shortest path to each of ``ends`` it reaches.
+
+    Stops when every end is found, when nothing is left to visit, or after visiting
+    :data:`MAX_SEARCH_VISITS` functions. Calls are resolved as the search reaches a function
+    (memoised in the index, so later searches from other candidates reuse them).
+    """
+    wanted = set(ends)
+    paths: dict[str, list[str]] = {}
     parents: dict[str, str | None] = {start: None}
     queue = deque([start])
+    visits = 0
     while queue:
+        if visits >= MAX_SEARCH_VISITS:
+            return _Search(paths, len(parents) - 1, True)
         current = queue.popleft()
-        if current == end:
+        visits += 1
+        if current in wanted:
             path: list[str] = []
             step: str | None = current
             while step is not None:
                 path.append(step)
                 step = parents[step]
-            return path[::-1], len(parents) - 1
+            paths[current] = path[::-1]
+            if len(paths) == len(wanted):
+                break
         for callee in index.callees(current):
             if callee not in parents:
                 parents[callee] = current
                 queue.append(callee)
-    return [], len(parents) - 1
+    return _Search(paths, len(parents) - 1, False)
+
+
+def _path_key(path: list[str]) -> tuple[int, str, str]:
+    """Shortest first; among equally short paths, by the qualified names of their start, then end
+    (one path per pair of candidates, so the order is total and deterministic)."""
+    return len(path), path[0], path[-1]
+
+
+def _hops_text(index: _Index, path: list[str]) -> str:
+    hops = len(path) - 1
+    names = " → ".join(index.functions[name].short_name for name in path)
+    return f"{names} ({hops} hop{'' if hops == 1 else 's'})"
+
+
+def _entry(index: _Index, name: str) -> dict[str, Any]:
+    func = index.functions[name]
+    return {"name": func.qualname, "file": func.file, "line": func.line}
+
+
+def _reached_text(index: _Index, start: str, search: _Search) -> str:
+    short = index.functions[start].short_name
+    if search.stopped:
+        return (
+            f"{short} reaches more than {search.reached} functions (the search stopped after "
+            f"{MAX_SEARCH_VISITS} of them)"
+        )
+    return f"{short} reaches {search.reached} function{'' if search.reached == 1 else 's'}"
+
+
+def _unambiguous(index: _Index, start: str, end: str, counts: str) -> dict[str, Any]:
+    search = _search(index, start, [end])
+    path = search.paths.get(end, [])
+    if path:
+        message = _hops_text(index, path)
+    else:
+        message = (
+            f"no call path from {start} to {end} ({counts}); {_reached_text(index, start, search)}. "
+            "Calls made dynamically (getattr, callbacks, dispatch tables) cannot be followed"
+        )
+    return {
+        "found": bool(path),
+        "path": [_entry(index, name) for name in path],
+        "hops": max(len(path) - 1, 0),
+        "message": message,
+        "paths": [[_entry(index, name) for name in path]] if path else [],
+        "unreachable_candidates": [],
+    }
+
+
+def _ambiguous(
+    index: _Index,
+    names: tuple[str, str],
+    starts: list[str],
+    ends: list[str],
+) -> dict[str, Any]:
+    """Several candidates for start or end: search from each start candidate, keep what connects."""
+    start_name, end_name = names
+    if len(starts) > MAX_START_CANDIDATES:
+        raise ToolInputError(
+            _ambiguous_prefix(index, start_name, "start_func", starts)
+            + f" Too many to search (the limit is {MAX_START_CANDIDATES}); "
+            f"Use a qualified name such as {starts[0]!r}"
+        )
+    searches = {start: _search(index, start, ends) for start in starts}
+    found = sorted((p for s in searches.values() for p in s.paths.values()), key=_path_key)
+    if not found:
+        raise ToolInputError(_none_reachable(index, names, starts, ends, searches))
+    lost_starts = [s for s in starts if not searches[s].paths]
+    joined_ends = {path[-1] for path in found}
+    lost_ends = [e for e in ends if e not in joined_ends]
+    message = _hops_text(index, found[0])
+    if len(found) > 1:
+        message += f"; {len(found)} paths join the candidates, the shortest is shown (see paths)"
+    stopped = [s for s in starts if searches[s].stopped]
+    if lost_ends:
+        who = (
+            index.functions[starts[0]].short_name
+            if len(starts) == 1
+            else f"no candidate of start_func {start_name!r}"
+        )
+        verb = "does not reach" if len(starts) == 1 else "reaches"
+        message += f"; end_func {end_name!r} also matches {_listing(index, lost_ends)}, which {who} {verb}"
+    if lost_starts:
+        what = (
+            f"does not reach {index.functions[ends[0]].short_name}"
+            if len(ends) == 1
+            else f"reaches no candidate of end_func {end_name!r}"
+        )
+        message += f"; start_func {start_name!r} also matches {_listing(index, lost_starts)}, which {what}"
+    if stopped:
+        message += f" (the search from {', '.join(stopped)} stopped after {MAX_SEARCH_VISITS} functions)"
+    lost = [("start_func", s) for s in lost_starts] + [("end_func", e) for e in lost_ends]
+    return {
+        "found": True,
+        "path": [_entry(index, name) for name in found[0]],
+        "hops": len(found[0]) - 1,
+        "message": message,
+        "paths": [[_entry(index, name) for name in path] for path in found[:MAX_PATHS_LISTED]],
+        "unreachable_candidates": [
+            {"role": role, **_entry(index, name)} for role, name in lost[:MAX_CANDIDATES_LISTED]
+        ],
+    }
+
+
+def _none_reachable(
+    index: _Index,
+    names: tuple[str, str],
+    starts: list[str],
+    ends: list[str],
+    searches: dict[str, _Search],
+) -> str:
+    """The error for ambiguous names none of whose candidate pairs is joined by a call path."""
+    start_name, end_name = names
+    if len(starts) > 1:
+        message = _ambiguous_prefix(index, start_name, "start_func", starts)
+        if len(ends) > 1:
+            message += (
+                f" None of them reaches any of the {len(ends)} functions end_func {end_name!r} "
+                f"matches ({_listing(index, ends)})"
+            )
+        else:
+            message += f" None of them reaches {ends[0]}"
+        suggestion = starts[0]
+    else:
+        start = starts[0]
+        message = _ambiguous_prefix(index, end_name, "end_func", ends)
+        message += f" None of them is reachable from {start} ({_reached_text(index, start, searches[start])})"
+        suggestion = ends[0]
+    stopped = [s for s in starts if searches[s].stopped]
+    if stopped and len(starts) > 1:
+        message += f" (the search from {', '.join(stopped)} stopped after {MAX_SEARCH_VISITS} functions)"
+    return message + f"; Use a qualified name such as {suggestion!r}"
 
 
 def analyze(folder: str, start_func: str, end_func: str) -> dict[str, Any]:
     """Find the shortest call path from ``start_func`` to ``end_func`` in the Python files of ``folder``.
 
     Names may be qualified (``pkg.mod.func``, ``mod.Class.method``), a dotted suffix
-    (``Class.method``) or bare (``func``); a name matching several functions, or none, raises
-    :class:`ToolInputError` (listing candidates or close matches). Returns ``found``, ``path`` (a list
-    of ``{"name", "file", "line"}``, file relative to the folder), ``hops``, ``message``,
-    ``functions_indexed``, ``files_indexed`` and ``skipped_files`` (``{"file", "reason"}``). No path
-    is not an error: ``found`` is False and ``message`` says so.
+    (``Class.method``) or bare (``func``); an exact qualified name wins, otherwise every function
+    whose name ends with it is a candidate. A name matching none raises :class:`ToolInputError`
+    with close matches ("... not found among N functions in M files; did you mean: a, b?").
+
+    Returns ``found``, ``path`` (a list of ``{"name", "file", "line"}``, file relative to the
+    folder), ``hops``, ``message``, ``paths`` (every path found, each like ``path``, shortest
+    first), ``unreachable_candidates`` (``{"role", "name", "file", "line"}``: candidates of an
+    ambiguous name on no path), ``functions_indexed``, ``files_indexed`` and ``skipped_files``
+    (``{"file", "reason"}``).
+
+    When a name is ambiguous, the search runs from every start candidate (at most
+    :data:`MAX_START_CANDIDATES`) and the answer is the shortest path joining any start candidate
+    to any end candidate (ties: by the qualified names of start, then end); ``paths`` lists up to
+    :data:`MAX_PATHS_LISTED` of the paths found, one per joined pair, and ``message`` names the
+    candidates that take part in none. Only when no pair is joined is the name an error:
+    ``"{role} {name!r} is ambiguous: it matches N functions: q1 (file:line), q2 (file:line). None
+    of them ...; Use a qualified name such as 'q1'"``. With one candidate on each side, no path is
+    not an error: ``found`` is False, ``paths`` and ``unreachable_candidates`` are empty and
+    ``message`` says how far the start reaches.
     """
     root = _check_folder(folder)
     index = _Index(root)
@@ -901,29 +1100,18 @@ def analyze(folder: str, start_func: str, end_func: str) -> dict[str, Any]:
             f"none of the {len(index.skipped)} Python files in {folder!r} could be parsed "
             f"(first: {index.skipped[0]['file']}: {index.skipped[0]['reason']})"
         )
-    start = _match(index, start_func, "start_func")
-    end = _match(index, end_func, "end_func")
+    starts = _candidates(index, start_func, "start_func")
+    ends = _candidates(index, end_func, "end_func")
+    counts = f"{len(index.functions)} functions in {index.files_indexed} files indexed"
     try:
-        path, reached = _shortest_path(index, start, end)
+        if len(starts) == 1 and len(ends) == 1:
+            result = _unambiguous(index, starts[0], ends[0], counts)
+        else:
+            result = _ambiguous(index, (str(start_func), str(end_func)), starts, ends)
     except RecursionError:
         raise ToolFailure("the code is nested too deeply to resolve its calls") from None
-    functions = [index.functions[name] for name in path]
-    counts = f"{len(index.functions)} functions in {index.files_indexed} files indexed"
-    if functions:
-        hops = len(functions) - 1
-        message = " → ".join(f.short_name for f in functions) + f" ({hops} hop{'' if hops == 1 else 's'})"
-    else:
-        hops = 0
-        message = (
-            f"no call path from {start} to {end} ({counts}); {index.functions[start].short_name} "
-            f"reaches {reached} function{'' if reached == 1 else 's'}. Calls made dynamically "
-            "(getattr, callbacks, dispatch tables) cannot be followed"
-        )
     return {
-        "found": bool(functions),
-        "path": [{"name": f.qualname, "file": f.file, "line": f.line} for f in functions],
-        "hops": hops,
-        "message": message,
+        **result,
         "functions_indexed": len(index.functions),
         "files_indexed": index.files_indexed,
         "skipped_files": index.skipped,

@@ -1,10 +1,12 @@
 """The orchestrator: an async Ray actor that runs many task workflows at once, durably.
 
-It owns the tool-runner pool and calls the planner and reviewer deployments through their handles;
-the store is its memory and its queue:
+It owns the tool-runner pool and calls the planner and reviewer through the ports it is given
+(:class:`ModelPorts`: the composition root wraps the Serve deployments' handles; this module never
+imports :mod:`serving`); the store is its memory and its queue:
 
-* ``submit`` writes the task (atomically: one ``task_id`` never runs twice), takes a *lease* on it
-  and starts its workflow in the background, bounded by ``workflow.max_concurrent_tasks``;
+* ``submit`` claims the request's idempotency key (if any), writes the task (atomically: one
+  ``task_id`` never runs twice), takes a *lease* on it and starts its workflow in the background,
+  bounded by ``workflow.max_concurrent_tasks``; all in one call;
 * a lease is renewed every third of ``workflow.lease_ttl_s`` while the task runs; a task whose lease
   expired (its orchestrator died) is claimed by the next orchestrator that looks
   (``workflow.claim_interval_s``), and resumed from its last checkpoint: its stored plan, and the
@@ -12,10 +14,12 @@ the store is its memory and its queue:
 * Ray restarts a crashed orchestrator (``max_restarts=-1``); the new one starts looking at once;
 * a task that ends ``failed`` goes to the dead-letter queue; ``retry`` re-queues it from there;
 * a step that needs approval waits in the workflow (no runner held) for a decision in the store;
-  ``notify_approval`` wakes it at once, and a poll catches decisions written elsewhere.
+  ``decide_approval`` writes the decision and wakes it at once (``notify_approval`` wakes a step
+  that waits on another shard), and a poll catches decisions written elsewhere.
 
 One orchestrator per cluster by default, found by name (:data:`ORCHESTRATOR_NAME`); more may run
-against the same store (leases keep each task on one of them).
+against the same store (leases keep each task on one of them). Callers talk to them only through
+:class:`actors.client.OrchestratorClient`, which routes each call to its shard (:func:`shard_of`).
 """
 
 from __future__ import annotations
@@ -25,20 +29,35 @@ import contextlib
 import logging
 import os
 import zlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import ray
 
 from actors.tool_runner import RunnerPool
 from officeray.config import Settings
-from officeray.contracts import LogLine, ModelUsage, TaskRecord, TaskRequest, TaskStatus, new_id, utcnow
-from officeray.errors import StoreUnavailableError, TaskNotFoundError
+from officeray.contracts import (
+    ApprovalDecision,
+    LogLine,
+    ModelUsage,
+    StepStatus,
+    TaskRecord,
+    TaskRequest,
+    TaskStatus,
+    new_id,
+    new_task_id,
+    utcnow,
+)
+from officeray.errors import (
+    ApprovalConflictError,
+    IdempotencyConflictError,
+    StoreUnavailableError,
+    TaskNotFoundError,
+)
 from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
-from officeray.workflow import RunSupersededError, Workflow
-from serving.models import ServePlanner, ServeReviewer
-from tools_sandbox.catalog import all_tools, input_models
-from tools_sandbox.plugins import load_plugins
+from officeray.tools.catalog import build_catalog
+from officeray.workflow import Planner, Reviewer, RunSupersededError, Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +75,21 @@ WAIT_POLL_S = 0.2
 
 
 class StoreApprovals:
-    """The workflow's Approvals port: decisions live in the store; ``notify`` wakes a waiter early."""
+    """The workflow's Approvals port: decisions live in the store; ``notify`` wakes a waiter early.
+
+    The port answers a decision as JSON data (the workflow records it in the task's events): the
+    store's :class:`~officeray.contracts.ApprovalDecision`, dumped."""
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
         self._events: dict[tuple[str, str], asyncio.Event] = {}
 
-    def notify(self, task_id: str, step_id: str) -> None:
+    def notify(self, task_id: str, step_id: str) -> bool:
+        """Wake the step waiting here for this decision; False when none waits here."""
         event = self._events.get((task_id, step_id))
         if event is not None:
             event.set()
+        return event is not None
 
     async def wait(self, task_id: str, step_id: str, timeout_s: float) -> dict[str, Any] | None:
         key = (task_id, step_id)
@@ -76,11 +100,12 @@ class StoreApprovals:
             while True:
                 decision = await self.store.get_approval(task_id, step_id)
                 if decision is not None:
-                    return decision
+                    return decision.model_dump(mode="json")
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     # one last look: a decision stored just as the time ran out still counts
-                    return await self.store.get_approval(task_id, step_id)
+                    last = await self.store.get_approval(task_id, step_id)
+                    return None if last is None else last.model_dump(mode="json")
                 event.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, APPROVAL_POLL_S))
@@ -88,32 +113,40 @@ class StoreApprovals:
             self._events.pop(key, None)
 
 
+@dataclass(frozen=True)
+class ModelPorts:
+    """The models an orchestrator calls, built by the composition root (``serving.app.build_app``:
+    ``ServePlanner``/``ServeReviewer`` over the Serve deployments' handles) and handed to every
+    shard. Picklable: it crosses into the actor."""
+
+    planner: Planner
+    """The workflow's Planner port."""
+    reviewer: Reviewer
+    """The workflow's Reviewer port."""
+    ai_tool: Any = None
+    """The ai_tool deployment's handle, which the tool runners' ``ai_tool`` service calls (None: the
+    ``ai_tool`` tool answers that no model is configured)."""
+
+
 class Orchestrator:
-    def __init__(
-        self,
-        settings: Settings,
-        planner_handle: Any,
-        reviewer_handle: Any,
-        ai_tool_handle: Any = None,
-        shard: int = 0,
-    ) -> None:
+    def __init__(self, settings: Settings, ports: ModelPorts, shard: int = 0) -> None:
         self.settings = settings
+        self.shard = shard
+        self.shards = settings.workflow.orchestrators
         self.owner = f"{orchestrator_name(shard)}@{os.getpid()}/{new_id('life')}"
         """Who holds this actor life's leases (shard name, process, a fresh id per restart)."""
-        load_plugins(settings.plugins)
+        tools = build_catalog(settings)  # this process's catalog: built-ins + plugins
         self.store = SqlStore(settings.store.url)
-        self.pool = RunnerPool(settings, ai_tool_handle)
+        self.pool = RunnerPool(settings, ports.ai_tool, catalog=tools)
         self.approvals = StoreApprovals(self.store)
-        self._tenants: dict[str, str] = {}
-        tools = all_tools()
         needs_review = set(settings.workflow.approvals.required_risk_levels)
         self.workflow = Workflow(
-            planner=ServePlanner(planner_handle, self._tenant_of),
-            reviewer=ServeReviewer(reviewer_handle, self._tenant_of),
+            planner=ports.planner,
+            reviewer=ports.reviewer,
             executor=self.pool,
             store=self.store,
             tracer=setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name),
-            tools=input_models(),
+            tools=tools.input_models(),
             settings=settings.workflow,
             token_budget=settings.models.task_token_budget,
             needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
@@ -127,9 +160,6 @@ class Orchestrator:
         self._background: list[asyncio.Future[None]] = []
 
     # -- life ------------------------------------------------------------------------------------
-
-    def _tenant_of(self, task_id: str) -> str:
-        return self._tenants.get(task_id, "default")
 
     async def ready(self) -> bool:
         """True once the runners are warm (and the lease and claim loops run)."""
@@ -200,19 +230,29 @@ class Orchestrator:
         """Run ``record`` here unless it already runs here or is final; True when started."""
         if record.task_id in self._running or record.status.is_final:
             return False
-        self._tenants[record.task_id] = request.tenant
         self._running[record.task_id] = asyncio.ensure_future(self._run(request, record))
         return True
 
     async def submit(self, request: TaskRequest) -> tuple[TaskRecord, bool]:
-        """Persist the task and start it; returns ``(record, created)``.
+        """Claim the request's idempotency key, persist the task and start it, in this one call;
+        returns ``(record, created)``.
+
+        A request without ``task_id`` gets a fresh one that routes to this shard (:meth:`_new_task_id`).
+        With an ``idempotency_key``, ``(tenant, key)`` is claimed first (the client sends keyed
+        requests to the shard of ``tenant/key``, so every claim of a key is written here): the first
+        claim binds the key to the new task; a later request with the same fingerprint
+        (:meth:`TaskRequest.fingerprint`) gets the bound task (or creates it, when the submission
+        that claimed the key failed before creating it); a different request raises
+        :class:`IdempotencyConflictError`.
 
         The same ``task_id`` submitted twice (even at the same moment, from several gateways) runs
         once: the id is reserved here before any ``await`` and the store's insert is atomic; the
         later submissions get the existing record and ``created=False``.
         """
         self._ensure_started()
-        task_id = request.task_id or new_id("task")
+        if request.idempotency_key is not None:
+            request = await self._claim(request, request.idempotency_key)
+        task_id = request.task_id or self._new_task_id()
         pending = self._reserved.get(task_id)
         if pending is not None:  # the same id is being submitted right now: answer with its outcome
             await asyncio.shield(pending)
@@ -231,6 +271,21 @@ class Orchestrator:
         finally:
             self._reserved.pop(task_id).set_result(None)
 
+    async def _claim(self, request: TaskRequest, key: str) -> TaskRequest:
+        """Claim ``(tenant, key)`` for ``request``; the request to create, under the claimed id."""
+        claim = await self.store.claim_idempotency_key(
+            request.tenant, key, request.fingerprint(), request.task_id or self._new_task_id()
+        )
+        if not claim.same_body:
+            raise IdempotencyConflictError(
+                f"idempotency key {key!r} was used with a different request "
+                f"(task {claim.task_id}); use a new key for a new task"
+            )
+        return request.model_copy(update={"task_id": claim.task_id})
+
+    def _new_task_id(self) -> str:
+        return task_id_on_shard(self.shard, self.shards)
+
     async def _existing(self, task_id: str) -> TaskRecord:
         """The stored task of a duplicate submission; retryable when it is not written yet."""
         existing = await self.store.get_task(task_id)
@@ -239,31 +294,17 @@ class Orchestrator:
         return existing
 
     async def _run(self, request: TaskRequest, record: TaskRecord) -> TaskRecord:
-        """Run the task to its end. The workflow writes the end in one transaction (final record,
-        dead-letter entry of a failed task, the tenant's usage: ``finish_task``), fenced on our lease."""
+        """Run the task to its end. The workflow writes the end (a crash included) in one
+        transaction (final record, dead-letter entry of a failed task, the tenant's usage:
+        ``finish_task``), fenced on our lease."""
         try:
-            try:
-                async with self._slots:
-                    return await self.workflow.run(request, record.task_id, record)
-            except RunSupersededError:
-                logger.warning("task %s: another orchestrator took it over; this run stops", record.task_id)
-                return record
-            except Exception as exc:  # the workflow does not raise; this is a last line of defence
-                logger.exception("task %s crashed", record.task_id)
-                final = record
-                final.status = TaskStatus.FAILED
-                final.error = f"internal error: {type(exc).__name__}: {exc}"
-                final.current_step = None
-                final.finished_at = utcnow()
-                event = {"status": TaskStatus.FAILED.value, "error": final.error}
-                if not await self.store.finish_task(final, "failed", event, owner=self.owner):
-                    logger.warning(
-                        "task %s: another orchestrator holds it; its crash is not recorded", final.task_id
-                    )
-                return final
+            async with self._slots:
+                return await self.workflow.run(request, record.task_id, record)
+        except RunSupersededError:
+            logger.warning("task %s: another orchestrator took it over; this run stops", record.task_id)
+            return record
         finally:
             self._running.pop(record.task_id, None)
-            self._tenants.pop(record.task_id, None)
             try:
                 await self.store.release_lease(record.task_id, self.owner)
             except Exception:
@@ -304,16 +345,42 @@ class Orchestrator:
         self._start(request, record)
         return record
 
-    async def claim_idempotency_key(
-        self, tenant: str, key: str, body_sha256: str, task_id: str
-    ) -> tuple[str, bool]:
-        """:meth:`SqlStore.claim_idempotency_key`, written by this orchestrator's store writer: on
-        SQLite one process writing (with group commit) beats several contending for the file lock."""
-        return await self.store.claim_idempotency_key(tenant, key, body_sha256, task_id)
+    async def decide_approval(
+        self, task_id: str, step_id: str, decision: Literal["approved", "rejected"], by: str, reason: str = ""
+    ) -> tuple[ApprovalDecision, bool]:
+        """Decide step ``step_id`` of ``task_id``, which waits for approval: the decision is stored
+        (the first one wins) and the waiting step woken if it waits here. Returns the stored
+        decision and whether a step here was woken (if not, it may wait on another shard).
 
-    async def notify_approval(self, task_id: str, step_id: str) -> None:
-        """A decision for ``task_id``/``step_id`` was stored: wake the step waiting for it."""
-        self.approvals.notify(task_id, step_id)
+        Raises :class:`TaskNotFoundError`, or :class:`ApprovalConflictError` when the step does not
+        wait for a decision or was decided already.
+        """
+        self._ensure_started()
+        record = await self.store.get_task(task_id)
+        if record is None:
+            raise TaskNotFoundError(f"task {task_id!r} not found")
+        step = next((s for s in record.steps if s.step_id == step_id), None)
+        if step is None or step.status != StepStatus.WAITING_APPROVAL:
+            previous = await self.store.get_approval(task_id, step.idempotency_key) if step else None
+            if previous is not None:
+                raise ApprovalConflictError(_already_decided(task_id, step_id, previous))
+            state = "has no such step" if step is None else f"is {step.status.value}"
+            raise ApprovalConflictError(
+                f"step {step_id!r} of task {task_id!r} is not waiting for approval (it {state})"
+            )
+        key = step.idempotency_key  # decisions belong to this round's step, not to every "s1"
+        if not await self.store.decide_approval(task_id, key, decision, by, reason):
+            previous = await self.store.get_approval(task_id, key)
+            raise ApprovalConflictError(_already_decided(task_id, step_id, previous))
+        stored = await self.store.get_approval(task_id, key)
+        if stored is None:  # decided, then gone: the store was reset under us
+            raise StoreUnavailableError(f"the decision on step {step_id!r} of task {task_id!r} was not kept")
+        return stored, self.approvals.notify(task_id, key)
+
+    async def notify_approval(self, task_id: str, step_id: str) -> bool:
+        """A decision for ``task_id``/``step_id`` was stored: wake the step waiting for it here (True
+        when one waited here)."""
+        return self.approvals.notify(task_id, step_id)
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """The final record of ``task_id`` (waits for it while it runs here)."""
@@ -343,20 +410,36 @@ class Orchestrator:
         return len(self._running)
 
 
+def _already_decided(task_id: str, step_id: str, previous: ApprovalDecision | None) -> str:
+    decided = f"step {step_id!r} of task {task_id!r} was already decided"
+    if previous is None:
+        return decided
+    return f"{decided}: {previous.decision} by {previous.decided_by} at {previous.decided_at.isoformat()}"
+
+
 def orchestrator_name(shard: int) -> str:
     """The actor name of orchestrator shard ``shard`` (shard 0 keeps the plain name)."""
     return ORCHESTRATOR_NAME if shard == 0 else f"{ORCHESTRATOR_NAME}-{shard}"
 
 
-def shard_of(task_id: str, shards: int) -> int:
-    """The orchestrator shard that starts ``task_id`` (stable across processes and restarts)."""
-    return zlib.crc32(task_id.encode()) % shards
+def shard_of(routing_key: str, shards: int) -> int:
+    """The orchestrator shard of ``routing_key`` (stable across processes and restarts): a task id,
+    or ``tenant/key`` for an idempotency key (see :class:`actors.client.OrchestratorClient`)."""
+    return zlib.crc32(routing_key.encode()) % shards
 
 
-def get_or_create_orchestrator(
-    settings: Settings, planner_handle: Any, reviewer_handle: Any, ai_tool_handle: Any = None, shard: int = 0
-) -> Any:
-    """Orchestrator shard ``shard`` of the cluster, created (detached) on first use."""
+def task_id_on_shard(shard: int, shards: int) -> str:
+    """A fresh task id (:func:`~officeray.contracts.new_task_id`) whose shard (:func:`shard_of`) is
+    ``shard``: an orchestrator gives its new tasks such ids, so that later calls about a task
+    (``wait``, ``retry``, approvals), routed by its id, reach the orchestrator that started it."""
+    while True:  # ``shards`` draws on average
+        task_id = new_task_id()
+        if shard_of(task_id, shards) == shard:
+            return task_id
+
+
+def get_or_create_orchestrator(settings: Settings, ports: ModelPorts, shard: int = 0) -> Any:
+    """Orchestrator shard ``shard`` of the cluster (its handle), created (detached) on first use."""
     actor_cls = ray.remote(Orchestrator).options(
         name=orchestrator_name(shard),
         namespace=settings.ray_namespace,
@@ -366,4 +449,4 @@ def get_or_create_orchestrator(
         max_concurrency=ORCHESTRATOR_MAX_CONCURRENCY,
         max_restarts=-1,  # a crashed orchestrator comes back and resumes unfinished tasks
     )
-    return actor_cls.remote(settings, planner_handle, reviewer_handle, ai_tool_handle, shard)
+    return actor_cls.remote(settings, ports, shard)

@@ -22,20 +22,20 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
+from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
 from officeray.config import RunnerAutoscaling, Settings
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
 from officeray.telemetry import extract_context, setup_tracing
+from officeray.tools.catalog import ToolCatalog, build_catalog
+from officeray.tools.spec import HostContext, ToolRuntime
 from tools_sandbox.backends import make_sandbox
-from tools_sandbox.catalog import HostContext, ToolRuntime, get_tool, validate_tool_settings
 from tools_sandbox.executor import run_host_step, run_step
 from tools_sandbox.image import ensure_image, image_tag
-from tools_sandbox.limits import SandboxLimits
-from tools_sandbox.plugins import load_plugins
 from tools_sandbox.recycling import TaskSandboxes
 
 logger = logging.getLogger(__name__)
@@ -63,28 +63,27 @@ class AiToolService:
         }
 
 
-def _host_context(settings: Settings, ai_tool_handle: Any) -> HostContext:
-    context = HostContext(settings=validate_tool_settings(settings.tools))
+def _host_context(settings: Settings, catalog: ToolCatalog, ai_tool_handle: Any) -> HostContext:
+    context = HostContext(settings=catalog.check_settings(settings.tools))
     if ai_tool_handle is not None:
         context.services["ai_tool"] = AiToolService(ai_tool_handle)
     return context
 
 
-def _runs_on_host(action: str) -> bool:
-    try:
-        return get_tool(action).runtime == ToolRuntime.HOST
-    except KeyError:
-        return False  # an unknown tool: the sandbox runner's run_step reports it
+def _runs_on_host(catalog: ToolCatalog, action: str) -> bool:
+    spec = catalog.get(action)
+    return spec is not None and spec.runtime == ToolRuntime.HOST  # unknown: run_step reports it
 
 
 class _StepRunner:
-    """What both runners share: plugins loaded, the host tools' context, a ``tool <action>`` span per step."""
+    """What both runners share: the process's catalog (built from the settings: built-ins and
+    plugins), the host tools' context, a ``tool <action>`` span per step."""
 
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
-        load_plugins(settings.plugins)
+        self.catalog = build_catalog(settings)
         self.workspace_root = Path(settings.workspace_root)
         self.workspace_confined = settings.workspace_confined
-        self.host_context = _host_context(settings, ai_tool_handle)
+        self.host_context = _host_context(settings, self.catalog, ai_tool_handle)
         self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
 
     def run(
@@ -111,7 +110,7 @@ class HostToolRunner(_StepRunner):
         return True
 
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
-        return run_host_step(step, inputs, self.workspace_root, self.host_context)
+        return run_host_step(step, inputs, self.workspace_root, self.host_context, catalog=self.catalog)
 
 
 class ToolRunner(_StepRunner):
@@ -121,10 +120,9 @@ class ToolRunner(_StepRunner):
         super().__init__(settings, ai_tool_handle)
         box = settings.sandbox
         if box.backend == "docker":
-            limits = SandboxLimits(**box.limits)  # a bad limit fails here, before any container starts
             # the project's own image is built on this node when missing (a new cluster node), once
             image = ensure_image() if box.image in (None, image_tag()) else box.image
-            box = box.model_copy(update={"limits": limits.model_dump(), "image": image})
+            box = box.model_copy(update={"image": image})
         self.sandboxes = TaskSandboxes(
             lambda: make_sandbox(box.backend, image=box.image, limits=box.limits),
             recycle=box.recycle,
@@ -146,6 +144,7 @@ class ToolRunner(_StepRunner):
             self.workspace_root,
             self.host_context,
             workspace_confined=self.workspace_confined,
+            catalog=self.catalog,
         )
         if outcome.error is not None and outcome.error.type == ErrorType.SANDBOX_ERROR:
             self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
@@ -176,6 +175,28 @@ PLACEMENT_CHECK_S = 10.0
 """How often the pool checks that some node advertises the runners' custom resources."""
 
 
+class PoolLimits(BaseModel):
+    """How the pool waits, retries and checks; each default is the constant of the same name above.
+
+    A :class:`RunnerPool` takes one (``limits=``); tests pass short waits instead of patching the
+    constants."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    autoscale_interval_s: float = Field(default=AUTOSCALE_INTERVAL_S, gt=0)
+    """:data:`AUTOSCALE_INTERVAL_S`."""
+    runner_stop_timeout_s: float = Field(default=RUNNER_STOP_TIMEOUT_S, gt=0)
+    """:data:`RUNNER_STOP_TIMEOUT_S`."""
+    wait_recheck_s: float = Field(default=WAIT_RECHECK_S, gt=0)
+    """:data:`WAIT_RECHECK_S`."""
+    max_start_failures: int = Field(default=MAX_START_FAILURES, ge=1)
+    """:data:`MAX_START_FAILURES`."""
+    start_backoff_max_s: float = Field(default=START_BACKOFF_MAX_S, ge=0)
+    """:data:`START_BACKOFF_MAX_S` (0: no pause between failed starts)."""
+    placement_check_s: float = Field(default=PLACEMENT_CHECK_S, gt=0)
+    """:data:`PLACEMENT_CHECK_S`."""
+
+
 def runners_to_add(policy: RunnerAutoscaling, running: int, starting: int, waiting: int) -> int:
     """New runners to start now: one per waiting step not already covered by a start, up to the max."""
     room = policy.max_runners - running - starting
@@ -196,9 +217,9 @@ def starts_to_cancel(policy: RunnerAutoscaling, starting: int, waiting: int, qui
     return max(0, starting - waiting)
 
 
-def start_backoff_s(failures: int) -> float:
-    """Pause before the next runner start after ``failures`` failed starts in a row."""
-    return 0.0 if failures == 0 else min(START_BACKOFF_MAX_S, 2.0 ** (failures - 1))
+def start_backoff_s(failures: int, max_s: float = START_BACKOFF_MAX_S) -> float:
+    """Pause before the next runner start after ``failures`` failed starts in a row (at most ``max_s``)."""
+    return 0.0 if failures == 0 else min(max_s, 2.0 ** (failures - 1))
 
 
 def missing_resources(wanted: dict[str, float], nodes: Sequence[dict[str, Any]]) -> list[str]:
@@ -222,6 +243,62 @@ class NoRunnerError(Exception):
     """No runner could be started for a waiting step (every recent start failed)."""
 
 
+class RunnerActors(Protocol):
+    """How a :class:`RunnerPool` starts, ends and places its actors: :class:`RayRunnerActors` on a
+    cluster, :class:`actors.fake_runners.LocalRunnerActors` (in-process handles) in tests.
+
+    A handle answers ``handle.<method>.remote(*args)`` with an awaitable, as a Ray actor handle does,
+    for the methods of :class:`ToolRunner` (``ready``, ``pid``, ``run``, ``shutdown``) and of
+    :class:`HostToolRunner` (``ready``, ``run``); a call on a dead actor raises ``RayActorError``."""
+
+    def start_runner(self) -> Any:
+        """A new :class:`ToolRunner` actor (its handle, at once; it becomes ready later)."""
+        ...
+
+    def start_host_runner(self) -> Any:
+        """A new :class:`HostToolRunner` actor."""
+        ...
+
+    def kill(self, actor: Any) -> None:
+        """End an actor now (its resources are freed)."""
+        ...
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes, as ``ray.nodes()`` lists them (``Alive``, ``Resources``)."""
+        ...
+
+
+class RayRunnerActors:
+    """The pool's actors on Ray: :class:`ToolRunner` actors that ask for ``runners.num_cpus`` and
+    ``runners.resources``, and a threaded :class:`HostToolRunner` (``runners.host_concurrency``)."""
+
+    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
+        self.settings = settings
+        self.ai_tool_handle = ai_tool_handle
+        self._runner_cls = ray.remote(ToolRunner).options(
+            num_cpus=settings.runners.num_cpus,
+            resources=dict(settings.runners.resources),
+            max_restarts=0,
+            max_concurrency=1,
+        )
+        self._host_cls = ray.remote(HostToolRunner).options(
+            num_cpus=0, max_restarts=0, max_concurrency=settings.runners.host_concurrency
+        )
+
+    def start_runner(self) -> Any:
+        return self._runner_cls.remote(self.settings, self.ai_tool_handle)
+
+    def start_host_runner(self) -> Any:
+        return self._host_cls.remote(self.settings, self.ai_tool_handle)
+
+    def kill(self, actor: Any) -> None:
+        ray.kill(actor)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        nodes: list[dict[str, Any]] = ray.nodes()
+        return nodes
+
+
 class RunnerPool:
     """:class:`ToolRunner` actors behind a list of idle ones (the StepExecutor port).
 
@@ -232,26 +309,31 @@ class RunnerPool:
     ``max_runners``), and :meth:`autoscale` stops runners idle past ``idle_timeout_s`` (down to
     ``min_runners``). Runner actors ask for ``runners.resources`` (by default ``{"docker": 1}``), so
     on an autoscaling cluster a start that no node can place makes the autoscaler add a CPU node.
+
+    Injected: ``catalog`` (which steps are host-side; default: built from ``settings``, as the
+    orchestrator does and hands it over), ``clock`` (monotonic seconds: idle times, back-off),
+    ``actors`` (how actors start and end; default :class:`RayRunnerActors` over ``settings`` and
+    ``ai_tool_handle``, which the runners' ``ai_tool`` calls) and ``limits`` (:class:`PoolLimits`).
     """
 
     def __init__(
-        self, settings: Settings, ai_tool_handle: Any = None, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: Settings,
+        ai_tool_handle: Any = None,
+        *,
+        catalog: ToolCatalog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        actors: RunnerActors | None = None,
+        limits: PoolLimits | None = None,
     ) -> None:
         self.settings = settings
-        self.ai_tool_handle = ai_tool_handle
+        self.catalog = catalog if catalog is not None else build_catalog(settings)
         self.policy = settings.runners.autoscaling
         self._clock = clock
-        self._actor_cls = ray.remote(ToolRunner).options(
-            num_cpus=settings.runners.num_cpus,
-            resources=dict(settings.runners.resources),
-            max_restarts=0,
-            max_concurrency=1,
-        )
-        self._host_cls = ray.remote(HostToolRunner).options(
-            num_cpus=0, max_restarts=0, max_concurrency=settings.runners.host_concurrency
-        )
-        self.host_runner: Any = self._host_cls.remote(settings, ai_tool_handle)
-        self.runners = [self._spawn() for _ in range(settings.runners.initial_runners)]
+        self.actors: RunnerActors = actors or RayRunnerActors(settings, ai_tool_handle)
+        self.limits = limits or PoolLimits()
+        self.host_runner: Any = self.actors.start_host_runner()
+        self.runners = [self.actors.start_runner() for _ in range(settings.runners.initial_runners)]
         self._initial = list(self.runners)
         self._initial_ready: asyncio.Future[None] | None = None
         self._idle: list[Any] = list(self.runners)
@@ -276,9 +358,6 @@ class RunnerPool:
         """Runners started by autoscaling over the pool's life."""
         self.stopped_total = 0
         """Runners stopped (or starts cancelled) by autoscaling over the pool's life."""
-
-    def _spawn(self) -> Any:
-        return self._actor_cls.remote(self.settings, self.ai_tool_handle)
 
     async def wait_ready(self) -> None:
         """Wait for the host runner and the runners started with the pool (once; later calls share it)."""
@@ -332,10 +411,11 @@ class RunnerPool:
     def _grow_for_waiting_steps(self) -> None:
         if self.policy is None:
             return
-        if self._clock() - self._last_failure_at < start_backoff_s(self._start_failures):
+        backoff = start_backoff_s(self._start_failures, self.limits.start_backoff_max_s)
+        if self._clock() - self._last_failure_at < backoff:
             return
         for _ in range(runners_to_add(self.policy, len(self.runners), len(self._starting), self._waiting)):
-            actor = self._spawn()
+            actor = self.actors.start_runner()
             self._starting[id(actor)] = (actor, self._clock())
             future = asyncio.ensure_future(self._join_when_ready(actor))
             self._growing.add(future)
@@ -362,14 +442,15 @@ class RunnerPool:
 
     async def autoscale(self) -> None:
         """Forever: check that runners can be placed, and (autoscaling) stop idle runners."""
-        last_check = -PLACEMENT_CHECK_S
-        interval = AUTOSCALE_INTERVAL_S if self.policy is not None else PLACEMENT_CHECK_S
+        limits = self.limits
+        last_check = -limits.placement_check_s
+        interval = limits.autoscale_interval_s if self.policy is not None else limits.placement_check_s
         while True:
             await asyncio.sleep(interval)
             try:
-                if self._clock() - last_check >= PLACEMENT_CHECK_S:
+                if self._clock() - last_check >= limits.placement_check_s:
                     last_check = self._clock()
-                    self._check_placement(await asyncio.to_thread(ray.nodes))
+                    self._check_placement(await asyncio.to_thread(self.actors.nodes))
                 if self.policy is not None:
                     await self.scale_down_once()
             except Exception:
@@ -401,7 +482,7 @@ class RunnerPool:
             newest_first = sorted(self._starting.values(), key=lambda entry: -entry[1])
             for actor, _since in newest_first[:cancel]:
                 del self._starting[id(actor)]
-                ray.kill(actor)
+                self.actors.kill(actor)
         self.stopped_total += len(to_stop) + cancel
         await asyncio.gather(*(self._stop(runner) for runner in to_stop))
         return len(to_stop) + cancel
@@ -411,15 +492,14 @@ class RunnerPool:
         for table in (self._idle_since, self._pids, self._last_task):
             table.pop(id(runner), None)
 
-    @staticmethod
-    async def _stop(runner: Any) -> None:
+    async def _stop(self, runner: Any) -> None:
         """Remove the runner's containers, then end its actor (which frees its resources)."""
         try:
-            await asyncio.wait_for(runner.shutdown.remote(), RUNNER_STOP_TIMEOUT_S)
+            await asyncio.wait_for(runner.shutdown.remote(), self.limits.runner_stop_timeout_s)
         except Exception as exc:
             logger.warning("a stopping tool runner did not shut down cleanly: %s", exc)
         finally:
-            ray.kill(runner)
+            self.actors.kill(runner)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -428,11 +508,11 @@ class RunnerPool:
             if not self._idle:
                 self._waiting += 1
                 failures_before = self._failed_starts_total
-                recheck_s = WAIT_RECHECK_S if self.policy is not None else None
+                recheck_s = self.limits.wait_recheck_s if self.policy is not None else None
                 try:
                     while not self._idle:
                         failed = self._failed_starts_total - failures_before
-                        if failed >= MAX_START_FAILURES and not self.runners:
+                        if failed >= self.limits.max_start_failures and not self.runners:
                             # every start made while this step waited failed, and no runner exists
                             raise NoRunnerError(
                                 f"no tool runner could be started ({failed} starts failed while the step "
@@ -462,7 +542,7 @@ class RunnerPool:
     async def execute(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
     ) -> StepOutcome:
-        if _runs_on_host(step.action):
+        if _runs_on_host(self.catalog, step.action):
             return await self._execute_on_host(task_id, step, inputs, trace_carrier)
         try:
             runner = await self._acquire(task_id)
@@ -472,7 +552,7 @@ class RunnerPool:
             return await runner.run.remote(task_id, step, inputs, trace_carrier)
         except RayActorError as exc:
             logger.warning("tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
-            fresh = self._spawn()
+            fresh = self.actors.start_runner()
             self.runners = [fresh if r is runner else r for r in self.runners]
             self._forget(runner)
             runner = fresh
@@ -491,11 +571,11 @@ class RunnerPool:
         except RayActorError as exc:
             logger.warning("the host-tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
             if self.host_runner is runner:
-                self.host_runner = self._host_cls.remote(self.settings, self.ai_tool_handle)
+                self.host_runner = self.actors.start_host_runner()
             return StepOutcome(
                 error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the host-tool runner died: {exc}")
             )
 
     def shutdown(self) -> None:
         for runner in [*self.runners, self.host_runner, *(actor for actor, _ in self._starting.values())]:
-            ray.kill(runner)
+            self.actors.kill(runner)

@@ -14,9 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cluster.prepare import check_tools, prepare_settings
+from cluster.prepare import prepare_settings
 from officeray.config import Settings
 from officeray.contracts import DEFAULT_STEP_TIMEOUT_SECONDS, MAX_STEP_TIMEOUT_SECONDS, PlanStep
+from officeray.tools.catalog import build_catalog
+from officeray.tools.spec import HostContext, ToolRuntime, describe_input_errors
 
 
 class ToolUsageError(ValueError):
@@ -48,18 +50,11 @@ def run_tool(
 ) -> dict[str, Any]:
     """Run one call of tool ``name``; returns ``{tool, status, output, error, duration_ms}``."""
     from tools_sandbox.backends import make_sandbox
-    from tools_sandbox.catalog import (
-        HostContext,
-        ToolRuntime,
-        describe_input_errors,
-        get_tool,
-        validate_tool_settings,
-    )
     from tools_sandbox.executor import run_step
 
-    check_tools(settings)
+    catalog = build_catalog(settings)  # the plugins are imported here (no Ray)
     try:
-        spec = get_tool(name)
+        spec = catalog.get_tool(name)
     except KeyError as exc:
         raise ToolUsageError(str(exc.args[0])) from None
     try:
@@ -74,7 +69,7 @@ def run_tool(
         idempotency_key="cli",
     )
     settings = prepare_settings(settings) if spec.runtime == ToolRuntime.SANDBOX else settings
-    host_context = HostContext(settings=validate_tool_settings(settings.tools))
+    host_context = HostContext(settings=catalog.check_settings(settings.tools))
     box = settings.sandbox
     # Host-side tools (http_client, web_search, ai_tool) need no sandbox, nor Docker.
     sandbox = (
@@ -93,6 +88,7 @@ def run_tool(
             settings.workspace_root,
             host_context,
             workspace_confined=settings.workspace_confined,
+            catalog=catalog,
         )
         duration_ms = (time.perf_counter() - started) * 1000
     finally:

@@ -1,4 +1,5 @@
-"""Bringing officeray up on Ray: connect or start Ray, deploy the Serve app, reach the orchestrator.
+"""Bringing officeray up on Ray: connect or start Ray, deploy the Serve app, reach the orchestrators
+(through an :class:`~actors.client.OrchestratorClient`, the one way to them).
 
 Used by the CLI (``officeray run``, ``officeray serve``, ``officeray examples``) and by the
 ``ray job submit`` entrypoint (:mod:`cluster.jobs.batch`). Relative paths in the settings (SQLite
@@ -17,13 +18,13 @@ from typing import Any
 import ray
 from ray import serve
 
-from actors.orchestrator import ORCHESTRATOR_NAME
+from actors.client import OrchestratorClient, find_client
 from actors.tool_runner import placement_problem
 from cluster.prepare import absolutize as absolutize
-from cluster.prepare import check_tools as check_tools
 from cluster.prepare import prepare_settings
 from officeray.config import Settings
 from officeray.contracts import TaskRecord, TaskRequest
+from officeray.errors import OrchestratorUnavailableError
 from serving.app import build_app
 
 logger = logging.getLogger(__name__)
@@ -84,30 +85,23 @@ def app_is_running(settings: Settings) -> bool:
     return app is not None and str(app.status).endswith("RUNNING")
 
 
-def orchestrator(settings: Settings, timeout_s: float = READY_TIMEOUT_S) -> Any:
-    """The orchestrator actor, once it and its tool runners are ready."""
+def orchestrators(settings: Settings, timeout_s: float = READY_TIMEOUT_S) -> OrchestratorClient:
+    """A client of the app's orchestrators, once they and their tool runners are ready."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            actor = ray.get_actor(ORCHESTRATOR_NAME, namespace=settings.ray_namespace)
-            break
-        except ValueError:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the orchestrator did not start; see the Ray logs") from None
-            time.sleep(0.2)
+    client = find_client(settings, timeout_s)
     try:
-        ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-    except ray.exceptions.GetTimeoutError:
+        asyncio.run(client.ready(max(1.0, deadline - time.monotonic())))
+    except OrchestratorUnavailableError:
         why = placement_problem(settings.runners.resources, ray.nodes()) or (
             "see `ray status` for demands no node can meet, and the Ray logs"
         )
         message = f"the orchestrator and its tool runners were not ready in {timeout_s:.0f}s: {why}"
         raise TimeoutError(message) from None
-    return actor
+    return client
 
 
 async def run_tasks(
-    actor: Any,
+    client: OrchestratorClient,
     requests: Sequence[TaskRequest],
     *,
     on_done: Callable[[int, TaskRecord], None] | None = None,
@@ -115,7 +109,7 @@ async def run_tasks(
     """Submit every request, wait for all, and return the final records in input order."""
 
     async def one(index: int, request: TaskRequest) -> TaskRecord:
-        record = await actor.run.remote(request)
+        record = await client.run(request)
         if on_done is not None:
             on_done(index, record)
         return record
@@ -124,23 +118,36 @@ async def run_tasks(
 
 
 class LocalStack:
-    """Ray + the Serve app + the orchestrator, as a context manager."""
+    """Ray + the Serve app + the orchestrators (:attr:`client`), as a context manager."""
 
     def __init__(self, settings: Settings, *, address: str | None = "local", http: bool = False) -> None:
         self.settings = prepare_settings(settings)
         self.address = address
         self.http = http
-        self.actor: Any = None
+        self._client: OrchestratorClient | None = None
 
     def __enter__(self) -> LocalStack:
         init_ray(self.settings, self.address)
         if not (self.address not in (None, "local") and app_is_running(self.settings)):
             deploy(self.settings, http=self.http)
-        self.actor = orchestrator(self.settings)
+        self._client = orchestrators(self.settings)
         return self
 
+    @property
+    def client(self) -> OrchestratorClient:
+        """The way to the orchestrators (inside the ``with`` block)."""
+        if self._client is None:
+            raise RuntimeError("the stack is not started: use it in a `with` block")
+        return self._client
+
+    @property
+    def actor(self) -> Any:
+        """Orchestrator shard 0's actor handle, for what the client does not do (fault injection and
+        benchmarks: ``pid``, ``busy_runner_pids``); tasks go through :attr:`client`."""
+        return self.client.handle(0)
+
     def run(self, requests: Sequence[TaskRequest], **kwargs: Any) -> list[TaskRecord]:
-        return asyncio.run(run_tasks(self.actor, requests, **kwargs))
+        return asyncio.run(run_tasks(self.client, requests, **kwargs))
 
     def __exit__(self, *exc: object) -> None:
         # A local instance goes away whole with ray.shutdown(); on a cluster the app, the

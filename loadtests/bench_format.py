@@ -34,18 +34,6 @@ MISSING = "-"
 Comparison = Literal["<=", ">="]
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of ``samples``: the nearest rank, no interpolation.
-
-    Raises :class:`ValueError` on an empty sequence.
-    """
-    if not samples:
-        raise ValueError("percentile of no samples")
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def machine() -> dict[str, Any]:
     """Where the benchmark ran: CPU count and platform."""
     return {"cpus": os.cpu_count(), "platform": platform.platform()}

@@ -23,6 +23,9 @@ and the planner/reviewer ``max_ongoing_requests`` at least the largest level, ho
 twice it (two steps a task), one orchestrator, one tool runner, no spare sandboxes. The store (SQLite)
 and traces live in a temporary folder. Targets are printed, never asserted: exit 0 once the figures
 are printed, 2 on bad arguments, a bad config or no Docker, 1 when the stack cannot start.
+
+Why one file of this length: one benchmark, its two runs, the per-process CPU accounting and the
+report of targets met or missed, all read together.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from typing import Any
 
 import psutil
 
-from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_argument, emit, percentile
+from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_argument, emit
+from officeray.stats import percentile
 
 # -- limits and defaults ----------------------------------------------------------------------------
 

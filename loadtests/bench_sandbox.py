@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_argument, emit, percentile
+from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_argument, emit
+from officeray.stats import percentile
 
-__all__ = ["format_report", "main", "measure", "percentile", "result_of", "run_bench"]
+__all__ = ["format_report", "main", "measure", "result_of", "run_bench"]
 
 MAX_CALLS = 2000
 MAX_RUN_CALLS = 50

@@ -56,6 +56,7 @@ from loadtests.records import (
 from loadtests.shapes import MAX_RUN_S, MAX_USERS, ShapeError, Stage, load_shape, steady
 from loadtests.slo import Slo, SloError, load_slo_file, parse_slos
 from loadtests.taskmix import DEFAULT_TASK_MIX, TaskMixError, load_task_mix
+from officeray.stats import percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -410,10 +411,8 @@ class _Tail:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """The ``q``-th percentile (0..100) as report.json computes it (:func:`officeray.stats.percentile`)."""
+    return percentile(values, q) if values else None
 
 
 class Progress:
@@ -458,8 +457,8 @@ class Progress:
             f"users {t.get('users', 0)}, "
             f"in flight {t.get('in_flight', 0)}, completed {t.get('completed', 0)}, "
             f"failures {t.get('failures', 0)}; completion p50/p95 "
-            f"{ms(_pct(self.completion_ms, 0.5))}/{ms(_pct(self.completion_ms, 0.95))} ms, "
-            f"submit p50/p95 {ms(_pct(self.submit_ms, 0.5))}/{ms(_pct(self.submit_ms, 0.95))} ms   "
+            f"{ms(_pct(self.completion_ms, 50))}/{ms(_pct(self.completion_ms, 95))} ms, "
+            f"submit p50/p95 {ms(_pct(self.submit_ms, 50))}/{ms(_pct(self.submit_ms, 95))} ms   "
         )
 
     def note(self, message: str) -> None:

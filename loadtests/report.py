@@ -16,7 +16,8 @@ Conventions:
 
 * Latency statistics are over every sample of a group, failed ones included (as locust counts
   them). Percentiles are exact, computed from all samples with linear interpolation between the
-  two closest ranks (numpy's default ``linear`` method): the p50 of 1..100 ms is 50.5 ms.
+  two closest ranks (:func:`officeray.stats.percentile`, numpy's default ``linear`` method, the
+  same function the live progress line uses): the p50 of 1..100 ms is 50.5 ms.
 * ``throughput_rps`` is the sample count divided by the run's duration (``ended_at - started_at``),
   or, for a stage, by the stage's duration; ``failure_rate`` is a fraction (0..1).
 * A sample belongs to the stage whose ``[start_s, end_s)`` holds its end time ``t - started_at``;
@@ -24,6 +25,9 @@ Conventions:
   drain of in-flight tasks) in the last one.
 * A JSON-lines file whose last line does not parse (a run cut short mid-write) is read without that
   line and the report lists a warning; a bad line elsewhere is an error.
+
+Why one file of this length: the summary, the SLO gate, the plots and the HTML page are built from
+the same samples in one pass; each is a section below.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import functools
 import html
 import json
 import math
+import statistics
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,8 +47,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
-
-import numpy as np
 
 from loadtests.records import (
     COMPLETION_TYPE,
@@ -73,6 +76,7 @@ from loadtests.slo import (
     parse_slo,
     trace_completeness,
 )
+from officeray.stats import percentile, percentiles
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -285,9 +289,9 @@ def _latency(ms: Sequence[float]) -> dict[str, float | None]:
     keys = LATENCY_METRICS
     if not ms:
         return dict.fromkeys(keys)
-    values = np.asarray(ms, dtype=float)
-    stats = [float(v) for v in np.percentile(values, PERCENTILES)]
-    return dict(zip(keys, [*stats, float(values.max()), float(values.mean())], strict=True))
+    values = [float(v) for v in ms]
+    stats = percentiles(values, PERCENTILES)
+    return dict(zip(keys, [*stats, max(values), statistics.fmean(values)], strict=True))
 
 
 def _token_stats(samples: Sequence[Sample]) -> dict[str, float | int]:
@@ -296,8 +300,8 @@ def _token_stats(samples: Sequence[Sample]) -> dict[str, float | int]:
     tokens = [int(s["tokens"]) for s in samples if _is_number(s.get("tokens"))]
     stats: dict[str, float | int] = {}
     if rates:
-        stats["tokens_per_s_mean"] = float(np.mean(rates))
-        stats["tokens_per_s_p50"] = float(np.percentile(rates, 50))
+        stats["tokens_per_s_mean"] = statistics.fmean(rates)
+        stats["tokens_per_s_p50"] = percentile(rates, 50)
     if tokens:
         stats["tokens_total"] = sum(tokens)
     return stats
@@ -484,8 +488,8 @@ def _latency_series(buckets: _Buckets, keep: Callable[[Sample], bool]) -> dict[i
         if not ms:
             continue
         series[0].append((index + 0.5) * buckets.width)
-        for q, value in zip((50, 95, 99), np.percentile(ms, (50, 95, 99)), strict=True):
-            series[q].append(float(value))
+        for q, value in zip((50, 95, 99), percentiles(ms, (50, 95, 99)), strict=True):
+            series[q].append(value)
     return series
 
 

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from officeray.contracts import ErrorType, WorkflowRetryPolicy
 from officeray.errors import ConfigError
+from officeray.limits import MAX_OUTPUT_BYTES
 
 CONFIG_ENV_VAR = "OFFICERAY_CONFIG"
 DEFAULT_STATE_DIR = Path(".officeray")
@@ -117,13 +118,45 @@ class TelemetrySettings(_Section):
     service_name: str = "officeray"
 
 
+DEFAULT_MEMORY_MB = 512
+DEFAULT_CPUS = 1.0
+DEFAULT_PIDS = 128
+DEFAULT_WORKSPACE_MB = 64
+DEFAULT_TMP_MB = 16
+
+
+class SandboxLimits(_Section):
+    """What one sandbox container may use (``sandbox.limits``). Every field is validated when the
+    settings load; unknown fields are refused. The Docker backend applies them to each container."""
+
+    memory_mb: int = Field(default=DEFAULT_MEMORY_MB, ge=32, le=1024**2)
+    """Memory limit of the whole container (agent + tools), in MiB. Swap is disabled (memswap = memory):
+    a call that exceeds it is killed by the kernel and fails with ``sandbox_error``."""
+
+    cpus: float = Field(default=DEFAULT_CPUS, gt=0, le=256)
+    """CPU quota, in CPUs (``nano_cpus``)."""
+
+    pids: int = Field(default=DEFAULT_PIDS, ge=8, le=65_536)
+    """Most processes/threads alive at once in the container (bounds fork bombs)."""
+
+    workspace_mb: int = Field(default=DEFAULT_WORKSPACE_MB, ge=1, le=64 * 1024)
+    """Size of the ``/workspace`` tmpfs (counts against ``memory_mb`` as it fills)."""
+
+    tmp_mb: int = Field(default=DEFAULT_TMP_MB, ge=1, le=64 * 1024)
+    """Size of the ``/tmp`` tmpfs."""
+
+    output_bytes: int = Field(default=MAX_OUTPUT_BYTES, ge=1024, le=256 * 1024**2)
+    """Largest serialized call result (or file read); larger ones fail with ``output_limit``. The
+    default is the agent's own cap (:data:`officeray.limits.MAX_OUTPUT_BYTES`)."""
+
+
 class SandboxSettings(_Section):
     backend: Literal["docker", "local"] = "docker"
     """``docker``: hardened warm containers. ``local``: a plain subprocess, for tests only."""
     image: str | None = None
     """Sandbox image tag; ``None`` uses (and builds if missing) the project's versioned image."""
-    limits: dict[str, Any] = Field(default_factory=dict)
-    """Overrides of :class:`tools_sandbox.limits.SandboxLimits` (memory_mb, cpus, pids, ...)."""
+    limits: SandboxLimits = Field(default_factory=SandboxLimits)
+    """Resource limits of each container (``sandbox.limits.memory_mb``, ``cpus``, ``pids``, ...)."""
     recycle: Literal["reset", "replace"] = "reset"
     """Between two tasks on one runner: ``reset`` empties the workspace and kills leftover
     processes; ``replace`` swaps in a fresh pre-warmed container."""
@@ -365,7 +398,8 @@ class Settings(BaseSettings):
     """Per-tool settings by tool name (``tools.http_client.allow_hosts``, ...), each checked against
     that tool's settings model when the runtime starts."""
     plugins: list[str] = Field(default_factory=list)
-    """Modules to import at start; their ``@tool`` functions join the catalog."""
+    """Modules to import at start; their ``@tool`` functions join the catalog
+    (:func:`officeray.tools.catalog.build_catalog`)."""
 
     @classmethod
     def settings_customise_sources(
@@ -451,3 +485,21 @@ def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
             updated = parent.model_copy(update={key: updated})
         settings = updated
     return settings
+
+
+def absolutize(settings: Settings, base: Path | None = None) -> Settings:
+    """``settings`` with relative file paths (SQLite file, trace file, workspace root) made absolute
+    against ``base`` (default: the cwd), so every process of a cluster sees the same files."""
+    import sqlalchemy as sa  # only here: reading a config needs no database library
+
+    base = (base or Path.cwd()).resolve()
+    url = sa.make_url(settings.store.url)
+    overrides: dict[str, Any] = {
+        "telemetry.trace_file": str((base / settings.telemetry.trace_file).resolve()),
+        "workspace_root": str((base / settings.workspace_root).resolve()),
+    }
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        overrides["store.url"] = url.set(database=str((base / url.database).resolve())).render_as_string(
+            hide_password=False
+        )
+    return apply_overrides(settings, overrides)

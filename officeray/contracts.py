@@ -19,14 +19,15 @@ refuses a plan that does not, and the scheduler substitutes the value before the
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 DEFAULT_STEP_TIMEOUT_SECONDS = 300
 """A step's wall-clock limit when the plan does not set one (the seed's default)."""
@@ -48,8 +49,14 @@ MAX_IDEMPOTENCY_KEY_CHARS = 200
 
 
 def new_id(prefix: str) -> str:
-    """A short random identifier such as ``task-3f2a9c...``."""
+    """A short random identifier such as ``life-3f2a9c...``."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def new_task_id() -> str:
+    """A fresh task id (``task-`` and 16 hex digits). The one place task ids are minted: only the
+    orchestrator calls it, for a task submitted without an id (see ``Orchestrator.submit``)."""
+    return new_id("task")
 
 
 def utcnow() -> datetime:
@@ -272,6 +279,14 @@ class TaskRequest(_Strict):
         """The submitted :attr:`plan` as it runs for task ``task_id`` (its ``task_id`` replaced)."""
         return None if self.plan is None else {**self.plan, "task_id": task_id}
 
+    def fingerprint(self) -> str:
+        """sha256 of the request as canonical JSON (sorted keys, defaults filled in), without its
+        idempotency key: two requests with the same fingerprint ask for the same task (what an
+        idempotency key's claim compares)."""
+        data = self.model_dump(mode="json", exclude={"idempotency_key"})
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 class StepStatus(StrEnum):
     PENDING = "pending"
@@ -364,6 +379,8 @@ class PlanRequest(_Strict):
     """What the planner is asked: the task, the tools it may use, and what went wrong last time."""
 
     task_id: str
+    tenant: str = "default"
+    """Whose task it is (model routers account tokens and cost per tenant; not part of the prompt)."""
     description: str
     iteration: int = 1
     allowed_tools: list[str]
@@ -373,6 +390,8 @@ class PlanRequest(_Strict):
 
 class ReviewRequest(_Strict):
     task_id: str
+    tenant: str = "default"
+    """Whose task it is (as :attr:`PlanRequest.tenant`)."""
     description: str
     iteration: int
     plan: Plan
@@ -433,3 +452,89 @@ class TaskRecord(_Strict):
         data = self.model_dump(mode="json")
         data["progress"] = self.progress
         return data
+
+
+# --------------------------------------------------------------------------------------------------
+# What the store keeps about a task besides its record, as the API answers it (events, the dead-letter
+# queue, approvals)
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime (a naive one is taken as UTC: SQLite keeps datetimes without offset)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+StoredAt = Annotated[
+    datetime,
+    AfterValidator(_as_utc),
+    PlainSerializer(lambda moment: moment.isoformat(), return_type=str, when_used="json"),
+]
+"""A moment the store recorded: UTC, in JSON as ISO 8601 with a ``+00:00`` offset."""
+
+
+class TaskEvent(_Strict):
+    """One stored transition of a task (``GET /v1/tasks/{id}/events``), in the order written."""
+
+    kind: str
+    data: dict[str, Any]
+    """What the transition recorded, as JSON data (values JSON cannot hold were stored as strings)."""
+    at: StoredAt
+
+
+class DlqEntry(_Strict):
+    """A dead-lettered task as listed (``GET /v1/dlq``), newest first."""
+
+    task_id: str
+    tenant: str
+    reason: str
+    trace_id: str | None = None
+    created_at: StoredAt
+    """When the task was (last) put in the queue."""
+    description: str
+
+
+class DlqStepError(_Strict):
+    """A failed step of a dead-lettered task."""
+
+    step_id: str
+    action: str
+    attempts: int
+    error: StepError
+
+
+class DlqDetail(DlqEntry):
+    """One dead-lettered task (``GET /v1/dlq/{task_id}``): the listed fields, the full record, its
+    last plan and the steps that failed."""
+
+    record: TaskRecord
+    plan: Plan | None = None
+    step_errors: list[DlqStepError] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, entry: DlqEntry, record: TaskRecord) -> DlqDetail:
+        """The detail of ``entry``, whose full record is ``record``."""
+        step_errors = [
+            DlqStepError(step_id=step.step_id, action=step.action, attempts=step.attempts, error=step.error)
+            for step in record.steps
+            if step.error is not None
+        ]
+        return cls(**dict(entry), record=record, plan=record.plan, step_errors=step_errors)
+
+
+ApprovalVerdict = Literal["approved", "rejected"]
+APPROVAL_VERDICTS: tuple[str, ...] = get_args(ApprovalVerdict)
+
+
+class ApprovalDecision(_Strict):
+    """The first decision on a step that waits for a person (``GET /v1/tasks/{id}/approvals/{step}``).
+
+    In the store ``step_id`` is the step's idempotency key (a decision belongs to one round's step);
+    the API answers with the step id the client named."""
+
+    task_id: str
+    step_id: str
+    decision: ApprovalVerdict
+    decided_by: str
+    reason: str | None = None
+    decided_at: StoredAt

@@ -30,3 +30,17 @@ class StoreError(OfficerayError):
 class StoreUnavailableError(StoreError):
     """The store cannot be reached now (server down, connection refused, pool exhausted, SQLite locked
     past its busy timeout). Transient: HTTP callers answer 503 with ``Retry-After`` and retry later."""
+
+
+class OrchestratorUnavailableError(OfficerayError):
+    """An orchestrator shard cannot be reached now: it did not answer within the client's call
+    timeout (restarting, overloaded) or is down even after looking for its restarted incarnation.
+    Transient: HTTP callers answer 503 with ``Retry-After`` and retry later."""
+
+
+class IdempotencyConflictError(OfficerayError):
+    """An idempotency key already names a task created from a different request (HTTP 409)."""
+
+
+class ApprovalConflictError(OfficerayError):
+    """A step cannot be decided: it does not wait for approval, or it was decided already (HTTP 409)."""

@@ -3,8 +3,9 @@
 * :class:`ScriptedPlanner` / :class:`ScriptedReviewer` answer from a script (plans, reviews, or
   exceptions to raise) and record every request; :meth:`assert_consumed` fails a test that ended
   with answers left over.
-* :class:`InMemoryStore` keeps records, events, step results, leases, the dead-letter queue and
-  tenant usage in dicts.
+* :class:`InMemoryStore` is the store's async API in dicts (records, events, step results, leases,
+  the dead-letter queue, idempotency keys, approvals, tenant usage); it passes the store's
+  conformance suite.
 * :class:`InMemoryApprovals` is the approvals port: a test decides steps with ``decide``.
 * :class:`FunctionExecutor` runs steps by calling a Python function per action.
 * :func:`in_memory_tracer` gives an OpenTelemetry tracer whose finished spans can be inspected.
@@ -13,8 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -22,6 +25,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from officeray.contracts import (
+    ApprovalDecision,
+    ApprovalVerdict,
+    DlqDetail,
+    DlqEntry,
     ErrorType,
     ModelUsage,
     Plan,
@@ -33,8 +40,24 @@ from officeray.contracts import (
     StepError,
     StepOutcome,
     StepResult,
+    StepStatus,
+    TaskEvent,
     TaskRecord,
+    TaskRequest,
     TaskStatus,
+    utcnow,
+)
+from officeray.store.api import (
+    CLAIM_LIMIT,
+    DLQ_LIST_LIMIT,
+    TASK_LIST_LIMIT,
+    IdempotencyClaim,
+    ResumableTask,
+    TaskStore,
+    as_utc,
+    check_verdict,
+    positive_ttl,
+    require_final,
 )
 
 Scripted = Any  # an answer, an exception to raise, or a callable(request) -> answer
@@ -99,81 +122,303 @@ class ScriptedReviewer:
 
 
 class InMemoryStore:
-    """The workflow's Store port in memory. ``events[task_id]`` lists ``(kind, data)`` in order.
+    """The store's async API (:class:`~officeray.store.TaskStore`) in dicts; it passes the same
+    conformance suite as :class:`~officeray.store.SqlStore` (``tests/store``).
 
-    ``leases[task_id]`` is the owner holding the task (a test sets it; a fenced write of another
-    owner is refused); ``dead_letters[task_id]`` the reason a failed task was dead-lettered with, and
-    ``usage[tenant]`` the model usage of the tenant's finished tasks.
+    What a test inspects or sets directly:
+
+    * ``tasks[task_id]``: the stored record; ``requests[task_id]``: the request it was created with;
+    * ``event_log[task_id]``: ``(kind, data)`` of each event in order (:meth:`kinds`: the kinds);
+    * ``step_results[idempotency_key]``;
+    * ``leases[task_id]``: the owner holding the task. A test may set it: a lease set so (without
+      :meth:`acquire_lease`) never expires. A fenced write of another owner is refused;
+    * ``dead_letters``: ``{task_id: reason}`` of the dead-letter queue; ``usage[tenant]``: the model
+      usage of the tenant's finished tasks.
+
+    Like SqlStore, the writes take their snapshot of the record when called, before any await.
     """
 
     def __init__(self) -> None:
         self.tasks: dict[str, TaskRecord] = {}
-        self.events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self.requests: dict[str, TaskRequest] = {}
+        self.event_log: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.step_results: dict[str, StepResult] = {}
         self.leases: dict[str, str] = {}
-        self.dead_letters: dict[str, str] = {}
         self.usage: dict[str, ModelUsage] = {}
+        self._first_stored: dict[str, datetime] = {}
+        """Each task's ``created_at`` when it was first stored (SQL: the ``created_at`` column)."""
+        self._events: dict[str, list[TaskEvent]] = {}
+        self._lease_expiry: dict[str, datetime] = {}
+        self._dlq: dict[str, tuple[DlqEntry, TaskRecord]] = {}
+        self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
+        self._approvals: dict[tuple[str, str], ApprovalDecision] = {}
 
-    # Like SqlStore, the writes take their snapshot of the record when called, before any await
-    # (the Store port's contract): the workflow may change the record while the write is pending.
+    @property
+    def dead_letters(self) -> dict[str, str]:
+        return {task_id: entry.reason for task_id, (entry, _) in self._dlq.items()}
+
+    def kinds(self, task_id: str) -> list[str]:
+        return [kind for kind, _ in self.event_log.get(task_id, [])]
+
+    # -- tasks and events ----------------------------------------------------------------------------
+
+    def create_task(self, record: TaskRecord, request: TaskRequest) -> Coroutine[Any, Any, bool]:
+        return self._create(record.model_copy(deep=True), request.model_copy(deep=True))
+
+    async def _create(self, snapshot: TaskRecord, request: TaskRequest) -> bool:
+        if snapshot.task_id in self.tasks:
+            return False
+        self._first_stored[snapshot.task_id] = as_utc(snapshot.created_at)
+        self.tasks[snapshot.task_id] = snapshot
+        self.requests[snapshot.task_id] = request
+        return True
+
+    async def create_leased_task(
+        self, record: TaskRecord, request: TaskRequest, owner: str, ttl_s: float
+    ) -> bool:
+        snapshot, request = record.model_copy(deep=True), request.model_copy(deep=True)
+        if not await self.acquire_lease(snapshot.task_id, owner, ttl_s):
+            return False
+        if await self._create(snapshot, request):
+            return True
+        await self.release_lease(snapshot.task_id, owner)  # it existed: as SqlStore, no lease is left
+        return False
 
     def save_task(self, record: TaskRecord) -> Coroutine[Any, Any, None]:
-        return self._put_task(record.model_copy(deep=True))
+        return self._put_task(self._stored(record))
 
     async def _put_task(self, snapshot: TaskRecord) -> None:
+        self._first_stored.setdefault(snapshot.task_id, as_utc(snapshot.created_at))
         self.tasks[snapshot.task_id] = snapshot
 
-    async def get_task(self, task_id: str) -> TaskRecord | None:
-        return self.tasks.get(task_id)
+    @staticmethod
+    def _stored(record: TaskRecord) -> TaskRecord:
+        """The snapshot of ``record`` as stored now (``updated_at``)."""
+        return record.model_copy(deep=True, update={"updated_at": utcnow()})
 
     def save_transition(
         self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
     ) -> Coroutine[Any, Any, bool]:
-        return self._put_transition(record.model_copy(deep=True), kind, dict(data), owner)
+        return self._put_transition(self._stored(record), self._event(kind, data), owner)
+
+    @staticmethod
+    def _event(kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any], TaskEvent]:
+        """The raw ``(kind, data)`` and the stored event (its data as JSON data, as SQL keeps it)."""
+        stored = json.loads(json.dumps(data, default=str))
+        return kind, dict(data), TaskEvent(kind=kind, data=stored, at=utcnow())
 
     async def _put_transition(
-        self, snapshot: TaskRecord, kind: str, data: dict[str, Any], owner: str | None
+        self, snapshot: TaskRecord, event: tuple[str, dict[str, Any], TaskEvent], owner: str | None
     ) -> bool:
         if owner is not None and self.leases.get(snapshot.task_id) != owner:
             return False
-        self.tasks[snapshot.task_id] = snapshot
-        self.events.setdefault(snapshot.task_id, []).append((kind, data))
+        await self._put_task(snapshot)
+        self._put_event(snapshot.task_id, event)
         return True
+
+    def _put_event(self, task_id: str, event: tuple[str, dict[str, Any], TaskEvent]) -> None:
+        kind, data, stored = event
+        self.event_log.setdefault(task_id, []).append((kind, data))
+        self._events.setdefault(task_id, []).append(stored)
 
     def finish_task(
         self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
     ) -> Coroutine[Any, Any, bool]:
-        """The final record and event, a failed task's dead-letter entry and the usage, at once."""
-        if not record.status.is_final:
-            raise ValueError(f"the end of a run needs a final record, not a {record.status.value} one")
-        return self._put_end(record.model_copy(deep=True), kind, dict(data), owner)
+        require_final(record)
+        return self._put_end(self._stored(record), self._event(kind, data), owner)
 
     async def _put_end(
-        self, snapshot: TaskRecord, kind: str, data: dict[str, Any], owner: str | None
+        self, snapshot: TaskRecord, event: tuple[str, dict[str, Any], TaskEvent], owner: str | None
     ) -> bool:
-        if not await self._put_transition(snapshot, kind, data, owner):
+        if not await self._put_transition(snapshot, event, owner):
             return False
         if snapshot.status == TaskStatus.FAILED:
-            self.dead_letters[snapshot.task_id] = snapshot.error or "failed"
+            self._put_dead_letter(snapshot, snapshot.error or "failed")
         if snapshot.usage.calls:
-            self.usage[snapshot.tenant] = self.usage.get(snapshot.tenant, ModelUsage()) + snapshot.usage
+            self._add_usage(snapshot.tenant, snapshot.usage)
         return True
 
-    async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
-        self.events.setdefault(task_id, []).append((kind, dict(data)))
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        found = self.tasks.get(task_id)
+        return None if found is None else found.model_copy(deep=True)
+
+    async def get_request(self, task_id: str) -> TaskRequest | None:
+        found = self.requests.get(task_id)
+        return None if found is None else found.model_copy(deep=True)
+
+    async def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = TASK_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        newest = sorted(self.tasks, key=self._first_stored.__getitem__, reverse=True)
+        chosen = [self.tasks[t] for t in newest if status is None or self.tasks[t].status == status]
+        return [record.model_copy(deep=True) for record in chosen[:limit]]
+
+    def _resumable(self, task_ids: Iterable[str]) -> list[ResumableTask]:
+        return [
+            ResumableTask(self.tasks[t].model_copy(deep=True), self.requests[t].model_copy(deep=True))
+            for t in task_ids
+        ]
+
+    def _unfinished_ids(self) -> list[str]:
+        """Unfinished tasks that have a request, oldest first."""
+        ids = [t for t, r in self.tasks.items() if not r.status.is_final and t in self.requests]
+        return sorted(ids, key=lambda t: (self._first_stored[t], t))
+
+    async def unfinished(self) -> list[ResumableTask]:
+        return self._resumable(self._unfinished_ids())
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Coroutine[Any, Any, None]:
+        return self._append(task_id, self._event(kind, data))
+
+    async def _append(self, task_id: str, event: tuple[str, dict[str, Any], TaskEvent]) -> None:
+        self._put_event(task_id, event)
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        return [event.model_copy(deep=True) for event in self._events.get(task_id, [])]
+
+    # -- step results and usage ----------------------------------------------------------------------
 
     def save_step_result(self, task_id: str, result: StepResult) -> Coroutine[Any, Any, None]:
         return self._put_step_result(result.model_copy(deep=True))
 
     async def _put_step_result(self, snapshot: StepResult) -> None:
-        self.step_results[snapshot.idempotency_key] = snapshot
+        recorded = self.step_results.get(snapshot.idempotency_key)
+        if recorded is None or recorded.status != StepStatus.SUCCEEDED:  # a recorded success is final
+            self.step_results[snapshot.idempotency_key] = snapshot
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None:
         found = self.step_results.get(idempotency_key)
         return None if found is None else found.model_copy(deep=True)
 
-    def kinds(self, task_id: str) -> list[str]:
-        return [kind for kind, _ in self.events.get(task_id, [])]
+    def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> Coroutine[Any, Any, None]:
+        return self._add_usage_later(tenant, usage.model_copy())
+
+    async def _add_usage_later(self, tenant: str, usage: ModelUsage) -> None:
+        self._add_usage(tenant, usage)
+
+    def _add_usage(self, tenant: str, usage: ModelUsage) -> None:
+        self.usage[tenant] = self.usage.get(tenant, ModelUsage()) + usage
+
+    async def tenant_usage(self, tenant: str) -> ModelUsage:
+        return self.usage.get(tenant, ModelUsage()).model_copy()
+
+    # -- leases --------------------------------------------------------------------------------------
+
+    def _held_at(self, task_id: str, now: datetime) -> str | None:
+        """Who holds the lease at ``now`` (a lease a test set without expiry never expires)."""
+        owner = self.leases.get(task_id)
+        expires = self._lease_expiry.get(task_id)
+        return owner if owner is not None and (expires is None or expires > now) else None
+
+    def _may_lease(self, task_id: str, owner: str, now: datetime | None = None) -> bool:
+        held = self._held_at(task_id, as_utc(now))
+        return held is None or held == owner
+
+    async def acquire_lease(
+        self, task_id: str, owner: str, ttl_s: float, now: datetime | None = None
+    ) -> bool:
+        moment = as_utc(now)
+        expires = moment + positive_ttl(ttl_s)
+        if not self._may_lease(task_id, owner, moment):
+            return False
+        self.leases[task_id], self._lease_expiry[task_id] = owner, expires
+        return True
+
+    async def renew_leases(self, owner: str, ttl_s: float, now: datetime | None = None) -> int:
+        expires = as_utc(now) + positive_ttl(ttl_s)
+        mine = [task_id for task_id, holder in self.leases.items() if holder == owner]
+        for task_id in mine:
+            self._lease_expiry[task_id] = expires
+        return len(mine)
+
+    async def release_lease(self, task_id: str, owner: str) -> bool:
+        if self.leases.get(task_id) != owner:
+            return False
+        del self.leases[task_id]
+        self._lease_expiry.pop(task_id, None)
+        return True
+
+    async def lease_owner(self, task_id: str, now: datetime | None = None) -> str | None:
+        return self._held_at(task_id, as_utc(now))
+
+    async def claimable_unfinished(
+        self, owner: str, ttl_s: float, now: datetime | None = None, limit: int = CLAIM_LIMIT
+    ) -> list[ResumableTask]:
+        moment = as_utc(now)
+        expires = moment + positive_ttl(ttl_s)
+        claimed = [t for t in self._unfinished_ids() if self._held_at(t, moment) is None][:limit]
+        for task_id in claimed:
+            self.leases[task_id], self._lease_expiry[task_id] = owner, expires
+        return self._resumable(claimed)
+
+    # -- dead-letter queue ---------------------------------------------------------------------------
+
+    async def dead_letter(self, record: TaskRecord, reason: str) -> None:
+        self._put_dead_letter(record.model_copy(deep=True), reason)
+
+    def _put_dead_letter(self, snapshot: TaskRecord, reason: str) -> None:
+        entry = DlqEntry(
+            task_id=snapshot.task_id,
+            tenant=snapshot.tenant,
+            reason=reason,
+            trace_id=snapshot.trace_id,
+            created_at=utcnow(),
+            description=snapshot.description,
+        )
+        self._dlq[snapshot.task_id] = (entry, snapshot)
+
+    async def dlq_list(self, tenant: str | None = None, limit: int = DLQ_LIST_LIMIT) -> list[DlqEntry]:
+        entries = [entry for entry, _ in self._dlq.values() if tenant is None or entry.tenant == tenant]
+        entries.sort(key=lambda entry: entry.task_id)
+        entries.sort(key=lambda entry: entry.created_at, reverse=True)  # newest first, ties by task id
+        return [entry.model_copy() for entry in entries[:limit]]
+
+    async def dlq_get(self, task_id: str) -> DlqDetail | None:
+        found = self._dlq.get(task_id)
+        return None if found is None else DlqDetail.of(found[0], found[1].model_copy(deep=True))
+
+    async def dlq_remove(self, task_id: str) -> bool:
+        return self._dlq.pop(task_id, None) is not None
+
+    # -- idempotency keys and approvals --------------------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, tenant: str, key: str, body_sha256: str, task_id: str
+    ) -> IdempotencyClaim:
+        bound_sha, bound_task = self._idempotency.setdefault((tenant, key), (body_sha256, task_id))
+        return IdempotencyClaim(bound_task, bound_sha == body_sha256)
+
+    async def decide_approval(
+        self,
+        task_id: str,
+        step_id: str,
+        decision: ApprovalVerdict,
+        decided_by: str,
+        reason: str | None = None,
+    ) -> bool:
+        check_verdict(decision)
+        if (task_id, step_id) in self._approvals:
+            return False
+        self._approvals[(task_id, step_id)] = ApprovalDecision(
+            task_id=task_id,
+            step_id=step_id,
+            decision=decision,
+            decided_by=decided_by,
+            reason=reason,
+            decided_at=utcnow(),
+        )
+        return True
+
+    async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None:
+        found = self._approvals.get((task_id, step_id))
+        return None if found is None else found.model_copy()
+
+    def close(self) -> None:
+        """Nothing to release (the API's ``close``)."""
+
+
+if TYPE_CHECKING:  # mypy checks that the fake implements the store's whole API
+    _implements: TaskStore = InMemoryStore()
 
 
 class InMemoryApprovals:

@@ -3,8 +3,8 @@
 The workflow decides; it does no I/O of its own. Everything it touches is a port (a
 ``typing.Protocol``): the planner, the reviewer, the step executor, the store and an OpenTelemetry
 tracer. On a cluster those are Serve deployment handles, Ray actors and SQLite/Postgres; in a unit
-test they are the fakes of :mod:`officeray.testing`. The clock's sleep and the random source for
-retry jitter are injected too.
+test they are the fakes of :mod:`officeray.testing`. The wall clock (``now``: timestamps and the
+``maximum_duration_s`` cap), the retry sleep and the random source for retry jitter are injected too.
 
 One round (an *iteration*):
 
@@ -16,14 +16,19 @@ One round (an *iteration*):
 
 A planner that cannot plan the task (:class:`~officeray.errors.PlanningError`) fails it at once.
 After ``max_iterations`` rounds without approval the task fails with the last feedback.
+
+Why one file of this length: the state machine is one run object whose transitions share its
+state (record, counters, caps, the write lock); split, one transition table would be scattered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
@@ -60,6 +65,8 @@ from officeray.dag import run_dag
 from officeray.errors import PlanningError
 from officeray.telemetry import inject_context, trace_id_hex
 from officeray.validate import parse_plan, validate_plan
+
+logger = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 200
 """Log lines kept in a task record; older ones are dropped first."""
@@ -154,6 +161,7 @@ class Workflow:
         owner: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.planner = planner
         self.reviewer = reviewer
@@ -173,11 +181,25 @@ class Workflow:
         write is refused and the run stops with :class:`RunSupersededError`. None: no leases."""
         self._sleep = sleep
         self._rand = rand
+        self._now = now
+        """The wall clock (aware UTC): the record's timestamps and the ``maximum_duration_s`` cap."""
 
     async def run(self, request: TaskRequest, task_id: str, record: TaskRecord | None = None) -> TaskRecord:
-        """Run one task to a final state and return its record (never raises for task failures)."""
+        """Run one task to a final state and return its record (never raises for task failures).
+
+        A bug that escapes the loop (an unexpected exception) fails the task with ``internal error:
+        ...``, written as every end of a run is (:meth:`_TaskRun.finish`). Raises only
+        :class:`RunSupersededError` (another run holds the task now) and what a write of the end
+        itself raises (the store is unreachable: the task stays unfinished and is resumed later).
+        """
         run = _TaskRun(self, request, task_id, record)
-        return await run.execute()
+        try:
+            return await run.execute()
+        except RunSupersededError:
+            raise
+        except Exception as exc:
+            logger.exception("task %s crashed", task_id)
+            return await run.finish(TaskStatus.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
 
 
 class _TaskRun:
@@ -187,7 +209,10 @@ class _TaskRun:
         self.wf = wf
         self.request = request
         self.task_id = task_id
-        self.record = record or TaskRecord(task_id=task_id, description=request.description)
+        now = wf._now()
+        self.record = record or TaskRecord(
+            task_id=task_id, description=request.description, created_at=now, updated_at=now
+        )
         self.record.tenant = request.tenant
         self.budget = request.token_budget or wf.token_budget
         self.policy = request.retry_policy or wf.settings.retry_policy
@@ -198,7 +223,8 @@ class _TaskRun:
     # -- persistence --------------------------------------------------------------------------
 
     def log(self, message: str, level: str = "info") -> None:
-        self.record.logs.append(LogLine(message=message, level=level))  # type: ignore[arg-type]
+        line = LogLine(at=self.wf._now(), message=message, level=level)  # type: ignore[arg-type]
+        self.record.logs.append(line)
         del self.record.logs[:-MAX_LOG_LINES]
 
     async def persist(self, kind: str, **data: Any) -> None:
@@ -209,7 +235,7 @@ class _TaskRun:
         """``save(record, kind, event, owner=...)``; a refused write (another owner holds the task's
         lease now) stops this run: :class:`RunSupersededError`."""
         async with self._lock:
-            self.record.updated_at = utcnow()
+            self.record.updated_at = self.wf._now()
             event = {"status": self.record.status.value, **data}
             # shielded: a run stopped half-way (its lease went to another orchestrator) never leaves
             # a record without its event
@@ -242,7 +268,7 @@ class _TaskRun:
         self.record.result = result
         self.record.error = error
         self.record.current_step = None
-        self.record.finished_at = utcnow()
+        self.record.finished_at = self.wf._now()
         self.log(f"task {status.value}" + (f": {error}" if error else ""), "error" if error else "info")
         await self._write(self.wf.store.finish_task, status.value, {"error": error})
         return self.record
@@ -303,7 +329,7 @@ class _TaskRun:
         """Seconds left before the wall-clock cap (``maximum_duration_s``, counted from the start of
         this run: acceptance, or the DLQ retry); what a step, an approval wait or a model call may
         still take."""
-        elapsed = (utcnow() - (self.record.run_started_at or self.record.created_at)).total_seconds()
+        elapsed = (self.wf._now() - (self.record.run_started_at or self.record.created_at)).total_seconds()
         return self.effective_policy().maximum_duration_s - elapsed
 
     def _model_call_timeout_s(self) -> float:
@@ -420,6 +446,7 @@ class _TaskRun:
         await self.persist("planning", iteration=iteration)
         request = PlanRequest(
             task_id=self.task_id,
+            tenant=self.request.tenant,
             description=self.request.description,
             iteration=iteration,
             allowed_tools=list(allowed),
@@ -545,7 +572,7 @@ class _TaskRun:
             action=step.action,
             idempotency_key=step.idempotency_key,
             status=StepStatus.WAITING_APPROVAL,
-            started_at=utcnow(),
+            started_at=self.wf._now(),
         )
         self._set_step(waiting)
         self._waiting += 1
@@ -591,8 +618,8 @@ class _TaskRun:
             idempotency_key=step.idempotency_key,
             status=StepStatus.FAILED,
             error=error,
-            started_at=utcnow(),
-            finished_at=utcnow(),
+            started_at=self.wf._now(),
+            finished_at=self.wf._now(),
         )
 
     async def _run_step(self, step: PlanStep, inputs: dict[str, Any]) -> StepResult:
@@ -614,7 +641,7 @@ class _TaskRun:
             action=step.action,
             idempotency_key=step.idempotency_key,
             status=StepStatus.RUNNING,
-            started_at=utcnow(),
+            started_at=self.wf._now(),
         )
         self._set_step(result)
         self.record.current_step = step.step_id
@@ -648,7 +675,7 @@ class _TaskRun:
             span.set_attribute("officeray.attempts", result.attempts)
             if outcome.error is not None:
                 span.set_status(Status(StatusCode.ERROR, outcome.error.type.value))
-        result.finished_at = utcnow()
+        result.finished_at = self.wf._now()
         result.output = outcome.output
         result.error = outcome.error
         result.status = StepStatus.SUCCEEDED if outcome.error is None else StepStatus.FAILED
@@ -699,6 +726,7 @@ class _TaskRun:
         await self.persist("reviewing", iteration=iteration)
         request = ReviewRequest(
             task_id=self.task_id,
+            tenant=self.request.tenant,
             description=self.request.description,
             iteration=iteration,
             plan=plan,

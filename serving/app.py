@@ -5,6 +5,12 @@
 ``serve.<role>`` settings: fixed ``num_replicas`` or ``autoscaling`` (min/max replicas, target
 ongoing requests), ``max_ongoing_requests``, ``max_queued_requests`` (past it: backpressure) and
 health-check period and timeout.
+
+It is the composition root of the models: the orchestrators call the planner and reviewer through
+the workflow's ports, :class:`~serving.models.ServePlanner` and :class:`~serving.models.ServeReviewer`
+over the deployments' handles, built here and handed to the gateway, which creates the orchestrator
+shards with them (:class:`actors.orchestrator.ModelPorts`; :mod:`actors` never imports
+:mod:`serving`). Serve turns the deployments bound inside them into handles when the app is built.
 """
 
 from __future__ import annotations
@@ -13,10 +19,18 @@ from typing import Any
 
 from ray.serve import Application
 
-from officeray.config import DeploymentSettings, Settings, load_settings
+from actors.orchestrator import ModelPorts
+from officeray.config import DeploymentSettings, Settings, absolutize, load_settings
 from officeray.errors import ConfigError
+from officeray.tools.catalog import build_catalog
 from serving.gateway import Gateway
-from serving.models import AiToolDeployment, PlannerDeployment, ReviewerDeployment
+from serving.models import (
+    AiToolDeployment,
+    PlannerDeployment,
+    ReviewerDeployment,
+    ServePlanner,
+    ServeReviewer,
+)
 
 
 def deployment_options(dep: DeploymentSettings) -> dict[str, Any]:
@@ -44,8 +58,9 @@ def build_app(settings: Settings) -> Application:
     planner = planner_dep.options(**deployment_options(serve_cfg.planner)).bind(settings)
     reviewer = reviewer_dep.options(**deployment_options(serve_cfg.reviewer)).bind(settings)
     ai_tool = ai_tool_dep.options(**deployment_options(serve_cfg.ai_tool)).bind(settings)
+    ports = ModelPorts(planner=ServePlanner(planner), reviewer=ServeReviewer(reviewer), ai_tool=ai_tool)
     app: Application = gateway_dep.options(**deployment_options(serve_cfg.gateway)).bind(
-        settings, planner, reviewer, ai_tool
+        settings, planner, reviewer, ai_tool, ports
     )
     return app
 
@@ -62,8 +77,6 @@ def app_builder(args: dict[str, Any]) -> Application:
     ``{"models.planner": [...], "runners.autoscaling": {"max_runners": 64}}``, so a Serve config
     file (``cluster/serve_config.yaml``) can carry officeray's settings itself.
     """
-    from cluster.prepare import absolutize, check_tools
-
     unknown = set(args) - APP_BUILDER_ARGS
     if unknown:
         raise ConfigError(f"unknown app args {sorted(unknown)}; expected {sorted(APP_BUILDER_ARGS)}")
@@ -73,5 +86,5 @@ def app_builder(args: dict[str, Any]) -> Application:
             f"app args 'settings' must be a mapping of dotted keys, not {type(overrides).__name__}"
         )
     settings = absolutize(load_settings(args.get("config_file"), **overrides))
-    check_tools(settings)
+    build_catalog(settings)  # a bad plugin or tools: section fails here, before any deployment
     return build_app(settings)

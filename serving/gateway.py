@@ -55,9 +55,14 @@ The full API (``/v1``):
 
 Idempotency: ``POST /v1/tasks`` with an ``Idempotency-Key`` header (or ``idempotency_key`` in the
 body) answers the task first created with that key by that tenant (200) instead of creating another;
-the same key with a different request answers 409. The key is claimed before the task is submitted;
-a claim whose task never got created (the submission failed) is taken over by the next identical
-request, so a retry after a failure creates the task.
+the same key with a different request answers 409. The orchestrator claims the key and creates the
+task in one call (:meth:`actors.client.OrchestratorClient.submit`); a claim whose task never got
+created (the submission failed half-way) is taken over by the next identical request, so a retry
+after a failure creates the task.
+
+The gateway talks to the orchestrators only through :class:`actors.client.OrchestratorClient`
+(submissions, long polls, DLQ retries, approval decisions, health); it reads tasks from the store
+itself and writes nothing there.
 
 Bad input answers 4xx with a message (422 for a body that does not match the schema, with one
 entry per bad field; 413 for a body over :data:`MAX_REQUEST_BYTES`), an unknown id answers 404, and
@@ -65,10 +70,12 @@ a store that cannot be reached answers 503 with ``Retry-After``: nothing of the 
 Every error answer is ``{"detail": "...", "code": "..."}`` (plus ``errors`` or ``reasons`` where
 there are several): ``code`` is one of :data:`ERROR_CODES`' values or a more precise one
 (``task_not_found``, ``unknown_tools``, ``invalid_plan``, ``idempotency_conflict``...).
+
+Why one file of this length: Serve's ingress is one class whose routes share its state, and
+``serve.ingress`` pickles it with the module globals its routes use, so the helpers live beside it.
 """
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -81,31 +88,37 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
-from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.orchestrator import get_or_create_orchestrator, shard_of
+from actors.client import OrchestratorClient, create_client
+from actors.orchestrator import ModelPorts
 from officeray.config import Settings
 from officeray.contracts import (
     MAX_TASK_DESCRIPTION_CHARS,
+    DlqDetail,
     StepResult,
     StepStatus,
     TaskRecord,
     TaskRequest,
     TaskStatus,
     WorkflowRetryPolicy,
-    new_id,
 )
-from officeray.errors import ModelUnavailableError, StoreUnavailableError, TaskNotFoundError
+from officeray.errors import (
+    ApprovalConflictError,
+    IdempotencyConflictError,
+    ModelUnavailableError,
+    OrchestratorUnavailableError,
+    StoreUnavailableError,
+    TaskNotFoundError,
+)
 from officeray.store import SqlStore
 from officeray.telemetry import read_trace
+from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.validate import validate_plan
 from serving.chat_api import make_chat_router
 from serving.models import call_with_backpressure, unwrap_chat_reply
 from serving.tiers.base import BackpressureError, ModelAnswer, ModelCall, Role
-from tools_sandbox.catalog import all_tools, input_models
-from tools_sandbox.plugins import load_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +126,6 @@ HEALTH_TIMEOUT_S = 5.0
 
 HEALTH_RUNNER_FIELDS = ("runners", "idle", "starting", "waiting_steps")
 """The tool-runner pool figures ``/healthz`` reports, summed over the orchestrator shards."""
-
-ORCHESTRATOR_CALL_TIMEOUT_S = 30.0
-"""Longest wait for an orchestrator call from a request (a restarting shard answers 503 after it)."""
 
 MAX_REQUEST_BYTES = 1024 * 1024
 """Largest request body accepted (1 MiB); a larger one answers 413 before it is parsed."""
@@ -128,10 +138,6 @@ DLQ_LIST_MAX = 1000
 
 MAX_WAIT_S = 30.0
 """Longest long poll (``GET /v1/tasks/{task_id}?wait_s=``)."""
-
-WAIT_GRACE_S = 5.0
-"""How much longer than ``wait_s`` the gateway waits for the orchestrator's answer before it reads
-the store instead."""
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
@@ -275,19 +281,26 @@ async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+@app.exception_handler(OrchestratorUnavailableError)
+async def _orchestrator_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("orchestrator unavailable: %s", exc)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": _first_line(exc), "code": "orchestrator_unavailable"},
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
+@app.exception_handler(IdempotencyConflictError)
+async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": _first_line(exc), "code": "idempotency_conflict"})
+
+
 def _first_line(exc: BaseException) -> str:
     """The message of an error without the traceback Ray adds to errors raised in an actor."""
     cause = getattr(exc, "cause", None)  # RayTaskError carries the original exception
     text = str(cause if isinstance(cause, BaseException) else exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def request_fingerprint(task: TaskRequest) -> str:
-    """sha256 of the request as canonical JSON (sorted keys, defaults filled in), without its
-    idempotency key: two requests with the same fingerprint ask for the same task."""
-    data = task.model_dump(mode="json", exclude={"idempotency_key"})
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class ApprovalRequest(BaseModel):
@@ -454,9 +467,8 @@ def task_request_from(body: TaskSubmission, default_policy: WorkflowRetryPolicy)
         raise ApiError(422, f"invalid task request: {summary}", ERROR_CODES[422], errors=errors) from None
 
 
-def check_allowed_tools(names: list[str] | None) -> None:
-    """422 (``unknown_tools``) naming the tools that are not registered."""
-    registered = all_tools()
+def check_allowed_tools(names: list[str] | None, registered: ToolCatalog) -> None:
+    """422 (``unknown_tools``) naming the tools that are not in the catalog."""
     unknown = sorted(set(names or ()) - set(registered))
     if unknown:
         raise ApiError(
@@ -467,12 +479,12 @@ def check_allowed_tools(names: list[str] | None) -> None:
         )
 
 
-def check_ready_plan(task: TaskRequest) -> None:
+def check_ready_plan(task: TaskRequest, catalog: ToolCatalog) -> None:
     """422 (``invalid_plan``) with the validator's reasons when the task's ready plan is refused."""
     if task.plan is None:
         return
     task_id = task.task_id or "new-task"  # the plan runs under the task's id, whatever it says
-    tools = input_models()
+    tools = catalog.input_models()
     allowed = task.allowed_tools if task.allowed_tools is not None else sorted(tools)
     reasons = validate_plan(
         task.ready_plan(task_id) or {}, task_id=task_id, tools=tools, allowed_tools=allowed
@@ -514,31 +526,22 @@ def _idempotency_key(header: str | None, body: str | None) -> str | None:
     return header if header is not None else body
 
 
-def _already_decided(task_id: str, step_id: str, previous: dict[str, Any]) -> str:
-    who = f" by {previous['decided_by']}" if previous.get("decided_by") else ""
-    when = f" at {jsonable_encoder(previous['decided_at'])}" if previous.get("decided_at") else ""
-    return (
-        f"step {step_id!r} of task {task_id!r} was already decided: "
-        f"{previous.get('decision', 'decided')}{who}{when}"
-    )
-
-
 # serve.ingress pickles the app (and so these methods, with the module globals they use) when the
 # class is decorated: every helper the routes call must be defined above this line.
 @serve.deployment(name="Gateway")
 @serve.ingress(app)
 class Gateway:
-    def __init__(self, settings: Settings, planner: Any, reviewer: Any, ai_tool: Any) -> None:
+    """The ingress. ``planner``/``reviewer``/``ai_tool`` are the role deployments' handles (the chat
+    routes call them); ``ports`` are what the orchestrators call, built by the composition root
+    (:func:`serving.app.build_app`): the orchestrator shards are created with them on first use."""
+
+    def __init__(
+        self, settings: Settings, planner: Any, reviewer: Any, ai_tool: Any, ports: ModelPorts
+    ) -> None:
         self.settings = settings
-        load_plugins(settings.plugins)  # plugin tools are known to the allowed_tools and plan checks
+        self.catalog = build_catalog(settings)  # plugin tools are known to the allowed_tools and plan checks
         self.store = SqlStore(settings.store.url)
-        self._model_handles = (planner, reviewer, ai_tool)
-        self.shards = settings.workflow.orchestrators
-        self._background: set[asyncio.Future[None]] = set()
-        self.orchestrators = [
-            get_or_create_orchestrator(settings, planner, reviewer, ai_tool, shard=i)
-            for i in range(self.shards)
-        ]
+        self.orchestrators: OrchestratorClient = create_client(settings, ports)
         _dispatch.handles = {"planner": planner, "reviewer": reviewer, "ai_tool": ai_tool}
 
     @app.post("/v1/tasks", status_code=202)
@@ -587,48 +590,15 @@ class Gateway:
         return TaskLogsView(task_id=record.task_id, logs=log_lines(record))
 
     async def _submit(self, task: TaskRequest, header_key: str | None) -> tuple[TaskRecord, bool]:
-        """Check ``task`` (tools, ready plan), claim its idempotency key, and submit it to its shard;
-        ``(record, created)``. A refused task creates nothing."""
-        check_allowed_tools(task.allowed_tools)
-        check_ready_plan(task)
+        """Check ``task`` (tools, ready plan) and submit it with its idempotency key (claimed with
+        the task, in one orchestrator call); ``(record, created)``. A refused task creates nothing;
+        a key used with another request answers 409 (``idempotency_conflict``)."""
+        check_allowed_tools(task.allowed_tools, self.catalog)
+        check_ready_plan(task, self.catalog)
         key = _idempotency_key(header_key, task.idempotency_key)
         if key is not None:
-            task = await self._claim(task, key)
-        if task.task_id is None:
-            task = task.model_copy(update={"task_id": new_id("task")})
-        assert task.task_id is not None
-        record: TaskRecord
-        created: bool
-        record, created = await self._call_orchestrator(
-            "submit", task, shard=shard_of(task.task_id, self.shards)
-        )
-        return record, created
-
-    async def _claim(self, task: TaskRequest, key: str) -> TaskRequest:
-        """Claim ``(tenant, key)`` for this request; the request to submit, under the claimed id.
-
-        The first claim takes a new task id. A later identical request gets the first one's id:
-        submitting it answers the existing task (or creates it, when the first submission failed
-        after its claim). A different request under the same key is refused with 409.
-        """
-        task_id = task.task_id or new_id("task")
-        # claimed through an orchestrator (its store writer), not this process's own connection
-        claimed_id, same_body = await self._call_orchestrator(
-            "claim_idempotency_key",
-            task.tenant,
-            key,
-            request_fingerprint(task),
-            task_id,
-            shard=shard_of(f"{task.tenant}/{key}", self.shards),
-        )
-        if not same_body:
-            raise ApiError(
-                409,
-                f"idempotency key {key!r} was used with a different request "
-                f"(task {claimed_id}); use a new key for a new task",
-                "idempotency_conflict",
-            )
-        return task.model_copy(update={"task_id": claimed_id, "idempotency_key": key})
+            task = task.model_copy(update={"idempotency_key": key})
+        return await self.orchestrators.submit(task)
 
     @app.get("/v1/tasks/{task_id}")
     async def get_task(
@@ -646,12 +616,8 @@ class Gateway:
     async def _wait_final(self, record: TaskRecord, wait_s: float) -> TaskRecord:
         """The record once final (the orchestrator running it answers the moment it ends), or as
         stored after ``wait_s``."""
-        waiter = self.orchestrators[shard_of(record.task_id, self.shards)]
         try:
-            final: TaskRecord = await asyncio.wait_for(
-                waiter.wait.remote(record.task_id, wait_s), wait_s + WAIT_GRACE_S
-            )
-            return final
+            return await self.orchestrators.wait(record.task_id, wait_s)
         except Exception as exc:  # not final in time, or the shard is restarting: the store answers
             logger.debug("task %s: long poll ended without a final state: %s", record.task_id, exc)
             return await self._record(record.task_id)
@@ -659,7 +625,8 @@ class Gateway:
     @app.get("/v1/tasks/{task_id}/events")
     async def get_events(self, task_id: str) -> dict[str, Any]:
         await self._record(task_id)
-        return {"task_id": task_id, "events": await self.store.events(task_id)}
+        events = await self.store.events(task_id)
+        return {"task_id": task_id, "events": [event.model_dump(mode="json") for event in events]}
 
     @app.get("/v1/tasks/{task_id}/trace")
     async def get_trace(self, task_id: str) -> dict[str, Any]:
@@ -681,18 +648,18 @@ class Gateway:
         limit: Annotated[int, Query(ge=1, le=DLQ_LIST_MAX)] = 100,
     ) -> dict[str, Any]:
         entries = await self.store.dlq_list(tenant, limit)
-        return {"entries": jsonable_encoder(entries), "count": len(entries)}
+        return {"entries": [entry.model_dump(mode="json") for entry in entries], "count": len(entries)}
 
     @app.get("/v1/dlq/{task_id}")
     async def dlq_get(self, task_id: str) -> dict[str, Any]:
         entry = await self._dlq_entry(task_id)
-        return dict(jsonable_encoder(entry))
+        return entry.model_dump(mode="json")
 
     @app.post("/v1/dlq/{task_id}/retry", status_code=202)
     async def dlq_retry(self, task_id: str) -> JSONResponse:
         await self._dlq_entry(task_id)
         try:
-            record = await self._call_orchestrator("retry", task_id, shard=shard_of(task_id, self.shards))
+            record = await self.orchestrators.retry(task_id)
         except TaskNotFoundError:  # taken out of the queue meanwhile (another retry)
             raise HTTPException(
                 status_code=404, detail=f"task {task_id!r} is not in the dead-letter queue"
@@ -701,32 +668,22 @@ class Gateway:
 
     @app.post("/v1/tasks/{task_id}/approvals/{step_id}")
     async def decide_approval(self, task_id: str, step_id: str, body: ApprovalRequest) -> dict[str, Any]:
-        record = await self._record(task_id)
-        step = next((s for s in record.steps if s.step_id == step_id), None)
-        if step is None or step.status != StepStatus.WAITING_APPROVAL:
-            previous = await self.store.get_approval(task_id, step.idempotency_key) if step else None
-            if previous is not None:
-                raise HTTPException(status_code=409, detail=_already_decided(task_id, step_id, previous))
-            state = "has no such step" if step is None else f"is {step.status.value}"
-            raise HTTPException(
-                status_code=409,
-                detail=f"step {step_id!r} of task {task_id!r} is not waiting for approval (it {state})",
-            )
+        """Decided by the task's orchestrator, which stores the decision and wakes the step."""
         decision = _STORED_DECISION[body.decision]
-        key = step.idempotency_key  # decisions belong to this round's step, not to every "s1"
-        if not await self.store.decide_approval(task_id, key, decision, body.by, body.reason):
-            previous = await self.store.get_approval(task_id, key) or {}
-            raise HTTPException(status_code=409, detail=_already_decided(task_id, step_id, previous))
-        stored = await self.store.get_approval(task_id, key) or {}
-        # the decision is durable (the waiting step also polls for it): wake it without waiting
-        self._background.add(task := asyncio.ensure_future(self._notify_all(task_id, key)))
-        task.add_done_callback(self._background.discard)
+        try:
+            stored = await self.orchestrators.decide_approval(
+                task_id, step_id, decision, body.by, body.reason
+            )
+        except TaskNotFoundError:
+            raise ApiError(404, f"task {task_id!r} not found", "task_not_found") from None
+        except ApprovalConflictError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
         return {
             "task_id": task_id,
             "step_id": step_id,
             "decision": decision,
             "decided_by": body.by,
-            "decided_at": jsonable_encoder(stored.get("decided_at")),
+            "decided_at": jsonable_encoder(stored.decided_at),
         }
 
     @app.get("/v1/tasks/{task_id}/approvals/{step_id}")
@@ -738,81 +695,28 @@ class Gateway:
             raise HTTPException(
                 status_code=404, detail=f"no decision for step {step_id!r} of task {task_id!r}"
             )
-        return {**jsonable_encoder(stored), "task_id": task_id, "step_id": step_id}
+        return {**stored.model_dump(mode="json"), "task_id": task_id, "step_id": step_id}
 
     async def check_health(self) -> None:
-        """Serve's periodic health check: reach the orchestrator (after a crash, Ray restarts it and
+        """Serve's periodic health check: reach every orchestrator (after a crash, Ray restarts it and
         this call starts its loops, which resume the tasks it held)."""
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(self._call_orchestrator("in_flight", shard=shard), HEALTH_TIMEOUT_S)
-                for shard in range(self.shards)
-            ),
-            return_exceptions=True,
-        )
-        for shard, result in enumerate(results):
-            if isinstance(result, BaseException):  # the gateway is healthy while an orchestrator restarts
-                logger.warning("orchestrator %d not reachable from the health check: %s", shard, result)
+        for shard, why in (await self.orchestrators.probe(HEALTH_TIMEOUT_S)).items():
+            # the gateway is healthy while an orchestrator restarts
+            logger.warning("orchestrator %d not reachable from the health check: %s", shard, why)
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        shards = range(self.shards)
         try:
-            counts, pools = await asyncio.wait_for(
-                asyncio.gather(
-                    asyncio.gather(*(self._call_orchestrator("in_flight", shard=i) for i in shards)),
-                    # the pool figures are informative: an orchestrator without them is still healthy
-                    asyncio.gather(
-                        *(self._call_orchestrator("pool_stats", shard=i) for i in shards),
-                        return_exceptions=True,
-                    ),
-                ),
-                HEALTH_TIMEOUT_S,
+            in_flight, pools = await asyncio.gather(
+                self.orchestrators.in_flight(HEALTH_TIMEOUT_S),
+                # the pool figures are informative: an orchestrator without them is still healthy
+                self.orchestrators.pool_stats(HEALTH_TIMEOUT_S),
             )
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
-        known = [pool for pool in pools if isinstance(pool, dict)]
-        runners: dict[str, Any] = {key: sum(p.get(key, 0) for p in known) for key in HEALTH_RUNNER_FIELDS}
-        runners["problems"] = sorted({p["placement_problem"] for p in known if p.get("placement_problem")})
-        return JSONResponse({"status": "ok", "tasks_in_flight": sum(counts), "tool_runners": runners})
-
-    async def _notify_all(self, task_id: str, key: str) -> None:
-        """Tell every shard (whichever holds the task wakes its waiting step)."""
-        results = await asyncio.gather(
-            *(self._call_orchestrator("notify_approval", task_id, key, shard=i) for i in range(self.shards)),
-            return_exceptions=True,
-        )
-        for shard, result in enumerate(results):
-            if isinstance(result, BaseException):
-                logger.warning("task %s: notify_approval on shard %d failed: %s", task_id, shard, result)
-
-    async def _call_orchestrator(self, method: str, *args: Any, shard: int = 0) -> Any:
-        """Call orchestrator ``shard``; after it died, find its restarted incarnation once, else 503.
-
-        A shard that does not answer within ``ORCHESTRATOR_CALL_TIMEOUT_S`` (restarting, overloaded)
-        gets a 503 with Retry-After, never a hung request.
-        """
-        for attempt in range(2):
-            try:
-                return await asyncio.wait_for(
-                    getattr(self.orchestrators[shard], method).remote(*args), ORCHESTRATOR_CALL_TIMEOUT_S
-                )
-            except TimeoutError:
-                raise ApiError(
-                    503,
-                    f"the orchestrator did not answer within {ORCHESTRATOR_CALL_TIMEOUT_S:g}s",
-                    "orchestrator_unavailable",
-                    headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
-                ) from None
-            except RayActorError as exc:
-                if attempt:
-                    raise ApiError(
-                        503, f"the orchestrator is unavailable: {exc}", "orchestrator_unavailable"
-                    ) from None
-                self.orchestrators[shard] = get_or_create_orchestrator(
-                    self.settings, *self._model_handles, shard=shard
-                )
-        raise AssertionError("unreachable")
+        runners: dict[str, Any] = {key: sum(p.get(key, 0) for p in pools) for key in HEALTH_RUNNER_FIELDS}
+        runners["problems"] = sorted({p["placement_problem"] for p in pools if p.get("placement_problem")})
+        return JSONResponse({"status": "ok", "tasks_in_flight": in_flight, "tool_runners": runners})
 
     async def _record(self, task_id: str) -> TaskRecord:
         record = await self.store.get_task(task_id)
@@ -820,7 +724,7 @@ class Gateway:
             raise ApiError(404, f"task {task_id!r} not found", "task_not_found")
         return record
 
-    async def _dlq_entry(self, task_id: str) -> dict[str, Any]:
+    async def _dlq_entry(self, task_id: str) -> DlqDetail:
         entry = await self.store.dlq_get(task_id)
         if entry is None:
             raise HTTPException(status_code=404, detail=f"task {task_id!r} is not in the dead-letter queue")

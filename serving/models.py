@@ -13,7 +13,7 @@ and then report the model as unavailable, a retriable failure of the round, neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -24,6 +24,7 @@ from officeray.config import Settings
 from officeray.contracts import ModelCallRecord, Plan, Planned, PlanRequest, Review, Reviewed, ReviewRequest
 from officeray.errors import ModelUnavailableError, PlanningError
 from officeray.telemetry import inject_context, setup_tracing
+from officeray.tools.catalog import build_catalog
 from serving.roles import (
     accept_plan,
     accept_review,
@@ -64,10 +65,6 @@ class RoleModel:
     """A role's router, tools catalog and tracer. One per replica; used by the deployments below."""
 
     def __init__(self, role: Role, settings: Settings) -> None:
-        from tools_sandbox.catalog import all_tools
-        from tools_sandbox.plugins import load_plugins
-
-        load_plugins(settings.plugins)
         self.role = role
         models = settings.models
         chain = getattr(models, role)
@@ -75,7 +72,8 @@ class RoleModel:
         vllm_url = f"http://{settings.serve.host}:{settings.serve.port}/llm/v1"
         tiers = [(cfg, build_tier(cfg, role, vllm_base_url=vllm_url)) for cfg in chain]
         self.router = Router(role, tiers, models.router, models.prices, tracer=tracer)
-        self.tools = {name: (spec.description, spec.input_model) for name, spec in all_tools().items()}
+        catalog = build_catalog(settings)  # this replica's catalog: built-ins + plugins
+        self.tools = {name: (spec.description, spec.input_model) for name, spec in catalog.items()}
 
     async def plan(self, request: PlanRequest, tenant: str, carrier: dict[str, str]) -> ModelReply:
         try:
@@ -182,8 +180,13 @@ def _is_backpressure(exc: BaseException) -> bool:
     return type(exc).__name__ == "BackPressureError"
 
 
-async def call_with_backpressure(method: Any, *args: Any) -> Any:
-    """``await method.remote(*args)``, retrying Serve's backpressure with backoff, then unavailable."""
+async def call_with_backpressure(
+    method: Any, *args: Any, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> Any:
+    """``await method.remote(*args)``, retrying Serve's backpressure with backoff, then unavailable.
+
+    ``sleep`` waits between the retries (tests pass one that records the waits instead).
+    """
     wait = BACKPRESSURE_INITIAL_WAIT_S
     for attempt in range(BACKPRESSURE_RETRIES + 1):
         try:
@@ -195,7 +198,7 @@ async def call_with_backpressure(method: Any, *args: Any) -> Any:
                 raise ModelUnavailableError(
                     f"the model deployment is overloaded (backpressure): {exc}"
                 ) from None
-            await asyncio.sleep(wait)
+            await sleep(wait)
             wait *= 2
     raise AssertionError("unreachable")
 
@@ -207,15 +210,17 @@ def _raise(reply: ModelReply) -> None:
 
 
 class ServePlanner:
-    """The workflow's Planner port over the planner deployment's handle."""
+    """The workflow's Planner port over the planner deployment's handle.
 
-    def __init__(self, handle: DeploymentHandle, tenant_of: Any = None) -> None:
+    Picklable (a handle and nothing else): the composition root (:func:`serving.app.build_app`)
+    builds it and hands it to the orchestrator actors, which never import :mod:`serving`."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
-        self.tenant_of = tenant_of or (lambda _task_id: "default")
 
     async def plan(self, request: PlanRequest) -> Planned:
         reply: ModelReply = await call_with_backpressure(
-            self.handle.plan, request, self.tenant_of(request.task_id), inject_context()
+            self.handle.plan, request, request.tenant, inject_context()
         )
         if reply.plan is None:
             _raise(reply)
@@ -224,15 +229,15 @@ class ServePlanner:
 
 
 class ServeReviewer:
-    """The workflow's Reviewer port over the reviewer deployment's handle."""
+    """The workflow's Reviewer port over the reviewer deployment's handle (picklable, as
+    :class:`ServePlanner`)."""
 
-    def __init__(self, handle: DeploymentHandle, tenant_of: Any = None) -> None:
+    def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
-        self.tenant_of = tenant_of or (lambda _task_id: "default")
 
     async def review(self, request: ReviewRequest) -> Reviewed:
         reply: ModelReply = await call_with_backpressure(
-            self.handle.review, request, self.tenant_of(request.task_id), inject_context()
+            self.handle.review, request, request.tenant, inject_context()
         )
         if reply.review is None:
             _raise(reply)

@@ -19,8 +19,9 @@ GATE_TIMEOUT_S = 300
         [str(BIN / "ruff"), "check", "."],
         [str(BIN / "ruff"), "format", "--check", "."],
         [str(BIN / "mypy")],
+        [str(BIN / "lint-imports")],  # the layers and the core's forbidden imports (pyproject.toml)
     ],
-    ids=["ruff-check", "ruff-format", "mypy"],
+    ids=["ruff-check", "ruff-format", "mypy", "import-layers"],
 )
 def test_gate_is_clean(command: list[str]) -> None:
     proc = subprocess.run(

@@ -31,7 +31,8 @@ import time
 from typing import IO, Any
 
 from officeray.contracts import ErrorType
-from tools_sandbox.agent.limits import MAX_OUTPUT_BYTES, READ_CHUNK_BYTES
+from officeray.limits import MAX_OUTPUT_BYTES
+from tools_sandbox.agent.limits import READ_CHUNK_BYTES
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
 
 GRACE_S = 5.0

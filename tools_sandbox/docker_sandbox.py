@@ -11,7 +11,7 @@ the agent dies.
 Hardening: no network (``network_mode="none"``, only ``lo``), read-only root file system, tmpfs
 ``/workspace`` and ``/tmp`` (size-capped, ``nosuid,nodev``), every capability dropped,
 ``no-new-privileges``, user ``65534:65534`` (nobody), memory limit without swap, CPU quota, pid
-limit, no core dumps. Limits come from :class:`~tools_sandbox.limits.SandboxLimits`.
+limit, no core dumps. Limits come from :class:`~officeray.config.SandboxLimits` (``sandbox.limits``).
 
 The agent itself is the container's init (PID 1; no ``--init``/``tini``): it reaps orphans, and
 nothing the tools run can outlive a call or take root in the container. An init that runs as the
@@ -35,6 +35,9 @@ import time
 import uuid
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from officeray.config import SandboxLimits
 from tools_sandbox._channel import (
     STARTUP_TIMEOUT_S,
     AgentSandbox,
@@ -44,7 +47,6 @@ from tools_sandbox._channel import (
 )
 from tools_sandbox.agent.limits import READ_CHUNK_BYTES
 from tools_sandbox.image import DockerUnavailable, docker_client, ensure_image
-from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.sandbox import SandboxError
 
 SANDBOX_LABEL = "officeray.sandbox"
@@ -77,6 +79,27 @@ DEATH_LOG_CHARS = 1_000
 
 MAX_FRAME_BYTES = 64 * 1024**2
 """A multiplexed frame announcing more than this is treated as a corrupt stream."""
+
+
+class DockerOptions(BaseModel):
+    """The Docker backend's own settings of a container, beside :class:`SandboxLimits`; each default
+    is the constant of the same name above (``DockerSandbox(..., options=...)``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nofile_limit: int = Field(default=NOFILE_LIMIT, ge=16)
+    """:data:`NOFILE_LIMIT`."""
+    log_max_size: str = Field(default=LOG_MAX_SIZE, pattern=r"^[0-9]+[kmg]?$")
+    """:data:`LOG_MAX_SIZE` (Docker's ``json-file`` size syntax: ``1m``, ``500k``)."""
+    log_max_files: int = Field(default=LOG_MAX_FILES, ge=1)
+    """:data:`LOG_MAX_FILES`."""
+    death_wait_s: float = Field(default=DEATH_WAIT_S, gt=0)
+    """:data:`DEATH_WAIT_S`."""
+    death_log_lines: int = Field(default=DEATH_LOG_LINES, ge=1)
+    """:data:`DEATH_LOG_LINES`."""
+    death_log_chars: int = Field(default=DEATH_LOG_CHARS, ge=1)
+    """:data:`DEATH_LOG_CHARS`."""
+
 
 _STDOUT = 1
 
@@ -147,6 +170,7 @@ class DockerSandbox(AgentSandbox):
         client: a ``docker.DockerClient`` (default ``docker.from_env()``).
         startup_timeout_s: how long a new container may take to answer its first ping.
         name_prefix: container names are ``<prefix>-<8 hex>``.
+        options: the Docker-specific settings (default :class:`DockerOptions()`).
     """
 
     def __init__(
@@ -157,8 +181,10 @@ class DockerSandbox(AgentSandbox):
         client: Any = None,
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
         name_prefix: str = "officeray-sandbox",
+        options: DockerOptions | None = None,
     ) -> None:
         self.limits = limits or SandboxLimits()
+        self.options = options or DockerOptions()
         super().__init__(max_output_bytes=self.limits.output_bytes, startup_timeout_s=startup_timeout_s)
         self.image = image
         self.name_prefix = name_prefix
@@ -182,7 +208,7 @@ class DockerSandbox(AgentSandbox):
         """The keyword arguments of ``containers.create`` (without image and name)."""
         from docker.types import LogConfig, Ulimit
 
-        lim = self.limits
+        lim, opts = self.limits, self.options
         return {
             "command": AGENT_COMMAND,
             "stdin_open": True,
@@ -213,10 +239,11 @@ class DockerSandbox(AgentSandbox):
             "labels": {SANDBOX_LABEL: "1", f"{SANDBOX_LABEL}.host_pid": str(os.getpid())},
             "ulimits": [
                 Ulimit(name="core", soft=0, hard=0),
-                Ulimit(name="nofile", soft=NOFILE_LIMIT, hard=NOFILE_LIMIT),
+                Ulimit(name="nofile", soft=opts.nofile_limit, hard=opts.nofile_limit),
             ],
             "log_config": LogConfig(
-                type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)}
+                type="json-file",
+                config={"max-size": opts.log_max_size, "max-file": str(opts.log_max_files)},
             ),
             "hostname": "sandbox",
             "auto_remove": False,
@@ -263,7 +290,7 @@ class DockerSandbox(AgentSandbox):
         if container is None:
             return "the container is gone"
         try:
-            container.wait(timeout=DEATH_WAIT_S)
+            container.wait(timeout=self.options.death_wait_s)
             container.reload()
             state = container.attrs.get("State", {})
         except Exception as exc:
@@ -283,11 +310,11 @@ class DockerSandbox(AgentSandbox):
         if state.get("Error"):
             cause += f" ({state['Error']})"
         try:
-            logs = container.logs(stdout=False, stderr=True, tail=DEATH_LOG_LINES)
+            logs = container.logs(stdout=False, stderr=True, tail=self.options.death_log_lines)
             tail = logs.decode("utf-8", "replace").strip()
         except Exception:
             tail = ""
-        return f"{cause}; agent stderr: {tail[-DEATH_LOG_CHARS:]}" if tail else cause
+        return f"{cause}; agent stderr: {tail[-self.options.death_log_chars :]}" if tail else cause
 
 
 def remove_sandbox_containers(client: Any = None, *, only_exited: bool = False) -> int:

@@ -3,8 +3,10 @@
 This is what a tool runner does for each step; it is a plain function over a :class:`Sandbox` so
 it runs the same under a Ray actor and in a unit test with the local fake sandbox.
 
-Plugin tools (:mod:`tools_sandbox.plugins`) run in the sandbox like the built-ins: the call carries
-the plugin's module source in the protocol's ``plugin`` field (``Sandbox.call(..., plugin=...)``).
+The step's tool is looked up in the catalog it is given (:class:`~officeray.tools.catalog.ToolCatalog`,
+the process's one catalog, built from the settings at start). Plugin tools (:mod:`officeray.tools.plugins`)
+run in the sandbox like the built-ins: the call carries the plugin's module source in the protocol's
+``plugin`` field (``Sandbox.call(..., plugin=...)``).
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
-from tools_sandbox.agent.limits import MAX_STAGED_BYTES, MAX_STAGED_FILES
-from tools_sandbox.catalog import (
+from officeray.tools.catalog import ToolCatalog, builtin_catalog
+from officeray.tools.spec import (
     HostContext,
     HostToolError,
+    PluginRef,
     ToolRuntime,
     ToolSpec,
     describe_input_errors,
-    get_tool,
 )
-from tools_sandbox.plugins import PluginRef, plugin_ref
+from tools_sandbox.limits import StagingLimits
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
 
 STAGED_SUFFIXES = (".py",)
@@ -43,7 +45,9 @@ class StagingError(ValueError):
     """A staged folder is missing, outside the workspace root, or over a limit."""
 
 
-def stage_folder(workspace_root: Path, folder: str, *, confined: bool = True) -> dict[str, str]:
+def stage_folder(
+    workspace_root: Path, folder: str, *, confined: bool = True, limits: StagingLimits | None = None
+) -> dict[str, str]:
     """The Python files under ``workspace_root / folder`` as ``{relative posix path: text}``.
 
     ``confined`` (the setting ``workspace_confined``, on for API clients): the folder must resolve
@@ -54,10 +58,11 @@ def stage_folder(workspace_root: Path, folder: str, *, confined: bool = True) ->
     linking out of the named folder is skipped.
 
     The walk never enters :data:`SKIPPED_DIRS`, hidden folders or symlinked folders. The limits
-    (:data:`MAX_STAGED_FILES`, :data:`MAX_STAGED_BYTES`, the agent's own) are checked before a file
-    is read (from its size), so a huge file costs no memory; the walk stops at the first file over
-    a limit.
+    (``limits``, default :class:`~tools_sandbox.limits.StagingLimits()`: the agent's own) are checked
+    before a file is read (from its size), so a huge file costs no memory; the walk stops at the
+    first file over a limit.
     """
+    limits = limits or StagingLimits()
     root = workspace_root.resolve()
     named = Path(folder) if confined else Path(folder).expanduser()
     target = (root / named).resolve()  # an absolute path replaces ``root``
@@ -77,25 +82,25 @@ def stage_folder(workspace_root: Path, folder: str, *, confined: bool = True) ->
             path = Path(dirpath, name)
             if not path.resolve().is_relative_to(boundary):
                 continue  # a symlink pointing out of the boundary is not followed
-            if len(files) >= MAX_STAGED_FILES:
-                raise _over_limit(folder)
-            text = _read_staged(path, MAX_STAGED_BYTES - total, folder)
+            if len(files) >= limits.max_files:
+                raise _over_limit(folder, limits)
+            text = _read_staged(path, limits.max_bytes - total, folder, limits)
             if text is None:
                 continue  # not a regular file
             total += len(text.encode("utf-8", "surrogatepass"))  # what the agent counts
-            if total > MAX_STAGED_BYTES:
-                raise _over_limit(folder)
+            if total > limits.max_bytes:
+                raise _over_limit(folder, limits)
             files[path.relative_to(target).as_posix()] = text
     return files
 
 
-def _over_limit(folder: str) -> StagingError:
+def _over_limit(folder: str, limits: StagingLimits) -> StagingError:
     return StagingError(
-        f"folder {folder!r} is over the staging limit ({MAX_STAGED_FILES} files, {MAX_STAGED_BYTES} bytes)"
+        f"folder {folder!r} is over the staging limit ({limits.max_files} files, {limits.max_bytes} bytes)"
     )
 
 
-def _read_staged(path: Path, budget: int, folder: str) -> str | None:
+def _read_staged(path: Path, budget: int, folder: str, limits: StagingLimits) -> str | None:
     """The text of ``path``, None when it is not a regular file (a FIFO, a device, ...).
 
     Raises :class:`StagingError` when the file's size is over ``budget`` (before reading anything)
@@ -111,7 +116,7 @@ def _read_staged(path: Path, budget: int, folder: str) -> str | None:
         if not stat.S_ISREG(info.st_mode):
             return None
         if info.st_size > budget:
-            raise _over_limit(folder)
+            raise _over_limit(folder, limits)
         try:
             data = fh.read(info.st_size + 1)  # read(n) allocates n bytes: never more than the size
             if len(data) > info.st_size:  # it grew since fstat: read on, up to the budget
@@ -144,10 +149,15 @@ def _run_host_tool(spec: ToolSpec, inputs: dict[str, Any], context: HostContext)
 
 
 def run_host_step(
-    step: PlanStep, inputs: dict[str, Any], workspace_root: Path, host_context: HostContext | None = None
+    step: PlanStep,
+    inputs: dict[str, Any],
+    workspace_root: Path,
+    host_context: HostContext | None = None,
+    *,
+    catalog: ToolCatalog | None = None,
 ) -> StepOutcome:
     """Run a host-side ``step`` (no sandbox needed) and never raise."""
-    return run_step(None, step, inputs, workspace_root, host_context)
+    return run_step(None, step, inputs, workspace_root, host_context, catalog=catalog)
 
 
 def run_step(
@@ -158,15 +168,17 @@ def run_step(
     host_context: HostContext | None = None,
     *,
     workspace_confined: bool = True,
+    catalog: ToolCatalog | None = None,
 ) -> StepOutcome:
     """Run ``step`` (with references already resolved into ``inputs``) and never raise.
 
-    ``sandbox`` may be None on a runner of host-side tools only; a sandbox tool then fails with
-    ``sandbox_error``. A staged folder is resolved by :func:`stage_folder` against
-    ``workspace_root``, confined to it unless ``workspace_confined`` is False (the setting of the
-    same name)."""
+    The step's tool is looked up in ``catalog`` (default: the built-in tools only; a runner passes
+    its process's catalog, plugins included). ``sandbox`` may be None on a runner of host-side
+    tools only; a sandbox tool then fails with ``sandbox_error``. A staged folder is resolved by
+    :func:`stage_folder` against ``workspace_root``, confined to it unless ``workspace_confined``
+    is False (the setting of the same name)."""
     try:
-        spec = get_tool(step.action)
+        spec = (catalog if catalog is not None else builtin_catalog()).get_tool(step.action)
     except KeyError as exc:
         return _fail(ErrorType.BAD_INPUT, str(exc.args[0]))
     try:
@@ -185,8 +197,7 @@ def run_step(
             )
         except StagingError as exc:
             return _fail(ErrorType.BAD_INPUT, str(exc))
-    ref = plugin_ref(spec)
-    plugin = ref.protocol_field() if ref is not None else None
+    plugin = spec.plugin.protocol_field() if spec.plugin is not None else None
     try:
         result = sandbox.call(
             step.action, checked, timeout_s=step.timeout_seconds, files=files, plugin=plugin

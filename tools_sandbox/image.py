@@ -3,8 +3,10 @@
 The image is ``officeray-sandbox:<version>-<12 hex>``, the hex being a SHA-256 over the Dockerfile,
 every source file of the agent package and every vendored file, so any change to the agent (or an
 upgrade of the host's pydantic) gives a new tag and :func:`ensure_image` reuses an existing tag at
-once. The build context is a temporary folder holding only the Dockerfile,
-``tools_sandbox/__init__.py`` + ``tools_sandbox/plugins.py`` + ``tools_sandbox/agent/**`` and
+once. The build context is a temporary folder holding only the Dockerfile, the files of
+:func:`agent_sources` (``tools_sandbox/__init__.py``, ``tools_sandbox/plugin_call.py``,
+``tools_sandbox/agent/**`` and the slice of the core they import: ``officeray/__init__.py``,
+``officeray/limits.py``, ``officeray/tools/__init__.py``, ``officeray/tools/plugins.py``) and
 ``vendor/``.
 
 ``vendor/`` is pydantic and its runtime dependencies (today pydantic-core, typing-extensions,
@@ -51,6 +53,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import officeray
+
 IMAGE_REPOSITORY = "officeray-sandbox"
 DEFAULT_BASE = "python:3.11-slim"
 OFFLINE_BASE = "officeray-sandbox-base:bookworm-1"
@@ -68,6 +72,10 @@ IMAGE_PYTHON_TAG = "cpython-311"
 
 _SKIPPED_VENDOR_SUFFIXES = (".pyc", ".pyo")
 """How long :func:`ensure_base` waits for ``docker pull python:3.11-slim`` before building offline."""
+
+CORE_FILES = ("__init__.py", "limits.py", "tools/__init__.py", "tools/plugins.py")
+"""The core's files shipped in the image (under ``officeray/``): the limits the agent shares with the
+core's models (stdlib only) and the plugin API that plugin modules import (stdlib and pydantic)."""
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DOCKERFILE = _PACKAGE_DIR / "image" / "Dockerfile"
@@ -163,9 +171,12 @@ def _check_vendored_python(sources: list[tuple[str, Path]]) -> None:
 
 def agent_sources() -> list[tuple[str, Path]]:
     """(path in the build context, file) of every officeray file the image needs, sorted."""
-    files = [
+    core = Path(officeray.__file__).resolve().parent
+    files = [(f"officeray/{name}", core / name) for name in CORE_FILES]
+    files += [
         ("tools_sandbox/__init__.py", _PACKAGE_DIR / "__init__.py"),
-        ("tools_sandbox/plugins.py", _PACKAGE_DIR / "plugins.py"),
+        ("tools_sandbox/plugin_call.py", _PACKAGE_DIR / "plugin_call.py"),
+        ("tools_sandbox/plugins.py", _PACKAGE_DIR / "plugins.py"),  # the plugin API's earlier import path
     ]
     agent = _PACKAGE_DIR / "agent"
     for path in sorted(agent.rglob("*")):

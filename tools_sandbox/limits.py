@@ -1,39 +1,25 @@
-"""Resource limits of a sandbox container."""
+"""How much of a host folder one call may stage.
+
+A container's resource limits are settings (``sandbox.limits``): :class:`officeray.config.SandboxLimits`."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools_sandbox.agent.limits import MAX_OUTPUT_BYTES
-
-DEFAULT_MEMORY_MB = 512
-DEFAULT_CPUS = 1.0
-DEFAULT_PIDS = 128
-DEFAULT_WORKSPACE_MB = 64
-DEFAULT_TMP_MB = 16
-DEFAULT_OUTPUT_BYTES = MAX_OUTPUT_BYTES
+from tools_sandbox.agent.limits import MAX_STAGED_BYTES, MAX_STAGED_FILES
 
 
-class SandboxLimits(BaseModel):
-    """What one sandbox container may use. Every field is validated; unknown fields are refused."""
+class StagingLimits(BaseModel):
+    """How much of a host folder :func:`tools_sandbox.executor.stage_folder` copies for one call.
+
+    The defaults are the agent's own limits (:data:`~tools_sandbox.agent.limits.MAX_STAGED_FILES`,
+    :data:`~tools_sandbox.agent.limits.MAX_STAGED_BYTES`), which it enforces again; smaller ones
+    stop the walk sooner, larger ones would only be refused by the agent."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    memory_mb: int = Field(default=DEFAULT_MEMORY_MB, ge=32, le=1024**2)
-    """Memory limit of the whole container (agent + tools), in MiB. Swap is disabled (memswap = memory):
-    a call that exceeds it is killed by the kernel and fails with ``sandbox_error``."""
+    max_files: int = Field(default=MAX_STAGED_FILES, ge=1, le=MAX_STAGED_FILES)
+    """Most files staged; the walk stops (with :class:`~tools_sandbox.executor.StagingError`) at one more."""
 
-    cpus: float = Field(default=DEFAULT_CPUS, gt=0, le=256)
-    """CPU quota, in CPUs (``nano_cpus``)."""
-
-    pids: int = Field(default=DEFAULT_PIDS, ge=8, le=65_536)
-    """Most processes/threads alive at once in the container (bounds fork bombs)."""
-
-    workspace_mb: int = Field(default=DEFAULT_WORKSPACE_MB, ge=1, le=64 * 1024)
-    """Size of the ``/workspace`` tmpfs (counts against ``memory_mb`` as it fills)."""
-
-    tmp_mb: int = Field(default=DEFAULT_TMP_MB, ge=1, le=64 * 1024)
-    """Size of the ``/tmp`` tmpfs."""
-
-    output_bytes: int = Field(default=DEFAULT_OUTPUT_BYTES, ge=1024, le=256 * 1024**2)
-    """Largest serialized call result (or file read); larger ones fail with ``output_limit``."""
+    max_bytes: int = Field(default=MAX_STAGED_BYTES, ge=1, le=MAX_STAGED_BYTES)
+    """Most bytes (UTF-8, all files together) staged; checked from each file's size before reading it."""

@@ -13,7 +13,7 @@ Agent protocol (one JSON object per line, one request in flight at a time)::
     agent -> host   {"id": "r1", "ok": true, "result": {...}}
                     {"id": "r1", "ok": false, "error": {"type": "timeout", "message": "..."}}
 
-A call of a plugin tool (:mod:`tools_sandbox.plugins`) carries the plugin's code instead of naming
+A call of a plugin tool (:mod:`officeray.tools.plugins`) carries the plugin's code instead of naming
 a built-in tool, and no ``files``::
 
     host  -> agent  {"id": "r2", "op": "call", "tool": "word_count", "inputs": {...}, "timeout_s": 30,
@@ -27,7 +27,7 @@ Other ops: ``ping`` (result ``{"pid": ..., "version": ...}``), ``reset`` (empty 
 in a container, ``/tmp``, ``/dev/shm`` and every IPC object; kill leftover processes),
 ``write_file`` (``path``, ``content``) and ``read_file`` (``path`` → ``{"content": ...}``).
 ``files`` on a call are written under a fresh folder in the workspace first, and the tool's
-staged-folder input (see :class:`tools_sandbox.catalog.ToolSpec`) is pointed at that folder.
+staged-folder input (see :class:`officeray.tools.spec.ToolSpec`) is pointed at that folder.
 ``error.type`` takes the values of :class:`officeray.contracts.ErrorType`.
 """
 
@@ -75,7 +75,7 @@ class Sandbox(abc.ABC):
 
         ``files`` (relative path -> text) are staged for the tool's staged-folder input. ``plugin``
         (``{"module", "function", "source"}``, see
-        :meth:`tools_sandbox.plugins.PluginRef.protocol_field`) makes ``tool`` a plugin tool whose
+        :meth:`officeray.tools.spec.PluginRef.protocol_field`) makes ``tool`` a plugin tool whose
         code travels with the call (see the module docstring); it takes no ``files``.
         Raises :class:`ToolCallError` when the tool fails (``timeout`` when ``timeout_s`` passed;
         the whole process tree of the call is killed) and :class:`SandboxError` when the

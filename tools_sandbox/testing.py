@@ -21,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from officeray.limits import MAX_OUTPUT_BYTES
 from tools_sandbox._channel import STARTUP_TIMEOUT_S, AgentSandbox, FdTransport, Transport
-from tools_sandbox.agent.limits import MAX_OUTPUT_BYTES
 
 _SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
 """The folder that holds the ``tools_sandbox`` package (put on the agent's PYTHONPATH)."""

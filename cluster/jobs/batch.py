@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cluster.cli_output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from cluster.jobs.batch_io import (
     FORMATS,
     InputFiles,
@@ -74,9 +75,8 @@ from cluster.jobs.batch_io import (
 from cluster.jobs.batch_report import Outcome, Tally, progress_line, summary_lines
 from cluster.jobs.batch_run import DEFAULT_CONCURRENCY, run_rows
 from cluster.prepare import prefer_loopback
-from officeray.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from officeray.config import load_settings
-from officeray.contracts import TaskRecord, TaskRequest, TaskStatus
+from officeray.contracts import TaskRequest, TaskStatus
 from officeray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -132,46 +132,6 @@ def _address(explicit: str | None) -> str:
 
 
 # -- Ray: the orchestrator and Ray Data ------------------------------------------------------------
-
-
-class RayTaskPort:
-    """:class:`cluster.jobs.batch_run.TaskPort` on the orchestrator actors, one task to one shard."""
-
-    def __init__(self, actors: list[Any]) -> None:
-        self.actors = actors
-
-    def _actor(self, task_id: str) -> Any:
-        from actors.orchestrator import shard_of
-
-        return self.actors[shard_of(task_id, len(self.actors))]
-
-    async def submit(self, request: TaskRequest) -> tuple[TaskRecord, bool]:
-        assert request.task_id is not None
-        answer: tuple[TaskRecord, bool] = await self._actor(request.task_id).submit.remote(request)
-        return answer
-
-    async def retry(self, task_id: str) -> TaskRecord:
-        record: TaskRecord = await self._actor(task_id).retry.remote(task_id)
-        return record
-
-    async def wait(self, task_id: str) -> TaskRecord:
-        record: TaskRecord = await self._actor(task_id).wait.remote(task_id)
-        return record
-
-
-def _orchestrators(stack: LocalStack) -> list[Any]:
-    """Every orchestrator shard of the app that answers (shard 0, ready, at least)."""
-    import ray
-
-    from actors.orchestrator import orchestrator_name
-
-    actors = [stack.actor]
-    for shard in range(1, stack.settings.workflow.orchestrators):
-        try:
-            actors.append(ray.get_actor(orchestrator_name(shard), namespace=stack.settings.ray_namespace))
-        except ValueError:  # deployed with fewer shards: the ones found take every task
-            break
-    return actors
 
 
 def _dataset(inputs: InputFiles) -> Any:
@@ -262,7 +222,7 @@ async def _run(
     try:
         await run_rows(
             _requests(values, run_id, given),
-            RayTaskPort(_orchestrators(stack)),
+            stack.client,  # the TaskPort: submit, retry and wait, each routed to its shard
             concurrency=concurrency,
             on_outcome=handle,
         )

@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from officeray.cli import UsageError, record_json
+from cluster.cli_output import UsageError, record_json
 from officeray.contracts import TaskRecord, TaskRequest
 
 Format = Literal["jsonl", "parquet"]

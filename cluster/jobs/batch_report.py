@@ -5,13 +5,12 @@ Pure: the tally takes outcomes, the formatters take numbers; the clock is the ca
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cluster.jobs.batch_io import record_latency_s
 from officeray.contracts import ModelUsage, TaskRecord, TaskStatus
+from officeray.stats import percentiles
 
 PROGRESS_BAR_WIDTH = 20
 """Characters of the bar between the brackets."""
@@ -39,14 +38,6 @@ class Outcome:
     index: int
     record: TaskRecord
     disposition: Disposition = Disposition.NEW
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float | None:
-    """The nearest-rank ``pct`` percentile (0 < pct <= 100) of ascending values; None when empty."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 @dataclass
@@ -107,14 +98,13 @@ def summary_lines(tally: Tally, *, run_id: str, elapsed_s: float, start_up_s: fl
 
     ``elapsed_s`` is the run itself; ``start_up_s`` the time to reach the cluster and the app first.
     """
-    latencies = sorted(tally.latencies)
-    p50, p95 = _seconds(percentile(latencies, 50)), _seconds(percentile(latencies, 95))
+    p50, p95 = percentiles(tally.latencies, (50, 95)) if tally.latencies else (None, None)
     usage = tally.usage
     lines = [
         f"batch: run {run_id}: {tally.done} task(s) in {elapsed_s:.1f}s: {tally.completed} completed, "
         f"{tally.failed} failed, {tally.skipped} skipped (completed earlier), {tally.rerun} re-run "
         f"(start-up {start_up_s:.1f}s)",
-        f"batch: latency p50 {p50} p95 {p95}; "
+        f"batch: latency p50 {_seconds(p50)} p95 {_seconds(p95)}; "
         f"tokens {usage.prompt_tokens} prompt + {usage.completion_tokens} completion = {usage.total_tokens} "
         f"(tasks run by this job)",
     ]

@@ -49,7 +49,7 @@ ROW_RETRY_MAX_S = 10.0
 
 
 class TaskPort(Protocol):
-    """The orchestrator as the batch job uses it (see :class:`actors.orchestrator.Orchestrator`)."""
+    """The orchestrator as the batch job uses it (:class:`actors.client.OrchestratorClient`)."""
 
     async def submit(self, request: TaskRequest) -> tuple[TaskRecord, bool]:
         """Start the task unless its id exists: ``(record, created)``."""

@@ -1,1 +1,1 @@
-"""Example plugin tools (see :mod:`tools_sandbox.plugins`); enable one with ``plugins: [MODULE]``."""
+"""Example plugin tools (see :mod:`officeray.tools.plugins`); enable one with ``plugins: [MODULE]``."""

@@ -10,7 +10,7 @@ looked up on ``sys.path`` plus the current directory)::
 In a plan: ``{"step_id": "s1", "action": "slugify", "inputs": {"text": "Hello, World!"}}`` →
 ``{"slug": "hello-world"}``. They run in the sandbox like the built-in tools: this whole file is
 sent with each call and imported there, so it may import only the standard library, pydantic and
-:mod:`tools_sandbox.plugins`. The functions stay plain functions: ``word_count(WordCountInput(text="a b"))``.
+:mod:`officeray.tools`. The functions stay plain functions: ``word_count(WordCountInput(text="a b"))``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import unicodedata
 
 from pydantic import BaseModel, Field
 
-from tools_sandbox.plugins import tool
+from officeray.tools import tool
 
 MAX_TEXT_CHARS = 100_000
 

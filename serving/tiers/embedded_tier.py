@@ -1,8 +1,8 @@
 """The ``embedded`` tier behind the :class:`~serving.tiers.base.ModelTier` interface.
 
-:class:`EmbeddedTier` wraps the pure, deterministic answerers of :mod:`serving.tiers.embedded`
-(:func:`~serving.tiers.embedded.plan_task`, :func:`~serving.tiers.embedded.review_results`,
-:func:`~serving.tiers.embedded.answer_prompt`) for one role. It reads a call two ways:
+:class:`EmbeddedTier` wraps the pure, deterministic answerers (:func:`~serving.tiers.embedded.plan_task`,
+:func:`~serving.tiers.embedded.review_results`, and the ai_tool's own
+:func:`~tools_sandbox.host_tools.ai_answers.answer_prompt`) for one role. It reads a call two ways:
 
 * ``call.payload`` set (the role adapters' path): a :class:`~officeray.contracts.PlanRequest` for the
   planner, a :class:`~officeray.contracts.ReviewRequest` for the reviewer, a ``str`` prompt for the
@@ -45,9 +45,10 @@ from pydantic import BaseModel, ValidationError
 from officeray.config import LatencyModel
 from officeray.contracts import PlanRequest, ReviewRequest
 from officeray.errors import PlanningError
+from officeray.tools.builtin import BUILTIN_TOOLS
 from serving.tiers.base import CannotAnswerError, ModelAnswer, ModelCall, Role, Usage
-from serving.tiers.embedded import answer_prompt, plan_task, review_results
-from tools_sandbox.catalog import all_tools
+from serving.tiers.embedded import plan_task, review_results
+from tools_sandbox.host_tools.ai_answers import answer_prompt
 
 EMBEDDED_TIER = "embedded"
 EMBEDDED_MODEL = "embedded"
@@ -82,20 +83,22 @@ def _last_user_text(call: ModelCall) -> str:
 
 
 def _planner_request(text: str) -> PlanRequest:
-    """A PlanRequest from the chat route's user text: a PlanRequest-like JSON object, or the description."""
+    """A PlanRequest from the chat route's user text: a PlanRequest-like JSON object, or the description.
+
+    ``allowed_tools`` defaults to the built-in tools: the only ones the embedded planner plans."""
     try:
         loaded = json.loads(text)
     except ValueError:
         loaded = None
     if isinstance(loaded, dict) and "description" in loaded:
-        data = {"task_id": CHAT_TASK_ID, "allowed_tools": sorted(all_tools()), **loaded}
+        data = {"task_id": CHAT_TASK_ID, "allowed_tools": sorted(BUILTIN_TOOLS), **loaded}
         try:
             return PlanRequest.model_validate(data)
         except ValidationError as exc:
             raise CannotAnswerError(f"the user message is not a valid plan request: {_errors(exc)}") from None
     if not text.strip():
         raise CannotAnswerError("the embedded planner needs a task description; the user message is empty")
-    return PlanRequest(task_id=CHAT_TASK_ID, description=text, allowed_tools=sorted(all_tools()))
+    return PlanRequest(task_id=CHAT_TASK_ID, description=text, allowed_tools=sorted(BUILTIN_TOOLS))
 
 
 def _reviewer_request(text: str) -> ReviewRequest:

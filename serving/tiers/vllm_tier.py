@@ -131,21 +131,32 @@ def _cluster_gpu_count() -> float | None:
         return None
 
 
-def vllm_available() -> tuple[bool, str]:
+def _vllm_installed() -> bool:
+    """Whether the vllm package is installed (looked up, not imported)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_available(
+    *,
+    installed: Callable[[], bool] = _vllm_installed,
+    cluster_gpus: Callable[[], float | None] = _cluster_gpu_count,
+    local_gpus: Callable[[], int] = _local_gpu_count,
+) -> tuple[bool, str]:
     """Whether the vLLM tier can run: vLLM installed here and a GPU visible; and why not.
 
     vLLM is looked up without being imported. GPUs are those of the Ray cluster when this process
     is connected to one (``ray.cluster_resources()``), else those of this machine. A cluster whose
-    GPU nodes are scaled to zero reports none until one joins.
+    GPU nodes are scaled to zero reports none until one joins. The three probes are injectable
+    (tests pass fixed answers).
     """
-    if importlib.util.find_spec("vllm") is None:
+    if not installed():
         return False, "the vllm package is not installed"
-    cluster = _cluster_gpu_count()
+    cluster = cluster_gpus()
     if cluster is not None:
         if cluster <= 0:
             return False, "the Ray cluster has no GPU"
         return True, f"vllm installed, {cluster:g} GPU(s) in the Ray cluster"
-    local = _local_gpu_count()
+    local = local_gpus()
     if local <= 0:
         return False, "no GPU is visible on this machine"
     return True, f"vllm installed, {local} GPU(s) visible"

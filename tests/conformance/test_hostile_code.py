@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
+from officeray.config import SandboxLimits
 from officeray.contracts import ErrorType, PlanStep, StepOutcome
+from officeray.limits import MAX_PYTHON_CODE_CHARS
 from tools_sandbox._channel import AgentSandbox
 from tools_sandbox.agent.tools.python_exec import MAX_STREAM_BYTES, TRUNCATION_MARKER
-from tools_sandbox.catalog import MAX_PYTHON_CODE_CHARS
 from tools_sandbox.executor import run_step
-from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.testing import LocalProcessSandbox
 
 pytestmark = pytest.mark.timeout(120)

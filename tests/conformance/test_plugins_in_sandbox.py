@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from officeray.contracts import ErrorType, PlanStep, StepOutcome
-from tools_sandbox import catalog
+from officeray.tools.catalog import ToolCatalog, load_plugins
+from officeray.tools.spec import PluginRef
 from tools_sandbox._channel import AgentSandbox
 from tools_sandbox.executor import call_plugin, run_step
-from tools_sandbox.plugins import PluginRef, load_plugins, plugin_ref
 from tools_sandbox.sandbox import ToolCallError
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,7 +39,8 @@ import time
 
 from pydantic import BaseModel, Field, field_validator
 
-from tools_sandbox.plugins import tool
+from officeray.tools import tool
+from tools_sandbox.plugins import tool as earlier_tool  # the plugin API's earlier import path
 
 CALLS = 0
 
@@ -93,6 +94,11 @@ def probe_mark(inputs: Mark) -> dict:
     return {"written": inputs.marker}
 
 
+@earlier_tool(description="Written against the earlier import path", outputs=("echo",))
+def probe_earlier_import(inputs: Picky) -> dict:
+    return {"echo": inputs.word}
+
+
 @tool(description="Raise", outputs=("never",))
 def probe_raise(inputs: Empty) -> dict:
     raise RuntimeError("the plugin failed on purpose")
@@ -139,29 +145,33 @@ def probe_pydantic(inputs: Empty) -> dict:
 
 @pytest.fixture(scope="module")
 def probes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Load the example plugins and the probe plugins; unregister them afterwards."""
+    """The probe plugins' module, written to a temporary folder on ``sys.path`` (its name)."""
     folder = tmp_path_factory.mktemp("plugins")
     name = f"plugin_probe_{uuid.uuid4().hex[:8]}"
     (folder / f"{name}.py").write_text(PROBE_SOURCE, encoding="utf-8")
-    registry = dict(catalog._REGISTRY)
     sys.path.insert(0, str(folder))
     try:
-        load_plugins([EXAMPLE, name])
         yield name
     finally:
         sys.path.remove(str(folder))
-        catalog._REGISTRY.clear()
-        catalog._REGISTRY.update(registry)
         sys.modules.pop(name, None)
         sys.modules.pop(EXAMPLE, None)
+
+
+@pytest.fixture(scope="module")
+def catalog(probes: str) -> ToolCatalog:
+    """The built-ins, the example plugins and the probes: what a runner's catalog would hold."""
+    return load_plugins([EXAMPLE, probes])
 
 
 def step(action: str, timeout_s: int = 20) -> PlanStep:
     return PlanStep(step_id="s1", action=action, inputs={}, idempotency_key="k", timeout_seconds=timeout_s)
 
 
-def run(sandbox: AgentSandbox, action: str, inputs: dict[str, Any], timeout_s: int = 20) -> StepOutcome:
-    return run_step(sandbox, step(action, timeout_s), inputs, Path("."))
+def run(
+    sandbox: AgentSandbox, catalog: ToolCatalog, action: str, inputs: dict[str, Any], timeout_s: int = 20
+) -> StepOutcome:
+    return run_step(sandbox, step(action, timeout_s), inputs, Path("."), catalog=catalog)
 
 
 def ok(outcome: StepOutcome) -> Any:
@@ -175,8 +185,8 @@ def error(outcome: StepOutcome, error_type: ErrorType) -> str:
     return outcome.error.message
 
 
-def ref_of(action: str) -> PluginRef:
-    ref = plugin_ref(catalog.get_tool(action))
+def ref_of(catalog: ToolCatalog, action: str) -> PluginRef:
+    ref = catalog.get_tool(action).plugin
     assert ref is not None
     return ref
 
@@ -190,53 +200,69 @@ def raw_call(sandbox: AgentSandbox, fields: dict[str, Any]) -> ToolCallError:
 # --- running -------------------------------------------------------------------------------------
 
 
-def test_example_plugins_run_in_the_sandbox(sandbox: AgentSandbox, probes: str) -> None:
-    assert ok(run(sandbox, "word_count", {"text": "one two\nthree"})) == {"words": 3, "lines": 2}
-    assert ok(run(sandbox, "slugify", {"text": "Héllo, Wörld!"})) == {"slug": "hello-world"}
-    assert ok(run(sandbox, "slugify", {"text": "a b c", "separator": "_"})) == {"slug": "a_b_c"}
+def test_example_plugins_run_in_the_sandbox(sandbox: AgentSandbox, probes: str, catalog: ToolCatalog) -> None:
+    assert ok(run(sandbox, catalog, "word_count", {"text": "one two\nthree"})) == {"words": 3, "lines": 2}
+    assert ok(run(sandbox, catalog, "slugify", {"text": "Héllo, Wörld!"})) == {"slug": "hello-world"}
+    assert ok(run(sandbox, catalog, "slugify", {"text": "a b c", "separator": "_"})) == {"slug": "a_b_c"}
 
 
-def test_the_plugin_is_imported_from_the_staged_source(sandbox: AgentSandbox, probes: str) -> None:
-    out = ok(run(sandbox, "probe_counter", {}))
+def test_a_plugin_written_against_the_earlier_import_path_still_runs(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
+    assert ok(run(sandbox, catalog, "probe_earlier_import", {"word": "hi"})) == {"echo": "hi"}
+
+
+def test_the_plugin_is_imported_from_the_staged_source(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
+    out = ok(run(sandbox, catalog, "probe_counter", {}))
     assert out["module"] == probes and out["file"] == f"{probes}.py"
-    out = ok(run(sandbox, "probe_pydantic", {}))
+    out = ok(run(sandbox, catalog, "probe_pydantic", {}))
     assert out["pydantic"] and "plugin-" not in out["file"]
 
 
-def test_every_call_gets_a_fresh_module(sandbox: AgentSandbox, probes: str) -> None:
+def test_every_call_gets_a_fresh_module(sandbox: AgentSandbox, probes: str, catalog: ToolCatalog) -> None:
     for _ in range(3):
-        assert ok(run(sandbox, "probe_counter", {}))["calls"] == 1
-    ref = ref_of("probe_counter")
+        assert ok(run(sandbox, catalog, "probe_counter", {}))["calls"] == 1
+    ref = ref_of(catalog, "probe_counter")
     changed = ref.source.replace('"calls": CALLS', '"calls": CALLS + 100')
     result = call_plugin(
         sandbox, "probe_counter", {}, timeout_s=20, ref=PluginRef(ref.module, ref.function, ref.path, changed)
     )
     assert result["calls"] == 101  # the new source, not a module cached from earlier calls
-    assert ok(run(sandbox, "probe_counter", {}))["calls"] == 1
+    assert ok(run(sandbox, catalog, "probe_counter", {}))["calls"] == 1
 
 
-def test_models_are_returned_as_json(sandbox: AgentSandbox, probes: str) -> None:
-    assert ok(run(sandbox, "probe_model", {"word": "fine"})) == {"word": "fine"}
+def test_models_are_returned_as_json(sandbox: AgentSandbox, probes: str, catalog: ToolCatalog) -> None:
+    assert ok(run(sandbox, catalog, "probe_model", {"word": "fine"})) == {"word": "fine"}
 
 
 # --- failures ------------------------------------------------------------------------------------
 
 
-def test_bad_inputs_are_refused_before_running(sandbox: AgentSandbox, probes: str) -> None:
-    message = error(run(sandbox, "probe_mark", {"marker": "ran.txt", "n": 99}), ErrorType.BAD_INPUT)
+def test_bad_inputs_are_refused_before_running(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
+    message = error(run(sandbox, catalog, "probe_mark", {"marker": "ran.txt", "n": 99}), ErrorType.BAD_INPUT)
     assert message.startswith("probe_mark inputs: n:")
-    error(run(sandbox, "probe_mark", {"marker": "ran.txt", "n": 1, "junk": 1}), ErrorType.BAD_INPUT)
-    error(run(sandbox, "slugify", {"text": ""}), ErrorType.BAD_INPUT)
-    message = error(run(sandbox, "probe_model", {"word": "two words"}), ErrorType.BAD_INPUT)
+    error(run(sandbox, catalog, "probe_mark", {"marker": "ran.txt", "n": 1, "junk": 1}), ErrorType.BAD_INPUT)
+    error(run(sandbox, catalog, "slugify", {"text": ""}), ErrorType.BAD_INPUT)
+    message = error(run(sandbox, catalog, "probe_model", {"word": "two words"}), ErrorType.BAD_INPUT)
     assert "no spaces please" in message
     with pytest.raises(ToolCallError):
         sandbox.read_file("ran.txt")  # never ran
 
 
-def test_inputs_are_validated_again_in_the_sandbox(sandbox: AgentSandbox, probes: str) -> None:
+def test_inputs_are_validated_again_in_the_sandbox(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
     with pytest.raises(ToolCallError) as info:
         call_plugin(
-            sandbox, "probe_mark", {"marker": "ran.txt", "n": 99}, timeout_s=20, ref=ref_of("probe_mark")
+            sandbox,
+            "probe_mark",
+            {"marker": "ran.txt", "n": 99},
+            timeout_s=20,
+            ref=ref_of(catalog, "probe_mark"),
         )
     assert info.value.error_type == ErrorType.BAD_INPUT
     assert "probe_mark inputs: n: Input should be less than or equal to 10" in info.value.message
@@ -244,27 +270,29 @@ def test_inputs_are_validated_again_in_the_sandbox(sandbox: AgentSandbox, probes
         sandbox.read_file("ran.txt")
 
 
-def test_an_exception_is_a_tool_error(sandbox: AgentSandbox, probes: str) -> None:
-    message = error(run(sandbox, "probe_raise", {}), ErrorType.TOOL_ERROR)
+def test_an_exception_is_a_tool_error(sandbox: AgentSandbox, probes: str, catalog: ToolCatalog) -> None:
+    message = error(run(sandbox, catalog, "probe_raise", {}), ErrorType.TOOL_ERROR)
     assert message == f"probe_raise ({probes}.probe_raise) raised RuntimeError: the plugin failed on purpose"
-    message = error(run(sandbox, "slugify", {"text": "!!!"}), ErrorType.TOOL_ERROR)
+    message = error(run(sandbox, catalog, "slugify", {"text": "!!!"}), ErrorType.TOOL_ERROR)
     assert "ValueError: '!!!' has no letters or digits" in message
-    assert "SystemExit: 3" in error(run(sandbox, "probe_exit", {}), ErrorType.TOOL_ERROR)
-    assert ok(run(sandbox, "word_count", {"text": "still alive"}))["words"] == 2
+    assert "SystemExit: 3" in error(run(sandbox, catalog, "probe_exit", {}), ErrorType.TOOL_ERROR)
+    assert ok(run(sandbox, catalog, "word_count", {"text": "still alive"}))["words"] == 2
 
 
-def test_bad_results_are_tool_errors(sandbox: AgentSandbox, probes: str) -> None:
+def test_bad_results_are_tool_errors(sandbox: AgentSandbox, probes: str, catalog: ToolCatalog) -> None:
     assert "returned list; a plugin must return a dict" in error(
-        run(sandbox, "probe_list", {}), ErrorType.TOOL_ERROR
+        run(sandbox, catalog, "probe_list", {}), ErrorType.TOOL_ERROR
     )
-    assert "not JSON" in error(run(sandbox, "probe_set", {}), ErrorType.TOOL_ERROR)
-    message = error(run(sandbox, "probe_missing", {}), ErrorType.TOOL_ERROR)
+    assert "not JSON" in error(run(sandbox, catalog, "probe_set", {}), ErrorType.TOOL_ERROR)
+    message = error(run(sandbox, catalog, "probe_missing", {}), ErrorType.TOOL_ERROR)
     assert "did not return its declared outputs: promised" in message
 
 
-def test_a_plugin_that_runs_too_long_times_out(sandbox: AgentSandbox, probes: str) -> None:
-    error(run(sandbox, "probe_sleep", {}, timeout_s=1), ErrorType.TIMEOUT)
-    assert ok(run(sandbox, "word_count", {"text": "a"}))["words"] == 1
+def test_a_plugin_that_runs_too_long_times_out(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
+    error(run(sandbox, catalog, "probe_sleep", {}, timeout_s=1), ErrorType.TIMEOUT)
+    assert ok(run(sandbox, catalog, "word_count", {"text": "a"}))["words"] == 1
 
 
 def test_import_errors_are_bad_input_naming_the_module(sandbox: AgentSandbox, probes: str) -> None:
@@ -274,7 +302,7 @@ def test_import_errors_are_bad_input_naming_the_module(sandbox: AgentSandbox, pr
         ("raise RuntimeError('at import')\n", "RuntimeError: at import"),
     ]
     if type(sandbox).__name__ == "DockerSandbox":  # the local backend sees the host's packages
-        cases.append(("import officeray.contracts\n", "No module named 'officeray'"))
+        cases.append(("import officeray.contracts\n", "No module named 'officeray.contracts'"))
     for source, what in cases:
         ref = PluginRef("my_plugins.broken", "fn", "/nowhere/broken.py", source)
         with pytest.raises(ToolCallError) as info:
@@ -289,9 +317,11 @@ def test_import_errors_are_bad_input_naming_the_module(sandbox: AgentSandbox, pr
     assert "has no @tool function named 'fn'" in info.value.message
 
 
-def test_a_plugin_cannot_shadow_a_sandbox_module(sandbox: AgentSandbox, probes: str) -> None:
-    ref = ref_of("probe_counter")
-    for module in ("json", "tools_sandbox.plugins"):
+def test_a_plugin_cannot_shadow_a_sandbox_module(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
+    ref = ref_of(catalog, "probe_counter")
+    for module in ("json", "tools_sandbox.plugin_call", "officeray.tools.plugins"):
         with pytest.raises(ToolCallError) as info:
             call_plugin(
                 sandbox,
@@ -303,8 +333,10 @@ def test_a_plugin_cannot_shadow_a_sandbox_module(sandbox: AgentSandbox, probes: 
         assert info.value.error_type == ErrorType.BAD_INPUT and "clashes" in info.value.message
 
 
-def test_malformed_plugin_requests_are_bad_input(sandbox: AgentSandbox, probes: str) -> None:
-    good = ref_of("probe_counter").protocol_field()
+def test_malformed_plugin_requests_are_bad_input(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
+    good = ref_of(catalog, "probe_counter").protocol_field()
     cases: list[tuple[dict[str, Any], str]] = [
         ({"tool": "probe_counter", "plugin": "nope"}, "exactly module, function and source"),
         ({"tool": "probe_counter", "plugin": {**good, "extra": 1}}, "exactly module, function and source"),
@@ -326,30 +358,36 @@ def test_malformed_plugin_requests_are_bad_input(sandbox: AgentSandbox, probes: 
 # --- isolation -----------------------------------------------------------------------------------
 
 
-def test_a_plugin_cannot_see_another_tasks_files(sandbox: AgentSandbox, probes: str) -> None:
+def test_a_plugin_cannot_see_another_tasks_files(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
     sandbox.reset()
     sandbox.write_file("task_a_secret.txt", "secret of task A")
-    seen = ok(run(sandbox, "probe_look", {"path": "task_a_secret.txt"}))
+    seen = ok(run(sandbox, catalog, "probe_look", {"path": "task_a_secret.txt"}))
     assert seen["content"] == "secret of task A"  # the same task sees its own files
     sandbox.reset()  # what the tool runner does before a step of another task
-    seen = ok(run(sandbox, "probe_look", {"path": "task_a_secret.txt"}))
+    seen = ok(run(sandbox, catalog, "probe_look", {"path": "task_a_secret.txt"}))
     assert seen["content"] == "FileNotFoundError"
     assert len(seen["entries"]) == 1 and seen["entries"][0].startswith("plugin-")  # its own source only
 
 
-def test_the_staged_source_is_removed_after_the_call(sandbox: AgentSandbox, probes: str) -> None:
+def test_the_staged_source_is_removed_after_the_call(
+    sandbox: AgentSandbox, probes: str, catalog: ToolCatalog
+) -> None:
     sandbox.reset()
-    ok(run(sandbox, "word_count", {"text": "x"}))
-    error(run(sandbox, "probe_raise", {}), ErrorType.TOOL_ERROR)
-    error(run(sandbox, "probe_sleep", {}, timeout_s=1), ErrorType.TIMEOUT)
-    seen = ok(run(sandbox, "probe_look", {"path": "x"}))
+    ok(run(sandbox, catalog, "word_count", {"text": "x"}))
+    error(run(sandbox, catalog, "probe_raise", {}), ErrorType.TOOL_ERROR)
+    error(run(sandbox, catalog, "probe_sleep", {}, timeout_s=1), ErrorType.TIMEOUT)
+    seen = ok(run(sandbox, catalog, "probe_look", {"path": "x"}))
     assert len(seen["entries"]) == 1 and seen["entries"][0].startswith("plugin-")  # its own only
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
-def test_workspace_files_cannot_shadow_pydantic(new_sandbox: Any, probes: str, kind: str) -> None:
+def test_workspace_files_cannot_shadow_pydantic(
+    new_sandbox: Any, probes: str, catalog: ToolCatalog, kind: str
+) -> None:
     box = new_sandbox(kind)
     box.write_file("pydantic.py", "raise SystemExit('the workspace shadowed pydantic')\n")
     box.write_file("typing_extensions.py", "raise SystemExit('the workspace shadowed typing_extensions')\n")
-    out = ok(run(box, "probe_pydantic", {}))  # the first plugin call: the agent imports pydantic now
+    out = ok(run(box, catalog, "probe_pydantic", {}))  # the first plugin call: the agent imports pydantic now
     assert out["pydantic"] and not out["file"].startswith(box.ping()["workspace"])

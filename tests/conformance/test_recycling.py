@@ -214,6 +214,9 @@ def test_reset_never_touches_the_host_ipc_objects(monkeypatch: pytest.MonkeyPatc
         raise AssertionError("clear_ipc looked at IPC objects outside a container")
 
     monkeypatch.delenv("OFFICERAY_SANDBOX_CONTAINER", raising=False)
+    # Tripwires, not seams: the agent decides "in a container" from its environment (the seam used
+    # here); what must be shown is that outside one it never lists or removes IPC objects, and a
+    # real call on this host would remove the host's own. Restored after the test.
     monkeypatch.setattr(server, "sysv_ipc_ids", forbidden)
     monkeypatch.setattr(server, "_libc", forbidden)
     monkeypatch.setattr(server, "clear_folder", forbidden)

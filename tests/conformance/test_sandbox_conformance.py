@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+from officeray.config import SandboxLimits
 from officeray.contracts import ErrorType
+from officeray.tools.builtin import BUILTIN_TOOLS
+from officeray.tools.spec import ToolRuntime
 from tools_sandbox._channel import AgentSandbox
 from tools_sandbox.agent import server
 from tools_sandbox.agent.tools.python_exec import MAX_STREAM_BYTES
-from tools_sandbox.catalog import BUILTIN_TOOLS, ToolRuntime
-from tools_sandbox.limits import SandboxLimits
 from tools_sandbox.sandbox import SandboxError, ToolCallError
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,6 +21,7 @@ from cluster.runtime import LocalStack
 from officeray.contracts import TaskRecord, TaskRequest, TaskStatus, utcnow
 from officeray.store import SqlStore
 from officeray.testing import make_plan
+from tests.integration.stored import with_store
 
 pytestmark = pytest.mark.integration
 
@@ -63,12 +64,13 @@ def test_a_dlq_retry_does_not_run_a_stored_plan_that_uses_a_tool_outside_allowed
         error=error,
         finished_at=utcnow(),
     )
-    store = SqlStore(stack.settings.store.url)
-    try:
-        assert store.create_task_sync(dead, request)
-        store.dead_letter_sync(dead, error)
-    finally:
-        store.close()
+
+    async def dead_letter(store: SqlStore) -> bool:
+        created = await store.create_task(dead, request)
+        await store.dead_letter(dead, error)
+        return created
+
+    assert with_store(stack.settings.store.url, dead_letter)
 
     retried = client.post(f"/v1/dlq/{task_id}/retry")
     assert retried.status_code == 202, retried.text

@@ -17,9 +17,9 @@ from ray.exceptions import RayTaskError
 from cluster.runtime import LocalStack
 from officeray.contracts import StepResult, StepStatus, TaskRecord, TaskRequest, TaskStatus
 from officeray.errors import StoreUnavailableError
-from officeray.store import SqlStore
 from serving import gateway
-from serving.gateway import MAX_REQUEST_BYTES, request_fingerprint
+from serving.gateway import MAX_REQUEST_BYTES
+from tests.integration.stored import with_store
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +44,8 @@ def _tenant() -> str:
 
 
 def _tasks_of(stack: LocalStack, tenant: str) -> list[str]:
-    store = SqlStore(stack.settings.store.url)
-    try:
-        return [r.task_id for r in store.list_tasks_sync(limit=10_000) if r.tenant == tenant]
-    finally:
-        store.close()
+    records = with_store(stack.settings.store.url, lambda store: store.list_tasks(limit=10_000))
+    return [r.task_id for r in records if r.tenant == tenant]
 
 
 def _wait_final(client: httpx.Client, task_id: str) -> dict[str, Any]:
@@ -161,14 +158,11 @@ def test_a_claim_whose_task_never_got_created_is_taken_over(stack: LocalStack, c
     tenant, key = _tenant(), uuid.uuid4().hex
     request = TaskRequest(description="What is 5 * 5?", tenant=tenant)
     dangling = f"task-{uuid.uuid4().hex[:16]}"
-    store = SqlStore(stack.settings.store.url)
-    try:
-        assert store.claim_idempotency_key_sync(tenant, key, request_fingerprint(request), dangling) == (
-            dangling,
-            True,
-        )
-    finally:
-        store.close()
+    claim = with_store(
+        stack.settings.store.url,
+        lambda store: store.claim_idempotency_key(tenant, key, request.fingerprint(), dangling),
+    )
+    assert claim == (dangling, True)
     body = request.model_dump(mode="json", exclude_none=True)
     retried = client.post("/v1/tasks", json=body, headers={"Idempotency-Key": key})
     assert retried.status_code == 202, retried.text
@@ -318,11 +312,7 @@ def test_a_waiting_step_is_decided_once(stack: LocalStack, client: httpx.Client)
     record = TaskRecord(
         task_id=task_id, description="approval probe", status=TaskStatus.WAITING_APPROVAL, steps=[waiting]
     )
-    store = SqlStore(stack.settings.store.url)
-    try:
-        store.save_task_sync(record)
-    finally:
-        store.close()
+    with_store(stack.settings.store.url, lambda store: store.save_task(record))
     assert client.get(f"/v1/tasks/{task_id}/approvals/s1").status_code == 404
 
     approved = client.post(

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.cli import read_task_lines
 from cluster.runtime import LocalStack
-from officeray.cli import read_task_lines
 from officeray.contracts import TaskRequest, TaskStatus
 from officeray.telemetry import read_trace
 from tests.integration.conftest import REPO

@@ -3,6 +3,7 @@ runner mid-step. Nothing accepted is lost, nothing runs twice, and recovery is t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ import pytest
 import ray
 
 from cluster.runtime import LocalStack
-from officeray.contracts import TaskRequest, TaskStatus
+from officeray.contracts import TaskEvent, TaskRecord, TaskRequest, TaskStatus
 from officeray.store import SqlStore
 
 pytestmark = pytest.mark.integration
@@ -24,10 +25,23 @@ RECOVERY_TIMEOUT_S = 240
 SLEEPY_STEP = "Run python:\nimport time\ntime.sleep(0.2)\nprint('done')"
 
 
+def _records(store: SqlStore, task_ids: list[str]) -> dict[str, TaskRecord | None]:
+    """The stored record of each of ``task_ids`` (None: not stored)."""
+
+    async def read() -> dict[str, TaskRecord | None]:
+        return {tid: await store.get_task(tid) for tid in task_ids}
+
+    return asyncio.run(read())
+
+
+def _events(store: SqlStore, task_id: str) -> list[TaskEvent]:
+    return asyncio.run(store.events(task_id))
+
+
 def _final_records(store: SqlStore, task_ids: list[str], timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
-        records = {tid: store.get_task_sync(tid) for tid in task_ids}
+        records = _records(store, task_ids)
         if all(r is not None and r.status.is_final for r in records.values()):
             return records
         if time.monotonic() > deadline:
@@ -48,10 +62,10 @@ def test_kill_9_the_orchestrator_with_100_tasks_in_flight(stack: LocalStack) -> 
         [stack.actor.submit.remote(TaskRequest(description=SLEEPY_STEP, task_id=t)) for t in task_ids]
     )
     assert all(created for _record, created in accepted)
-    while not any((r := store.get_task_sync(t)) and r.status.is_final for t in task_ids):
+    while not any(r and r.status.is_final for r in _records(store, task_ids).values()):
         time.sleep(0.05)
     pid = ray.get(stack.actor.pid.remote())
-    finished_before = sum(1 for t in task_ids if (r := store.get_task_sync(t)) and r.status.is_final)
+    finished_before = sum(1 for r in _records(store, task_ids).values() if r and r.status.is_final)
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
 
@@ -66,12 +80,13 @@ def test_kill_9_the_orchestrator_with_100_tasks_in_flight(stack: LocalStack) -> 
     assert sum(r.resumed for r in records.values()) >= 1  # some tasks really were resumed
     assert ray.get(stack.actor.pid.remote()) != pid  # a new orchestrator process took over
     for task_id in task_ids:
-        kinds = [e["kind"] for e in store.events_sync(task_id)]
+        events = _events(store, task_id)
+        kinds = [e.kind for e in events]
         assert kinds.count("completed") == 1, (task_id, kinds)  # never run to the end twice
         succeeded = [
-            e["data"]["step_id"]
-            for e in store.events_sync(task_id)
-            if e["kind"] == "step_finished" and e["data"].get("step_status") == "succeeded"
+            e.data["step_id"]
+            for e in events
+            if e.kind == "step_finished" and e.data.get("step_status") == "succeeded"
         ]
         assert len(succeeded) == len(set(succeeded)), (task_id, kinds)  # no recorded success ran twice
     # everything the orchestrator does after a restart keeps working
@@ -119,4 +134,4 @@ def test_tasks_are_spread_over_the_orchestrator_shards_and_each_runs_once(stack:
     }
     assert owners == {"officeray-orchestrator", "officeray-orchestrator-1"}
     for task_id in task_ids:
-        assert [e["kind"] for e in store.events_sync(task_id)].count("completed") == 1
+        assert [e.kind for e in _events(store, task_id)].count("completed") == 1

@@ -27,7 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
-        [sys.executable, "-m", "officeray.cli", "loadtest", "--quiet", *args],
+        [sys.executable, "-m", "cluster.cli", "loadtest", "--quiet", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from cluster.runtime import LocalStack
-from officeray.store import SqlStore
+from tests.integration.stored import with_store
 from tests.integration.test_api_fuzz import CALL_TIMEOUT_S as FUZZ_CALL_TIMEOUT_S
 from tests.integration.test_api_fuzz import MAX_EXAMPLES as FUZZ_MAX_EXAMPLES
 from tests.integration.test_api_fuzz import _strategy as fuzz_strategy
@@ -237,11 +237,8 @@ def test_an_invalid_ready_plan_answers_422_and_creates_nothing(
     assert not_allowed.status_code == 422 and not_allowed.json()["code"] == "invalid_plan"
     assert "'math_calculator' is not allowed" in not_allowed.json()["detail"]
 
-    store = SqlStore(stack.settings.store.url)
-    try:
-        assert [r for r in store.list_tasks_sync(limit=10_000) if r.tenant == tenant] == []
-    finally:
-        store.close()
+    records = with_store(stack.settings.store.url, lambda store: store.list_tasks(limit=10_000))
+    assert [r for r in records if r.tenant == tenant] == []
 
 
 def test_no_task_api_operation_answers_a_server_error(stack: LocalStack) -> None:

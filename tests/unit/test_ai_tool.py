@@ -1,4 +1,5 @@
-"""ai_tool: the embedded answerer (serving.tiers.embedded) and the host tool around the router."""
+"""ai_tool: the deterministic answerer (tools_sandbox.host_tools.ai_answers, also the embedded tier's)
+and the host tool around the router."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import pytest
 
 from officeray.contracts import ErrorType, PlanStep
 from officeray.errors import ModelUnavailableError, PlanningError
-from serving.tiers.embedded import (
-    AI_TOOL_FORMS,
-    AiToolUnsupportedPrompt,
-    EmbeddedAiTool,
-    answer_prompt,
-)
-from tools_sandbox.catalog import HostContext, ToolRuntime, get_tool
+from officeray.tools.catalog import builtin_catalog
+from officeray.tools.host_inputs import MAX_PROMPT_CHARS, AiToolInput
+from officeray.tools.spec import HostContext, ToolRuntime
+from serving.tiers.embedded import EmbeddedAiTool
 from tools_sandbox.executor import run_step
-from tools_sandbox.host_tools.ai_tool import MAX_PROMPT_CHARS, AiToolInput, run
+from tools_sandbox.host_tools.ai_answers import AI_TOOL_FORMS, AiToolUnsupportedPrompt, answer_prompt
+from tools_sandbox.host_tools.ai_tool import run
+
+CATALOG = builtin_catalog()
+"""The built-in tools (these tests need no plugins)."""
 
 # --- the embedded answerer -----------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ def test_embedded_tier_class_is_async_like_the_other_roles() -> None:
 
 
 def test_catalog_entry() -> None:
-    spec = get_tool("ai_tool")
+    spec = CATALOG.get_tool("ai_tool")
     assert spec.runtime == ToolRuntime.HOST and spec.outputs == ("answer",)
     assert spec.host_function == "tools_sandbox.host_tools.ai_tool:run"
     assert spec.input_model is AiToolInput and spec.load_host_function() is run
@@ -118,7 +120,9 @@ def test_catalog_does_not_import_serving() -> None:
     import subprocess
     import sys
 
-    code = "import sys, tools_sandbox.catalog; print(any(m.split('.')[0] == 'serving' for m in sys.modules))"
+    code = (
+        "import sys, officeray.tools.catalog; print(any(m.split('.')[0] == 'serving' for m in sys.modules))"
+    )
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
     assert proc.stdout.strip() == "False", proc.stderr

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.cli_output import UsageError
 from cluster.jobs import batch
 from cluster.jobs.batch_io import (
     MAX_REPORTED_ROW_ERRORS,
@@ -45,12 +46,10 @@ from cluster.jobs.batch_report import (
     Disposition,
     Outcome,
     Tally,
-    percentile,
     progress_line,
     summary_lines,
 )
 from cluster.jobs.batch_run import ROW_ATTEMPTS, conflict_of, run_row, run_rows
-from officeray.cli import UsageError
 from officeray.contracts import (
     MAX_TASK_DESCRIPTION_CHARS,
     ModelUsage,
@@ -530,22 +529,6 @@ async def test_an_output_error_stops_the_run() -> None:
 # -- reports -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("values", "pct", "expected"),
-    [
-        ([], 50, None),
-        ([1.0], 95, 1.0),
-        ([1.0, 2.0], 50, 1.0),
-        ([1.0, 2.0, 3.0, 4.0], 50, 2.0),
-        ([float(i) for i in range(1, 101)], 95, 95.0),
-        ([float(i) for i in range(1, 21)], 95, 19.0),
-        ([1.0, 2.0, 3.0], 100, 3.0),
-    ],
-)
-def test_nearest_rank_percentiles(values: list[float], pct: float, expected: float | None) -> None:
-    assert percentile(values, pct) == expected
-
-
 def record(
     status: TaskStatus, latency_s: float | None = 1.0, tokens: tuple[int, int] = (10, 2)
 ) -> TaskRecord:
@@ -605,7 +588,8 @@ def test_summary_lines() -> None:
     assert lines == [
         "batch: run nightly: 3 task(s) in 12.3s: 1 completed, 1 failed, 1 skipped (completed earlier), "
         "0 re-run (start-up 5.0s)",
-        "batch: latency p50 1.00s p95 3.00s; tokens 20 prompt + 4 completion = 24 (tasks run by this job)",
+        # officeray.stats.percentile of [1.0, 3.0] (linear interpolation): p50 2.0, p95 1 + 0.95 * 2
+        "batch: latency p50 2.00s p95 2.90s; tokens 20 prompt + 4 completion = 24 (tasks run by this job)",
         "batch: re-submit with --run-id nightly to re-run the failed tasks (completed ones are skipped)",
     ]
     nothing_ran = Tally(total=1, skipped=1)
@@ -661,7 +645,7 @@ def test_the_parquet_writer_writes_one_row_per_task_in_order(tmp_path: Path) -> 
 
 
 def test_the_jsonl_writer_writes_officeray_run_json_records(tmp_path: Path) -> None:
-    from officeray.cli import record_json
+    from cluster.cli_output import record_json
 
     out = tmp_path / "results.jsonl"
     writer = open_writer(Output(locate(str(out)), "jsonl"), "r")

@@ -15,11 +15,11 @@ from typing import Any
 
 from officeray.contracts import ErrorType, TaskRequest, TaskStatus
 from officeray.testing import FunctionExecutor, InMemoryStore, ToolFailed, in_memory_tracer
+from officeray.tools.builtin import BUILTIN_TOOLS
 from officeray.workflow import Workflow
 from serving.tiers.embedded import EmbeddedPlanner, EmbeddedReviewer
 from tools_sandbox.agent.errors import ToolInputError
 from tools_sandbox.agent.tools.code_analyzer import analyze
-from tools_sandbox.catalog import BUILTIN_TOOLS
 
 TOOLS = {name: spec.input_model for name, spec in BUILTIN_TOOLS.items()}
 

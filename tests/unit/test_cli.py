@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster import cli
 from cluster.jobs import batch
-from officeray import cli
 
 
 def test_run_without_a_task_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,9 +132,65 @@ def test_tool_bad_usage_exits_2_before_anything_runs(
 
 
 def test_bench_overhead_is_a_cli_command_and_bad_levels_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from officeray.cli import main
+    from cluster.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["bench", "overhead", "--levels", "0"])
     assert exc.value.code == 2
     assert "--levels" in capsys.readouterr().err
+
+
+# -- commands of outer packages (the officeray.commands entry points) ----------------------------------
+
+EXTENSION = """
+import argparse
+
+
+def add(sub):
+    hello = sub.add_parser("hello", help="an added command")
+    hello.add_argument("--code", type=int, default=0)
+    hello.set_defaults(run_command=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print("hello from an added command")
+    return args.code
+"""
+
+
+@pytest.fixture
+def installed_extension(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution on sys.path, as pip would install it, registering one good and one broken command."""
+    (tmp_path / "officeray_test_extension.py").write_text(EXTENSION, encoding="utf-8")
+    info = tmp_path / "officeray_test_extension-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: officeray-test-extension\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[{cli.COMMANDS_GROUP}]\n"
+        "hello = officeray_test_extension:add\n"
+        "broken = officeray_no_such_module:add\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_loadtest_and_bench_come_from_the_entry_points_of_loadtests() -> None:
+    import importlib.metadata
+
+    entries = {e.name: e.value for e in importlib.metadata.entry_points(group=cli.COMMANDS_GROUP)}
+    assert entries["loadtest"] == "loadtests.commands:add_loadtest"
+    assert entries["bench"] == "loadtests.commands:add_bench"
+
+
+def test_an_added_command_runs_with_its_exit_code_and_a_broken_one_is_reported(
+    installed_extension: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["hello", "--code", "3"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "hello from an added command\n"
+    assert "officeray: warning: command 'broken' (officeray_no_such_module:add) could not be added" in (
+        captured.err
+    )
+    assert cli.main(["tools", "--json"]) == 0  # the built-in commands still work

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from officeray import cli
+from cluster import cli
 
 ENTRY = {
     "task_id": "task-dead01",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from officeray import cli
+from cluster import cli
 
 
 def _plan_file(tmp_path: Path, plan: object) -> str:

@@ -11,20 +11,16 @@ from typing import Any
 
 import pytest
 
-from officeray import cli
-from tools_sandbox import catalog
-from tools_sandbox.catalog import BUILTIN_TOOLS
+from cluster import cli
+from officeray.tools.builtin import BUILTIN_TOOLS
 
 EXAMPLE = "examples.plugins.text_tools"
 KEYS = {"name", "description", "runtime", "risk", "outputs", "input_schema"}
 
 
 @pytest.fixture(autouse=True)
-def clean_registry() -> Iterator[None]:
-    registry = dict(catalog._REGISTRY)
+def clean_modules() -> Iterator[None]:
     yield
-    catalog._REGISTRY.clear()
-    catalog._REGISTRY.update(registry)
     sys.modules.pop(EXAMPLE, None)
 
 
@@ -97,7 +93,7 @@ def test_a_bad_plugin_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_p
 def test_tools_does_not_start_ray() -> None:
     code = (
         "import sys\n"
-        "from officeray import cli\n"
+        "from cluster import cli\n"
         "assert cli.main(['tools', '--json']) == 0\n"
         "print('ray' in sys.modules, file=sys.stderr)\n"
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from officeray import cli
+from cluster import cli
 from officeray.config import Settings
 
 

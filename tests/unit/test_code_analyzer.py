@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from tools_sandbox.agent.errors import ToolInputError
-from tools_sandbox.agent.tools import code_analyzer
-from tools_sandbox.agent.tools.code_analyzer import analyze
+from tools_sandbox.agent.tools.code_analyzer import AnalyzerLimits, analyze
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_project"
 
@@ -839,38 +838,36 @@ def test_ambiguous_error_prefix_is_parsable(tmp_path: Path) -> None:
     ]
 
 
-def test_too_many_start_candidates_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_many_start_candidates_is_refused(tmp_path: Path) -> None:
     folder = write(tmp_path, {f"m{i}.py": "def f():\n    g()\n\ndef g():\n    pass\n" for i in range(3)})
-    monkeypatch.setattr(code_analyzer, "MAX_START_CANDIDATES", 2)
     with pytest.raises(ToolInputError) as info:
-        analyze(folder, "f", "m0.g")
+        analyze(folder, "f", "m0.g", limits=AnalyzerLimits(max_start_candidates=2))
     assert str(info.value).startswith(
         "start_func 'f' is ambiguous: it matches 3 functions: "
         "m0.f (m0.py:1), m1.f (m1.py:1), m2.f (m2.py:1). Too many to search (the limit is 2)"
     )
-    monkeypatch.setattr(code_analyzer, "MAX_START_CANDIDATES", 3)
-    assert names(analyze(folder, "f", "m0.g")) == ["m0.f", "m0.g"]
+    assert names(analyze(folder, "f", "m0.g", limits=AnalyzerLimits(max_start_candidates=3))) == [
+        "m0.f",
+        "m0.g",
+    ]
 
 
-def test_paths_listed_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paths_listed_are_capped(tmp_path: Path) -> None:
     folder = write(tmp_path, {f"m{i}.py": "def f():\n    g()\n\ndef g():\n    pass\n" for i in range(4)})
-    monkeypatch.setattr(code_analyzer, "MAX_PATHS_LISTED", 2)
-    result = analyze(folder, "f", "g")
+    result = analyze(folder, "f", "g", limits=AnalyzerLimits(max_paths_listed=2))
     assert [[hop["name"] for hop in path] for path in result["paths"]] == [["m0.f", "m0.g"], ["m1.f", "m1.g"]]
     assert "4 paths join the candidates" in result["message"]
     # each m{i}.f reaches only its own g: every candidate is on a path
     assert result["unreachable_candidates"] == []
 
 
-def test_a_search_stops_after_the_visit_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_search_stops_after_the_visit_limit(tmp_path: Path) -> None:
     chain = "".join(f"def f{i}():\n    f{i + 1}()\n\n" for i in range(6)) + "def f6():\n    pass\n"
     folder = write(tmp_path, {"m.py": chain})
-    monkeypatch.setattr(code_analyzer, "MAX_SEARCH_VISITS", 3)
-    result = analyze(folder, "f0", "f6")
+    result = analyze(folder, "f0", "f6", limits=AnalyzerLimits(max_search_visits=3))
     assert result["found"] is False
     assert "f0 reaches more than 3 functions (the search stopped after 3 of them)" in result["message"]
-    monkeypatch.setattr(code_analyzer, "MAX_SEARCH_VISITS", 7)
-    assert analyze(folder, "f0", "f6")["hops"] == 6
+    assert analyze(folder, "f0", "f6", limits=AnalyzerLimits(max_search_visits=7))["hops"] == 6
 
 
 def test_qualified_names_disambiguate(two_runs: str) -> None:
@@ -909,7 +906,7 @@ def test_folder_errors(tmp_path: Path) -> None:
         analyze(str(tmp_path / "empty"), "a", "b")
 
 
-def test_unparsable_and_oversized_files_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unparsable_and_oversized_files_are_skipped(tmp_path: Path) -> None:
     folder = write(
         tmp_path,
         {
@@ -919,8 +916,7 @@ def test_unparsable_and_oversized_files_are_skipped(tmp_path: Path, monkeypatch:
             "escapes.py": "import re\n\ndef pattern():\n    return re.compile('\\d+')\n",
         },
     )
-    monkeypatch.setattr(code_analyzer, "MAX_FILE_BYTES", 150)
-    result = analyze(folder, "start", "start")
+    result = analyze(folder, "start", "start", limits=AnalyzerLimits(max_file_bytes=150))
     assert result["files_indexed"] == 2
     skipped = {entry["file"]: entry["reason"] for entry in result["skipped_files"]}
     assert set(skipped) == {"big.py", "broken.py"}
@@ -934,11 +930,11 @@ def test_all_files_broken(tmp_path: Path) -> None:
         analyze(folder, "a", "b")
 
 
-def test_too_many_files_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_many_files_is_refused(tmp_path: Path) -> None:
     folder = write(tmp_path, {f"m{i}.py": "def f():\n    pass\n" for i in range(4)})
-    monkeypatch.setattr(code_analyzer, "MAX_FILES", 3)
     with pytest.raises(ToolInputError, match="more than 3 Python files"):
-        analyze(folder, "m0.f", "m1.f")
+        analyze(folder, "m0.f", "m1.f", limits=AnalyzerLimits(max_files=3))
+    assert analyze(folder, "m0.f", "m0.f", limits=AnalyzerLimits(max_files=4))["files_indexed"] == 4
 
 
 def test_hidden_cache_and_virtualenv_folders_are_not_searched(tmp_path: Path) -> None:

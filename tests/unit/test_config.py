@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from officeray.config import CONFIG_ENV_VAR, Settings, StepRetryPolicy, load_settings
+from officeray.config import CONFIG_ENV_VAR, SandboxLimits, Settings, StepRetryPolicy, load_settings
 from officeray.contracts import ErrorType
 from officeray.errors import ConfigError
+from officeray.limits import MAX_OUTPUT_BYTES
 
 
 @pytest.fixture(autouse=True)
@@ -231,3 +232,34 @@ def test_retry_policy_refuses_bad_values(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "workflow:\n  step_retry:\n    jitter: 1.5\n"))
     with pytest.raises(ConfigError, match=r"workflow\.step_retry\.non_retryable_error_types"):
         load_settings(write(tmp_path, "workflow:\n  step_retry:\n    non_retryable_error_types: [oops]\n"))
+
+
+# -- the sandbox limits --------------------------------------------------------------------------
+
+
+def test_sandbox_limits_are_typed_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sandbox.limits`` is a model of the config: checked at load, set by file, environment or
+    override like any other section, and the default output cap is the agent's own."""
+    assert Settings().sandbox.limits == SandboxLimits()
+    assert SandboxLimits().output_bytes == MAX_OUTPUT_BYTES
+    settings = load_settings(write(tmp_path, "sandbox:\n  limits:\n    memory_mb: 256\n    cpus: 0.5\n"))
+    assert (settings.sandbox.limits.memory_mb, settings.sandbox.limits.cpus) == (256, 0.5)
+    assert settings.sandbox.limits.pids == SandboxLimits().pids
+    monkeypatch.setenv("OFFICERAY_SANDBOX__LIMITS__PIDS", "64")
+    assert load_settings(**{"sandbox.limits.tmp_mb": 8}).sandbox.limits.model_dump(
+        include={"pids", "tmp_mb"}
+    ) == {"pids": 64, "tmp_mb": 8}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("memory_mb: 8", "sandbox.limits.memory_mb: Input should be greater than or equal to 32"),
+        ("cpus: 0", "sandbox.limits.cpus: Input should be greater than 0"),
+        ("memory: 512", "sandbox.limits.memory: unknown key"),
+    ],
+)
+def test_bad_sandbox_limits_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, f"sandbox:\n  limits:\n    {text}\n"))
+    assert message in str(info.value)

@@ -315,8 +315,8 @@ def test_step_result_duration() -> None:
 def test_the_readme_example_plan_is_valid_and_accepted() -> None:
     from pathlib import Path
 
+    from officeray.tools.builtin import BUILTIN_TOOLS
     from officeray.validate import validate_plan
-    from tools_sandbox.catalog import BUILTIN_TOOLS
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## The plan contract", 1)[1]

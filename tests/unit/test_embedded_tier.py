@@ -19,6 +19,7 @@ from officeray.contracts import (
     StepStatus,
 )
 from officeray.errors import PlanningError
+from officeray.tools.builtin import BUILTIN_TOOLS
 from serving.tiers.embedded import (
     CODE_ANALYZER_TIMEOUT_SECONDS,
     MATH_TIMEOUT_SECONDS,
@@ -30,7 +31,6 @@ from serving.tiers.embedded import (
     plan_task,
     review_results,
 )
-from tools_sandbox.catalog import BUILTIN_TOOLS, get_tool
 
 ALL_TOOLS = sorted(BUILTIN_TOOLS)
 MATH = "math_calculator"
@@ -54,7 +54,7 @@ def check_plan(plan: Plan) -> None:
     """The plan survives a JSON round trip and every step's inputs satisfy its tool's input model."""
     assert Plan.model_validate(plan.model_dump(mode="json")) == plan
     for step in plan.steps:
-        get_tool(step.action).input_model.model_validate(step.inputs)
+        BUILTIN_TOOLS[step.action].input_model.model_validate(step.inputs)
 
 
 def shape(plan: Plan) -> list[tuple[str, dict[str, Any], list[str]]]:
@@ -324,7 +324,7 @@ def test_plan_fields() -> None:
     assert plan.metadata.required_tools == sorted({CODE, MATH, PY})
     assert [s.idempotency_key for s in plan.steps] == ["t1:3:s1", "t1:3:s2", "t1:3:s3"]
     for step in plan.steps:
-        assert step.outputs_expectation == {"keys": list(get_tool(step.action).outputs)}
+        assert step.outputs_expectation == {"keys": list(BUILTIN_TOOLS[step.action].outputs)}
     assert [s.timeout_seconds for s in plan.steps] == [
         CODE_ANALYZER_TIMEOUT_SECONDS,
         MATH_TIMEOUT_SECONDS,

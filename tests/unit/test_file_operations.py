@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from officeray.tools.builtin import BUILTIN_TOOLS, FileOperationsInput
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
 from tools_sandbox.agent.tools import file_operations as fo
-from tools_sandbox.catalog import BUILTIN_TOOLS, FileOperationsInput
 
 SECRET = "top secret\n"
 
@@ -96,17 +96,27 @@ def test_list(ws: Path) -> None:
     assert not any(name.startswith(("out-dir/", "up/", "root-link/")) for name in everything)
 
 
-def test_list_is_truncated(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_is_truncated(ws: Path) -> None:
     for i in range(5):
         (ws / "many" / f"f{i}").parent.mkdir(exist_ok=True)
         (ws / "many" / f"f{i}").write_text("x")
-    monkeypatch.setattr(fo, "MAX_LIST_ENTRIES", 3)
-    out = fo.run("list", "many")
+    out = fo.run("list", "many", limits=fo.FileLimits(max_list_entries=3))
     assert out["truncated"] is True and [e["name"] for e in out["entries"]] == ["f0", "f1", "f2"]
-    monkeypatch.setattr(fo, "MAX_LIST_ENTRIES", 1000)
-    monkeypatch.setattr(fo, "MAX_LIST_DEPTH", 1)
-    out = fo.run("list", "sub", recursive=True)
+    assert fo.run("list", "many", limits=fo.FileLimits(max_list_entries=5))["truncated"] is False
+    out = fo.run("list", "sub", recursive=True, limits=fo.FileLimits(max_list_depth=1))
     assert out["truncated"] is True and "deep/c.txt" not in [e["name"] for e in out["entries"]]
+    assert "deep/c.txt" in [e["name"] for e in fo.run("list", "sub", recursive=True)["entries"]]
+
+
+def test_read_and_write_limits_are_the_given_ones(ws: Path) -> None:
+    small = fo.FileLimits(max_read_bytes=4, max_write_bytes=4, max_path_chars=8)
+    with pytest.raises(ToolFailure, match=r"read is limited to MAX_READ_BYTES \(4 bytes\)"):
+        fo.run("read", "a.txt", limits=small)  # "alpha": 5 bytes
+    with pytest.raises(ToolInputError, match=r"write is limited to MAX_WRITE_BYTES \(4 bytes\)"):
+        fo.run("write", "w.txt", content="12345", limits=small)
+    with pytest.raises(ToolInputError, match="the limit is 8"):
+        fo.run("read", "a-long-name.txt", limits=small)
+    assert fo.run("write", "w.txt", content="1234", limits=small)["bytes"] == 4
 
 
 def test_delete(ws: Path) -> None:

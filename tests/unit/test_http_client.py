@@ -21,10 +21,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from officeray.contracts import ErrorType, PlanStep, StepOutcome
-from tools_sandbox.catalog import HostContext, ToolRuntime, get_tool, validate_tool_settings
+from officeray.tools.catalog import builtin_catalog
+from officeray.tools.host_inputs import HttpClientInput, HttpClientSettings
+from officeray.tools.spec import HostContext, ToolRuntime
 from tools_sandbox.executor import run_step
-from tools_sandbox.host_tools.models import HttpClientInput, HttpClientSettings
 from tools_sandbox.sandbox import Sandbox
+
+CATALOG = builtin_catalog()
+"""The built-in tools (these tests need no plugins)."""
 
 App = Callable[["Handler"], None]
 
@@ -116,7 +120,7 @@ def run(inputs: dict[str, Any], services: dict[str, Any] | None = None, **settin
     """Run an http_client step; names resolve only through an injected ``dns_resolver``."""
     step = PlanStep(step_id="s1", action="http_client", inputs=inputs, idempotency_key="k1")
     context = HostContext(
-        settings=validate_tool_settings({"http_client": settings}),
+        settings=CATALOG.check_settings({"http_client": settings}),
         services={"dns_resolver": no_dns, **(services or {})},
     )
     return run_step(cast(Sandbox, NoSandbox()), step, inputs, Path("."), context)
@@ -195,7 +199,7 @@ def other() -> Iterator[LoopbackServer]:
 
 
 def test_catalog_entry() -> None:
-    spec = get_tool("http_client")
+    spec = CATALOG.get_tool("http_client")
     assert spec.runtime == ToolRuntime.HOST
     assert spec.host_function == "tools_sandbox.host_tools.http_client:fetch"
     assert spec.settings_model is HttpClientSettings
@@ -205,24 +209,26 @@ def test_catalog_entry() -> None:
 
 
 def test_the_catalog_does_not_import_httpx() -> None:
-    code = "import sys, tools_sandbox.catalog; sys.exit('httpx' in sys.modules or 'rank_bm25' in sys.modules)"
+    code = (
+        "import sys, officeray.tools.catalog; sys.exit('httpx' in sys.modules or 'rank_bm25' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_settings_defaults_and_validation() -> None:
-    checked = validate_tool_settings({})
+    checked = CATALOG.check_settings({})
     settings = checked["http_client"]
     assert isinstance(settings, HttpClientSettings)
     assert settings.allow_hosts == []
     assert settings.max_response_bytes == 2 * 1024**2
     assert settings.timeout_s == 20
     assert settings.max_redirects == 5
-    assert validate_tool_settings({"http_client": {"allow_hosts": ["Svc.Internal:0080"]}})[
+    assert CATALOG.check_settings({"http_client": {"allow_hosts": ["Svc.Internal:0080"]}})[
         "http_client"
     ].allow_hosts == ["svc.internal:80"]  # type: ignore[attr-defined]
     for bad in ({"allow_hosts": ["http://x/"]}, {"max_redirects": -1}, {"timeout_s": 0}, {"nope": 1}):
         with pytest.raises(ValueError, match=r"tools\.http_client\."):
-            validate_tool_settings({"http_client": bad})
+            CATALOG.check_settings({"http_client": bad})
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 import pytest
@@ -24,52 +22,53 @@ class _Method:
     def __init__(self, answers: list[Any]) -> None:
         self.answers = answers
         self.calls = 0
+        self.args: list[tuple[Any, ...]] = []
 
     async def remote(self, *args: Any) -> Any:
         self.calls += 1
+        self.args.append(args)
         answer = self.answers.pop(0)
         if isinstance(answer, BaseException):
             raise answer
         return answer
 
 
-@pytest.fixture(autouse=True)
-def _no_real_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Records the waits of this test's event loop instead of waiting. ``asyncio.sleep`` is patched
-    for the whole process, so event loops of other threads (a Serve handle's, left by an earlier
-    test in this process) keep sleeping for real and are not recorded."""
-    waits: list[float] = []
-    real_sleep = asyncio.sleep
+class Waits:
+    """The injected ``sleep`` of :func:`call_with_backpressure`: records the waits, never waits."""
 
-    async def fake_sleep(seconds: float) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            await real_sleep(seconds)
-            return
-        waits.append(seconds)
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
 
-    monkeypatch.setattr(models.asyncio, "sleep", fake_sleep)
-    return waits
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
 
 
-async def test_backpressure_is_retried_with_backoff_then_answers(_no_real_waits: list[float]) -> None:
-    method = _Method([BackPressureError("full"), BackPressureError("full"), "ok"])
-    assert await call_with_backpressure(method) == "ok"
+async def test_backpressure_is_retried_with_backoff_then_answers() -> None:
+    method, waits = _Method([BackPressureError("full"), BackPressureError("full"), "ok"]), Waits()
+    assert await call_with_backpressure(method, sleep=waits) == "ok"
     assert method.calls == 3
-    assert _no_real_waits == [models.BACKPRESSURE_INITIAL_WAIT_S, models.BACKPRESSURE_INITIAL_WAIT_S * 2]
+    assert waits.seconds == [models.BACKPRESSURE_INITIAL_WAIT_S, models.BACKPRESSURE_INITIAL_WAIT_S * 2]
 
 
 async def test_lasting_backpressure_is_a_retriable_unavailable_error_not_a_hang() -> None:
-    method = _Method([BackPressureError("full")] * (models.BACKPRESSURE_RETRIES + 1))
+    method, waits = _Method([BackPressureError("full")] * (models.BACKPRESSURE_RETRIES + 1)), Waits()
     with pytest.raises(ModelUnavailableError, match="overloaded"):
-        await call_with_backpressure(method)
+        await call_with_backpressure(method, sleep=waits)
     assert method.calls == models.BACKPRESSURE_RETRIES + 1
+    assert len(waits.seconds) == models.BACKPRESSURE_RETRIES  # none after the last attempt
 
 
 async def test_other_errors_are_not_retried() -> None:
-    method = _Method([ValueError("boom"), "never"])
+    method, waits = _Method([ValueError("boom"), "never"]), Waits()
     with pytest.raises(ValueError):
-        await call_with_backpressure(method)
-    assert method.calls == 1
+        await call_with_backpressure(method, sleep=waits)
+    assert method.calls == 1 and waits.seconds == []
+
+
+async def test_every_attempt_gets_the_same_arguments() -> None:
+    method = _Method([BackPressureError("full"), "ok"])
+    assert await call_with_backpressure(method, "request", "tenant", sleep=Waits()) == "ok"
+    assert method.args == [("request", "tenant")] * 2
 
 
 class _Handle:

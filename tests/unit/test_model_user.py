@@ -33,9 +33,9 @@ from loadtests.llm_metrics import (
 )
 from loadtests.records import MODEL_METRICS, MODEL_TYPE
 from officeray.contracts import PlanRequest
+from officeray.tools.builtin import BUILTIN_TOOLS
 from serving.tiers.embedded import plan_task
 from tests.fake_openai_server import FakeOpenAIServer
-from tools_sandbox.catalog import all_tools
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_PROMPTS = REPO_ROOT / "loadtests" / "prompts.jsonl"
@@ -107,7 +107,7 @@ def test_shipped_prompts_are_understood_by_the_embedded_planner() -> None:
     assert 5 <= len(items) <= 8
     for item in items:
         plan = plan_task(
-            PlanRequest(task_id="chat", description=item.prompt, allowed_tools=sorted(all_tools()))
+            PlanRequest(task_id="chat", description=item.prompt, allowed_tools=sorted(BUILTIN_TOOLS))
         )
         assert plan.steps, item.prompt
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from officeray.contracts import Plan, plan_json_schema
+from officeray.tools.builtin import BUILTIN_TOOLS
 from officeray.validate import RULES, check_plan
-from tools_sandbox.catalog import BUILTIN_TOOLS
 
 TOOLS = {name: spec.input_model for name, spec in BUILTIN_TOOLS.items()}
 EXAMPLES = 150

@@ -1,7 +1,8 @@
-"""The plugin API: ``@tool`` rules, registration in the catalog, input schemas, load_plugins.
+"""The plugin API: ``@tool`` rules, plugins in a built catalog, input schemas, load_plugins.
 
-Plugin modules are written into a temporary folder put on ``sys.path``; the catalog and
-``sys.modules`` are restored after each test, so no plugin leaks into other tests.
+Plugin modules are written into a temporary folder put on ``sys.path``; ``sys.modules`` is restored
+after each test. A catalog is a value (``load_plugins`` and ``build_catalog`` return a new one), so
+nothing else needs restoring: there is no process-wide registry.
 """
 
 from __future__ import annotations
@@ -19,21 +20,18 @@ from pydantic import BaseModel, ConfigDict
 
 from officeray.config import Settings
 from officeray.errors import ConfigError
-from tools_sandbox import catalog, plugins
-from tools_sandbox.agent import server
-from tools_sandbox.catalog import RiskLevel, ToolRuntime
-from tools_sandbox.plugins import PluginError, PluginRef, load_plugins, plugin_ref, tool
+from officeray.tools import plugins
+from officeray.tools.catalog import ToolCatalog, build_catalog, builtin_catalog, load_plugins
+from officeray.tools.plugins import PluginError, RiskLevel, declared_tool, tool
+from officeray.tools.spec import PluginRef, ToolRuntime, ToolSpec
 
 EXAMPLE = "examples.plugins.text_tools"
 
 
 @pytest.fixture(autouse=True)
-def clean_registry() -> Iterator[None]:
-    registry = dict(catalog._REGISTRY)
+def clean_modules() -> Iterator[None]:
     modules = set(sys.modules)
     yield
-    catalog._REGISTRY.clear()
-    catalog._REGISTRY.update(registry)
     for name in set(sys.modules) - modules:
         if name == EXAMPLE or name.startswith("plugin_test_"):
             del sys.modules[name]
@@ -55,39 +53,40 @@ def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
 HEADER = """\
 from __future__ import annotations
 from pydantic import BaseModel, Field
-from tools_sandbox.plugins import tool
+from officeray.tools import tool
 
 class In(BaseModel):
     text: str = Field(max_length=10)
 """
 
 
-def load(plugin_module: Callable[[str], str], body: str) -> str:
+def load(plugin_module: Callable[[str], str], body: str) -> tuple[str, ToolCatalog]:
+    """Write a plugin module (HEADER + body) and load it: (its name, the catalog with its tools)."""
     name = plugin_module(HEADER + textwrap.dedent(body))
-    load_plugins([name])
-    return name
+    return name, load_plugins([name])
 
 
 # --- the example plugins -------------------------------------------------------------------------
 
 
-def test_example_plugins_register_as_sandbox_tools() -> None:
-    load_plugins([EXAMPLE])
+def test_example_plugins_join_the_catalog_as_sandbox_tools() -> None:
+    catalog = load_plugins([EXAMPLE])
     from examples.plugins import text_tools
 
     spec = catalog.get_tool("word_count")
     assert spec.runtime == ToolRuntime.SANDBOX and spec.risk == RiskLevel.LOW
     assert spec.outputs == ("words", "lines")
     assert spec.description.startswith("Count the words")
-    ref = plugin_ref(spec)
+    ref = spec.plugin
     assert isinstance(ref, PluginRef)
     assert (ref.module, ref.function) == (EXAMPLE, "word_count")
     assert ref.path == text_tools.__file__
     assert ref.source == Path(text_tools.__file__).read_text(encoding="utf-8")
     assert ref.protocol_field() == {"module": EXAMPLE, "function": "word_count", "source": ref.source}
-    assert plugin_ref(catalog.get_tool("math_calculator")) is None
-    assert spec.extra[plugins.PLUGIN_EXTRA_KEY] is ref
-    assert "word_count" in catalog.input_models() and "slugify" in catalog.all_tools()
+    assert catalog.get_tool("math_calculator").plugin is None
+    assert "word_count" in catalog.input_models() and "slugify" in catalog
+    assert list(catalog)[-2:] == ["word_count", "slugify"]  # built-ins first, then definition order
+    assert "word_count" not in builtin_catalog()  # a new catalog; nothing registered anywhere else
 
 
 def test_example_functions_stay_plain_functions() -> None:
@@ -101,8 +100,7 @@ def test_example_functions_stay_plain_functions() -> None:
 
 
 def test_input_schema_is_strict_and_documented() -> None:
-    load_plugins([EXAMPLE])
-    spec = catalog.get_tool("slugify")
+    spec = load_plugins([EXAMPLE]).get_tool("slugify")
     schema = spec.input_model.model_json_schema()
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["text"]
@@ -136,7 +134,7 @@ class HeaderIn(BaseModel):
 
 
 def test_name_model_and_defaults(plugin_module: Callable[[str], str]) -> None:
-    name = load(
+    name, catalog = load(
         plugin_module,
         """
         class Other(BaseModel):
@@ -158,9 +156,9 @@ def test_name_model_and_defaults(plugin_module: Callable[[str], str]) -> None:
     assert renamed.description == "second" and renamed.risk == RiskLevel.HIGH
     assert renamed.outputs == ("a", "b")
     assert set(renamed.input_model.model_fields) == {"n"}
-    ref = plugin_ref(renamed)
+    ref = renamed.plugin
     assert ref is not None and (ref.module, ref.function) == (name, "second")
-    assert "second" not in catalog.all_tools()
+    assert "second" not in catalog
 
 
 @pytest.mark.parametrize(
@@ -284,7 +282,6 @@ def test_decorator_refuses(plugin_module: Callable[[str], str], body: str, messa
     with pytest.raises(PluginError, match=message) as info:
         load_plugins([name])
     assert f"plugins: {name!r}" in str(info.value)
-    assert not any(plugin_ref(s) and plugin_ref(s).module == name for s in catalog.all_tools().values())  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -322,7 +319,7 @@ def test_plugin_error_is_a_value_error() -> None:
 
 
 def test_duplicate_names_are_refused(plugin_module: Callable[[str], str]) -> None:
-    first = load(
+    first, _ = load(
         plugin_module,
         """
         @tool(description="x")
@@ -341,8 +338,9 @@ def test_duplicate_names_are_refused(plugin_module: Callable[[str], str]) -> Non
         )
     )
     with pytest.raises(PluginError, match=rf"already registered \(by plugin {first}\.shared\)"):
-        load_plugins([second])
-    assert plugin_ref(catalog.get_tool("shared")).module == first  # type: ignore[union-attr]
+        load_plugins([first, second])
+    alone = load_plugins([second]).get_tool("shared").plugin  # no state left behind by the first build
+    assert alone is not None and alone.module == second
 
 
 def test_builtin_names_are_refused(plugin_module: Callable[[str], str]) -> None:
@@ -358,13 +356,29 @@ def test_builtin_names_are_refused(plugin_module: Callable[[str], str]) -> None:
     )
     with pytest.raises(PluginError, match=r"'python_exec' is already registered \(built in\); pass name="):
         load_plugins([name])
-    assert plugin_ref(catalog.get_tool("python_exec")) is None
+
+
+def test_the_same_function_twice_is_one_tool(plugin_module: Callable[[str], str]) -> None:
+    """A module listed twice, a second name for a tool function, a plugin importing another's tool."""
+    first, _ = load(
+        plugin_module,
+        """
+        @tool(description="x")
+        def shared(inputs: In) -> dict:
+            return {}
+
+        alias = shared
+        """,
+    )
+    second = plugin_module(f"from {first} import shared\n")
+    catalog = load_plugins([first, first, second])
+    assert list(catalog)[-1] == "shared" and len(catalog) == len(builtin_catalog()) + 1
 
 
 def test_reimporting_a_module_replaces_its_tools(plugin_module: Callable[[str], str]) -> None:
     import importlib
 
-    name = load(
+    name, catalog = load(
         plugin_module,
         """
         @tool(description="x")
@@ -374,8 +388,9 @@ def test_reimporting_a_module_replaces_its_tools(plugin_module: Callable[[str], 
     )
     before = catalog.get_tool("again")
     importlib.reload(sys.modules[name])
-    after = catalog.get_tool("again")
-    assert after is not before and plugin_ref(after).module == name  # type: ignore[union-attr]
+    after = load_plugins([name]).get_tool("again")
+    assert after is not before and after.plugin is not None and after.plugin.module == name
+    assert catalog.get_tool("again") is before  # a built catalog never changes
 
 
 # --- load_plugins ----------------------------------------------------------------------------------
@@ -398,51 +413,50 @@ def test_load_plugins_adds_the_working_directory(tmp_path: Path, monkeypatch: py
         HEADER + "\n@tool(description='x')\ndef from_cwd(inputs: In) -> dict:\n    return {}\n"
     )
     monkeypatch.chdir(tmp_path)
+    # load_plugins adds the working directory to the process's sys.path, as a CLI run needs: the
+    # test gives it a copy to change, restored after the test (sys.path is the seam itself).
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    load_plugins([name])
+    catalog = load_plugins([name])
     assert sys.path[-1] == str(tmp_path)
-    assert "from_cwd" in catalog.all_tools()
+    assert "from_cwd" in catalog
 
 
-def test_check_tools_reports_plugin_errors_as_config_errors(plugin_module: Callable[[str], str]) -> None:
-    from cluster.prepare import check_tools
-
+def test_build_catalog_reports_plugin_and_settings_errors_as_config_errors(
+    plugin_module: Callable[[str], str],
+) -> None:
     bad = plugin_module(HEADER + "\n@tool(description='x')\ndef two(a: In, b: In) -> dict:\n    return {}\n")
     with pytest.raises(ConfigError, match="exactly one positional parameter"):
-        check_tools(Settings(plugins=[bad]))
+        build_catalog(Settings(plugins=[bad]))
     with pytest.raises(ConfigError, match="cannot import 'nope_nope'"):
-        check_tools(Settings(plugins=["nope_nope"]))
-    check_tools(Settings(plugins=[EXAMPLE]))
-    assert "slugify" in catalog.all_tools()
+        build_catalog(Settings(plugins=["nope_nope"]))
+    with pytest.raises(ConfigError, match=r"tools\.http_client\.max_redirects: "):
+        build_catalog(Settings(tools={"http_client": {"max_redirects": -1}}))
+    with pytest.raises(ConfigError, match="tools.slugify: no tool named 'slugify' takes settings"):
+        build_catalog(Settings(plugins=[EXAMPLE], tools={"slugify": {}}))
+    catalog = build_catalog(Settings(plugins=[EXAMPLE]))
+    assert list(catalog) == [*builtin_catalog(), "word_count", "slugify"]
 
 
-def test_source_limit_matches_the_agent() -> None:
-    from tools_sandbox.agent import limits
+def test_a_catalog_is_an_immutable_mapping() -> None:
+    catalog = builtin_catalog()
+    assert isinstance(catalog, ToolCatalog) and "math_calculator" in catalog
+    with pytest.raises(KeyError, match="unknown tool 'nope'; registered tools: ai_tool, code_analyzer"):
+        catalog.get_tool("nope")
+    with pytest.raises(ValueError, match="a tool named 'sleep' is already in the catalog"):
+        catalog.with_tools(catalog["sleep"])
+    quick = catalog.with_tools(ToolSpec(**{**vars(catalog["sleep"]), "description": "z"}), replace=True)
+    assert quick["sleep"].description == "z" and catalog["sleep"].description != "z"
+    with pytest.raises(TypeError):
+        catalog["sleep"] = catalog["sleep"]  # type: ignore[index]
 
-    # one definition (tools_sandbox.agent.limits), imported by both sides
-    assert plugins.MAX_PLUGIN_SOURCE_BYTES is limits.MAX_PLUGIN_SOURCE_BYTES
-    assert server.MAX_PLUGIN_SOURCE_BYTES is limits.MAX_PLUGIN_SOURCE_BYTES
-    assert tuple(level.value for level in RiskLevel) == plugins.RISK_LEVELS
 
+def test_decorated_functions_carry_what_the_sandbox_needs() -> None:
+    from examples.plugins.text_tools import WordCountInput, slugify, word_count
 
-def test_plugins_module_imports_no_officeray_at_top_level() -> None:
-    """The agent imports tools_sandbox.plugins in the sandbox, where only stdlib + pydantic exist."""
-    import subprocess
-
-    code = (
-        "import sys, builtins\n"
-        "real = builtins.__import__\n"
-        "def guard(name, *a, **k):\n"
-        "    if name.split('.')[0] in ('officeray', 'serving', 'cluster', 'actors', 'ray', 'yaml'):\n"
-        "        raise ImportError('forbidden in the sandbox: ' + name)\n"
-        "    return real(name, *a, **k)\n"
-        "builtins.__import__ = guard\n"
-        "import tools_sandbox.plugins, tools_sandbox.agent.server\n"
-        "print('ok')\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
-    assert proc.stdout.strip() == "ok", proc.stderr
+    info = declared_tool(word_count)
+    assert info is not None and info.name == "word_count" and info.outputs == ("words", "lines")
+    assert issubclass(info.input_model, WordCountInput) and info.where == f"{EXAMPLE}.word_count"
+    assert declared_tool(slugify) is not None and declared_tool(WordCountInput) is None
 
 
 def test_the_sandbox_doc_says_plugin_modules_are_imported_host_side() -> None:

@@ -36,9 +36,9 @@ from officeray.testing import (
     in_memory_tracer,
     make_plan,
 )
+from officeray.tools.builtin import BUILTIN_TOOLS
 from officeray.workflow import Planner, Workflow
 from tools_sandbox.agent.tools.math_calculator import evaluate
-from tools_sandbox.catalog import BUILTIN_TOOLS
 
 TOOLS = {name: spec.input_model for name, spec in BUILTIN_TOOLS.items()}
 TASK = "task-ready"
@@ -178,7 +178,7 @@ async def test_a_ready_plan_runs_without_the_planner_and_is_reviewed() -> None:
     # the plan's task_id is informational: it runs under the task's id
     assert record.plan is not None and record.plan.task_id == TASK
     assert ("planned", {"status": "validating", "iteration": 1, "plan_id": "plan-from-the-client",
-                        "source": "submitted"}) in h.store.events[TASK]  # fmt: skip
+                        "source": "submitted"}) in h.store.event_log[TASK]  # fmt: skip
     assert any("the submitted plan has 1 step(s): s1=math_calculator" in line.message for line in record.logs)
 
 

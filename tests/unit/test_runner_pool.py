@@ -1,77 +1,24 @@
 """The tool-runner pool's bookkeeping: starts that fail, which runner a step takes, scale-down.
 
-``actors.tool_runner.ray`` is replaced by a small in-process stand-in (actors are objects whose
-``method.remote()`` returns an awaitable), because what is tested is the pool's state handling
-around Ray's calls, not Ray; the pool on real Ray actors and Docker is tested in tests/autoscaling/.
+The pool gets in-process actors (:class:`actors.fake_runners.LocalRunnerActors`: handles whose
+``method.remote()`` returns an awaitable) and short waits (:class:`PoolLimits`), because what is
+tested is the pool's state handling around Ray's calls, not Ray; the pool on real Ray actors and
+Docker is tested in tests/autoscaling/.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
 from typing import Any
 
-import pytest
-from ray.exceptions import RayActorError
-
-import actors.tool_runner as tool_runner
-from actors.tool_runner import MAX_START_FAILURES, RunnerPool
-from officeray.config import Settings, load_settings
+from actors.fake_runners import HOST_RUNNER_PID, LocalRunnerActors
+from actors.testing import LocalActorHandle
+from actors.tool_runner import MAX_START_FAILURES, PoolLimits, RunnerPool
+from officeray.config import load_settings
 from officeray.contracts import ErrorType, PlanStep, StepOutcome
 
-
-class FakeActor:
-    def __init__(self, cluster: FakeRay) -> None:
-        self.cluster = cluster
-        self.pid_value = len(cluster.actors) + 100
-        self.killed = False
-        self.steps: list[str] = []
-        cluster.actors.append(self)
-        self.ready = self._method(self._ready)
-        self.pid = self._method(self._pid)
-        self.run = self._method(self._run)
-        self.shutdown = self._method(self._shutdown)
-
-    def _method(self, fn: Callable[..., Awaitable[Any]]) -> SimpleNamespace:
-        return SimpleNamespace(remote=lambda *args: asyncio.ensure_future(fn(*args)))
-
-    async def _ready(self) -> bool:
-        if self.cluster.fail_starts:
-            raise RayActorError()
-        return True
-
-    async def _pid(self) -> int:
-        return self.pid_value
-
-    async def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: Any) -> StepOutcome:
-        self.steps.append(step.step_id)
-        await asyncio.sleep(self.cluster.step_s)
-        return StepOutcome(output={"ran_on": self.pid_value})
-
-    async def _shutdown(self) -> None:
-        if self.cluster.fail_shutdown:
-            raise RuntimeError("shutdown failed")
-
-
-class FakeRay:
-    """Just what :class:`RunnerPool` calls on the ``ray`` module."""
-
-    def __init__(self) -> None:
-        self.actors: list[FakeActor] = []
-        self.fail_starts = False
-        self.fail_shutdown = False
-        self.step_s = 0.0
-
-    def remote(self, _cls: type) -> Any:
-        factory = SimpleNamespace(remote=lambda *args: FakeActor(self))
-        return SimpleNamespace(options=lambda **_options: factory)
-
-    def kill(self, actor: FakeActor) -> None:
-        actor.killed = True
-
-    def nodes(self) -> list[dict[str, Any]]:
-        return [{"Alive": True, "Resources": {"CPU": 2.0, "docker": 4.0}}]
+FAST = PoolLimits(wait_recheck_s=0.01, start_backoff_max_s=0.0)
+"""A waiting step looks again every 10 ms; failed starts are retried without a pause."""
 
 
 class Clock:
@@ -82,18 +29,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def fake_ray(monkeypatch: pytest.MonkeyPatch) -> FakeRay:
-    fake = FakeRay()
-    monkeypatch.setattr(tool_runner, "ray", fake)
-    monkeypatch.setattr(tool_runner, "WAIT_RECHECK_S", 0.01)
-    monkeypatch.setattr(tool_runner, "start_backoff_s", lambda _failures: 0.0)
-    return fake
-
-
-def _settings(min_runners: int, max_runners: int) -> Settings:
+def _pool(actors: LocalRunnerActors, min_runners: int, max_runners: int, clock: Clock) -> RunnerPool:
     policy = {"min_runners": min_runners, "max_runners": max_runners, "idle_timeout_s": 10}
-    return load_settings(None, **{"runners.autoscaling": policy})
+    settings = load_settings(None, **{"runners.autoscaling": policy})
+    return RunnerPool(settings, actors=actors, limits=FAST, clock=clock)
 
 
 def _step(i: int) -> PlanStep:
@@ -104,10 +43,12 @@ async def _execute(pool: RunnerPool, i: int, task: str | None = None) -> StepOut
     return await pool.execute(task or f"task-{i}", _step(i), {}, {})
 
 
-def test_a_step_fails_with_sandbox_error_when_no_runner_can_be_started(fake_ray: FakeRay) -> None:
+def test_a_step_fails_with_sandbox_error_when_no_runner_can_be_started() -> None:
+    actors = LocalRunnerActors()
+
     async def scenario() -> tuple[StepOutcome, dict[str, Any]]:
-        pool = RunnerPool(_settings(0, 2))
-        fake_ray.fail_starts = True
+        pool = _pool(actors, 0, 2, Clock())
+        actors.fail_starts = True
         outcome = await asyncio.wait_for(_execute(pool, 1), 5)
         return outcome, pool.stats()
 
@@ -117,23 +58,39 @@ def test_a_step_fails_with_sandbox_error_when_no_runner_can_be_started(fake_ray:
     assert stats["runners"] == 0 and stats["waiting_steps"] == 0
 
 
-def test_the_pool_recovers_when_starts_work_again(fake_ray: FakeRay) -> None:
+def test_the_failed_start_limit_is_the_pools() -> None:
+    actors = LocalRunnerActors()
+
     async def scenario() -> StepOutcome:
-        pool = RunnerPool(_settings(0, 2))
-        fake_ray.fail_starts = True
+        settings = load_settings(None, **{"runners.autoscaling": {"min_runners": 0, "max_runners": 2}})
+        limits = FAST.model_copy(update={"max_start_failures": 1})
+        pool = RunnerPool(settings, actors=actors, limits=limits, clock=Clock())
+        actors.fail_starts = True
+        return await asyncio.wait_for(_execute(pool, 1), 5)
+
+    outcome = asyncio.run(scenario())
+    assert outcome.error is not None and "(1 starts failed while the step waited" in outcome.error.message
+
+
+def test_the_pool_recovers_when_starts_work_again() -> None:
+    actors = LocalRunnerActors()
+
+    async def scenario() -> StepOutcome:
+        pool = _pool(actors, 0, 2, Clock())
+        actors.fail_starts = True
         await asyncio.wait_for(_execute(pool, 1), 5)
-        fake_ray.fail_starts = False
+        actors.fail_starts = False
         return await asyncio.wait_for(_execute(pool, 2), 5)
 
     assert asyncio.run(scenario()).error is None
 
 
-def test_light_steady_load_uses_one_runner_so_the_others_can_be_stopped(fake_ray: FakeRay) -> None:
-    clock = Clock()
+def test_light_steady_load_uses_one_runner_so_the_others_can_be_stopped() -> None:
+    clock, actors = Clock(), LocalRunnerActors()
+    actors.step_s = 0.01
 
     async def scenario() -> tuple[list[int], int]:
-        pool = RunnerPool(_settings(1, 4), clock=clock)
-        fake_ray.step_s = 0.01
+        pool = _pool(actors, 1, 4, clock)
         await asyncio.gather(*(_execute(pool, i) for i in range(4)))  # a burst: four runners
         used = []
         for i in range(10):  # then one step at a time, 2 s apart
@@ -145,14 +102,15 @@ def test_light_steady_load_uses_one_runner_so_the_others_can_be_stopped(fake_ray
     used, runners = asyncio.run(scenario())
     assert len(set(used)) == 1  # always the runner released last
     assert runners == 1  # the three others went idle past the 10 s timeout and were stopped
+    assert sum(r.dead for r in actors.runners) == 3
 
 
-def test_idle_runners_are_not_stopped_while_steps_wait(fake_ray: FakeRay) -> None:
-    clock = Clock()
+def test_idle_runners_are_not_stopped_while_steps_wait() -> None:
+    clock, actors = Clock(), LocalRunnerActors()
+    actors.step_s = 0.2
 
     async def scenario() -> int:
-        pool = RunnerPool(_settings(0, 1), clock=clock)
-        fake_ray.step_s = 0.2
+        pool = _pool(actors, 0, 1, clock)
         first = asyncio.ensure_future(_execute(pool, 1))
         second = asyncio.ensure_future(_execute(pool, 2))  # waits: max_runners is 1
         await asyncio.sleep(0.1)
@@ -164,17 +122,49 @@ def test_idle_runners_are_not_stopped_while_steps_wait(fake_ray: FakeRay) -> Non
     assert asyncio.run(scenario()) == 0
 
 
-def test_a_runner_whose_shutdown_fails_is_still_killed(fake_ray: FakeRay) -> None:
-    clock = Clock()
+def test_a_runner_whose_shutdown_fails_is_still_killed() -> None:
+    clock, actors = Clock(), LocalRunnerActors()
 
-    async def scenario() -> FakeActor:
-        pool = RunnerPool(_settings(0, 1), clock=clock)
+    async def scenario() -> LocalActorHandle:
+        pool = _pool(actors, 0, 1, clock)
         await _execute(pool, 1)
         (runner,) = pool.runners
-        fake_ray.fail_shutdown = True
+        actors.fail_shutdown = True
         clock.now += 60
         assert await pool.scale_down_once() == 1
         assert pool.stats()["runners"] == 0
         return runner  # type: ignore[no-any-return]
 
-    assert asyncio.run(scenario()).killed
+    assert asyncio.run(scenario()).dead
+
+
+def test_a_runner_that_dies_mid_step_is_replaced() -> None:
+    clock, actors = Clock(), LocalRunnerActors()
+
+    async def scenario() -> tuple[StepOutcome, StepOutcome, int]:
+        pool = _pool(actors, 1, 1, clock)
+        await pool.wait_ready()
+        (first,) = pool.runners
+        first.kill()  # its process died: the next call on it raises ActorDiedError (a RayActorError)
+        died = await _execute(pool, 1)
+        again = await _execute(pool, 2)
+        return died, again, len(actors.runners)
+
+    died, again, started = asyncio.run(scenario())
+    assert died.error is not None and died.error.type == ErrorType.SANDBOX_ERROR
+    assert "the tool runner died" in died.error.message
+    assert again.error is None and again.output == {"ran_on": 101}  # the replacement
+    assert started == 2
+
+
+def test_host_tools_go_to_the_host_runner() -> None:
+    actors = LocalRunnerActors()
+
+    async def scenario() -> StepOutcome:
+        pool = _pool(actors, 0, 1, Clock())
+        step = PlanStep(step_id="w", action="sleep", inputs={"seconds": 0}, idempotency_key="kw")
+        return await pool.execute("task-h", step, {}, {})
+
+    outcome = asyncio.run(scenario())
+    assert outcome.output == {"ran_on": HOST_RUNNER_PID}  # no sandbox runner was started for it
+    assert actors.runners == [] and actors.host_runner_objects[0].steps == ["w"]

@@ -9,8 +9,9 @@ import pytest
 
 from officeray.contracts import ErrorType, PlanRequest, PlanStep
 from officeray.errors import PlanningError
+from officeray.tools.builtin import BUILTIN_TOOLS
+from officeray.tools.spec import ToolRuntime
 from serving.tiers.embedded import plan_task
-from tools_sandbox.catalog import ToolRuntime, all_tools, get_tool
 from tools_sandbox.executor import run_host_step
 
 
@@ -19,7 +20,7 @@ def _step(inputs: dict[str, object]) -> PlanStep:
 
 
 def test_sleep_waits_and_reports_the_time_waited() -> None:
-    assert get_tool("sleep").runtime == ToolRuntime.HOST
+    assert BUILTIN_TOOLS["sleep"].runtime == ToolRuntime.HOST
     started = time.monotonic()
     outcome = run_host_step(_step({"seconds": 0.2}), {"seconds": 0.2}, Path("."))
     assert outcome.error is None
@@ -39,7 +40,7 @@ def test_a_sandbox_tool_on_a_host_runner_is_a_sandbox_error() -> None:
 
 
 def _plan(description: str) -> list[PlanStep]:
-    request = PlanRequest(task_id="t", description=description, allowed_tools=sorted(all_tools()))
+    request = PlanRequest(task_id="t", description=description, allowed_tools=sorted(BUILTIN_TOOLS))
     return plan_task(request).steps
 
 

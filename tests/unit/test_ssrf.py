@@ -7,15 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tools_sandbox.ssrf import (
-    UrlRefused,
-    blocked_reason,
-    check_url,
-    normalise_allow_entry,
-    parse_ipv4_literal,
-    parse_url,
-    pinned_request_url,
-)
+from officeray.urls import UrlRefused, normalise_allow_entry, parse_ipv4_literal, parse_url
+from tools_sandbox.ssrf import blocked_reason, check_url, pinned_request_url
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
@@ -465,5 +458,7 @@ def test_the_default_resolver_is_not_used_when_one_is_injected(monkeypatch: pyte
     def boom(*args: object, **kwargs: object) -> Callable[..., object]:
         raise AssertionError("socket.getaddrinfo must not be called")
 
+    # A tripwire, not a seam: the injected resolver is the seam under test, and the point is that
+    # the default one (the stdlib's getaddrinfo) is never reached; restored after the test.
     monkeypatch.setattr(socket, "getaddrinfo", boom)
     assert check_url("http://example.com/", resolve=FakeResolver()).addresses == (PUBLIC_V4,)

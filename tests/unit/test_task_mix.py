@@ -11,8 +11,8 @@ import pytest
 
 from loadtests.taskmix import DEFAULT_TASK_MIX, TaskKind, TaskMixError, TaskPicker, load_task_mix
 from officeray.contracts import PlanRequest
+from officeray.tools.builtin import BUILTIN_TOOLS
 from serving.tiers.embedded import plan_task
-from tools_sandbox import catalog
 
 
 def _write(tmp_path: Path, *lines: str) -> Path:
@@ -40,12 +40,10 @@ def test_shipped_mix_loads_with_distinct_kinds() -> None:
 
 @pytest.mark.parametrize("kind", load_task_mix(DEFAULT_TASK_MIX), ids=lambda k: k.kind)
 def test_every_shipped_description_is_planned_by_the_embedded_planner(kind: TaskKind) -> None:
-    request = PlanRequest(
-        task_id="t", description=kind.description, allowed_tools=sorted(catalog.all_tools())
-    )
+    request = PlanRequest(task_id="t", description=kind.description, allowed_tools=sorted(BUILTIN_TOOLS))
     plan = plan_task(request)
     assert plan.steps
-    assert all(step.action in catalog.all_tools() for step in plan.steps)
+    assert all(step.action in BUILTIN_TOOLS for step in plan.steps)
 
 
 def test_load_accepts_a_string_path_defaults_and_tenant(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from officeray.contracts import MAX_STEPS_PER_PLAN, Plan
 from officeray.testing import make_plan
+from officeray.tools.builtin import BUILTIN_TOOLS
 from officeray.validate import parse_plan, validate_plan
-from tools_sandbox.catalog import BUILTIN_TOOLS
 
 TOOLS = {name: spec.input_model for name, spec in BUILTIN_TOOLS.items()}
 TASK = "task-1"

@@ -214,25 +214,28 @@ def test_base_url_uses_the_route_prefix() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_vllm_available_reports_a_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        vllm_tier.importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+def test_vllm_available_reports_a_missing_package() -> None:
+    def never(*_args: Any) -> Any:
+        raise AssertionError("no GPU probe without vllm")
+
+    assert vllm_available(installed=lambda: False, cluster_gpus=never, local_gpus=never) == (
+        False,
+        "the vllm package is not installed",
     )
-    assert vllm_available() == (False, "the vllm package is not installed")
 
 
-def test_vllm_available_needs_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vllm_tier.importlib.util, "find_spec", lambda name, *a: object())
-    monkeypatch.setattr(vllm_tier, "_cluster_gpu_count", lambda: None)
-    monkeypatch.setattr(vllm_tier, "_local_gpu_count", lambda: 0)
-    assert vllm_available() == (False, "no GPU is visible on this machine")
-    monkeypatch.setattr(vllm_tier, "_local_gpu_count", lambda: 2)
-    assert vllm_available() == (True, "vllm installed, 2 GPU(s) visible")
-    monkeypatch.setattr(vllm_tier, "_cluster_gpu_count", lambda: 0.0)
-    assert vllm_available() == (False, "the Ray cluster has no GPU")
-    monkeypatch.setattr(vllm_tier, "_cluster_gpu_count", lambda: 8.0)
-    assert vllm_available()[0] is True
+@pytest.mark.parametrize(
+    ("cluster", "local", "expected"),
+    [
+        (None, 0, (False, "no GPU is visible on this machine")),
+        (None, 2, (True, "vllm installed, 2 GPU(s) visible")),
+        (0.0, 2, (False, "the Ray cluster has no GPU")),  # connected to a cluster: its GPUs count
+        (8.0, 0, (True, "vllm installed, 8 GPU(s) in the Ray cluster")),
+    ],
+)
+def test_vllm_available_needs_a_gpu(cluster: float | None, local: int, expected: tuple[bool, str]) -> None:
+    answer = vllm_available(installed=lambda: True, cluster_gpus=lambda: cluster, local_gpus=lambda: local)
+    assert answer == expected
 
 
 def test_hidden_gpus_are_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,10 +13,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from officeray.contracts import ErrorType, PlanStep, StepOutcome
+from officeray.tools.catalog import builtin_catalog
+from officeray.tools.host_inputs import WebSearchInput, WebSearchSettings
+from officeray.tools.spec import HostContext, ToolRuntime
 from tests.unit.test_http_client import Handler, LoopbackServer, NoSandbox, failed, no_dns, ok
-from tools_sandbox.catalog import HostContext, ToolRuntime, get_tool, validate_tool_settings
 from tools_sandbox.executor import run_step
-from tools_sandbox.host_tools.models import WebSearchInput, WebSearchSettings
 from tools_sandbox.host_tools.web_search import (
     ApiSearchProvider,
     LocalCollectionProvider,
@@ -27,6 +28,9 @@ from tools_sandbox.host_tools.web_search import (
 )
 from tools_sandbox.sandbox import Sandbox
 
+CATALOG = builtin_catalog()
+"""The built-in tools (these tests need no plugins)."""
+
 KEY_ENV = "OFFICERAY_TEST_SEARCH_KEY"
 KEY = "k-3f9a7c-very-secret"
 
@@ -34,7 +38,7 @@ KEY = "k-3f9a7c-very-secret"
 def run(inputs: dict[str, Any], services: dict[str, Any] | None = None, **sections: Any) -> StepOutcome:
     step = PlanStep(step_id="s1", action="web_search", inputs=inputs, idempotency_key="k1")
     context = HostContext(
-        settings=validate_tool_settings(sections), services={"dns_resolver": no_dns, **(services or {})}
+        settings=CATALOG.check_settings(sections), services={"dns_resolver": no_dns, **(services or {})}
     )
     return run_step(cast(Sandbox, NoSandbox()), step, inputs, Path("."), context)
 
@@ -73,7 +77,7 @@ def search(folder: Path, query: str, k: int = 5) -> list[SearchHit]:
 
 
 def test_catalog_entry() -> None:
-    spec = get_tool("web_search")
+    spec = CATALOG.get_tool("web_search")
     assert spec.runtime == ToolRuntime.HOST
     assert spec.host_function == "tools_sandbox.host_tools.web_search:search"
     assert spec.settings_model is WebSearchSettings
@@ -83,18 +87,18 @@ def test_catalog_entry() -> None:
 
 
 def test_settings() -> None:
-    settings = validate_tool_settings({})["web_search"]
+    settings = CATALOG.check_settings({})["web_search"]
     assert isinstance(settings, WebSearchSettings)
     assert settings.provider == "local"
     assert settings.collection == Path("examples/docs")
     with pytest.raises(ValueError, match=r"tools\.web_search.*endpoint and api_key_env"):
-        validate_tool_settings({"web_search": {"provider": "api"}})
+        CATALOG.check_settings({"web_search": {"provider": "api"}})
     with pytest.raises(ValueError, match="scheme"):
-        validate_tool_settings(
+        CATALOG.check_settings(
             {"web_search": {"provider": "api", "endpoint": "file:///x", "api_key_env": "K"}}
         )
     with pytest.raises(ValueError, match=r"tools\.web_search\.api_key_env"):
-        validate_tool_settings({"web_search": {"api_key_env": "not a name"}})
+        CATALOG.check_settings({"web_search": {"api_key_env": "not a name"}})
 
 
 def test_providers_follow_the_protocol(collection: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ from officeray.contracts import (
     TaskRecord,
     TaskRequest,
     TaskStatus,
+    WorkflowRetryPolicy,
+    utcnow,
 )
 from officeray.errors import PlanningError
 from officeray.testing import (
@@ -37,9 +40,9 @@ from officeray.testing import (
     in_memory_tracer,
     make_plan,
 )
+from officeray.tools.builtin import BUILTIN_TOOLS
 from officeray.workflow import Workflow
 from tools_sandbox.agent.tools.math_calculator import evaluate
-from tools_sandbox.catalog import BUILTIN_TOOLS
 
 TOOLS = {name: spec.input_model for name, spec in BUILTIN_TOOLS.items()}
 TASK = "task-1"
@@ -93,12 +96,29 @@ class Harness:
         self.reviewer.assert_consumed()
 
 
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The workflow's injected wall clock: stands still at :data:`T0` until a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 def harness(
     plans: list[Any],
     reviews: list[Any],
     functions: dict[str, Any] | None = None,
     settings: WorkflowSettings | None = None,
     rand: float = 0.5,
+    clock: Clock | None = None,
 ) -> Harness:
     tracer, spans = in_memory_tracer()
     sleeps: list[float] = []
@@ -120,6 +140,7 @@ def harness(
         settings=settings,
         sleep=fake_sleep,
         rand=lambda: rand,
+        now=clock or utcnow,
     )
     return Harness(planner, reviewer, executor, store, spans, workflow, sleeps)
 
@@ -192,7 +213,7 @@ async def test_store_sees_every_transition_in_order() -> None:
         "reviewed",
         "completed",
     ]
-    events = dict(h.store.events[TASK])
+    events = dict(h.store.event_log[TASK])
     assert events["validated"]["valid"] is True
     assert events["step_finished"] == {"status": "executing", "step_id": "s1", "step_status": "succeeded"}
     assert events["reviewed"]["verdict"] == "APPROVED"
@@ -264,7 +285,7 @@ async def test_invalid_plan_sends_the_validator_reasons_back() -> None:
     assert feedback and all(line.startswith("plan rejected: ") for line in feedback)
     assert any("unknown action 'send_email'" in line for line in feedback)
     assert h.executor.calls == [("s1", {"expression": "2 + 3"})]  # the bad plan never ran
-    validated = [data for kind, data in h.store.events[TASK] if kind == "validated"]
+    validated = [data for kind, data in h.store.event_log[TASK] if kind == "validated"]
     assert [v["valid"] for v in validated] == [False, True]
     assert validated[0]["reasons"]
     h.assert_consumed()
@@ -515,6 +536,66 @@ async def test_missing_output_path_fails_the_step_in_the_record() -> None:
     assert "no_such_key" in s2.error.message
     assert h.store.tasks[TASK].steps[1].status == StepStatus.FAILED
     assert record.public_view()["progress"]["pending"] == 0
+    h.assert_consumed()
+
+
+# -- the wall-clock cap, on the injected clock ---------------------------------------------------
+
+
+async def test_maximum_duration_stops_retries_once_the_clock_passes_it() -> None:
+    clock = Clock()
+
+    def slow_and_failing(_inputs: dict[str, Any]) -> Any:
+        clock.advance(200)  # each attempt takes 200 s of wall-clock time
+        raise ToolFailed(ErrorType.SANDBOX_ERROR, "transient trouble")
+
+    h = harness(
+        [calc_plan()],
+        [],
+        functions={"math_calculator": slow_and_failing},
+        settings=WorkflowSettings(step_retry=RETRY.model_copy(update={"maximum_attempts": 5})),
+        clock=clock,
+    )
+    record = await h.run(retry_policy=WorkflowRetryPolicy(maximum_duration_s=300))
+
+    assert record.status == TaskStatus.FAILED
+    assert record.error == "workflow retry policy: maximum_duration_s (300) reached"
+    (step,) = record.steps
+    # attempt 1 at 0 s, attempt 2 at 200 s; at 400 s the cap (300 s) stops the third
+    assert step.attempts == 2 and len(h.sleeps) == 2
+    assert step.error is not None and step.error.type == ErrorType.POLICY
+    assert h.reviewer.requests == []  # the task is over: nothing to review
+    # every timestamp of the record comes from the injected clock
+    assert record.created_at == step.started_at == T0
+    assert record.finished_at == step.finished_at == T0 + timedelta(seconds=400)
+    assert record.logs[0].at == T0 and record.logs[-1].at == T0 + timedelta(seconds=400)
+    h.planner.assert_consumed()
+
+
+async def test_maximum_duration_counts_from_acceptance() -> None:
+    clock = Clock()
+    h = harness([calc_plan()], [approve], clock=clock)
+    request = TaskRequest(description="add", retry_policy=WorkflowRetryPolicy(maximum_duration_s=300))
+    accepted = TaskRecord(task_id=TASK, description="add", created_at=T0 - timedelta(seconds=301))
+    record = await asyncio.wait_for(h.workflow.run(request, TASK, accepted), timeout=5)
+
+    assert record.status == TaskStatus.FAILED
+    assert record.error == "workflow retry policy: maximum_duration_s (300) reached"
+    assert h.planner.requests == []  # stopped before the first plan
+
+
+async def test_maximum_duration_counts_from_the_start_of_this_run() -> None:
+    """A DLQ retry starts a new run (``run_started_at``): the time before it does not count."""
+    clock = Clock()
+    h = harness([calc_plan()], [approve], clock=clock)
+    request = TaskRequest(description="add", retry_policy=WorkflowRetryPolicy(maximum_duration_s=300))
+    retried = TaskRecord(
+        task_id=TASK, description="add", created_at=T0 - timedelta(days=1), run_started_at=T0
+    )
+    clock.advance(299)
+    record = await asyncio.wait_for(h.workflow.run(request, TASK, retried), timeout=5)
+
+    assert record.status == TaskStatus.COMPLETED, record.error
     h.assert_consumed()
 
 

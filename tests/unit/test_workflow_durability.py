@@ -104,7 +104,7 @@ async def test_a_resumed_plan_outside_allowed_tools_is_refused_and_the_task_plan
     [replanned] = h.planner.requests
     assert replanned.iteration == 2 and replanned.allowed_tools == ["math_calculator"]
     assert any("plan rejected" in f and "'python_exec' is not allowed" in f for f in replanned.feedback)
-    validated = [data for kind, data in h.store.events[TASK] if kind == "validated"]
+    validated = [data for kind, data in h.store.event_log[TASK] if kind == "validated"]
     assert validated[0]["valid"] is False and validated[1]["valid"] is True
     h.assert_consumed()
 
@@ -207,14 +207,14 @@ async def test_a_run_that_lost_its_lease_cannot_overwrite_the_record_of_the_run_
     final = await second.run(TaskRequest(description="add", tenant="acme"), taken)
     assert final.status == TaskStatus.COMPLETED
     after_takeover = store.tasks[TASK].model_copy(deep=True)
-    events = list(store.events[TASK])
+    events = list(store.event_log[TASK])
 
     release.set()  # the first run's step ends now: its next transition must not be written
     with pytest.raises(RunSupersededError):
         await asyncio.wait_for(first_run, timeout=5)
 
     assert store.tasks[TASK] == after_takeover
-    assert store.events[TASK] == events
+    assert store.event_log[TASK] == events
     first.assert_consumed()
     second.assert_consumed()
 
@@ -245,3 +245,35 @@ async def test_a_run_that_holds_its_lease_writes_every_transition() -> None:
     assert final.status == TaskStatus.COMPLETED
     assert store.tasks[TASK].status == TaskStatus.COMPLETED
     assert store.kinds(TASK)[0] == "accepted" and store.kinds(TASK)[-1] == "completed"
+
+
+class _StoreThatBreaksWhileReviewing(InMemoryStore):
+    """A store whose ``reviewing`` transition raises an unexpected error (a bug, not an outage)."""
+
+    def save_transition(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Any:
+        if kind == "reviewing":
+            raise RuntimeError("unexpected")
+        return super().save_transition(record, kind, data, owner=owner)
+
+
+async def test_a_crash_in_the_run_fails_the_task_with_one_end_write() -> None:
+    """What escapes the loop ends the task as every run ends (``finish``: final record, its event,
+    the dead-letter entry, the usage); the orchestrator has no end of its own to write."""
+    h = Harness([with_usage(calc_plan())], [], store=_StoreThatBreaksWhileReviewing())
+    final = await h.run(TaskRequest(description="add", tenant="acme"))
+
+    assert final.status == TaskStatus.FAILED and final.error == "internal error: RuntimeError: unexpected"
+    assert final.finished_at is not None and final.current_step is None
+    assert h.store.tasks[TASK].status == TaskStatus.FAILED
+    assert h.store.dead_letters == {TASK: final.error}
+    assert h.store.usage == {"acme": ModelUsage(prompt_tokens=10, completion_tokens=10, calls=1)}
+    assert h.store.kinds(TASK)[-1] == "failed"
+
+
+async def test_the_planner_and_reviewer_are_told_whose_task_it_is() -> None:
+    h = Harness([calc_plan()], [approve])
+    await h.run(TaskRequest(description="add", tenant="acme"))
+    assert [r.tenant for r in h.planner.requests] == ["acme"]
+    assert [r.tenant for r in h.reviewer.requests] == ["acme"]

@@ -140,7 +140,7 @@ async def test_a_step_that_needs_approval_waits_and_runs_once_approved() -> None
     approvals.decide(TASK, f"{TASK}:1:s1", "approved", by="alice")
     final = await asyncio.wait_for(running, 5)
     assert final.status == TaskStatus.COMPLETED and len(executor.calls) == 1
-    decided = [data for kind, data in store.events[TASK] if kind == "approval_decided"]
+    decided = [data for kind, data in store.event_log[TASK] if kind == "approval_decided"]
     assert decided[0]["decided_by"] == "alice" and decided[0]["decision"] == "approved"
 
 

@@ -1,9 +1,10 @@
 """The in-sandbox agent: reads JSON-lines requests on stdin, answers on stdout.
 
 STDLIB ONLY: this module runs inside the sandbox image (a bare Debian ``python3`` or
-``python:3.11-slim``). The image also ships pydantic, for plugin tools only: it is imported (with
-:mod:`tools_sandbox.plugins`) at the first plugin call, never by the built-in tools. The protocol
-is described in :mod:`tools_sandbox.sandbox`.
+``python:3.11-slim``), beside the stdlib-only :mod:`officeray.limits` (the limits it shares with the
+core's tool models). The image also ships pydantic and the plugin API (:mod:`officeray.tools`), for
+plugin tools only: they are imported (with :mod:`tools_sandbox.plugin_call`) at the first plugin
+call, never by the built-in tools. The protocol is described in :mod:`tools_sandbox.sandbox`.
 
 Design
 ------
@@ -17,7 +18,7 @@ Design
   and a worker never holds the protocol pipes (the host sees EOF as soon as the agent dies).
 * Plugin calls (a ``call`` with a ``plugin`` field: ``{"module", "function", "source"}``) write the
   source into a fresh ``plugin-*`` folder of the workspace; the worker imports it from there under
-  its module name and runs it through :func:`tools_sandbox.plugins.call_in_sandbox`. The agent
+  its module name and runs it through :func:`tools_sandbox.plugin_call.call_in_sandbox`. The agent
   itself never imports a plugin, so every call gets a fresh module in a fresh process.
 * At start-up the agent drops the start-up directory (``/workspace`` in a container) from
   ``sys.path``: no file a tool writes into the workspace can shadow a module the agent imports later.
@@ -36,6 +37,9 @@ Design
   open its ``/proc/<pid>/mem`` or ``/proc/<pid>/fd/*`` (the protocol pipes).
 
 Diagnostics go to stderr only.
+
+Why one file of this length: the in-container agent is standard library only and is shipped into
+the image as few files as possible; its protocol loop, limits and process control belong together.
 """
 
 from __future__ import annotations
@@ -57,14 +61,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from officeray.limits import MAX_OUTPUT_BYTES, MAX_PLUGIN_SOURCE_BYTES
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
-from tools_sandbox.agent.limits import (
-    MAX_OUTPUT_BYTES,
-    MAX_PLUGIN_SOURCE_BYTES,
-    MAX_STAGED_BYTES,
-    MAX_STAGED_FILES,
-    READ_CHUNK_BYTES,
-)
+from tools_sandbox.agent.limits import MAX_STAGED_BYTES, MAX_STAGED_FILES, READ_CHUNK_BYTES
 from tools_sandbox.agent.workspace import DEFAULT_ROOT, ROOT_ENV, check_relative, confine, is_inside
 
 AGENT_VERSION = "1"
@@ -162,7 +161,8 @@ TOOLS: dict[str, ToolEntry] = {
         "tools_sandbox.agent.tools.file_operations", "run", ("operation", "path"), ("content", "recursive")
     ),
 }
-"""The dispatch table. ``staged_input`` must agree with ``catalog.ToolSpec.staged_folder_input``."""
+"""The dispatch table. ``staged_input`` must agree with the spec's ``staged_folder_input``
+(:data:`officeray.tools.builtin.BUILTIN_TOOLS`)."""
 
 _loaded: dict[str, Callable[..., Any]] = {}
 
@@ -185,7 +185,7 @@ _plugin_runner: Callable[..., Any] | None = None
 
 
 def load_plugin_runner() -> Callable[..., Any]:
-    """:func:`tools_sandbox.plugins.call_in_sandbox`, imported once (with pydantic) by the agent.
+    """:func:`tools_sandbox.plugin_call.call_in_sandbox`, imported once (with pydantic) by the agent.
 
     The forked workers inherit the imported modules, so a plugin call does not pay for importing
     pydantic; the plugin module itself is imported in the worker only.
@@ -193,12 +193,11 @@ def load_plugin_runner() -> Callable[..., Any]:
     global _plugin_runner
     if _plugin_runner is None:
         try:
-            plugins = importlib.import_module("tools_sandbox.plugins")
+            plugins = importlib.import_module("tools_sandbox.plugin_call")
         except ImportError as exc:
             raise AgentError(
                 "internal", f"plugin tools are not available in this sandbox (pydantic is missing?): {exc}"
             ) from None
-        plugins._in_sandbox = True  # type: ignore[attr-defined]  # never touch the catalog here
         _plugin_runner = plugins.call_in_sandbox
     return _plugin_runner
 

@@ -1,6 +1,6 @@
 """Workspace confinement, shared by the agent (its file ops, staged files) and the in-sandbox tools.
 
-STDLIB ONLY: this module runs inside the sandbox (the host side imports it too, to check inputs early).
+STDLIB ONLY: this module runs inside the sandbox (with :mod:`officeray.limits`, shipped in the image).
 
 A path given by a caller is accepted when it is a non-empty string, relative, without NUL characters
 and without ``..`` components, and when, with every symbolic link resolved, it still names the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+from officeray.limits import relative_path_problem
 from tools_sandbox.agent.errors import ToolInputError
 
 ROOT_ENV = "OFFICERAY_WORKSPACE"
@@ -38,15 +39,14 @@ def is_inside(root: str, real: str) -> bool:
 
 
 def check_relative(path: object, what: str = "path") -> str:
-    """``path`` if it is a non-empty relative path without NUL or ``..``; else ToolInputError."""
-    if not isinstance(path, str) or not path.strip():
-        raise ToolInputError(f"{what} must be a non-empty string")
-    if "\x00" in path:
-        raise ToolInputError(f"{what} must not contain NUL characters")
-    if os.path.isabs(path):
-        raise ToolInputError(f"{what} {path!r} is absolute; paths are relative to the workspace")
-    if ".." in path.replace("\\", "/").split("/"):
-        raise ToolInputError(f"{what} {path!r} contains '..'")
+    """``path`` if it is a non-empty relative path without NUL or ``..``; else ToolInputError.
+
+    The rule is :func:`officeray.limits.relative_path_problem`, which the core's input models apply
+    too (``file_operations``' ``path``)."""
+    problem = relative_path_problem(path, what)
+    if problem is not None:
+        raise ToolInputError(problem)
+    assert isinstance(path, str)
     return path
 
 

@@ -6,46 +6,31 @@ answerer is ``context.services["ai_tool"]`` when the runner provides one: an obj
 the answer text) and raising :class:`~officeray.errors.PlanningError` for a prompt it refuses and
 :class:`~officeray.errors.ModelUnavailableError` when it cannot answer now. Host functions are
 synchronous (the runner is a synchronous actor), so an ``async def answer`` is refused rather than
-run on a private event loop. Without a service, the embedded tier's deterministic answerer
-(:func:`serving.tiers.embedded.answer_prompt`) answers: a few explicit prompt forms
-(``summarize:``, ``keywords:``, ``count words:``, ``classify sentiment:``), and a clear refusal,
-naming ``models.ai_tool``, for anything else.
+run on a private event loop. Without a service, the deterministic answerer
+(:func:`tools_sandbox.host_tools.ai_answers.answer_prompt`, also the embedded tier's) answers: a
+few explicit prompt forms (``summarize:``, ``keywords:``, ``count words:``, ``classify
+sentiment:``), and a clear refusal, naming ``models.ai_tool``, for anything else.
 
 The output is ``{"answer", "tier", "usage": {"prompt_tokens", "completion_tokens"}}``. The embedded
 tier counts whitespace-separated tokens, not a model tokenizer's.
 
-IMPORT RULE: the catalog imports this module for :class:`AiToolInput`, so it imports only pydantic
-at module level; the catalog, officeray's errors and the serving tier are imported inside :func:`run`.
+Its input model is :class:`officeray.tools.host_inputs.AiToolInput`.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from tools_sandbox.catalog import HostContext
-
-MAX_PROMPT_CHARS = 50_000
-"""Longest prompt accepted."""
-
-DEFAULT_MAX_TOKENS = 256
-MAX_TOKENS_LIMIT = 8_192
-"""Largest ``max_tokens`` a step may ask for."""
+from officeray.contracts import ErrorType
+from officeray.errors import ModelUnavailableError, PlanningError
+from officeray.tools.host_inputs import AiToolInput
+from officeray.tools.spec import HostContext, HostToolError
 
 SERVICE_NAME = "ai_tool"
-"""Key of the answerer in :attr:`tools_sandbox.catalog.HostContext.services`."""
-
-
-class AiToolInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt, in plain words.")
-    max_tokens: int = Field(
-        default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_TOKENS_LIMIT, description="Longest answer, in tokens."
-    )
+"""Key of the answerer in :attr:`officeray.tools.spec.HostContext.services`."""
 
 
 def _tokens(text: str) -> int:
@@ -67,16 +52,12 @@ def _normalise(reply: Any, prompt: str) -> dict[str, Any]:
 
 
 def run(inputs: BaseModel, context: HostContext) -> dict[str, Any]:
-    """The :data:`~tools_sandbox.catalog.HostFunction` of ``ai_tool``."""
-    from officeray.contracts import ErrorType
-    from officeray.errors import ModelUnavailableError, PlanningError
-    from tools_sandbox.catalog import HostToolError
-
+    """The :data:`~officeray.tools.spec.HostFunction` of ``ai_tool``."""
     checked = inputs if isinstance(inputs, AiToolInput) else AiToolInput.model_validate(inputs.model_dump())
     service = context.services.get(SERVICE_NAME)
     try:
         if service is None:
-            from serving.tiers.embedded import answer_prompt
+            from tools_sandbox.host_tools.ai_answers import answer_prompt
 
             return answer_prompt(checked.prompt, checked.max_tokens)
         reply = service.answer(checked.prompt, checked.max_tokens)

@@ -35,9 +35,10 @@ import httpx
 from pydantic import BaseModel
 
 from officeray.contracts import ErrorType
-from tools_sandbox.catalog import HostContext, HostToolError
-from tools_sandbox.host_tools.models import HttpClientInput, HttpClientSettings, tool_settings
-from tools_sandbox.ssrf import Resolver, UrlRefused, VettedUrl, check_url, pinned_request_url
+from officeray.tools.host_inputs import HttpClientInput, HttpClientSettings
+from officeray.tools.spec import HostContext, HostToolError, tool_settings
+from officeray.urls import UrlRefused
+from tools_sandbox.ssrf import Resolver, VettedUrl, check_url, pinned_request_url
 
 TOOL_NAME = "http_client"
 RESOLVER_SERVICE = "dns_resolver"

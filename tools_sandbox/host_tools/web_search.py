@@ -35,13 +35,8 @@ from urllib.parse import urlencode
 from pydantic import BaseModel
 
 from officeray.contracts import ErrorType
-from tools_sandbox.catalog import HostContext, HostToolError
-from tools_sandbox.host_tools.models import (
-    HttpClientSettings,
-    WebSearchInput,
-    WebSearchSettings,
-    tool_settings,
-)
+from officeray.tools.host_inputs import HttpClientSettings, WebSearchInput, WebSearchSettings
+from officeray.tools.spec import HostContext, HostToolError, tool_settings
 from tools_sandbox.ssrf import Resolver
 
 TOOL_NAME = "web_search"

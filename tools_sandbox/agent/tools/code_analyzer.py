@@ -45,6 +45,9 @@ the cost is dominated by parsing; at most :data:`MAX_START_CANDIDATES` start can
 searched, each search visiting at most :data:`MAX_SEARCH_VISITS` functions.
 
 stdlib only: this module runs inside the sandbox container.
+
+Why one file of this length: it runs in the sandbox (standard library only) as one module: the
+parser, the index, the resolver and the search share private data structures.
 """
 
 from __future__ import annotations
@@ -97,6 +100,25 @@ MAX_PATHS_LISTED = 10
 
 MAX_SUGGESTIONS = 5
 """Most close matches suggested for an unknown name."""
+
+
+@dataclass(frozen=True)
+class AnalyzerLimits:
+    """The limits of one :func:`analyze` call; each default is the constant of the same name above.
+
+    The agent always runs with the defaults (a plan's inputs cannot set them: ``limits`` is not a
+    tool input); tests and benchmarks pass smaller ones (``analyze(..., limits=...)``)."""
+
+    max_files: int = MAX_FILES
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_total_bytes: int = MAX_TOTAL_BYTES
+    max_resolve_depth: int = MAX_RESOLVE_DEPTH
+    max_candidates_listed: int = MAX_CANDIDATES_LISTED
+    max_start_candidates: int = MAX_START_CANDIDATES
+    max_search_visits: int = MAX_SEARCH_VISITS
+    max_paths_listed: int = MAX_PATHS_LISTED
+    max_suggestions: int = MAX_SUGGESTIONS
+
 
 _NO_CYCLE = 1 << 30
 """``_Index._low`` when no cycle was cut (deeper than any lookup can be)."""
@@ -189,7 +211,7 @@ def _skip_dir(path: Path) -> bool:
     return name.startswith(".") or name in SKIPPED_DIR_NAMES or (path / "pyvenv.cfg").exists()
 
 
-def _find_sources(root: Path) -> list[Path]:
+def _find_sources(root: Path, limits: AnalyzerLimits) -> list[Path]:
     found: list[Path] = []
     total = 0
     for dirpath, dirnames, filenames in os.walk(root):
@@ -199,17 +221,18 @@ def _find_sources(root: Path) -> list[Path]:
             if not filename.endswith(".py") or filename.startswith("."):
                 continue
             found.append(here / filename)
-            if len(found) > MAX_FILES:
+            if len(found) > limits.max_files:
                 raise ToolInputError(
-                    f"folder {root} has more than {MAX_FILES} Python files; point the tool at a subfolder"
+                    f"folder {root} has more than {limits.max_files} Python files; "
+                    "point the tool at a subfolder"
                 )
             try:
-                total += min((here / filename).stat().st_size, MAX_FILE_BYTES + 1)
+                total += min((here / filename).stat().st_size, limits.max_file_bytes + 1)
             except OSError:
                 continue
-            if total > MAX_TOTAL_BYTES:
+            if total > limits.max_total_bytes:
                 raise ToolInputError(
-                    f"folder {root} holds more than {MAX_TOTAL_BYTES // 2**20} MiB of Python sources; "
+                    f"folder {root} holds more than {limits.max_total_bytes // 2**20} MiB of Python sources; "
                     "point the tool at a subfolder"
                 )
     return found
@@ -224,7 +247,7 @@ def _is_identifier(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name)
 
 
-def _package_prefix(root: Path, sources: list[Path], rels: list[Path]) -> list[str]:
+def _package_prefix(root: Path, sources: list[Path], rels: list[Path], max_file_bytes: int) -> list[str]:
     """The dotted package name of ``root`` itself when it is a package (``[]`` otherwise).
 
     A folder staged into the sandbox lost its name (``staged-1a2b3c``): the package name is then
@@ -242,7 +265,7 @@ def _package_prefix(root: Path, sources: list[Path], rels: list[Path]) -> list[s
     votes: Counter[str] = Counter()
     for path in sources:
         try:
-            if path.stat().st_size > MAX_FILE_BYTES:
+            if path.stat().st_size > max_file_bytes:
                 continue
             source = path.read_bytes()
         except OSError:
@@ -328,8 +351,9 @@ _LEAVES = frozenset(
 class _Index:
     """Every module, class and function of a folder, and the resolution of names between them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: AnalyzerLimits) -> None:
         self.root = root
+        self.limits = limits
         self.modules: dict[str, _Module] = {}
         self.aliases: dict[str, str | None] = {}  # alternative module name -> module (None: ambiguous)
         self.namespace_packages: set[str] = set()
@@ -351,11 +375,11 @@ class _Index:
     # discovery and parsing
 
     def load(self) -> None:
-        sources = _find_sources(self.root)
+        sources = _find_sources(self.root, self.limits)
         if not sources:
             raise ToolInputError(f"no Python (*.py) files found in folder {self.root}")
         rels = [path.relative_to(self.root) for path in sources]
-        prefix = _package_prefix(self.root, sources, rels)
+        prefix = _package_prefix(self.root, sources, rels, self.limits.max_file_bytes)
         package_dirs = {rel.parent for rel in rels if rel.name == "__init__.py"}
         for path, rel in zip(sources, rels, strict=True):
             parts = [*prefix, *_module_parts(rel)]
@@ -383,8 +407,8 @@ class _Index:
                 skip("symbolic link")
                 return None
             size = path.stat().st_size
-            if size > MAX_FILE_BYTES:
-                skip(f"{size} bytes, over the limit of {MAX_FILE_BYTES}")
+            if size > self.limits.max_file_bytes:
+                skip(f"{size} bytes, over the limit of {self.limits.max_file_bytes}")
                 return None
             source = path.read_bytes()
         except OSError as exc:
@@ -583,7 +607,7 @@ class _Index:
             self._low = min(self._low, depth)
             return frozenset()
         depth = len(self._active)
-        if depth >= MAX_RESOLVE_DEPTH:
+        if depth >= self.limits.max_resolve_depth:
             return frozenset()
         self._active[key] = depth
         outer_low, self._low = self._low, _NO_CYCLE
@@ -831,7 +855,7 @@ def _where(func: _Function) -> str:
 
 def _listing(index: _Index, candidates: list[str]) -> str:
     """``q1 (file:line), q2 (file:line)``, at most :data:`MAX_CANDIDATES_LISTED`, then ``, and N more``."""
-    listed = [_where(index.functions[q]) for q in candidates[:MAX_CANDIDATES_LISTED]]
+    listed = [_where(index.functions[q]) for q in candidates[: index.limits.max_candidates_listed]]
     more = len(candidates) - len(listed)
     return ", ".join(listed) + (f", and {more} more" if more else "")
 
@@ -866,7 +890,8 @@ def _not_found_message(index: _Index, name: str, wanted: str, role: str) -> str:
             by_suffix.setdefault(".".join(parts[i:]), []).append(qualname)
     suggestions: list[str] = []
     lowered = {key.lower(): key for key in by_suffix}
-    matches = difflib.get_close_matches(wanted.lower(), list(lowered), n=MAX_SUGGESTIONS, cutoff=0.6)
+    most = index.limits.max_suggestions
+    matches = difflib.get_close_matches(wanted.lower(), list(lowered), n=most, cutoff=0.6)
     for match in matches:
         for qualname in sorted(by_suffix[lowered[match]]):
             if qualname not in suggestions:
@@ -877,7 +902,7 @@ def _not_found_message(index: _Index, name: str, wanted: str, role: str) -> str:
     if index.skipped:
         message += f" ({len(index.skipped)} files skipped, see skipped_files)"
     if suggestions:
-        message += "; did you mean: " + ", ".join(suggestions[:MAX_SUGGESTIONS]) + "?"
+        message += "; did you mean: " + ", ".join(suggestions[:most]) + "?"
     return message
 
 
@@ -916,7 +941,7 @@ def _search(index: _Index, start: str, ends: Iterable[str]) -> _Search:
     queue = deque([start])
     visits = 0
     while queue:
-        if visits >= MAX_SEARCH_VISITS:
+        if visits >= index.limits.max_search_visits:
             return _Search(paths, len(parents) - 1, True)
         current = queue.popleft()
         visits += 1
@@ -958,7 +983,7 @@ def _reached_text(index: _Index, start: str, search: _Search) -> str:
     if search.stopped:
         return (
             f"{short} reaches more than {search.reached} functions (the search stopped after "
-            f"{MAX_SEARCH_VISITS} of them)"
+            f"{index.limits.max_search_visits} of them)"
         )
     return f"{short} reaches {search.reached} function{'' if search.reached == 1 else 's'}"
 
@@ -991,10 +1016,11 @@ def _ambiguous(
 ) -> dict[str, Any]:
     """Several candidates for start or end: search from each start candidate, keep what connects."""
     start_name, end_name = names
-    if len(starts) > MAX_START_CANDIDATES:
+    limits = index.limits
+    if len(starts) > limits.max_start_candidates:
         raise ToolInputError(
             _ambiguous_prefix(index, start_name, "start_func", starts)
-            + f" Too many to search (the limit is {MAX_START_CANDIDATES}); "
+            + f" Too many to search (the limit is {limits.max_start_candidates}); "
             f"Use a qualified name such as {starts[0]!r}"
         )
     searches = {start: _search(index, start, ends) for start in starts}
@@ -1024,16 +1050,18 @@ def _ambiguous(
         )
         message += f"; start_func {start_name!r} also matches {_listing(index, lost_starts)}, which {what}"
     if stopped:
-        message += f" (the search from {', '.join(stopped)} stopped after {MAX_SEARCH_VISITS} functions)"
+        message += (
+            f" (the search from {', '.join(stopped)} stopped after {limits.max_search_visits} functions)"
+        )
     lost = [("start_func", s) for s in lost_starts] + [("end_func", e) for e in lost_ends]
     return {
         "found": True,
         "path": [_entry(index, name) for name in found[0]],
         "hops": len(found[0]) - 1,
         "message": message,
-        "paths": [[_entry(index, name) for name in path] for path in found[:MAX_PATHS_LISTED]],
+        "paths": [[_entry(index, name) for name in path] for path in found[: limits.max_paths_listed]],
         "unreachable_candidates": [
-            {"role": role, **_entry(index, name)} for role, name in lost[:MAX_CANDIDATES_LISTED]
+            {"role": role, **_entry(index, name)} for role, name in lost[: limits.max_candidates_listed]
         ],
     }
 
@@ -1064,11 +1092,14 @@ def _none_reachable(
         suggestion = ends[0]
     stopped = [s for s in starts if searches[s].stopped]
     if stopped and len(starts) > 1:
-        message += f" (the search from {', '.join(stopped)} stopped after {MAX_SEARCH_VISITS} functions)"
+        visits = index.limits.max_search_visits
+        message += f" (the search from {', '.join(stopped)} stopped after {visits} functions)"
     return message + f"; Use a qualified name such as {suggestion!r}"
 
 
-def analyze(folder: str, start_func: str, end_func: str) -> dict[str, Any]:
+def analyze(
+    folder: str, start_func: str, end_func: str, *, limits: AnalyzerLimits | None = None
+) -> dict[str, Any]:
     """Find the shortest call path from ``start_func`` to ``end_func`` in the Python files of ``folder``.
 
     Names may be qualified (``pkg.mod.func``, ``mod.Class.method``), a dotted suffix
@@ -1091,9 +1122,11 @@ def analyze(folder: str, start_func: str, end_func: str) -> dict[str, Any]:
     of them ...; Use a qualified name such as 'q1'"``. With one candidate on each side, no path is
     not an error: ``found`` is False, ``paths`` and ``unreachable_candidates`` are empty and
     ``message`` says how far the start reaches.
+
+    ``limits`` (default :class:`AnalyzerLimits()`, the constants above) bound the work and the answer.
     """
     root = _check_folder(folder)
-    index = _Index(root)
+    index = _Index(root, limits or AnalyzerLimits())
     index.load()
     if not index.files_indexed:
         raise ToolInputError(

@@ -40,8 +40,10 @@ import errno
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from officeray.limits import MAX_PATH_CHARS, MAX_WRITE_BYTES
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
 from tools_sandbox.agent.workspace import check_relative, confine, is_inside, workspace_root
 
@@ -50,17 +52,25 @@ OPERATIONS = ("read", "write", "list", "delete")
 MAX_READ_BYTES = 1024**2
 """Largest file ``read`` returns."""
 
-MAX_WRITE_BYTES = 1024**2
-"""Largest ``content`` (UTF-8 bytes) ``write`` accepts."""
-
 MAX_LIST_ENTRIES = 1_000
 """Most entries ``list`` returns (``truncated`` is true when there were more)."""
 
 MAX_LIST_DEPTH = 32
 """Deepest folder level a recursive ``list`` descends into (deeper ones make ``truncated`` true)."""
 
-MAX_PATH_CHARS = 4_096
-"""Longest ``path`` accepted."""
+
+@dataclass(frozen=True)
+class FileLimits:
+    """The limits of one :func:`run`; each default is the constant of the same name above.
+
+    The agent always runs with the defaults (``limits`` is not a tool input); tests pass smaller ones."""
+
+    max_read_bytes: int = MAX_READ_BYTES
+    max_write_bytes: int = MAX_WRITE_BYTES
+    max_list_entries: int = MAX_LIST_ENTRIES
+    max_list_depth: int = MAX_LIST_DEPTH
+    max_path_chars: int = MAX_PATH_CHARS
+
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never block on a FIFO
@@ -70,12 +80,22 @@ class OutputTooLarge(ToolFailure):
     error_type = "output_limit"
 
 
-def run(operation: str, path: str, content: str | None = None, recursive: bool = False) -> dict[str, Any]:
-    """Run one file operation in the workspace; see the module docstring for the outputs."""
+def run(
+    operation: str,
+    path: str,
+    content: str | None = None,
+    recursive: bool = False,
+    *,
+    limits: FileLimits | None = None,
+) -> dict[str, Any]:
+    """Run one file operation in the workspace; see the module docstring for the outputs.
+
+    ``limits`` default to :class:`FileLimits()` (the constants above)."""
+    limits = limits or FileLimits()
     if operation not in OPERATIONS:
         raise ToolInputError(f"operation must be one of {', '.join(OPERATIONS)}; got {operation!r}")
-    if isinstance(path, str) and len(path) > MAX_PATH_CHARS:
-        raise ToolInputError(f"path is {len(path)} characters; the limit is {MAX_PATH_CHARS}")
+    if isinstance(path, str) and len(path) > limits.max_path_chars:
+        raise ToolInputError(f"path is {len(path)} characters; the limit is {limits.max_path_chars}")
     rel = os.path.normpath(check_relative(path))
     if not isinstance(recursive, bool):
         raise ToolInputError("recursive must be true or false")
@@ -90,12 +110,12 @@ def run(operation: str, path: str, content: str | None = None, recursive: bool =
     if not os.path.isdir(root):
         raise ToolFailure(f"the workspace {root} does not exist")
     if operation == "read":
-        return _read(root, rel)
+        return _read(root, rel, limits.max_read_bytes)
     if operation == "write":
         assert isinstance(content, str)
-        return _write(root, rel, content)
+        return _write(root, rel, content, limits.max_write_bytes)
     if operation == "list":
-        return _list(root, rel, recursive)
+        return _list(root, rel, recursive, limits)
     return _delete(root, rel, recursive)
 
 
@@ -104,7 +124,7 @@ def run(operation: str, path: str, content: str | None = None, recursive: bool =
 # --------------------------------------------------------------------------------------------------
 
 
-def _read(root: str, rel: str) -> dict[str, Any]:
+def _read(root: str, rel: str, max_bytes: int) -> dict[str, Any]:
     real = confine(root, rel)
     if real == root:
         raise ToolInputError("path '.' is the workspace root, a folder; use operation 'list'")
@@ -116,13 +136,13 @@ def _read(root: str, rel: str) -> dict[str, Any]:
         os.close(dfd)
     try:
         info = _check_regular(fd, rel, "read")
-        data = _read_fd(fd, MAX_READ_BYTES + 1) if info.st_size <= MAX_READ_BYTES else b""
+        data = _read_fd(fd, max_bytes + 1) if info.st_size <= max_bytes else b""
     finally:
         os.close(fd)
-    if info.st_size > MAX_READ_BYTES or len(data) > MAX_READ_BYTES:
+    if info.st_size > max_bytes or len(data) > max_bytes:
         size = max(info.st_size, len(data))
         raise OutputTooLarge(
-            f"{rel!r} is {size} bytes; read is limited to MAX_READ_BYTES ({MAX_READ_BYTES} bytes)"
+            f"{rel!r} is {size} bytes; read is limited to MAX_READ_BYTES ({max_bytes} bytes)"
         )
     try:
         text = data.decode("utf-8")
@@ -131,14 +151,14 @@ def _read(root: str, rel: str) -> dict[str, Any]:
     return {"operation": "read", "path": rel, "content": text, "bytes": len(data)}
 
 
-def _write(root: str, rel: str, content: str) -> dict[str, Any]:
+def _write(root: str, rel: str, content: str, max_bytes: int) -> dict[str, Any]:
     try:
         data = content.encode("utf-8")
     except UnicodeEncodeError:
         raise ToolInputError("content is not valid Unicode text (it has a lone surrogate)") from None
-    if len(data) > MAX_WRITE_BYTES:
+    if len(data) > max_bytes:
         raise ToolInputError(
-            f"content is {len(data)} bytes; write is limited to MAX_WRITE_BYTES ({MAX_WRITE_BYTES} bytes)"
+            f"content is {len(data)} bytes; write is limited to MAX_WRITE_BYTES ({max_bytes} bytes)"
         )
     real = confine(root, rel)
     if real == root:
@@ -159,36 +179,38 @@ def _write(root: str, rel: str, content: str) -> dict[str, Any]:
     return {"operation": "write", "path": rel, "bytes": len(data)}
 
 
-def _list(root: str, rel: str, recursive: bool) -> dict[str, Any]:
+def _list(root: str, rel: str, recursive: bool, limits: FileLimits) -> dict[str, Any]:
     real = confine(root, rel)
     dfd = _open_dir(root, real, rel)
     entries: list[dict[str, Any]] = []
     try:
-        truncated = _scan(dfd, "", recursive, 0, entries)
+        truncated = _scan(dfd, "", recursive, 0, entries, limits)
     finally:
         os.close(dfd)
     return {"operation": "list", "path": rel, "entries": entries, "truncated": truncated}
 
 
-def _scan(dfd: int, prefix: str, recursive: bool, depth: int, out: list[dict[str, Any]]) -> bool:
+def _scan(
+    dfd: int, prefix: str, recursive: bool, depth: int, out: list[dict[str, Any]], limits: FileLimits
+) -> bool:
     """Append the entries of the folder ``dfd`` (names prefixed); True when some were left out."""
     with os.scandir(dfd) as it:
         found = sorted(it, key=lambda e: e.name)
     for entry in found:
-        if len(out) >= MAX_LIST_ENTRIES:
+        if len(out) >= limits.max_list_entries:
             return True
         kind, size = _kind(entry)
         out.append({"name": prefix + entry.name, "type": kind, "bytes": size})
         if kind != "dir" or not recursive:
             continue
-        if depth + 1 >= MAX_LIST_DEPTH:
+        if depth + 1 >= limits.max_list_depth:
             return True
         try:
             child = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
         except OSError:
             continue  # vanished, or not searchable: listed, not descended into
         try:
-            if _scan(child, prefix + entry.name + "/", recursive, depth + 1, out):
+            if _scan(child, prefix + entry.name + "/", recursive, depth + 1, out, limits):
                 return True
         finally:
             os.close(child)

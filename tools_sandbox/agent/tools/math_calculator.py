@@ -30,12 +30,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from officeray.limits import MAX_EXPRESSION_CHARS
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
 
 Number = int | float
 
-MAX_EXPRESSION_CHARS = 1_000
-"""Longest expression accepted (defined here only: ``tools_sandbox.catalog`` imports it)."""
 
 MAX_AST_NODES = 300
 """Most expression nodes (numbers, names, operations, calls) in one expression."""

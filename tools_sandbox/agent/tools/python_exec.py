@@ -21,14 +21,11 @@ import tempfile
 import time
 from typing import Any
 
+from officeray.limits import MAX_PYTHON_CODE_CHARS as MAX_CODE_CHARS
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
 
 MAX_STREAM_BYTES = 1024**2
 """stdout and stderr are each cut to this many bytes in the result."""
-
-MAX_CODE_CHARS = 100_000
-"""Longest program accepted (defined here only: ``tools_sandbox.catalog`` imports it as
-``MAX_PYTHON_CODE_CHARS`` for its input model)."""
 
 MAX_STDIN_BYTES = 16 * 1024**2
 """Largest stdin accepted."""

@@ -1,4 +1,9 @@
-"""Input and settings models of the host-side tools (pydantic only: the catalog imports this module).
+"""Input and settings models of the built-in host-side tools (http_client, web_search, ai_tool, sleep).
+
+The tools themselves run in :mod:`tools_sandbox.host_tools` (named by their specs as
+``"module:function"``); their models live here, in the core, because the validator, the gateway
+and the planners check inputs against them and the config's ``tools:`` sections are checked
+against the settings models at start. The limits of each model are defined here, once.
 
 Settings models are the sections of the config's ``tools:`` mapping, e.g.::
 
@@ -16,15 +21,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from officeray.contracts import StepReference
-from tools_sandbox.ssrf import MAX_URL_CHARS, UrlRefused, normalise_allow_entry, parse_url
-
-if TYPE_CHECKING:
-    from tools_sandbox.catalog import HostContext
+from officeray.urls import MAX_URL_CHARS, UrlRefused, normalise_allow_entry, parse_url
 
 MAX_HTTP_TIMEOUT_S = 300.0
 """Longest total time one http_client call may be given (settings and inputs)."""
@@ -179,16 +181,32 @@ class WebSearchSettings(_Strict):
         return self
 
 
-_M = TypeVar("_M", bound=BaseModel)
+# --------------------------------------------------------------------------------------------------
+# ai_tool
+# --------------------------------------------------------------------------------------------------
+
+MAX_PROMPT_CHARS = 50_000
+"""Longest prompt accepted."""
+
+DEFAULT_MAX_TOKENS = 256
+MAX_TOKENS_LIMIT = 8_192
+"""Largest ``max_tokens`` a step may ask for."""
 
 
-def tool_settings(context: HostContext | None, name: str, model: type[_M]) -> _M:
-    """The tool's section of ``context.settings`` as ``model`` (defaults when absent; a dict is validated)."""
-    raw = None if context is None else context.settings.get(name)
-    if raw is None:
-        return model()
-    if isinstance(raw, model):
-        return raw
-    if isinstance(raw, BaseModel):
-        raw = raw.model_dump()
-    return model.model_validate(raw)
+class AiToolInput(_Strict):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt, in plain words.")
+    max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_TOKENS_LIMIT, description="Longest answer, in tokens."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# sleep
+# --------------------------------------------------------------------------------------------------
+
+MAX_SLEEP_S = 600.0
+"""Longest wait one step may ask for."""
+
+
+class SleepInput(_Strict):
+    seconds: float = Field(ge=0, le=MAX_SLEEP_S, description="How long to wait, in seconds.")

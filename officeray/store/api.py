@@ -1,0 +1,240 @@
+"""The store's one API, async, with typed results: :class:`TaskStore`.
+
+:class:`~officeray.store.SqlStore` (SQLite or PostgreSQL) and
+:class:`~officeray.testing.InMemoryStore` implement it and pass one conformance suite
+(``tests/store/test_store_conformance.py``). The workflow's ``Store`` port
+(:class:`officeray.workflow.Store`) is the part of it a task's run uses.
+
+The hot writes (``save_task``, ``save_transition``, ``finish_task``, ``create_task``,
+``append_event``, ``save_step_result``, ``add_tenant_usage``) take their snapshot of what they write
+**when called**, before the first ``await`` (the caller may change its record while the write is
+pending), and return an awaitable that is done once the write is durable. Time-dependent methods
+(leases) take ``now`` so tests control the clock; it defaults to :func:`~officeray.contracts.utcnow`
+(a naive ``now`` is taken as UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, Protocol
+
+from officeray.contracts import (
+    APPROVAL_VERDICTS,
+    ApprovalDecision,
+    ApprovalVerdict,
+    DlqDetail,
+    DlqEntry,
+    ModelUsage,
+    StepResult,
+    TaskEvent,
+    TaskRecord,
+    TaskRequest,
+    TaskStatus,
+    utcnow,
+)
+
+DLQ_LIST_LIMIT = 100
+"""Entries :meth:`TaskStore.dlq_list` answers unless told otherwise."""
+
+TASK_LIST_LIMIT = 100
+"""Records :meth:`TaskStore.list_tasks` answers unless told otherwise."""
+
+CLAIM_LIMIT = 1000
+"""Tasks :meth:`TaskStore.claimable_unfinished` leases per call unless told otherwise."""
+
+
+class ResumableTask(NamedTuple):
+    """An unfinished task with the request it was created with (what an orchestrator resumes)."""
+
+    record: TaskRecord
+    request: TaskRequest
+
+
+class IdempotencyClaim(NamedTuple):
+    """Who owns an ``Idempotency-Key``: the task it is bound to, and whether the claiming request's
+    body hash matched the first one's (a caller's claim created the binding when ``task_id`` is the
+    one it offered)."""
+
+    task_id: str
+    same_body: bool
+
+
+class TaskStore(Protocol):
+    """Tasks, their events and step results, leases, the dead-letter queue, idempotency keys,
+    approvals and tenant usage (see the module docstring for the snapshot and clock rules)."""
+
+    # -- tasks and events ---------------------------------------------------------------------------
+
+    def create_task(self, record: TaskRecord, request: TaskRequest) -> Awaitable[bool]:
+        """Insert a new task atomically; False when a task with that id already exists."""
+        ...
+
+    async def create_leased_task(
+        self, record: TaskRecord, request: TaskRequest, owner: str, ttl_s: float
+    ) -> bool:
+        """Take the lease on the new task and insert it, at once: True when both happened; False (and
+        nothing changed) when another owner holds the lease or the task exists."""
+        ...
+
+    def save_task(self, record: TaskRecord) -> Awaitable[None]:
+        """Insert or replace the task's record (its ``created_at`` and request are kept)."""
+        ...
+
+    def save_transition(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
+        """The record and its transition event at once: both are stored or neither.
+
+        With ``owner`` the write is *fenced*: it happens only while ``owner`` holds the task's lease,
+        checked atomically with it; False (nothing written) when another owner took the lease or
+        nobody holds it. A lease that expired but that nobody took is still ``owner``'s."""
+        ...
+
+    def finish_task(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
+        """The end of a task's run at once: its final record and event (as :meth:`save_transition`,
+        fenced on ``owner``'s lease when given), the dead-letter entry of a failed task (its error as
+        the reason) and its model usage added to its tenant's. All of it is stored or none. Raises
+        ValueError (when called) for a record that is not final."""
+        ...
+
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    async def get_request(self, task_id: str) -> TaskRequest | None:
+        """The request the task was created with (None for an unknown task or one saved without)."""
+        ...
+
+    async def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = TASK_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        """Records, newest first (by when they were first stored)."""
+        ...
+
+    async def unfinished(self) -> list[ResumableTask]:
+        """Tasks not in a final state that have a request, oldest first. Takes no lease: orchestrators
+        that share a store use :meth:`claimable_unfinished`."""
+        ...
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Awaitable[None]: ...
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        """The task's events in the order written."""
+        ...
+
+    # -- step results and usage ---------------------------------------------------------------------
+
+    def save_step_result(self, task_id: str, result: StepResult) -> Awaitable[None]:
+        """Insert or replace the result stored under ``result.idempotency_key``; a recorded success is
+        final (a stale run's later result never replaces it)."""
+        ...
+
+    async def get_step_result(self, idempotency_key: str) -> StepResult | None: ...
+
+    def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> Awaitable[None]:
+        """Add ``usage`` to the tenant's totals (atomically)."""
+        ...
+
+    async def tenant_usage(self, tenant: str) -> ModelUsage:
+        """The tenant's totals (zero for a tenant never charged)."""
+        ...
+
+    # -- leases: one runner per task among many orchestrators ---------------------------------------
+
+    async def acquire_lease(
+        self, task_id: str, owner: str, ttl_s: float, now: datetime | None = None
+    ) -> bool:
+        """Take or extend the lease on ``task_id`` until ``now + ttl_s``: True when it is ``owner``'s
+        now (it was absent, expired, or already ``owner``'s), False when another owner holds it.
+        ValueError for ``ttl_s <= 0``."""
+        ...
+
+    async def renew_leases(self, owner: str, ttl_s: float, now: datetime | None = None) -> int:
+        """Extend every lease held by ``owner`` to ``now + ttl_s``; return how many. A lease that
+        expired but that no one else took is still ``owner``'s and is renewed too."""
+        ...
+
+    async def release_lease(self, task_id: str, owner: str) -> bool:
+        """Give the lease up; False when ``owner`` did not hold it (another's lease is left alone)."""
+        ...
+
+    async def lease_owner(self, task_id: str, now: datetime | None = None) -> str | None:
+        """Who holds the lease on ``task_id``; None when absent or expired at ``now``."""
+        ...
+
+    async def claimable_unfinished(
+        self, owner: str, ttl_s: float, now: datetime | None = None, limit: int = CLAIM_LIMIT
+    ) -> list[ResumableTask]:
+        """Unfinished tasks (with a request) whose lease is absent or expired, oldest first, each
+        leased to ``owner`` until ``now + ttl_s`` before it is returned: orchestrators that call this
+        at once get disjoint tasks."""
+        ...
+
+    # -- dead-letter queue --------------------------------------------------------------------------
+
+    async def dead_letter(self, record: TaskRecord, reason: str) -> None:
+        """Put the task in the dead-letter queue (again: its entry is replaced, ``created_at`` too)."""
+        ...
+
+    async def dlq_list(self, tenant: str | None = None, limit: int = DLQ_LIST_LIMIT) -> list[DlqEntry]:
+        """Dead-lettered tasks, newest first (ties: by task id)."""
+        ...
+
+    async def dlq_get(self, task_id: str) -> DlqDetail | None: ...
+
+    async def dlq_remove(self, task_id: str) -> bool:
+        """Take the task out of the dead-letter queue; False when it was not there."""
+        ...
+
+    # -- idempotency keys and approvals -------------------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, tenant: str, key: str, body_sha256: str, task_id: str
+    ) -> IdempotencyClaim:
+        """Bind ``(tenant, key)`` to ``task_id`` unless it is bound already, atomically."""
+        ...
+
+    async def decide_approval(
+        self,
+        task_id: str,
+        step_id: str,
+        decision: ApprovalVerdict,
+        decided_by: str,
+        reason: str | None = None,
+    ) -> bool:
+        """Record the decision on a step that waits for approval; False when one was recorded before
+        (the first decision wins). ValueError for a decision that is not one of
+        :data:`~officeray.contracts.APPROVAL_VERDICTS`."""
+        ...
+
+    async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None: ...
+
+    def close(self) -> None: ...
+
+
+def as_utc(moment: datetime | None) -> datetime:
+    """An aware UTC datetime (``utcnow()`` for None; a naive one is taken as UTC). SQLite stores
+    datetimes without their offset, so every value bound for comparison is UTC."""
+    if moment is None:
+        return utcnow()
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def positive_ttl(ttl_s: float) -> timedelta:
+    """``ttl_s`` as a duration; ValueError unless it is positive."""
+    if ttl_s <= 0:
+        raise ValueError(f"ttl_s must be positive, not {ttl_s}")
+    return timedelta(seconds=ttl_s)
+
+
+def check_verdict(decision: str) -> None:
+    """ValueError unless ``decision`` is one of :data:`~officeray.contracts.APPROVAL_VERDICTS`."""
+    if decision not in APPROVAL_VERDICTS:
+        raise ValueError(f"decision must be one of {APPROVAL_VERDICTS}, not {decision!r}")
+
+
+def require_final(record: TaskRecord) -> None:
+    """ValueError unless ``record`` is final (what the end of a run writes)."""
+    if not record.status.is_final:
+        raise ValueError(f"the end of a run needs a final record, not a {record.status.value} one")

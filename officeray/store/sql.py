@@ -1,0 +1,325 @@
+"""The store on SQLAlchemy Core: :class:`SqlStore`, a SQLite file or a PostgreSQL database.
+
+It implements :class:`~officeray.store.api.TaskStore` and nothing else: there is no synchronous
+API. Every caller in production is async (the orchestrator actor, the gateway), so reads run in a
+worker thread (``asyncio.to_thread``) and writes either go through the group-commit writer thread
+(:class:`~officeray.store.writer.GroupCommitter`: the hot writes of a task's run, the lease changes
+of a submission or a retry, idempotency claims) or, for the rare writes of several statements or of
+no task in particular (claiming unfinished tasks, renewing leases, the dead-letter queue, approvals),
+run in their own transaction in a worker thread. An event loop is never blocked by the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.engine import Connection
+
+from officeray.contracts import (
+    ApprovalDecision,
+    ApprovalVerdict,
+    DlqDetail,
+    DlqEntry,
+    ModelUsage,
+    StepResult,
+    TaskEvent,
+    TaskRecord,
+    TaskRequest,
+    TaskStatus,
+    utcnow,
+)
+from officeray.store.api import (
+    CLAIM_LIMIT,
+    DLQ_LIST_LIMIT,
+    TASK_LIST_LIMIT,
+    IdempotencyClaim,
+    ResumableTask,
+    TaskStore,
+    as_utc,
+    check_verdict,
+    positive_ttl,
+    require_final,
+)
+from officeray.store.approvals import ApprovalRepository
+from officeray.store.dlq import DlqRepository, dlq_row
+from officeray.store.engine import (
+    POSTGRES_CONNECT_TIMEOUT_S,
+    SQLITE_BUSY_TIMEOUT_MS,
+    make_engine,
+    normalized_url,
+    read_connection,
+    write_transaction,
+)
+from officeray.store.idempotency import IdempotencyRepository
+from officeray.store.leases import LeaseRepository, lease_row
+from officeray.store.schema import applied_versions, migrate
+from officeray.store.steps import StepResultRepository, step_row
+from officeray.store.tasks import TaskRepository, event_row, new_task_row, task_row
+from officeray.store.usage import TenantUsageRepository
+from officeray.store.writer import GroupCommitter, Job, LeaseChange, fenced
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class SqlStore:
+    """The store behind every process of a deployment; safe to open from several processes.
+
+    ``url``: ``sqlite:///PATH`` (the folder is created) or ``postgresql+psycopg://...`` (plain
+    ``postgresql://`` means the same). Opening applies missing
+    :data:`~officeray.store.schema.MIGRATIONS`. Every method raises
+    :class:`~officeray.errors.StoreUnavailableError` when the database cannot be reached and
+    :class:`~officeray.errors.StoreError` on other database failures.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+        connect_timeout_s: int = POSTGRES_CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.url = url
+        self._engine = make_engine(normalized_url(url), sqlite_busy_timeout_ms, connect_timeout_s)
+        try:
+            migrate(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        dialect = self._engine.dialect.name
+        self._tasks = TaskRepository(dialect)
+        self._steps = StepResultRepository(dialect)
+        self._usage = TenantUsageRepository(dialect)
+        self._leases = LeaseRepository(dialect)
+        self._dlq = DlqRepository(dialect)
+        self._idempotency = IdempotencyRepository(dialect)
+        self._approvals = ApprovalRepository(dialect)
+        self._writer = GroupCommitter(self._engine, self._leases.holders)
+
+    # -- how work reaches the database ---------------------------------------------------------------
+
+    def _read_now(
+        self, read: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        with read_connection(self._engine) as conn:
+            return read(conn, *args, **kwargs)
+
+    async def _read(
+        self, read: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``read(conn, ...)`` on a connection of its own, in a worker thread."""
+        return await asyncio.to_thread(partial(self._read_now, read, *args, **kwargs))
+
+    def _write_now(self, write: Callable[[Connection], T]) -> T:
+        with write_transaction(self._engine) as conn:
+            return write(conn)
+
+    async def _write_alone(self, write: Callable[[Connection], T]) -> T:
+        """``write(conn)`` in a transaction of its own, in a worker thread (not group-committed)."""
+        return await asyncio.to_thread(self._write_now, write)
+
+    def _submit(self, job: Job) -> asyncio.Future[Any]:
+        """``job`` through the group-commit writer."""
+        return self._writer.submit(job)
+
+    # -- tasks and events ----------------------------------------------------------------------------
+    # The hot writes serialize their rows when called, on the caller's thread, and return the
+    # awaitable of the write: serializing costs less than a deep copy of the record.
+
+    def create_task(self, record: TaskRecord, request: TaskRequest) -> Awaitable[bool]:
+        return self._submit(partial(self._tasks.create_on, row=new_task_row(record, request)))
+
+    async def create_leased_task(
+        self, record: TaskRecord, request: TaskRequest, owner: str, ttl_s: float
+    ) -> bool:
+        now = utcnow()
+        lease = lease_row(record.task_id, owner, ttl_s, now)
+        work = partial(self._create_leased_on, lease=lease, now=now, row=new_task_row(record, request))
+        created: bool = await self._submit(LeaseChange(record.task_id, work))
+        return created
+
+    def _create_leased_on(
+        self, conn: Connection, lease: dict[str, Any], now: datetime, row: dict[str, Any]
+    ) -> bool:
+        if not self._leases.acquire_on(conn, lease, now):
+            return False
+        if self._tasks.create_on(conn, row):
+            return True
+        self._leases.release_on(conn, lease["task_id"], lease["owner"])  # it existed: lease as it was
+        return False
+
+    def save_task(self, record: TaskRecord) -> Awaitable[None]:
+        return self._submit(partial(self._tasks.save_on, row=task_row(record)))
+
+    def save_transition(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
+        row, event = task_row(record), event_row(record.task_id, kind, data)
+        return self._submit(
+            fenced(partial(self._tasks.transition_on, row=row, event=event), record.task_id, owner)
+        )
+
+    def finish_task(
+        self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
+    ) -> Awaitable[bool]:
+        require_final(record)
+        failed = record.status == TaskStatus.FAILED
+        work = partial(
+            self._finish_on,
+            row=task_row(record),
+            event=event_row(record.task_id, kind, data),
+            dead_letter=dlq_row(record, record.error or "failed") if failed else None,
+            usage=record.usage.model_dump() if record.usage.calls else None,
+            tenant=record.tenant,
+        )
+        return self._submit(fenced(work, record.task_id, owner))
+
+    def _finish_on(
+        self,
+        conn: Connection,
+        row: dict[str, Any],
+        event: dict[str, Any],
+        dead_letter: dict[str, Any] | None,
+        usage: dict[str, Any] | None,
+        tenant: str,
+    ) -> bool:
+        self._tasks.transition_on(conn, row, event)
+        if dead_letter is not None:
+            self._dlq.put_on(conn, dead_letter)
+        if usage is not None:
+            self._usage.add_on(conn, tenant, usage)
+        return True
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        return await self._read(self._tasks.get, task_id)
+
+    async def get_request(self, task_id: str) -> TaskRequest | None:
+        return await self._read(self._tasks.get_request, task_id)
+
+    async def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = TASK_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        return await self._read(self._tasks.list_records, status, limit)
+
+    async def unfinished(self) -> list[ResumableTask]:
+        return await self._read(self._tasks.unfinished)
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Awaitable[None]:
+        return self._submit(partial(self._tasks.event_on, event=event_row(task_id, kind, data)))
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        return await self._read(self._tasks.events, task_id)
+
+    # -- step results and usage ----------------------------------------------------------------------
+
+    def save_step_result(self, task_id: str, result: StepResult) -> Awaitable[None]:
+        return self._submit(partial(self._steps.save_on, row=step_row(task_id, result)))
+
+    async def get_step_result(self, idempotency_key: str) -> StepResult | None:
+        return await self._read(self._steps.get, idempotency_key)
+
+    def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> Awaitable[None]:
+        return self._submit(partial(self._usage.add_on, tenant=tenant, usage=usage.model_dump()))
+
+    async def tenant_usage(self, tenant: str) -> ModelUsage:
+        return await self._read(self._usage.get, tenant)
+
+    # -- leases --------------------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, task_id: str, owner: str, ttl_s: float, now: datetime | None = None
+    ) -> bool:
+        moment = as_utc(now)
+        work = partial(self._leases.acquire_on, row=lease_row(task_id, owner, ttl_s, moment), now=moment)
+        acquired: bool = await self._submit(LeaseChange(task_id, work))
+        return acquired
+
+    async def renew_leases(self, owner: str, ttl_s: float, now: datetime | None = None) -> int:
+        expires_at = as_utc(now) + positive_ttl(ttl_s)
+        return await self._write_alone(partial(self._leases.renew_on, owner=owner, expires_at=expires_at))
+
+    async def release_lease(self, task_id: str, owner: str) -> bool:
+        work = partial(self._leases.release_on, task_id=task_id, owner=owner)
+        released: bool = await self._submit(LeaseChange(task_id, work))
+        return released
+
+    async def lease_owner(self, task_id: str, now: datetime | None = None) -> str | None:
+        return await self._read(self._leases.owner, task_id, as_utc(now))
+
+    async def claimable_unfinished(
+        self, owner: str, ttl_s: float, now: datetime | None = None, limit: int = CLAIM_LIMIT
+    ) -> list[ResumableTask]:
+        moment = as_utc(now)
+        claim = partial(
+            self._leases.claim_on,
+            owner=owner,
+            expires_at=moment + positive_ttl(ttl_s),
+            now=moment,
+            limit=limit,
+        )
+        return await self._write_alone(claim)
+
+    # -- dead-letter queue ---------------------------------------------------------------------------
+
+    async def dead_letter(self, record: TaskRecord, reason: str) -> None:
+        await self._write_alone(partial(self._dlq.put_on, row=dlq_row(record, reason)))
+
+    async def dlq_list(self, tenant: str | None = None, limit: int = DLQ_LIST_LIMIT) -> list[DlqEntry]:
+        return await self._read(self._dlq.entries, tenant, limit)
+
+    async def dlq_get(self, task_id: str) -> DlqDetail | None:
+        return await self._read(self._dlq.get, task_id)
+
+    async def dlq_remove(self, task_id: str) -> bool:
+        return await self._write_alone(partial(self._dlq.remove_on, task_id=task_id))
+
+    # -- idempotency keys and approvals --------------------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, tenant: str, key: str, body_sha256: str, task_id: str
+    ) -> IdempotencyClaim:
+        work = partial(
+            self._idempotency.claim_on, tenant=tenant, key=key, body_sha256=body_sha256, task_id=task_id
+        )
+        claimed: IdempotencyClaim = await self._submit(work)
+        return claimed
+
+    async def decide_approval(
+        self,
+        task_id: str,
+        step_id: str,
+        decision: ApprovalVerdict,
+        decided_by: str,
+        reason: str | None = None,
+    ) -> bool:
+        check_verdict(decision)
+        work = partial(
+            self._approvals.decide_on,
+            task_id=task_id,
+            step_id=step_id,
+            decision=decision,
+            decided_by=decided_by,
+            reason=reason,
+        )
+        return await self._write_alone(work)
+
+    async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None:
+        return await self._read(self._approvals.get, task_id, step_id)
+
+    # -- the database --------------------------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        """The newest migration this database has had."""
+        return await self._read(lambda conn: max(applied_versions(conn), default=0))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._engine.dispose()
+
+
+if TYPE_CHECKING:  # mypy checks that SqlStore implements the store's whole API
+    _implements: TaskStore = SqlStore("sqlite://")

@@ -1,0 +1,154 @@
+"""Tasks and their events: the ``tasks`` and ``task_events`` tables.
+
+``tasks`` holds one row per task: the full :class:`~officeray.contracts.TaskRecord` as JSON, the
+columns that are queried (status, timestamps) and the :class:`~officeray.contracts.TaskRequest` it was
+created with. ``task_events`` holds every transition of a task, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from officeray.contracts import TaskEvent, TaskRecord, TaskRequest, TaskStatus, utcnow
+from officeray.store.api import ResumableTask, as_utc
+from officeray.store.engine import insert
+from officeray.store.schema import events_table, tasks_table
+
+FINAL_STATUSES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
+
+_ROW_COLUMNS = ("task_id", "status", "description", "record", "created_at", "updated_at")
+_REPLACED_COLUMNS = ("status", "description", "record", "updated_at")
+"""What saving a known task changes (its ``created_at`` and request are kept)."""
+
+
+def task_row(record: TaskRecord) -> dict[str, Any]:
+    """The ``tasks`` row of ``record`` as of now (``updated_at``); the caller's record is not changed."""
+    now = utcnow()
+    return {
+        "task_id": record.task_id,
+        "status": record.status.value,
+        "description": record.description,
+        "record": record.model_copy(update={"updated_at": now}).model_dump_json(),  # a shallow copy
+        "created_at": as_utc(record.created_at),
+        "updated_at": now,
+    }
+
+
+def new_task_row(record: TaskRecord, request: TaskRequest) -> dict[str, Any]:
+    """The ``tasks`` row of a task created with ``request``."""
+    return {
+        "task_id": record.task_id,
+        "status": record.status.value,
+        "description": record.description,
+        "record": record.model_dump_json(),
+        "request": request.model_dump_json(),
+        "created_at": as_utc(record.created_at),
+        "updated_at": record.updated_at,
+    }
+
+
+def event_row(task_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The ``task_events`` row of one transition, as of now (values JSON cannot hold become strings)."""
+    return {"task_id": task_id, "kind": kind, "data": json.dumps(data, default=str), "at": utcnow()}
+
+
+def _resumable(rows: Any) -> list[ResumableTask]:
+    return [
+        ResumableTask(
+            TaskRecord.model_validate_json(row.record), TaskRequest.model_validate_json(row.request)
+        )
+        for row in rows
+        if row.request
+    ]
+
+
+class TaskRepository:
+    """Reads and writes of ``tasks`` and ``task_events`` on a connection of a ``dialect`` database."""
+
+    def __init__(self, dialect: str) -> None:
+        self._dialect = dialect
+        # Built once: building an upsert costs more CPU than running it (hot path: every transition).
+        upsert = insert(dialect, tasks_table).values({name: sa.bindparam(name) for name in _ROW_COLUMNS})
+        self._save = upsert.on_conflict_do_update(
+            index_elements=[tasks_table.c.task_id],
+            set_={name: upsert.excluded[name] for name in _REPLACED_COLUMNS},
+        )
+        self._event_insert = events_table.insert().values(
+            {name: sa.bindparam(name) for name in ("task_id", "kind", "data", "at")}
+        )
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    def save_on(self, conn: Connection, row: dict[str, Any]) -> None:
+        conn.execute(self._save, row)
+
+    def transition_on(self, conn: Connection, row: dict[str, Any], event: dict[str, Any]) -> bool:
+        """The record and its event (True: what a fenced write answers when it was written)."""
+        conn.execute(self._save, row)
+        conn.execute(self._event_insert, event)
+        return True
+
+    def create_on(self, conn: Connection, row: dict[str, Any]) -> bool:
+        """Insert a new task; False when one with that id exists."""
+        stmt = (
+            insert(self._dialect, tasks_table)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=[tasks_table.c.task_id])
+            .returning(tasks_table.c.task_id)  # a row when inserted (INSERT rowcounts are not portable)
+        )
+        return conn.execute(stmt).first() is not None
+
+    def event_on(self, conn: Connection, event: dict[str, Any]) -> None:
+        conn.execute(self._event_insert, event)
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def get(conn: Connection, task_id: str) -> TaskRecord | None:
+        raw = conn.execute(
+            sa.select(tasks_table.c.record).where(tasks_table.c.task_id == task_id)
+        ).scalar_one_or_none()
+        return None if raw is None else TaskRecord.model_validate_json(raw)
+
+    @staticmethod
+    def get_request(conn: Connection, task_id: str) -> TaskRequest | None:
+        raw = conn.execute(
+            sa.select(tasks_table.c.request).where(tasks_table.c.task_id == task_id)
+        ).scalar_one_or_none()
+        return None if raw is None else TaskRequest.model_validate_json(raw)
+
+    @staticmethod
+    def list_records(conn: Connection, status: TaskStatus | None, limit: int) -> list[TaskRecord]:
+        query = sa.select(tasks_table.c.record).order_by(tasks_table.c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(tasks_table.c.status == status.value)
+        return [TaskRecord.model_validate_json(raw) for raw in conn.execute(query).scalars()]
+
+    @staticmethod
+    def unfinished(conn: Connection) -> list[ResumableTask]:
+        query = (
+            sa.select(tasks_table.c.record, tasks_table.c.request)
+            .where(tasks_table.c.status.not_in(FINAL_STATUSES))
+            .order_by(tasks_table.c.created_at)
+        )
+        return _resumable(conn.execute(query).all())
+
+    @staticmethod
+    def resumable(conn: Connection, task_ids: list[str]) -> list[ResumableTask]:
+        """Those of ``task_ids`` that are still unfinished, oldest first."""
+        t = tasks_table
+        rows = conn.execute(
+            sa.select(t.c.record, t.c.request)
+            .where(t.c.task_id.in_(task_ids), t.c.status.not_in(FINAL_STATUSES))
+            .order_by(t.c.created_at, t.c.task_id)
+        ).all()
+        return _resumable(rows)
+
+    @staticmethod
+    def events(conn: Connection, task_id: str) -> list[TaskEvent]:
+        query = sa.select(events_table).where(events_table.c.task_id == task_id).order_by(events_table.c.id)
+        return [TaskEvent(kind=row.kind, data=json.loads(row.data), at=row.at) for row in conn.execute(query)]

@@ -266,8 +266,9 @@ class Orchestrator:
             ttl = self.settings.workflow.lease_ttl_s
             if not await self.store.create_leased_task(record, request, self.owner, ttl):
                 return await self._existing(task_id), False
+            accepted = record.model_copy(deep=True)  # the run changes ``record`` from now on
             self._start(request, record)
-            return record, True
+            return accepted, True
         finally:
             self._reserved.pop(task_id).set_result(None)
 

@@ -102,8 +102,14 @@ class OrchestratorClient:
         Raises :class:`~officeray.errors.IdempotencyConflictError` (the key names a task of another
         request), :class:`~officeray.errors.StoreUnavailableError`, :class:`OrchestratorUnavailableError`.
         """
+        # with a task id or an idempotency key a repeated submit finds the first one's task
+        repeatable = request.task_id is not None or request.idempotency_key is not None
         answer: tuple[TaskRecord, bool] = await self._call(
-            self.shard_of_request(request), "submit", request, timeout_s=self.call_timeout_s
+            self.shard_of_request(request),
+            "submit",
+            request,
+            timeout_s=self.call_timeout_s,
+            idempotent=repeatable,
         )
         return answer
 
@@ -125,7 +131,7 @@ class OrchestratorClient:
         """Re-run a dead-lettered task from its last good checkpoint; its record as re-queued.
         :class:`~officeray.errors.TaskNotFoundError` when it is not in the dead-letter queue."""
         record: TaskRecord = await self._call(
-            self.shard_of_task(task_id), "retry", task_id, timeout_s=self.call_timeout_s
+            self.shard_of_task(task_id), "retry", task_id, timeout_s=self.call_timeout_s, idempotent=False
         )
         return record
 
@@ -145,7 +151,11 @@ class OrchestratorClient:
         stored: ApprovalDecision
         woken: bool
         stored, woken = await self._call(
-            shard, "decide_approval", task_id, step_id, decision, by, reason, timeout_s=self.call_timeout_s
+            shard,
+            "decide_approval",
+            *(task_id, step_id, decision, by, reason),
+            timeout_s=self.call_timeout_s,
+            idempotent=False,  # repeated after a death, a stored decision would answer "decided already"
         )
         if not woken and self.shards > 1:
             others = [s for s in range(self.shards) if s != shard]
@@ -208,8 +218,13 @@ class OrchestratorClient:
             )
         )
 
-    async def _call(self, shard: int, method: str, *args: Any, timeout_s: float | None) -> Any:
-        """``method(*args)`` on ``shard``; once more on its restarted incarnation after it died."""
+    async def _call(
+        self, shard: int, method: str, *args: Any, timeout_s: float | None, idempotent: bool = True
+    ) -> Any:
+        """``method(*args)`` on ``shard``; once more on its restarted incarnation after it died, when
+        the call is ``idempotent`` (a call that may have taken effect before the shard died, such as
+        a submit that mints its task id there, is not repeated: the caller gets
+        :class:`OrchestratorUnavailableError` and decides, e.g. by its idempotency key)."""
         for attempt in (1, 2):
             try:
                 return await asyncio.wait_for(getattr(self._handles[shard], method).remote(*args), timeout_s)
@@ -220,7 +235,9 @@ class OrchestratorClient:
                     f"the orchestrator (shard {shard}) did not answer within {timeout_s:g}s"
                 ) from None
             except RayActorError as exc:
-                if attempt == 2:
+                if attempt == 2 or not idempotent:
+                    if not idempotent:
+                        self._handles[shard] = self._reconnect(shard)
                     raise OrchestratorUnavailableError(
                         f"the orchestrator (shard {shard}) is unavailable: {_first_line(exc)}"
                     ) from None

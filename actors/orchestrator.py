@@ -156,6 +156,8 @@ class Orchestrator:
         self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
         self._reserved: dict[str, asyncio.Future[None]] = {}
+        self._retrying: set[str] = set()
+        """Tasks whose DLQ retry is being started here (a second retry meanwhile answers the record)."""
         self._to_release: set[str] = set()
         self._background: list[asyncio.Future[None]] = []
 
@@ -187,10 +189,14 @@ class Orchestrator:
         if not self._background:
             self._background = [
                 asyncio.ensure_future(self._renew_leases()),
-                asyncio.ensure_future(self._claim_unfinished()),
                 asyncio.ensure_future(self.pool.wait_ready()),
                 asyncio.ensure_future(self.pool.autoscale()),
             ]
+            # An orchestrator whose folders are not confined to workspace_root (``officeray run``, the
+            # invoking user's own task) never picks up other tasks of the store: they may come from
+            # API clients, whose folders must stay confined.
+            if self.settings.workspace_confined:
+                self._background.append(asyncio.ensure_future(self._claim_unfinished()))
 
     async def _renew_leases(self) -> None:
         """Keep our leases; stop any run whose lease another orchestrator took (we were too slow)."""
@@ -323,6 +329,16 @@ class Orchestrator:
             raise TaskNotFoundError(task_id)
         if task_id in self._running or not record.status.is_final:
             return record
+        if task_id in self._retrying:  # a retry of it is being started here right now
+            return record
+        self._retrying.add(task_id)
+        try:
+            return await self._requeue(request, record)
+        finally:
+            self._retrying.discard(task_id)
+
+    async def _requeue(self, request: TaskRequest, record: TaskRecord) -> TaskRecord:
+        task_id = record.task_id
         if not await self.store.acquire_lease(task_id, self.owner, self.settings.workflow.lease_ttl_s):
             return record  # another orchestrator holds it
         try:
@@ -343,8 +359,9 @@ class Orchestrator:
         except BaseException:
             await self.store.release_lease(task_id, self.owner)
             raise
+        accepted = record.model_copy(deep=True)  # the run changes ``record`` from now on
         self._start(request, record)
-        return record
+        return accepted
 
     async def decide_approval(
         self, task_id: str, step_id: str, decision: Literal["approved", "rejected"], by: str, reason: str = ""

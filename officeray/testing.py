@@ -177,12 +177,12 @@ class InMemoryStore:
         self, record: TaskRecord, request: TaskRequest, owner: str, ttl_s: float
     ) -> bool:
         snapshot, request = record.model_copy(deep=True), request.model_copy(deep=True)
-        if not await self.acquire_lease(snapshot.task_id, owner, ttl_s):
+        if snapshot.task_id in self.tasks:
+            return False  # it exists: its lease (the run in progress may hold it) is left alone
+        if not self._may_lease(snapshot.task_id, owner, utcnow()):
             return False
-        if await self._create(snapshot, request):
-            return True
-        await self.release_lease(snapshot.task_id, owner)  # it existed: as SqlStore, no lease is left
-        return False
+        await self._create(snapshot, request)
+        return await self.acquire_lease(snapshot.task_id, owner, ttl_s)
 
     def save_task(self, record: TaskRecord) -> Coroutine[Any, Any, None]:
         return self._put_task(self._stored(record))

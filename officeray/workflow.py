@@ -756,17 +756,25 @@ class _TaskRun:
         return review
 
 
+SUBMITTED_PLAN_ITERATION = 0
+"""The round number in a submitted plan's step keys: planners number their rounds from 1, so a
+submitted step's key never equals a key a planner gives a later round's step."""
+
+
 def _scoped_to_task(plan: Plan, task_id: str) -> Plan:
-    """A submitted plan with its steps' idempotency keys made the task's own.
+    """A submitted plan with its steps' idempotency keys made the task's own:
+    ``<task_id>:0:<step_id>`` (hashed when longer than the limit).
 
     Recorded step results are found by idempotency key alone (that is how a resumed task skips the
-    steps that succeeded); a key the client chose ("s1") must not find another task's result.
+    steps that succeeded): a key the client chose ("s1", or the same key on two steps) must not find
+    another step's result, of this task or of another one.
     """
     steps = []
     for step in plan.steps:
-        key = f"{task_id}:{step.idempotency_key}"
+        key = f"{task_id}:{SUBMITTED_PLAN_ITERATION}:{step.step_id}"
         if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
-            key = f"{task_id}:{hashlib.sha256(step.idempotency_key.encode()).hexdigest()[:32]}"
+            digest = hashlib.sha256(step.step_id.encode()).hexdigest()[:32]
+            key = f"{task_id}:{SUBMITTED_PLAN_ITERATION}:{digest}"
         steps.append(step.model_copy(update={"idempotency_key": key}))
     return plan.model_copy(update={"steps": steps})
 

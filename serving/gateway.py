@@ -713,7 +713,11 @@ class Gateway:
                 self.orchestrators.pool_stats(HEALTH_TIMEOUT_S),
             )
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+            return JSONResponse(
+                {"status": "unavailable", "detail": str(exc), "code": "orchestrator_unavailable"},
+                status_code=503,
+                headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+            )
         runners: dict[str, Any] = {key: sum(p.get(key, 0) for p in pools) for key in HEALTH_RUNNER_FIELDS}
         runners["problems"] = sorted({p["placement_problem"] for p in pools if p.get("placement_problem")})
         return JSONResponse({"status": "ok", "tasks_in_flight": in_flight, "tool_runners": runners})

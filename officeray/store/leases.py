@@ -132,6 +132,10 @@ class LeaseRepository:
             claimed.extend(conn.execute(self._upsert(rows, owner, now)).scalars())
         if not claimed:
             return []
+        if self._dialect == "postgresql":
+            # as a fenced write does (:meth:`holders`): wait for a write of the previous owner that
+            # locked these rows before our lease, so the checkpoint read below is the last one
+            conn.execute(self._lock_task_rows[False], {"task_ids": claimed})
         # a task that became final between the candidate scan and the lease is not resumed...
         found = TaskRepository.resumable(conn, claimed)
         finished = set(claimed) - {task.record.task_id for task in found}

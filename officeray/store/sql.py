@@ -56,7 +56,7 @@ from officeray.store.engine import (
 )
 from officeray.store.idempotency import IdempotencyRepository
 from officeray.store.leases import LeaseRepository, lease_row
-from officeray.store.schema import applied_versions, migrate
+from officeray.store.schema import applied_versions, migrate, tasks_table
 from officeray.store.steps import StepResultRepository, step_row
 from officeray.store.tasks import TaskRepository, event_row, new_task_row, task_row
 from officeray.store.usage import TenantUsageRepository
@@ -145,11 +145,14 @@ class SqlStore:
     def _create_leased_on(
         self, conn: Connection, lease: dict[str, Any], now: datetime, row: dict[str, Any]
     ) -> bool:
-        if not self._leases.acquire_on(conn, lease, now):
+        # The task first: when it exists already (a repeated submission reaches the same owner), its
+        # lease, which the run in progress may hold, is left exactly as it is.
+        if not self._tasks.create_on(conn, row):
             return False
-        if self._tasks.create_on(conn, row):
+        if self._leases.acquire_on(conn, lease, now):
             return True
-        self._leases.release_on(conn, lease["task_id"], lease["owner"])  # it existed: lease as it was
+        # another owner holds a lease on an id that had no task (a leftover): create nothing
+        conn.execute(tasks_table.delete().where(tasks_table.c.task_id == row["task_id"]))
         return False
 
     def save_task(self, record: TaskRecord) -> Awaitable[None]:

@@ -250,6 +250,17 @@ async def test_create_leased_task_takes_the_lease_and_inserts_once(store: TaskSt
     assert await store.lease_owner("t1") is None
 
 
+async def test_a_repeated_submission_leaves_the_running_tasks_lease_alone(store: TaskStore) -> None:
+    """The same task submitted again reaches the same orchestrator (same owner): the task exists,
+    and the lease its run holds must stay, or that run's next fenced write would be refused."""
+    request = TaskRequest(description="x")
+    assert await store.create_leased_task(record("t1"), request, "orch-a", 30) is True
+    assert await store.create_leased_task(record("t1"), request, "orch-a", 30) is False
+    assert await store.lease_owner("t1") == "orch-a"
+    planning = record("t1", status=TaskStatus.PLANNING, iterations=1)
+    assert await store.save_transition(planning, "planning", {}, owner="orch-a")
+
+
 # -- transitions fenced on the lease ------------------------------------------------------------------
 
 

@@ -161,8 +161,33 @@ async def test_a_shard_that_dies_again_after_its_restart_is_unavailable(cluster:
 
     cluster.client._connect = connect_to_a_dying_shard  # the restarted incarnation dies at once too
     with pytest.raises(OrchestratorUnavailableError, match="is unavailable"):
-        await cluster.client.retry("row-9")
-    assert len(cluster.actors.calls_of("retry")) == 2  # tried once more, not forever
+        await cluster.client.submit(TaskRequest(description="x", task_id="row-9"))
+    assert len(cluster.actors.calls_of("submit")) == 2  # tried once more, not forever
+
+
+@pytest.mark.parametrize("call", ["submit", "retry", "decide_approval"])
+async def test_a_call_that_may_have_taken_effect_is_not_repeated_after_a_death(
+    cluster: Cluster, call: str
+) -> None:
+    """A submit without task id or key (its id is minted by the shard), a DLQ retry and an approval
+    may have taken effect before the shard died: repeated, they would start a second task or answer
+    "already decided". The caller gets 503-style unavailability; the next call reaches the restarted
+    shard."""
+    task_id = "row-5"
+    shard = shard_of(task_id, SHARDS)
+    request = TaskRequest(description="x")
+    for each in range(SHARDS) if call == "submit" else [shard]:  # an unkeyed submit goes to any shard
+        cluster.actors.kill(each)
+    with pytest.raises(OrchestratorUnavailableError, match="is unavailable"):
+        if call == "submit":
+            await cluster.client.submit(request)
+        elif call == "retry":
+            await cluster.client.retry(task_id)
+        else:
+            await cluster.client.decide_approval(task_id, "s1", "approved", "key-1")
+    assert len(cluster.actors.calls_of(call)) == 1
+    record, created = await cluster.client.submit(TaskRequest(description="y", task_id=task_id))
+    assert created and record.task_id == task_id  # the restarted incarnation answers
 
 
 async def test_a_shard_that_does_not_answer_times_out_as_unavailable() -> None:

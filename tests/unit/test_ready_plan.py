@@ -260,7 +260,8 @@ async def test_a_ready_plan_obeys_allowed_tools() -> None:
 
 
 async def test_two_tasks_with_the_same_ready_plan_do_not_share_step_results() -> None:
-    """Recorded results are found by idempotency key: a client's "key-s1" is made the task's own."""
+    """Recorded results are found by idempotency key: a client's "key-s1" is made the task's own
+    (``<task_id>:0:<step_id>``)."""
     store = InMemoryStore()
     first = harness(reviews=[approve], store=store)
     second = harness(reviews=[approve], store=store)
@@ -271,12 +272,24 @@ async def test_two_tasks_with_the_same_ready_plan_do_not_share_step_results() ->
 
     assert record.status == TaskStatus.COMPLETED
     assert second.executor.calls == [("s1", {"expression": "6 * 7"})]  # run, not reused from task-a
-    assert record.steps[0].idempotency_key == "task-b:key-s1"
-    assert set(store.step_results) == {"task-a:key-s1", "task-b:key-s1"}
+    assert record.steps[0].idempotency_key == "task-b:0:s1"
+    assert set(store.step_results) == {"task-a:0:s1", "task-b:0:s1"}
 
 
-async def test_a_long_client_key_is_hashed_to_stay_within_the_limit() -> None:
-    plan = ready_plan({**CALC, "idempotency_key": "k" * 200})
+async def test_steps_of_a_ready_plan_that_share_a_key_each_run() -> None:
+    """Two steps given the same key by the client both run (neither reuses the other's result)."""
+    plan = ready_plan({**CALC, "idempotency_key": "k"}, {**CALC, "step_id": "s2", "idempotency_key": "k",
+                      "inputs": {"expression": "10 * 10"}})  # fmt: skip
+    h = harness(reviews=[approve])
+    record = await h.run(TaskRequest(description="two products", plan=plan))
+
+    assert record.status == TaskStatus.COMPLETED, record.error
+    assert [inputs for _, inputs in h.executor.calls] == [{"expression": "6 * 7"}, {"expression": "10 * 10"}]
+    assert [s.output for s in record.steps] == [{"value": 42}, {"value": 100}]
+
+
+async def test_a_long_step_id_is_hashed_to_stay_within_the_key_limit() -> None:
+    plan = ready_plan({**CALC, "step_id": "s" * 64})
     h = harness(reviews=[approve])
     record = await h.run(TaskRequest(description="six times seven", plan=plan))
 
@@ -356,7 +369,7 @@ async def test_the_cap_stops_a_wait_for_approval() -> None:
         record.error
         == "workflow retry policy: maximum_duration_s (300) reached while step s1 waited for approval"
     )
-    assert approvals.requested == [(TASK, f"{TASK}:key-s1")]
+    assert approvals.requested == [(TASK, f"{TASK}:0:s1")]
     assert h.executor.calls == []
 
 

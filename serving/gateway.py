@@ -254,12 +254,17 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
 _TASK_CREATION_PATHS = frozenset({"/v1/tasks", "/tasks"})
 
 
+_PYDANTIC_VALUE_ERROR = "Value error, "
+"""What pydantic puts before the message of a ValueError raised in a validator."""
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        errors.append({"field": ".".join(loc) or "(body)", "message": err.get("msg", "invalid")})
+        message = str(err.get("msg", "invalid")).removeprefix(_PYDANTIC_VALUE_ERROR)  # our own words only
+        errors.append({"field": ".".join(loc) or "(body)", "message": message})
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     creating = request.url.path.rstrip("/") in _TASK_CREATION_PATHS
     what = "invalid task request" if creating else "invalid request"
@@ -460,7 +465,10 @@ def task_request_from(body: TaskSubmission, default_policy: WorkflowRetryPolicy)
     except ValidationError as exc:
         fields = {"maximum_duration_s": "constraints.max_duration"}
         errors = [
-            {"field": ".".join(fields.get(str(p), str(p)) for p in e["loc"]) or "(body)", "message": e["msg"]}
+            {
+                "field": ".".join(fields.get(str(p), str(p)) for p in e["loc"]) or "(body)",
+                "message": str(e["msg"]).removeprefix(_PYDANTIC_VALUE_ERROR),
+            }
             for e in exc.errors()
         ]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)

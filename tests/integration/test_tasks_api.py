@@ -152,6 +152,7 @@ def test_bad_task_requests_get_a_422_with_detail_and_code(
     assert answer["code"] == code
     for fragment in fragments:
         assert fragment in answer["detail"]
+    assert "Value error" not in answer["detail"]  # our message, without pydantic's prefix
 
 
 def test_unknown_tasks_answer_404_with_detail_and_code(client: httpx.Client) -> None:

@@ -54,8 +54,11 @@ def _step(i: int) -> PlanStep:
 def _containers_of(pids: set[int]) -> int:
     client = docker.from_env()
     try:
-        found = client.containers.list(filters={"label": SANDBOX_LABEL})
-        return sum(1 for c in found if int(c.labels.get(f"{SANDBOX_LABEL}.host_pid", "0")) in pids)
+        # the list endpoint's own answer: ``containers.list`` inspects each container afterwards, and
+        # one a retiring runner removes in between would raise NotFound
+        found = client.api.containers(filters={"label": SANDBOX_LABEL})
+        owners = [int((c.get("Labels") or {}).get(f"{SANDBOX_LABEL}.host_pid", "0")) for c in found]
+        return sum(1 for pid in owners if pid in pids)
     finally:
         client.close()
 

@@ -358,16 +358,7 @@ class _TaskRun:
         wf = self.wf
         allowed = self.request.allowed_tools if self.request.allowed_tools is not None else sorted(wf.tools)
         unknown = sorted(set(allowed) - set(wf.tools))
-        resuming = self.record.iterations > 0
-        if resuming:
-            self.record.resumed += 1
-            self.log(
-                f"task resumed at {self.record.status.value} (iteration {self.record.iterations})", "warning"
-            )
-            await self.persist("resumed", iteration=self.record.iterations)
-        else:
-            self.log("task accepted")
-            await self.persist("accepted")
+        resuming = await self._begin()
         if unknown:
             return await self.finish(
                 TaskStatus.FAILED, error=f"unknown tools in allowed_tools: {', '.join(unknown)}"

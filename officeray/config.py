@@ -372,6 +372,52 @@ class ServeSettings(_Section):
     orchestrator_num_cpus: float = Field(default=0.1, ge=0)
 
 
+class TenantLimits(_Section):
+    """What the operator allows one tenant (``tenants.<name>``; a tenant without an entry gets
+    ``tenants.default``'s, and an entry's missing keys come from ``default`` too). Clients can only
+    lower these: a request above a ceiling is refused (422 naming the ceiling)."""
+
+    submit_per_s: float = Field(default=5.0, gt=0)
+    """Sustained task submissions per second (a token bucket; past it: 429 with Retry-After)."""
+    submit_burst: int = Field(default=20, ge=1)
+    """Submissions accepted at once before ``submit_per_s`` applies (the bucket's size)."""
+    max_concurrent_tasks: int = Field(default=64, ge=1, le=100_000)
+    """Tasks of the tenant running at once; more wait in the tenant's queue."""
+    daily_token_budget: int | None = Field(default=None, ge=1)
+    """Model tokens the tenant may spend per UTC day; past it new model calls stop with a clear reason
+    (None: no daily cap)."""
+    max_token_budget: int = Field(default=200_000, ge=1)
+    """Ceiling of a task's ``token_budget`` (also the budget of a task that names none)."""
+    max_step_attempts: int = Field(default=100, ge=1)
+    """Ceiling of a task's ``retry_policy.maximum_step_attempts``."""
+    max_dlq_retries: int = Field(default=3, ge=0)
+    """How many times one task may be retried from the dead-letter queue."""
+    webhook_url: str | None = None
+    """Where the tenant's tasks' events are POSTed when a task names no ``webhook_url``."""
+
+
+DEFAULT_TENANT = "default"
+
+
+class WebhookSettings(_Section):
+    allow_hosts: list[str] = Field(default_factory=list)
+    """Hosts a webhook may target despite the SSRF guard (loopback, private ranges); e.g.
+    ``["127.0.0.1"]`` in tests."""
+    max_age_s: float = Field(default=6 * 3600.0, ge=3600.0)
+    """How long an undelivered event keeps being retried (at least an hour)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """One delivery attempt's timeout."""
+
+
+class AuthSettings(_Section):
+    admin_key_file: Path = DEFAULT_STATE_DIR / "admin.key"
+    """Where ``officeray serve`` writes the first admin key (mode 0600) when the store has no key,
+    and where local CLI commands look for a key when none is given."""
+    cache_ttl_s: float = Field(default=30.0, ge=0)
+    """How long a gateway replica trusts a verified key before checking the store again (a revoked
+    key stops working within this time)."""
+
+
 class Settings(BaseSettings):
     """All of officeray's settings. See the module docstring for where values come from."""
 
@@ -397,6 +443,10 @@ class Settings(BaseSettings):
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-tool settings by tool name (``tools.http_client.allow_hosts``, ...), each checked against
     that tool's settings model when the runtime starts."""
+    tenants: dict[str, TenantLimits] = Field(default_factory=lambda: {DEFAULT_TENANT: TenantLimits()})
+    """Per-tenant limits (see :class:`TenantLimits`); ``default`` applies to every other tenant."""
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     plugins: list[str] = Field(default_factory=list)
     """Modules to import at start; their ``@tool`` functions join the catalog
     (:func:`officeray.tools.catalog.build_catalog`)."""
@@ -412,6 +462,26 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment variables win over the file's values, which arrive as init kwargs.
         return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tenants_inherit_default(cls, data: Any) -> Any:
+        """Each ``tenants.<name>`` entry starts from ``tenants.default``'s values."""
+        if isinstance(data, dict) and isinstance(data.get("tenants"), dict):
+            tenants = dict(data["tenants"])
+            default = tenants.get(DEFAULT_TENANT) or {}
+            if isinstance(default, BaseModel):
+                default = default.model_dump(exclude_unset=True)
+            for name, entry in tenants.items():
+                if name != DEFAULT_TENANT and isinstance(entry, dict) and isinstance(default, dict):
+                    tenants[name] = {**default, **entry}
+            tenants.setdefault(DEFAULT_TENANT, default)
+            data = {**data, "tenants": tenants}
+        return data
+
+    def tenant_limits(self, tenant: str) -> TenantLimits:
+        """The limits of ``tenant``: its own entry, else ``tenants.default``'s."""
+        return self.tenants.get(tenant) or self.tenants.get(DEFAULT_TENANT) or TenantLimits()
 
 
 def _format_errors(exc: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> str:

@@ -183,10 +183,11 @@ class TaskStatus(StrEnum):
     REVIEWING = "reviewing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
-        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
 class WorkflowRetryPolicy(_Strict):
@@ -257,6 +258,14 @@ class TaskRequest(_Strict):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key from the same tenant returns the same task (also the ``Idempotency-Key`` header)."""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=0, le=1000)
+    """Higher runs first among the tenant's queued tasks (scheduling is fair across tenants)."""
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2000)
+    """Where this task's events (completed, failed, cancelled, waiting_approval) are POSTed, signed
+    (default: the tenant's ``tenants.<name>.webhook_url``)."""
+    submitted_by: str | None = Field(default=None, max_length=128)
+    """The id of the API key that submitted the task (set by the gateway; a client's value is
+    replaced)."""
     plan: dict[str, Any] | None = Field(
         default=None,
         description="A ready plan in the published plan schema: run instead of asking the planner.",
@@ -283,7 +292,7 @@ class TaskRequest(_Strict):
         """sha256 of the request as canonical JSON (sorted keys, defaults filled in), without its
         idempotency key: two requests with the same fingerprint ask for the same task (what an
         idempotency key's claim compares)."""
-        data = self.model_dump(mode="json", exclude={"idempotency_key"})
+        data = self.model_dump(mode="json", exclude={"idempotency_key", "submitted_by"})
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -476,6 +485,8 @@ StoredAt = Annotated[
 class TaskEvent(_Strict):
     """One stored transition of a task (``GET /v1/tasks/{id}/events``), in the order written."""
 
+    id: int | None = None
+    """The event's sequence number in the store: increasing in the order written (the SSE event id)."""
     kind: str
     data: dict[str, Any]
     """What the transition recorded, as JSON data (values JSON cannot hold were stored as strings)."""

@@ -135,6 +135,26 @@ class OrchestratorClient:
         )
         return record
 
+    async def cancel(self, task_id: str, by: str = "cli") -> TaskRecord:
+        """Cancel ``task_id`` through its shard (which keeps the request in the store and stops the
+        task's run there); the record as it was before. When the task does not run on that shard,
+        the other shards are told to stop it too; a task that runs nowhere now is ended ``cancelled``
+        by the orchestrator that resumes it. ``by``: who cancels (an API key id, ``cli``).
+
+        Raises :class:`~officeray.errors.TaskNotFoundError`, :class:`~officeray.errors.TaskFinalError`
+        (it already ended), :class:`OrchestratorUnavailableError`."""
+        shard = self.shard_of_task(task_id)
+        record: TaskRecord
+        stopped: bool
+        record, stopped = await self._call(shard, "cancel", task_id, by, timeout_s=self.call_timeout_s)
+        if not stopped and self.shards > 1:
+            others = [s for s in range(self.shards) if s != shard]
+            results = await self._each(others, "stop_run", task_id, by, timeout_s=self.call_timeout_s)
+            for other, result in zip(others, results, strict=True):
+                if isinstance(result, BaseException):
+                    logger.warning("task %s: stop_run on shard %d failed: %s", task_id, other, result)
+        return record
+
     async def decide_approval(
         self, task_id: str, step_id: str, decision: Literal["approved", "rejected"], by: str, reason: str = ""
     ) -> ApprovalDecision:

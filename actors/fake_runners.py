@@ -23,7 +23,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from actors.testing import LocalActorHandle
-from officeray.contracts import PlanStep, StepOutcome
+from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
 
 DEFAULT_NODES: tuple[dict[str, Any], ...] = ({"Alive": True, "Resources": {"CPU": 2.0, "docker": 4.0}},)
 """What :meth:`LocalRunnerActors.nodes` lists unless told otherwise: one node that can place runners."""
@@ -40,13 +40,18 @@ class FakeToolRunner:
 
     ``ready`` fails with ``RayActorError`` while :attr:`LocalRunnerActors.fail_starts` is set (its
     start failed); ``run`` records the step id and answers with the actors' ``step`` function,
-    by default ``{"ran_on": <pid>}`` after :attr:`LocalRunnerActors.step_s` seconds.
+    by default ``{"ran_on": <pid>}`` after :attr:`LocalRunnerActors.step_s` seconds; ``interrupt``
+    stops a running step (it answers ``cancelled``), unless :attr:`LocalRunnerActors.ignore_interrupts`.
     """
 
     def __init__(self, actors: LocalRunnerActors, pid: int) -> None:
         self.actors = actors
         self.pid_value = pid
         self.steps: list[str] = []
+        self.running: dict[tuple[str, str], asyncio.Future[StepOutcome]] = {}
+        """The steps running now, by ``(task_id, step_id)``."""
+        self.interrupts: list[tuple[str, str]] = []
+        """Every ``interrupt`` call, in order."""
 
     async def ready(self) -> bool:
         if self.actors.fail_starts:
@@ -60,11 +65,32 @@ class FakeToolRunner:
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
     ) -> StepOutcome:
         self.steps.append(step.step_id)
+        work = asyncio.ensure_future(self._work(task_id, step, inputs))
+        self.running[(task_id, step.step_id)] = work
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not work.cancelled():
+                raise
+            return StepOutcome(error=StepError(type=ErrorType.CANCELLED, message="interrupted"))
+        finally:
+            self.running.pop((task_id, step.step_id), None)
+
+    async def _work(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
         if self.actors.step is not None:
             outcome = self.actors.step(task_id, step, inputs)
             return await outcome if inspect.isawaitable(outcome) else outcome
         await asyncio.sleep(self.actors.step_s)
         return StepOutcome(output={"ran_on": self.pid_value})
+
+    async def interrupt(self, task_id: str, step_id: str) -> bool:
+        """Stop the step if it runs here (its work is cancelled; ``run`` answers ``cancelled``)."""
+        self.interrupts.append((task_id, step_id))
+        work = self.running.get((task_id, step_id))
+        if work is None or self.actors.ignore_interrupts:
+            return False
+        work.cancel()
+        return True
 
     async def shutdown(self) -> None:
         if self.actors.fail_shutdown:
@@ -89,6 +115,8 @@ class LocalRunnerActors:
         """While set, new (and not yet ready) runners die while starting."""
         self.fail_shutdown = False
         """While set, a runner's ``shutdown`` raises (the pool must kill it anyway)."""
+        self.ignore_interrupts = False
+        """While set, ``interrupt`` leaves the step running (a stuck runner: the pool must replace it)."""
         self.node_list = list(DEFAULT_NODES) if nodes is None else nodes
         self.runners: list[LocalActorHandle] = []
         self.runner_objects: list[FakeToolRunner] = []

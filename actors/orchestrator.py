@@ -6,13 +6,16 @@ imports :mod:`serving`); the store is its memory and its queue:
 
 * ``submit`` claims the request's idempotency key (if any), writes the task (atomically: one
   ``task_id`` never runs twice), takes a *lease* on it and starts its workflow in the background,
-  bounded by ``workflow.max_concurrent_tasks``; all in one call;
+  all in one call; at most ``workflow.max_concurrent_tasks`` run at once, and at most the tenant's
+  ``max_concurrent_tasks``: the others wait, ``queued``, and tenants take turns at the freed slots
+  (:class:`~officeray.scheduling.FairScheduler`);
 * a lease is renewed every third of ``workflow.lease_ttl_s`` while the task runs; a task whose lease
   expired (its orchestrator died) is claimed by the next orchestrator that looks
   (``workflow.claim_interval_s``), and resumed from its last checkpoint: its stored plan, and the
   recorded results of steps that already succeeded (they are not run again);
 * Ray restarts a crashed orchestrator (``max_restarts=-1``); the new one starts looking at once;
-* a task that ends ``failed`` goes to the dead-letter queue; ``retry`` re-queues it from there;
+* a task that ends ``failed`` goes to the dead-letter queue; ``retry`` re-queues it from there (up to
+  the tenant's ``max_dlq_retries`` times);
 * a step that needs approval waits in the workflow (no runner held) for a decision in the store;
   ``decide_approval`` writes the decision and wakes it at once (``notify_approval`` wakes a step
   that waits on another shard), and a poll catches decisions written elsewhere.
@@ -34,7 +37,8 @@ from typing import Any, Literal
 
 import ray
 
-from actors.tool_runner import RunnerPool
+from actors.tool_runner import RunnerActors, RunnerPool
+from actors.webhooks import WebhookDeliverer
 from officeray.config import Settings
 from officeray.contracts import (
     ApprovalDecision,
@@ -51,9 +55,13 @@ from officeray.contracts import (
 from officeray.errors import (
     ApprovalConflictError,
     IdempotencyConflictError,
+    LimitExceededError,
     StoreUnavailableError,
+    TaskFinalError,
     TaskNotFoundError,
 )
+from officeray.quotas import dlq_retry_problem
+from officeray.scheduling import FairScheduler
 from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
 from officeray.tools.catalog import build_catalog
@@ -66,6 +74,9 @@ ORCHESTRATOR_NAME = "officeray-orchestrator"
 ORCHESTRATOR_MAX_CONCURRENCY = 100_000
 """Concurrent actor calls (submit, wait, run) the orchestrator accepts; task workflows themselves
 are bounded by ``workflow.max_concurrent_tasks``."""
+
+CANCEL_REQUESTED_EVENT = "cancel_requested"
+"""The event that keeps a cancel request (``{"by": ...}``) until a run of the task takes it."""
 
 APPROVAL_POLL_S = 2.0
 """How often a waiting step re-reads the store for a decision made without ``notify_approval``."""
@@ -129,7 +140,16 @@ class ModelPorts:
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, ports: ModelPorts, shard: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ports: ModelPorts,
+        shard: int = 0,
+        *,
+        runner_actors: RunnerActors | None = None,
+    ) -> None:
+        """``runner_actors``: how tool runners start (default: Ray actors; tests pass
+        :class:`actors.fake_runners.LocalRunnerActors` to run an orchestrator in process)."""
         self.settings = settings
         self.shard = shard
         self.shards = settings.workflow.orchestrators
@@ -137,7 +157,7 @@ class Orchestrator:
         """Who holds this actor life's leases (shard name, process, a fresh id per restart)."""
         tools = build_catalog(settings)  # this process's catalog: built-ins + plugins
         self.store = SqlStore(settings.store.url)
-        self.pool = RunnerPool(settings, ports.ai_tool, catalog=tools)
+        self.pool = RunnerPool(settings, ports.ai_tool, catalog=tools, actors=runner_actors)
         self.approvals = StoreApprovals(self.store)
         needs_review = set(settings.workflow.approvals.required_risk_levels)
         self.workflow = Workflow(
@@ -149,16 +169,25 @@ class Orchestrator:
             tools=tools.input_models(),
             settings=settings.workflow,
             token_budget=settings.models.task_token_budget,
+            tenant_limits=settings.tenant_limits,
+            usage_on=self.store.tenant_usage_on,
             needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
             approvals=self.approvals,
             owner=self.owner,  # every transition is written only while this life holds the task
         )
-        self._slots = asyncio.Semaphore(settings.workflow.max_concurrent_tasks)
+        self.scheduler = FairScheduler(
+            settings.workflow.max_concurrent_tasks,
+            lambda tenant: settings.tenant_limits(tenant).max_concurrent_tasks,
+        )
+        """Task slots: ``workflow.max_concurrent_tasks`` in all, ``tenants.<name>.max_concurrent_tasks``
+        per tenant, taken in turns by tenants with waiting tasks (which stay ``queued`` meanwhile)."""
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
         self._reserved: dict[str, asyncio.Future[None]] = {}
         self._retrying: set[str] = set()
         """Tasks whose DLQ retry is being started here (a second retry meanwhile answers the record)."""
         self._to_release: set[str] = set()
+        self._cancels: dict[str, str] = {}
+        """Tasks cancelled here before their workflow started (waiting for a slot), with who cancelled."""
         self._background: list[asyncio.Future[None]] = []
 
     # -- life ------------------------------------------------------------------------------------
@@ -176,9 +205,10 @@ class Orchestrator:
 
     async def pool_stats(self) -> dict[str, Any]:
         """The tool-runner pool now (runners, idle, starting, waiting steps, autoscaling totals, and
-        why runners cannot be placed, if so)."""
+        why runners cannot be placed, if so), and under ``tasks`` the task slots (running and queued
+        tasks, in all and per tenant: :meth:`FairScheduler.stats`)."""
         self._ensure_started()
-        return self.pool.stats()
+        return {**self.pool.stats(), "tasks": self.scheduler.stats()}
 
     async def busy_runner_pids(self) -> list[int]:
         """Process ids of the tool runners running a step now (fault-injection tests kill them)."""
@@ -191,6 +221,8 @@ class Orchestrator:
                 asyncio.ensure_future(self._renew_leases()),
                 asyncio.ensure_future(self.pool.wait_ready()),
                 asyncio.ensure_future(self.pool.autoscale()),
+                # the webhook outbox: every shard delivers (a lease per delivery keeps it to one)
+                asyncio.ensure_future(WebhookDeliverer(self.store, self.settings.webhooks, self.owner).run()),
             ]
             # An orchestrator whose folders are not confined to workspace_root (``officeray run``, the
             # invoking user's own task) never picks up other tasks of the store: they may come from
@@ -225,6 +257,12 @@ class Orchestrator:
                     if record.task_id in self._running:
                         continue
                     record.logs.append(LogLine(level="warning", message=f"claimed by {self.owner}"))
+                    by = await self._cancel_requested_by(record.task_id)
+                    if by is not None:  # cancelled while no orchestrator ran it: end it, do not run it
+                        self._running[record.task_id] = asyncio.ensure_future(
+                            self._cancel_claimed(request, record, by)
+                        )
+                        continue
                     self._start(request, record)
             except Exception:
                 logger.exception("could not claim unfinished tasks")
@@ -258,6 +296,10 @@ class Orchestrator:
         self._ensure_started()
         if request.idempotency_key is not None:
             request = await self._claim(request, request.idempotency_key)
+        if request.webhook_url is None:  # the tenant's default, kept with the task (the store reads it)
+            default_url = self.settings.tenant_limits(request.tenant).webhook_url
+            if default_url:
+                request = request.model_copy(update={"webhook_url": default_url})
         task_id = request.task_id or self._new_task_id()
         pending = self._reserved.get(task_id)
         if pending is not None:  # the same id is being submitted right now: answer with its outcome
@@ -305,11 +347,16 @@ class Orchestrator:
         transaction (final record, dead-letter entry of a failed task, the tenant's usage:
         ``finish_task``), fenced on our lease."""
         try:
-            async with self._slots:
+            async with self.scheduler.slot(request.tenant, request.priority):
                 return await self.workflow.run(request, record.task_id, record)
         except RunSupersededError:
             logger.warning("task %s: another orchestrator took it over; this run stops", record.task_id)
             return record
+        except asyncio.CancelledError:
+            by = self._cancels.get(record.task_id)
+            if by is None:
+                raise  # the lease went to another orchestrator: the task goes on there
+            return await self._end_cancelled(request, record, by)  # cancelled while queued
         finally:
             self._running.pop(record.task_id, None)
             try:
@@ -318,7 +365,11 @@ class Orchestrator:
                 self._to_release.add(record.task_id)  # released by the renew loop once the store is back
 
     async def retry(self, task_id: str) -> TaskRecord:
-        """Re-run a dead-lettered task from its last good checkpoint (its plan, its succeeded steps)."""
+        """Re-run a dead-lettered task from its last good checkpoint (its plan, its succeeded steps).
+
+        Raises :class:`TaskNotFoundError` (not in the dead-letter queue), or
+        :class:`LimitExceededError` when the task was retried ``tenants.<name>.max_dlq_retries`` times
+        already (its ``retried_from_dlq`` events count them)."""
         self._ensure_started()
         entry = await self.store.dlq_get(task_id)
         if entry is None:
@@ -333,6 +384,10 @@ class Orchestrator:
             return record
         self._retrying.add(task_id)
         try:
+            retries_done = sum(e.kind == "retried_from_dlq" for e in await self.store.events(task_id))
+            problem = dlq_retry_problem(retries_done, self.settings.tenant_limits(record.tenant))
+            if problem is not None:
+                raise LimitExceededError(f"task {task_id!r}: {problem}")
             return await self._requeue(request, record)
         finally:
             self._retrying.discard(task_id)
@@ -399,6 +454,73 @@ class Orchestrator:
         """A decision for ``task_id``/``step_id`` was stored: wake the step waiting for it here (True
         when one waited here)."""
         return self.approvals.notify(task_id, step_id)
+
+    # -- cancel (CANCEL) ---------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str, by: str) -> tuple[TaskRecord, bool]:
+        """Cancel ``task_id``: the request is kept first (event ``cancel_requested``, ``{"by": by}``),
+        then the task's run here is stopped (:meth:`stop_run`). Returns the record as it was and
+        whether the task ran (or waited for a slot) here; when it did not, another shard may run it
+        (the client tells them), or nobody does now: the orchestrator that resumes it finds the
+        request and ends it ``cancelled`` instead of running it.
+
+        Raises :class:`TaskNotFoundError`, or :class:`TaskFinalError` when it already ended."""
+        self._ensure_started()
+        record = await self.store.get_task(task_id)
+        if record is None:
+            raise TaskNotFoundError(f"task {task_id!r} not found")
+        if record.status.is_final:
+            status = record.status.value
+            raise TaskFinalError(f"task {task_id!r} already ended: {status}", status)
+        await self.store.append_event(
+            task_id, CANCEL_REQUESTED_EVENT, {"by": by, "status": record.status.value}
+        )
+        return record, await self.stop_run(task_id, by)
+
+    async def stop_run(self, task_id: str, by: str) -> bool:
+        """Stop the run of ``task_id`` on this shard, if any (True): a workflow going on is cancelled
+        (its running steps stopped, the task ended ``cancelled``); a task still waiting for a slot
+        is ended ``cancelled`` without running."""
+        running = self._running.get(task_id)
+        if running is None or running.done():
+            return False
+        if task_id in self._cancels or self.workflow.cancel(task_id, by):
+            return True
+        self._cancels[task_id] = by  # not in the workflow yet: it waits for a slot
+        running.add_done_callback(lambda _done: self._cancels.pop(task_id, None))
+        running.cancel()
+        return True
+
+    async def _end_cancelled(self, request: TaskRequest, record: TaskRecord, by: str) -> TaskRecord:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()  # handled: the end is written below
+        return await self.workflow.cancel_unstarted(request, record.task_id, record, by)
+
+    async def _cancel_claimed(self, request: TaskRequest, record: TaskRecord, by: str) -> TaskRecord:
+        """End a claimed task whose cancel was requested while no orchestrator ran it."""
+        try:
+            return await self._end_cancelled(request, record, by)
+        except RunSupersededError:
+            return record
+        finally:
+            self._running.pop(record.task_id, None)
+            try:
+                await self.store.release_lease(record.task_id, self.owner)
+            except Exception:
+                self._to_release.add(record.task_id)
+
+    async def _cancel_requested_by(self, task_id: str) -> str | None:
+        """Who asked to cancel ``task_id`` since its last (re)start from the dead-letter queue, if anyone."""
+        by = None
+        for event in await self.store.events(task_id):
+            if event.kind == CANCEL_REQUESTED_EVENT:
+                by = str(event.data.get("by") or "unknown")
+            elif event.kind == "retried_from_dlq":
+                by = None
+        return by
+
+    # -- end cancel (CANCEL) -----------------------------------------------------------------------
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """The final record of ``task_id`` (waits for it while it runs here)."""

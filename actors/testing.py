@@ -12,8 +12,8 @@ without a Ray cluster. (The tool-runner pool's own fakes are in :mod:`actors.fak
   what an ``OrchestratorClient`` takes; ``kill`` ends an incarnation (a restart makes a new one);
   ``stall`` makes a shard stop answering; ``calls`` records every call, in order.
 * :class:`FakeOrchestrator`: an in-memory orchestrator shard with the actor's remote API (``submit``
-  with idempotency keys, ``wait``, ``retry``, ``decide_approval``, ``notify_approval``,
-  ``in_flight``, ``pool_stats``, ``ready``), over a :class:`FakeTaskStore` its shards share.
+  with idempotency keys, ``wait``, ``retry``, ``decide_approval``, ``notify_approval``, ``cancel``,
+  ``stop_run``, ``in_flight``, ``pool_stats``, ``ready``), over a :class:`FakeTaskStore` its shards share.
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ from ray.exceptions import ActorDiedError, RayTaskError
 
 from actors.orchestrator import task_id_on_shard
 from officeray.contracts import ApprovalDecision, StepStatus, TaskRecord, TaskRequest, TaskStatus, utcnow
-from officeray.errors import ApprovalConflictError, IdempotencyConflictError, TaskNotFoundError
+from officeray.errors import (
+    ApprovalConflictError,
+    IdempotencyConflictError,
+    TaskFinalError,
+    TaskNotFoundError,
+)
 
 
 def _copy(value: Any) -> Any:
@@ -165,6 +170,8 @@ class FakeTaskStore:
     approvals: dict[tuple[str, str], ApprovalDecision] = field(default_factory=dict)
     created_on: dict[str, int] = field(default_factory=dict)
     """The shard that created each task."""
+    cancel_requests: list[tuple[str, str]] = field(default_factory=list)
+    """``(task_id, by)`` of every cancel request, in order."""
 
 
 class FakeOrchestrator:
@@ -246,6 +253,28 @@ class FakeOrchestrator:
         record.status, record.error, record.finished_at = TaskStatus.QUEUED, None, None
         self._done.pop(task_id, None)
         return record
+
+    async def cancel(self, task_id: str, by: str) -> tuple[TaskRecord, bool]:
+        """Cancel a task: kept in :attr:`FakeTaskStore.cancel_requests`; a task created on this shard
+        ends ``cancelled`` at once (True); one created elsewhere is left to :meth:`stop_run`."""
+        record = self.store.tasks.get(task_id)
+        if record is None:
+            raise TaskNotFoundError(f"task {task_id!r} not found")
+        if record.status.is_final:
+            raise TaskFinalError(
+                f"task {task_id!r} already ended: {record.status.value}", record.status.value
+            )
+        before = record.model_copy(deep=True)
+        self.store.cancel_requests.append((task_id, by))
+        return before, await self.stop_run(task_id, by)
+
+    async def stop_run(self, task_id: str, by: str) -> bool:
+        record = self.store.tasks.get(task_id)
+        if record is None or record.status.is_final or self.store.created_on.get(task_id) != self.shard:
+            return False
+        self.finish(task_id, TaskStatus.CANCELLED)
+        record.error = f"cancelled by {by}"
+        return True
 
     async def decide_approval(
         self, task_id: str, step_id: str, decision: Literal["approved", "rejected"], by: str, reason: str = ""

@@ -11,6 +11,12 @@ it was running fails with ``sandbox_error`` and is retried under the policy.
 Host-side tools (``runtime: host``: http_client, web_search, ai_tool, sleep) need no sandbox: the
 pool sends them to one :class:`HostToolRunner`, a threaded actor that runs up to
 ``runners.host_concurrency`` of them at once, so a slow fetch or a long wait never holds a sandbox.
+
+A step whose caller stops waiting (its task was cancelled, or reached its ``maximum_duration_s``) is
+stopped where it runs: the pool calls the runner's ``interrupt`` (in the :data:`CONTROL_GROUP`, so it
+does not wait behind the step), which kills the step's processes in the sandbox (the agent and
+everything it started; in Docker the container, replaced by a fresh one on the next call), or
+wakes a host ``sleep``; the runner goes back to the pool once its step returned.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,10 +42,27 @@ from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.tools.spec import HostContext, ToolRuntime
 from tools_sandbox.backends import make_sandbox
 from tools_sandbox.executor import run_host_step, run_step
+from tools_sandbox.host_tools import CANCELLED_SERVICE
 from tools_sandbox.image import ensure_image, image_tag
 from tools_sandbox.recycling import TaskSandboxes
+from tools_sandbox.sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
+
+CONTROL_GROUP = "control"
+"""The runners' concurrency group of calls that must not wait behind a running step (``interrupt``,
+``shutdown``): it has its own thread, beside the step's."""
+
+CONTROL_CONCURRENCY = 2
+"""Threads of :data:`CONTROL_GROUP` on each runner."""
+
+
+def _cancelled(task_id: str, step: PlanStep) -> StepOutcome:
+    return StepOutcome(
+        error=StepError(
+            type=ErrorType.CANCELLED, message=f"step {step.step_id} of task {task_id} was cancelled"
+        )
+    )
 
 
 class AiToolService:
@@ -104,13 +128,42 @@ class _StepRunner:
 
 
 class HostToolRunner(_StepRunner):
-    """Runs host-side tool steps, many at once (a threaded actor, ``runners.host_concurrency``)."""
+    """Runs host-side tool steps, many at once (a threaded actor, ``runners.host_concurrency``).
+
+    Each step's tool finds a :class:`threading.Event` under ``context.services[CANCELLED_SERVICE]``,
+    set by :meth:`interrupt` (``sleep`` waits on it; the other host tools end on their own timeouts)."""
+
+    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
+        super().__init__(settings, ai_tool_handle)
+        self._lock = threading.Lock()
+        self._cancels: dict[tuple[str, str], threading.Event] = {}
 
     def ready(self) -> bool:
         return True
 
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
-        return run_host_step(step, inputs, self.workspace_root, self.host_context, catalog=self.catalog)
+        key, cancelled = (task_id, step.step_id), threading.Event()
+        with self._lock:
+            self._cancels[key] = cancelled
+        context = HostContext(
+            settings=self.host_context.settings,
+            services={**self.host_context.services, CANCELLED_SERVICE: cancelled},
+        )
+        try:
+            outcome = run_host_step(step, inputs, self.workspace_root, context, catalog=self.catalog)
+        finally:
+            with self._lock:
+                self._cancels.pop(key, None)
+        return _cancelled(task_id, step) if cancelled.is_set() else outcome
+
+    @ray.method(concurrency_group=CONTROL_GROUP)  # type: ignore[misc]
+    def interrupt(self, task_id: str, step_id: str) -> bool:
+        """Cancel step ``step_id`` of ``task_id`` if it runs here (True)."""
+        with self._lock:
+            cancelled = self._cancels.get((task_id, step_id))
+        if cancelled is not None:
+            cancelled.set()
+        return cancelled is not None
 
 
 class ToolRunner(_StepRunner):
@@ -128,6 +181,12 @@ class ToolRunner(_StepRunner):
             recycle=box.recycle,
             spares=box.spares,
         )
+        self._lock = threading.Lock()
+        self._step: tuple[str, str] | None = None
+        """``(task_id, step_id)`` of the step running now."""
+        self._stop_asked = False
+        self._sandbox: Sandbox | None = None
+        """The sandbox the running step's call went to (what :meth:`interrupt` stops)."""
 
     def ready(self) -> bool:
         return self.sandboxes.active.alive
@@ -136,20 +195,48 @@ class ToolRunner(_StepRunner):
         return os.getpid()
 
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
-        sandbox = self.sandboxes.for_task(task_id)
-        outcome = run_step(
-            sandbox,
-            step,
-            inputs,
-            self.workspace_root,
-            self.host_context,
-            workspace_confined=self.workspace_confined,
-            catalog=self.catalog,
-        )
+        with self._lock:
+            self._step, self._stop_asked = (task_id, step.step_id), False
+        try:
+            sandbox = self.sandboxes.for_task(task_id)
+            with self._lock:
+                if self._stop_asked:
+                    return _cancelled(task_id, step)
+                self._sandbox = sandbox
+            try:
+                outcome = run_step(
+                    sandbox,
+                    step,
+                    inputs,
+                    self.workspace_root,
+                    self.host_context,
+                    workspace_confined=self.workspace_confined,
+                    catalog=self.catalog,
+                )
+            finally:
+                with self._lock:
+                    self._sandbox = None
+                    sandbox.clear_interrupt()  # one that came after the call ended
+        finally:
+            with self._lock:
+                self._step = None
         if outcome.error is not None and outcome.error.type == ErrorType.SANDBOX_ERROR:
             self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
         return outcome
 
+    @ray.method(concurrency_group=CONTROL_GROUP)  # type: ignore[misc]
+    def interrupt(self, task_id: str, step_id: str) -> bool:
+        """Stop step ``step_id`` of ``task_id`` if it runs here (True): its call's processes are
+        killed (the sandbox starts afresh on the next call) and the step returns ``cancelled``."""
+        with self._lock:
+            if self._step != (task_id, step_id):
+                return False
+            self._stop_asked = True
+            if self._sandbox is not None:
+                self._sandbox.interrupt()
+        return True
+
+    @ray.method(concurrency_group=CONTROL_GROUP)  # type: ignore[misc]
     def shutdown(self) -> None:
         self.sandboxes.close()
 
@@ -174,6 +261,10 @@ START_BACKOFF_MAX_S = 30.0
 PLACEMENT_CHECK_S = 10.0
 """How often the pool checks that some node advertises the runners' custom resources."""
 
+INTERRUPT_TIMEOUT_S = 10.0
+"""How long a cancelled step's runner may take to stop it (and its run to return) before the runner
+is replaced."""
+
 
 class PoolLimits(BaseModel):
     """How the pool waits, retries and checks; each default is the constant of the same name above.
@@ -195,6 +286,8 @@ class PoolLimits(BaseModel):
     """:data:`START_BACKOFF_MAX_S` (0: no pause between failed starts)."""
     placement_check_s: float = Field(default=PLACEMENT_CHECK_S, gt=0)
     """:data:`PLACEMENT_CHECK_S`."""
+    interrupt_timeout_s: float = Field(default=INTERRUPT_TIMEOUT_S, gt=0)
+    """:data:`INTERRUPT_TIMEOUT_S`."""
 
 
 def runners_to_add(policy: RunnerAutoscaling, running: int, starting: int, waiting: int) -> int:
@@ -275,14 +368,19 @@ class RayRunnerActors:
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         self.settings = settings
         self.ai_tool_handle = ai_tool_handle
+        control = {CONTROL_GROUP: CONTROL_CONCURRENCY}  # interrupt and shutdown never wait behind a step
         self._runner_cls = ray.remote(ToolRunner).options(
             num_cpus=settings.runners.num_cpus,
             resources=dict(settings.runners.resources),
             max_restarts=0,
             max_concurrency=1,
+            concurrency_groups=control,
         )
         self._host_cls = ray.remote(HostToolRunner).options(
-            num_cpus=0, max_restarts=0, max_concurrency=settings.runners.host_concurrency
+            num_cpus=0,
+            max_restarts=0,
+            max_concurrency=settings.runners.host_concurrency,
+            concurrency_groups=control,
         )
 
     def start_runner(self) -> Any:
@@ -354,6 +452,8 @@ class RunnerPool:
         self._last_task: dict[int, str] = {}
         self._changed = asyncio.Condition()
         self._growing: set[asyncio.Future[None]] = set()
+        self._stopping: set[asyncio.Future[None]] = set()
+        """Cancelled steps being stopped on their runners."""
         self.started_total = 0
         """Runners started by autoscaling over the pool's life."""
         self.stopped_total = 0
@@ -548,8 +648,16 @@ class RunnerPool:
             runner = await self._acquire(task_id)
         except NoRunnerError as exc:
             return StepOutcome(error=StepError(type=ErrorType.SANDBOX_ERROR, message=str(exc)))
+        call = asyncio.ensure_future(runner.run.remote(task_id, step, inputs, trace_carrier))
+        stopping: asyncio.Future[None] | None = None
         try:
-            return await runner.run.remote(task_id, step, inputs, trace_carrier)
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # the task was cancelled or ran out of time: stop the step in its sandbox; the runner
+            # goes back to the pool once its run returned (another cancel only stops the waiting)
+            stopping = self._keep(self._interrupt(runner, call, task_id, step.step_id))
+            await asyncio.shield(stopping)
+            raise
         except RayActorError as exc:
             logger.warning("tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
             fresh = self.actors.start_runner()
@@ -560,7 +668,31 @@ class RunnerPool:
                 error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the tool runner died: {exc}")
             )
         finally:
-            await self._release(runner, task_id)
+            if stopping is None:
+                await self._release(runner, task_id)
+
+    def _keep(self, coro: Any) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.ensure_future(coro)
+        self._stopping.add(future)
+        future.add_done_callback(self._stopping.discard)
+        return future
+
+    async def _interrupt(self, runner: Any, call: asyncio.Future[Any], task_id: str, step_id: str) -> None:
+        """Stop a cancelled step on ``runner`` and take the runner back once its run returned; a
+        runner that does not stop within ``interrupt_timeout_s`` is replaced."""
+        limit = self.limits.interrupt_timeout_s
+        try:
+            await asyncio.wait_for(runner.interrupt.remote(task_id, step_id), limit)
+            await asyncio.wait_for(asyncio.shield(call), limit)
+        except Exception as exc:  # stuck or dead: a fresh runner takes its place
+            logger.warning("tool runner did not stop cancelled step %s/%s: %s", task_id, step_id, exc)
+            fresh = self.actors.start_runner()
+            self.runners = [fresh if r is runner else r for r in self.runners]
+            self._forget(runner)
+            await self._release(fresh, task_id)
+            await self._stop(runner)
+            return
+        await self._release(runner, task_id)
 
     async def _execute_on_host(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
@@ -568,6 +700,9 @@ class RunnerPool:
         runner = self.host_runner
         try:
             return await runner.run.remote(task_id, step, inputs, trace_carrier)
+        except asyncio.CancelledError:
+            self._keep(self._interrupt_host(runner, task_id, step.step_id))  # frees its thread
+            raise
         except RayActorError as exc:
             logger.warning("the host-tool runner died while running %s/%s: %s", task_id, step.step_id, exc)
             if self.host_runner is runner:
@@ -575,6 +710,12 @@ class RunnerPool:
             return StepOutcome(
                 error=StepError(type=ErrorType.SANDBOX_ERROR, message=f"the host-tool runner died: {exc}")
             )
+
+    async def _interrupt_host(self, runner: Any, task_id: str, step_id: str) -> None:
+        try:
+            await asyncio.wait_for(runner.interrupt.remote(task_id, step_id), self.limits.interrupt_timeout_s)
+        except Exception as exc:
+            logger.warning("host-tool runner did not stop cancelled step %s/%s: %s", task_id, step_id, exc)
 
     def shutdown(self) -> None:
         for runner in [*self.runners, self.host_runner, *(actor for actor, _ in self._starting.values())]:

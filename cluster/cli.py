@@ -14,6 +14,10 @@
 * ``officeray tool NAME --input JSON [--timeout S] [--json]``: one tool call as a plan step would
   run it; exit 0 succeeded, 1 failed, 2 bad usage. Folders as for ``run``.
 * ``officeray dlq list|show|retry``: the dead-letter queue of a running server (:mod:`cluster.cli_dlq`).
+* ``officeray keys create|list|revoke``: API keys in the configured store (:mod:`cluster.cli_keys`).
+* ``officeray submit|get|watch|list|cancel|approve|feedback``, and ``officeray run --address URL``:
+  a running server over its task API, no Ray started here (:mod:`cluster.cli_client`).
+* ``officeray --version``: the installed package's version.
 
 Commands of outer packages are found through the ``officeray.commands`` entry-point group
 (:data:`COMMANDS_GROUP`), so this module imports none of them: ``loadtests`` adds ``officeray
@@ -40,7 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cluster.cli_client import add_client_parsers, add_server_options, print_run_result, run_remote
 from cluster.cli_dlq import add_dlq_parser, cmd_dlq
+from cluster.cli_keys import add_keys_parser, cmd_keys
 from cluster.cli_output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -79,6 +85,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="officeray", description="Run agentic tasks on Ray.")
+    parser.add_argument("--version", action="version", version=f"officeray {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one task on a local Ray cluster and print the result")
@@ -89,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a ready plan (JSON, the published plan schema) to run instead of asking the planner",
     )
     run.add_argument("--json", action="store_true", help="print the final task record as one JSON object")
-    run.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
+    # --address: submit to that server and wait, instead of starting a local Ray instance
+    add_server_options(run)
 
     srv = sub.add_parser("serve", help="start Ray and the HTTP API, and block")
     srv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
@@ -115,8 +123,21 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
 
     add_dlq_parser(sub)
+    add_keys_parser(sub)
+    _CLIENT_HANDLERS.update(add_client_parsers(sub))
     _add_extension_commands(sub)
     return parser
+
+
+_CLIENT_HANDLERS: dict[str, Handler] = {}
+"""The commands of :mod:`cluster.cli_client`, by name (filled by :func:`_parser`)."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("officeray")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _add_extension_commands(sub: Any) -> None:
@@ -180,6 +201,8 @@ def invoking_user_workspace(cwd: Path | None = None) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.address:  # a running server: no Ray here
+        return run_remote(args, settings)
     from cluster.runtime import LocalStack
 
     plan = read_plan_file(Path(args.plan)) if args.plan else None
@@ -192,17 +215,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     with _stdout_to_stderr(), LocalStack(settings) as stack:
         (record,) = stack.run([request])
-    if args.json:
-        print(json.dumps(record_json(record), default=str))
-    else:
-        print_summary([record], time.monotonic() - started)
-        if record.status == TaskStatus.COMPLETED:
-            print(
-                json.dumps(record.result, indent=2, default=str)
-                if not isinstance(record.result, str)
-                else record.result
-            )
-    return EXIT_OK if record.status == TaskStatus.COMPLETED else EXIT_FAILED
+    return print_run_result(record, args.json, time.monotonic() - started)
 
 
 def read_plan_file(path: Path) -> dict[str, Any]:
@@ -305,6 +318,12 @@ def _cmd_tool(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from cluster.keyfile import prepare_first_key
+
+    # before anything starts: the first admin key on loopback, a refusal elsewhere while no key exists
+    notice = prepare_first_key(settings)
+    if notice is not None:
+        print(notice, flush=True)
     from cluster.runtime import LocalStack
 
     stop = threading.Event()
@@ -345,6 +364,8 @@ def _run(args: argparse.Namespace) -> int:
         "tools": _cmd_tools,
         "tool": _cmd_tool,
         "dlq": cmd_dlq,
+        "keys": cmd_keys,
+        **_CLIENT_HANDLERS,
     }
     return handlers[args.command](args, settings)
 

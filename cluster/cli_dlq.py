@@ -1,8 +1,11 @@
-"""``officeray dlq list|show|retry``: the dead-letter queue of a running server, over its HTTP API.
+"""``officeray dlq list|show|retry``: the dead-letter queue of a running server, over its HTTP API
+(``GET /v1/dlq``, ``GET /v1/dlq/{id}``, ``POST /v1/dlq/{id}/retry``; admin keys).
 
-The server is ``--url``, or ``http://{serve.host}:{serve.port}`` of the config. Exit 0 on success,
-2 (:class:`~cluster.cli_output.UsageError`) when the server cannot be reached or the task is not in
-the queue, 1 (:class:`~cluster.cli_output.ServerError`) when the server answers another error.
+The server and the key are found as for every client command (:mod:`cluster.cli_client`):
+``--address`` (``--url`` is its older name), ``$OFFICERAY_ADDRESS``, else ``serve.host:serve.port``
+of the config; ``--key``, ``$OFFICERAY_API_KEY``, else the local admin key file. Exit 0 on success,
+1 when the server cannot be reached or answers an error (its ``detail`` and ``code`` printed; a task
+not in the queue is a 404), 2 for bad usage.
 """
 
 from __future__ import annotations
@@ -11,22 +14,29 @@ import argparse
 import json
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
-from cluster.cli_output import EXIT_OK, ServerError, UsageError, console_width, preview
+from cluster.cli_client import connect
+from cluster.cli_output import EXIT_OK, UsageError, console_width, preview
 from officeray.config import Settings
-
-DLQ_HTTP_TIMEOUT_S = 30.0
-"""How long ``officeray dlq`` waits for the server's answer."""
 
 
 def add_dlq_parser(sub: Any) -> None:
     """The ``dlq`` command and its ``list``, ``show`` and ``retry`` subcommands."""
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument(
+        "--address",
         "--url",
+        dest="address",
+        metavar="URL",
         default=None,
-        help="the officeray server (default: http://{serve.host}:{serve.port} of the config)",
+        help="the officeray server (default: $OFFICERAY_ADDRESS, else http://{serve.host}:{serve.port} "
+        "of the config)",
+    )
+    server.add_argument(
+        "--key",
+        metavar="KEY",
+        default=None,
+        help="API key (default: $OFFICERAY_API_KEY, else the local admin key file)",
     )
     server.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
     dlq = sub.add_parser("dlq", help="the dead-letter queue of a running server: list, show, retry")
@@ -43,54 +53,6 @@ def add_dlq_parser(sub: Any) -> None:
     )
     dr.add_argument("task_id", help="the task's id (see `officeray dlq list`)")
     dr.add_argument("--json", action="store_true", help='print {"task_id", "status"} as one JSON object')
-
-
-def server_url(settings: Settings) -> str:
-    """The URL of the server the config describes (a wildcard listen address means this machine)."""
-    host = settings.serve.host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{settings.serve.port}"
-
-
-def _api_call(url: str, method: str, path: str, **kwargs: Any) -> Any:
-    """One call to the server's HTTP API: the JSON answer; UsageError when the server cannot be
-    reached or answers 404, ServerError for any other error."""
-    import httpx
-
-    try:
-        with httpx.Client(base_url=url, timeout=DLQ_HTTP_TIMEOUT_S) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.InvalidURL as exc:
-        raise UsageError(f"invalid --url {url!r}: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise UsageError(
-            f"cannot reach the officeray server at {url} ({type(exc).__name__}: {exc or 'no answer'}); "
-            "is `officeray serve` running? (--url sets the address)"
-        ) from None
-    detail = _detail(response)
-    if response.status_code == 404:
-        raise UsageError(detail or f"{path}: not found")
-    if response.is_error:
-        raise ServerError(f"the server answered {response.status_code}: {detail or response.reason_phrase}")
-    try:
-        return response.json()
-    except ValueError:
-        raise ServerError(
-            f"the server answered {response.status_code} with a body that is not JSON"
-        ) from None
-
-
-def _detail(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return str(response.text).strip()[:500]
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return ""
 
 
 def _print_dlq_table(entries: Sequence[dict[str, Any]]) -> None:
@@ -141,33 +103,29 @@ def _print_dlq_entry(entry: dict[str, Any]) -> None:
 
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     """``officeray dlq list|show|retry``."""
-    url = (args.url or server_url(settings)).rstrip("/")
-    if args.dlq == "list":
-        if args.limit < 1:
-            raise UsageError("--limit must be at least 1")
-        params: dict[str, Any] = {"limit": args.limit}
-        if args.tenant:
-            params["tenant"] = args.tenant
-        body = _api_call(url, "GET", "/v1/dlq", params=params)
-        entries = body.get("entries", []) if isinstance(body, dict) else []
-        if args.json:
-            print(json.dumps({"entries": entries}, default=str))
+    if args.dlq == "list" and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with connect(args, settings) as client:
+        if args.dlq == "list":
+            body = client.dlq_list(args.tenant, args.limit)
+            entries = body.get("entries", []) if isinstance(body, dict) else []
+            if args.json:
+                print(json.dumps({"entries": entries}, default=str))
+            else:
+                _print_dlq_table(entries)
+        elif args.dlq == "show":
+            entry = client.dlq_get(args.task_id)
+            if args.json:
+                print(json.dumps(entry, default=str))
+            else:
+                _print_dlq_entry(entry)
         else:
-            _print_dlq_table(entries)
-        return EXIT_OK
-    path = f"/v1/dlq/{quote(args.task_id, safe='')}"
-    if args.dlq == "show":
-        entry = _api_call(url, "GET", path)
-        if args.json:
-            print(json.dumps(entry, default=str))
-        else:
-            _print_dlq_entry(entry)
-        return EXIT_OK
-    answer = _api_call(url, "POST", f"{path}/retry")
-    if args.json:
-        print(json.dumps(answer, default=str))
-    else:
-        print(
-            f"task {answer.get('task_id')} left the dead-letter queue and runs again ({answer.get('status')})"
-        )
+            answer = client.dlq_retry(args.task_id)
+            if args.json:
+                print(json.dumps(answer, default=str))
+            else:
+                print(
+                    f"task {answer.get('task_id')} left the dead-letter queue and runs again "
+                    f"({answer.get('status')})"
+                )
     return EXIT_OK

@@ -18,9 +18,10 @@ Also ``officeray bench overhead``. Two runs, each on its own local Ray instance 
   (raylet, GCS, every worker: orchestrator, Serve replicas and controller, tool runners) and this
   process, and the orchestrator's own share; plus a per-process breakdown at the largest level.
 
-The system is sized so that no level waits in an artificial queue: ``workflow.max_concurrent_tasks``
-and the planner/reviewer ``max_ongoing_requests`` at least the largest level, host-tool threads
-twice it (two steps a task), one orchestrator, one tool runner, no spare sandboxes. The store (SQLite)
+The system is sized so that no level waits in an artificial queue: ``workflow.max_concurrent_tasks``,
+every tenant's ``max_concurrent_tasks`` and the planner/reviewer ``max_ongoing_requests`` at least
+the largest level, host-tool threads twice it (two steps a task), one orchestrator, one tool runner,
+no spare sandboxes. The store (SQLite)
 and traces live in a temporary folder. Targets are printed, never asserted: exit 0 once the figures
 are printed, 2 on bad arguments, a bad config or no Docker, 1 when the stack cannot start.
 
@@ -477,6 +478,11 @@ def bench_settings(
         "sandbox.spares": 0,
         "models.planner": _embedded_chain(planner_s),
         "models.reviewer": _embedded_chain(reviewer_s),
+    }
+    # the bench's tasks are the default tenant's: no tenant cap below the level either
+    overrides["tenants"] = {
+        name: limits.model_copy(update={"max_concurrent_tasks": max(limits.max_concurrent_tasks, max_level)})
+        for name, limits in base.tenants.items()
     }
     for role in ("planner", "reviewer"):
         dep = getattr(base.serve, role)

@@ -12,7 +12,9 @@ What it does:
 2. Without ``--host`` it starts the system itself: a local Ray instance with the Serve app on a free
    loopback port, configured by ``--config`` or else :data:`DEFAULT_STACK_CONFIG` (the embedded
    tier with its latency model standing in for real models; the report says so). Store and traces
-   go under ``OUT/system/``. It is stopped after the run.
+   go under ``OUT/system/``; an admin key made for the run in that store is what locust sends. It is
+   stopped after the run. Against a ``--host``, the task users send ``$OFFICERAY_API_KEY``, else the
+   key in the config's ``auth.admin_key_file`` (the one ``officeray serve`` wrote on this machine).
 3. Runs locust headless in subprocesses (locust's gevent must not share a process with Ray): one
    process, or with ``--workers N`` a master and N workers on loopback (locust's distributed mode).
    Users, spawn rate and duration come from the flags, or the stages of ``--shape``. In-flight tasks
@@ -62,6 +64,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 SHAPE_LOCUSTFILE = Path(__file__).resolve().parent / "shape_locustfile.py"
 MODEL_LOCUSTFILE = Path(__file__).resolve().parent / "model_user.py"
+API_KEY_ENV = "OFFICERAY_API_KEY"
+"""The key the locust task users send (:data:`loadtests.locustfile.API_KEY_ENV`; not imported from
+there: that module starts gevent's monkey-patching)."""
 DEFAULT_STACK_CONFIG = Path(__file__).resolve().parent / "stack.yaml"
 """The system ``officeray loadtest`` starts when no ``--host`` and no ``--config`` are given."""
 
@@ -80,6 +85,11 @@ DEFAULT_SLOS = ("run.failures <= 0",)
 DEFAULT_TRACE_CHECKS_REMOTE = 200
 """Against a ``--host``, traces are checked for a random sample of this many completed tasks (each
 trace read scans the server's trace file); the local system's trace file is read whole."""
+
+
+LOADTEST_KEY_TENANT = "default"
+"""The tenant of the admin key ``officeray loadtest`` creates in the system it starts (an admin key
+submits for every tenant of the task mix)."""
 
 
 class LoadtestError(ValueError):
@@ -195,8 +205,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_system(plan: Plan, config: str | None) -> Iterator[tuple[str, Any]]:
-    """The system on loopback for the run: ``(base URL, settings)``; stopped on exit."""
+def local_system(plan: Plan, config: str | None) -> Iterator[tuple[str, Any, str]]:
+    """The system on loopback for the run: ``(base URL, settings, API key)``; stopped on exit. The key
+    is an admin key made for the run in the system's own (new) store."""
     from cluster.runtime import LocalStack
     from officeray.config import load_settings
 
@@ -213,10 +224,36 @@ def local_system(plan: Plan, config: str | None) -> Iterator[tuple[str, Any]]:
             "telemetry.trace_file": str(system / "traces.jsonl"),
         },
     )
+    api_key = create_admin_key(settings.store.url)
     with LocalStack(settings, http=True) as stack:
         url = f"http://127.0.0.1:{stack.settings.serve.port}"
         _wait_healthy(url, "/healthz", READY_WAIT_S)
-        yield url, stack.settings
+        yield url, stack.settings, api_key
+
+
+def create_admin_key(store_url: str) -> str:
+    """A new admin key (tenant :data:`LOADTEST_KEY_TENANT`) stored in ``store_url``: the key itself."""
+    import asyncio
+
+    from officeray.auth import Role, mint_key
+    from officeray.store import SqlStore
+
+    key, record = mint_key(LOADTEST_KEY_TENANT, Role.ADMIN, name="officeray loadtest")
+    store = SqlStore(store_url)
+    try:
+        asyncio.run(store.create_api_key(record))
+    finally:
+        store.close()
+    return key
+
+
+def remote_api_key(config: str | None) -> str | None:
+    """The key a run against a ``--host`` sends: ``$OFFICERAY_API_KEY``, else the admin key file of the
+    config (:func:`cluster.keyfile.local_api_key`)."""
+    from cluster.keyfile import local_api_key
+    from officeray.config import load_settings
+
+    return local_api_key(load_settings(config), None)
 
 
 READY_WAIT_S = 120.0
@@ -328,8 +365,11 @@ def locust_commands(plan: Plan, host: str, master_port: int) -> list[list[str]]:
     return [master] + [list(worker) for _ in range(args.workers)]
 
 
-def _environment(plan: Plan, stand_in_model: bool) -> dict[str, str]:
+def _environment(plan: Plan, stand_in_model: bool, api_key: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(API_KEY_ENV, None)
+    if api_key and plan.args.scenario == "tasks":  # never sent to a model endpoint of someone else
+        env[API_KEY_ENV] = api_key
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env["OFFICERAY_LOADTEST_WORKERS"] = str(max(1, plan.args.workers))
     env["OFFICERAY_LOADTEST_STAND_IN"] = "1" if stand_in_model else "0"
@@ -350,13 +390,16 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def run_locust(plan: Plan, host: str, stand_in_model: bool, progress: Progress) -> int:
-    """Run the locust processes to their end (or the hard deadline); locust's exit code."""
+def run_locust(
+    plan: Plan, host: str, stand_in_model: bool, progress: Progress, api_key: str | None = None
+) -> int:
+    """Run the locust processes to their end (or the hard deadline); locust's exit code. The task
+    users send ``api_key`` (``Authorization: Bearer``)."""
     if plan.shaped:
         stages = [stage.model_dump() for stage in plan.stages]
         (plan.out / "shape.json").write_text(json.dumps(stages), encoding="utf-8")
     commands = locust_commands(plan, host, _free_port())
-    env = _environment(plan, stand_in_model)
+    env = _environment(plan, stand_in_model, api_key)
     deadline = time.monotonic() + plan.length_s + plan.args.drain + START_GRACE_S
     with open(plan.out / "locust.log", "ab") as log:
         processes = [
@@ -477,20 +520,30 @@ def run(plan: Plan, config: str | None) -> int:
 
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.args.host is None:
-        with local_system(plan, config) as (url, settings):
+        with local_system(plan, config) as (url, settings, api_key):
             print(f"officeray loadtest: system up at {url} (store and traces in {plan.out / 'system'})")
-            code = run_locust(plan, url, stand_in(settings), Progress(plan.out, quiet=plan.args.quiet))
+            progress = Progress(plan.out, quiet=plan.args.quiet)
+            code = run_locust(plan, url, stand_in(settings), progress, api_key)
+            trace_file = Path(settings.telemetry.trace_file)
             traces = check_traces(
-                plan.out, url, trace_file=Path(settings.telemetry.trace_file), limit=plan.args.trace_checks
+                plan.out, url, trace_file=trace_file, limit=plan.args.trace_checks, api_key=api_key
             )
     else:
         host = plan.args.host.rstrip("/")
+        api_key = None
+        if plan.args.scenario == "tasks":
+            api_key = remote_api_key(config)
+            if api_key is None:
+                raise LoadtestError(
+                    f"no API key for {host}: set {API_KEY_ENV} (a key of `officeray keys create`), or run "
+                    "on the server's machine, where the admin key file is found"
+                )
         _wait_healthy(host, "/healthz" if plan.args.scenario == "tasks" else "/v1/models", HEALTH_TIMEOUT_S)
-        code = run_locust(plan, host, False, Progress(plan.out, quiet=plan.args.quiet))
+        code = run_locust(plan, host, False, Progress(plan.out, quiet=plan.args.quiet), api_key)
         traces = None
         if plan.args.scenario == "tasks":
             limit = DEFAULT_TRACE_CHECKS_REMOTE if plan.args.trace_checks is None else plan.args.trace_checks
-            traces = check_traces(plan.out, host, trace_file=None, limit=limit)
+            traces = check_traces(plan.out, host, trace_file=None, limit=limit, api_key=api_key)
     run_file = plan.out / RUN_FILE
     if not run_file.exists():
         print(

@@ -8,6 +8,11 @@ headless, shows progress and writes the report), or with locust itself::
 
 Add ``loadtests/shape_locustfile.py`` to ``-f`` (with ``--shape-file``) for a staged shape.
 
+:class:`TaskUser` sends ``Authorization: Bearer $OFFICERAY_API_KEY`` (:data:`API_KEY_ENV`) with every
+request; ``officeray loadtest`` sets it (a key it creates in the store of the system it starts, or
+the key local commands find for a ``--host``). An admin key may submit for every tenant of the task
+mix; another key only for its own tenant (the gateway answers 403 otherwise).
+
 :class:`TaskUser` submits a task drawn from the weighted task mix (``--task-mix``), follows it to its
 final state and reports, besides the HTTP requests (``POST /v1/tasks``, ``GET /v1/tasks/[id]``), the
 **task completion** as its own request type ``TASK`` named after the task kind: the time from the
@@ -86,6 +91,8 @@ WORKERS_ENV = "OFFICERAY_LOADTEST_WORKERS"
 """Set by ``officeray loadtest``: worker processes sharing the open-loop arrival rate."""
 STAND_IN_ENV = "OFFICERAY_LOADTEST_STAND_IN"
 """Set by ``officeray loadtest``: ``1`` when the system's models are the latency-model stand-in."""
+API_KEY_ENV = "OFFICERAY_API_KEY"
+"""The officeray API key :class:`TaskUser` sends (``Authorization: Bearer``); none when unset."""
 
 
 @events.init_command_line_parser.add_listener
@@ -376,6 +383,8 @@ class TaskUser(FastHttpUser):
         self.options = self.environment.parsed_options
         self.picker = _task_picker(self.environment)
         self.followers = Group()
+        key = os.environ.get(API_KEY_ENV, "").strip()
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
 
     def wait_time(self) -> float:
         options = self.options
@@ -410,7 +419,7 @@ class TaskUser(FastHttpUser):
 
     def _submit(self, description: str, tenant: str) -> str | None:
         body = {"description": description, "tenant": tenant}
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        headers = {"Idempotency-Key": uuid.uuid4().hex, **self.auth}
         with self.client.post(
             SUBMIT_NAME, json=body, headers=headers, name=SUBMIT_NAME, catch_response=True
         ) as response:
@@ -449,7 +458,7 @@ class TaskUser(FastHttpUser):
 
     def _read(self, path: str) -> tuple[str | None, str | None]:
         """The task's status (None when the read failed) and its error text."""
-        with self.client.get(path, name=POLL_NAME, catch_response=True) as response:
+        with self.client.get(path, name=POLL_NAME, headers=self.auth, catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:ERROR_BODY_CHARS]}")
                 return None, None

@@ -97,8 +97,9 @@ def index_trace_file(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[
     return by_trace, traces_of_task
 
 
-def _read_all(url: str, paths: Iterable[str]) -> list[dict[str, Any] | None]:
-    with httpx.Client(base_url=url, timeout=READ_TIMEOUT_S) as client:
+def _read_all(url: str, paths: Iterable[str], api_key: str | None = None) -> list[dict[str, Any] | None]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, timeout=READ_TIMEOUT_S, headers=headers) as client:
 
         def read(path: str) -> dict[str, Any] | None:
             try:
@@ -111,18 +112,21 @@ def _read_all(url: str, paths: Iterable[str]) -> list[dict[str, Any] | None]:
             return list(pool.map(read, paths))
 
 
-def check_traces(out: Path, url: str, *, trace_file: Path | None, limit: int | None) -> dict[str, Any]:
-    """Trace completeness of the run's completed tasks (all, or a random ``limit`` of them)."""
+def check_traces(
+    out: Path, url: str, *, trace_file: Path | None, limit: int | None, api_key: str | None = None
+) -> dict[str, Any]:
+    """Trace completeness of the run's completed tasks (all, or a random ``limit`` of them); the task
+    API is read with ``api_key`` (``Authorization: Bearer``) when given."""
     ids = completed_task_ids(out)
     sampled = limit is not None and len(ids) > limit
     if sampled:
         ids = random.Random(0).sample(ids, limit or 0)
-    records = _read_all(url, (f"/v1/tasks/{task_id}" for task_id in ids))
+    records = _read_all(url, (f"/v1/tasks/{task_id}" for task_id in ids), api_key)
     if trace_file is not None:
         by_trace, traces_of_task = index_trace_file(trace_file)
         source = "trace file"
     else:
-        served = _read_all(url, (f"/v1/tasks/{task_id}/trace" for task_id in ids))
+        served = _read_all(url, (f"/v1/tasks/{task_id}/trace" for task_id in ids), api_key)
         by_trace = {str(t.get("trace_id")): t.get("spans") or [] for t in served if t}
         traces_of_task = {}
         source = "api"

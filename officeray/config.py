@@ -407,6 +407,17 @@ class WebhookSettings(_Section):
     """How long an undelivered event keeps being retried (at least an hour)."""
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     """One delivery attempt's timeout."""
+    initial_backoff_s: float = Field(default=10.0, gt=0, le=3600)
+    """Wait before the first retry of a failed delivery; each later wait is ``backoff_coefficient``
+    times the one before, up to ``max_backoff_s``, less a random part (``jitter``)."""
+    backoff_coefficient: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_backoff_s: float = Field(default=900.0, gt=0, le=24 * 3600)
+    """Longest wait between two attempts."""
+    jitter: float = Field(default=0.5, ge=0, le=1)
+    """Up to this fraction of each wait is taken off at random, so receivers that come back are not
+    hit by every sender at once."""
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often each orchestrator looks for deliveries that are due."""
 
 
 class AuthSettings(_Section):
@@ -463,21 +474,25 @@ class Settings(BaseSettings):
         # Environment variables win over the file's values, which arrive as init kwargs.
         return (env_settings, init_settings)
 
-    @model_validator(mode="before")
+    @field_validator("tenants", mode="before")
     @classmethod
-    def _tenants_inherit_default(cls, data: Any) -> Any:
-        """Each ``tenants.<name>`` entry starts from ``tenants.default``'s values."""
-        if isinstance(data, dict) and isinstance(data.get("tenants"), dict):
-            tenants = dict(data["tenants"])
-            default = tenants.get(DEFAULT_TENANT) or {}
-            if isinstance(default, BaseModel):
-                default = default.model_dump(exclude_unset=True)
+    def _tenants_inherit_default(cls, value: Any) -> Any:
+        """Each ``tenants.<name>`` entry starts from ``tenants.default``'s values (also when the block
+        is set as an override)."""
+        if not isinstance(value, dict):
+            return value
+
+        def given(entry: Any) -> Any:
+            return entry.model_dump(exclude_unset=True) if isinstance(entry, BaseModel) else entry
+
+        tenants = {name: given(entry) for name, entry in value.items()}
+        default = tenants.get(DEFAULT_TENANT) or {}
+        if isinstance(default, dict):
             for name, entry in tenants.items():
-                if name != DEFAULT_TENANT and isinstance(entry, dict) and isinstance(default, dict):
+                if name != DEFAULT_TENANT and isinstance(entry, dict):
                     tenants[name] = {**default, **entry}
-            tenants.setdefault(DEFAULT_TENANT, default)
-            data = {**data, "tenants": tenants}
-        return data
+        tenants.setdefault(DEFAULT_TENANT, default)
+        return tenants
 
     def tenant_limits(self, tenant: str) -> TenantLimits:
         """The limits of ``tenant``: its own entry, else ``tenants.default``'s."""

@@ -44,3 +44,21 @@ class IdempotencyConflictError(OfficerayError):
 
 class ApprovalConflictError(OfficerayError):
     """A step cannot be decided: it does not wait for approval, or it was decided already (HTTP 409)."""
+
+
+class LimitExceededError(OfficerayError):
+    """A request goes past a limit the operator set for its tenant (``tenants.<name>``), e.g. a DLQ
+    retry beyond ``max_dlq_retries``; the message names the limit (HTTP 422)."""
+
+
+class TaskFinalError(OfficerayError):
+    """The task already ended (completed, failed or cancelled), so it cannot be cancelled (HTTP 409);
+    ``status`` is its final status."""
+
+    def __init__(self, message: str, status: str = "") -> None:
+        super().__init__(message, status)  # both in ``args``: the error crosses Ray calls by pickle
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message

@@ -14,9 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from officeray.auth import ApiKeyRecord
 from officeray.contracts import (
     ApprovalDecision,
     ApprovalVerdict,
@@ -47,18 +49,23 @@ from officeray.contracts import (
     TaskStatus,
     utcnow,
 )
+from officeray.feedback import TaskFeedback
 from officeray.store.api import (
     CLAIM_LIMIT,
     DLQ_LIST_LIMIT,
     TASK_LIST_LIMIT,
+    WEBHOOK_CLAIM_LIMIT,
     IdempotencyClaim,
     ResumableTask,
+    TaskCursor,
     TaskStore,
     as_utc,
     check_verdict,
     positive_ttl,
     require_final,
 )
+from officeray.store.outbox import WebhookDue, check_outcome, webhook_due, webhook_target
+from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 Scripted = Any  # an answer, an exception to raise, or a callable(request) -> answer
 
@@ -133,7 +140,7 @@ class InMemoryStore:
     * ``leases[task_id]``: the owner holding the task. A test may set it: a lease set so (without
       :meth:`acquire_lease`) never expires. A fenced write of another owner is refused;
     * ``dead_letters``: ``{task_id: reason}`` of the dead-letter queue; ``usage[tenant]``: the model
-      usage of the tenant's finished tasks.
+      usage of the tenant's finished tasks; ``daily_usage[(tenant, day)]``: the same per UTC day.
 
     Like SqlStore, the writes take their snapshot of the record when called, before any await.
     """
@@ -145,6 +152,7 @@ class InMemoryStore:
         self.step_results: dict[str, StepResult] = {}
         self.leases: dict[str, str] = {}
         self.usage: dict[str, ModelUsage] = {}
+        self.daily_usage: dict[tuple[str, date], ModelUsage] = {}
         self._first_stored: dict[str, datetime] = {}
         """Each task's ``created_at`` when it was first stored (SQL: the ``created_at`` column)."""
         self._events: dict[str, list[TaskEvent]] = {}
@@ -152,6 +160,12 @@ class InMemoryStore:
         self._dlq: dict[str, tuple[DlqEntry, TaskRecord]] = {}
         self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self._approvals: dict[tuple[str, str], ApprovalDecision] = {}
+        self._api_keys: dict[str, ApiKeyRecord] = {}
+        self._event_ids = itertools.count(1)
+        self._outbox: dict[str, WebhookDelivery] = {}
+        self._outbox_leases: dict[str, tuple[str, datetime]] = {}
+        """``delivery_id -> (owner, expires_at)`` of the claimed webhook deliveries."""
+        self._feedback: list[TaskFeedback] = []
 
     @property
     def dead_letters(self) -> dict[str, str]:
@@ -199,7 +213,8 @@ class InMemoryStore:
     def save_transition(
         self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
     ) -> Coroutine[Any, Any, bool]:
-        return self._put_transition(self._stored(record), self._event(kind, data), owner)
+        webhook = webhook_due(record, kind, data)
+        return self._put_transition(self._stored(record), self._event(kind, data), owner, webhook)
 
     @staticmethod
     def _event(kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any], TaskEvent]:
@@ -208,34 +223,48 @@ class InMemoryStore:
         return kind, dict(data), TaskEvent(kind=kind, data=stored, at=utcnow())
 
     async def _put_transition(
-        self, snapshot: TaskRecord, event: tuple[str, dict[str, Any], TaskEvent], owner: str | None
+        self,
+        snapshot: TaskRecord,
+        event: tuple[str, dict[str, Any], TaskEvent],
+        owner: str | None,
+        webhook: WebhookDue | None = None,
     ) -> bool:
         if owner is not None and self.leases.get(snapshot.task_id) != owner:
             return False
         await self._put_task(snapshot)
-        self._put_event(snapshot.task_id, event)
+        event_id = self._put_event(snapshot.task_id, event)
+        if webhook is not None:
+            self._put_webhook(webhook, event_id)
         return True
 
-    def _put_event(self, task_id: str, event: tuple[str, dict[str, Any], TaskEvent]) -> None:
+    def _put_event(self, task_id: str, event: tuple[str, dict[str, Any], TaskEvent]) -> int:
+        """Store the event with the next id (one sequence for all tasks, as SQL's); its id."""
         kind, data, stored = event
+        event_id = next(self._event_ids)
         self.event_log.setdefault(task_id, []).append((kind, data))
-        self._events.setdefault(task_id, []).append(stored)
+        self._events.setdefault(task_id, []).append(stored.model_copy(update={"id": event_id}))
+        return event_id
 
     def finish_task(
         self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
     ) -> Coroutine[Any, Any, bool]:
         require_final(record)
-        return self._put_end(self._stored(record), self._event(kind, data), owner)
+        webhook = webhook_due(record, kind, data)
+        return self._put_end(self._stored(record), self._event(kind, data), owner, webhook)
 
     async def _put_end(
-        self, snapshot: TaskRecord, event: tuple[str, dict[str, Any], TaskEvent], owner: str | None
+        self,
+        snapshot: TaskRecord,
+        event: tuple[str, dict[str, Any], TaskEvent],
+        owner: str | None,
+        webhook: WebhookDue | None,
     ) -> bool:
-        if not await self._put_transition(snapshot, event, owner):
+        if not await self._put_transition(snapshot, event, owner, webhook):
             return False
         if snapshot.status == TaskStatus.FAILED:
             self._put_dead_letter(snapshot, snapshot.error or "failed")
         if snapshot.usage.calls:
-            self._add_usage(snapshot.tenant, snapshot.usage)
+            self._add_usage(snapshot.tenant, snapshot.usage, as_utc(snapshot.finished_at).date())
         return True
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
@@ -247,11 +276,40 @@ class InMemoryStore:
         return None if found is None else found.model_copy(deep=True)
 
     async def list_tasks(
-        self, status: TaskStatus | None = None, limit: int = TASK_LIST_LIMIT
+        self,
+        status: TaskStatus | None = None,
+        limit: int = TASK_LIST_LIMIT,
+        *,
+        tenant: str | None = None,
+        created_after: datetime | None = None,
+        cursor: TaskCursor | None = None,
     ) -> list[TaskRecord]:
-        newest = sorted(self.tasks, key=self._first_stored.__getitem__, reverse=True)
-        chosen = [self.tasks[t] for t in newest if status is None or self.tasks[t].status == status]
-        return [record.model_copy(deep=True) for record in chosen[:limit]]
+        after = None if created_after is None else as_utc(created_after)
+        end = None if cursor is None else (as_utc(cursor.created_at), cursor.task_id)
+
+        def chosen(task_id: str) -> bool:
+            record, first = self.tasks[task_id], self._first_stored[task_id]
+            return (
+                (status is None or record.status == status)
+                and (tenant is None or record.tenant == tenant)
+                and (after is None or first > after)
+                and (end is None or (first, task_id) < end)
+            )
+
+        newest = sorted(self.tasks, key=lambda t: (self._first_stored[t], t), reverse=True)
+        return [self.tasks[t].model_copy(deep=True) for t in newest if chosen(t)][:limit]
+
+    # -- feedback ------------------------------------------------------------------------------------
+
+    async def add_feedback(self, feedback: TaskFeedback) -> TaskFeedback:
+        stored = feedback.model_copy(
+            deep=True, update={"id": len(self._feedback) + 1, "created_at": as_utc(feedback.created_at)}
+        )
+        self._feedback.append(stored)
+        return stored.model_copy(deep=True)
+
+    async def feedback(self, task_id: str) -> list[TaskFeedback]:
+        return [f.model_copy(deep=True) for f in self._feedback if f.task_id == task_id]
 
     def _resumable(self, task_ids: Iterable[str]) -> list[ResumableTask]:
         return [
@@ -273,8 +331,12 @@ class InMemoryStore:
     async def _append(self, task_id: str, event: tuple[str, dict[str, Any], TaskEvent]) -> None:
         self._put_event(task_id, event)
 
-    async def events(self, task_id: str) -> list[TaskEvent]:
-        return [event.model_copy(deep=True) for event in self._events.get(task_id, [])]
+    async def events(self, task_id: str, after_id: int | None = None) -> list[TaskEvent]:
+        return [
+            event.model_copy(deep=True)
+            for event in self._events.get(task_id, [])
+            if after_id is None or (event.id is not None and event.id > after_id)
+        ]
 
     # -- step results and usage ----------------------------------------------------------------------
 
@@ -290,17 +352,23 @@ class InMemoryStore:
         found = self.step_results.get(idempotency_key)
         return None if found is None else found.model_copy(deep=True)
 
-    def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> Coroutine[Any, Any, None]:
-        return self._add_usage_later(tenant, usage.model_copy())
+    def add_tenant_usage(
+        self, tenant: str, usage: ModelUsage, day: date | None = None
+    ) -> Coroutine[Any, Any, None]:
+        return self._add_usage_later(tenant, usage.model_copy(), day or as_utc(None).date())
 
-    async def _add_usage_later(self, tenant: str, usage: ModelUsage) -> None:
-        self._add_usage(tenant, usage)
+    async def _add_usage_later(self, tenant: str, usage: ModelUsage, day: date) -> None:
+        self._add_usage(tenant, usage, day)
 
-    def _add_usage(self, tenant: str, usage: ModelUsage) -> None:
+    def _add_usage(self, tenant: str, usage: ModelUsage, day: date) -> None:
         self.usage[tenant] = self.usage.get(tenant, ModelUsage()) + usage
+        self.daily_usage[(tenant, day)] = self.daily_usage.get((tenant, day), ModelUsage()) + usage
 
     async def tenant_usage(self, tenant: str) -> ModelUsage:
         return self.usage.get(tenant, ModelUsage()).model_copy()
+
+    async def tenant_usage_on(self, tenant: str, day: date) -> ModelUsage:
+        return self.daily_usage.get((tenant, day), ModelUsage()).model_copy()
 
     # -- leases --------------------------------------------------------------------------------------
 
@@ -412,6 +480,89 @@ class InMemoryStore:
     async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None:
         found = self._approvals.get((task_id, step_id))
         return None if found is None else found.model_copy()
+
+    # -- API keys ------------------------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord) -> bool:
+        if record.key_id in self._api_keys:
+            return False
+        self._api_keys[record.key_id] = record.model_copy(update={"created_at": as_utc(record.created_at)})
+        return True
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        return self._api_keys.get(key_id)
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        found = [r for r in self._api_keys.values() if tenant is None or r.tenant == tenant]
+        return sorted(found, key=lambda r: (as_utc(r.created_at), r.key_id))
+
+    async def revoke_api_key(self, key_id: str, now: datetime | None = None) -> bool:
+        found = self._api_keys.get(key_id)
+        if found is None or not found.active:
+            return False
+        self._api_keys[key_id] = found.model_copy(update={"revoked_at": as_utc(now)})
+        return True
+
+    async def count_api_keys(self) -> int:
+        return sum(1 for r in self._api_keys.values() if r.active)
+
+    # -- webhook outbox ------------------------------------------------------------------------------
+
+    def _put_webhook(self, due: WebhookDue, event_id: int) -> None:
+        request = self.requests.get(due.task_id)
+        url, key_id = webhook_target(None if request is None else request.model_dump(mode="json"))
+        if url is not None:
+            self._outbox[due.delivery_id] = due.delivery(url, key_id, event_id)
+
+    async def claim_webhooks(
+        self, owner: str, lease_s: float, now: datetime | None = None, limit: int = WEBHOOK_CLAIM_LIMIT
+    ) -> list[WebhookDelivery]:
+        moment = as_utc(now)
+        expires = moment + positive_ttl(lease_s)
+
+        def claimable(d: WebhookDelivery) -> bool:
+            lease = self._outbox_leases.get(d.delivery_id)
+            due = d.next_attempt_at is not None and as_utc(d.next_attempt_at) <= moment
+            return d.status == DeliveryStatus.PENDING and due and (lease is None or lease[1] <= moment)
+
+        chosen = sorted(
+            (d for d in self._outbox.values() if claimable(d)),
+            key=lambda d: (as_utc(d.next_attempt_at or d.created_at), d.delivery_id),
+        )[:limit]
+        for delivery in chosen:
+            self._outbox_leases[delivery.delivery_id] = (owner, expires)
+        return [d.model_copy(deep=True) for d in chosen]
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        attempt: WebhookAttempt,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        check_outcome(status, next_attempt_at)
+        found = self._outbox.get(delivery_id)
+        lease = self._outbox_leases.get(delivery_id)
+        if found is None or found.status != DeliveryStatus.PENDING or lease is None or lease[0] != owner:
+            return False
+        del self._outbox_leases[delivery_id]
+        final = DeliveryStatus(status).is_final
+        self._outbox[delivery_id] = found.model_copy(
+            update={
+                "status": DeliveryStatus(status),
+                "next_attempt_at": None if next_attempt_at is None else as_utc(next_attempt_at),
+                "finished_at": as_utc(attempt.at) if final else None,
+                "reason": reason,
+                "attempts": [*found.attempts, attempt.model_copy(update={"at": as_utc(attempt.at)})],
+            }
+        )
+        return True
+
+    async def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
+        mine = [d for d in self._outbox.values() if d.task_id == task_id]
+        return [d.model_copy(deep=True) for d in sorted(mine, key=lambda d: (d.created_at, d.delivery_id))]
 
     def close(self) -> None:
         """Nothing to release (the API's ``close``)."""

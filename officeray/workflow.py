@@ -24,11 +24,12 @@ state (record, counters, caps, the write lock); split, one transition table woul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
@@ -36,7 +37,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from pydantic import BaseModel, ValidationError
 
-from officeray.config import WorkflowSettings
+from officeray.config import TenantLimits, WorkflowSettings
 from officeray.contracts import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     ErrorType,
@@ -63,6 +64,7 @@ from officeray.contracts import (
 )
 from officeray.dag import run_dag
 from officeray.errors import PlanningError
+from officeray.quotas import daily_budget_spent_reason, effective_token_budget
 from officeray.telemetry import inject_context, trace_id_hex
 from officeray.validate import parse_plan, validate_plan
 
@@ -156,6 +158,8 @@ class Workflow:
         tools: Mapping[str, type[BaseModel]],
         settings: WorkflowSettings | None = None,
         token_budget: int | None = None,
+        tenant_limits: Callable[[str], TenantLimits] | None = None,
+        usage_on: Callable[[str, date], Awaitable[ModelUsage]] | None = None,
         needs_approval: Callable[[str], bool] | None = None,
         approvals: Approvals | None = None,
         owner: str | None = None,
@@ -171,7 +175,15 @@ class Workflow:
         self.tools = tools
         self.settings = settings or WorkflowSettings()
         self.token_budget = token_budget
-        """Model tokens one task may spend (a task's ``token_budget`` overrides it); None: no limit."""
+        """Model tokens one task may spend (a task's ``token_budget`` overrides it); None: no limit
+        (with ``tenant_limits``: the tenant's ``max_token_budget``)."""
+        self.tenant_limits = tenant_limits
+        """The operator's limits of a tenant (``Settings.tenant_limits``): a task's token budget is
+        capped by its tenant's ``max_token_budget``, and its model calls stop once the tenant's
+        ``daily_token_budget`` is spent. None: no tenant limits."""
+        self.usage_on = usage_on
+        """The model usage a tenant's finished tasks recorded on a UTC day (the store's
+        ``tenant_usage_on``); read before each model call of a tenant with a daily token budget."""
         self.needs_approval = needs_approval or (lambda _action: False)
         """Whether steps of a tool (by name) wait for a person's decision before they run."""
         self.approvals = approvals
@@ -183,6 +195,8 @@ class Workflow:
         self._rand = rand
         self._now = now
         """The wall clock (aware UTC): the record's timestamps and the ``maximum_duration_s`` cap."""
+        self._runs: dict[str, _TaskRun] = {}
+        """The runs going on in this process, by task id (what :meth:`cancel` stops)."""
 
     async def run(self, request: TaskRequest, task_id: str, record: TaskRecord | None = None) -> TaskRecord:
         """Run one task to a final state and return its record (never raises for task failures).
@@ -193,13 +207,43 @@ class Workflow:
         itself raises (the store is unreachable: the task stays unfinished and is resumed later).
         """
         run = _TaskRun(self, request, task_id, record)
+        self._runs[task_id] = run
         try:
             return await run.execute()
         except RunSupersededError:
             raise
+        except asyncio.CancelledError:
+            if run.cancelled_by is None:
+                raise  # stopped from outside (its lease went to another orchestrator): nothing is written
+            return await run.end_cancelled()
         except Exception as exc:
             logger.exception("task %s crashed", task_id)
             return await run.finish(TaskStatus.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if self._runs.get(task_id) is run:
+                del self._runs[task_id]
+
+    def cancel(self, task_id: str, by: str) -> bool:
+        """Stop the run of ``task_id`` going on here (:meth:`run` then ends it ``cancelled``: the steps
+        as they are, a running one failed and the others skipped with error type ``cancelled``, in
+        one :meth:`Store.finish_task` write with the event ``cancelled`` and ``{"by": by}``). False
+        when no run of it goes on here. Cancelling twice is cancelling once."""
+        run = self._runs.get(task_id)
+        if run is None or run.task is None or run.task.done():
+            return False
+        if run.cancelled_by is None:
+            run.cancelled_by = by
+            run.task.cancel()
+        return True
+
+    async def cancel_unstarted(
+        self, request: TaskRequest, task_id: str, record: TaskRecord, by: str
+    ) -> TaskRecord:
+        """End a task whose run did not start (it waited for a slot, or it is resumed after a cancel
+        request that no run took) as ``cancelled``, written as :meth:`cancel` writes it."""
+        run = _TaskRun(self, request, task_id, record)
+        run.cancelled_by = by
+        return await run.end_cancelled()
 
 
 class _TaskRun:
@@ -214,11 +258,22 @@ class _TaskRun:
             task_id=task_id, description=request.description, created_at=now, updated_at=now
         )
         self.record.tenant = request.tenant
-        self.budget = request.token_budget or wf.token_budget
+        self.limits = None if wf.tenant_limits is None else wf.tenant_limits(request.tenant)
+        self.budget = (
+            request.token_budget or wf.token_budget
+            if self.limits is None
+            else effective_token_budget(request, self.limits, wf.token_budget)
+        )
         self.policy = request.retry_policy or wf.settings.retry_policy
         self.stop_reason: str | None = None
         self._waiting = 0
         self._lock = asyncio.Lock()
+        self.task = asyncio.current_task()
+        """The asyncio task this run goes on in (what :meth:`Workflow.cancel` cancels)."""
+        self.cancelled_by: str | None = None
+        """Who cancelled the task (an API key id, ``cli``), once :meth:`Workflow.cancel` was called."""
+        self._pending: asyncio.Future[bool] | None = None
+        """The write in flight (a cancelled run lets it land before it writes its end)."""
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -239,7 +294,8 @@ class _TaskRun:
             event = {"status": self.record.status.value, **data}
             # shielded: a run stopped half-way (its lease went to another orchestrator) never leaves
             # a record without its event
-            written = await asyncio.shield(save(self.record, kind, event, owner=self.wf.owner))
+            self._pending = asyncio.ensure_future(save(self.record, kind, event, owner=self.wf.owner))
+            written = await asyncio.shield(self._pending)
         if not written:
             raise RunSupersededError(f"task {self.task_id} is run by another orchestrator now")
 
@@ -261,17 +317,63 @@ class _TaskRun:
             return f"token budget exceeded: {used} tokens used, the budget is {self.budget}"
         return None
 
-    async def finish(self, status: TaskStatus, *, result: Any = None, error: str | None = None) -> TaskRecord:
+    async def daily_budget_spent(self) -> str | None:
+        """Why this task may make no more model calls: its tenant's ``daily_token_budget`` is spent by
+        the tenant's tasks finished today (UTC) and this one's calls so far; None while it is not."""
+        limits, usage_on = self.limits, self.wf.usage_on
+        if limits is None or limits.daily_token_budget is None or usage_on is None:
+            return None
+        stored = await usage_on(self.request.tenant, self.wf._now().date())
+        spent = stored.total_tokens + self.record.usage.total_tokens
+        return daily_budget_spent_reason(self.request.tenant, spent, limits)
+
+    async def finish(
+        self, status: TaskStatus, *, result: Any = None, error: str | None = None, **data: Any
+    ) -> TaskRecord:
         """End the run: its final record, with a failed task's dead-letter entry and the task's usage
-        for its tenant, in one write (:meth:`Store.finish_task`)."""
+        for its tenant, in one write (:meth:`Store.finish_task`); ``data`` goes into its event."""
         self.record.status = status
         self.record.result = result
         self.record.error = error
         self.record.current_step = None
         self.record.finished_at = self.wf._now()
         self.log(f"task {status.value}" + (f": {error}" if error else ""), "error" if error else "info")
-        await self._write(self.wf.store.finish_task, status.value, {"error": error})
+        await self._write(self.wf.store.finish_task, status.value, {"error": error, **data})
         return self.record
+
+    async def end_cancelled(self) -> TaskRecord:
+        """End a cancelled run (:attr:`cancelled_by` set): the steps as they are (a running step
+        ``failed``, a pending or waiting one ``skipped``, both with error type ``cancelled``), then
+        the final ``cancelled`` record. A run that was writing its own end when the cancel came
+        keeps that end."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()  # the cancel is handled here; the writes below must not be cut short
+        pending = self._pending
+        if pending is not None and not pending.done():
+            with contextlib.suppress(Exception):
+                await pending  # the write in flight lands before the end
+        if self.record.status.is_final:
+            return self.record
+        by = self.cancelled_by or "unknown"
+        now = self.wf._now()
+        stopped = []
+        for i, step in enumerate(self.record.steps):
+            if step.status in (StepStatus.RUNNING, StepStatus.PENDING, StepStatus.WAITING_APPROVAL):
+                ran = step.status == StepStatus.RUNNING
+                why = f"cancelled by {by} while the step {'ran' if ran else 'waited'}"
+                self.record.steps[i] = step.model_copy(
+                    update={
+                        "status": StepStatus.FAILED if ran else StepStatus.SKIPPED,
+                        "error": StepError(type=ErrorType.CANCELLED, message=why),
+                        "finished_at": now,
+                    }
+                )
+                if ran:
+                    stopped.append(self.record.steps[i])
+        for result in stopped:
+            await self.wf.store.save_step_result(self.task_id, result)
+        return await self.finish(TaskStatus.CANCELLED, error=f"cancelled by {by}", by=by)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -432,6 +534,9 @@ class _TaskRun:
     ) -> Plan | TaskRecord | None:
         """The round's plan; a final record when planning is impossible; None to try another round."""
         wf = self.wf
+        spent = await self.daily_budget_spent()
+        if spent is not None:
+            return await self.finish(TaskStatus.FAILED, error=spent)
         self.record.status = TaskStatus.PLANNING
         self.record.current_step = None
         await self.persist("planning", iteration=iteration)
@@ -652,7 +757,7 @@ class _TaskRun:
                 result.attempts += 1
                 self.record.counters.step_attempts += 1
                 outcome = await self._attempt(step, inputs)
-                if outcome.error is None or self.stop_reason:
+                if outcome.error is None or self.stop_reason or outcome.error.type == ErrorType.CANCELLED:
                     break
                 if result.attempts >= policy.maximum_attempts or not policy.retryable(outcome.error.type):
                     break
@@ -713,6 +818,9 @@ class _TaskRun:
 
     async def _review(self, iteration: int, plan: Plan, results: list[StepResult]) -> Review | None:
         wf = self.wf
+        spent = await self.daily_budget_spent()
+        if spent is not None:
+            return Review(verdict=ReviewVerdict.FAILED, feedback=spent)
         self.record.status = TaskStatus.REVIEWING
         await self.persist("reviewing", iteration=iteration)
         request = ReviewRequest(

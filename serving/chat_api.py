@@ -24,9 +24,17 @@ with two routes:
   the stream ends without ``[DONE]``.
 * ``GET /v1/models``: the roles, as an OpenAI model list.
 
+Both need an API key when the router is built with ``authenticate`` (the gateway's
+:func:`serving.security.authenticated`): without a valid ``Authorization: Bearer KEY`` they answer
+401 (``code`` ``invalid_api_key``, ``WWW-Authenticate: Bearer``). With ``bill``, the usage of every
+answered completion is added to the key's tenant's totals (``GET /v1/tenants/{tenant}/usage``): the
+tier's usage for a plain answer; for a stream, whitespace-separated words of the messages and of the
+streamed content, billed when the stream ends (also when the client goes away).
+
 Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``:
 
 ===========================================  ======================================================
+no key, or a refused one                     401 ``invalid_api_key``
 body not JSON                                400
 body not a chat request                      422 (the fields at fault in the message)
 unknown ``model``                            404 ``unknown model 'x'; models: planner, reviewer, ai_tool``
@@ -49,14 +57,15 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol, get_args
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from officeray.contracts import Review, plan_json_schema
+from officeray.auth import Principal
+from officeray.contracts import ModelUsage, Review, plan_json_schema
 from officeray.errors import ModelUnavailableError, PlanningError
 from serving.tiers.base import (
     BackpressureError,
@@ -80,6 +89,13 @@ ROLES: tuple[Role, ...] = get_args(Role)
 DEFAULT_BACKPRESSURE_RETRY_AFTER_S = 1
 
 MODEL_OWNER = "officeray"
+
+
+Authenticate = Callable[[Request], Awaitable[Principal]]
+"""Who a request comes from; raises an ``HTTPException`` (401) for a missing or refused key."""
+
+Bill = Callable[[str, ModelUsage], Awaitable[None]]
+"""Adds a completion's usage to a tenant's totals."""
 
 
 class ChatDispatch(Protocol):
@@ -167,6 +183,7 @@ class ChatAPIError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -175,12 +192,13 @@ class ChatAPIError(Exception):
         self.code = code
         self.param = param
         self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {}
+        headers = dict(self.headers)
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
@@ -379,10 +397,12 @@ async def _event_stream(
     first: str | None,
     stream: AsyncIterator[str],
     prompt_tokens: int | None = None,
+    billed: Callable[[int], Awaitable[None]] | None = None,
 ) -> AsyncIterator[str]:
-    """The SSE events; ``prompt_tokens`` set: a usage chunk before ``[DONE]`` (``include_usage``)."""
+    """The SSE events; ``prompt_tokens`` set: a usage chunk before ``[DONE]`` (``include_usage``).
+    ``billed(completion_tokens)`` is called once the stream ends, however it ends."""
     words = 0
-    count = prompt_tokens is not None  # tokens are counted only for the usage chunk
+    count = prompt_tokens is not None or billed is not None  # tokens are counted for these only
     try:
         yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
         if first is not None:
@@ -401,6 +421,53 @@ async def _event_stream(
         yield "data: [DONE]\n\n"
     finally:
         await _aclose(stream)
+        if billed is not None:
+            await billed(words)
+
+
+def _prompt_words(call: ModelCall) -> int:
+    return sum(whitespace_tokens(str(m.get("content") or "")) for m in call.messages)
+
+
+async def _bill(bill: Bill | None, tenant: str | None, usage: ModelUsage) -> None:
+    """Bill ``usage`` to ``tenant`` (nothing without a biller or a tenant); a failure is logged, the
+    answer already given stands."""
+    if bill is None or tenant is None:
+        return
+    try:
+        await bill(tenant, usage.model_copy(update={"calls": max(1, usage.calls)}))
+    except Exception:
+        logger.warning("could not bill a chat completion to tenant %s", tenant, exc_info=True)
+
+
+def _stream_biller(
+    bill: Bill | None, tenant: str | None, call: ModelCall
+) -> Callable[[int], Awaitable[None]] | None:
+    """What bills a stream once it ends, given its completion's words (None: nobody to bill)."""
+    if bill is None or tenant is None:
+        return None
+    prompt_words = _prompt_words(call)
+
+    async def billed(completion_words: int) -> None:
+        usage = ModelUsage(prompt_tokens=prompt_words, completion_tokens=completion_words, calls=1)
+        await _bill(bill, tenant, usage)
+
+    return billed
+
+
+async def _caller(request: Request, authenticate: Authenticate | None) -> Principal | None:
+    """The request's principal (None without ``authenticate``); a refused key as OpenAI's 401."""
+    if authenticate is None:
+        return None
+    try:
+        return await authenticate(request)
+    except HTTPException as exc:
+        raise ChatAPIError(
+            exc.status_code,
+            str(exc.detail),
+            code="invalid_api_key" if exc.status_code == 401 else "forbidden",
+            headers=dict(exc.headers or {}),
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,12 +475,19 @@ async def _event_stream(
 # --------------------------------------------------------------------------------------------------
 
 
-def make_chat_router(dispatch: ChatDispatch) -> APIRouter:
-    """The ``/v1/chat/completions`` and ``/v1/models`` routes over ``dispatch``."""
+def make_chat_router(
+    dispatch: ChatDispatch, *, authenticate: Authenticate | None = None, bill: Bill | None = None
+) -> APIRouter:
+    """The ``/v1/chat/completions`` and ``/v1/models`` routes over ``dispatch``; with
+    ``authenticate`` they need a key, with ``bill`` the key's tenant pays (see the module docstring)."""
     router = APIRouter(tags=["models"])
 
-    @router.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
+    @router.get("/v1/models", response_model=None)
+    async def list_models(request: Request) -> dict[str, Any] | JSONResponse:
+        try:
+            await _caller(request, authenticate)
+        except ChatAPIError as exc:
+            return exc.response()
         return {
             "object": "list",
             "data": [
@@ -424,6 +498,7 @@ def make_chat_router(dispatch: ChatDispatch) -> APIRouter:
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         try:
+            principal = await _caller(request, authenticate)
             body = await parse_request(request)
             role = _role(body.model)
             call = build_call(role, body)
@@ -431,11 +506,13 @@ def make_chat_router(dispatch: ChatDispatch) -> APIRouter:
             return exc.response()
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        tenant = None if principal is None else principal.tenant
         if not body.stream:
             try:
                 answer = await dispatch.generate(role, call)
             except Exception as exc:
                 return dispatch_error(exc).response()
+            await _bill(bill, tenant, answer.usage)
             return JSONResponse(completion_body(completion_id, created, role, answer))
         stream: AsyncIterator[str] | None = None
         try:
@@ -452,9 +529,10 @@ def make_chat_router(dispatch: ChatDispatch) -> APIRouter:
         assert stream is not None
         prompt_tokens = None
         if body.stream_options is not None and body.stream_options.include_usage:
-            prompt_tokens = sum(whitespace_tokens(str(m.get("content") or "")) for m in call.messages)
+            prompt_tokens = _prompt_words(call)
+        billed = _stream_biller(bill, tenant, call)
         return StreamingResponse(
-            _event_stream(completion_id, created, role, first, stream, prompt_tokens),
+            _event_stream(completion_id, created, role, first, stream, prompt_tokens, billed),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

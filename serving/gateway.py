@@ -78,11 +78,12 @@ Why one file of this length: Serve's ingress is one class whose routes share its
 import asyncio
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -93,10 +94,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.client import OrchestratorClient, create_client
 from actors.orchestrator import ModelPorts
+from officeray.auth import Action, Principal
 from officeray.config import Settings
 from officeray.contracts import (
     MAX_TASK_DESCRIPTION_CHARS,
     DlqDetail,
+    ModelUsage,
     StepResult,
     StepStatus,
     TaskRecord,
@@ -110,14 +113,28 @@ from officeray.errors import (
     ModelUnavailableError,
     OrchestratorUnavailableError,
     StoreUnavailableError,
+    TaskFinalError,
     TaskNotFoundError,
 )
+from officeray.feedback import Feedback, TaskFeedback
+from officeray.quotas import SubmitRateLimiter, ceiling_problems, dlq_retry_problem
 from officeray.store import SqlStore
+from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor
 from officeray.telemetry import read_trace
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.validate import validate_plan
 from serving.chat_api import make_chat_router
+from serving.events import (
+    EVENTS_OPENAPI,
+    EventSourceResponse,
+    deliveries_view,
+    event_stream_response,
+    events_view,
+    parse_last_event_id,
+    wants_event_stream,
+)
 from serving.models import call_with_backpressure, unwrap_chat_reply
+from serving.security import KeyVerifier, authenticated, forbidden, install_verifier, require
 from serving.tiers.base import BackpressureError, ModelAnswer, ModelCall, Role
 
 logger = logging.getLogger(__name__)
@@ -142,13 +159,34 @@ MAX_WAIT_S = 30.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 
+TASK_LIST_DEFAULT = 50
+"""Tasks one ``GET /v1/tasks`` returns unless ``?limit=`` says otherwise."""
+
+TASK_LIST_MAX = 500
+"""Most tasks one ``GET /v1/tasks`` returns."""
+
+SUMMARY_DESCRIPTION_CHARS = 200
+"""A task's description in a list is cut to this many characters (the task itself has all of it)."""
+
+TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+
+PUBLIC_PATHS = frozenset({"/healthz"})
+"""Routes that answer without a key (besides the OpenAPI documents)."""
+
+OPENAI_ERROR_PATHS = ("/v1/chat/", "/v1/models")
+"""Routes that answer errors in OpenAI's shape (:mod:`serving.chat_api`), not :class:`ErrorBody`."""
+
 ERROR_CODES: dict[int, str] = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
     413: "request_too_large",
     422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
     503: "unavailable",
 }
 """The ``code`` of an error answer by HTTP status, where no more precise code is given."""
@@ -239,7 +277,79 @@ async def _send_json(send: Send, status: int, content: dict[str, Any], *, close:
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
-app = FastAPI(title="officeray", version="0.1.0")
+class FieldError(BaseModel):
+    """One field at fault: its dotted path in the request and what is wrong with it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the task API (4xx and 5xx): ``detail`` says what went wrong in a sentence,
+    ``code`` is machine-readable (:data:`ERROR_CODES` or a more precise one: ``task_not_found``,
+    ``unauthorized``, ``rate_limited``, ``over_ceiling``...), ``errors`` lists the fields at fault
+    where there are any. Some answers carry more (``reasons`` of an ``invalid_plan``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+
+
+_SCHEMA_REF = "#/components/schemas/{model}"
+_ERROR_RESPONSE = {
+    "description": "An error (see ErrorBody)",
+    "content": {"application/json": {"schema": {"$ref": _SCHEMA_REF.format(model="ErrorBody")}}},
+}
+_SECURITY_SCHEME = "apiKey"
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (an OpenAPI document of this app) with :class:`ErrorBody` as every task route's
+    error answer (401, 422 and any 4XX/5XX) and the bearer key every route but the public ones needs."""
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    body = ErrorBody.model_json_schema(ref_template=_SCHEMA_REF)
+    schemas.update(body.pop("$defs", {}))
+    schemas["ErrorBody"] = body
+    components.setdefault("securitySchemes", {})[_SECURITY_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (ofr_...), as 'Authorization: Bearer <key>'.",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if path not in PUBLIC_PATHS:
+                operation["security"] = [{_SECURITY_SCHEME: []}]
+            if path.startswith(OPENAI_ERROR_PATHS):
+                continue
+            statuses = ["422", "4XX", "5XX"] if path in PUBLIC_PATHS else ["401", "422", "4XX", "5XX"]
+            if "422" not in responses:
+                statuses.remove("422")  # nothing to validate: no 422 to document
+            for status in statuses:
+                responses[status] = {
+                    **_ERROR_RESPONSE,
+                    "description": responses.get(status, {}).get(
+                        "description", _ERROR_RESPONSE["description"]
+                    ),
+                }
+    return schema
+
+
+class _TaskApi(FastAPI):
+    """The app, its OpenAPI document declaring the one error shape (:func:`document_errors`)."""
+
+    def openapi(self) -> dict[str, Any]:
+        built = self.openapi_schema is not None
+        schema = super().openapi()
+        return schema if built else document_errors(schema)
+
+
+app = _TaskApi(title="officeray", version="0.1.0")
 app.add_middleware(_BodySizeLimit, max_bytes=MAX_REQUEST_BYTES)
 
 
@@ -298,7 +408,16 @@ async def _orchestrator_unavailable(_request: Request, exc: Exception) -> JSONRe
 
 @app.exception_handler(IdempotencyConflictError)
 async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONResponse:
+    # an idempotency key belongs to one tenant (the key's), so the task it names is the caller's own
     return JSONResponse(status_code=409, content={"detail": _first_line(exc), "code": "idempotency_conflict"})
+
+
+@app.exception_handler(Exception)
+async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The last resort: a 500 in the one error shape, without a traceback (it is logged)."""
+    logger.error("request failed", exc_info=exc)
+    content = {"detail": f"internal error ({type(exc).__name__})", "code": ERROR_CODES[500]}
+    return JSONResponse(status_code=500, content=content)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -314,7 +433,12 @@ class ApprovalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["approve", "reject"]
-    by: str = Field(min_length=1, max_length=200, description="Who decides (kept in the audit trail).")
+    by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Ignored (kept for older clients): the decision is recorded as the API key's id.",
+    )
     reason: str = Field(default="", max_length=2000)
 
 
@@ -410,7 +534,7 @@ def _steps_phrase(steps: list[StepResult]) -> str:
 def describe_current_step(record: TaskRecord) -> str:
     """What the task does now, as a sentence: ``"planning (iteration 1)"``, ``"step s2
     (code_analyzer) running"``, ``"completed"``..."""
-    if record.status in (TaskStatus.QUEUED, TaskStatus.COMPLETED, TaskStatus.FAILED):
+    if record.status == TaskStatus.QUEUED or record.status.is_final:
         return record.status.value
     running = [s for s in record.steps if s.status == StepStatus.RUNNING]
     waiting = [s for s in record.steps if s.status == StepStatus.WAITING_APPROVAL]
@@ -501,11 +625,114 @@ def check_ready_plan(task: TaskRequest, catalog: ToolCatalog) -> None:
         raise ApiError(422, "invalid plan: " + "; ".join(reasons), "invalid_plan", reasons=reasons)
 
 
+class TaskSummary(BaseModel):
+    """One task in ``GET /v1/tasks``: what a list shows (``GET /v1/tasks/{task_id}`` has the rest)."""
+
+    task_id: str
+    tenant: str
+    status: str
+    description: str = Field(description=f"Cut to {SUMMARY_DESCRIPTION_CHARS} characters.")
+    current_step: str
+    progress: float = Field(ge=0.0, le=1.0)
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
+class TaskList(BaseModel):
+    """Answer of ``GET /v1/tasks``: newest first; ``next_cursor`` (null on the last page) asks for the
+    next page as ``?cursor=``."""
+
+    tasks: list[TaskSummary]
+    next_cursor: str | None = None
+
+
+def task_summary(record: TaskRecord) -> TaskSummary:
+    return TaskSummary(
+        task_id=record.task_id,
+        tenant=record.tenant,
+        status=record.status.value,
+        description=record.description[:SUMMARY_DESCRIPTION_CHARS],
+        current_step=describe_current_step(record),
+        progress=step_progress(record),
+        error=record.error,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        finished_at=record.finished_at,
+    )
+
+
+def submission_tenant(task: TaskRequest, principal: Principal) -> str:
+    """Whose task a submission makes: the key's tenant. An admin key may name another tenant in the
+    body's ``tenant``; any other key naming another tenant answers 403 (``forbidden``)."""
+    if "tenant" not in task.model_fields_set or task.tenant == principal.tenant:
+        return principal.tenant
+    if principal.is_admin:
+        return task.tenant
+    raise forbidden(f"this key submits for tenant {principal.tenant!r} only; leave 'tenant' out of the body")
+
+
+def listed_tenant(asked: str | None, principal: Principal, what: str) -> str | None:
+    """The tenant whose ``what`` a list shows (None: every tenant's). An admin sees the ``?tenant=``
+    it asks for (every tenant's without one); any other key its own tenant's, and 403 when it asks
+    for another's."""
+    if principal.is_admin:
+        return asked
+    if asked is not None and asked != principal.tenant:
+        raise forbidden(f"this key sees the {what} of tenant {principal.tenant!r} only")
+    return principal.tenant
+
+
+def rate_limited(tenant: str, wait_s: float) -> ApiError:
+    """The 429 of a submission over the tenant's rate, with ``Retry-After`` in whole seconds (>= 1)."""
+    retry_after = max(1, math.ceil(wait_s))
+    return ApiError(
+        429,
+        f"tenant {tenant!r} submits faster than its limit (tenants.<name>.submit_per_s and "
+        f"submit_burst); retry in {retry_after}s",
+        "rate_limited",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def over_ceiling(problems: list[dict[str, Any]]) -> ApiError:
+    """The 422 of a request above the tenant's ceilings, one ``errors`` entry per ceiling."""
+    summary = "; ".join(p["message"] for p in problems)
+    return ApiError(422, f"invalid task request: {summary}", "over_ceiling", errors=problems)
+
+
+def decode_cursor(cursor: str | None) -> TaskCursor | None:
+    """The page a ``?cursor=`` names; 422 for one this API did not write."""
+    if cursor is None:
+        return None
+    try:
+        return TaskCursor.decode(cursor)
+    except ValueError:
+        message = "not a cursor this API returned (use next_cursor of the previous page as it is)"
+        raise ApiError(
+            422,
+            f"invalid request: cursor: {message}",
+            ERROR_CODES[422],
+            errors=[{"field": "cursor", "message": message}],
+        ) from None
+
+
+Caller = Annotated[Principal, Depends(authenticated)]
+"""The principal of a route's request (401 without a valid key): ``principal: Caller``."""
+
+
 class _HandleDispatch:
-    """The chat routes' way to the role deployments (set by the Gateway replica in this process)."""
+    """The chat routes' way to the role deployments (set by the Gateway replica in this process), and
+    where they bill the key's tenant."""
 
     def __init__(self) -> None:
         self.handles: dict[str, Any] = {}
+        self.store: SqlStore | None = None
+
+    async def bill(self, tenant: str, usage: ModelUsage) -> None:
+        if self.store is not None:
+            await self.store.add_tenant_usage(tenant, usage)
 
     async def generate(self, role: Role, call: ModelCall) -> ModelAnswer:
         try:
@@ -520,7 +747,7 @@ class _HandleDispatch:
 
 
 _dispatch = _HandleDispatch()
-app.include_router(make_chat_router(_dispatch))
+app.include_router(make_chat_router(_dispatch, authenticate=authenticated, bill=_dispatch.bill))
 
 
 def _idempotency_key(header: str | None, body: str | None) -> str | None:
@@ -532,6 +759,14 @@ def _idempotency_key(header: str | None, body: str | None) -> str | None:
             f"idempotency_key ({body!r}) differ; send one, or the same value in both",
         )
     return header if header is not None else body
+
+
+def _task_not_found(task_id: str) -> ApiError:
+    return ApiError(404, f"task {task_id!r} not found", "task_not_found")
+
+
+def _not_in_dlq(task_id: str) -> ApiError:
+    return ApiError(404, f"task {task_id!r} is not in the dead-letter queue", "not_in_dlq")
 
 
 # serve.ingress pickles the app (and so these methods, with the module globals they use) when the
@@ -550,32 +785,64 @@ class Gateway:
         self.catalog = build_catalog(settings)  # plugin tools are known to the allowed_tools and plan checks
         self.store = SqlStore(settings.store.url)
         self.orchestrators: OrchestratorClient = create_client(settings, ports)
+        self.rate_limiter = SubmitRateLimiter()
+        install_verifier(KeyVerifier(self.store, settings.auth.cache_ttl_s))
         _dispatch.handles = {"planner": planner, "reviewer": reviewer, "ai_tool": ai_tool}
+        _dispatch.store = self.store
 
     @app.post("/v1/tasks", status_code=202)
     async def create_task(
         self,
         task: TaskRequest,
+        principal: Caller,
         idempotency_key: Annotated[
             str | None,
             Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         ] = None,
     ) -> JSONResponse:
-        record, created = await self._submit(task, idempotency_key)
+        record, created = await self._submit(task, idempotency_key, principal)
         body = {"task_id": record.task_id, "status": record.status.value}
         return JSONResponse(body, status_code=202 if created else 200)
+
+    @app.get("/v1/tasks")
+    async def list_tasks(
+        self,
+        principal: Caller,
+        status: TaskStatus | None = None,
+        created_after: Annotated[
+            datetime | None, Query(description="Only tasks created after this moment (ISO 8601).")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=TASK_LIST_MAX)] = TASK_LIST_DEFAULT,
+        cursor: Annotated[
+            str | None, Query(max_length=MAX_CURSOR_CHARS, description="next_cursor of the previous page.")
+        ] = None,
+        tenant: Annotated[
+            str | None, Query(pattern=TENANT_PATTERN, description="An admin key's choice of tenant.")
+        ] = None,
+    ) -> TaskList:
+        """The caller's tenant's tasks (an admin: every tenant's, or ``?tenant=``'s), newest first."""
+        require(principal, Action.READ, principal.tenant)
+        whose = listed_tenant(tenant, principal, "tasks")
+        records = await self.store.list_tasks(
+            status, limit + 1, tenant=whose, created_after=created_after, cursor=decode_cursor(cursor)
+        )
+        page = records[:limit]
+        more = len(records) > limit
+        next_cursor = TaskCursor(page[-1].created_at, page[-1].task_id).encode() if more else None
+        return TaskList(tasks=[task_summary(r) for r in page], next_cursor=next_cursor)
 
     @app.post("/tasks", status_code=202, response_model=TaskAccepted)
     async def submit_task(
         self,
         body: TaskSubmission,
+        principal: Caller,
         idempotency_key: Annotated[
             str | None,
             Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         ] = None,
     ) -> JSONResponse:
         task = task_request_from(body, self.settings.workflow.retry_policy)
-        record, created = await self._submit(task, idempotency_key)
+        record, created = await self._submit(task, idempotency_key, principal)
         cap = (task.retry_policy or self.settings.workflow.retry_policy).maximum_duration_s
         accepted = TaskAccepted(
             task_id=record.task_id,
@@ -585,118 +852,169 @@ class Gateway:
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if created else 200)
 
     @app.get("/tasks/{task_id}")
-    async def task_status(self, task_id: str) -> TaskStatusView:
-        return status_view(await self._record(task_id))
+    async def task_status(self, task_id: str, principal: Caller) -> TaskStatusView:
+        return status_view(await self._record(task_id, principal))
 
     @app.get("/tasks/{task_id}/status")
-    async def task_status_alias(self, task_id: str) -> TaskStatusView:
-        return status_view(await self._record(task_id))
+    async def task_status_alias(self, task_id: str, principal: Caller) -> TaskStatusView:
+        return status_view(await self._record(task_id, principal))
 
     @app.get("/tasks/{task_id}/logs")
-    async def task_logs(self, task_id: str) -> TaskLogsView:
-        record = await self._record(task_id)
+    async def task_logs(self, task_id: str, principal: Caller) -> TaskLogsView:
+        record = await self._record(task_id, principal)
         return TaskLogsView(task_id=record.task_id, logs=log_lines(record))
 
-    async def _submit(self, task: TaskRequest, header_key: str | None) -> tuple[TaskRecord, bool]:
-        """Check ``task`` (tools, ready plan) and submit it with its idempotency key (claimed with
-        the task, in one orchestrator call); ``(record, created)``. A refused task creates nothing;
-        a key used with another request answers 409 (``idempotency_conflict``)."""
+    async def _submit(
+        self, task: TaskRequest, header_key: str | None, principal: Principal
+    ) -> tuple[TaskRecord, bool]:
+        """Check ``task`` (the caller's tenant and role, its rate, the tenant's ceilings, tools, ready
+        plan) and submit it for that tenant, ``submitted_by`` the key, with its idempotency key
+        (claimed with the task, in one orchestrator call); ``(record, created)``. A refused task
+        creates nothing; a key used with another request answers 409 (``idempotency_conflict``); a
+        ``task_id`` that another tenant's task has answers 409 (``task_id_unavailable``), which says
+        nothing of that task."""
+        tenant = submission_tenant(task, principal)
+        require(principal, Action.SUBMIT, tenant)
+        limits = self.settings.tenant_limits(tenant)
+        wait_s = self.rate_limiter.acquire(tenant, limits)
+        if wait_s is not None:
+            raise rate_limited(tenant, wait_s)
+        task = task.model_copy(update={"tenant": tenant, "submitted_by": principal.key_id})
+        problems = ceiling_problems(task, limits)
+        if problems:
+            raise over_ceiling(problems)
         check_allowed_tools(task.allowed_tools, self.catalog)
         check_ready_plan(task, self.catalog)
         key = _idempotency_key(header_key, task.idempotency_key)
         if key is not None:
             task = task.model_copy(update={"idempotency_key": key})
-        return await self.orchestrators.submit(task)
+        record, created = await self.orchestrators.submit(task)
+        if record.tenant != tenant:
+            raise ApiError(
+                409,
+                f"task_id {task.task_id!r} cannot be used; choose another, or leave task_id out for a "
+                "new one",
+                "task_id_unavailable",
+            )
+        return record, created
 
     @app.get("/v1/tasks/{task_id}")
     async def get_task(
         self,
         task_id: str,
+        principal: Caller,
         wait_s: Annotated[
             float, Query(ge=0, le=MAX_WAIT_S, description="Long poll: answer once final, or after this.")
         ] = 0.0,
     ) -> dict[str, Any]:
-        record = await self._record(task_id)
+        record = await self._record(task_id, principal)
         if wait_s > 0 and not record.status.is_final:
-            record = await self._wait_final(record, wait_s)
+            record = await self._wait_final(record, wait_s, principal)
         return record.public_view()
 
-    async def _wait_final(self, record: TaskRecord, wait_s: float) -> TaskRecord:
+    async def _wait_final(self, record: TaskRecord, wait_s: float, principal: Principal) -> TaskRecord:
         """The record once final (the orchestrator running it answers the moment it ends), or as
         stored after ``wait_s``."""
         try:
             return await self.orchestrators.wait(record.task_id, wait_s)
         except Exception as exc:  # not final in time, or the shard is restarting: the store answers
             logger.debug("task %s: long poll ended without a final state: %s", record.task_id, exc)
-            return await self._record(record.task_id)
-
-    @app.get("/v1/tasks/{task_id}/events")
-    async def get_events(self, task_id: str) -> dict[str, Any]:
-        await self._record(task_id)
-        events = await self.store.events(task_id)
-        return {"task_id": task_id, "events": [event.model_dump(mode="json") for event in events]}
+            return await self._record(record.task_id, principal)
 
     @app.get("/v1/tasks/{task_id}/trace")
-    async def get_trace(self, task_id: str) -> dict[str, Any]:
-        record = await self._record(task_id)
+    async def get_trace(self, task_id: str, principal: Caller) -> dict[str, Any]:
+        record = await self._record(task_id, principal)
         spans = []
         if record.trace_id:
             spans = await asyncio.to_thread(read_trace, self.settings.telemetry.trace_file, record.trace_id)
         return {"task_id": task_id, "trace_id": record.trace_id, "spans": spans}
 
+    @app.post("/v1/tasks/{task_id}/feedback", status_code=201)
+    async def add_feedback(self, task_id: str, body: Feedback, principal: Caller) -> TaskFeedback:
+        """Store the caller's feedback on the task's result; answers the stored feedback."""
+        record = await self._record(task_id, principal)
+        require(principal, Action.FEEDBACK, record.tenant)
+        feedback = TaskFeedback(
+            **body.model_dump(), task_id=record.task_id, tenant=record.tenant, submitted_by=principal.key_id
+        )
+        return await self.store.add_feedback(feedback)
+
+    @app.get("/v1/tasks/{task_id}/feedback")
+    async def get_feedback(self, task_id: str, principal: Caller) -> dict[str, Any]:
+        record = await self._record(task_id, principal)
+        stored = await self.store.feedback(record.task_id)
+        return {"task_id": record.task_id, "feedback": [f.model_dump(mode="json") for f in stored]}
+
     @app.get("/v1/tenants/{tenant}/usage")
-    async def tenant_usage(self, tenant: str) -> dict[str, Any]:
+    async def tenant_usage(self, tenant: str, principal: Caller) -> dict[str, Any]:
+        """Tokens and cost of the tenant's finished tasks and chat calls (its own tenant; an admin: any)."""
+        if not principal.sees_tenant(tenant):
+            raise forbidden(f"this key reads the usage of tenant {principal.tenant!r} only")
+        require(principal, Action.USAGE_READ, tenant)
         usage = await self.store.tenant_usage(tenant)
         return {"tenant": tenant, **usage.model_dump(), "total_tokens": usage.total_tokens}
 
     @app.get("/v1/dlq")
     async def dlq_list(
         self,
-        tenant: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] = None,
+        principal: Caller,
+        tenant: Annotated[str | None, Query(pattern=TENANT_PATTERN)] = None,
         limit: Annotated[int, Query(ge=1, le=DLQ_LIST_MAX)] = 100,
     ) -> dict[str, Any]:
-        entries = await self.store.dlq_list(tenant, limit)
+        """The caller's tenant's dead-lettered tasks (an admin: every tenant's, or ``?tenant=``'s)."""
+        entries = await self.store.dlq_list(listed_tenant(tenant, principal, "dead-letter queue"), limit)
         return {"entries": [entry.model_dump(mode="json") for entry in entries], "count": len(entries)}
 
     @app.get("/v1/dlq/{task_id}")
-    async def dlq_get(self, task_id: str) -> dict[str, Any]:
-        entry = await self._dlq_entry(task_id)
+    async def dlq_get(self, task_id: str, principal: Caller) -> dict[str, Any]:
+        entry = await self._dlq_entry(task_id, principal)
         return entry.model_dump(mode="json")
 
     @app.post("/v1/dlq/{task_id}/retry", status_code=202)
-    async def dlq_retry(self, task_id: str) -> JSONResponse:
-        await self._dlq_entry(task_id)
+    async def dlq_retry(self, task_id: str, principal: Caller) -> JSONResponse:
+        """Admin only; 422 (``over_ceiling``) once the task was retried ``max_dlq_retries`` times."""
+        entry = await self._dlq_entry(task_id, principal)
+        require(principal, Action.DLQ_RETRY, entry.tenant)
+        limits = self.settings.tenant_limits(entry.tenant)
+        retries = sum(event.kind == "retried_from_dlq" for event in await self.store.events(task_id))
+        problem = dlq_retry_problem(retries, limits)
+        if problem is not None:
+            field = {"field": "max_dlq_retries", "message": problem, "ceiling": limits.max_dlq_retries}
+            raise ApiError(422, f"cannot retry: {problem}", "over_ceiling", errors=[field])
         try:
             record = await self.orchestrators.retry(task_id)
         except TaskNotFoundError:  # taken out of the queue meanwhile (another retry)
-            raise HTTPException(
-                status_code=404, detail=f"task {task_id!r} is not in the dead-letter queue"
-            ) from None
+            raise _not_in_dlq(task_id) from None
         return JSONResponse({"task_id": record.task_id, "status": record.status.value}, status_code=202)
 
     @app.post("/v1/tasks/{task_id}/approvals/{step_id}")
-    async def decide_approval(self, task_id: str, step_id: str, body: ApprovalRequest) -> dict[str, Any]:
-        """Decided by the task's orchestrator, which stores the decision and wakes the step."""
+    async def decide_approval(
+        self, task_id: str, step_id: str, body: ApprovalRequest, principal: Caller
+    ) -> dict[str, Any]:
+        """Decided by the task's orchestrator, which stores the decision and wakes the step. Needs an
+        approver (of the task's tenant) or admin key; the decision is recorded as the key's id."""
+        record = await self._record(task_id, principal)
+        require(principal, Action.DECIDE_APPROVAL, record.tenant)
         decision = _STORED_DECISION[body.decision]
         try:
             stored = await self.orchestrators.decide_approval(
-                task_id, step_id, decision, body.by, body.reason
+                task_id, step_id, decision, principal.key_id, body.reason
             )
         except TaskNotFoundError:
-            raise ApiError(404, f"task {task_id!r} not found", "task_not_found") from None
+            raise _task_not_found(task_id) from None
         except ApprovalConflictError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
         return {
             "task_id": task_id,
             "step_id": step_id,
             "decision": decision,
-            "decided_by": body.by,
+            "decided_by": principal.key_id,
             "decided_at": jsonable_encoder(stored.decided_at),
         }
 
     @app.get("/v1/tasks/{task_id}/approvals/{step_id}")
-    async def get_approval(self, task_id: str, step_id: str) -> dict[str, Any]:
-        record = await self._record(task_id)
+    async def get_approval(self, task_id: str, step_id: str, principal: Caller) -> dict[str, Any]:
+        record = await self._record(task_id, principal)
         step = next((s for s in record.steps if s.step_id == step_id), None)
         stored = None if step is None else await self.store.get_approval(task_id, step.idempotency_key)
         if stored is None:
@@ -714,6 +1032,7 @@ class Gateway:
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
+        """Public: no key needed."""
         try:
             in_flight, pools = await asyncio.gather(
                 self.orchestrators.in_flight(HEALTH_TIMEOUT_S),
@@ -730,14 +1049,74 @@ class Gateway:
         runners["problems"] = sorted({p["placement_problem"] for p in pools if p.get("placement_problem")})
         return JSONResponse({"status": "ok", "tasks_in_flight": in_flight, "tool_runners": runners})
 
-    async def _record(self, task_id: str) -> TaskRecord:
+    async def _record(self, task_id: str, principal: Principal) -> TaskRecord:
+        """The task's record; 404 (``task_not_found``) when there is none, or when it is another
+        tenant's and ``principal`` is not an admin (the same answer: nothing says it exists)."""
         record = await self.store.get_task(task_id)
-        if record is None:
-            raise ApiError(404, f"task {task_id!r} not found", "task_not_found")
+        if record is None or not principal.sees_tenant(record.tenant):
+            raise _task_not_found(task_id)
         return record
 
-    async def _dlq_entry(self, task_id: str) -> DlqDetail:
+    async def _dlq_entry(self, task_id: str, principal: Principal) -> DlqDetail:
+        """The dead-letter entry; 404 when there is none or it is another tenant's (not an admin)."""
         entry = await self.store.dlq_get(task_id)
-        if entry is None:
-            raise HTTPException(status_code=404, detail=f"task {task_id!r} is not in the dead-letter queue")
+        if entry is None or not principal.sees_tenant(entry.tenant):
+            raise _not_in_dlq(task_id)
         return entry
+
+    # -- events and webhooks (EVENTS) --
+
+    @app.get("/v1/tasks/{task_id}/events", response_model=None, responses=EVENTS_OPENAPI)
+    async def task_events(
+        self,
+        task_id: str,
+        principal: Caller,
+        accept: Annotated[str | None, Header(max_length=1000)] = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
+    ) -> EventSourceResponse | dict[str, Any]:
+        """The task's transitions: a JSON list, or with ``Accept: text/event-stream`` a live stream
+        (:mod:`serving.events`) that resumes after ``Last-Event-ID``."""
+        await self._record(task_id, principal)
+        try:
+            after_id = parse_last_event_id(last_event_id)
+        except ValueError as exc:
+            raise ApiError(
+                422,
+                f"invalid request: {exc}",
+                "invalid_last_event_id",
+                errors=[{"field": "Last-Event-ID", "message": str(exc)}],
+            ) from None
+        if wants_event_stream(accept):
+            return event_stream_response(self.store, task_id, after_id)
+        return events_view(task_id, await self.store.events(task_id, after_id))
+
+    @app.get("/v1/tasks/{task_id}/webhooks")
+    async def task_webhooks(self, task_id: str, principal: Caller) -> dict[str, Any]:
+        """The task's webhook deliveries (event, URL, status) with each attempt."""
+        await self._record(task_id, principal)
+        return deliveries_view(task_id, await self.store.webhook_deliveries(task_id))
+
+    # -- end events and webhooks (EVENTS) --
+
+    # -- cancel (CANCEL) --
+
+    @app.post("/v1/tasks/{task_id}/cancel", status_code=202)
+    async def cancel_task(self, task_id: str, principal: Caller) -> JSONResponse:
+        """Cancel the task: its running steps are stopped (sandbox processes killed, host tools
+        cancelled) and it ends ``cancelled``; what it recorded (step results, events, usage) stays.
+        202 with the status it had; 409 (``task_final``, with its ``status``) when it already ended."""
+        record = await self._record(task_id, principal)
+        require(principal, Action.CANCEL, record.tenant)
+        try:
+            if record.status.is_final:
+                status = record.status.value
+                raise TaskFinalError(f"task {task_id!r} already ended: {status}", status)
+            before = await self.orchestrators.cancel(task_id, principal.key_id)
+        except TaskNotFoundError:
+            raise _task_not_found(task_id) from None
+        except TaskFinalError as exc:
+            raise ApiError(409, str(exc), "task_final", status=exc.status) from None
+        body = {"task_id": task_id, "status": before.status.value, "cancelled_by": principal.key_id}
+        return JSONResponse(body, status_code=202)
+
+    # -- end cancel (CANCEL) --

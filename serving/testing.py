@@ -20,17 +20,32 @@ a test that ended with items left over, and a call past the end of the script fa
 :class:`FakeClock` stands in for ``time.monotonic`` and ``asyncio.sleep``: pass ``clock=fake`` (or
 ``fake.now``) and ``sleep=fake.sleep``; every sleep advances the clock at once and is recorded in
 :attr:`FakeClock.sleeps`.
+
+:class:`FakeTaskApi` is an in-memory stand-in for the gateway's task API (the routes' shapes, API
+keys, the event stream) that command-line clients are tested against; :func:`serve_in_thread` serves
+an ASGI app on loopback with uvicorn for the length of a ``with`` block.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
-from collections.abc import Iterable
-from typing import Any
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import Annotated, Any
 
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from officeray.auth import Principal, Role
 from officeray.config import EmbeddedTierConfig, OpenAITierConfig, TierConfig, VllmTierConfig
+from officeray.contracts import StepResult, StepStatus, TaskEvent, TaskRecord, TaskRequest, TaskStatus, utcnow
 from serving.tiers.base import ModelAnswer, ModelCall, ModelTier
 
 SCRIPTED_TIER_NO_TIMEOUT_S = 3600.0
@@ -157,3 +172,401 @@ class FakeClock:
     def waits(self) -> list[float]:
         """The same list as :attr:`sleeps`."""
         return self.sleeps
+
+
+# -- a fake task API for command-line clients (helper CLIENT) --
+
+FAKE_ADMIN_KEY = "ofr_00000000000a_" + "a" * 32
+"""The admin key (tenant ``default``) a :class:`FakeTaskApi` accepts unless given other keys."""
+FAKE_USER_KEY = "ofr_00000000000b_" + "b" * 32
+"""A ``user`` key of tenant ``acme``."""
+FAKE_OTHER_USER_KEY = "ofr_00000000000c_" + "c" * 32
+"""A ``user`` key of tenant ``globex``."""
+FAKE_POLL_S = 0.01
+"""How often the fake's long polls and event streams look for news."""
+FAKE_MAX_LIST_LIMIT = 500
+SERVER_START_TIMEOUT_S = 10.0
+"""How long :func:`serve_in_thread` waits for uvicorn to accept connections."""
+
+
+_AuthHeader = Annotated[str | None, Header(alias="Authorization")]
+
+
+def _fake_principals() -> dict[str, Principal]:
+    return {
+        FAKE_ADMIN_KEY: Principal("00000000000a", "default", Role.ADMIN),
+        FAKE_USER_KEY: Principal("00000000000b", "acme", Role.USER),
+        FAKE_OTHER_USER_KEY: Principal("00000000000c", "globex", Role.USER),
+    }
+
+
+class _Refused(Exception):
+    def __init__(
+        self, status: int, detail: str, code: str, headers: Mapping[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.code = status, detail, code
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+class FakeTaskApi:
+    """The task API's routes in memory, answering in the gateway's shapes (``{"detail", "code"}``
+    errors, 401 with ``WWW-Authenticate`` for a missing or unknown key, 404 for another tenant's task):
+    ``POST/GET /v1/tasks``, ``GET /v1/tasks/{id}`` (``?wait_s=`` long poll), ``.../events`` (server-sent
+    events with ``Accept: text/event-stream``, resumed after ``Last-Event-ID``; a JSON list otherwise),
+    ``.../cancel``, ``.../approvals/{step}``, ``.../feedback``, ``/v1/dlq`` (admin) and ``/healthz``.
+
+    ``keys`` maps API keys to principals (default: :data:`FAKE_ADMIN_KEY`, :data:`FAKE_USER_KEY`,
+    :data:`FAKE_OTHER_USER_KEY`). A submitted task runs by itself to ``finish_as`` (planning, one
+    step ``s1`` running then succeeded, then the final state; ``transition_delay_s`` apart), or
+    stays queued when ``finish_as`` is None: move it with :meth:`transition`. ``cut_streams_after``
+    ends each of the first ``cut_streams`` event streams after that many events, before the task is
+    final, as a dropped connection would. What the fake saw is in :attr:`requests` (method, path),
+    :attr:`last_event_ids`, :attr:`decisions` and :attr:`feedback`.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, Principal] | None = None,
+        *,
+        finish_as: TaskStatus | None = TaskStatus.COMPLETED,
+        transition_delay_s: float = 0.0,
+        cut_streams_after: int | None = None,
+        cut_streams: int = 1,
+    ) -> None:
+        self.keys = dict(keys) if keys is not None else _fake_principals()
+        self.finish_as = finish_as
+        self.transition_delay_s = transition_delay_s
+        self.cut_streams_after = cut_streams_after
+        self.cuts_left = cut_streams if cut_streams_after is not None else 0
+        self.tasks: dict[str, TaskRecord] = {}
+        self.events: dict[str, list[TaskEvent]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.last_event_ids: list[str | None] = []
+        self.decisions: list[dict[str, Any]] = []
+        self.feedback: dict[str, list[dict[str, Any]]] = {}
+        self.dlq: dict[str, dict[str, Any]] = {}
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._event_seq = 0
+        self._background: set[asyncio.Task[None]] = set()
+        self.app = self._build_app()
+
+    # -- what tests drive --
+
+    def add_task(self, record: TaskRecord) -> TaskRecord:
+        """Store ``record`` (as if submitted) with its first event."""
+        with self._lock:
+            self.tasks[record.task_id] = record
+            self.events.setdefault(record.task_id, [])
+            self._append_event(record.task_id, record.status)
+        return record
+
+    def transition(self, task_id: str, status: TaskStatus, **changes: Any) -> TaskRecord:
+        """Move the task to ``status`` (with other record fields changed too) and record the event."""
+        with self._lock:
+            update = {"status": status, "updated_at": utcnow(), **changes}
+            if status.is_final:
+                update.setdefault("finished_at", utcnow())
+            record = self.tasks[task_id].model_copy(update=update)
+            self.tasks[task_id] = record
+            self._append_event(task_id, status, changes.get("current_step"))
+        return record
+
+    def _append_event(self, task_id: str, status: TaskStatus, step: str | None = None) -> None:
+        self._event_seq += 1
+        data: dict[str, Any] = {"status": status.value}
+        if step:
+            data["current_step"] = step
+        self.events[task_id].append(TaskEvent(id=self._event_seq, kind="status", data=data, at=utcnow()))
+
+    async def _run(self, task_id: str, finish_as: TaskStatus) -> None:
+        """The scripted life of a submitted task (see the class doc)."""
+        step = StepResult(
+            step_id="s1", action="echo", idempotency_key=f"{task_id}:s1", status=StepStatus.RUNNING
+        )
+        description = self.tasks[task_id].description
+        script: list[tuple[TaskStatus, dict[str, Any]]] = [
+            (TaskStatus.PLANNING, {"current_step": "planning (iteration 1)", "iterations": 1}),
+            (TaskStatus.EXECUTING, {"current_step": "step s1 (echo) running", "steps": [step]}),
+        ]
+        done = step.model_copy(update={"status": StepStatus.SUCCEEDED, "attempts": 1, "output": description})
+        final: dict[str, Any]
+        if finish_as == TaskStatus.COMPLETED:
+            final = {"steps": [done], "result": {"echo": description}, "current_step": "completed"}
+        else:
+            failed = step.model_copy(update={"status": StepStatus.FAILED, "attempts": 1})
+            final = {
+                "steps": [failed],
+                "error": f"the fake task ended {finish_as.value}",
+                "current_step": None,
+            }
+        script.append((finish_as, final))
+        for status, changes in script:
+            await asyncio.sleep(self.transition_delay_s)
+            if self.tasks[task_id].status.is_final:  # cancelled meanwhile
+                return
+            self.transition(task_id, status, **changes)
+
+    # -- the app --
+
+    def _principal(self, authorization: str | None) -> Principal:
+        scheme, _, key = (authorization or "").partition(" ")
+        principal = self.keys.get(key.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
+            raise _Refused(
+                401, "missing or invalid API key", "unauthorized", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return principal
+
+    def _task(self, task_id: str, principal: Principal) -> TaskRecord:
+        record = self.tasks.get(task_id)
+        if record is None or not principal.sees_tenant(record.tenant):
+            raise _Refused(404, f"task {task_id!r} not found", "task_not_found")
+        return record
+
+    def _build_app(self) -> FastAPI:  # noqa: C901 - one closure per route, as a fake server is
+        app = FastAPI(title="officeray (fake task API)")
+
+        @app.middleware("http")
+        async def _log(request: Request, call_next: Any) -> Any:
+            self.requests.append((request.method, request.url.path))
+            return await call_next(request)
+
+        @app.exception_handler(_Refused)
+        async def _refused(_request: Request, exc: _Refused) -> JSONResponse:
+            body = {"detail": exc.detail, "code": exc.code, **exc.extra}
+            return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+        @app.exception_handler(RequestValidationError)
+        async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+            errors = [
+                {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "(body)", "message": e["msg"]}
+                for e in exc.errors()
+            ]
+            summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            return JSONResponse(
+                {"detail": f"invalid request: {summary}", "code": "invalid_request", "errors": errors},
+                status_code=422,
+            )
+
+        @app.get("/healthz")
+        async def healthz() -> dict[str, Any]:
+            return {
+                "status": "ok",
+                "tasks_in_flight": sum(not t.status.is_final for t in self.tasks.values()),
+            }
+
+        @app.post("/v1/tasks", status_code=202)
+        async def submit(
+            body: dict[str, Any],
+            authorization: _AuthHeader = None,
+            idempotency_key: Annotated[str | None, Header()] = None,
+        ) -> JSONResponse:
+            principal = self._principal(authorization)
+            try:
+                request = TaskRequest.model_validate({**body, "tenant": principal.tenant})
+            except ValidationError as exc:
+                errors = [
+                    {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+                    for e in exc.errors()
+                ]
+                raise _Refused(422, "invalid task request", "invalid_request", errors=errors) from None
+            if idempotency_key and (principal.tenant, idempotency_key) in self._idempotency:
+                known = self.tasks[self._idempotency[(principal.tenant, idempotency_key)]]
+                return JSONResponse({"task_id": known.task_id, "status": known.status.value}, status_code=200)
+            task_id = f"task-{len(self.tasks) + 1:04d}"
+            self.add_task(
+                TaskRecord(task_id=task_id, description=request.description, tenant=principal.tenant)
+            )
+            if idempotency_key:
+                self._idempotency[(principal.tenant, idempotency_key)] = task_id
+            if self.finish_as is not None:
+                runner = asyncio.create_task(self._run(task_id, self.finish_as))
+                self._background.add(runner)
+                runner.add_done_callback(self._background.discard)
+            return JSONResponse({"task_id": task_id, "status": "queued"}, status_code=202)
+
+        @app.get("/v1/tasks")
+        async def list_tasks(
+            authorization: _AuthHeader = None,
+            status: TaskStatus | None = None,
+            tenant: str | None = None,
+            limit: Annotated[int, Query(ge=1, le=FAKE_MAX_LIST_LIMIT)] = 50,
+            cursor: str | None = None,
+        ) -> dict[str, Any]:
+            principal = self._principal(authorization)
+            wanted = (
+                tenant
+                if principal.is_admin and tenant
+                else (None if principal.is_admin else principal.tenant)
+            )
+            chosen = [
+                t
+                for t in reversed(list(self.tasks.values()))
+                if (wanted is None or t.tenant == wanted) and (status is None or t.status == status)
+            ]
+            start = int(cursor) if cursor and cursor.isdigit() else 0
+            page = chosen[start : start + limit]
+            more = start + limit < len(chosen)
+            return {
+                "tasks": [t.public_view() for t in page],
+                "next_cursor": str(start + limit) if more else None,
+            }
+
+        @app.get("/v1/tasks/{task_id}")
+        async def get_task(
+            task_id: str,
+            authorization: _AuthHeader = None,
+            wait_s: Annotated[float, Query(ge=0, le=30)] = 0.0,
+        ) -> dict[str, Any]:
+            principal = self._principal(authorization)
+            record = self._task(task_id, principal)
+            deadline = time.monotonic() + wait_s
+            while not record.status.is_final and time.monotonic() < deadline:
+                await asyncio.sleep(FAKE_POLL_S)
+                record = self.tasks[task_id]
+            return record.public_view()
+
+        @app.get("/v1/tasks/{task_id}/events", response_model=None)
+        async def events(
+            task_id: str,
+            request: Request,
+            authorization: _AuthHeader = None,
+            last_event_id: Annotated[str | None, Header()] = None,
+        ) -> Any:
+            from sse_starlette import EventSourceResponse
+
+            self._task(task_id, self._principal(authorization))
+            if "text/event-stream" not in request.headers.get("accept", ""):
+                return {
+                    "task_id": task_id,
+                    "events": [e.model_dump(mode="json") for e in self.events[task_id]],
+                }
+            self.last_event_ids.append(last_event_id)
+            after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+            cut_after = None
+            if self.cuts_left > 0:
+                self.cuts_left -= 1
+                cut_after = self.cut_streams_after
+            return EventSourceResponse(self._stream(task_id, after, cut_after))
+
+        @app.post("/v1/tasks/{task_id}/cancel", status_code=202)
+        async def cancel(task_id: str, authorization: _AuthHeader = None) -> dict[str, Any]:
+            record = self._task(task_id, self._principal(authorization))
+            if record.status.is_final:
+                raise _Refused(409, f"task {task_id!r} already ended {record.status.value}", "task_final")
+            self.transition(task_id, TaskStatus.CANCELLED, error="cancelled by a client")
+            return {"task_id": task_id, "status": TaskStatus.CANCELLED.value}
+
+        @app.post("/v1/tasks/{task_id}/approvals/{step_id}")
+        async def approve(
+            task_id: str, step_id: str, body: dict[str, Any], authorization: _AuthHeader = None
+        ) -> dict[str, Any]:
+            principal = self._principal(authorization)
+            record = self._task(task_id, principal)
+            if principal.role == Role.USER:
+                raise _Refused(403, "deciding approvals needs an approver or admin key", "forbidden")
+            if body.get("decision") not in ("approve", "reject"):
+                raise _Refused(422, "decision must be approve or reject", "invalid_request")
+            waiting = any(
+                s.step_id == step_id and s.status == StepStatus.WAITING_APPROVAL for s in record.steps
+            )
+            if not waiting:
+                raise _Refused(
+                    409, f"step {step_id!r} of task {task_id!r} does not wait", "approval_conflict"
+                )
+            decision = {
+                "task_id": task_id,
+                "step_id": step_id,
+                "decision": "approved" if body["decision"] == "approve" else "rejected",
+                "decided_by": principal.key_id,
+                "reason": body.get("reason", ""),
+            }
+            self.decisions.append(decision)
+            return decision
+
+        @app.post("/v1/tasks/{task_id}/feedback", status_code=201)
+        async def feedback(
+            task_id: str, body: dict[str, Any], authorization: _AuthHeader = None
+        ) -> dict[str, Any]:
+            self._task(task_id, self._principal(authorization))
+            if body.get("rating") not in (-1, 0, 1):
+                raise _Refused(
+                    422,
+                    "rating must be -1, 0 or 1",
+                    "invalid_request",
+                    errors=[{"field": "rating", "message": "must be -1, 0 or 1"}],
+                )
+            self.feedback.setdefault(task_id, []).append(body)
+            return {"task_id": task_id, **body}
+
+        def _admin(authorization: str | None) -> None:
+            if not self._principal(authorization).is_admin:
+                raise _Refused(403, "the dead-letter queue needs an admin key", "forbidden")
+
+        @app.get("/v1/dlq")
+        async def dlq_list(
+            authorization: _AuthHeader = None, tenant: str | None = None, limit: int = 100
+        ) -> dict[str, Any]:
+            _admin(authorization)
+            entries = [e for e in self.dlq.values() if tenant in (None, e.get("tenant"))][:limit]
+            return {"entries": entries, "count": len(entries)}
+
+        @app.get("/v1/dlq/{task_id}")
+        async def dlq_get(task_id: str, authorization: _AuthHeader = None) -> dict[str, Any]:
+            _admin(authorization)
+            if task_id not in self.dlq:
+                raise _Refused(404, f"task {task_id!r} is not in the dead-letter queue", "task_not_found")
+            return self.dlq[task_id]
+
+        @app.post("/v1/dlq/{task_id}/retry", status_code=202)
+        async def dlq_retry(task_id: str, authorization: _AuthHeader = None) -> dict[str, Any]:
+            _admin(authorization)
+            if self.dlq.pop(task_id, None) is None:
+                raise _Refused(404, f"task {task_id!r} is not in the dead-letter queue", "task_not_found")
+            return {"task_id": task_id, "status": "queued"}
+
+        return app
+
+    async def _stream(self, task_id: str, after: int, cut_after: int | None) -> AsyncIterator[dict[str, str]]:
+        """The task's events after id ``after`` as they come; ends once the final state was sent (or
+        after ``cut_after`` events: a cut stream)."""
+        sent = 0
+        while True:
+            news = [e for e in self.events[task_id] if e.id is not None and e.id > after]
+            for event in news:
+                yield {"event": event.kind, "id": str(event.id), "data": event.model_dump_json()}
+                after = event.id or after
+                sent += 1
+                if cut_after is not None and sent >= cut_after:
+                    return
+            if not news and self.tasks[task_id].status.is_final:
+                return
+            await asyncio.sleep(FAKE_POLL_S)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` on a free loopback port with uvicorn in a thread; yields its base URL
+    (``http://127.0.0.1:PORT``) and stops the server when the block ends."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(FAKE_POLL_S)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=SERVER_START_TIMEOUT_S)
+        sock.close()

@@ -15,6 +15,9 @@ Failure handling:
 * no answer within ``timeout_s + GRACE_S`` (the agent enforces ``timeout_s`` itself, so it is stuck)
   → the sandbox is killed and :class:`ToolCallError` ``timeout`` is raised;
 * EOF (the agent or its container died) → :class:`SandboxError` naming the cause;
+* :meth:`AgentSandbox.interrupt` (the step was cancelled) kills the agent with every process it
+  started (the container, in Docker) → the call in flight raises :class:`ToolCallError`
+  ``cancelled``;
 * in every failure case the next request starts a fresh sandbox.
 """
 
@@ -210,6 +213,7 @@ class AgentSandbox(Sandbox):
         self._lock = threading.RLock()
         self._channel: AgentChannel | None = None
         self._stopped = False
+        self._interrupted = threading.Event()
         self.agent_info: dict[str, Any] = {}
         """What the agent's last start-up ping answered (pid, version, python, workspace)."""
         self.starts = 0
@@ -246,6 +250,19 @@ class AgentSandbox(Sandbox):
         self._terminate()  # unblocks a request in flight (it sees EOF)
         with self._lock:
             self._discard()
+
+    def interrupt(self) -> None:
+        """Stop the call in flight now, or the next call when none was sent yet: the agent is killed
+        with every process it started (in Docker: the container is removed), and that call raises
+        :class:`ToolCallError` ``cancelled``. The call after it starts a fresh agent. Safe to call
+        from another thread while a call runs; :meth:`clear_interrupt` withdraws an interrupt that
+        no call took."""
+        self._interrupted.set()
+        self._terminate()  # the call in flight sees EOF at once
+
+    def clear_interrupt(self) -> None:
+        """Forget an :meth:`interrupt` that no call took (it came after the call ended)."""
+        self._interrupted.clear()
 
     @property
     def alive(self) -> bool:
@@ -335,11 +352,30 @@ class AgentSandbox(Sandbox):
         assert self._channel is not None
         return self._channel
 
+    def _request(
+        self, channel: AgentChannel, op: str, fields: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """``channel.request``; a request cut short by :meth:`interrupt` raises ``cancelled``."""
+        try:
+            return channel.request(op, fields, timeout_s)
+        except (ChannelTimeout, ChannelClosed, ChannelProtocolError):
+            if not self._interrupted.is_set():
+                raise
+            self._interrupted.clear()
+            self._discard()
+            raise ToolCallError(
+                ErrorType.CANCELLED, f"the {op} was cancelled: its processes were killed"
+            ) from None
+
     def _op(self, op: str, fields: dict[str, Any], timeout_s: float) -> Any:
         with self._lock:
+            if op == "call" and self._interrupted.is_set():
+                self._interrupted.clear()
+                self._discard()  # what the interrupt killed; the next call starts afresh
+                raise ToolCallError(ErrorType.CANCELLED, "the call was cancelled before it started")
             channel = self._ready_channel()
             try:
-                response = channel.request(op, fields, timeout_s)
+                response = self._request(channel, op, fields, timeout_s)
             except ChannelTimeout:
                 self._discard()
                 raise ToolCallError(

@@ -95,6 +95,16 @@ class Sandbox(abc.ABC):
         """Empty the workspace (and, in a container, the scratch folders and IPC objects) and kill
         leftover processes, so that the next task sees nothing of the previous one."""
 
+    def interrupt(self) -> None:
+        """Stop the call in flight (its step was cancelled) from another thread: every process the
+        call started is killed and the call raises :class:`ToolCallError` ``cancelled``; the next
+        call starts clean. A backend that cannot stop a call leaves it running."""
+        return None
+
+    def clear_interrupt(self) -> None:
+        """Forget an :meth:`interrupt` that came after its call ended."""
+        return None
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop the sandbox and release everything it holds. Safe to call twice."""

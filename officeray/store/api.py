@@ -15,10 +15,15 @@ pending), and return an awaitable that is done once the write is durable. Time-d
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
 from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
+from officeray.auth import ApiKeyRecord
 from officeray.contracts import (
     APPROVAL_VERDICTS,
     ApprovalDecision,
@@ -33,12 +38,17 @@ from officeray.contracts import (
     TaskStatus,
     utcnow,
 )
+from officeray.feedback import TaskFeedback
+from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 DLQ_LIST_LIMIT = 100
 """Entries :meth:`TaskStore.dlq_list` answers unless told otherwise."""
 
 TASK_LIST_LIMIT = 100
 """Records :meth:`TaskStore.list_tasks` answers unless told otherwise."""
+
+WEBHOOK_CLAIM_LIMIT = 32
+"""Deliveries :meth:`TaskStore.claim_webhooks` leases per call unless told otherwise."""
 
 CLAIM_LIMIT = 1000
 """Tasks :meth:`TaskStore.claimable_unfinished` leases per call unless told otherwise."""
@@ -49,6 +59,41 @@ class ResumableTask(NamedTuple):
 
     record: TaskRecord
     request: TaskRequest
+
+
+MAX_CURSOR_CHARS = 512
+"""Longest list cursor :meth:`TaskCursor.decode` reads (a real one is under 200 characters)."""
+
+_CURSOR_TASK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class TaskCursor(NamedTuple):
+    """Where a page of :meth:`TaskStore.list_tasks` ended: its last task's ``created_at`` (as first
+    stored) and id. The next page holds the tasks after it in the list's order (newest first; ties:
+    greater id first). Clients see it as an opaque string (:meth:`encode`)."""
+
+    created_at: datetime
+    task_id: str
+
+    def encode(self) -> str:
+        """The opaque string a client sends back (URL-safe base64 of JSON)."""
+        raw = json.dumps([as_utc(self.created_at).isoformat(), self.task_id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> TaskCursor:
+        """The cursor :meth:`encode` wrote; ValueError for anything else (a forged or cut cursor)."""
+        if not isinstance(text, str) or not 0 < len(text) <= MAX_CURSOR_CHARS:
+            raise ValueError("invalid cursor")
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            created_at, task_id = json.loads(raw)
+            moment = datetime.fromisoformat(created_at)
+        except (ValueError, TypeError, binascii.Error):
+            raise ValueError("invalid cursor") from None
+        if not isinstance(task_id, str) or not _CURSOR_TASK_ID.match(task_id):
+            raise ValueError("invalid cursor")
+        return cls(as_utc(moment), task_id)
 
 
 class IdempotencyClaim(NamedTuple):
@@ -96,8 +141,9 @@ class TaskStore(Protocol):
     ) -> Awaitable[bool]:
         """The end of a task's run at once: its final record and event (as :meth:`save_transition`,
         fenced on ``owner``'s lease when given), the dead-letter entry of a failed task (its error as
-        the reason) and its model usage added to its tenant's. All of it is stored or none. Raises
-        ValueError (when called) for a record that is not final."""
+        the reason) and its model usage added to its tenant's totals and to the tenant's usage of the
+        UTC day of its ``finished_at``. All of it is stored or none. Raises ValueError (when called)
+        for a record that is not final."""
         ...
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
@@ -107,9 +153,17 @@ class TaskStore(Protocol):
         ...
 
     async def list_tasks(
-        self, status: TaskStatus | None = None, limit: int = TASK_LIST_LIMIT
+        self,
+        status: TaskStatus | None = None,
+        limit: int = TASK_LIST_LIMIT,
+        *,
+        tenant: str | None = None,
+        created_after: datetime | None = None,
+        cursor: TaskCursor | None = None,
     ) -> list[TaskRecord]:
-        """Records, newest first (by when they were first stored)."""
+        """Records, newest first (by when they were first stored; ties: greater id first), at most
+        ``limit``: only ``tenant``'s, only those created after ``created_after``, only those after
+        ``cursor`` in this order, when given."""
         ...
 
     async def unfinished(self) -> list[ResumableTask]:
@@ -119,8 +173,19 @@ class TaskStore(Protocol):
 
     def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Awaitable[None]: ...
 
-    async def events(self, task_id: str) -> list[TaskEvent]:
-        """The task's events in the order written."""
+    async def events(self, task_id: str, after_id: int | None = None) -> list[TaskEvent]:
+        """The task's events in the order written, each with its ``id`` (increasing in write order,
+        across all tasks); with ``after_id``, only those written after the event of that id."""
+        ...
+
+    # -- feedback -----------------------------------------------------------------------------------
+
+    async def add_feedback(self, feedback: TaskFeedback) -> TaskFeedback:
+        """Store a user's feedback on a task; the stored one (its ``id`` filled, increasing)."""
+        ...
+
+    async def feedback(self, task_id: str) -> list[TaskFeedback]:
+        """The task's feedback, oldest first."""
         ...
 
     # -- step results and usage ---------------------------------------------------------------------
@@ -132,12 +197,18 @@ class TaskStore(Protocol):
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None: ...
 
-    def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> Awaitable[None]:
-        """Add ``usage`` to the tenant's totals (atomically)."""
+    def add_tenant_usage(self, tenant: str, usage: ModelUsage, day: date | None = None) -> Awaitable[None]:
+        """Add ``usage`` to the tenant's totals and to its usage of ``day`` (UTC; default: today), in
+        one transaction."""
         ...
 
     async def tenant_usage(self, tenant: str) -> ModelUsage:
         """The tenant's totals (zero for a tenant never charged)."""
+        ...
+
+    async def tenant_usage_on(self, tenant: str, day: date) -> ModelUsage:
+        """The tenant's usage of one UTC day (zero for a day it was not charged): the tasks that
+        finished that day, and :meth:`add_tenant_usage` calls for it."""
         ...
 
     # -- leases: one runner per task among many orchestrators ---------------------------------------
@@ -209,6 +280,60 @@ class TaskStore(Protocol):
         ...
 
     async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None: ...
+
+    # -- API keys -------------------------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord) -> bool:
+        """Store a new key (:func:`~officeray.auth.mint_key`'s record); False (nothing changed) when a
+        key with its id exists."""
+        ...
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key's record, revoked or not (None for an unknown id)."""
+        ...
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        """Every key, revoked ones too, oldest first (ties: by id); only ``tenant``'s when given."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, now: datetime | None = None) -> bool:
+        """Revoke the key at ``now``: it authenticates nothing from then on. False for an unknown or
+        already revoked key (its ``revoked_at`` is kept)."""
+        ...
+
+    async def count_api_keys(self) -> int:
+        """How many keys are active (not revoked)."""
+        ...
+
+    # -- webhook outbox (written with the transitions it announces: officeray.store.outbox) ------------
+
+    async def claim_webhooks(
+        self, owner: str, lease_s: float, now: datetime | None = None, limit: int = WEBHOOK_CLAIM_LIMIT
+    ) -> list[WebhookDelivery]:
+        """Pending deliveries due at ``now`` that nobody holds (or whose lease expired), soonest due
+        first, each leased to ``owner`` until ``now + lease_s`` before it is returned: claimers that
+        call this at once get disjoint deliveries. ValueError for ``lease_s <= 0``."""
+        ...
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        attempt: WebhookAttempt,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Record one attempt and the delivery's new state at once, and give its lease up: ``pending``
+        (tried again at ``next_attempt_at``), ``delivered``, ``given_up`` or ``not_sent`` (with
+        ``reason``). False (nothing recorded) when ``owner`` does not hold the delivery's lease any
+        more, or it is final. ValueError for a pending outcome without ``next_attempt_at``, or a final
+        one with it."""
+        ...
+
+    async def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
+        """The task's webhook deliveries, oldest first, with their attempts in order."""
+        ...
 
     def close(self) -> None: ...
 

@@ -146,6 +146,99 @@ def _approvals_v3(md: sa.MetaData) -> sa.Table:
     )
 
 
+def _api_keys_v4(md: sa.MetaData) -> sa.Table:
+    """API keys: an argon2id hash of each key (never the key), its tenant and role."""
+    return sa.Table(
+        "api_keys",
+        md,
+        sa.Column("key_id", sa.String(32), primary_key=True),
+        sa.Column("tenant", sa.String(128), nullable=False, index=True),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("key_hash", sa.Text, nullable=False),
+        sa.Column("webhook_secret", sa.String(256), nullable=False),
+        sa.Column("name", sa.Text, nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    )
+
+
+def _webhook_outbox_v5(md: sa.MetaData) -> sa.Table:
+    """Webhook deliveries to make (:class:`~officeray.webhooks.WebhookDelivery`): one row per event
+    and URL, written with the transition that causes it; leased by the orchestrator delivering it."""
+    return sa.Table(
+        "webhook_outbox",
+        md,
+        sa.Column("delivery_id", sa.String(64), primary_key=True),
+        sa.Column("task_id", sa.String(128), nullable=False, index=True),
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("event", sa.String(32), nullable=False),
+        sa.Column("url", sa.Text, nullable=False),
+        sa.Column("key_id", sa.String(64), nullable=True),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease_owner", sa.String(256), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reason", sa.Text, nullable=True),
+        sa.Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
+    )
+
+
+def _webhook_attempts_v5(md: sa.MetaData) -> sa.Table:
+    """Each try at a webhook delivery: when, the receiver's HTTP status, what went wrong."""
+    return sa.Table(
+        "webhook_attempts",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("delivery_id", sa.String(64), nullable=False, index=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("status_code", sa.Integer, nullable=True),
+        sa.Column("error", sa.Text, nullable=True),
+    )
+
+
+def _tasks_v6(md: sa.MetaData) -> sa.Table:
+    """``tenant`` (whose task it is; lists filter on it) joins version 1's columns."""
+    table = _tasks_v1(md)
+    table.append_column(sa.Column("tenant", sa.String(128), nullable=False, server_default="default"))
+    sa.Index("ix_tasks_tenant_created_at", table.c.tenant, table.c.created_at)
+    return table
+
+
+def _task_feedback_v6(md: sa.MetaData) -> sa.Table:
+    """What users said about a task's result (:class:`~officeray.feedback.TaskFeedback`)."""
+    return sa.Table(
+        "task_feedback",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("task_id", sa.String(128), nullable=False, index=True),
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("rating", sa.SmallInteger, nullable=False),
+        sa.Column("comment", sa.Text, nullable=False),
+        sa.Column("labels", sa.Text, nullable=False),
+        sa.Column("submitted_by", sa.String(64), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def _tenant_daily_usage_v7(md: sa.MetaData) -> sa.Table:
+    """Model usage per tenant and UTC day (what ``tenants.<name>.daily_token_budget`` is checked
+    against), added with the tenant's totals in one transaction."""
+    return sa.Table(
+        "tenant_daily_usage",
+        md,
+        sa.Column("tenant", sa.String(128), primary_key=True),
+        sa.Column("day", sa.Date, primary_key=True),
+        sa.Column("prompt_tokens", sa.BigInteger, nullable=False, default=0),
+        sa.Column("completion_tokens", sa.BigInteger, nullable=False, default=0),
+        sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+        sa.Column("calls", sa.BigInteger, nullable=False, default=0),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
 def _schema_migrations(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "schema_migrations",
@@ -159,14 +252,19 @@ def _schema_migrations(md: sa.MetaData) -> sa.Table:
 metadata = sa.MetaData()
 """The current schema, for queries (never ``create_all``: :data:`MIGRATIONS` own the schema)."""
 
-tasks_table = _tasks_v1(metadata)
+tasks_table = _tasks_v6(metadata)
+task_feedback_table = _task_feedback_v6(metadata)
 events_table = _task_events_v1(metadata)
 step_results_table = _step_results_v1(metadata)
 tenant_usage_table = _tenant_usage_v1(metadata)
+tenant_daily_usage_table = _tenant_daily_usage_v7(metadata)
 leases_table = _task_leases_v2(metadata)
 dlq_table = _dlq_v2(metadata)
 idempotency_keys_table = _idempotency_keys_v2(metadata)
 approvals_table = _approvals_v3(metadata)
+api_keys_table = _api_keys_v4(metadata)
+webhook_outbox_table = _webhook_outbox_v5(metadata)
+webhook_attempts_table = _webhook_attempts_v5(metadata)
 migrations_table = _schema_migrations(metadata)
 
 
@@ -200,12 +298,45 @@ def _migration_3(conn: Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE approvals ALTER COLUMN step_id TYPE VARCHAR({KEY_CHARS})"))
 
 
+def _migration_4(conn: Connection) -> None:
+    _api_keys_v4(sa.MetaData()).create(conn, checkfirst=False)
+
+
+def _migration_5(conn: Connection) -> None:
+    md = sa.MetaData()
+    for build in (_webhook_outbox_v5, _webhook_attempts_v5):
+        build(md)
+    md.create_all(conn, checkfirst=False)
+
+
+_TENANT_OF_RECORD = {
+    "sqlite": "COALESCE(json_extract(record, '$.tenant'), 'default')",
+    "postgresql": "COALESCE(CAST(record AS json) ->> 'tenant', 'default')",
+}
+"""The tenant in a ``tasks.record`` JSON document, per dialect (what migration 6 backfills)."""
+
+
+def _migration_6(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE tasks ADD COLUMN tenant VARCHAR(128) NOT NULL DEFAULT 'default'"))
+    conn.execute(sa.text(f"UPDATE tasks SET tenant = {_TENANT_OF_RECORD[conn.dialect.name]}"))
+    conn.execute(sa.text("CREATE INDEX ix_tasks_tenant_created_at ON tasks (tenant, created_at)"))
+    _task_feedback_v6(sa.MetaData()).create(conn, checkfirst=False)
+
+
+def _migration_7(conn: Connection) -> None:
+    _tenant_daily_usage_v7(sa.MetaData()).create(conn, checkfirst=False)
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "tasks, task_events, step_results, tenant_usage", _migration_1),
     (2, "task_leases, dlq, idempotency_keys, approvals", _migration_2),
     (3, "approvals.step_id holds a step's idempotency key: VARCHAR(256)", _migration_3),
+    (4, "api_keys", _migration_4),
+    (5, "webhook_outbox, webhook_attempts", _migration_5),
+    (6, "tasks.tenant (backfilled from the record, indexed with created_at), task_feedback", _migration_6),
+    (7, "tenant_daily_usage: model usage per tenant and UTC day", _migration_7),
 )
 """Every schema change, oldest first: ``(version, description, apply(conn))``. Append only; never edit
 or reorder an entry that has shipped."""

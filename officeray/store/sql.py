@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import date, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
 
+from officeray.auth import ApiKeyRecord
 from officeray.contracts import (
     ApprovalDecision,
     ApprovalVerdict,
@@ -32,12 +33,15 @@ from officeray.contracts import (
     TaskStatus,
     utcnow,
 )
+from officeray.feedback import TaskFeedback
 from officeray.store.api import (
     CLAIM_LIMIT,
     DLQ_LIST_LIMIT,
     TASK_LIST_LIMIT,
+    WEBHOOK_CLAIM_LIMIT,
     IdempotencyClaim,
     ResumableTask,
+    TaskCursor,
     TaskStore,
     as_utc,
     check_verdict,
@@ -54,13 +58,17 @@ from officeray.store.engine import (
     read_connection,
     write_transaction,
 )
+from officeray.store.feedback import FeedbackRepository, feedback_row
 from officeray.store.idempotency import IdempotencyRepository
+from officeray.store.keys import ApiKeyRepository, api_key_row
 from officeray.store.leases import LeaseRepository, lease_row
+from officeray.store.outbox import OutboxRepository, WebhookDue, check_outcome, webhook_due
 from officeray.store.schema import applied_versions, migrate, tasks_table
 from officeray.store.steps import StepResultRepository, step_row
 from officeray.store.tasks import TaskRepository, event_row, new_task_row, task_row
 from officeray.store.usage import TenantUsageRepository
 from officeray.store.writer import GroupCommitter, Job, LeaseChange, fenced
+from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,6 +106,7 @@ class SqlStore:
         self._dlq = DlqRepository(dialect)
         self._idempotency = IdempotencyRepository(dialect)
         self._approvals = ApprovalRepository(dialect)
+        self._api_keys = ApiKeyRepository(dialect)
         self._writer = GroupCommitter(self._engine, self._leases.holders)
 
     # -- how work reaches the database ---------------------------------------------------------------
@@ -162,9 +171,22 @@ class SqlStore:
         self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
     ) -> Awaitable[bool]:
         row, event = task_row(record), event_row(record.task_id, kind, data)
-        return self._submit(
-            fenced(partial(self._tasks.transition_on, row=row, event=event), record.task_id, owner)
-        )
+        webhook = webhook_due(record, kind, data)
+        if webhook is None:  # most transitions: the hot path, as it was
+            work = partial(self._tasks.transition_on, row=row, event=event)
+        else:
+            work = partial(self._transition_on, row=row, event=event, webhook=webhook)
+        return self._submit(fenced(work, record.task_id, owner))
+
+    def _transition_on(
+        self, conn: Connection, row: dict[str, Any], event: dict[str, Any], webhook: WebhookDue | None
+    ) -> bool:
+        """The record, its event and the webhook delivery it causes (if the task has a webhook URL)."""
+        self._tasks.save_on(conn, row)
+        event_id = self._tasks.event_on(conn, event)
+        if webhook is not None:
+            OutboxRepository.put_on(conn, webhook, event_id)
+        return True
 
     def finish_task(
         self, record: TaskRecord, kind: str, data: dict[str, Any], *, owner: str | None = None
@@ -175,9 +197,11 @@ class SqlStore:
             self._finish_on,
             row=task_row(record),
             event=event_row(record.task_id, kind, data),
+            webhook=webhook_due(record, kind, data),
             dead_letter=dlq_row(record, record.error or "failed") if failed else None,
             usage=record.usage.model_dump() if record.usage.calls else None,
             tenant=record.tenant,
+            day=as_utc(record.finished_at).date(),
         )
         return self._submit(fenced(work, record.task_id, owner))
 
@@ -186,15 +210,17 @@ class SqlStore:
         conn: Connection,
         row: dict[str, Any],
         event: dict[str, Any],
+        webhook: WebhookDue | None,
         dead_letter: dict[str, Any] | None,
         usage: dict[str, Any] | None,
         tenant: str,
+        day: date,
     ) -> bool:
-        self._tasks.transition_on(conn, row, event)
+        self._transition_on(conn, row, event, webhook)
         if dead_letter is not None:
             self._dlq.put_on(conn, dead_letter)
         if usage is not None:
-            self._usage.add_on(conn, tenant, usage)
+            self._usage.add_on(conn, tenant, usage, day)
         return True
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
@@ -204,9 +230,15 @@ class SqlStore:
         return await self._read(self._tasks.get_request, task_id)
 
     async def list_tasks(
-        self, status: TaskStatus | None = None, limit: int = TASK_LIST_LIMIT
+        self,
+        status: TaskStatus | None = None,
+        limit: int = TASK_LIST_LIMIT,
+        *,
+        tenant: str | None = None,
+        created_after: datetime | None = None,
+        cursor: TaskCursor | None = None,
     ) -> list[TaskRecord]:
-        return await self._read(self._tasks.list_records, status, limit)
+        return await self._read(self._tasks.list_records, status, limit, tenant, created_after, cursor)
 
     async def unfinished(self) -> list[ResumableTask]:
         return await self._read(self._tasks.unfinished)
@@ -214,8 +246,16 @@ class SqlStore:
     def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> Awaitable[None]:
         return self._submit(partial(self._tasks.event_on, event=event_row(task_id, kind, data)))
 
-    async def events(self, task_id: str) -> list[TaskEvent]:
-        return await self._read(self._tasks.events, task_id)
+    async def events(self, task_id: str, after_id: int | None = None) -> list[TaskEvent]:
+        return await self._read(self._tasks.events, task_id, after_id)
+
+    # -- feedback ------------------------------------------------------------------------------------
+
+    async def add_feedback(self, feedback: TaskFeedback) -> TaskFeedback:
+        return await self._write_alone(partial(FeedbackRepository.add_on, row=feedback_row(feedback)))
+
+    async def feedback(self, task_id: str) -> list[TaskFeedback]:
+        return await self._read(FeedbackRepository.of_task, task_id)
 
     # -- step results and usage ----------------------------------------------------------------------
 
@@ -225,11 +265,15 @@ class SqlStore:
     async def get_step_result(self, idempotency_key: str) -> StepResult | None:
         return await self._read(self._steps.get, idempotency_key)
 
-    def add_tenant_usage(self, tenant: str, usage: ModelUsage) -> Awaitable[None]:
-        return self._submit(partial(self._usage.add_on, tenant=tenant, usage=usage.model_dump()))
+    def add_tenant_usage(self, tenant: str, usage: ModelUsage, day: date | None = None) -> Awaitable[None]:
+        day = day or as_utc(None).date()
+        return self._submit(partial(self._usage.add_on, tenant=tenant, usage=usage.model_dump(), day=day))
 
     async def tenant_usage(self, tenant: str) -> ModelUsage:
         return await self._read(self._usage.get, tenant)
+
+    async def tenant_usage_on(self, tenant: str, day: date) -> ModelUsage:
+        return await self._read(self._usage.get_on, tenant, day)
 
     # -- leases --------------------------------------------------------------------------------------
 
@@ -312,6 +356,62 @@ class SqlStore:
 
     async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None:
         return await self._read(self._approvals.get, task_id, step_id)
+
+    # -- API keys ------------------------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord) -> bool:
+        return await self._write_alone(partial(self._api_keys.create_on, row=api_key_row(record)))
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        return await self._read(self._api_keys.get, key_id)
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        return await self._read(self._api_keys.records, tenant)
+
+    async def revoke_api_key(self, key_id: str, now: datetime | None = None) -> bool:
+        return await self._write_alone(partial(self._api_keys.revoke_on, key_id=key_id, now=as_utc(now)))
+
+    async def count_api_keys(self) -> int:
+        return await self._read(self._api_keys.count_active)
+
+    # -- webhook outbox ------------------------------------------------------------------------------
+
+    async def claim_webhooks(
+        self, owner: str, lease_s: float, now: datetime | None = None, limit: int = WEBHOOK_CLAIM_LIMIT
+    ) -> list[WebhookDelivery]:
+        moment = as_utc(now)
+        claim = partial(
+            OutboxRepository.claim_on,
+            owner=owner,
+            expires_at=moment + positive_ttl(lease_s),
+            now=moment,
+            limit=limit,
+        )
+        return await self._write_alone(claim)
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: str,
+        owner: str,
+        attempt: WebhookAttempt,
+        status: DeliveryStatus,
+        next_attempt_at: datetime | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        check_outcome(status, next_attempt_at)
+        work = partial(
+            OutboxRepository.record_on,
+            delivery_id=delivery_id,
+            owner=owner,
+            attempt=attempt,
+            status=status,
+            next_attempt_at=next_attempt_at,
+            reason=reason,
+        )
+        return await self._write_alone(work)
+
+    async def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
+        return await self._read(OutboxRepository.deliveries, task_id)
 
     # -- the database --------------------------------------------------------------------------------
 

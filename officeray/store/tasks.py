@@ -8,19 +8,20 @@ created with. ``task_events`` holds every transition of a task, in order.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from officeray.contracts import TaskEvent, TaskRecord, TaskRequest, TaskStatus, utcnow
-from officeray.store.api import ResumableTask, as_utc
+from officeray.store.api import ResumableTask, TaskCursor, as_utc
 from officeray.store.engine import insert
 from officeray.store.schema import events_table, tasks_table
 
-FINAL_STATUSES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
+FINAL_STATUSES = tuple(status.value for status in TaskStatus if status.is_final)
 
-_ROW_COLUMNS = ("task_id", "status", "description", "record", "created_at", "updated_at")
+_ROW_COLUMNS = ("task_id", "status", "tenant", "description", "record", "created_at", "updated_at")
 _REPLACED_COLUMNS = ("status", "description", "record", "updated_at")
 """What saving a known task changes (its ``created_at`` and request are kept)."""
 
@@ -31,6 +32,7 @@ def task_row(record: TaskRecord) -> dict[str, Any]:
     return {
         "task_id": record.task_id,
         "status": record.status.value,
+        "tenant": record.tenant,
         "description": record.description,
         "record": record.model_copy(update={"updated_at": now}).model_dump_json(),  # a shallow copy
         "created_at": as_utc(record.created_at),
@@ -43,6 +45,7 @@ def new_task_row(record: TaskRecord, request: TaskRequest) -> dict[str, Any]:
     return {
         "task_id": record.task_id,
         "status": record.status.value,
+        "tenant": record.tenant,
         "description": record.description,
         "record": record.model_dump_json(),
         "request": request.model_dump_json(),
@@ -102,8 +105,12 @@ class TaskRepository:
         )
         return conn.execute(stmt).first() is not None
 
-    def event_on(self, conn: Connection, event: dict[str, Any]) -> None:
-        conn.execute(self._event_insert, event)
+    def event_on(self, conn: Connection, event: dict[str, Any]) -> int:
+        """Insert one event; its id."""
+        inserted = conn.execute(self._event_insert, event).inserted_primary_key
+        if inserted is None:  # not for a single-row insert with an autoincrement key
+            raise RuntimeError("the database answered no id for the new event")
+        return int(inserted[0])
 
     # -- reads ----------------------------------------------------------------------------------------
 
@@ -122,10 +129,29 @@ class TaskRepository:
         return None if raw is None else TaskRequest.model_validate_json(raw)
 
     @staticmethod
-    def list_records(conn: Connection, status: TaskStatus | None, limit: int) -> list[TaskRecord]:
-        query = sa.select(tasks_table.c.record).order_by(tasks_table.c.created_at.desc()).limit(limit)
+    def list_records(
+        conn: Connection,
+        status: TaskStatus | None,
+        limit: int,
+        tenant: str | None = None,
+        created_after: datetime | None = None,
+        cursor: TaskCursor | None = None,
+    ) -> list[TaskRecord]:
+        t = tasks_table
+        query = sa.select(t.c.record).order_by(t.c.created_at.desc(), t.c.task_id.desc()).limit(limit)
         if status is not None:
-            query = query.where(tasks_table.c.status == status.value)
+            query = query.where(t.c.status == status.value)
+        if tenant is not None:
+            query = query.where(t.c.tenant == tenant)
+        if created_after is not None:
+            query = query.where(t.c.created_at > as_utc(created_after))
+        if cursor is not None:
+            moment = as_utc(cursor.created_at)
+            query = query.where(
+                sa.or_(
+                    t.c.created_at < moment, sa.and_(t.c.created_at == moment, t.c.task_id < cursor.task_id)
+                )
+            )
         return [TaskRecord.model_validate_json(raw) for raw in conn.execute(query).scalars()]
 
     @staticmethod
@@ -149,6 +175,12 @@ class TaskRepository:
         return _resumable(rows)
 
     @staticmethod
-    def events(conn: Connection, task_id: str) -> list[TaskEvent]:
-        query = sa.select(events_table).where(events_table.c.task_id == task_id).order_by(events_table.c.id)
-        return [TaskEvent(kind=row.kind, data=json.loads(row.data), at=row.at) for row in conn.execute(query)]
+    def events(conn: Connection, task_id: str, after_id: int | None = None) -> list[TaskEvent]:
+        e = events_table
+        query = sa.select(e).where(e.c.task_id == task_id).order_by(e.c.id)
+        if after_id is not None:
+            query = query.where(e.c.id > after_id)
+        return [
+            TaskEvent(id=row.id, kind=row.kind, data=json.loads(row.data), at=row.at)
+            for row in conn.execute(query)
+        ]

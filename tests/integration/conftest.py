@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from officeray.auth import Role, mint_key
 from officeray.config import Settings, load_settings
+from tests.integration.stored import with_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,9 +62,41 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         "workflow.lease_ttl_s": 8.0,
         "workflow.claim_interval_s": 0.5,
         "workflow.orchestrators": 2,
+        # the tests submit far faster than a client should, and run more tasks at once than the
+        # default tenant's 64: the limits are tested on their own tenants
+        "tenants": {"default": {"submit_per_s": 1000.0, "submit_burst": 1000, "max_concurrent_tasks": 4096}},
         **overrides,
     }
     return load_settings(None, **data)
+
+
+def create_key(store_url: str, tenant: str = "default", role: Role = Role.ADMIN) -> str:
+    """A new API key in the store at ``store_url`` (what ``officeray keys create`` does): the key."""
+    key, record = mint_key(tenant, role)
+    assert with_store(store_url, lambda store: store.create_api_key(record))
+    return key
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The header that authenticates a request with ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def base_url(stack: Any) -> str:
+    return f"http://127.0.0.1:{stack.settings.serve.port}"
+
+
+@pytest.fixture(scope="package")
+def admin_key(stack: Any) -> str:
+    """An admin key of tenant ``default`` in the test stack's store."""
+    return create_key(stack.settings.store.url)
+
+
+@pytest.fixture
+def api(stack: Any, admin_key: str) -> Iterator[httpx.Client]:
+    """An HTTP client of the test stack that sends :func:`admin_key`."""
+    with httpx.Client(base_url=base_url(stack), headers=bearer(admin_key), timeout=60) as http:
+        yield http
 
 
 @pytest.fixture(scope="package")

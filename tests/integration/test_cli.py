@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, require_docker
+from tests.integration.conftest import REPO, bearer, create_key, require_docker
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +22,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env["OFFICERAY_STORE__URL"] = f"sqlite:///{tmp_path}/cli.db"
     env["OFFICERAY_TELEMETRY__TRACE_FILE"] = str(tmp_path / "traces.jsonl")
     env["OFFICERAY_RUNNERS__COUNT"] = "2"
+    env["OFFICERAY_AUTH__ADMIN_KEY_FILE"] = str(tmp_path / "admin.key")
     return env
 
 
@@ -139,11 +140,14 @@ def test_serve_answers_http_until_stopped(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        created = httpx.post(f"{base}/v1/tasks", json={"description": "Calculate 40 + 2"}, timeout=10)
+        auth = bearer(create_key(f"sqlite:///{tmp_path}/cli.db"))
+        created = httpx.post(
+            f"{base}/v1/tasks", json={"description": "Calculate 40 + 2"}, headers=auth, timeout=10
+        )
         assert created.status_code == 202
         task_id = created.json()["task_id"]
         while time.monotonic() < deadline:
-            body = httpx.get(f"{base}/v1/tasks/{task_id}", timeout=10).json()
+            body = httpx.get(f"{base}/v1/tasks/{task_id}", headers=auth, timeout=10).json()
             if body["status"] in ("completed", "failed"):
                 break
             time.sleep(0.2)

@@ -21,6 +21,7 @@ from cluster.runtime import LocalStack
 from officeray.contracts import TaskRecord, TaskRequest, TaskStatus, utcnow
 from officeray.store import SqlStore
 from officeray.testing import make_plan
+from tests.integration.conftest import bearer
 from tests.integration.stored import with_store
 
 pytestmark = pytest.mark.integration
@@ -29,8 +30,9 @@ POLL_TIMEOUT_S = 120
 
 
 @pytest.fixture
-def client(stack: LocalStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{stack.settings.serve.port}", timeout=60) as http:
+def client(stack: LocalStack, admin_key: str) -> Iterator[httpx.Client]:
+    base = f"http://127.0.0.1:{stack.settings.serve.port}"
+    with httpx.Client(base_url=base, headers=bearer(admin_key), timeout=60) as http:
         yield http
 
 

@@ -15,10 +15,12 @@ from fastapi.testclient import TestClient
 from ray.exceptions import RayTaskError
 
 from cluster.runtime import LocalStack
+from officeray.auth import parse_key
 from officeray.contracts import StepResult, StepStatus, TaskRecord, TaskRequest, TaskStatus
 from officeray.errors import StoreUnavailableError
 from serving import gateway
 from serving.gateway import MAX_REQUEST_BYTES
+from tests.integration.conftest import bearer
 from tests.integration.stored import with_store
 
 pytestmark = pytest.mark.integration
@@ -33,8 +35,8 @@ def _base(stack: LocalStack) -> str:
 
 
 @pytest.fixture
-def client(stack: LocalStack) -> Any:
-    with httpx.Client(base_url=_base(stack), timeout=60) as http:
+def client(stack: LocalStack, admin_key: str) -> Any:
+    with httpx.Client(base_url=_base(stack), headers=bearer(admin_key), timeout=60) as http:
         yield http
 
 
@@ -135,13 +137,13 @@ def test_idempotency_key_with_a_different_body_is_a_conflict(stack: LocalStack, 
     assert elsewhere.status_code == 202 and elsewhere.json()["task_id"] != first.json()["task_id"]
 
 
-def test_concurrent_posts_with_one_key_make_one_task(stack: LocalStack) -> None:
+def test_concurrent_posts_with_one_key_make_one_task(stack: LocalStack, admin_key: str) -> None:
     tenant, key = _tenant(), uuid.uuid4().hex
     body = {"description": "What is 3 ** 3?", "tenant": tenant}
 
     def post(_: int) -> httpx.Response:
         with httpx.Client(base_url=_base(stack), timeout=60) as http:
-            return http.post("/v1/tasks", json=body, headers={"Idempotency-Key": key})
+            return http.post("/v1/tasks", json=body, headers={"Idempotency-Key": key, **bearer(admin_key)})
 
     with ThreadPoolExecutor(CONCURRENT_POSTS) as pool:
         responses = list(pool.map(post, range(CONCURRENT_POSTS)))
@@ -298,10 +300,12 @@ def test_approving_a_step_that_does_not_wait_is_a_409(client: httpx.Client) -> N
     assert client.get(f"/v1/tasks/{task_id}/approvals/s1").status_code == 404
 
 
-def test_a_waiting_step_is_decided_once(stack: LocalStack, client: httpx.Client) -> None:
-    """The decision is stored, the orchestrator notified, and a second decision refused. No built-in
-    tool needs approval with the default config, so the waiting task is written to the store
-    directly; without a stored request no orchestrator picks it up to run it."""
+def test_a_waiting_step_is_decided_once(stack: LocalStack, client: httpx.Client, admin_key: str) -> None:
+    """The decision is stored (as decided by the key, whatever the body's ``by`` says), the
+    orchestrator notified, and a second decision refused. No built-in tool needs approval with the
+    default config, so the waiting task is written to the store directly; without a stored request
+    no orchestrator picks it up to run it."""
+    key_id = parse_key(admin_key)
     task_id = f"task-{uuid.uuid4().hex[:16]}"
     waiting = StepResult(
         step_id="s1",
@@ -322,23 +326,22 @@ def test_a_waiting_step_is_decided_once(stack: LocalStack, client: httpx.Client)
     assert approved.status_code == 200, approved.text
     body = approved.json()
     assert body["task_id"] == task_id and body["step_id"] == "s1" and body["decision"] == "approved"
-    assert body["decided_by"] == "alice" and body["decided_at"]
+    assert body["decided_by"] == key_id and body["decided_at"]
 
     again = client.post(f"/v1/tasks/{task_id}/approvals/s1", json={"decision": "reject", "by": "bob"})
     assert again.status_code == 409
-    assert "already decided" in again.json()["detail"] and "alice" in again.json()["detail"]
+    assert "already decided" in again.json()["detail"] and str(key_id) in again.json()["detail"]
 
     stored = client.get(f"/v1/tasks/{task_id}/approvals/s1")
     assert stored.status_code == 200
     assert stored.json()["decision"] == "approved" and stored.json()["reason"] == "looks safe"
-    assert stored.json()["decided_by"] == "alice" and stored.json()["decided_at"] == body["decided_at"]
+    assert stored.json()["decided_by"] == key_id and stored.json()["decided_at"] == body["decided_at"]
 
 
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"decision": "maybe", "by": "alice"}, "decision"),
-        ({"decision": "approve"}, "by"),
         ({"decision": "approve", "by": ""}, "by"),
         ({"decision": "approve", "by": "alice", "extra": 1}, "extra"),
     ],

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, free_port, require_docker
+from officeray.auth import parse_key
+from tests.integration.conftest import REPO, bearer, create_key, free_port, require_docker
 from tests.store.conftest import PostgresServer, require_postgres
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,8 @@ PYTHON_TASK = "Run python:\nprint('approved work')"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, PostgresServer]]:
+def server(tmp_path: Path) -> Iterator[tuple[str, PostgresServer, str]]:
+    """``officeray serve`` on a PostgreSQL store: its address, the server, an admin key."""
     require_docker()
     postgres = PostgresServer(require_postgres())
     postgres.start()
@@ -47,7 +49,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, PostgresServer]]:
     exe = str(Path(sys.executable).with_name("officeray"))
     proc = subprocess.Popen(
         [exe, "serve", "--port", str(port), "--config", str(config)],
-        cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env={**os.environ, "OFFICERAY_AUTH__ADMIN_KEY_FILE": str(tmp_path / "admin.key")},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -61,7 +64,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, PostgresServer]]:
                 pass
             assert time.monotonic() < deadline, "officeray serve did not come up"
             time.sleep(0.5)
-        yield base, postgres
+        yield base, postgres, create_key(url)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -82,9 +85,10 @@ def _until(client: httpx.Client, task_id: str, statuses: set[str]) -> dict[str, 
     raise AssertionError(f"task {task_id} never reached {statuses}")
 
 
-def test_approvals_and_a_store_outage_over_http(server: tuple[str, PostgresServer]) -> None:
-    base, postgres = server
-    with httpx.Client(base_url=base, timeout=30) as client:
+def test_approvals_and_a_store_outage_over_http(server: tuple[str, PostgresServer, str]) -> None:
+    base, postgres, key = server
+    key_id = parse_key(key)
+    with httpx.Client(base_url=base, headers=bearer(key), timeout=30) as client:
         # approve: the step waits (no runner held), then runs once approved
         first = client.post("/v1/tasks", json={"description": PYTHON_TASK}).json()["task_id"]
         waiting = _until(client, first, {"waiting_approval"})
@@ -98,7 +102,8 @@ def test_approvals_and_a_store_outage_over_http(server: tuple[str, PostgresServe
             for e in client.get(f"/v1/tasks/{first}/events").json()["events"]
             if e["kind"] == "approval_decided"
         ]
-        assert audit[0]["data"]["decided_by"] == "alice" and audit[0]["data"]["decision"] == "approved"
+        # decided by the key, whatever the body's "by" says
+        assert audit[0]["data"]["decided_by"] == key_id and audit[0]["data"]["decision"] == "approved"
         again = client.post(f"/v1/tasks/{first}/approvals/s1", json={"decision": "reject", "by": "mallory"})
         assert again.status_code == 409
 
@@ -109,7 +114,7 @@ def test_approvals_and_a_store_outage_over_http(server: tuple[str, PostgresServe
             f"/v1/tasks/{second}/approvals/s1", json={"decision": "reject", "by": "bob", "reason": "no"}
         )
         failed = _until(client, second, {"completed", "failed"})
-        assert failed["status"] == "failed" and "rejected by bob" in failed["error"]
+        assert failed["status"] == "failed" and f"rejected by {key_id}" in failed["error"]
         assert client.get(f"/v1/dlq/{second}").status_code == 200
 
         # the store goes away: nothing is accepted, the answer is 503 with Retry-After

@@ -12,7 +12,7 @@ from cluster.cli import read_task_lines
 from cluster.runtime import LocalStack
 from officeray.contracts import TaskRequest, TaskStatus
 from officeray.telemetry import read_trace
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +76,8 @@ def test_unplannable_task_fails_with_the_phrasings_it_understands(stack: LocalSt
     assert "models.planner" in (record.error or "") and record.steps == []
 
 
-def test_http_api_accepts_a_task_and_reports_progress(stack: LocalStack) -> None:
-    with httpx.Client(base_url=_base(stack), timeout=30) as client:
+def test_http_api_accepts_a_task_and_reports_progress(stack: LocalStack, admin_key: str) -> None:
+    with httpx.Client(base_url=_base(stack), headers=bearer(admin_key), timeout=30) as client:
         health = client.get("/healthz").json()
         assert health["status"] == "ok"
         runners = stack.settings.runners.count * stack.settings.workflow.orchestrators  # a pool per shard
@@ -109,15 +109,17 @@ def test_http_api_accepts_a_task_and_reports_progress(stack: LocalStack) -> None
         ([1, 2], "(body)"),
     ],
 )
-def test_http_api_bad_input_gets_a_422_naming_the_field(stack: LocalStack, body: Any, fragment: str) -> None:
-    with httpx.Client(base_url=_base(stack), timeout=30) as client:
+def test_http_api_bad_input_gets_a_422_naming_the_field(
+    stack: LocalStack, admin_key: str, body: Any, fragment: str
+) -> None:
+    with httpx.Client(base_url=_base(stack), headers=bearer(admin_key), timeout=30) as client:
         response = client.post("/v1/tasks", json=body)
     assert response.status_code == 422
     assert fragment in response.json()["detail"]
 
 
-def test_http_api_malformed_json_and_unknown_ids(stack: LocalStack) -> None:
-    with httpx.Client(base_url=_base(stack), timeout=30) as client:
+def test_http_api_malformed_json_and_unknown_ids(stack: LocalStack, admin_key: str) -> None:
+    with httpx.Client(base_url=_base(stack), headers=bearer(admin_key), timeout=30) as client:
         bad = client.post("/v1/tasks", content=b"{not json", headers={"content-type": "application/json"})
         assert bad.status_code == 422 and "invalid task request" in bad.json()["detail"]
         missing = client.get("/v1/tasks/task-does-not-exist")
@@ -125,7 +127,7 @@ def test_http_api_malformed_json_and_unknown_ids(stack: LocalStack) -> None:
         assert client.get("/v1/tasks/task-does-not-exist/trace").status_code == 404
 
 
-def test_every_task_is_one_trace_with_all_its_spans(stack: LocalStack) -> None:
+def test_every_task_is_one_trace_with_all_its_spans(stack: LocalStack, admin_key: str) -> None:
     (record,) = stack.run([TaskRequest(description="Compute 1 + 1 then calculate ans * 10")])
     assert record.status == TaskStatus.COMPLETED and record.result == 20
     spans = read_trace(stack.settings.telemetry.trace_file, record.trace_id or "")
@@ -133,15 +135,17 @@ def test_every_task_is_one_trace_with_all_its_spans(stack: LocalStack) -> None:
     for expected in ("task", "plan", "validate", "step s1", "step s2", "review", "tool math_calculator"):
         assert expected in names, names
     assert len({s["context"]["trace_id"] for s in spans}) == 1
-    with httpx.Client(base_url=_base(stack), timeout=30) as client:
+    with httpx.Client(base_url=_base(stack), headers=bearer(admin_key), timeout=30) as client:
         served = client.get(f"/v1/tasks/{record.task_id}/trace").json()
     assert [s["name"] for s in served["spans"]] == names
 
 
-def test_long_poll_answers_when_the_task_ends_and_sleep_steps_hold_no_sandbox(stack: LocalStack) -> None:
+def test_long_poll_answers_when_the_task_ends_and_sleep_steps_hold_no_sandbox(
+    stack: LocalStack, admin_key: str
+) -> None:
     # four parallel 1 s waits with 2 sandbox runners: host steps do not queue for a runner
     description = " and also ".join(["wait 1 second"] * 4)
-    with httpx.Client(base_url=_base(stack), timeout=60) as client:
+    with httpx.Client(base_url=_base(stack), headers=bearer(admin_key), timeout=60) as client:
         started = time.monotonic()
         task_id = client.post("/v1/tasks", json={"description": description}).json()["task_id"]
         early = client.get(f"/v1/tasks/{task_id}", params={"wait_s": 0.2})

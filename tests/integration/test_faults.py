@@ -17,6 +17,7 @@ import ray
 from cluster.runtime import LocalStack
 from officeray.contracts import TaskEvent, TaskRecord, TaskRequest, TaskStatus
 from officeray.store import SqlStore
+from tests.integration.conftest import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -111,12 +112,14 @@ def test_killing_a_tool_runner_mid_step_retries_the_step_on_another(stack: Local
     assert step.attempts == 2 and step.output["stdout"].strip() == "survived"
 
 
-def test_tasks_are_spread_over_the_orchestrator_shards_and_each_runs_once(stack: LocalStack) -> None:
+def test_tasks_are_spread_over_the_orchestrator_shards_and_each_runs_once(
+    stack: LocalStack, admin_key: str
+) -> None:
     assert stack.settings.workflow.orchestrators == 2
     base = f"http://127.0.0.1:{stack.settings.serve.port}"
     store = SqlStore(stack.settings.store.url)
     task_ids = [f"shard-{i:02d}" for i in range(20)]
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base, headers=bearer(admin_key), timeout=30) as client:
         for task_id in task_ids:
             assert (
                 client.post(

@@ -7,16 +7,18 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cluster.runtime import LocalStack
+from officeray.auth import Role
 from officeray.contracts import TaskRequest, TaskStatus
 from officeray.telemetry import read_trace
 from tests.fake_openai_server import FakeOpenAIServer
-from tests.integration.conftest import REPO, require_docker
+from tests.integration.conftest import REPO, bearer, create_key, require_docker
 
 pytestmark = pytest.mark.integration
 
@@ -94,8 +96,15 @@ def test_planner_falls_back_past_a_failing_endpoint_and_an_openai_plan_drives_th
 
 
 def test_chat_completions_serves_the_role_models(stack: LocalStack) -> None:
+    """With a key of its own tenant (a user key), whose usage the answered completions are billed to."""
     base = f"http://127.0.0.1:{stack.settings.serve.port}"
-    with httpx.Client(base_url=base, timeout=60) as client:
+    tenant = f"chat-{uuid.uuid4().hex[:12]}"
+    key = create_key(stack.settings.store.url, tenant, Role.USER)
+    with httpx.Client(base_url=base, timeout=60) as anonymous:
+        refused = anonymous.post("/v1/chat/completions", json={"model": "planner", "messages": []})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        assert anonymous.get("/v1/models").status_code == 401
+    with httpx.Client(base_url=base, headers=bearer(key), timeout=60) as client:
         models = client.get("/v1/models").json()
         assert {m["id"] for m in models["data"]} == {"planner", "reviewer", "ai_tool"}
         body = {"model": "planner", "messages": [{"role": "user", "content": "Compute 2 + 2"}]}
@@ -123,6 +132,9 @@ def test_chat_completions_serves_the_role_models(stack: LocalStack) -> None:
             "/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "Book a flight"}]}
         )
         assert refused.status_code == 422
+        # the two answered completions (a plain one and a stream) are billed to the key's tenant
+        usage = client.get(f"/v1/tenants/{tenant}/usage").json()
+        assert usage["calls"] == 2 and usage["prompt_tokens"] > data["usage"]["prompt_tokens"] > 0
 
 
 def test_tokens_are_summed_per_task_and_per_tenant(stack: LocalStack) -> None:

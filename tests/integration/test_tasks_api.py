@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from cluster.runtime import LocalStack
+from tests.integration.conftest import bearer
 from tests.integration.stored import with_store
 from tests.integration.test_api_fuzz import CALL_TIMEOUT_S as FUZZ_CALL_TIMEOUT_S
 from tests.integration.test_api_fuzz import MAX_EXAMPLES as FUZZ_MAX_EXAMPLES
@@ -35,8 +36,8 @@ def _base(stack: LocalStack) -> str:
 
 
 @pytest.fixture
-def client(stack: LocalStack) -> Any:
-    with httpx.Client(base_url=_base(stack), timeout=60) as http:
+def client(stack: LocalStack, admin_key: str) -> Any:
+    with httpx.Client(base_url=_base(stack), headers=bearer(admin_key), timeout=60) as http:
         yield http
 
 
@@ -242,7 +243,7 @@ def test_an_invalid_ready_plan_answers_422_and_creates_nothing(
     assert [r for r in records if r.tenant == tenant] == []
 
 
-def test_no_task_api_operation_answers_a_server_error(stack: LocalStack) -> None:
+def test_no_task_api_operation_answers_a_server_error(stack: LocalStack, admin_key: str) -> None:
     """The fuzzing of ``tests/integration/test_api_fuzz.py``, on the task API's routes."""
     schema = schemathesis.openapi.from_url(f"{_base(stack)}/openapi.json", timeout=FUZZ_CALL_TIMEOUT_S)
     operations = [result.ok() for result in schema.include(path_regex=r"^/tasks").get_all_operations()]
@@ -265,7 +266,10 @@ def test_no_task_api_operation_answers_a_server_error(stack: LocalStack) -> None
         )
         def fuzz(case: schemathesis.Case) -> None:
             case.call_and_validate(
-                base_url=_base(stack), checks=[not_a_server_error], timeout=FUZZ_CALL_TIMEOUT_S
+                base_url=_base(stack),
+                headers=bearer(admin_key),
+                checks=[not_a_server_error],
+                timeout=FUZZ_CALL_TIMEOUT_S,
             )
 
         try:

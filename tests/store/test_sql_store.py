@@ -48,6 +48,7 @@ ALL_TABLES = {
     "dlq",
     "idempotency_keys",
     "approvals",
+    "task_feedback",
     "schema_migrations",
 }
 
@@ -506,4 +507,29 @@ async def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path) ->
         assert await opened.get_task("task-1") is not None
     finally:
         holder.close()
+        opened.close()
+
+
+async def test_migration_6_backfills_the_tenant_of_older_tasks(url: str) -> None:
+    engine = engine_for(url)
+    try:
+        assert migrate(engine, target=4) == 4  # before tasks.tenant
+        rows = [("acme-task", "acme"), ("default-task", "default")]
+        with engine.begin() as conn:
+            for task_id, tenant in rows:
+                old = record(task_id, tenant=tenant)
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO tasks (task_id, status, description, record, created_at, updated_at)"
+                        " VALUES (:task_id, 'queued', 'd', :record, :at, :at)"
+                    ),
+                    {"task_id": task_id, "record": old.model_dump_json(), "at": old.created_at},
+                )
+    finally:
+        engine.dispose()
+    opened = SqlStore(url)
+    try:
+        assert [r.task_id for r in await opened.list_tasks(tenant="acme")] == ["acme-task"]
+        assert [r.task_id for r in await opened.list_tasks(tenant="default")] == ["default-task"]
+    finally:
         opened.close()

@@ -9,10 +9,12 @@ What only a SQL database has (migrations, triggers, several processes racing) is
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from officeray.auth import Role, mint_key, verify_key
 from officeray.contracts import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     DlqStepError,
@@ -24,9 +26,13 @@ from officeray.contracts import (
     TaskRecord,
     TaskRequest,
     TaskStatus,
+    utcnow,
 )
+from officeray.feedback import TaskFeedback
 from officeray.store import IdempotencyClaim, TaskStore
+from officeray.store.api import TaskCursor
 from officeray.testing import make_plan
+from officeray.webhooks import DeliveryStatus, WebhookAttempt
 
 from .conftest import LONG_KEY, LONG_STEP_ID, LONG_TASK_ID, LONG_TENANT, T0, record, request_for, step_result
 
@@ -94,7 +100,7 @@ async def test_events_in_order_per_task_with_utc_times(store: TaskStore) -> None
     assert all(e.at.utcoffset() == timedelta(0) for e in events)
     # as JSON data: a value JSON cannot hold is stored as its string; times in ISO 8601 with +00:00
     dumped = events[0].model_dump(mode="json")
-    assert list(dumped) == ["kind", "data", "at"]
+    assert list(dumped) == ["id", "kind", "data", "at"]
     assert dumped["data"] == {"i": 0, "when": str(T0)}
     assert dumped["at"].endswith("+00:00") and datetime.fromisoformat(dumped["at"]) == events[0].at
     assert len(await store.events("task-2")) == 3
@@ -480,3 +486,275 @@ async def test_the_longest_ids_fit_every_table(store: TaskStore) -> None:
     assert (await store.tenant_usage(LONG_TENANT)).calls == 1
     assert await store.release_lease(LONG_TASK_ID, "orch-a")
     assert len(await store.events(LONG_TASK_ID)) == 2
+
+
+# -- API keys (helper KEYS) ---------------------------------------------------------------------------
+
+
+async def test_api_keys_round_trip_and_a_stored_key_still_verifies(store: TaskStore) -> None:
+    key, minted = mint_key("acme", Role.APPROVER, name="ci runner", now=T0)
+    assert await store.create_api_key(minted)
+    loaded = await store.get_api_key(minted.key_id)
+    assert loaded == minted
+    assert loaded is not None and loaded.created_at.utcoffset() == timedelta(0)
+    assert verify_key(key, loaded)
+    assert not verify_key(key.replace(key[-1], "A" if key[-1] != "A" else "B"), loaded)
+    assert await store.get_api_key("0" * 12) is None
+
+    _, other = mint_key("acme", now=T0)
+    clash = other.model_copy(update={"key_id": minted.key_id})
+    assert not await store.create_api_key(clash)  # same id: refused, the first key is kept
+    assert await store.get_api_key(minted.key_id) == minted
+
+
+async def test_api_keys_list_by_tenant_oldest_first_and_count_the_active_ones(store: TaskStore) -> None:
+    assert await store.count_api_keys() == 0
+    assert await store.list_api_keys() == []
+    minted = [mint_key(tenant, now=T0 + timedelta(minutes=i))[1] for i, tenant in enumerate("bab")]
+    for record_ in reversed(minted):
+        assert await store.create_api_key(record_)
+    assert [r.key_id for r in await store.list_api_keys()] == [r.key_id for r in minted]
+    assert [r.key_id for r in await store.list_api_keys("b")] == [minted[0].key_id, minted[2].key_id]
+    assert await store.list_api_keys("nobody") == []
+    assert await store.count_api_keys() == 3
+
+    later = T0 + timedelta(hours=1)
+    assert await store.revoke_api_key(minted[1].key_id, now=later)
+    assert not await store.revoke_api_key(minted[1].key_id, now=later + timedelta(hours=1))  # once
+    assert not await store.revoke_api_key("f" * 12)
+    assert await store.count_api_keys() == 2
+    revoked = await store.get_api_key(minted[1].key_id)
+    assert revoked is not None and revoked.revoked_at == later and not revoked.active
+    assert len(await store.list_api_keys()) == 3  # a revoked key is still listed
+
+
+async def test_a_revoked_key_no_longer_verifies(store: TaskStore) -> None:
+    key, minted = mint_key("acme", Role.ADMIN)
+    await store.create_api_key(minted)
+    assert await store.revoke_api_key(minted.key_id)
+    revoked = await store.get_api_key(minted.key_id)
+    assert revoked is not None and revoked.revoked_at is not None
+    assert not verify_key(key, revoked)
+
+
+async def test_the_longest_tenant_fits_the_api_keys_table(store: TaskStore) -> None:
+    key, minted = mint_key(LONG_TENANT, Role.USER, name="n" * 200)
+    assert await store.create_api_key(minted)
+    assert [r.key_id for r in await store.list_api_keys(LONG_TENANT)] == [minted.key_id]
+    loaded = await store.get_api_key(minted.key_id)
+    assert loaded is not None and verify_key(key, loaded)
+
+
+# -- task lists by tenant, time and cursor; feedback (GATEWAY) -----------------------------------------
+
+
+async def _pages(store: TaskStore, limit: int, **filters: object) -> list[list[str]]:
+    """Every page of ``list_tasks`` with ``filters``, following the cursor of each page's last task."""
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        page = await store.list_tasks(None, limit, cursor=cursor, **filters)  # type: ignore[arg-type]
+        if not page:
+            return pages
+        pages.append([r.task_id for r in page])
+        cursor = TaskCursor(page[-1].created_at, page[-1].task_id)
+
+
+async def test_list_tasks_by_tenant_created_after_and_cursor(store: TaskStore) -> None:
+    tenants = ["acme", "beta", "acme", "acme", "beta", "acme"]
+    for i, tenant in enumerate(tenants):
+        at = T0 + timedelta(minutes=i // 2)  # two tasks at each moment: ties are broken by id
+        await store.create_task(record(f"t{i}", tenant=tenant, created_at=at), request_for(f"t{i}", tenant))
+
+    assert [r.task_id for r in await store.list_tasks()] == ["t5", "t4", "t3", "t2", "t1", "t0"]
+    assert [r.task_id for r in await store.list_tasks(tenant="acme")] == ["t5", "t3", "t2", "t0"]
+    assert await store.list_tasks(tenant="nobody") == []
+    after = await store.list_tasks(created_after=T0)  # strictly after
+    assert [r.task_id for r in after] == ["t5", "t4", "t3", "t2"]
+    assert await _pages(store, 2) == [["t5", "t4"], ["t3", "t2"], ["t1", "t0"]]
+    assert await _pages(store, 3, tenant="acme") == [["t5", "t3", "t2"], ["t0"]]
+    assert await _pages(store, 1, tenant="beta", created_after=T0) == [["t4"]]
+    # the old positional call still works
+    assert [r.task_id for r in await store.list_tasks(TaskStatus.QUEUED, 1)] == ["t5"]
+
+
+async def test_list_tasks_sees_the_tenant_of_saved_records(store: TaskStore) -> None:
+    await store.save_task(record("saved", tenant="acme"))
+    finished = record("saved", TaskStatus.COMPLETED, tenant="acme")
+    await store.finish_task(finished, "completed", {})
+    assert [r.task_id for r in await store.list_tasks(tenant="acme")] == ["saved"]
+    assert [r.task_id for r in await store.list_tasks(TaskStatus.COMPLETED, tenant="acme")] == ["saved"]
+
+
+def test_task_cursors_round_trip_and_forged_ones_are_refused() -> None:
+    cursor = TaskCursor(T0, "task-1")
+    assert TaskCursor.decode(cursor.encode()) == cursor
+    forged = ["", "x", "!!!", "a" * 600, cursor.encode()[:-3], "W10", "WyJ4IiwieSJd", "eyJhIjoxfQ"]
+    for text in forged:
+        with pytest.raises(ValueError, match="invalid cursor"):
+            TaskCursor.decode(text)
+
+
+async def test_feedback_is_stored_per_task_in_order(store: TaskStore) -> None:
+    first = await store.add_feedback(
+        TaskFeedback(task_id="t1", tenant="acme", rating=1, comment="good", labels=["fast"], submitted_by="k")
+    )
+    await store.add_feedback(TaskFeedback(task_id="t2", tenant="acme", rating=0))
+    second = await store.add_feedback(TaskFeedback(task_id="t1", tenant="acme", rating=-1, created_at=T0))
+    assert first.id is not None and second.id is not None and second.id > first.id
+    stored = await store.feedback("t1")
+    assert stored == [first, second]
+    assert (stored[0].rating, stored[0].comment, stored[0].labels, stored[0].submitted_by) == (
+        1,
+        "good",
+        ["fast"],
+        "k",
+    )
+    assert stored[1].created_at == T0
+    assert await store.feedback("none") == []
+
+
+# -- event ids and the webhook outbox (EVENTS) ----------------------------------------------------------
+
+HOOK_URL = "https://hooks.example.com/officeray"
+HOOK_KEY = "0123456789ab"
+
+
+def hooked_request(task_id: str) -> TaskRequest:
+    """A request with a webhook URL, submitted with key :data:`HOOK_KEY`."""
+    return TaskRequest(
+        description=f"do {task_id}", task_id=task_id, webhook_url=HOOK_URL, submitted_by=HOOK_KEY
+    )
+
+
+async def _finished_with_hook(store: TaskStore, task_id: str) -> None:
+    await store.create_task(record(task_id), hooked_request(task_id))
+    await store.finish_task(record(task_id, TaskStatus.COMPLETED), "completed", {"status": "completed"})
+
+
+async def test_events_have_increasing_ids_and_resume_after_one(store: TaskStore) -> None:
+    await store.append_event("a", "first", {"n": 1})
+    await store.append_event("b", "other", {})
+    await store.save_transition(record("a", TaskStatus.PLANNING), "planning", {"n": 2})
+    await store.append_event("a", "third", {"n": 3})
+    events = await store.events("a")
+    ids = [e.id for e in events]
+    assert [e.kind for e in events] == ["first", "planning", "third"]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids))  # type: ignore[type-var]
+    [other] = await store.events("b")
+    assert other.id is not None and ids[0] < other.id < ids[1]  # type: ignore[operator]
+    assert await store.events("a", after_id=ids[0]) == events[1:]
+    assert await store.events("a", after_id=ids[-1]) == []
+    assert await store.events("a", after_id=0) == events
+    assert await store.events("nope", after_id=None) == []
+
+
+async def test_announced_transitions_write_their_delivery_in_the_same_write(store: TaskStore) -> None:
+    await store.create_task(record("t"), hooked_request("t"))
+    await store.save_transition(record("t", TaskStatus.EXECUTING), "step_started", {"status": "executing"})
+    waiting = record("t", TaskStatus.WAITING_APPROVAL)
+    data = {"status": "waiting_approval", "step_id": "s1"}
+    assert await store.save_transition(waiting, "approval_requested", data)
+    await store.finish_task(record("t", TaskStatus.FAILED, error="boom"), "failed", {"status": "failed"})
+    deliveries = await store.webhook_deliveries("t")
+    assert [d.event for d in deliveries] == ["waiting_approval", "failed"]
+    events = {e.kind: e for e in await store.events("t")}
+    for delivery, kind in zip(deliveries, ["approval_requested", "failed"], strict=True):
+        assert (delivery.url, delivery.key_id, delivery.task_id) == (HOOK_URL, HOOK_KEY, "t")
+        assert (delivery.status, delivery.attempts) == (DeliveryStatus.PENDING, [])
+        assert delivery.tenant == "default"
+        body = json.loads(delivery.body)
+        assert body["id"] == delivery.delivery_id and body["event"] == delivery.event
+        assert body["task_event_id"] == events[kind].id  # the transition it announces
+        assert body["task_id"] == "t" and body["data"]["status"] == body["status"]
+    assert json.loads(deliveries[0].body)["data"]["step_id"] == "s1"
+    assert len({d.delivery_id for d in deliveries}) == 2
+    assert await store.webhook_deliveries("nope") == []
+
+
+async def test_no_delivery_without_a_webhook_url_or_when_the_write_is_refused(store: TaskStore) -> None:
+    await store.create_task(record("plain"), request_for("plain"))
+    await store.finish_task(record("plain", TaskStatus.COMPLETED), "completed", {"status": "completed"})
+    assert await store.webhook_deliveries("plain") == []
+    await store.create_task(record("fenced"), hooked_request("fenced"))
+    assert await store.acquire_lease("fenced", "owner-a", 60)
+    done = record("fenced", TaskStatus.COMPLETED)
+    assert not await store.finish_task(done, "completed", {"status": "completed"}, owner="owner-b")
+    assert await store.webhook_deliveries("fenced") == []  # not written: nothing announced
+    assert await store.finish_task(done, "completed", {"status": "completed"}, owner="owner-a")
+    assert [d.event for d in await store.webhook_deliveries("fenced")] == ["completed"]
+
+
+async def test_a_claimed_delivery_is_one_claimers_until_its_lease_expires(store: TaskStore) -> None:
+    await _finished_with_hook(store, "t")
+    now = utcnow() + timedelta(seconds=1)
+    [claimed] = await store.claim_webhooks("a", 30, now)
+    assert claimed.event == "completed" and claimed.attempts == []
+    assert await store.claim_webhooks("b", 30, now) == []
+    later = now + timedelta(seconds=31)
+    [taken] = await store.claim_webhooks("b", 30, later)  # a's lease expired: b has it now
+    assert taken.delivery_id == claimed.delivery_id
+    failed = WebhookAttempt(at=later, status_code=500, error="HTTP 500")
+    retry = later + timedelta(seconds=5)
+    pending = DeliveryStatus.PENDING
+    assert not await store.record_webhook_attempt(claimed.delivery_id, "a", failed, pending, retry)
+    assert await store.record_webhook_attempt(claimed.delivery_id, "b", failed, pending, retry)
+    with pytest.raises(ValueError):
+        await store.claim_webhooks("a", 0, now)
+
+
+async def test_attempts_reschedule_then_deliver(store: TaskStore) -> None:
+    await _finished_with_hook(store, "t")
+    now = utcnow() + timedelta(seconds=1)
+    [delivery] = await store.claim_webhooks("a", 30, now)
+    first = WebhookAttempt(at=now, status_code=500, error="HTTP 500")
+    retry = now + timedelta(seconds=10)
+    assert await store.record_webhook_attempt(delivery.delivery_id, "a", first, DeliveryStatus.PENDING, retry)
+    assert await store.claim_webhooks("a", 30, now + timedelta(seconds=9)) == []  # not due yet
+    [again] = await store.claim_webhooks("b", 30, retry)
+    assert again.attempts == [first] and again.next_attempt_at == retry
+    second = WebhookAttempt(at=retry, status_code=204)
+    assert await store.record_webhook_attempt(delivery.delivery_id, "b", second, DeliveryStatus.DELIVERED)
+    assert await store.claim_webhooks("a", 30, retry + timedelta(days=1)) == []
+    [done] = await store.webhook_deliveries("t")
+    assert (done.status, done.finished_at) == (DeliveryStatus.DELIVERED, retry)
+    assert done.attempts == [first, second]
+    assert done.next_attempt_at is None
+    # final: nothing more is recorded
+    assert not await store.record_webhook_attempt(delivery.delivery_id, "b", second, DeliveryStatus.DELIVERED)
+
+
+async def test_given_up_and_not_sent_are_final_with_their_reason(store: TaskStore) -> None:
+    await _finished_with_hook(store, "t1")
+    await _finished_with_hook(store, "t2")
+    now = utcnow() + timedelta(seconds=1)
+    claimed = {d.task_id: d for d in await store.claim_webhooks("a", 30, now)}
+    unsigned = WebhookAttempt(at=now, error="no API key to sign with")
+    ok = await store.record_webhook_attempt(
+        claimed["t1"].delivery_id, "a", unsigned, DeliveryStatus.NOT_SENT, reason="no API key to sign with"
+    )
+    assert ok
+    refused = WebhookAttempt(at=now, error="refused")
+    assert await store.record_webhook_attempt(
+        claimed["t2"].delivery_id, "a", refused, DeliveryStatus.GIVEN_UP, reason="refused"
+    )
+    [t1] = await store.webhook_deliveries("t1")
+    [t2] = await store.webhook_deliveries("t2")
+    assert (t1.status, t1.reason) == (DeliveryStatus.NOT_SENT, "no API key to sign with")
+    assert t1.attempts == [unsigned]
+    assert (t2.status, t2.reason) == (DeliveryStatus.GIVEN_UP, "refused")
+    assert await store.claim_webhooks("b", 30, now + timedelta(days=2)) == []
+    with pytest.raises(ValueError):  # pending needs a time; final takes none
+        await store.record_webhook_attempt(t1.delivery_id, "a", refused, DeliveryStatus.PENDING)
+    with pytest.raises(ValueError):
+        await store.record_webhook_attempt(t1.delivery_id, "a", refused, DeliveryStatus.DELIVERED, now)
+
+
+async def test_concurrent_claimers_get_disjoint_deliveries(store: TaskStore) -> None:
+    for i in range(12):
+        await _finished_with_hook(store, f"t{i}")
+    now = utcnow() + timedelta(seconds=1)
+    batches = await asyncio.gather(*(store.claim_webhooks(f"o{n}", 30, now, limit=5) for n in range(4)))
+    ids = [d.delivery_id for batch in batches for d in batch]
+    assert len(ids) == len(set(ids)) == 12
+    assert all(len(batch) <= 5 for batch in batches)

@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
+from officeray.auth import Principal
+from officeray.auth import Role as KeyRole
 from officeray.contracts import (
+    ModelUsage,
     Plan,
     PlanRequest,
     Review,
@@ -20,6 +23,7 @@ from officeray.contracts import (
     plan_json_schema,
 )
 from serving.chat_api import ChatDispatch, make_chat_router
+from serving.security import unauthorized
 from serving.tiers.base import (
     BackpressureError,
     MalformedAnswerError,
@@ -385,3 +389,84 @@ def test_tier_errors_map_to_5xx(exc: Exception, status: int, retry_after: str | 
         assert response.json()["error"]["message"] == str(exc)
     else:
         assert response.json()["error"]["message"] == "internal error (RuntimeError)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys and billing (the gateway builds the router with authenticate and bill)
+# --------------------------------------------------------------------------------------------------
+
+GOOD_KEY = "good-key"
+KEY_PRINCIPAL = Principal(key_id="0123456789ab", tenant="acme", role=KeyRole.USER)
+
+
+async def _authenticate(request: Request) -> Principal:
+    if request.headers.get("authorization") != f"Bearer {GOOD_KEY}":
+        raise unauthorized()
+    return KEY_PRINCIPAL
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.billed: list[tuple[str, ModelUsage]] = []
+
+    async def bill(self, tenant: str, usage: ModelUsage) -> None:
+        self.billed.append((tenant, usage))
+
+
+def keyed_client(dispatch: ChatDispatch, ledger: Ledger) -> TestClient:
+    app = FastAPI()
+    app.include_router(make_chat_router(dispatch, authenticate=_authenticate, bill=ledger.bill))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+def test_without_a_valid_key_both_routes_are_401_in_openai_shape(
+    dispatch: EmbeddedDispatch, headers: dict[str, str]
+) -> None:
+    ledger = Ledger()
+    client = keyed_client(dispatch, ledger)
+    for answer in (client.post(URL, json=chat("ai_tool", "hi"), headers=headers), client.get("/v1/models")):
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"] == "Bearer"
+        assert answer.json()["error"]["code"] == "invalid_api_key"
+    assert dispatch.calls == [] and ledger.billed == []
+
+
+def test_an_answer_is_billed_to_the_key_tenant(dispatch: EmbeddedDispatch) -> None:
+    ledger = Ledger()
+    client = keyed_client(dispatch, ledger)
+    auth = {"Authorization": f"Bearer {GOOD_KEY}"}
+    answer = client.post(
+        URL, json=chat("ai_tool", "summarize: One sentence here. Another one."), headers=auth
+    )
+    assert answer.status_code == 200, answer.text
+    usage = answer.json()["usage"]
+    [(tenant, billed)] = ledger.billed
+    assert tenant == "acme"
+    assert (billed.prompt_tokens, billed.completion_tokens, billed.calls) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        1,
+    )
+    assert client.get("/v1/models", headers=auth).status_code == 200
+
+
+def test_a_stream_is_billed_when_it_ends(dispatch: EmbeddedDispatch) -> None:
+    ledger = Ledger()
+    client = keyed_client(dispatch, ledger)
+    body = chat(
+        "ai_tool",
+        "summarize: One sentence here. Another one.",
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    answer = client.post(URL, json=body, headers={"Authorization": f"Bearer {GOOD_KEY}"})
+    assert answer.status_code == 200
+    usage = events(answer)[-2]["usage"]
+    [(tenant, billed)] = ledger.billed
+    assert tenant == "acme"
+    assert (billed.prompt_tokens, billed.completion_tokens) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+    assert billed.completion_tokens > 0

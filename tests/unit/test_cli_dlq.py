@@ -144,11 +144,11 @@ def test_retry_posts_and_reports_the_new_status(stub: Any, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("command", ["show", "retry"])
-def test_unknown_task_exits_2_with_the_servers_message(
+def test_unknown_task_exits_1_with_the_servers_message(
     stub: Any, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     url, _seen = stub
-    assert cli.main(["dlq", command, "task-nope", "--url", url]) == 2
+    assert cli.main(["dlq", command, "task-nope", "--url", url]) == 1
     assert "not in the dead-letter queue" in capsys.readouterr().err
 
 
@@ -160,11 +160,11 @@ def test_other_server_errors_exit_1_with_the_status(stub: Any, capsys: pytest.Ca
 
 
 @pytest.mark.parametrize("command", [["list"], ["show", "task-dead01"], ["retry", "task-dead01"]])
-def test_unreachable_server_exits_2_naming_the_url(
+def test_unreachable_server_exits_1_naming_the_url(
     capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
-    assert cli.main(["dlq", *command, "--url", url]) == 2
+    assert cli.main(["dlq", *command, "--address", url]) == 1
     err = capsys.readouterr().err
     assert "cannot reach" in err and url in err
 

@@ -98,10 +98,17 @@ SANDBOX_PYTHON = _python_of(IMAGE_PYTHON_TAG)
 KNOWN_ACCELERATORS = {getattr(accelerators, n) for n in dir(accelerators) if n.isupper() and "_" in n}
 
 
-def _load(name: str) -> dict[str, Any]:
-    """The file's data, YAML aliases unshared (through JSON) so a test may change one place only."""
-    data: dict[str, Any] = json.loads(json.dumps(yaml.safe_load((CLUSTER / name).read_text())))
+def _documents(name: str) -> list[dict[str, Any]]:
+    """Every YAML document of the file, aliases unshared (through JSON) so a test may change one place
+    only."""
+    documents = list(yaml.safe_load_all((CLUSTER / name).read_text()))
+    data: list[dict[str, Any]] = json.loads(json.dumps(documents))
     return data
+
+
+def _load(name: str) -> dict[str, Any]:
+    """The file's (first) document: the launcher config, or the RayService."""
+    return _documents(name)[0]
 
 
 def _parent(data: Any, path: str) -> tuple[Any, Any]:
@@ -512,8 +519,13 @@ class _WorkerGroupSpec(_Strict):
         return self
 
 
+class _AuthOptions(_Strict):
+    mode: Literal["token", "disabled"]
+
+
 class _RayClusterConfig(_Strict):
     rayVersion: str
+    authOptions: _AuthOptions | None = None
     enableInTreeAutoscaling: bool
     autoscalerOptions: _AutoscalerOptions
     headGroupSpec: _HeadGroupSpec
@@ -841,4 +853,145 @@ def test_the_kubernetes_model_rejects_a_broken_pod_template(
     template = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
     _set(path, value)(template)
     problems = _pod_template_problems(template, "tool-runners")
+    assert any(expected in p for p in problems), problems
+
+
+# -- who reaches the Ray ports: token authentication, the dashboard's address, the NetworkPolicy --
+
+RAY_PORTS = (6379, 8265, 10001)
+"""The GCS, the dashboard with the Jobs API, and the Ray client: remote code execution for whoever
+reaches them without Ray's token."""
+RAY_POD_LABELS = {"ray.io/is-ray-node": "yes"}
+START_COMMANDS = ("head_start_ray_commands", "worker_start_ray_commands")
+
+
+def _launcher_auth_problems(config: dict[str, Any]) -> list[str]:
+    """Every ``ray start`` runs with token authentication and a token; the dashboard binds loopback."""
+    problems = []
+    for key in START_COMMANDS:
+        starts = [c for c in config[key] if "ray start" in c]
+        if not starts:
+            problems.append(f"{key}: no `ray start`")
+        for command in starts:
+            before = command[: command.index("ray start")]
+            if not re.search(r"\bexport RAY_AUTH_MODE=token\s*;", before):
+                problems.append(f"{key}: `ray start` runs without RAY_AUTH_MODE=token")
+            if 'test -n "$RAY_AUTH_TOKEN"' not in before:
+                problems.append(f"{key}: `ray start` does not refuse to run without RAY_AUTH_TOKEN")
+            if "RAY_AUTH_MODE=disabled" in command:
+                problems.append(f"{key}: token authentication is turned off")
+    for command in _all_commands(config):
+        hosts = re.findall(r"--dashboard-host[= ](\S+)", command)
+        if any(host != "127.0.0.1" for host in hosts):
+            problems.append(f"the dashboard listens on {hosts}, not the head's loopback")
+        if "ray start --head" in command and hosts != ["127.0.0.1"]:
+            problems.append("the head's `ray start` does not bind the dashboard to 127.0.0.1")
+    return problems
+
+
+def test_launcher_files_start_ray_with_token_auth_and_a_loopback_dashboard(launcher: dict[str, Any]) -> None:
+    assert _launcher_auth_problems(launcher) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["head_start_ray_commands"].__setitem__(1, "ray start --head --dashboard-host=127.0.0.1"),
+         "without RAY_AUTH_MODE=token"),
+        (lambda c: c["worker_start_ray_commands"].__setitem__(
+            1, c["worker_start_ray_commands"][1].replace('test -n "$RAY_AUTH_TOKEN"', "true")),
+         "without RAY_AUTH_TOKEN"),
+        (lambda c: c["head_start_ray_commands"].__setitem__(
+            1, c["head_start_ray_commands"][1].replace("127.0.0.1", "0.0.0.0")),
+         "not the head's loopback"),
+        (lambda c: c["head_start_ray_commands"].__setitem__(
+            1, c["head_start_ray_commands"][1].replace(" --dashboard-host=127.0.0.1", "")),
+         "does not bind the dashboard"),
+        (lambda c: c["worker_start_ray_commands"].append("RAY_AUTH_MODE=disabled ray start --address=x"),
+         "without RAY_AUTH_MODE=token"),
+    ],
+    ids=["no-token-mode", "no-token", "dashboard-everywhere", "dashboard-default", "auth-off"],
+)  # fmt: skip
+def test_the_auth_checks_reject_an_open_launcher_config(
+    mutate: Callable[[dict[str, Any]], None], expected: str
+) -> None:
+    config = _load("aws.yaml")
+    mutate(config)
+    assert any(expected in p for p in _launcher_auth_problems(config)), _launcher_auth_problems(config)
+
+
+def _admitted(policy: dict[str, Any], port: int) -> list[list[dict[str, Any]]]:
+    """The ``from`` peers of every ingress rule of ``policy`` that admits ``port`` ([] in a list: anyone)."""
+    rules = []
+    for rule in policy["spec"].get("ingress") or []:
+        ports = rule.get("ports")
+        if ports and not any(p.get("port") == port for p in ports):
+            continue
+        rules.append(rule.get("from") or [])
+    return rules
+
+
+def _network_policy_problems(documents: list[dict[str, Any]]) -> list[str]:
+    """A NetworkPolicy that covers the Ray pods and admits the Ray ports only from Ray pods (and the
+    dashboard from the KubeRay operator)."""
+    policies = [d for d in documents if d.get("kind") == "NetworkPolicy"]
+    if len(policies) != 1:
+        return [f"{len(policies)} NetworkPolicy documents, expected one"]
+    (policy,) = policies
+    spec = policy["spec"]
+    problems = []
+    if spec.get("podSelector", {}).get("matchLabels") != RAY_POD_LABELS:
+        problems.append(f"the policy does not select the Ray pods ({RAY_POD_LABELS})")
+    if "Ingress" not in spec.get("policyTypes", []):
+        problems.append("the policy does not limit ingress")
+    ray_pods = {"podSelector": {"matchLabels": RAY_POD_LABELS}}
+    for port in RAY_PORTS:
+        for peers in _admitted(policy, port):
+            if not peers:
+                problems.append(f"port {port}: open to anyone")
+            for peer in peers:
+                operator = peer.get("podSelector", {}).get("matchLabels") == {
+                    "app.kubernetes.io/name": "kuberay-operator"
+                }
+                if peer != ray_pods and not (port == 8265 and operator and "namespaceSelector" in peer):
+                    problems.append(f"port {port}: admitted from {peer}")
+                if "ipBlock" in peer:
+                    problems.append(f"port {port}: admitted from an address block")
+    if not any(ray_pods in peers for peers in _admitted(policy, 6379)):
+        problems.append("the Ray pods cannot reach each other's GCS")
+    return problems
+
+
+def test_rayservice_has_token_auth_and_a_network_policy_on_the_ray_ports() -> None:
+    documents = _documents(RAYSERVICE_FILE)
+    cluster = _RayService.model_validate(documents[0]).spec.rayClusterConfig
+    assert cluster.authOptions is not None and cluster.authOptions.mode == "token"
+    # the dashboard listens beyond loopback (the operator deploys through it): behind the token and the policy
+    assert _network_policy_problems(documents) == []
+
+
+def _policy_rules(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = documents[1]["spec"]["ingress"]
+    return rules
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d.pop(1), "0 NetworkPolicy"),
+        (lambda d: _policy_rules(d).append({"ports": [{"port": 6379}]}), "port 6379: open to anyone"),
+        (lambda d: _policy_rules(d).append({}), "port 10001: open to anyone"),
+        (lambda d: _policy_rules(d).append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}), "address block"),
+        (lambda d: _policy_rules(d)[1]["ports"].append({"port": 10001}), "port 10001: admitted from"),
+        (lambda d: d[1]["spec"].update(podSelector={}), "does not select the Ray pods"),
+        (lambda d: d[1]["spec"].update(policyTypes=["Egress"]), "does not limit ingress"),
+    ],
+    ids=["no-policy", "gcs-open", "all-open", "cidr", "client-to-operator", "selector", "egress-only"],
+)
+def test_the_network_policy_checks_reject_an_open_policy(
+    mutate: Callable[[list[dict[str, Any]]], None], expected: str
+) -> None:
+    documents = _documents(RAYSERVICE_FILE)
+    mutate(documents)
+    problems = _network_policy_problems(documents)
     assert any(expected in p for p in problems), problems

@@ -263,3 +263,25 @@ def test_bad_sandbox_limits_name_the_key(tmp_path: Path, text: str, message: str
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, f"sandbox:\n  limits:\n    {text}\n"))
     assert message in str(info.value)
+
+
+def test_tenant_entries_inherit_default_from_a_file_and_from_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "officeray.yaml"
+    config.write_text(
+        "tenants:\n"
+        "  default: {submit_per_s: 2.0, max_dlq_retries: 1}\n"
+        "  acme: {submit_per_s: 50.0, submit_burst: 200}\n"
+    )
+    from_file = load_settings(config)
+    assert from_file.tenant_limits("acme").submit_burst == 200
+    assert from_file.tenant_limits("acme").max_dlq_retries == 1  # from default
+    assert from_file.tenant_limits("unknown").submit_per_s == 2.0  # a tenant without an entry
+    overridden = load_settings(None, tenants={"default": {"max_token_budget": 10}, "acme": {}})
+    assert overridden.tenant_limits("acme").max_token_budget == 10
+
+
+def test_a_bad_tenant_limit_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "officeray.yaml"
+    config.write_text("tenants:\n  acme: {submit_per_s: -1}\n")
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.submit_per_s"):
+        load_settings(config)

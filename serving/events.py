@@ -1,0 +1,163 @@
+"""Live events of a task (server-sent events) and its webhook deliveries, for the gateway's routes.
+
+``GET /v1/tasks/{task_id}/events`` with ``Accept: text/event-stream`` streams the task's transitions
+as they are stored (:func:`task_event_stream`, sent with sse-starlette's ``EventSourceResponse``):
+
+* each transition is one event: ``id:`` the store's event id (increasing), ``event:`` its kind,
+  ``data:`` its JSON (:class:`~officeray.contracts.TaskEvent`);
+* a client that reconnects with ``Last-Event-ID: N`` (browsers' ``EventSource`` do it by themselves)
+  gets exactly the events written after event ``N``: nothing lost, nothing twice;
+* a comment line (``: ping``) every :data:`HEARTBEAT_S` without an event keeps proxies from closing
+  the connection;
+* the stream ends after the event that makes the task final.
+
+The stream reads the store (every :data:`EVENT_POLL_S`), not an orchestrator, so any gateway
+replica serves any task, wherever it runs; after a final state it reads once more, so the events
+written with it are sent too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from officeray.contracts import TaskEvent, TaskRecord, TaskStatus
+from officeray.webhooks import WebhookDelivery
+
+EVENT_STREAM_TYPE = "text/event-stream"
+
+EVENT_POLL_S = 0.25
+"""How often a stream reads the store for new events."""
+
+HEARTBEAT_S = 15.0
+"""Longest silence on a stream: a ``: ping`` comment is sent after this long without an event."""
+
+RECONNECT_MS = 1000
+"""The ``retry:`` a stream's first message sets: how long an ``EventSource`` waits to reconnect."""
+
+MAX_EVENT_ID = 2**63 - 1
+"""Largest ``Last-Event-ID`` taken (a store's event ids are 64-bit at most)."""
+
+
+class EventSource(Protocol):
+    """The part of the store a stream reads."""
+
+    async def events(self, task_id: str, after_id: int | None = None) -> list[TaskEvent]: ...
+
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """Whether an ``Accept`` header asks for ``text/event-stream`` (with a non-zero quality)."""
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        if media.lower() != EVENT_STREAM_TYPE:
+            continue
+        quality = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
+        try:
+            if float(quality) > 0:
+                return True
+        except ValueError:
+            return True
+    return False
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """The event id of a ``Last-Event-ID`` header (None: absent or empty, start from the first
+    event); ValueError for anything but a decimal id in ``0..MAX_EVENT_ID``."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_EVENT_ID)):
+        raise ValueError(f"Last-Event-ID must be an event id (a whole number), not {value[:40]!r}")
+    number = int(text)
+    if number > MAX_EVENT_ID:
+        raise ValueError(f"Last-Event-ID {text} is larger than any event id")
+    return number
+
+
+def _is_final_event(event: TaskEvent) -> bool:
+    """Whether ``event`` stored a final state (the workflow records the status with each event)."""
+    status = event.data.get("status")
+    return isinstance(status, str) and status in {s.value for s in TaskStatus if s.is_final}
+
+
+def sse_message(event: TaskEvent) -> ServerSentEvent:
+    """One task event as a server-sent event: ``id``, ``event`` (the kind) and ``data`` (its JSON)."""
+    return ServerSentEvent(
+        data=json.dumps(event.model_dump(mode="json"), separators=(",", ":")),
+        event=event.kind,
+        id=str(event.id),
+    )
+
+
+async def task_event_stream(
+    store: EventSource,
+    task_id: str,
+    after_id: int | None = None,
+    *,
+    poll_s: float = EVENT_POLL_S,
+    heartbeat_s: float = HEARTBEAT_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> AsyncIterator[ServerSentEvent]:
+    """The messages of a task's stream (see the module docstring): its events after ``after_id``
+    in order, heartbeats while it is quiet, until the event that makes it final. ``clock`` (seconds)
+    and ``sleep`` are injected for tests."""
+    yield ServerSentEvent(comment=f"events of task {task_id}", retry=RECONNECT_MS)
+    last_sent = clock()
+    while True:
+        events = await store.events(task_id, after_id)
+        for event in events:
+            yield sse_message(event)
+            after_id = event.id
+            last_sent = clock()
+            if _is_final_event(event):
+                return
+        if not events:
+            record = await store.get_task(task_id)
+            if record is None or record.status.is_final:
+                # one last read: the final event was stored with the final record
+                for event in await store.events(task_id, after_id):
+                    yield sse_message(event)
+                return
+        if clock() - last_sent >= heartbeat_s:
+            yield ServerSentEvent(comment="ping")
+            last_sent = clock()
+        await sleep(poll_s)
+
+
+def event_stream_response(store: EventSource, task_id: str, after_id: int | None) -> EventSourceResponse:
+    """The streaming answer of ``GET /v1/tasks/{task_id}/events`` (heartbeats come from
+    :func:`task_event_stream`, so sse-starlette's own pings are off)."""
+    return EventSourceResponse(
+        task_event_stream(store, task_id, after_id),
+        ping=0,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},  # no proxy buffering
+    )
+
+
+EVENTS_OPENAPI: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The task's events: a JSON list, or with `Accept: text/event-stream` a live "
+        "stream (`id:` event id, `event:` kind, `data:` the event's JSON) that resumes after "
+        "`Last-Event-ID` and ends after the task's final state.",
+        "content": {EVENT_STREAM_TYPE: {"schema": {"type": "string"}}},
+    }
+}
+"""The OpenAPI description of the events route's two answers."""
+
+
+def events_view(task_id: str, events: list[TaskEvent]) -> dict[str, Any]:
+    """The JSON answer of ``GET /v1/tasks/{task_id}/events`` without ``Accept: text/event-stream``."""
+    return {"task_id": task_id, "events": [event.model_dump(mode="json") for event in events]}
+
+
+def deliveries_view(task_id: str, deliveries: list[WebhookDelivery]) -> dict[str, Any]:
+    """The JSON answer of ``GET /v1/tasks/{task_id}/webhooks``: each delivery with its attempts."""
+    return {"task_id": task_id, "deliveries": [delivery.public_view() for delivery in deliveries]}

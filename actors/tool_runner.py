@@ -156,7 +156,7 @@ class HostToolRunner(_StepRunner):
                 self._cancels.pop(key, None)
         return _cancelled(task_id, step) if cancelled.is_set() else outcome
 
-    @ray.method(concurrency_group=CONTROL_GROUP)  # type: ignore[misc]
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def interrupt(self, task_id: str, step_id: str) -> bool:
         """Cancel step ``step_id`` of ``task_id`` if it runs here (True)."""
         with self._lock:
@@ -224,7 +224,7 @@ class ToolRunner(_StepRunner):
             self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
         return outcome
 
-    @ray.method(concurrency_group=CONTROL_GROUP)  # type: ignore[misc]
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def interrupt(self, task_id: str, step_id: str) -> bool:
         """Stop step ``step_id`` of ``task_id`` if it runs here (True): its call's processes are
         killed (the sandbox starts afresh on the next call) and the step returns ``cancelled``."""
@@ -236,7 +236,7 @@ class ToolRunner(_StepRunner):
                 self._sandbox.interrupt()
         return True
 
-    @ray.method(concurrency_group=CONTROL_GROUP)  # type: ignore[misc]
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def shutdown(self) -> None:
         self.sandboxes.close()
 
@@ -369,18 +369,15 @@ class RayRunnerActors:
         self.settings = settings
         self.ai_tool_handle = ai_tool_handle
         control = {CONTROL_GROUP: CONTROL_CONCURRENCY}  # interrupt and shutdown never wait behind a step
-        self._runner_cls = ray.remote(ToolRunner).options(
+        # (concurrency groups are declared with the class: ``.options()`` does not take them)
+        self._runner_cls = ray.remote(concurrency_groups=control)(ToolRunner).options(  # type: ignore[call-overload]
             num_cpus=settings.runners.num_cpus,
             resources=dict(settings.runners.resources),
             max_restarts=0,
             max_concurrency=1,
-            concurrency_groups=control,
         )
-        self._host_cls = ray.remote(HostToolRunner).options(
-            num_cpus=0,
-            max_restarts=0,
-            max_concurrency=settings.runners.host_concurrency,
-            concurrency_groups=control,
+        self._host_cls = ray.remote(concurrency_groups=control)(HostToolRunner).options(  # type: ignore[call-overload]
+            num_cpus=0, max_restarts=0, max_concurrency=settings.runners.host_concurrency
         )
 
     def start_runner(self) -> Any:

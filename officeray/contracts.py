@@ -317,7 +317,7 @@ class ErrorType(StrEnum):
     DEPENDENCY_FAILED = "dependency_failed"
     APPROVAL = "approval"  # a person rejected the step, or nobody decided in time
     POLICY = "policy"  # the workflow retry policy stopped the task (attempts, model calls, duration)
-    CANCELLED = "cancelled"  # the task was cancelled (POST /v1/tasks/{id}/cancel) while the step ran or waited
+    CANCELLED = "cancelled"  # its task was cancelled (POST /v1/tasks/{id}/cancel) while it ran or waited
     INTERNAL = "internal"
 
 

@@ -135,7 +135,8 @@ class InMemoryStore:
     What a test inspects or sets directly:
 
     * ``tasks[task_id]``: the stored record; ``requests[task_id]``: the request it was created with;
-    * ``event_log[task_id]``: ``(kind, data)`` of each event in order (:meth:`kinds`: the kinds);
+    * ``event_log[task_id]``: ``(kind, data)`` of each event in order (:meth:`kinds`: the kinds); the
+      events :meth:`events` answers have ids from one counter for all tasks, as SQL's;
     * ``step_results[idempotency_key]``;
     * ``leases[task_id]``: the owner holding the task. A test may set it: a lease set so (without
       :meth:`acquire_lease`) never expires. A fenced write of another owner is refused;

@@ -21,6 +21,8 @@ Tables (:mod:`officeray.store.schema`), each with the module that reads and writ
   (:mod:`~officeray.store.idempotency`);
 * ``approvals``: the first decision on a step that waits for a human, keyed by the task and the step's
   idempotency key (:mod:`~officeray.store.approvals`);
+* ``webhook_outbox`` and ``webhook_attempts``: the webhooks to deliver, written with the transition each
+  announces, leased by the orchestrator delivering it, and every attempt (:mod:`~officeray.store.outbox`);
 * ``schema_migrations``: which of :data:`MIGRATIONS` this database has had, and when.
 
 The schema is changed only by :data:`MIGRATIONS`, applied when a store is opened (:func:`migrate`);

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, free_port, require_docker
+from tests.integration.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env["OFFICERAY_STORE__URL"] = f"sqlite:///{tmp_path}/remote.db"
     env["OFFICERAY_TELEMETRY__TRACE_FILE"] = str(tmp_path / "traces.jsonl")
     env["OFFICERAY_RUNNERS__COUNT"] = "2"
+    # what is tested is the client's path to a running server, not the sandbox: no Docker needed
+    env["OFFICERAY_SANDBOX__BACKEND"] = "local"
     env["OFFICERAY_AUTH__ADMIN_KEY_FILE"] = str(tmp_path / "state" / "admin.key")
     env.pop("OFFICERAY_API_KEY", None)
     env.pop("OFFICERAY_ADDRESS", None)
@@ -45,7 +47,6 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def served(tmp_path: Path) -> Iterator[str]:
     """``officeray serve`` on a free loopback port (it writes its first admin key under ``tmp_path``,
     where the client commands of this test find it)."""
-    require_docker()
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(

@@ -324,3 +324,35 @@ async def test_a_cancel_requested_while_no_orchestrator_ran_the_task_ends_it_on_
 
         assert ended.status == TaskStatus.CANCELLED and ended.error == "cancelled by key-3"
         assert steps.started == []
+
+
+async def test_a_step_cut_short_by_its_caller_is_stopped_and_its_runner_taken_back() -> None:
+    """What the ``maximum_duration_s`` cap does to a running step (it stops waiting for it)."""
+    from actors.tool_runner import PoolLimits, RunnerPool
+    from officeray.config import load_settings
+
+    steps = Steps()
+    actors = LocalRunnerActors(step=steps.step)
+    pool = RunnerPool(load_settings(None, **{"runners.count": 1}), actors=actors, limits=PoolLimits())
+    step = PlanStep(step_id="s1", action="python_exec", inputs={"code": "1"}, idempotency_key="k1")
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pool.execute("t-capped", step, {}, {}), 0.2)
+
+    assert actors.runner_objects[0].interrupts == [("t-capped", "s1")]
+    assert actors.runner_objects[0].running == {} and pool.stats()["idle"] == 1
+
+
+async def test_a_cancelled_task_is_never_resumed(tmp_path: Path) -> None:
+    from officeray.store import SqlStore
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'officeray.db'}")
+    try:
+        record = TaskRecord(task_id="t-done", description="d")
+        await store.create_task(record, TaskRequest(description="d"))
+        record.status = TaskStatus.CANCELLED
+        assert await store.finish_task(record, "cancelled", {"by": "key-1"})
+        assert await store.unfinished() == []
+        assert await store.claimable_unfinished("someone", 30.0) == []
+    finally:
+        store.close()

@@ -1,5 +1,28 @@
 """The HTTP API: a FastAPI app as the Serve ingress.
 
+Every route but ``GET /healthz`` (and the OpenAPI documents) needs ``Authorization: Bearer KEY``
+(:mod:`serving.security`; 401 ``unauthorized`` without a valid key). A key belongs to one tenant and
+has a role (:class:`officeray.auth.Role`):
+
+* the tenant of what a request creates is the key's, never the body's: a ``tenant`` in the body that
+  is not the key's answers 403 (``forbidden``), except from an admin key, which acts for any tenant;
+  ``submitted_by`` is the key's id;
+* another tenant's task answers 404 ``task_not_found`` exactly as an unknown one (every task route,
+  the DLQ entry routes). A client-chosen ``task_id`` that another tenant's task has answers 409
+  ``task_id_unavailable`` with a neutral message (ids are global: the id is not free, and nothing
+  more is said); idempotency keys belong to a tenant, so their 409 only ever names the caller's task;
+* lists (``GET /v1/tasks``, ``GET /v1/dlq``) show the key's tenant's entries; an admin's show every
+  tenant's, or ``?tenant=``'s; any other key asking for another tenant gets 403;
+* approvals need an approver (of the task's tenant) or an admin key and are recorded as decided by
+  the key's id (the body's ``by`` is accepted for older clients and ignored); DLQ retries need an
+  admin key; a tenant's usage is read by its own keys or an admin.
+
+Submissions (``POST /v1/tasks``, ``POST /tasks``) pass the tenant's limits (``tenants:`` in the
+config, :mod:`officeray.quotas`): over its submit rate, 429 ``rate_limited`` with ``Retry-After``
+(whole seconds, per gateway replica); above a ceiling (``token_budget``,
+``retry_policy.maximum_step_attempts``), 422 ``over_ceiling`` with one ``errors`` entry per ceiling;
+a DLQ retry of a task retried ``max_dlq_retries`` times already, 422 ``over_ceiling``.
+
 The task API (what the issue documents; every error answer has ``detail`` and ``code``):
 
 * ``POST /tasks``: body ``{"description": str, "constraints": {"max_duration": seconds > 0,
@@ -37,9 +60,16 @@ The full API (``/v1``):
   ``current_step``, the steps with their status, attempts, output or error, and log lines. With
   ``?wait_s=S`` (at most :data:`MAX_WAIT_S`) it is a long poll: the answer comes when the task is
   final or after ``S`` seconds, whichever is first (clients follow a task without busy polling).
+* ``GET /v1/tasks?status=&created_after=&limit=&cursor=[&tenant=]``: ``{"tasks": [summaries],
+  "next_cursor"}``, newest first (:class:`TaskList`); ``next_cursor`` (null on the last page) is an
+  opaque keyset cursor to send back as ``?cursor=`` (a forged one: 422).
 * ``GET /v1/tasks/{task_id}/events``: the task's transitions in order.
 * ``GET /v1/tasks/{task_id}/trace``: the task's spans in order.
-* ``GET /v1/tenants/{tenant}/usage``: tokens and cost summed over the tenant's finished tasks.
+* ``POST /v1/tasks/{task_id}/feedback`` ``{"rating": -1|0|1, "comment", "labels"}``
+  (:class:`officeray.feedback.Feedback`, bounded sizes): 201 with the stored feedback;
+  ``GET`` the same path: the task's feedback, oldest first.
+* ``GET /v1/tenants/{tenant}/usage``: tokens and cost summed over the tenant's finished tasks and its
+  chat completions.
 * ``POST /v1/chat/completions`` (``model`` = ``planner`` | ``reviewer`` | ``ai_tool``) and
   ``GET /v1/models``: the role models in the OpenAI chat-completions shape (:mod:`serving.chat_api`).
 * ``GET /v1/dlq`` (``?tenant=``, ``?limit=``): the dead-letter queue, newest first;
@@ -67,9 +97,11 @@ itself and writes nothing there.
 Bad input answers 4xx with a message (422 for a body that does not match the schema, with one
 entry per bad field; 413 for a body over :data:`MAX_REQUEST_BYTES`), an unknown id answers 404, and
 a store that cannot be reached answers 503 with ``Retry-After``: nothing of the request was accepted.
-Every error answer is ``{"detail": "...", "code": "..."}`` (plus ``errors`` or ``reasons`` where
-there are several): ``code`` is one of :data:`ERROR_CODES`' values or a more precise one
-(``task_not_found``, ``unknown_tools``, ``invalid_plan``, ``idempotency_conflict``...).
+Every error answer is an :class:`ErrorBody`, ``{"detail": "...", "code": "..."}`` (plus ``errors``
+where fields are at fault, or ``reasons``), declared so in the OpenAPI document with the bearer key
+(:func:`document_errors`): ``code`` is one of :data:`ERROR_CODES`' values or a more precise one
+(``task_not_found``, ``unknown_tools``, ``invalid_plan``, ``idempotency_conflict``...). An
+unexpected error answers 500 ``internal_error`` in the same shape (logged, no traceback).
 
 Why one file of this length: Serve's ingress is one class whose routes share its state, and
 ``serve.ingress`` pickles it with the module globals its routes use, so the helpers live beside it.

@@ -14,6 +14,11 @@ Tables (:mod:`officeray.store.schema`), each with the module that reads and writ
 * ``step_results``: each step's result under its plan ``idempotency_key`` (:mod:`~officeray.store.steps`);
 * ``tenant_usage``: model tokens and cost summed per tenant over finished tasks
   (:mod:`~officeray.store.usage`);
+* ``tenant_daily_usage``: the same per tenant and UTC day, written with the totals (the daily token
+  budget reads it; :mod:`~officeray.store.usage`);
+* ``task_feedback``: users' ratings, comments and labels of tasks (:mod:`~officeray.store.feedback`);
+* ``api_keys``: API keys (argon2id hashes), each bound to a tenant and a role, with the secret that
+  signs its tasks' webhooks (:mod:`~officeray.store.keys`);
 * ``task_leases``: which orchestrator runs which unfinished task, until when (:mod:`~officeray.store.leases`);
 * ``dlq``: the dead-letter queue, tasks given up on, with the reason and the full record
   (:mod:`~officeray.store.dlq`);

@@ -18,16 +18,19 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
 
-from officeray.contracts import ModelUsage, TaskStatus
+from officeray.auth import Role, mint_key
+from officeray.contracts import ModelUsage, TaskStatus, utcnow
 from officeray.errors import OfficerayError, StoreError, StoreUnavailableError
+from officeray.feedback import TaskFeedback
 from officeray.store import MIGRATIONS, SCHEMA_VERSION, SqlStore, migrate
+from officeray.webhooks import DeliveryStatus, WebhookAttempt
 
 from .conftest import LONG_KEY, LONG_TASK_ID, T0, PostgresServer, free_port, record, request_for, step_result
 
@@ -49,6 +52,10 @@ ALL_TABLES = {
     "idempotency_keys",
     "approvals",
     "task_feedback",
+    "api_keys",
+    "webhook_outbox",
+    "webhook_attempts",
+    "tenant_daily_usage",
     "schema_migrations",
 }
 
@@ -427,6 +434,19 @@ def every_call(store: SqlStore) -> dict[str, Callable[[], Awaitable[object]]]:
         "decide_approval": lambda: store.decide_approval("task-1", "s1", "approved", "a"),
         "get_approval": lambda: store.get_approval("task-1", "s1"),
         "schema_version": lambda: store.schema_version(),
+        "add_feedback": lambda: store.add_feedback(TaskFeedback(task_id="task-1", tenant="acme", rating=1)),
+        "feedback": lambda: store.feedback("task-1"),
+        "tenant_usage_on": lambda: store.tenant_usage_on("acme", date(2026, 1, 1)),
+        "create_api_key": lambda: store.create_api_key(mint_key("acme", Role.USER)[1]),
+        "get_api_key": lambda: store.get_api_key("0123456789ab"),
+        "list_api_keys": lambda: store.list_api_keys(),
+        "revoke_api_key": lambda: store.revoke_api_key("0123456789ab"),
+        "count_api_keys": lambda: store.count_api_keys(),
+        "claim_webhooks": lambda: store.claim_webhooks("o", 30),
+        "record_webhook_attempt": lambda: store.record_webhook_attempt(
+            "d-1", "o", WebhookAttempt(at=utcnow(), status_code=200), DeliveryStatus.DELIVERED
+        ),
+        "webhook_deliveries": lambda: store.webhook_deliveries("task-1"),
     }
 
 
@@ -443,6 +463,12 @@ READS = {
     "dlq_get",
     "get_approval",
     "schema_version",
+    "feedback",
+    "tenant_usage_on",
+    "get_api_key",
+    "list_api_keys",
+    "count_api_keys",
+    "webhook_deliveries",
 }
 
 

@@ -195,7 +195,15 @@ class Action(StrEnum):
 
 
 _USER_ACTIONS = frozenset(
-    {Action.SUBMIT, Action.READ, Action.CANCEL, Action.FEEDBACK, Action.CHAT, Action.USAGE_READ}
+    {
+        Action.SUBMIT,
+        Action.READ,
+        Action.CANCEL,
+        Action.FEEDBACK,
+        Action.CHAT,
+        Action.USAGE_READ,
+        Action.DLQ_READ,
+    }
 )
 
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {

@@ -126,6 +126,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.client import OrchestratorClient, create_client
 from actors.orchestrator import ModelPorts
+from actors.webhooks import webhook_url_problem
 from officeray.auth import Action, Principal
 from officeray.config import Settings
 from officeray.contracts import (
@@ -643,6 +644,21 @@ def check_allowed_tools(names: list[str] | None, registered: ToolCatalog) -> Non
         )
 
 
+def check_webhook_url(url: str | None, allow_hosts: list[str]) -> None:
+    """422 (``invalid_webhook_url``) for a ``webhook_url`` the SSRF guard refuses (a scheme other than
+    http/https, credentials, an internal name or address not in ``webhooks.allow_hosts``)."""
+    if url is None:
+        return
+    problem = webhook_url_problem(url, allow_hosts)
+    if problem is not None:
+        raise ApiError(
+            422,
+            f"invalid task request: webhook_url: {problem}",
+            "invalid_webhook_url",
+            errors=[{"field": "webhook_url", "message": problem}],
+        )
+
+
 def check_ready_plan(task: TaskRequest, catalog: ToolCatalog) -> None:
     """422 (``invalid_plan``) with the validator's reasons when the task's ready plan is refused."""
     if task.plan is None:
@@ -915,6 +931,7 @@ class Gateway:
         problems = ceiling_problems(task, limits)
         if problems:
             raise over_ceiling(problems)
+        check_webhook_url(task.webhook_url, self.settings.webhooks.allow_hosts)
         check_allowed_tools(task.allowed_tools, self.catalog)
         check_ready_plan(task, self.catalog)
         key = _idempotency_key(header_key, task.idempotency_key)
@@ -994,12 +1011,14 @@ class Gateway:
         limit: Annotated[int, Query(ge=1, le=DLQ_LIST_MAX)] = 100,
     ) -> dict[str, Any]:
         """The caller's tenant's dead-lettered tasks (an admin: every tenant's, or ``?tenant=``'s)."""
+        require(principal, Action.DLQ_READ, principal.tenant)
         entries = await self.store.dlq_list(listed_tenant(tenant, principal, "dead-letter queue"), limit)
         return {"entries": [entry.model_dump(mode="json") for entry in entries], "count": len(entries)}
 
     @app.get("/v1/dlq/{task_id}")
     async def dlq_get(self, task_id: str, principal: Caller) -> dict[str, Any]:
         entry = await self._dlq_entry(task_id, principal)
+        require(principal, Action.DLQ_READ, entry.tenant)
         return entry.model_dump(mode="json")
 
     @app.post("/v1/dlq/{task_id}/retry", status_code=202)

@@ -51,6 +51,11 @@ def require_docker() -> None:
     pytest.fail(f"the Docker engine is not reachable (run scripts/bootstrap.sh): {why}")
 
 
+THROTTLED_TENANT = "throttled"
+"""A tenant of the test stack with a small submit burst, and a slow rate."""
+THROTTLED_BURST = 3
+
+
 def integration_settings(tmp: Path, **overrides: object) -> Settings:
     data = {
         "workspace_root": str(REPO),
@@ -64,7 +69,10 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         "workflow.orchestrators": 2,
         # the tests submit far faster than a client should, and run more tasks at once than the
         # default tenant's 64: the limits are tested on their own tenants
-        "tenants": {"default": {"submit_per_s": 1000.0, "submit_burst": 1000, "max_concurrent_tasks": 4096}},
+        "tenants": {
+            "default": {"submit_per_s": 1000.0, "submit_burst": 1000, "max_concurrent_tasks": 4096},
+            THROTTLED_TENANT: {"submit_per_s": 0.2, "submit_burst": THROTTLED_BURST},
+        },
         **overrides,
     }
     return load_settings(None, **data)

@@ -158,7 +158,15 @@ def test_a_record_with_bad_fields_is_refused(fields: dict[str, object]) -> None:
 
 # -- the permission table -----------------------------------------------------------------------------
 
-USER_ACTIONS = {Action.SUBMIT, Action.READ, Action.CANCEL, Action.FEEDBACK, Action.CHAT, Action.USAGE_READ}
+USER_ACTIONS = {
+    Action.SUBMIT,
+    Action.READ,
+    Action.CANCEL,
+    Action.FEEDBACK,
+    Action.CHAT,
+    Action.USAGE_READ,
+    Action.DLQ_READ,
+}
 EXPECTED = {
     Role.USER: USER_ACTIONS,
     Role.APPROVER: USER_ACTIONS | {Action.DECIDE_APPROVAL},

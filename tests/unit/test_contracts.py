@@ -301,7 +301,11 @@ def test_task_record_round_trips_through_json() -> None:
 
 
 def test_task_status_is_final() -> None:
-    assert {s for s in TaskStatus if s.is_final} == {TaskStatus.COMPLETED, TaskStatus.FAILED}
+    assert {s for s in TaskStatus if s.is_final} == {
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+    }
 
 
 def test_step_result_duration() -> None:

@@ -176,8 +176,11 @@ async def test_a_tenants_backlog_delays_another_tenants_task_by_one_freed_slot_a
         gates.open(f"acme-{i}")
     for i in range(BACKLOG):
         assert (await orchestrator.wait(f"acme-{i}", timeout_s=WAIT_S)).status == TaskStatus.COMPLETED
-    assert gates.started[: SLOTS + 1] == ["acme-0", "acme-1", "globex-0"]
-    assert gates.started[SLOTS + 1 :] == [f"acme-{i}" for i in range(SLOTS, BACKLOG)]  # FIFO within acme
+    # the first two ran at once (which reached its step first is a race); globex's task came next,
+    # before all of acme's backlog (the order within acme is the scheduler's: test_scheduling.py)
+    assert set(gates.started[:SLOTS]) == {"acme-0", "acme-1"}
+    assert gates.started[SLOTS] == "globex-0"
+    assert sorted(gates.started[SLOTS + 1 :]) == sorted(f"acme-{i}" for i in range(SLOTS, BACKLOG))
 
 
 async def test_within_a_tenant_a_higher_priority_task_takes_the_next_slot(

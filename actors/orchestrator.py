@@ -7,8 +7,8 @@ imports :mod:`serving`); the store is its memory and its queue:
 * ``submit`` claims the request's idempotency key (if any), writes the task (atomically: one
   ``task_id`` never runs twice), takes a *lease* on it and starts its workflow in the background,
   all in one call; at most ``workflow.max_concurrent_tasks`` run at once, and at most the tenant's
-  ``max_concurrent_tasks``: the others wait, ``queued``, and tenants take turns at the freed slots
-  (:class:`~officeray.scheduling.FairScheduler`);
+  ``max_concurrent_tasks`` (divided between the shards, rounded up): the others wait, ``queued``,
+  and tenants take turns at the freed slots (:class:`~officeray.scheduling.FairScheduler`);
 * a lease is renewed every third of ``workflow.lease_ttl_s`` while the task runs; a task whose lease
   expired (its orchestrator died) is claimed by the next orchestrator that looks
   (``workflow.claim_interval_s``), and resumed from its last checkpoint: its stored plan, and the
@@ -60,7 +60,7 @@ from officeray.errors import (
     TaskFinalError,
     TaskNotFoundError,
 )
-from officeray.quotas import dlq_retry_problem
+from officeray.quotas import dlq_retry_problem, shard_tenant_cap
 from officeray.scheduling import FairScheduler
 from officeray.store import SqlStore
 from officeray.telemetry import setup_tracing
@@ -177,10 +177,13 @@ class Orchestrator:
         )
         self.scheduler = FairScheduler(
             settings.workflow.max_concurrent_tasks,
-            lambda tenant: settings.tenant_limits(tenant).max_concurrent_tasks,
+            lambda tenant: shard_tenant_cap(
+                settings.tenant_limits(tenant).max_concurrent_tasks, settings.workflow.orchestrators
+            ),
         )
         """Task slots: ``workflow.max_concurrent_tasks`` in all, ``tenants.<name>.max_concurrent_tasks``
-        per tenant, taken in turns by tenants with waiting tasks (which stay ``queued`` meanwhile)."""
+        per tenant (split between the shards: :func:`~officeray.quotas.shard_tenant_cap`), taken in
+        turns by tenants with waiting tasks (which stay ``queued`` meanwhile)."""
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
         self._reserved: dict[str, asyncio.Future[None]] = {}
         self._retrying: set[str] = set()
@@ -188,6 +191,9 @@ class Orchestrator:
         self._to_release: set[str] = set()
         self._cancels: dict[str, str] = {}
         """Tasks cancelled here before their workflow started (waiting for a slot), with who cancelled."""
+        self._ending: set[str] = set()
+        """Tasks whose ``cancelled`` end is being written here outside a workflow run (another cancel
+        of them is a no-op)."""
         self._background: list[asyncio.Future[None]] = []
 
     # -- life ------------------------------------------------------------------------------------
@@ -257,24 +263,22 @@ class Orchestrator:
                     if record.task_id in self._running:
                         continue
                     record.logs.append(LogLine(level="warning", message=f"claimed by {self.owner}"))
-                    by = await self._cancel_requested_by(record.task_id)
-                    if by is not None:  # cancelled while no orchestrator ran it: end it, do not run it
-                        self._running[record.task_id] = asyncio.ensure_future(
-                            self._cancel_claimed(request, record, by)
-                        )
-                        continue
-                    self._start(request, record)
+                    # started before any await: a cancel from now on finds it in ``_running``, and its run
+                    # first looks for a cancel requested while no orchestrator ran it
+                    self._start(request, record, claimed=True)
             except Exception:
                 logger.exception("could not claim unfinished tasks")
             await asyncio.sleep(self.settings.workflow.claim_interval_s)
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def _start(self, request: TaskRequest, record: TaskRecord) -> bool:
-        """Run ``record`` here unless it already runs here or is final; True when started."""
+    def _start(self, request: TaskRequest, record: TaskRecord, *, claimed: bool = False) -> bool:
+        """Run ``record`` here unless it already runs here or is final; True when started.
+        ``claimed``: resumed by the claim loop (the run ends it ``cancelled`` instead when a cancel was
+        requested while no orchestrator ran it)."""
         if record.task_id in self._running or record.status.is_final:
             return False
-        self._running[record.task_id] = asyncio.ensure_future(self._run(request, record))
+        self._running[record.task_id] = asyncio.ensure_future(self._run(request, record, claimed=claimed))
         return True
 
     async def submit(self, request: TaskRequest) -> tuple[TaskRecord, bool]:
@@ -342,11 +346,16 @@ class Orchestrator:
             raise StoreUnavailableError(f"task {task_id!r} is being created by another request; retry")
         return existing
 
-    async def _run(self, request: TaskRequest, record: TaskRecord) -> TaskRecord:
+    async def _run(self, request: TaskRequest, record: TaskRecord, *, claimed: bool = False) -> TaskRecord:
         """Run the task to its end. The workflow writes the end (a crash included) in one
         transaction (final record, dead-letter entry of a failed task, the tenant's usage:
-        ``finish_task``), fenced on our lease."""
+        ``finish_task``), fenced on our lease. A ``claimed`` task whose cancel was requested while no
+        orchestrator ran it is ended ``cancelled`` without running."""
         try:
+            if claimed:
+                by = await self._cancel_requested_by(record.task_id)
+                if by is not None:
+                    return await self._end_cancelled(request, record, by)
             async with self.scheduler.slot(request.tenant, request.priority):
                 return await self.workflow.run(request, record.task_id, record)
         except RunSupersededError:
@@ -484,31 +493,29 @@ class Orchestrator:
         running = self._running.get(task_id)
         if running is None or running.done():
             return False
-        if task_id in self._cancels or self.workflow.cancel(task_id, by):
-            return True
+        if task_id in self._ending or task_id in self._cancels or self.workflow.cancel(task_id, by):
+            return True  # being ended (or stopped) already: cancelling twice is cancelling once
         self._cancels[task_id] = by  # not in the workflow yet: it waits for a slot
         running.add_done_callback(lambda _done: self._cancels.pop(task_id, None))
         running.cancel()
         return True
 
     async def _end_cancelled(self, request: TaskRequest, record: TaskRecord, by: str) -> TaskRecord:
+        """End a task that did not start its workflow as ``cancelled`` (a later cancel of it is a
+        no-op meanwhile). The write is shielded: when the run is stopped anyway (its lease went to
+        another orchestrator), it lands or is refused before the run releases its lease."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             task.uncancel()  # handled: the end is written below
-        return await self.workflow.cancel_unstarted(request, record.task_id, record, by)
-
-    async def _cancel_claimed(self, request: TaskRequest, record: TaskRecord, by: str) -> TaskRecord:
-        """End a claimed task whose cancel was requested while no orchestrator ran it."""
+        self._ending.add(record.task_id)
+        write = asyncio.ensure_future(self.workflow.cancel_unstarted(request, record.task_id, record, by))
         try:
-            return await self._end_cancelled(request, record, by)
-        except RunSupersededError:
-            return record
+            return await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            raise
         finally:
-            self._running.pop(record.task_id, None)
-            try:
-                await self.store.release_lease(record.task_id, self.owner)
-            except Exception:
-                self._to_release.add(record.task_id)
+            self._ending.discard(record.task_id)
 
     async def _cancel_requested_by(self, task_id: str) -> str | None:
         """Who asked to cancel ``task_id`` since its last (re)start from the dead-letter queue, if anyone."""

@@ -56,6 +56,66 @@ CONTROL_GROUP = "control"
 CONTROL_CONCURRENCY = 2
 """Threads of :data:`CONTROL_GROUP` on each runner."""
 
+EARLY_INTERRUPT_TTL_S = 900.0
+"""How long a runner keeps an interrupt that came before its step started there (the step's call may
+wait for a free thread behind long host steps): the step then starts cancelled."""
+
+EARLY_INTERRUPT_MAX = 1024
+"""Early interrupts (and recently ended steps) a runner keeps at most; past it the oldest are
+forgotten."""
+
+LATE_INTERRUPT_S = 5.0
+"""An interrupt of a step that ended on this runner less than this ago came late, for that run: it is
+not kept for the step's next attempt."""
+
+StepKey = tuple[str, str]
+"""``(task_id, step_id)``: a step as ``interrupt`` names it."""
+
+
+class EarlyInterrupts:
+    """Interrupts of steps that had not started on a runner when they came (``interrupt`` is in the
+    control group, so it can overtake its step's ``run`` call): the step starts cancelled. An
+    interrupt of a step that ended here within :data:`LATE_INTERRUPT_S` is not kept. Kept for
+    :data:`EARLY_INTERRUPT_TTL_S`, :data:`EARLY_INTERRUPT_MAX` at most. Not thread-safe: the runner
+    calls it under its lock. ``clock``: monotonic seconds (injected for tests)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._asked: dict[StepKey, float] = {}
+        self._ended: dict[StepKey, float] = {}
+
+    def ask(self, key: StepKey) -> bool:
+        """Keep an interrupt of a step that is not running here; False when it just ended here."""
+        now = self._clock()
+        _forget_before(self._ended, now - LATE_INTERRUPT_S)
+        if key in self._ended:
+            return False
+        _keep(self._asked, key, now)
+        return True
+
+    def starting(self, key: StepKey) -> bool:
+        """A step starts here: whether it was interrupted before (the interrupt is used up)."""
+        _forget_before(self._asked, self._clock() - EARLY_INTERRUPT_TTL_S)
+        return self._asked.pop(key, None) is not None
+
+    def ended(self, key: StepKey) -> None:
+        """A step's run here returned."""
+        _keep(self._ended, key, self._clock())
+
+
+def _keep(kept: dict[StepKey, float], key: StepKey, now: float) -> None:
+    """``key`` at ``now``, the newest of ``kept`` (oldest first), which keeps at most
+    :data:`EARLY_INTERRUPT_MAX`."""
+    kept.pop(key, None)
+    kept[key] = now
+    while len(kept) > EARLY_INTERRUPT_MAX:
+        del kept[next(iter(kept))]
+
+
+def _forget_before(kept: dict[StepKey, float], oldest: float) -> None:
+    while kept and next(iter(kept.values())) < oldest:
+        del kept[next(iter(kept))]
+
 
 def _cancelled(task_id: str, step: PlanStep) -> StepOutcome:
     return StepOutcome(
@@ -136,7 +196,8 @@ class HostToolRunner(_StepRunner):
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         super().__init__(settings, ai_tool_handle)
         self._lock = threading.Lock()
-        self._cancels: dict[tuple[str, str], threading.Event] = {}
+        self._cancels: dict[StepKey, threading.Event] = {}
+        self._early = EarlyInterrupts()
 
     def ready(self) -> bool:
         return True
@@ -144,6 +205,9 @@ class HostToolRunner(_StepRunner):
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
         key, cancelled = (task_id, step.step_id), threading.Event()
         with self._lock:
+            if self._early.starting(key):
+                self._early.ended(key)
+                return _cancelled(task_id, step)
             self._cancels[key] = cancelled
         context = HostContext(
             settings=self.host_context.settings,
@@ -154,16 +218,20 @@ class HostToolRunner(_StepRunner):
         finally:
             with self._lock:
                 self._cancels.pop(key, None)
+                self._early.ended(key)
         return _cancelled(task_id, step) if cancelled.is_set() else outcome
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def interrupt(self, task_id: str, step_id: str) -> bool:
-        """Cancel step ``step_id`` of ``task_id`` if it runs here (True)."""
+        """Cancel step ``step_id`` of ``task_id`` (True): it runs here, or starts here cancelled
+        (:class:`EarlyInterrupts`); False when it already ended here."""
+        key = (task_id, step_id)
         with self._lock:
-            cancelled = self._cancels.get((task_id, step_id))
-        if cancelled is not None:
-            cancelled.set()
-        return cancelled is not None
+            cancelled = self._cancels.get(key)
+            if cancelled is None:
+                return self._early.ask(key)
+        cancelled.set()
+        return True
 
 
 class ToolRunner(_StepRunner):
@@ -182,9 +250,10 @@ class ToolRunner(_StepRunner):
             spares=box.spares,
         )
         self._lock = threading.Lock()
-        self._step: tuple[str, str] | None = None
+        self._step: StepKey | None = None
         """``(task_id, step_id)`` of the step running now."""
         self._stop_asked = False
+        self._early = EarlyInterrupts()
         self._sandbox: Sandbox | None = None
         """The sandbox the running step's call went to (what :meth:`interrupt` stops)."""
 
@@ -195,8 +264,12 @@ class ToolRunner(_StepRunner):
         return os.getpid()
 
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
+        key = (task_id, step.step_id)
         with self._lock:
-            self._step, self._stop_asked = (task_id, step.step_id), False
+            if self._early.starting(key):
+                self._early.ended(key)
+                return _cancelled(task_id, step)
+            self._step, self._stop_asked = key, False
         try:
             sandbox = self.sandboxes.for_task(task_id)
             with self._lock:
@@ -220,17 +293,20 @@ class ToolRunner(_StepRunner):
         finally:
             with self._lock:
                 self._step = None
+                self._early.ended(key)
         if outcome.error is not None and outcome.error.type == ErrorType.SANDBOX_ERROR:
             self.sandboxes.retire_failed()  # the retry runs on a warm spare at once
         return outcome
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def interrupt(self, task_id: str, step_id: str) -> bool:
-        """Stop step ``step_id`` of ``task_id`` if it runs here (True): its call's processes are
-        killed (the sandbox starts afresh on the next call) and the step returns ``cancelled``."""
+        """Stop step ``step_id`` of ``task_id`` (True): when it runs here its call's processes are
+        killed (the sandbox starts afresh on the next call) and the step returns ``cancelled``; when
+        it has not started here yet it starts cancelled (:class:`EarlyInterrupts`). False when it
+        already ended here."""
         with self._lock:
             if self._step != (task_id, step_id):
-                return False
+                return self._early.ask((task_id, step_id))
             self._stop_asked = True
             if self._sandbox is not None:
                 self._sandbox.interrupt()

@@ -14,7 +14,8 @@
 
 Every one takes ``--address URL`` (default ``$OFFICERAY_ADDRESS``, else the config's
 ``serve.host:serve.port``, i.e. ``http://127.0.0.1:8000``) and ``--key KEY`` (default
-``$OFFICERAY_API_KEY``, else the admin key ``officeray serve`` wrote to ``auth.admin_key_file``).
+``$OFFICERAY_API_KEY``, else, for a server on this machine only, the admin key ``officeray serve``
+wrote to ``auth.admin_key_file``; a server elsewhere without a key given is a usage error).
 
 Exit codes: 0 done; 1 the server cannot be reached (the message names the address), refused the key
 (401), answered another error (its ``detail`` and ``code`` are printed), or the task failed; 2 bad
@@ -52,7 +53,7 @@ from cluster.client import (
     TaskApiClient,
     record_from_view,
 )
-from cluster.keyfile import local_api_key
+from cluster.keyfile import server_api_key
 from officeray.config import Settings
 from officeray.contracts import TaskRecord, TaskRequest, TaskStatus
 
@@ -83,7 +84,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "--key",
         metavar="KEY",
         default=None,
-        help=f"API key (default: ${API_KEY_ENV}, else the local admin key file of `officeray serve`)",
+        help=f"API key (default: ${API_KEY_ENV}, else, for a server on this machine, the admin key file "
+        "of `officeray serve`)",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
 
@@ -191,7 +193,8 @@ def connect(args: argparse.Namespace, settings: Settings) -> Iterator[TaskApiCli
     """A client of the server the command names; its errors become the command's (see :func:`refusal`)."""
     address = server_address(args, settings)
     try:
-        with TaskApiClient(address, local_api_key(settings, getattr(args, "key", None))) as client:
+        key = server_api_key(settings, getattr(args, "key", None), address)
+        with TaskApiClient(address, key) as client:
             yield client
     except ApiUnreachable as exc:
         raise ServerError(

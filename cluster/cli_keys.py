@@ -25,6 +25,7 @@ from cluster.cli_output import EXIT_OK, ServerError, UsageError
 from cluster.keyfile import open_store, store_name
 from officeray.auth import (
     KEY_ID_CHARS,
+    KEY_PREFIX,
     MAX_KEY_NAME_CHARS,
     TENANT_PATTERN,
     ApiKeyRecord,
@@ -39,6 +40,18 @@ T = TypeVar("T")
 
 KEY_ID_PATTERN = re.compile(rf"[0-9a-f]{{{KEY_ID_CHARS}}}")
 """A key id as ``revoke`` takes it (:data:`officeray.auth.KEY_ID_CHARS` lowercase hex characters)."""
+
+_KEY_START = re.compile(rf"{re.escape(KEY_PREFIX)}[0-9a-f]{{{KEY_ID_CHARS}}}", re.ASCII)
+
+
+def shown_revoke_argument(given: object) -> str:
+    """What a refusal of ``keys revoke GIVEN`` may show of it: never a part of what may be a secret,
+    only its ``ofr_<id>`` start when it has one, else nothing."""
+    if isinstance(given, str):
+        start = _KEY_START.match(given.strip())
+        if start is not None:
+            return f"{start.group()}_... "
+    return ""
 
 
 def add_keys_parser(sub: Any) -> None:
@@ -154,7 +167,10 @@ def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     given: str = args.key_id.strip()
     key_id = given if KEY_ID_PATTERN.fullmatch(given) else parse_key(given)
     if key_id is None:
-        raise UsageError(f"{given[:40]!r} is neither a key id ({KEY_ID_CHARS} hex characters) nor a key")
+        raise UsageError(
+            f"the argument {shown_revoke_argument(given)}is neither a key id ({KEY_ID_CHARS} lowercase hex "
+            f"characters) nor a key ({KEY_PREFIX}<id>_<secret>)"
+        )
 
     async def revoke(store: SqlStore) -> tuple[bool, ApiKeyRecord | None]:
         return await store.revoke_api_key(key_id), await store.get_api_key(key_id)

@@ -6,8 +6,10 @@
 * :func:`prepare_first_key`: that decision carried out against the configured store: on loopback,
   with no active key, a new ``admin`` key of tenant :data:`FIRST_KEY_TENANT` written to
   ``auth.admin_key_file`` (mode 0600 from its first byte, replaced atomically); elsewhere a refusal;
-* :func:`local_api_key`: the key a local command sends: ``--key``, else ``$OFFICERAY_API_KEY``, else
-  the admin key file (with a warning when others may read it).
+* :func:`local_api_key`: the key a command sends to a server: ``--key``, else ``$OFFICERAY_API_KEY``,
+  else, only for a server on this machine (a loopback host, :func:`address_is_loopback`), the admin
+  key file (with a warning when others may read it); :func:`server_api_key` also refuses (exit 2) a
+  server elsewhere without a key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -143,20 +146,62 @@ def read_key_file(path: Path, warn: Callable[[str], None] = _warn) -> str | None
     return text or None
 
 
+def address_is_loopback(address: str) -> bool:
+    """Whether the server URL ``address`` (``http[s]://HOST[:PORT][/...]``) names a loopback host
+    (:func:`is_loopback_host`); False for anything that does not parse, has another scheme or no
+    host, or has a backslash, whitespace or control character (where URL parsers disagree about the
+    host)."""
+    if not isinstance(address, str) or any(c == "\\" or c.isspace() or not c.isprintable() for c in address):
+        return False
+    try:
+        parts = urlsplit(address)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    return is_loopback_host(host)
+
+
 def local_api_key(
     settings: Settings,
     explicit: str | None,
     environ: Mapping[str, str] | None = None,
     warn: Callable[[str], None] = _warn,
+    *,
+    address: str,
 ) -> str | None:
-    """The key a local command sends: ``explicit`` (``--key``), else ``$OFFICERAY_API_KEY``, else the
-    one in ``auth.admin_key_file``; None when there is none."""
+    """The key a command sends to the server at ``address``: ``explicit`` (``--key``), else
+    ``$OFFICERAY_API_KEY``, else, when ``address`` is on this machine (:func:`address_is_loopback`),
+    the one in ``auth.admin_key_file``; None when there is none. The admin key never goes to a server
+    elsewhere: that one gets a key it was given."""
     if explicit:
         return explicit.strip()
     from_env = (os.environ if environ is None else environ).get(API_KEY_ENV, "").strip()
     if from_env:
         return from_env
+    if not address_is_loopback(address):
+        return None
     return read_key_file(settings.auth.admin_key_file, warn)
+
+
+def server_api_key(
+    settings: Settings,
+    explicit: str | None,
+    address: str,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] = _warn,
+) -> str | None:
+    """:func:`local_api_key`, and :class:`~cluster.cli_output.UsageError` (exit 2) for a server that
+    is not on this machine when no key was given. None (no key: the server answers 401) only for a
+    server on this machine without an admin key file."""
+    key = local_api_key(settings, explicit, environ, warn, address=address)
+    if key is None and not address_is_loopback(address):
+        raise UsageError(
+            f"no API key for the server at {address}: pass --key KEY or set ${API_KEY_ENV} (the local "
+            "admin key file is sent only to a server on this machine)"
+        )
+    return key
 
 
 async def _prepare(settings: Settings, host: str) -> str | None:

@@ -13,8 +13,9 @@ What it does:
    loopback port, configured by ``--config`` or else :data:`DEFAULT_STACK_CONFIG` (the embedded
    tier with its latency model standing in for real models; the report says so). Store and traces
    go under ``OUT/system/``; an admin key made for the run in that store is what locust sends. It is
-   stopped after the run. Against a ``--host``, the task users send ``$OFFICERAY_API_KEY``, else the
-   key in the config's ``auth.admin_key_file`` (the one ``officeray serve`` wrote on this machine).
+   stopped after the run. Against a ``--host``, the task users send ``$OFFICERAY_API_KEY``, else, for
+   a loopback host only, the key in the config's ``auth.admin_key_file`` (the one ``officeray serve``
+   wrote on this machine).
 3. Runs locust headless in subprocesses (locust's gevent must not share a process with Ray): one
    process, or with ``--workers N`` a master and N workers on loopback (locust's distributed mode).
    Users, spawn rate and duration come from the flags, or the stages of ``--shape``. In-flight tasks
@@ -247,13 +248,13 @@ def create_admin_key(store_url: str) -> str:
     return key
 
 
-def remote_api_key(config: str | None) -> str | None:
-    """The key a run against a ``--host`` sends: ``$OFFICERAY_API_KEY``, else the admin key file of the
-    config (:func:`cluster.keyfile.local_api_key`)."""
+def remote_api_key(config: str | None, host: str) -> str | None:
+    """The key a run against ``host`` sends: ``$OFFICERAY_API_KEY``, else, for a loopback ``host``
+    only, the admin key file of the config (:func:`cluster.keyfile.local_api_key`)."""
     from cluster.keyfile import local_api_key
     from officeray.config import load_settings
 
-    return local_api_key(load_settings(config), None)
+    return local_api_key(load_settings(config), None, address=host)
 
 
 READY_WAIT_S = 120.0
@@ -532,7 +533,7 @@ def run(plan: Plan, config: str | None) -> int:
         host = plan.args.host.rstrip("/")
         api_key = None
         if plan.args.scenario == "tasks":
-            api_key = remote_api_key(config)
+            api_key = remote_api_key(config, host)
             if api_key is None:
                 raise LoadtestError(
                     f"no API key for {host}: set {API_KEY_ENV} (a key of `officeray keys create`), or run "

@@ -382,7 +382,9 @@ class TenantLimits(_Section):
     submit_burst: int = Field(default=20, ge=1)
     """Submissions accepted at once before ``submit_per_s`` applies (the bucket's size)."""
     max_concurrent_tasks: int = Field(default=64, ge=1, le=100_000)
-    """Tasks of the tenant running at once; more wait in the tenant's queue."""
+    """Tasks of the tenant running at once; more wait in the tenant's queue. Each of the
+    ``workflow.orchestrators`` shards schedules its own tasks and runs at most
+    ``ceil(max_concurrent_tasks / orchestrators)`` (at least 1) of the tenant's at once."""
     daily_token_budget: int | None = Field(default=None, ge=1)
     """Model tokens the tenant may spend per UTC day; past it new model calls stop with a clear reason
     (None: no daily cap)."""
@@ -392,6 +394,8 @@ class TenantLimits(_Section):
     """Ceiling of a task's ``retry_policy.maximum_step_attempts``."""
     max_dlq_retries: int = Field(default=3, ge=0)
     """How many times one task may be retried from the dead-letter queue."""
+    max_task_duration_s: float = Field(default=86_400.0, gt=0)
+    """Ceiling of a task's ``retry_policy.maximum_duration_s`` (seconds)."""
     webhook_url: str | None = None
     """Where the tenant's tasks' events are POSTed when a task names no ``webhook_url``."""
 

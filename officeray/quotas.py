@@ -113,11 +113,28 @@ def ceiling_problems(request: TaskRequest, limits: TenantLimits) -> list[dict[st
                 limits.max_step_attempts,
             )
         )
+    if policy is not None and policy.maximum_duration_s > limits.max_task_duration_s:
+        problems.append(
+            _problem(
+                "retry_policy.maximum_duration_s",
+                f"retry_policy.maximum_duration_s {policy.maximum_duration_s} is above this tenant's "
+                f"ceiling max_task_duration_s ({limits.max_task_duration_s} seconds); ask for at most "
+                f"{limits.max_task_duration_s}",
+                limits.max_task_duration_s,
+            )
+        )
     return problems
 
 
-def _problem(field: str, message: str, ceiling: int) -> dict[str, Any]:
+def _problem(field: str, message: str, ceiling: float) -> dict[str, Any]:
     return {"field": field, "message": message, "ceiling": ceiling}
+
+
+def shard_tenant_cap(cap: int, shards: int) -> int:
+    """A tenant's running tasks allowed on one of ``shards`` orchestrators (each schedules its own
+    tasks): ``ceil(cap / shards)``, at least 1, so all shards together run about ``cap`` (up to
+    ``shards - 1`` more when ``cap`` does not divide evenly, ``shards`` when ``cap < shards``)."""
+    return max(1, math.ceil(cap / max(1, shards)))
 
 
 def effective_token_budget(request: TaskRequest, limits: TenantLimits, configured: int | None) -> int:

@@ -29,12 +29,17 @@ Both need an API key when the router is built with ``authenticate`` (the gateway
 401 (``code`` ``invalid_api_key``, ``WWW-Authenticate: Bearer``). With ``bill``, the usage of every
 answered completion is added to the key's tenant's totals (``GET /v1/tenants/{tenant}/usage``): the
 tier's usage for a plain answer; for a stream, whitespace-separated words of the messages and of the
-streamed content, billed when the stream ends (also when the client goes away).
+streamed content, billed when the stream ends (also when the client goes away). With
+``budget_spent``, a completion for a tenant whose daily token budget is spent
+(``tenants.<name>.daily_token_budget``, counted per UTC day) is refused before any model call: 429
+``daily_token_budget_spent`` with the reason.
 
 Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``:
 
 ===========================================  ======================================================
 no key, or a refused one                     401 ``invalid_api_key``
+the tenant's daily token budget is spent     429 ``daily_token_budget_spent``
+the tenant's usage of today cannot be read   503 ``store_unavailable``, ``Retry-After``
 body not JSON                                400
 body not a chat request                      422 (the fields at fault in the message)
 unknown ``model``                            404 ``unknown model 'x'; models: planner, reviewer, ai_tool``
@@ -96,6 +101,11 @@ Authenticate = Callable[[Request], Awaitable[Principal]]
 
 Bill = Callable[[str, ModelUsage], Awaitable[None]]
 """Adds a completion's usage to a tenant's totals."""
+
+BudgetSpent = Callable[[str], Awaitable[str | None]]
+"""Why a tenant may make no more model calls now (its daily token budget is spent); None: it may."""
+
+BUDGET_SPENT_CODE = "daily_token_budget_spent"
 
 
 class ChatDispatch(Protocol):
@@ -475,11 +485,36 @@ async def _caller(request: Request, authenticate: Authenticate | None) -> Princi
 # --------------------------------------------------------------------------------------------------
 
 
+async def _check_budget(budget_spent: BudgetSpent | None, tenant: str | None) -> None:
+    """429 in OpenAI's shape when ``tenant``'s daily token budget is spent; 503 when that cannot be
+    read now (the call is not made unchecked)."""
+    if budget_spent is None or tenant is None:
+        return
+    try:
+        reason = await budget_spent(tenant)
+    except Exception:
+        logger.warning("could not read tenant %s's usage of today", tenant, exc_info=True)
+        raise ChatAPIError(
+            503,
+            "the tenant's usage cannot be read now; retry later",
+            type_="server_error",
+            code="store_unavailable",
+            retry_after_s=DEFAULT_BACKPRESSURE_RETRY_AFTER_S,
+        ) from None
+    if reason is not None:
+        raise ChatAPIError(429, reason, type_="insufficient_quota", code=BUDGET_SPENT_CODE)
+
+
 def make_chat_router(
-    dispatch: ChatDispatch, *, authenticate: Authenticate | None = None, bill: Bill | None = None
+    dispatch: ChatDispatch,
+    *,
+    authenticate: Authenticate | None = None,
+    bill: Bill | None = None,
+    budget_spent: BudgetSpent | None = None,
 ) -> APIRouter:
     """The ``/v1/chat/completions`` and ``/v1/models`` routes over ``dispatch``; with
-    ``authenticate`` they need a key, with ``bill`` the key's tenant pays (see the module docstring)."""
+    ``authenticate`` they need a key, with ``bill`` the key's tenant pays, with ``budget_spent`` it
+    is refused (429) once its daily token budget is spent (see the module docstring)."""
     router = APIRouter(tags=["models"])
 
     @router.get("/v1/models", response_model=None)
@@ -502,11 +537,12 @@ def make_chat_router(
             body = await parse_request(request)
             role = _role(body.model)
             call = build_call(role, body)
+            tenant = None if principal is None else principal.tenant
+            await _check_budget(budget_spent, tenant)
         except ChatAPIError as exc:
             return exc.response()
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        tenant = None if principal is None else principal.tenant
         if not body.stream:
             try:
                 answer = await dispatch.generate(role, call)

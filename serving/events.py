@@ -12,14 +12,22 @@ as they are stored (:func:`task_event_stream`, sent with sse-starlette's ``Event
 * the stream ends after the event that makes the task final.
 
 The stream reads the store (every :data:`EVENT_POLL_S`), not an orchestrator, so any gateway
-replica serves any task, wherever it runs; after a final state it reads once more, so the events
-written with it are sent too.
+replica serves any task, wherever it runs.
+
+Event ids come from one sequence of the store, but on PostgreSQL writers in several processes (the
+workflow on one shard, ``cancel_requested`` from another) commit in any order: id 102 may be read
+before 101 is committed. So an event is sent only once the stream has seen it for
+:data:`EVENT_SETTLE_S` (a write commits well within that of drawing its id, so every smaller id is
+readable by then), and the events before it went first, in id order. ``Last-Event-ID`` is then exact:
+no event below a sent id can appear later. A task that ended before the stream saw it sends its
+events at once (nothing is written to it any more).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -39,6 +47,10 @@ HEARTBEAT_S = 15.0
 
 RECONNECT_MS = 1000
 """The ``retry:`` a stream's first message sets: how long an ``EventSource`` waits to reconnect."""
+
+EVENT_SETTLE_S = 1.0
+"""How long a stream holds an event it has just read before sending it: longer than any write takes
+from drawing its event id to its commit, so the events with smaller ids are all readable by then."""
 
 MAX_EVENT_ID = 2**63 - 1
 """Largest ``Last-Event-ID`` taken (a store's event ids are 64-bit at most)."""
@@ -103,33 +115,59 @@ async def task_event_stream(
     *,
     poll_s: float = EVENT_POLL_S,
     heartbeat_s: float = HEARTBEAT_S,
+    settle_s: float = EVENT_SETTLE_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> AsyncIterator[ServerSentEvent]:
     """The messages of a task's stream (see the module docstring): its events after ``after_id``
-    in order, heartbeats while it is quiet, until the event that makes it final. ``clock`` (seconds)
-    and ``sleep`` are injected for tests."""
+    in id order, each once it was seen for ``settle_s``, heartbeats while it is quiet, until the
+    event that makes it final. ``clock`` (seconds) and ``sleep`` are injected for tests."""
     yield ServerSentEvent(comment=f"events of task {task_id}", retry=RECONNECT_MS)
     last_sent = clock()
+    seen: dict[int, tuple[TaskEvent, float]] = {}  # read, not sent yet: by id, with when first read
+    settled = False  # the task was final (or gone) when its unsent events were read: all go at once
+    first = True
     while True:
-        events = await store.events(task_id, after_id)
-        for event in events:
+        now = clock()
+        _note(seen, await store.events(task_id, after_id), now)
+        if not seen or first:
+            first = False
+            record = await store.get_task(task_id)
+            if record is None or record.status.is_final:
+                settled = True  # the final event was stored with the final record: one more read takes it
+                _note(seen, await store.events(task_id, after_id), now)
+        for event in _ready(seen, math.inf if settled else clock() - settle_s):
             yield sse_message(event)
             after_id = event.id
             last_sent = clock()
             if _is_final_event(event):
                 return
-        if not events:
-            record = await store.get_task(task_id)
-            if record is None or record.status.is_final:
-                # one last read: the final event was stored with the final record
-                for event in await store.events(task_id, after_id):
-                    yield sse_message(event)
-                return
+        if settled:
+            return
         if clock() - last_sent >= heartbeat_s:
             yield ServerSentEvent(comment="ping")
             last_sent = clock()
         await sleep(poll_s)
+
+
+def _note(seen: dict[int, tuple[TaskEvent, float]], events: list[TaskEvent], now: float) -> None:
+    """Add the events read at ``now`` to ``seen`` (those seen before keep their first reading)."""
+    for event in events:
+        if event.id is not None:
+            seen.setdefault(event.id, (event, now))
+
+
+def _ready(seen: dict[int, tuple[TaskEvent, float]], read_by: float) -> list[TaskEvent]:
+    """Take from ``seen`` the events that may be sent, in id order: those first read by ``read_by``,
+    up to the first one read later (it, and the ones after it, wait: a smaller id may still commit)."""
+    ready: list[TaskEvent] = []
+    for event_id in sorted(seen):
+        event, first_read = seen[event_id]
+        if first_read > read_by:
+            break
+        del seen[event_id]
+        ready.append(event)
+    return ready
 
 
 def event_stream_response(store: EventSource, task_id: str, after_id: int | None) -> EventSourceResponse:

@@ -63,7 +63,12 @@ The full API (``/v1``):
 * ``GET /v1/tasks?status=&created_after=&limit=&cursor=[&tenant=]``: ``{"tasks": [summaries],
   "next_cursor"}``, newest first (:class:`TaskList`); ``next_cursor`` (null on the last page) is an
   opaque keyset cursor to send back as ``?cursor=`` (a forged one: 422).
-* ``GET /v1/tasks/{task_id}/events``: the task's transitions in order.
+* ``GET /v1/tasks/{task_id}/events``: the task's transitions in order (JSON, each with its ``id``);
+  with ``Accept: text/event-stream`` a live stream of them that resumes after ``Last-Event-ID`` and
+  ends after the final state (:mod:`serving.events`).
+* ``GET /v1/tasks/{task_id}/webhooks``: the task's webhook deliveries and their attempts.
+* ``POST /v1/tasks/{task_id}/cancel``: 202; the run stops and the task ends ``cancelled`` (409
+  ``task_final`` for a task that already ended).
 * ``GET /v1/tasks/{task_id}/trace``: the task's spans in order.
 * ``POST /v1/tasks/{task_id}/feedback`` ``{"rating": -1|0|1, "comment", "labels"}``
   (:class:`officeray.feedback.Feedback`, bounded sizes): 201 with the stored feedback;
@@ -75,8 +80,9 @@ The full API (``/v1``):
 * ``GET /v1/dlq`` (``?tenant=``, ``?limit=``): the dead-letter queue, newest first;
   ``GET /v1/dlq/{task_id}``: one entry with the task record; ``POST /v1/dlq/{task_id}/retry``: 202
   ``{"task_id", "status"}``, the task runs again from its last good checkpoint.
-* ``POST /v1/tasks/{task_id}/approvals/{step_id}`` (body ``{"decision": "approve" | "reject", "by",
-  "reason"}``): decides a step that waits for approval (409 when it does not wait, or was decided);
+* ``POST /v1/tasks/{task_id}/approvals/{step_id}`` (body ``{"decision": "approve" | "reject",
+  "reason"}``; approver and admin keys, ``decided_by`` is the key's id): decides a step that waits
+  for approval (409 when it does not wait, or was decided);
   ``GET`` the same path: the decision.
 * ``GET /healthz``: ``{"status": "ok", "tasks_in_flight": N, "tool_runners": {...}}`` when the
   orchestrator answers; ``tool_runners`` sums the runner pools (runners, idle, starting, steps
@@ -111,7 +117,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -128,7 +134,7 @@ from actors.client import OrchestratorClient, create_client
 from actors.orchestrator import ModelPorts
 from actors.webhooks import webhook_url_problem
 from officeray.auth import Action, Principal
-from officeray.config import Settings
+from officeray.config import Settings, TenantLimits
 from officeray.contracts import (
     MAX_TASK_DESCRIPTION_CHARS,
     DlqDetail,
@@ -139,20 +145,28 @@ from officeray.contracts import (
     TaskRequest,
     TaskStatus,
     WorkflowRetryPolicy,
+    utcnow,
 )
 from officeray.errors import (
     ApprovalConflictError,
     IdempotencyConflictError,
+    LimitExceededError,
     ModelUnavailableError,
+    OfficerayError,
     OrchestratorUnavailableError,
     StoreUnavailableError,
     TaskFinalError,
     TaskNotFoundError,
 )
 from officeray.feedback import Feedback, TaskFeedback
-from officeray.quotas import SubmitRateLimiter, ceiling_problems, dlq_retry_problem
-from officeray.store import SqlStore
-from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor
+from officeray.quotas import (
+    SubmitRateLimiter,
+    ceiling_problems,
+    daily_budget_spent_reason,
+    dlq_retry_problem,
+)
+from officeray.store import SqlStore, TaskStore
+from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor, as_utc
 from officeray.telemetry import read_trace
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.validate import validate_plan
@@ -443,6 +457,31 @@ async def _orchestrator_unavailable(_request: Request, exc: Exception) -> JSONRe
 async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONResponse:
     # an idempotency key belongs to one tenant (the key's), so the task it names is the caller's own
     return JSONResponse(status_code=409, content={"detail": _first_line(exc), "code": "idempotency_conflict"})
+
+
+ORCHESTRATOR_REFUSALS: dict[type[OfficerayError], tuple[int, str]] = {
+    TaskNotFoundError: (404, "task_not_found"),
+    TaskFinalError: (409, "task_final"),
+    ApprovalConflictError: (409, "approval_conflict"),
+    LimitExceededError: (422, "over_ceiling"),
+}
+"""Status and ``code`` of each refusal the orchestrator client raises that a route does not answer
+itself (IdempotencyConflictError and the unavailable errors have their own handlers above)."""
+
+
+async def _orchestrator_refusal(_request: Request, exc: Exception) -> JSONResponse:
+    """An orchestrator's refusal in the one error shape (:data:`ORCHESTRATOR_REFUSALS`), never a 500."""
+    status, code = next(
+        (answer for cls, answer in ORCHESTRATOR_REFUSALS.items() if isinstance(exc, cls)), (409, "conflict")
+    )
+    content: dict[str, Any] = {"detail": _first_line(exc), "code": code}
+    if isinstance(exc, TaskFinalError) and exc.status:
+        content["status"] = exc.status
+    return JSONResponse(status_code=status, content=content)
+
+
+for _refusal in ORCHESTRATOR_REFUSALS:
+    app.add_exception_handler(_refusal, _orchestrator_refusal)
 
 
 @app.exception_handler(Exception)
@@ -750,6 +789,12 @@ def over_ceiling(problems: list[dict[str, Any]]) -> ApiError:
     return ApiError(422, f"invalid task request: {summary}", "over_ceiling", errors=problems)
 
 
+def dlq_over_ceiling(problem: str, limits: TenantLimits) -> ApiError:
+    """The 422 of a DLQ retry past the tenant's ``max_dlq_retries``."""
+    field = {"field": "max_dlq_retries", "message": problem, "ceiling": limits.max_dlq_retries}
+    return ApiError(422, f"cannot retry: {problem}", "over_ceiling", errors=[field])
+
+
 def decode_cursor(cursor: str | None) -> TaskCursor | None:
     """The page a ``?cursor=`` names; 422 for one this API did not write."""
     if cursor is None:
@@ -766,21 +811,51 @@ def decode_cursor(cursor: str | None) -> TaskCursor | None:
         ) from None
 
 
+def created_after_utc(moment: datetime | None) -> datetime | None:
+    """``?created_after=`` in UTC (a moment without an offset is UTC); 422 for one that has no UTC
+    equivalent (an offset that moves it before year 1 or after year 9999)."""
+    if moment is None:
+        return None
+    try:
+        return as_utc(moment)
+    except OverflowError:
+        message = "the moment is out of range once converted to UTC"
+        raise ApiError(
+            422,
+            f"invalid request: created_after: {message}",
+            ERROR_CODES[422],
+            errors=[{"field": "created_after", "message": message}],
+        ) from None
+
+
 Caller = Annotated[Principal, Depends(authenticated)]
 """The principal of a route's request (401 without a valid key): ``principal: Caller``."""
 
 
 class _HandleDispatch:
-    """The chat routes' way to the role deployments (set by the Gateway replica in this process), and
-    where they bill the key's tenant."""
+    """The chat routes' way to the role deployments (set by the Gateway replica in this process), where
+    they bill the key's tenant, and what says when its daily token budget is spent."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], datetime] = utcnow) -> None:
         self.handles: dict[str, Any] = {}
-        self.store: SqlStore | None = None
+        self.store: TaskStore | None = None
+        self.settings: Settings | None = None
+        self.now = now
 
     async def bill(self, tenant: str, usage: ModelUsage) -> None:
         if self.store is not None:
             await self.store.add_tenant_usage(tenant, usage)
+
+    async def budget_spent(self, tenant: str) -> str | None:
+        """Why ``tenant`` may make no more model calls today (its ``daily_token_budget`` is spent by
+        the usage stored for the UTC day); None while it may, or without a daily budget."""
+        if self.store is None or self.settings is None:
+            return None
+        limits = self.settings.tenant_limits(tenant)
+        if limits.daily_token_budget is None:
+            return None  # no budget: no store read per call
+        used = await self.store.tenant_usage_on(tenant, self.now().date())
+        return daily_budget_spent_reason(tenant, used.total_tokens, limits)
 
     async def generate(self, role: Role, call: ModelCall) -> ModelAnswer:
         try:
@@ -795,7 +870,11 @@ class _HandleDispatch:
 
 
 _dispatch = _HandleDispatch()
-app.include_router(make_chat_router(_dispatch, authenticate=authenticated, bill=_dispatch.bill))
+app.include_router(
+    make_chat_router(
+        _dispatch, authenticate=authenticated, bill=_dispatch.bill, budget_spent=_dispatch.budget_spent
+    )
+)
 
 
 def _idempotency_key(header: str | None, body: str | None) -> str | None:
@@ -807,6 +886,37 @@ def _idempotency_key(header: str | None, body: str | None) -> str | None:
             f"idempotency_key ({body!r}) differ; send one, or the same value in both",
         )
     return header if header is not None else body
+
+
+def admitted_task(
+    task: TaskRequest,
+    header_key: str | None,
+    principal: Principal,
+    settings: Settings,
+    catalog: ToolCatalog,
+    rate_limiter: SubmitRateLimiter,
+) -> TaskRequest:
+    """``task`` as the gateway submits it: for the caller's tenant, ``submitted_by`` its key, with its
+    idempotency key. Checked first (the caller's tenant and role, the tenant's ceilings, the webhook
+    URL, the tools, a ready plan, the idempotency key: 4xx), then charged to the tenant's submit rate
+    (429), so a refused request spends none of it."""
+    tenant = submission_tenant(task, principal)
+    require(principal, Action.SUBMIT, tenant)
+    limits = settings.tenant_limits(tenant)
+    task = task.model_copy(update={"tenant": tenant, "submitted_by": principal.key_id})
+    problems = ceiling_problems(task, limits)
+    if problems:
+        raise over_ceiling(problems)
+    check_webhook_url(task.webhook_url, settings.webhooks.allow_hosts)
+    check_allowed_tools(task.allowed_tools, catalog)
+    check_ready_plan(task, catalog)
+    key = _idempotency_key(header_key, task.idempotency_key)
+    if key is not None:
+        task = task.model_copy(update={"idempotency_key": key})
+    wait_s = rate_limiter.acquire(tenant, limits)
+    if wait_s is not None:
+        raise rate_limited(tenant, wait_s)
+    return task
 
 
 def _task_not_found(task_id: str) -> ApiError:
@@ -837,6 +947,7 @@ class Gateway:
         install_verifier(KeyVerifier(self.store, settings.auth.cache_ttl_s))
         _dispatch.handles = {"planner": planner, "reviewer": reviewer, "ai_tool": ai_tool}
         _dispatch.store = self.store
+        _dispatch.settings = settings
 
     @app.post("/v1/tasks", status_code=202)
     async def create_task(
@@ -872,7 +983,11 @@ class Gateway:
         require(principal, Action.READ, principal.tenant)
         whose = listed_tenant(tenant, principal, "tasks")
         records = await self.store.list_tasks(
-            status, limit + 1, tenant=whose, created_after=created_after, cursor=decode_cursor(cursor)
+            status,
+            limit + 1,
+            tenant=whose,
+            created_after=created_after_utc(created_after),
+            cursor=decode_cursor(cursor),
         )
         page = records[:limit]
         more = len(records) > limit
@@ -915,28 +1030,14 @@ class Gateway:
     async def _submit(
         self, task: TaskRequest, header_key: str | None, principal: Principal
     ) -> tuple[TaskRecord, bool]:
-        """Check ``task`` (the caller's tenant and role, its rate, the tenant's ceilings, tools, ready
-        plan) and submit it for that tenant, ``submitted_by`` the key, with its idempotency key
-        (claimed with the task, in one orchestrator call); ``(record, created)``. A refused task
-        creates nothing; a key used with another request answers 409 (``idempotency_conflict``); a
-        ``task_id`` that another tenant's task has answers 409 (``task_id_unavailable``), which says
-        nothing of that task."""
-        tenant = submission_tenant(task, principal)
-        require(principal, Action.SUBMIT, tenant)
-        limits = self.settings.tenant_limits(tenant)
-        wait_s = self.rate_limiter.acquire(tenant, limits)
-        if wait_s is not None:
-            raise rate_limited(tenant, wait_s)
-        task = task.model_copy(update={"tenant": tenant, "submitted_by": principal.key_id})
-        problems = ceiling_problems(task, limits)
-        if problems:
-            raise over_ceiling(problems)
-        check_webhook_url(task.webhook_url, self.settings.webhooks.allow_hosts)
-        check_allowed_tools(task.allowed_tools, self.catalog)
-        check_ready_plan(task, self.catalog)
-        key = _idempotency_key(header_key, task.idempotency_key)
-        if key is not None:
-            task = task.model_copy(update={"idempotency_key": key})
+        """Check ``task`` (:func:`admitted_task`: the caller's tenant and role, the tenant's ceilings,
+        tools, ready plan, then its rate) and submit it for that tenant, ``submitted_by`` the key,
+        with its idempotency key (claimed with the task, in one orchestrator call); ``(record,
+        created)``. A refused task creates nothing; a key used with another request answers 409
+        (``idempotency_conflict``); a ``task_id`` that another tenant's task has answers 409
+        (``task_id_unavailable``), which says nothing of that task."""
+        task = admitted_task(task, header_key, principal, self.settings, self.catalog, self.rate_limiter)
+        tenant = task.tenant
         record, created = await self.orchestrators.submit(task)
         if record.tenant != tenant:
             raise ApiError(
@@ -1030,12 +1131,13 @@ class Gateway:
         retries = sum(event.kind == "retried_from_dlq" for event in await self.store.events(task_id))
         problem = dlq_retry_problem(retries, limits)
         if problem is not None:
-            field = {"field": "max_dlq_retries", "message": problem, "ceiling": limits.max_dlq_retries}
-            raise ApiError(422, f"cannot retry: {problem}", "over_ceiling", errors=[field])
+            raise dlq_over_ceiling(problem, limits)
         try:
             record = await self.orchestrators.retry(task_id)
         except TaskNotFoundError:  # taken out of the queue meanwhile (another retry)
             raise _not_in_dlq(task_id) from None
+        except LimitExceededError as exc:  # the orchestrator counted a retry this check did not see
+            raise dlq_over_ceiling(_first_line(exc), limits) from None
         return JSONResponse({"task_id": record.task_id, "status": record.status.value}, status_code=202)
 
     @app.post("/v1/tasks/{task_id}/approvals/{step_id}")

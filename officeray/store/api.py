@@ -88,12 +88,13 @@ class TaskCursor(NamedTuple):
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             created_at, task_id = json.loads(raw)
-            moment = datetime.fromisoformat(created_at)
-        except (ValueError, TypeError, binascii.Error):
+            # OverflowError: a moment whose offset takes it before year 1 or after 9999 in UTC
+            moment = as_utc(datetime.fromisoformat(created_at))
+        except (ValueError, TypeError, OverflowError, binascii.Error):
             raise ValueError("invalid cursor") from None
         if not isinstance(task_id, str) or not _CURSOR_TASK_ID.match(task_id):
             raise ValueError("invalid cursor")
-        return cls(as_utc(moment), task_id)
+        return cls(moment, task_id)
 
 
 class IdempotencyClaim(NamedTuple):

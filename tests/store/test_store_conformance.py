@@ -9,6 +9,7 @@ What only a SQL database has (migrations, triggers, several processes racing) is
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -590,6 +591,10 @@ def test_task_cursors_round_trip_and_forged_ones_are_refused() -> None:
     cursor = TaskCursor(T0, "task-1")
     assert TaskCursor.decode(cursor.encode()) == cursor
     forged = ["", "x", "!!!", "a" * 600, cursor.encode()[:-3], "W10", "WyJ4IiwieSJd", "eyJhIjoxfQ"]
+    # moments that exist in their own offset but not in UTC (before year 1, after year 9999)
+    for moment in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"):
+        raw = json.dumps([moment, "task-1"]).encode()
+        forged.append(base64.urlsafe_b64encode(raw).decode().rstrip("="))
     for text in forged:
         with pytest.raises(ValueError, match="invalid cursor"):
             TaskCursor.decode(text)

@@ -326,6 +326,66 @@ async def test_a_cancel_requested_while_no_orchestrator_ran_the_task_ends_it_on_
         assert steps.started == []
 
 
+async def test_a_cancel_that_comes_while_the_claim_loop_looks_for_cancel_requests_is_not_lost(
+    tmp_path: Path,
+) -> None:
+    steps = Steps()
+    async with orchestrator_in(tmp_path, steps) as (orchestrator, _actors):
+        record = TaskRecord(task_id="t-race", description="multiply", tenant="acme")
+        await orchestrator.store.create_task(record, task("t-race"))  # unfinished, nobody holds it
+        reading, gate = asyncio.Event(), asyncio.Event()
+        events = orchestrator.store.events
+
+        async def slow_events(task_id: str, after_id: int | None = None) -> list[Any]:
+            found = await events(task_id, after_id)  # read before the cancel request is written
+            if task_id == "t-race" and not reading.is_set():
+                reading.set()
+                await gate.wait()
+            return found
+
+        orchestrator.store.events = slow_events  # type: ignore[method-assign]
+        await orchestrator.in_flight()  # starts the claim loop
+        await until(reading.is_set, "the claim loop looks for a cancel request")
+
+        _before, here = await orchestrator.cancel("t-race", "key-4")
+        gate.set()
+        ended = await orchestrator.wait("t-race", timeout_s=WAIT_S)
+
+        assert here  # the claimed task was stopped here
+        assert ended.status == TaskStatus.CANCELLED and ended.error == "cancelled by key-4"
+        assert steps.started == []  # it never ran
+
+
+async def test_a_second_cancel_does_not_cut_short_the_end_of_a_cancelled_claimed_task(
+    tmp_path: Path,
+) -> None:
+    steps = Steps()
+    async with orchestrator_in(tmp_path, steps) as (orchestrator, _actors):
+        record = TaskRecord(task_id="t-orphan", description="multiply", tenant="acme")
+        await orchestrator.store.create_task(record, task("t-orphan"))
+        await orchestrator.store.append_event("t-orphan", "cancel_requested", {"by": "key-3"})
+        finishing, gate = asyncio.Event(), asyncio.Event()
+        finish_task = orchestrator.store.finish_task
+
+        async def slow_finish(*args: Any, **kwargs: Any) -> bool:
+            finishing.set()
+            await gate.wait()
+            return await finish_task(*args, **kwargs)
+
+        orchestrator.store.finish_task = slow_finish  # type: ignore[method-assign]
+        await orchestrator.in_flight()  # starts the claim loop
+        await until(finishing.is_set, "the cancelled end is being written")
+
+        _before, here = await orchestrator.cancel("t-orphan", "key-5")
+        gate.set()
+        ended = await orchestrator.wait("t-orphan", timeout_s=WAIT_S)
+
+        assert here
+        assert ended.status == TaskStatus.CANCELLED and ended.error == "cancelled by key-3"  # the first end
+        kinds = [e.kind for e in await orchestrator.store.events("t-orphan")]
+        assert kinds.count("cancelled") == 1 and steps.started == []
+
+
 async def test_a_step_cut_short_by_its_caller_is_stopped_and_its_runner_taken_back() -> None:
     """What the ``maximum_duration_s`` cap does to a running step (it stops waiting for it)."""
     from actors.tool_runner import PoolLimits, RunnerPool

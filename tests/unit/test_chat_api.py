@@ -470,3 +470,65 @@ def test_a_stream_is_billed_when_it_ends(dispatch: EmbeddedDispatch) -> None:
         usage["completion_tokens"],
     )
     assert billed.completion_tokens > 0
+
+
+SPENT = "tenant acme's daily token budget of 100 tokens is spent; it resets at 00:00 UTC"
+
+
+class Budget:
+    """A daily budget check that answers what it is told, and remembers whom it was asked about."""
+
+    def __init__(self, reason: str | None = None, fails: bool = False) -> None:
+        self.reason = reason
+        self.fails = fails
+        self.asked: list[str] = []
+
+    async def spent(self, tenant: str) -> str | None:
+        self.asked.append(tenant)
+        if self.fails:
+            raise ConnectionError("store down")
+        return self.reason
+
+
+def budgeted_client(dispatch: ChatDispatch, ledger: Ledger, budget: Budget) -> TestClient:
+    app = FastAPI()
+    router = make_chat_router(
+        dispatch, authenticate=_authenticate, bill=ledger.bill, budget_spent=budget.spent
+    )
+    app.include_router(router)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tenant_past_its_daily_token_budget_gets_429_before_any_model_call(
+    dispatch: EmbeddedDispatch, stream: bool
+) -> None:
+    ledger, budget = Ledger(), Budget(SPENT)
+    client = budgeted_client(dispatch, ledger, budget)
+    answer = client.post(
+        URL, json=chat("ai_tool", "hi", stream=stream), headers={"Authorization": f"Bearer {GOOD_KEY}"}
+    )
+    assert answer.status_code == 429
+    assert answer.json() == {
+        "error": {
+            "message": SPENT,
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "daily_token_budget_spent",
+        }
+    }
+    assert budget.asked == ["acme"] and dispatch.calls == [] and ledger.billed == []
+
+
+def test_a_tenant_under_its_budget_is_answered_and_an_unreadable_budget_is_503(
+    dispatch: EmbeddedDispatch,
+) -> None:
+    ledger = Ledger()
+    auth = {"Authorization": f"Bearer {GOOD_KEY}"}
+    body = chat("ai_tool", "summarize: One sentence here. Another one.")
+    answer = budgeted_client(dispatch, ledger, Budget(None)).post(URL, json=body, headers=auth)
+    assert answer.status_code == 200 and len(ledger.billed) == 1
+    down = budgeted_client(dispatch, ledger, Budget(fails=True)).post(URL, json=body, headers=auth)
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
+    assert down.json()["error"]["code"] == "store_unavailable" and "store down" not in down.text
+    assert len(dispatch.calls) == 1

@@ -340,6 +340,25 @@ def test_the_local_admin_key_file_is_used_when_no_key_is_given(
     assert json.loads(capsys.readouterr().out)["tenant"] == "globex"
 
 
+@pytest.mark.parametrize(
+    "command", [["get", "t-1"], ["list"], ["run", "x"], ["dlq", "list"], ["cancel", "t-1"]]
+)
+def test_the_admin_key_file_never_goes_to_a_server_elsewhere(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str]
+) -> None:
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(FAKE_ADMIN_KEY + "\n")
+    key_file.chmod(0o600)
+    monkeypatch.setenv("OFFICERAY_AUTH__ADMIN_KEY_FILE", str(key_file))
+    # exits before any connection: nothing listens there, and nothing is sent
+    assert _officeray("http://gateway.example.com:8000", *command, key=None) == 2
+    err = capsys.readouterr().err
+    assert "pass --key" in err and "OFFICERAY_API_KEY" in err and FAKE_ADMIN_KEY not in err
+    if command[0] != "run":  # `run` without --address runs locally
+        monkeypatch.setenv("OFFICERAY_ADDRESS", "http://10.1.2.3:8000")
+        assert cli.main(command) == 2
+
+
 def test_dlq_with_an_address_goes_through_the_api(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     api, url = server
     api.dlq["t-dead"] = {"task_id": "t-dead", "tenant": "acme", "reason": "gave up", "created_at": "now"}

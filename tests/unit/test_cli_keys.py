@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cluster import cli
+from cluster.cli_keys import shown_revoke_argument
 from officeray.auth import ApiKeyRecord, Role, parse_key, verify_key
 from officeray.store import SqlStore
 
@@ -132,6 +133,37 @@ def test_bad_usage_and_unknown_keys_exit_2_with_a_message(
     code, out, err = run(capsys, *argv)
     assert code == 2 and message in err and "Traceback" not in err
     assert json.loads(run(capsys, "keys", "list", "--json")[1]) == {"keys": []}  # nothing was created
+
+
+SECRET = "S3cr3t-PART_of-a-key-xyzXYZ0123456789"
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        (f"ofr_0123456789ab_{SECRET[:10]}", "ofr_0123456789ab_... "),  # cut: too short a secret
+        (f"ofr_0123456789ab_{SECRET}!", "ofr_0123456789ab_... "),  # a character keys never have
+        (f"  ofr_0123456789ab{SECRET}", "ofr_0123456789ab_... "),
+        (f"ofr_0123456789AB_{SECRET}", ""),  # no id: nothing of it is shown
+        (f"ofr_{SECRET}", ""),
+        (SECRET, ""),  # a secret without its prefix
+        (f"Bearer ofr_0123456789ab_{SECRET}", ""),
+        ("not-a-key", ""),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_a_refused_revoke_argument_shows_at_most_the_key_id(given: object, shown: str) -> None:
+    assert shown_revoke_argument(given) == shown
+
+
+@pytest.mark.parametrize(
+    "given", [f"ofr_0123456789ab_{SECRET[:20]}", f"ofr_0123456789ab_{SECRET} x", SECRET, f"ofr_{SECRET}"]
+)
+def test_revoke_never_echoes_a_secret(store_url: str, capsys: pytest.CaptureFixture[str], given: str) -> None:
+    code, out, err = run(capsys, "keys", "revoke", given)
+    assert code == 2 and "neither a key id" in err
+    assert SECRET[:8] not in out + err
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cluster import cli
@@ -17,11 +18,13 @@ from cluster.keyfile import (
     API_KEY_ENV,
     FIRST_KEY_TENANT,
     FirstStart,
+    address_is_loopback,
     first_start_action,
     is_loopback_host,
     local_api_key,
     prepare_first_key,
     read_key_file,
+    server_api_key,
     write_key_file,
 )
 from officeray.auth import Role, mint_key, parse_key, verify_key
@@ -148,15 +151,79 @@ def settings_in(tmp_path: Path) -> Settings:
     )
 
 
+HERE = "http://127.0.0.1:8000"
+ELSEWHERE = "http://gateway.example.com:8000"
+
+
 def test_local_api_key_prefers_the_flag_then_the_environment_then_the_file(tmp_path: Path) -> None:
     settings = settings_in(tmp_path)
-    assert local_api_key(settings, None, environ={}) is None
+    assert local_api_key(settings, None, environ={}, address=HERE) is None
     write_key_file(settings.auth.admin_key_file, "ofr_file")
-    assert local_api_key(settings, None, environ={}) == "ofr_file"
-    assert local_api_key(settings, None, environ={API_KEY_ENV: "ofr_env"}) == "ofr_env"
-    assert local_api_key(settings, None, environ={API_KEY_ENV: "  "}) == "ofr_file"
-    assert local_api_key(settings, "ofr_flag", environ={API_KEY_ENV: "ofr_env"}) == "ofr_flag"
-    assert local_api_key(settings, "", environ={API_KEY_ENV: "ofr_env"}) == "ofr_env"
+    assert local_api_key(settings, None, environ={}, address=HERE) == "ofr_file"
+    assert local_api_key(settings, None, environ={API_KEY_ENV: "ofr_env"}, address=HERE) == "ofr_env"
+    assert local_api_key(settings, None, environ={API_KEY_ENV: "  "}, address=HERE) == "ofr_file"
+    assert local_api_key(settings, "ofr_flag", environ={API_KEY_ENV: "ofr_env"}, address=HERE) == "ofr_flag"
+    assert local_api_key(settings, "", environ={API_KEY_ENV: "ofr_env"}, address=HERE) == "ofr_env"
+
+
+LOOPBACK_ADDRESSES = [
+    "http://127.0.0.1:8000",
+    "http://localhost:8000/",
+    "https://LOCALHOST",
+    "http://[::1]:8000",
+    "http://127.0.0.2",
+    "http://user@127.0.0.1:8000",
+    "http://127.0.0.1#@evil.com",  # a fragment: the host is still 127.0.0.1 (for httpx too)
+]
+REMOTE_ADDRESSES = [
+    "http://gateway.example.com:8000",
+    "http://0.0.0.0:8000",
+    "http://[::]:8000",
+    "http://10.0.0.5:8000",
+    "http://127.0.0.1@evil.com",  # user info: the host is evil.com
+    "http://127.0.0.1:8000@evil.com/",
+    "http://[::1]@evil.com",
+    "http://localhost.evil.com",
+    "http://127.0.0.1.evil.com",
+    "http://127.1",
+    "http://0x7f000001",
+    "http://evil.com\\@127.0.0.1",
+    "http://evil.com\\.127.0.0.1",
+    "http://evil.com\t@127.0.0.1",
+    "http://127.0.0.1 @evil.com",
+    "http://[::1%25lo]:8000",
+    "http://[::1",
+    "127.0.0.1:8000",  # no scheme
+    "//127.0.0.1:8000",
+    "ftp://127.0.0.1",
+    "file:///tmp/x",
+    "http://",
+    "http://ｌｏｃａｌｈｏｓｔ",
+    "",
+]
+
+
+@pytest.mark.parametrize("address", LOOPBACK_ADDRESSES)
+def test_addresses_on_this_machine(address: str) -> None:
+    assert address_is_loopback(address)
+    assert is_loopback_host(httpx.URL(address).host)  # where the client really connects
+
+
+@pytest.mark.parametrize("address", REMOTE_ADDRESSES)
+def test_addresses_elsewhere_or_unclear_never_get_the_admin_key(tmp_path: Path, address: str) -> None:
+    assert not address_is_loopback(address)
+    settings = settings_in(tmp_path)
+    write_key_file(settings.auth.admin_key_file, "ofr_file")
+    assert local_api_key(settings, None, environ={}, address=address) is None
+    with pytest.raises(UsageError, match=f"pass --key KEY or set \\${API_KEY_ENV}"):
+        server_api_key(settings, None, address, environ={})
+    # a key given explicitly goes to any address
+    assert server_api_key(settings, "ofr_flag", address, environ={}) == "ofr_flag"
+    assert server_api_key(settings, None, address, environ={API_KEY_ENV: "ofr_env"}) == "ofr_env"
+
+
+def test_a_loopback_server_without_any_key_is_left_to_answer_401(tmp_path: Path) -> None:
+    assert server_api_key(settings_in(tmp_path), None, HERE, environ={}) is None
 
 
 # -- first start of `officeray serve` --------------------------------------------------------------------

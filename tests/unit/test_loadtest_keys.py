@@ -66,19 +66,21 @@ def test_locust_gets_the_key_for_task_users_only(tmp_path: Path, monkeypatch: py
     assert API_KEY_ENV not in _environment(model, False, KEY)
 
 
-def test_against_a_host_the_key_comes_from_the_environment_or_the_key_file(
+def test_against_a_host_the_key_comes_from_the_environment_or_the_key_file_on_loopback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key_file = tmp_path / "admin.key"
     monkeypatch.setenv("OFFICERAY_AUTH__ADMIN_KEY_FILE", str(key_file))
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     monkeypatch.delenv("OFFICERAY_CONFIG", raising=False)
-    assert remote_api_key(None) is None
+    assert remote_api_key(None, "http://127.0.0.1:8000") is None
     key_file.write_text(f"{KEY}\n")
     key_file.chmod(0o600)
-    assert remote_api_key(None) == KEY
+    assert remote_api_key(None, "http://127.0.0.1:8000") == KEY
+    assert remote_api_key(None, "http://gateway.example.com:8000") is None  # the admin key stays here
     monkeypatch.setenv(API_KEY_ENV, "ofr_from_env")
-    assert remote_api_key(None) == "ofr_from_env"
+    assert remote_api_key(None, "http://127.0.0.1:8000") == "ofr_from_env"
+    assert remote_api_key(None, "http://gateway.example.com:8000") == "ofr_from_env"
 
 
 def test_a_task_run_against_a_host_without_a_key_stops_before_the_load(

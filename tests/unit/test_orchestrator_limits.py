@@ -240,3 +240,20 @@ async def test_a_tenant_without_dlq_retries_cannot_retry_at_all(tmp_path: Path) 
         assert (await orchestrator.wait("broken-1", timeout_s=WAIT_S)).status == TaskStatus.FAILED
         with pytest.raises(LimitExceededError, match="retried from the dead-letter queue 0 time"):
             await orchestrator.retry("broken-1")
+
+
+async def test_a_tenants_running_tasks_are_divided_between_the_orchestrator_shards(tmp_path: Path) -> None:
+    gates = Gates()
+    settings = settings_for(
+        tmp_path,
+        workflow={"max_concurrent_tasks": 4, "orchestrators": 2},
+        tenants={"acme": {"max_concurrent_tasks": 3}},
+    )
+    async with orchestrator_on(settings, gates) as orchestrator:  # one of the two shards
+        for i in range(4):
+            await orchestrator.submit(task(f"acme-{i}", "acme"))
+        await until(lambda: orchestrator.scheduler.queued_by_tenant() == {"acme": 2}, "two wait")
+        assert len(gates.started) == 2  # ceil(3 / 2): the other shard may run two more of acme's
+        gates.open(gates.started[0])
+        await until(lambda: len(gates.started) == 3, "the freed slot is acme's next task")
+        assert orchestrator.scheduler.queued_by_tenant() == {"acme": 1}

@@ -18,6 +18,7 @@ from officeray.quotas import (
     daily_budget_spent_reason,
     dlq_retry_problem,
     effective_token_budget,
+    shard_tenant_cap,
 )
 
 
@@ -158,7 +159,7 @@ def test_a_tenant_asked_recently_is_kept_when_others_are_forgotten() -> None:
 
 # -- ceilings ------------------------------------------------------------------------------------
 
-ACME = limits(max_token_budget=10_000, max_step_attempts=20)
+ACME = limits(max_token_budget=10_000, max_step_attempts=20, max_task_duration_s=7200)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +177,20 @@ ACME = limits(max_token_budget=10_000, max_step_attempts=20)
             {"token_budget": 99_999, "retry_policy": {"maximum_step_attempts": 10_000}},
             ["token_budget", "retry_policy.maximum_step_attempts"],
         ),
+        ({"retry_policy": {"maximum_step_attempts": 20, "maximum_duration_s": 7200}}, []),
+        ({"retry_policy": {"maximum_step_attempts": 20, "maximum_duration_s": 0.5}}, []),
+        (
+            {"retry_policy": {"maximum_step_attempts": 20, "maximum_duration_s": 7200.5}},
+            ["retry_policy.maximum_duration_s"],
+        ),
+        (
+            {"retry_policy": {"maximum_step_attempts": 1, "maximum_duration_s": 7 * 24 * 3600}},
+            ["retry_policy.maximum_duration_s"],
+        ),
+        (
+            {"retry_policy": {"maximum_step_attempts": 21, "maximum_duration_s": 86_400}},
+            ["retry_policy.maximum_step_attempts", "retry_policy.maximum_duration_s"],
+        ),
     ],
 )
 def test_ceiling_problems_name_each_field_above_its_ceiling(
@@ -192,14 +207,31 @@ def test_ceiling_problems_name_each_field_above_its_ceiling(
 
 def test_the_default_ceilings_refuse_what_the_issue_names() -> None:
     default = Settings().tenant_limits("default")
-    request = TaskRequest(
-        description="x", token_budget=10**9, retry_policy=WorkflowRetryPolicy(maximum_step_attempts=10_000)
-    )
+    policy = WorkflowRetryPolicy(maximum_step_attempts=10_000, maximum_duration_s=2 * 86_400)
+    request = TaskRequest(description="x", token_budget=10**9, retry_policy=policy)
     problems = ceiling_problems(request, default)
     assert {p["field"]: p["ceiling"] for p in problems} == {
         "token_budget": 200_000,
         "retry_policy.maximum_step_attempts": 100,
+        "retry_policy.maximum_duration_s": 86_400.0,  # a day
     }
+    assert ceiling_problems(TaskRequest(description="x", retry_policy=WorkflowRetryPolicy()), default) == []
+
+
+@pytest.mark.parametrize(
+    ("cap", "shards", "per_shard"),
+    [(64, 1, 64), (64, 2, 32), (64, 3, 22), (10, 4, 3), (1, 4, 1), (3, 64, 1), (100_000, 64, 1563)],
+)
+def test_a_tenants_running_tasks_are_split_between_the_shards(cap: int, shards: int, per_shard: int) -> None:
+    assert shard_tenant_cap(cap, shards) == per_shard
+    assert per_shard * shards >= cap  # together the shards never run fewer than the cap
+    assert per_shard == 1 or (per_shard - 1) * shards < cap  # and at most shards - 1 more
+
+
+def test_a_task_may_not_last_longer_than_a_day_by_default_and_the_ceiling_must_be_positive() -> None:
+    assert Settings().tenant_limits("anyone").max_task_duration_s == 86_400.0
+    with pytest.raises(ValueError, match="max_task_duration_s"):
+        limits(max_task_duration_s=0)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,9 @@ pure tenant rules of the task routes."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -16,10 +19,13 @@ from officeray.contracts import TaskRequest
 from officeray.testing import InMemoryStore
 from serving.gateway import listed_tenant, submission_tenant
 from serving.security import (
+    FAILURE_WINDOW_S,
     MAX_AUTHORIZATION_CHARS,
+    MAX_FAILURES_PER_KEY_ID,
     NEGATIVE_CACHE_TTL_S,
     UNAUTHORIZED_DETAIL,
     AccessError,
+    FailureCounter,
     KeyVerifier,
     authenticated,
     bearer_token,
@@ -169,6 +175,102 @@ async def test_a_zero_ttl_remembers_nothing(store: CountingStore) -> None:
     for _ in range(2):
         assert await verifier.principal(key) is not None
     assert verify.calls == 2
+
+
+def _other_secret(record: ApiKeyRecord, n: int) -> str:
+    """A well-formed key with the id of ``record`` and the ``n``-th made-up secret (never cached)."""
+    return f"ofr_{record.key_id}_{n:043d}"
+
+
+async def test_repeated_wrong_secrets_of_one_id_stop_costing_argon2_until_the_window_passes(
+    store: CountingStore,
+) -> None:
+    clock, verify = FakeClock(), CountingVerify()
+    verifier = KeyVerifier(store, TTL_S, clock=clock, verify=verify)
+    key, record = await _key(store)
+    other_key, _ = await _key(store)
+
+    for n in range(MAX_FAILURES_PER_KEY_ID + 20):  # a new secret each time: the answer cache never hits
+        assert await verifier.principal(_other_secret(record, n)) is None
+    assert verify.calls == MAX_FAILURES_PER_KEY_ID  # the rest were refused without argon2
+    assert await verifier.principal(key) is None  # the genuine key too: it was never verified here
+    assert await verifier.principal(other_key) is not None  # other ids are not affected
+    assert verify.calls == MAX_FAILURES_PER_KEY_ID + 1
+
+    clock.advance(FAILURE_WINDOW_S)
+    assert await verifier.principal(key) is not None  # the window passed: verified again
+    assert verify.calls == MAX_FAILURES_PER_KEY_ID + 2
+
+
+async def test_a_key_verified_before_a_lockout_keeps_working_through_it(store: CountingStore) -> None:
+    clock, verify = FakeClock(), CountingVerify()
+    verifier = KeyVerifier(store, TTL_S, clock=clock, verify=verify)
+    key, record = await _key(store)
+    assert await verifier.principal(key) is not None
+    clock.advance(TTL_S)  # its cached answer expired
+    for n in range(MAX_FAILURES_PER_KEY_ID + 5):
+        assert await verifier.principal(_other_secret(record, n)) is None
+    calls = verify.calls
+    assert await verifier.principal(key) is not None
+    assert verify.calls == calls  # recognised without argon2
+    await store.revoke_api_key(record.key_id)
+    clock.advance(TTL_S)
+    assert await verifier.principal(key) is None  # revocation still counts
+
+
+@pytest.mark.parametrize(
+    ("failures_at", "blocked_at"),
+    [
+        ([], [(0.0, False)]),
+        ([0.0] * (MAX_FAILURES_PER_KEY_ID - 1), [(0.0, False)]),
+        (
+            [0.0] * MAX_FAILURES_PER_KEY_ID,
+            [(0.0, True), (FAILURE_WINDOW_S - 0.1, True), (FAILURE_WINDOW_S, False)],
+        ),
+        # the window opens at the first failure: failures spread over more than one window do not add up
+        ([i * FAILURE_WINDOW_S / 5 for i in range(MAX_FAILURES_PER_KEY_ID)], [(FAILURE_WINDOW_S * 2, False)]),
+    ],
+)
+def test_failure_counter_blocks_past_the_limit_within_the_window(
+    failures_at: list[float], blocked_at: list[tuple[float, bool]]
+) -> None:
+    clock = FakeClock()
+    counter = FailureCounter(clock)
+    for at in failures_at:
+        clock.advance(at - clock())
+        counter.record("0123456789ab")
+    for at, blocked in blocked_at:
+        clock.advance(max(0.0, at - clock()))
+        assert counter.blocked("0123456789ab") is blocked
+    assert not counter.blocked("ba9876543210")
+
+
+def test_failure_counter_forgets_the_oldest_id_past_its_bound() -> None:
+    counter = FailureCounter(FakeClock(), max_failures=1, max_ids=2)
+    for key_id in ("a" * 12, "b" * 12, "c" * 12):
+        counter.record(key_id)
+    assert [counter.blocked(k) for k in ("a" * 12, "b" * 12, "c" * 12)] == [False, True, True]
+
+
+async def test_argon2_verifications_run_in_threads_at_most_max_at_once(store: CountingStore) -> None:
+    running, most, lock, loop_thread = 0, 0, threading.Lock(), threading.get_ident()
+
+    def slow_verify(presented: str, record: ApiKeyRecord) -> bool:
+        nonlocal running, most
+        assert threading.get_ident() != loop_thread  # not on the event loop
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return True
+
+    verifier = KeyVerifier(store, TTL_S, clock=FakeClock(), verify=slow_verify, max_verifications=2)
+    keys = [(await _key(store))[0] for _ in range(6)]
+    answers = await asyncio.gather(*(verifier.principal(key) for key in keys))
+    assert all(answer is not None for answer in answers)
+    assert most == 2
 
 
 # -- the dependency ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The live event stream of a task (serving.events) on the in-memory store: order, resumption after
-``Last-Event-ID`` without loss or duplicates, heartbeats, and the end after the final state. The
-stream's sleeps are scripted: each one lets the "workflow" write its next transition."""
+``Last-Event-ID`` without loss or duplicates (also when a smaller event id commits after a larger one,
+as on PostgreSQL), heartbeats, and the end after the final state. The stream's sleeps are scripted:
+each one lets the "workflow" write its next transition."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from typing import Any
 import pytest
 from sse_starlette import ServerSentEvent
 
-from officeray.contracts import TaskRecord, TaskRequest, TaskStatus
+from officeray.contracts import TaskEvent, TaskRecord, TaskRequest, TaskStatus
 from officeray.testing import InMemoryStore
-from serving.events import parse_last_event_id, task_event_stream, wants_event_stream
+from serving.events import (
+    EVENT_SETTLE_S,
+    EventSource,
+    parse_last_event_id,
+    task_event_stream,
+    wants_event_stream,
+)
 
 Write = Callable[[], Awaitable[Any]]
 
@@ -63,8 +70,23 @@ def _lifecycle(store: InMemoryStore) -> list[Write]:
     ]
 
 
+class Uncommitted:
+    """The store as a gateway reads it on PostgreSQL while events are being written by several
+    processes: an event whose id is in :attr:`hidden` has its id but is not committed yet."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+        self.hidden: set[int] = set()
+
+    async def events(self, task_id: str, after_id: int | None = None) -> list[TaskEvent]:
+        return [e for e in await self.store.events(task_id, after_id) if e.id not in self.hidden]
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        return await self.store.get_task(task_id)
+
+
 async def _collect(
-    store: InMemoryStore, script: Script, after_id: int | None = None, limit: int = 10_000
+    store: EventSource, script: Script, after_id: int | None = None, limit: int = 10_000
 ) -> list[ServerSentEvent]:
     messages: list[ServerSentEvent] = []
     stream = task_event_stream(store, "t1", after_id, heartbeat_s=15, clock=script.clock, sleep=script.sleep)
@@ -95,7 +117,53 @@ async def test_transitions_stream_in_order_and_the_stream_ends_after_the_final_o
             data = json.loads(message.data)
             assert data == stored[int(message.id)].model_dump(mode="json")  # the event's JSON, id included
     assert messages[0].retry == 1000 and messages[0].event is None  # reconnect advice first
-    assert len(script.writes) == 1  # it ended without waiting for the write after the end
+
+
+async def test_an_event_read_is_held_for_the_settle_time_before_it_is_sent() -> None:
+    store = InMemoryStore()
+    await _task(store)
+    sent_at: list[float] = []
+    script = Script([_transition(store, "planning", TaskStatus.PLANNING)])
+    stream = task_event_stream(store, "t1", clock=script.clock, sleep=script.sleep)
+    async for message in stream:
+        if message.event:
+            sent_at.append(script.now)
+            await stream.aclose()
+            break
+    # written at 0.25 s (the first sleep), read at once, sent once it was seen for the settle time
+    assert sent_at == [0.25 + EVENT_SETTLE_S]
+
+
+async def test_an_event_id_that_commits_after_a_larger_one_is_still_streamed_in_order() -> None:
+    store = InMemoryStore()
+    await _task(store)
+    uncommitted = Uncommitted(store)
+
+    async def cancel_requested_committing_late() -> None:  # another shard's write, still in flight
+        await store.append_event("t1", "cancel_requested", {"by": "key-1", "status": "executing"})
+        uncommitted.hidden.add(max(e.id or 0 for e in await store.events("t1")))
+
+    async def commit() -> None:
+        uncommitted.hidden.clear()
+
+    script = Script(
+        [
+            _transition(store, "planning", TaskStatus.PLANNING),
+            _transition(store, "planned", TaskStatus.EXECUTING),
+            cancel_requested_committing_late,
+            _transition(store, "step_finished", TaskStatus.EXECUTING),  # a larger id, committed first
+            lambda: store.get_task("t1"),
+            commit,  # 0.5 s after the larger id was first read: within the settle time
+            _transition(store, "cancelled", TaskStatus.CANCELLED),
+        ]
+    )
+    first = _events(await _collect(uncommitted, script, limit=3))
+    everything = [(e.id, e.kind) for e in await store.events("t1")]
+    assert [kind for _, kind in first] == ["planning", "planned", "cancel_requested"]
+    assert first == everything[:3]
+    rest = _events(await _collect(uncommitted, script, after_id=first[-1][0]))  # a reconnect
+    assert first + rest == [(e.id, e.kind) for e in await store.events("t1")]
+    assert [kind for _, kind in rest] == ["step_finished", "cancelled"]
 
 
 async def test_resuming_after_the_last_seen_id_loses_and_repeats_nothing() -> None:

@@ -73,6 +73,12 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
             "default": {"submit_per_s": 1000.0, "submit_burst": 1000, "max_concurrent_tasks": 4096},
             THROTTLED_TENANT: {"submit_per_s": 0.2, "submit_burst": THROTTLED_BURST},
         },
+        # webhooks to a receiver of the test on loopback, retried quickly (test_events_webhooks.py)
+        "webhooks.allow_hosts": ["127.0.0.1"],
+        "webhooks.initial_backoff_s": 0.3,
+        "webhooks.jitter": 0.0,
+        "webhooks.poll_interval_s": 0.1,
+        "webhooks.timeout_s": 5.0,
         **overrides,
     }
     return load_settings(None, **data)

@@ -8,7 +8,7 @@
   attempts show at ``GET /v1/tasks/{id}/webhooks``.
 
 Retries are fast through settings (``webhooks.initial_backoff_s``), loopback is allowed through
-``webhooks.allow_hosts``."""
+``webhooks.allow_hosts``: both set for the package's stack by ``integration_settings``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from cluster.runtime import LocalStack
 from officeray.auth import ApiKeyRecord, Role, mint_key
 from officeray.store import SqlStore
 from officeray.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
-from tests.integration.conftest import integration_settings
 
 pytestmark = pytest.mark.integration
 
@@ -43,24 +42,11 @@ WEBHOOK_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
-def events_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The stack with local sandboxes, loopback webhooks allowed and retried after 0.3 s, 0.6 s..."""
-    tmp = tmp_path_factory.mktemp("events")
-    settings = integration_settings(
-        tmp,
-        **{
-            "sandbox.backend": "local",
-            "workflow.orchestrators": 1,
-            "runners.count": 1,
-            "webhooks.allow_hosts": ["127.0.0.1"],
-            "webhooks.initial_backoff_s": 0.3,
-            "webhooks.jitter": 0.0,
-            "webhooks.poll_interval_s": 0.1,
-            "webhooks.timeout_s": 5.0,
-        },
-    )
-    with LocalStack(settings, http=True) as running:
-        yield running
+def events_stack(stack: LocalStack) -> LocalStack:
+    """The package's stack: its settings (:func:`~tests.integration.conftest.integration_settings`)
+    allow loopback webhooks and retry them after 0.3 s, 0.6 s... (one stack per test run: a second
+    one in the same process would end the first one's Ray)."""
+    return stack
 
 
 @pytest.fixture(scope="module")

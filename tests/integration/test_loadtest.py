@@ -24,8 +24,16 @@ LOADTEST_TIMEOUT_S = 300
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+def _loadtest(
+    *args: str, key: str | None = None, model_key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``officeray loadtest ARGS``; ``key`` (a running server's API key) as ``$OFFICERAY_API_KEY``,
+    ``model_key`` (the model endpoint's key, for ``--scenario model``) as ``$OPENAI_API_KEY``."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    if key is not None:
+        env["OFFICERAY_API_KEY"] = key
+    if model_key is not None:
+        env["OPENAI_API_KEY"] = model_key
     return subprocess.run(
         [sys.executable, "-m", "cluster.cli", "loadtest", "--quiet", *args],
         cwd=REPO,
@@ -71,7 +79,9 @@ def test_loadtest_starts_its_own_system_and_writes_the_report(tmp_path: Path) ->
     assert "completion" in proc.stdout and "SLO ok" in proc.stdout
 
 
-def test_distributed_staged_run_splits_the_report_by_stage(stack: LocalStack, tmp_path: Path) -> None:
+def test_distributed_staged_run_splits_the_report_by_stage(
+    stack: LocalStack, admin_key: str, tmp_path: Path
+) -> None:
     out = tmp_path / "spike"
     proc = _loadtest(
         "--host", _host(stack),
@@ -80,6 +90,7 @@ def test_distributed_staged_run_splits_the_report_by_stage(stack: LocalStack, tm
         "--slo", "completion.failure_rate<=0",
         "--slo", "run.trace_completeness>=1",
         "--out", str(out),
+        key=admin_key,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = _report(out)
@@ -91,7 +102,7 @@ def test_distributed_staged_run_splits_the_report_by_stage(stack: LocalStack, tm
     assert max(t["users"] for t in timeline) == 6  # the spike, over both workers
 
 
-def test_open_loop_run_and_a_violated_slo_exits_1(stack: LocalStack, tmp_path: Path) -> None:
+def test_open_loop_run_and_a_violated_slo_exits_1(stack: LocalStack, admin_key: str, tmp_path: Path) -> None:
     out = tmp_path / "open"
     proc = _loadtest(
         "--host", _host(stack),
@@ -99,6 +110,7 @@ def test_open_loop_run_and_a_violated_slo_exits_1(stack: LocalStack, tmp_path: P
         "--arrival-rate", "4",
         "--slo", "completion.p50_ms<=1",
         "--out", str(out),
+        key=admin_key,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = _report(out)
@@ -108,7 +120,7 @@ def test_open_loop_run_and_a_violated_slo_exits_1(stack: LocalStack, tmp_path: P
     assert "SLO FAIL completion.p50_ms<=1" in proc.stdout
 
 
-def test_model_scenario_measures_the_chat_endpoint(stack: LocalStack, tmp_path: Path) -> None:
+def test_model_scenario_measures_the_chat_endpoint(stack: LocalStack, admin_key: str, tmp_path: Path) -> None:
     out = tmp_path / "llm"
     proc = _loadtest(
         "--scenario", "model",
@@ -116,6 +128,7 @@ def test_model_scenario_measures_the_chat_endpoint(stack: LocalStack, tmp_path: 
         "--users", "2", "--spawn-rate", "2", "--duration", "4",
         "--slo", "request[LLM e2e].failures<=0",
         "--out", str(out),
+        model_key=admin_key,  # the gateway's chat route is the model endpoint here
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = _report(out)

@@ -137,14 +137,13 @@ def test_chat_completions_serves_the_role_models(stack: LocalStack) -> None:
         assert usage["calls"] == 2 and usage["prompt_tokens"] > data["usage"]["prompt_tokens"] > 0
 
 
-def test_tokens_are_summed_per_task_and_per_tenant(stack: LocalStack) -> None:
+def test_tokens_are_summed_per_task_and_per_tenant(stack: LocalStack, api: httpx.Client) -> None:
     tenant = "acme-tokens"
     records = stack.run([TaskRequest(description=f"Compute {i} + 1", tenant=tenant) for i in range(3)])
     assert all(r.status == TaskStatus.COMPLETED for r in records)
     for record in records:
         assert record.tenant == tenant and record.usage.calls == 2 and record.usage.total_tokens > 0
-    base = f"http://127.0.0.1:{stack.settings.serve.port}"
-    usage = httpx.get(f"{base}/v1/tenants/{tenant}/usage", timeout=30).json()
+    usage = api.get(f"/v1/tenants/{tenant}/usage").json()  # an admin key reads any tenant's usage
     assert usage["calls"] == 6
     assert usage["total_tokens"] == sum(r.usage.total_tokens for r in records)
 
@@ -155,24 +154,31 @@ def test_a_task_over_its_token_budget_stops_with_the_reason(stack: LocalStack) -
     assert "token budget exceeded" in (record.error or "") and record.steps == []
 
 
-def test_gateway_refuses_unknown_tools_and_runs_a_task_id_once(stack: LocalStack) -> None:
+def test_gateway_refuses_unknown_tools_and_runs_a_task_id_once(stack: LocalStack, admin_key: str) -> None:
     import concurrent.futures
 
     base = f"http://127.0.0.1:{stack.settings.serve.port}"
+    auth = bearer(admin_key)
     bad = httpx.post(
-        f"{base}/v1/tasks", json={"description": "Compute 1", "allowed_tools": ["nope"]}, timeout=30
+        f"{base}/v1/tasks",
+        json={"description": "Compute 1", "allowed_tools": ["nope"]},
+        headers=auth,
+        timeout=30,
     )
     assert bad.status_code == 422 and "nope" in bad.json()["detail"]
 
     body = {"description": "Compute 3 * 3", "task_id": "same-id-twice"}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         codes = list(
-            pool.map(lambda _: httpx.post(f"{base}/v1/tasks", json=body, timeout=30).status_code, range(8))
+            pool.map(
+                lambda _: httpx.post(f"{base}/v1/tasks", json=body, headers=auth, timeout=30).status_code,
+                range(8),
+            )
         )
     assert codes.count(202) == 1 and codes.count(200) == 7
     record = stack.run([TaskRequest(description="Compute 3 * 3", task_id="same-id-twice")])[0]
     assert record.status == TaskStatus.COMPLETED
-    events = httpx.get(f"{base}/v1/tasks/same-id-twice/events", timeout=30).json()["events"]
+    events = httpx.get(f"{base}/v1/tasks/same-id-twice/events", headers=auth, timeout=30).json()["events"]
     assert [e["kind"] for e in events].count("completed") == 1
     assert [e["kind"] for e in events].count("accepted") == 1
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from serving.tiers.vllm_tier import VLLM_APP_NAME
-from tests.integration.conftest import REPO, free_port, head_env, ray_head
+from tests.integration.conftest import REPO, bearer, create_key, free_port, head_env, ray_head
 
 pytestmark = pytest.mark.integration
 
@@ -75,13 +75,16 @@ def test_serve_deploy_of_the_shipped_config_brings_the_app_up_and_it_answers_a_t
         assert min_runners != 1
         assert health["status"] == "ok" and health["tool_runners"]["runners"] == min_runners
         assert health["tool_runners"]["problems"] == []  # the head advertises docker
+        auth = bearer(create_key(env["OFFICERAY_STORE__URL"]))  # what `officeray keys create` does
         task = {"description": "Compute (17 * 3 + 9) / 4"}
-        submitted = httpx.post(f"{base}/v1/tasks", json=task, timeout=30)
+        submitted = httpx.post(f"{base}/v1/tasks", json=task, headers=auth, timeout=30)
         assert submitted.status_code == 202, submitted.text
         task_id = submitted.json()["task_id"]
         deadline = time.monotonic() + TASK_TIMEOUT_S
         while True:
-            polled = httpx.get(f"{base}/v1/tasks/{task_id}", params={"wait_s": TASK_WAIT_S}, timeout=60)
+            polled = httpx.get(
+                f"{base}/v1/tasks/{task_id}", params={"wait_s": TASK_WAIT_S}, headers=auth, timeout=60
+            )
             record = polled.json()
             if record["status"] in ("completed", "failed"):
                 break

@@ -795,6 +795,16 @@ def dlq_over_ceiling(problem: str, limits: TenantLimits) -> ApiError:
     return ApiError(422, f"cannot retry: {problem}", "over_ceiling", errors=[field])
 
 
+def invalid_field(field: str, message: str) -> ApiError:
+    """The 422 (``invalid_request``) of one bad query field."""
+    return ApiError(
+        422,
+        f"invalid request: {field}: {message}",
+        ERROR_CODES[422],
+        errors=[{"field": field, "message": message}],
+    )
+
+
 def decode_cursor(cursor: str | None) -> TaskCursor | None:
     """The page a ``?cursor=`` names; 422 for one this API did not write."""
     if cursor is None:
@@ -803,12 +813,7 @@ def decode_cursor(cursor: str | None) -> TaskCursor | None:
         return TaskCursor.decode(cursor)
     except ValueError:
         message = "not a cursor this API returned (use next_cursor of the previous page as it is)"
-        raise ApiError(
-            422,
-            f"invalid request: cursor: {message}",
-            ERROR_CODES[422],
-            errors=[{"field": "cursor", "message": message}],
-        ) from None
+        raise invalid_field("cursor", message) from None
 
 
 def created_after_utc(moment: datetime | None) -> datetime | None:
@@ -819,13 +824,7 @@ def created_after_utc(moment: datetime | None) -> datetime | None:
     try:
         return as_utc(moment)
     except OverflowError:
-        message = "the moment is out of range once converted to UTC"
-        raise ApiError(
-            422,
-            f"invalid request: created_after: {message}",
-            ERROR_CODES[422],
-            errors=[{"field": "created_after", "message": message}],
-        ) from None
+        raise invalid_field("created_after", "the moment is out of range once converted to UTC") from None
 
 
 Caller = Annotated[Principal, Depends(authenticated)]

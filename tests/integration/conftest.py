@@ -54,6 +54,8 @@ def require_docker() -> None:
 THROTTLED_TENANT = "throttled"
 """A tenant of the test stack with a small submit burst, and a slow rate."""
 THROTTLED_BURST = 3
+BACKLOGGED_TENANT = "backlogged"
+"""A tenant of the test stack that runs one task at a time per orchestrator shard."""
 
 
 def integration_settings(tmp: Path, **overrides: object) -> Settings:
@@ -72,6 +74,7 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         "tenants": {
             "default": {"submit_per_s": 1000.0, "submit_burst": 1000, "max_concurrent_tasks": 4096},
             THROTTLED_TENANT: {"submit_per_s": 0.2, "submit_burst": THROTTLED_BURST},
+            BACKLOGGED_TENANT: {"max_concurrent_tasks": 1},
         },
         # webhooks to a receiver of the test on loopback, retried quickly (test_events_webhooks.py)
         "webhooks.allow_hosts": ["127.0.0.1"],

@@ -4,6 +4,7 @@ targets the SSRF guard refuses (422)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -11,7 +12,14 @@ import httpx
 import pytest
 
 from officeray.auth import Role
-from tests.integration.conftest import THROTTLED_BURST, THROTTLED_TENANT, base_url, bearer, create_key
+from tests.integration.conftest import (
+    BACKLOGGED_TENANT,
+    THROTTLED_BURST,
+    THROTTLED_TENANT,
+    base_url,
+    bearer,
+    create_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +77,43 @@ def test_a_webhook_the_ssrf_guard_refuses_is_a_422(api: httpx.Client, url: str) 
     assert answer.status_code == 422, answer.text
     body = answer.json()
     assert body["code"] == "invalid_webhook_url" and body["errors"][0]["field"] == "webhook_url"
+
+
+BACKLOG = 6
+WAIT_S = 4
+
+
+def _final(http: httpx.Client, task_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = http.get(f"/v1/tasks/{task_id}", params={"wait_s": 10}).json()
+        if body["status"] in ("completed", "failed", "cancelled"):
+            return body
+    raise AssertionError(f"task {task_id} did not end")
+
+
+def test_a_tenants_backlog_waits_in_its_own_queue_and_another_tenant_runs_at_once(stack: Any) -> None:
+    busy = create_key(stack.settings.store.url, BACKLOGGED_TENANT, Role.USER)
+    other = create_key(stack.settings.store.url, f"o-{uuid.uuid4().hex[:8]}", Role.USER)
+    base = base_url(stack)
+    with (
+        httpx.Client(base_url=base, headers=bearer(busy), timeout=60) as backlogged,
+        httpx.Client(base_url=base, headers=bearer(other), timeout=60) as http,
+    ):
+        backlog = [
+            backlogged.post("/v1/tasks", json={"description": f"Wait {WAIT_S} seconds"}).json()["task_id"]
+            for _ in range(BACKLOG)
+        ]
+        queued = [backlogged.get(f"/v1/tasks/{t}").json()["status"] for t in backlog]
+        assert queued.count("queued") >= BACKLOG - stack.settings.workflow.orchestrators, queued
+        started = time.monotonic()
+        task_id = http.post("/v1/tasks", json=QUICK_TASK).json()["task_id"]
+        done = _final(http, task_id)
+        took = time.monotonic() - started
+        assert done["status"] == "completed" and done["result"] == 2
+        assert took < WAIT_S, f"the other tenant's task waited {took:.1f}s behind the backlog"
+        # the backlog is still waiting its turn, one task per shard at a time
+        still = [backlogged.get(f"/v1/tasks/{t}").json()["status"] for t in backlog]
+        assert still.count("completed") <= stack.settings.workflow.orchestrators, still
+        for task in backlog:
+            backlogged.post(f"/v1/tasks/{task}/cancel")  # the stack is shared: free its slots

@@ -103,7 +103,12 @@ def ceiling_problems(request: TaskRequest, limits: TenantLimits) -> list[dict[st
             )
         )
     policy = request.retry_policy
-    if policy is not None and policy.maximum_step_attempts > limits.max_step_attempts:
+    asked = policy.model_fields_set if policy is not None else set()  # what the client wrote, not defaults
+    if (
+        policy is not None
+        and "maximum_step_attempts" in asked
+        and policy.maximum_step_attempts > limits.max_step_attempts
+    ):
         problems.append(
             _problem(
                 "retry_policy.maximum_step_attempts",
@@ -113,7 +118,11 @@ def ceiling_problems(request: TaskRequest, limits: TenantLimits) -> list[dict[st
                 limits.max_step_attempts,
             )
         )
-    if policy is not None and policy.maximum_duration_s > limits.max_task_duration_s:
+    if (
+        policy is not None
+        and "maximum_duration_s" in asked
+        and policy.maximum_duration_s > limits.max_task_duration_s
+    ):
         problems.append(
             _problem(
                 "retry_policy.maximum_duration_s",

@@ -218,6 +218,21 @@ def test_the_default_ceilings_refuse_what_the_issue_names() -> None:
     assert ceiling_problems(TaskRequest(description="x", retry_policy=WorkflowRetryPolicy()), default) == []
 
 
+def test_only_what_a_request_asks_for_is_held_to_the_ceilings() -> None:
+    """A policy that names one cap is not refused for the defaults of the others, even below them."""
+    low = limits(max_step_attempts=5, max_task_duration_s=600)  # both below the policy's defaults
+    only_attempts = TaskRequest.model_validate(
+        {"description": "x", "retry_policy": {"maximum_step_attempts": 4}}
+    )
+    assert ceiling_problems(only_attempts, low) == []
+    only_duration = TaskRequest.model_validate(
+        {"description": "x", "retry_policy": {"maximum_duration_s": 60}}
+    )
+    assert ceiling_problems(only_duration, low) == []
+    too_long = TaskRequest.model_validate({"description": "x", "retry_policy": {"maximum_duration_s": 601}})
+    assert [p["field"] for p in ceiling_problems(too_long, low)] == ["retry_policy.maximum_duration_s"]
+
+
 @pytest.mark.parametrize(
     ("cap", "shards", "per_shard"),
     [(64, 1, 64), (64, 2, 32), (64, 3, 22), (10, 4, 3), (1, 4, 1), (3, 64, 1), (100_000, 64, 1563)],

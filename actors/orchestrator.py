@@ -172,6 +172,7 @@ class Orchestrator:
             tenant_limits=settings.tenant_limits,
             usage_on=self.store.tenant_usage_on,
             needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
+            calls_model=lambda action: action in tools and tools[action].calls_model,
             approvals=self.approvals,
             owner=self.owner,  # every transition is written only while this life holds the task
         )

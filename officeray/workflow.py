@@ -161,6 +161,7 @@ class Workflow:
         tenant_limits: Callable[[str], TenantLimits] | None = None,
         usage_on: Callable[[str, date], Awaitable[ModelUsage]] | None = None,
         needs_approval: Callable[[str], bool] | None = None,
+        calls_model: Callable[[str], bool] | None = None,
         approvals: Approvals | None = None,
         owner: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -186,6 +187,9 @@ class Workflow:
         ``tenant_usage_on``); read before each model call of a tenant with a daily token budget."""
         self.needs_approval = needs_approval or (lambda _action: False)
         """Whether steps of a tool (by name) wait for a person's decision before they run."""
+        self.calls_model = calls_model or (lambda _action: False)
+        """Whether a tool (by name) calls a model: its steps do not run once the tenant's
+        ``daily_token_budget`` is spent."""
         self.approvals = approvals
         self.owner = owner
         """Who holds the leases of the tasks run here (an orchestrator's life). Every write of a run
@@ -727,6 +731,14 @@ class _TaskRun:
             refused = await self._approve(step)
             if refused is not None:
                 failed = self._step_failed(step, refused)
+                self._set_step(failed)
+                await wf.store.save_step_result(self.task_id, failed)
+                await self.persist("step_finished", step_id=step.step_id, step_status=failed.status.value)
+                return failed
+        if wf.calls_model(step.action):
+            spent = await self.daily_budget_spent()
+            if spent is not None:  # a model call like the planner's: not made once the day's budget is spent
+                failed = self._step_failed(step, StepError(type=ErrorType.POLICY, message=spent))
                 self._set_step(failed)
                 await wf.store.save_step_result(self.task_id, failed)
                 await self.persist("step_finished", step_id=step.step_id, step_status=failed.status.value)

@@ -171,6 +171,7 @@ BUILTIN_TOOLS: Mapping[str, ToolSpec] = MappingProxyType(
                 outputs=("answer",),
                 runtime=ToolRuntime.HOST,
                 host_function="tools_sandbox.host_tools.ai_tool:run",
+                calls_model=True,
             ),
             ToolSpec(
                 name="sleep",

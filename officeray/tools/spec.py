@@ -94,6 +94,9 @@ class ToolSpec:
     runtime: ToolRuntime = ToolRuntime.SANDBOX
     host_function: str | None = None
     """For ``runtime == HOST``: ``"module:function"`` of the :data:`HostFunction` that runs it."""
+    calls_model: bool = False
+    """Whether the tool calls a model (``ai_tool``): its steps count toward the tenant's
+    ``daily_token_budget`` and do not run once it is spent."""
     settings_model: type[BaseModel] | None = None
     """The model of this tool's section in the config's ``tools:`` mapping (validated at start)."""
     fails_on_nonzero_exit: bool = False

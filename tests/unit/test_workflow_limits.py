@@ -192,3 +192,41 @@ async def test_the_configured_budget_applies_below_the_ceiling() -> None:
     wf, _, _ = workflow([planned(150)], [], tenants, token_budget=120)
     record = await run(wf, "t1")
     assert record.error == "token budget exceeded: 150 tokens used, the budget is 120"
+
+
+async def test_a_step_that_calls_a_model_does_not_run_once_the_daily_budget_is_spent() -> None:
+    """The planner's call spends the day's budget: the ai_tool step (a model call too) is not made."""
+    store = InMemoryStore()
+    tenants = Tenants(store, acme={"daily_token_budget": 100})
+    calls: list[dict[str, Any]] = []
+
+    def plan_with_ai_tool(request: PlanRequest) -> Planned:
+        plan = make_plan(
+            request.task_id, [{"step_id": "s1", "action": "ai_tool", "inputs": {"prompt": "summarize: x"}}]
+        )
+        usage = ModelUsage(prompt_tokens=100, calls=1)
+        return Planned(plan=plan, call=ModelCallRecord(role="planner", tier="scripted", usage=usage))
+
+    tracer, _ = in_memory_tracer()
+    wf = Workflow(
+        planner=ScriptedPlanner([plan_with_ai_tool]),
+        reviewer=ScriptedReviewer([]),
+        executor=FunctionExecutor({"ai_tool": lambda inputs: calls.append(inputs) or {"answer": "x"}}),
+        store=store,
+        tracer=tracer,
+        tools=TOOLS,
+        tenant_limits=tenants.settings.tenant_limits,
+        usage_on=tenants.usage_on,
+        calls_model=lambda action: BUILTIN_TOOLS[action].calls_model,
+        now=lambda: NOON,
+    )
+    record = await run(wf, "t-ai")
+    assert calls == []  # the model was not called
+    (step,) = record.steps
+    assert step.status.value == "failed" and step.error is not None
+    assert spent(step.error.message, 100)
+    assert (
+        record.status == TaskStatus.FAILED
+        and record.error is not None
+        and "daily token budget" in record.error
+    )

@@ -1155,7 +1155,7 @@ class Gateway:
         except TaskNotFoundError:
             raise _task_not_found(task_id) from None
         except ApprovalConflictError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
+            raise ApiError(409, str(exc), "approval_conflict") from None
         return {
             "task_id": task_id,
             "step_id": step_id,

@@ -295,6 +295,7 @@ def test_approving_a_step_that_does_not_wait_is_a_409(client: httpx.Client) -> N
             json={"decision": "reject", "by": "bob", "reason": "no"},
         )
         assert response.status_code == 409, response.text
+        assert response.json()["code"] == "approval_conflict"
         assert "not waiting for approval" in response.json()["detail"]
     # nothing was recorded
     assert client.get(f"/v1/tasks/{task_id}/approvals/s1").status_code == 404

@@ -163,7 +163,6 @@ from officeray.quotas import (
     SubmitRateLimiter,
     ceiling_problems,
     daily_budget_spent_reason,
-    dlq_retry_problem,
 )
 from officeray.store import SqlStore, TaskStore
 from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor, as_utc
@@ -902,7 +901,6 @@ def admitted_task(
     tenant = submission_tenant(task, principal)
     require(principal, Action.SUBMIT, tenant)
     limits = settings.tenant_limits(tenant)
-    task = task.model_copy(update={"tenant": tenant, "submitted_by": principal.key_id})
     problems = ceiling_problems(task, limits)
     if problems:
         raise over_ceiling(problems)
@@ -910,8 +908,9 @@ def admitted_task(
     check_allowed_tools(task.allowed_tools, catalog)
     check_ready_plan(task, catalog)
     key = _idempotency_key(header_key, task.idempotency_key)
-    if key is not None:
-        task = task.model_copy(update={"idempotency_key": key})
+    task = task.model_copy(
+        update={"tenant": tenant, "submitted_by": principal.key_id, "idempotency_key": key}
+    )
     wait_s = rate_limiter.acquire(tenant, limits)
     if wait_s is not None:
         raise rate_limited(tenant, wait_s)
@@ -1126,17 +1125,12 @@ class Gateway:
         """Admin only; 422 (``over_ceiling``) once the task was retried ``max_dlq_retries`` times."""
         entry = await self._dlq_entry(task_id, principal)
         require(principal, Action.DLQ_RETRY, entry.tenant)
-        limits = self.settings.tenant_limits(entry.tenant)
-        retries = sum(event.kind == "retried_from_dlq" for event in await self.store.events(task_id))
-        problem = dlq_retry_problem(retries, limits)
-        if problem is not None:
-            raise dlq_over_ceiling(problem, limits)
         try:
-            record = await self.orchestrators.retry(task_id)
+            record = await self.orchestrators.retry(task_id)  # which counts the task's retries
         except TaskNotFoundError:  # taken out of the queue meanwhile (another retry)
             raise _not_in_dlq(task_id) from None
-        except LimitExceededError as exc:  # the orchestrator counted a retry this check did not see
-            raise dlq_over_ceiling(_first_line(exc), limits) from None
+        except LimitExceededError as exc:
+            raise dlq_over_ceiling(_first_line(exc), self.settings.tenant_limits(entry.tenant)) from None
         return JSONResponse({"task_id": record.task_id, "status": record.status.value}, status_code=202)
 
     @app.post("/v1/tasks/{task_id}/approvals/{step_id}")

@@ -220,6 +220,12 @@ class OrchestratorClient:
                 stats.append(result)
         return stats
 
+    async def shard_stats(self, timeout_s: float | None = None) -> list[dict[str, Any] | BaseException]:
+        """Each shard's answer to ``pool_stats`` in shard order (its runner pool and task slots), or
+        the exception of a shard that did not answer (the console's System view shows both)."""
+        limit = self.call_timeout_s if timeout_s is None else timeout_s
+        return await self._each(range(self.shards), "pool_stats", timeout_s=limit)
+
     async def probe(self, timeout_s: float | None = None) -> dict[int, BaseException]:
         """Call every shard (after a restart, the first call starts its loops, which resume its
         tasks); the shards that did not answer, with why."""

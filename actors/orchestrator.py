@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import ray
 
+from actors.collector import tracer_for
 from actors.tool_runner import RunnerActors, RunnerPool
 from actors.webhooks import WebhookDeliverer
 from officeray.config import Settings
@@ -63,7 +64,6 @@ from officeray.errors import (
 from officeray.quotas import dlq_retry_problem, shard_tenant_cap
 from officeray.scheduling import FairScheduler
 from officeray.store import SqlStore
-from officeray.telemetry import setup_tracing
 from officeray.tools.catalog import build_catalog
 from officeray.workflow import Planner, Reviewer, RunSupersededError, Workflow
 
@@ -165,7 +165,7 @@ class Orchestrator:
             reviewer=ports.reviewer,
             executor=self.pool,
             store=self.store,
-            tracer=setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name),
+            tracer=tracer_for(settings, "orchestrator", instance=str(shard)),
             tools=tools.input_models(),
             settings=settings.workflow,
             token_budget=settings.models.task_token_budget,
@@ -312,7 +312,12 @@ class Orchestrator:
             return await self._existing(task_id), False
         self._reserved[task_id] = asyncio.get_running_loop().create_future()
         try:
-            record = TaskRecord(task_id=task_id, description=request.description, tenant=request.tenant)
+            record = TaskRecord(
+                task_id=task_id,
+                description=request.description,
+                tenant=request.tenant,
+                trace_parent=request.traceparent,
+            )
             record.logs.append(LogLine(message=f"accepted by {self.owner}"))
             # Lease and row in one transaction: another orchestrator's claim loop only sees the new
             # task once it exists, and by then it is already held.

@@ -35,9 +35,10 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
+from actors.collector import tracer_for
 from officeray.config import RunnerAutoscaling, Settings
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
-from officeray.telemetry import extract_context, setup_tracing
+from officeray.telemetry import extract_context
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.tools.spec import HostContext, ToolRuntime
 from tools_sandbox.backends import make_sandbox
@@ -168,7 +169,11 @@ class _StepRunner:
         self.workspace_root = Path(settings.workspace_root)
         self.workspace_confined = settings.workspace_confined
         self.host_context = _host_context(settings, self.catalog, ai_tool_handle)
-        self.tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
+        self.tracer = tracer_for(settings, "runner", instance=self.lane_instance())
+
+    def lane_instance(self) -> str:
+        """Which runner this is on a timeline (its process)."""
+        return str(os.getpid())
 
     def run(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
@@ -198,6 +203,9 @@ class HostToolRunner(_StepRunner):
         self._lock = threading.Lock()
         self._cancels: dict[StepKey, threading.Event] = {}
         self._early = EarlyInterrupts()
+
+    def lane_instance(self) -> str:
+        return f"host-{os.getpid()}"
 
     def ready(self) -> bool:
         return True

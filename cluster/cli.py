@@ -17,6 +17,8 @@
 * ``officeray keys create|list|revoke``: API keys in the configured store (:mod:`cluster.cli_keys`).
 * ``officeray submit|get|watch|list|cancel|approve|feedback``, and ``officeray run --address URL``:
   a running server over its task API, no Ray started here (:mod:`cluster.cli_client`).
+* ``officeray trace TASK_ID [--address URL]``: a task's timeline in the terminal, one row per
+  component (:mod:`cluster.cli_trace`).
 * ``officeray --version``: the installed package's version.
 
 Commands of outer packages are found through the ``officeray.commands`` entry-point group
@@ -56,6 +58,7 @@ from cluster.cli_output import (
     print_summary,
     record_json,
 )
+from cluster.cli_trace import add_trace_parser, cmd_trace
 from officeray.config import Settings, load_settings
 from officeray.contracts import TaskRequest, TaskStatus
 from officeray.errors import ConfigError
@@ -124,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_dlq_parser(sub)
     add_keys_parser(sub)
+    add_trace_parser(sub)
     _CLIENT_HANDLERS.update(add_client_parsers(sub))
     _add_extension_commands(sub)
     return parser
@@ -365,6 +369,7 @@ def _run(args: argparse.Namespace) -> int:
         "tool": _cmd_tool,
         "dlq": cmd_dlq,
         "keys": cmd_keys,
+        "trace": cmd_trace,
         **_CLIENT_HANDLERS,
     }
     return handlers[args.command](args, settings)

@@ -254,6 +254,12 @@ class TaskApiClient:
             if not cursor or not page.get("tasks"):
                 return
 
+    def trace(self, task_id: str) -> dict[str, Any]:
+        """``GET /v1/tasks/{id}/trace``: ``{"task_id", "trace_id", "spans": [...], "events": [...]}``,
+        the spans (each with its ``lane`` and ``duration_ms``) ordered by start."""
+        answer: dict[str, Any] = self._call("GET", _path("v1", "tasks", task_id, "trace"))
+        return answer
+
     def cancel(self, task_id: str) -> dict[str, Any]:
         """``POST /v1/tasks/{id}/cancel`` (202: the task is being stopped)."""
         answer: dict[str, Any] = self._call("POST", _path("v1", "tasks", task_id, "cancel"))

@@ -112,10 +112,98 @@ class StoreSettings(_Section):
     """SQLAlchemy URL. A relative SQLite path is relative to the working directory."""
 
 
+OtlpProtocol = Literal["grpc", "http/protobuf"]
+
+
+class OtlpSettings(_Section):
+    """OTLP span export (``telemetry.otlp``). Unset fields fall back to the standard OpenTelemetry
+    environment variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL``,
+    ``OTEL_EXPORTER_OTLP_HEADERS``, and their ``..._TRACES_...`` forms); with neither, nothing is
+    exported over OTLP. The driver copies those variables into the settings
+    (:func:`cluster.prepare.prepare_settings`), so every process of the cluster exports alike."""
+
+    endpoint: str | None = None
+    """Collector base URL, e.g. ``http://127.0.0.1:4318`` (HTTP: spans go to ``<endpoint>/v1/traces``)
+    or ``http://127.0.0.1:4317`` (gRPC)."""
+    protocol: OtlpProtocol | None = None
+    """``grpc`` or ``http/protobuf``; default ``http/protobuf`` (the OpenTelemetry default)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra request headers (e.g. an API key of a hosted collector)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """One export call's timeout."""
+    insecure: bool = True
+    """gRPC only: plain-text connection (a loopback or in-cluster collector); False: TLS."""
+
+
+DEFAULT_SPAN_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_SPAN_MAX_ROWS = 1_000_000
+
+
+class TraceStoreSettings(_Section):
+    """The trace store (``telemetry.trace_store``): every process sends its finished spans, in batches,
+    to one collector actor that writes them to the store, indexed by task id; ``GET
+    /v1/tasks/{id}/trace`` answers from there, whichever node made the spans."""
+
+    enabled: bool = True
+    max_age_s: float = Field(default=DEFAULT_SPAN_MAX_AGE_S, ge=60)
+    """Spans older than this are deleted."""
+    max_spans: int = Field(default=DEFAULT_SPAN_MAX_ROWS, ge=1000)
+    """At most this many spans are kept; the oldest go first."""
+    prune_interval_s: float = Field(default=60.0, gt=0)
+    """How often the collector enforces ``max_age_s`` and ``max_spans``."""
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How long a process holds finished spans before sending a batch (the batch span processor's
+    schedule delay)."""
+    max_batch: int = Field(default=512, ge=1, le=65_536)
+    """Most spans in one batch."""
+    max_queue: int = Field(default=8192, ge=16)
+    """Finished spans a process holds while the collector is slow; past it, new spans are dropped
+    (the task never waits for telemetry)."""
+
+
+RedactionMode = Literal["full", "truncate", "hash", "drop"]
+
+
+class RedactionSettings(_Section):
+    """What LLM and tool events record of their content (``telemetry.redaction``): ``full``, the first
+    ``max_chars`` characters (``truncate``), a SHA-256 digest (``hash``) or nothing (``drop``). The
+    PII scrubber runs on whatever is recorded when ``scrub_pii`` is on."""
+
+    prompts: RedactionMode = "truncate"
+    responses: RedactionMode = "truncate"
+    tool_args: RedactionMode = "truncate"
+    tool_results: RedactionMode = "truncate"
+    max_chars: int = Field(default=512, ge=16, le=1_000_000)
+    scrub_pii: bool = True
+    """Replace emails, phone numbers, card numbers, IBANs, API keys and bearer tokens and IP
+    addresses in recorded content by ``[EMAIL]``-style placeholders."""
+    scrub_external_prompts: bool = False
+    """Also scrub prompts before they reach an external model tier (``openai``)."""
+
+
+class MetricsSettings(_Section):
+    """Metrics through ``ray.util.metrics``, exported by Ray's Prometheus endpoint on each node."""
+
+    enabled: bool = True
+    export_port: int | None = Field(default=None, ge=1, le=65_535)
+    """The Prometheus port of a local Ray instance that officeray starts itself (``ray.init``'s
+    ``_metrics_export_port``); on a cluster it is ``ray start --metrics-export-port``."""
+    report_interval_ms: int = Field(default=10_000, ge=100, le=600_000)
+    """How often a local instance's processes report metrics to the node's exporter."""
+
+
 class TelemetrySettings(_Section):
-    trace_file: Path = DEFAULT_STATE_DIR / "traces.jsonl"
-    """OpenTelemetry spans are appended here, one JSON object per line."""
+    trace_file: Path | None = None
+    """Optional local copy of every span of this machine's processes, one JSON object per line (the
+    SDK's ``to_json``); off by default, the trace store and OTLP replace it. Rotated at
+    ``trace_file_max_mb`` (one older file, ``<name>.1``, is kept)."""
+    trace_file_max_mb: int = Field(default=64, ge=1, le=65_536)
     service_name: str = "officeray"
+    """``service.name`` of every process's spans (``OTEL_SERVICE_NAME`` wins when set)."""
+    otlp: OtlpSettings = Field(default_factory=OtlpSettings)
+    trace_store: TraceStoreSettings = Field(default_factory=TraceStoreSettings)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 DEFAULT_MEMORY_MB = 512
@@ -583,10 +671,9 @@ def absolutize(settings: Settings, base: Path | None = None) -> Settings:
 
     base = (base or Path.cwd()).resolve()
     url = sa.make_url(settings.store.url)
-    overrides: dict[str, Any] = {
-        "telemetry.trace_file": str((base / settings.telemetry.trace_file).resolve()),
-        "workspace_root": str((base / settings.workspace_root).resolve()),
-    }
+    overrides: dict[str, Any] = {"workspace_root": str((base / settings.workspace_root).resolve())}
+    if settings.telemetry.trace_file is not None:
+        overrides["telemetry.trace_file"] = str((base / settings.telemetry.trace_file).resolve())
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         overrides["store.url"] = url.set(database=str((base / url.database).resolve())).render_as_string(
             hide_password=False

@@ -240,6 +240,10 @@ class ModelCallRecord(_Strict):
     """Every try in order: tier, model, outcome (ok, error, skipped_open_circuit, cache_hit), error."""
 
 
+TRACEPARENT_MAX_CHARS = 128
+"""Longest ``traceparent`` a request carries (a valid one has 55 characters)."""
+
+
 class TaskRequest(_Strict):
     """What a client submits: ``POST /v1/tasks``, ``officeray run``, a batch line."""
 
@@ -266,6 +270,9 @@ class TaskRequest(_Strict):
     submitted_by: str | None = Field(default=None, max_length=128)
     """The id of the API key that submitted the task (set by the gateway; a client's value is
     replaced)."""
+    traceparent: str | None = Field(default=None, max_length=TRACEPARENT_MAX_CHARS)
+    """W3C ``traceparent`` of the span the task's trace hangs from (the gateway's ``submit`` span,
+    itself a child of the caller's ``traceparent`` header); a malformed one starts a new trace."""
     plan: dict[str, Any] | None = Field(
         default=None,
         description="A ready plan in the published plan schema: run instead of asking the planner.",
@@ -292,7 +299,7 @@ class TaskRequest(_Strict):
         """sha256 of the request as canonical JSON (sorted keys, defaults filled in), without its
         idempotency key: two requests with the same fingerprint ask for the same task (what an
         idempotency key's claim compares)."""
-        data = self.model_dump(mode="json", exclude={"idempotency_key", "submitted_by"})
+        data = self.model_dump(mode="json", exclude={"idempotency_key", "submitted_by", "traceparent"})
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -435,6 +442,8 @@ class TaskRecord(_Strict):
     plan: Plan | None = None
     feedback: list[str] = Field(default_factory=list)
     trace_id: str | None = None
+    trace_parent: str | None = None
+    """W3C ``traceparent`` of the span the task's spans hang from (the gateway's ``submit`` span)."""
     tenant: str = "default"
     usage: ModelUsage = Field(default_factory=ModelUsage)
     """Tokens and cost of every model call of this task (planner and reviewer; ai_tool steps too)."""
@@ -492,6 +501,14 @@ class TaskEvent(_Strict):
     data: dict[str, Any]
     """What the transition recorded, as JSON data (values JSON cannot hold were stored as strings)."""
     at: StoredAt
+
+
+class FeedEvent(TaskEvent):
+    """One stored transition of any task, as the feed of every task's events answers it
+    (``GET /v1/events``, the console's live task list): the event with its task and that task's tenant."""
+
+    task_id: str
+    tenant: str
 
 
 class DlqEntry(_Strict):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from officeray.contracts import (
     DlqDetail,
     DlqEntry,
     ErrorType,
+    FeedEvent,
     ModelUsage,
     Plan,
     PlanMetadata,
@@ -53,18 +54,23 @@ from officeray.feedback import TaskFeedback
 from officeray.store.api import (
     CLAIM_LIMIT,
     DLQ_LIST_LIMIT,
+    EVENT_FEED_LIMIT,
+    RECENT_SPANS_LIMIT,
     TASK_LIST_LIMIT,
+    TASK_SPANS_LIMIT,
     WEBHOOK_CLAIM_LIMIT,
     IdempotencyClaim,
     ResumableTask,
     TaskCursor,
     TaskStore,
     as_utc,
+    check_feed_limit,
     check_verdict,
     positive_ttl,
     require_final,
 )
 from officeray.store.outbox import WebhookDue, check_outcome, webhook_due, webhook_target
+from officeray.telemetry import SpanRecord
 from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 Scripted = Any  # an answer, an exception to raise, or a callable(request) -> answer
@@ -167,6 +173,8 @@ class InMemoryStore:
         self._outbox_leases: dict[str, tuple[str, datetime]] = {}
         """``delivery_id -> (owner, expires_at)`` of the claimed webhook deliveries."""
         self._feedback: list[TaskFeedback] = []
+        self._spans: list[tuple[datetime, SpanRecord]] = []
+        """The trace store: each span with when it was written, in the order written."""
 
     @property
     def dead_letters(self) -> dict[str, str]:
@@ -338,6 +346,22 @@ class InMemoryStore:
             for event in self._events.get(task_id, [])
             if after_id is None or (event.id is not None and event.id > after_id)
         ]
+
+    async def event_feed(
+        self, after_id: int | None = None, *, tenant: str | None = None, limit: int = EVENT_FEED_LIMIT
+    ) -> list[FeedEvent]:
+        check_feed_limit(limit)
+        feed = sorted(
+            (
+                FeedEvent(**event.model_dump(), task_id=task_id, tenant=self.tasks[task_id].tenant)
+                for task_id, events in self._events.items()
+                if task_id in self.tasks and tenant in (None, self.tasks[task_id].tenant)
+                for event in events
+                if after_id is None or (event.id is not None and event.id > after_id)
+            ),
+            key=lambda event: event.id or 0,
+        )
+        return feed[:limit] if after_id is not None else feed[-limit:]
 
     # -- step results and usage ----------------------------------------------------------------------
 
@@ -564,6 +588,35 @@ class InMemoryStore:
     async def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
         mine = [d for d in self._outbox.values() if d.task_id == task_id]
         return [d.model_copy(deep=True) for d in sorted(mine, key=lambda d: (d.created_at, d.delivery_id))]
+
+    # -- the trace store -----------------------------------------------------------------------------
+
+    async def add_spans(self, spans: Sequence[SpanRecord], now: datetime | None = None) -> int:
+        at = as_utc(now)
+        self._spans.extend((at, span.model_copy(deep=True)) for span in spans)
+        return len(spans)
+
+    async def task_spans(
+        self, task_id: str, trace_id: str | None = None, limit: int = TASK_SPANS_LIMIT
+    ) -> list[SpanRecord]:
+        found = [
+            (span.start_ns, i, span)
+            for i, (_, span) in enumerate(self._spans)
+            if span.task_id == task_id or (trace_id and span.trace_id == trace_id and span.task_id is None)
+        ]
+        return [span.model_copy(deep=True) for _, _, span in sorted(found, key=lambda t: t[:2])[:limit]]
+
+    async def recent_spans(self, since: datetime, limit: int = RECENT_SPANS_LIMIT) -> list[SpanRecord]:
+        moment = as_utc(since)
+        found = [span for at, span in reversed(self._spans) if at >= moment]
+        return [span.model_copy(deep=True) for span in found[:limit]]
+
+    async def prune_spans(self, older_than: datetime, max_spans: int) -> int:
+        before = len(self._spans)
+        cut = as_utc(older_than)
+        kept = [(at, span) for at, span in self._spans if at >= cut]
+        self._spans = kept[max(0, len(kept) - max_spans) :]
+        return before - len(self._spans)
 
     def close(self) -> None:
         """Nothing to release (the API's ``close``)."""

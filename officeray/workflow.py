@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
 
 from officeray.config import TenantLimits, WorkflowSettings
@@ -65,7 +65,7 @@ from officeray.contracts import (
 from officeray.dag import run_dag
 from officeray.errors import PlanningError
 from officeray.quotas import daily_budget_spent_reason, effective_token_budget
-from officeray.telemetry import inject_context, trace_id_hex
+from officeray.telemetry import inject_context, parse_traceparent, remote_parent, trace_id_hex, with_task
 from officeray.validate import parse_plan, validate_plan
 
 logger = logging.getLogger(__name__)
@@ -381,17 +381,14 @@ class _TaskRun:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _trace_parent(self) -> otel_context.Context | None:
-        """A resumed task goes on in its original trace."""
-        if not self.record.trace_id:
-            return None
-        parent = SpanContext(
-            trace_id=int(self.record.trace_id, 16),
-            span_id=random.getrandbits(64) or 1,
-            is_remote=True,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-        )
-        return trace.set_span_in_context(NonRecordingSpan(parent))
+    def _trace_parent(self) -> otel_context.Context:
+        """The task's span hangs from the gateway's ``submit`` span (``trace_parent``); a resumed task
+        goes on in its original trace. The task id travels as baggage, so every span of the task, in
+        any process, records it."""
+        context = parse_traceparent(self.record.trace_parent)
+        if context is None and self.record.trace_id:
+            context = remote_parent(self.record.trace_id)
+        return with_task(self.task_id, context or otel_context.Context())
 
     async def execute(self) -> TaskRecord:
         with self.wf.tracer.start_as_current_span(

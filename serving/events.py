@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from officeray.contracts import TaskEvent, TaskRecord, TaskStatus
+from officeray.contracts import FeedEvent, TaskEvent, TaskRecord, TaskStatus
 from officeray.webhooks import WebhookDelivery
 
 EVENT_STREAM_TYPE = "text/event-stream"
@@ -199,3 +199,79 @@ def events_view(task_id: str, events: list[TaskEvent]) -> dict[str, Any]:
 def deliveries_view(task_id: str, deliveries: list[WebhookDelivery]) -> dict[str, Any]:
     """The JSON answer of ``GET /v1/tasks/{task_id}/webhooks``: each delivery with its attempts."""
     return {"task_id": task_id, "deliveries": [delivery.public_view() for delivery in deliveries]}
+
+
+# -- the feed of every task's events (GET /v1/events: the console's live task list) ---------------
+
+FEED_BATCH = 500
+"""Most events a feed stream reads from the store per poll (the rest come with the next polls)."""
+
+
+class FeedSource(Protocol):
+    """The part of the store a feed stream reads."""
+
+    async def event_feed(
+        self, after_id: int | None = None, *, tenant: str | None = None, limit: int = ...
+    ) -> list[FeedEvent]: ...
+
+
+async def event_feed_stream(
+    store: FeedSource,
+    tenant: str | None,
+    after_id: int | None = None,
+    *,
+    batch: int = FEED_BATCH,
+    poll_s: float = EVENT_POLL_S,
+    heartbeat_s: float = HEARTBEAT_S,
+    settle_s: float = EVENT_SETTLE_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> AsyncIterator[ServerSentEvent]:
+    """The events of every task of ``tenant`` (None: every tenant's) as they are stored, until the
+    client goes away: those after ``after_id`` (a ``Last-Event-ID``), or without one those written
+    from now on. The same rules as :func:`task_event_stream`: id order, each event once it was seen
+    for ``settle_s`` (so a resumed stream loses nothing and repeats nothing), ``: ping`` heartbeats.
+    Each message's data is a :class:`~officeray.contracts.FeedEvent` (the event, its task id and
+    tenant)."""
+    yield ServerSentEvent(comment="events of every task", retry=RECONNECT_MS)
+    if after_id is None:
+        tail = await store.event_feed(tenant=tenant, limit=1)
+        after_id = tail[-1].id if tail and tail[-1].id is not None else 0
+    last_sent = clock()
+    seen: dict[int, tuple[TaskEvent, float]] = {}
+    while True:
+        _note(seen, list(await store.event_feed(after_id, tenant=tenant, limit=batch)), clock())
+        for event in _ready(seen, clock() - settle_s):
+            yield sse_message(event)
+            after_id = event.id
+            last_sent = clock()
+        if clock() - last_sent >= heartbeat_s:
+            yield ServerSentEvent(comment="ping")
+            last_sent = clock()
+        await sleep(poll_s)
+
+
+def event_feed_response(store: FeedSource, tenant: str | None, after_id: int | None) -> EventSourceResponse:
+    """The streaming answer of ``GET /v1/events`` (heartbeats come from :func:`event_feed_stream`)."""
+    return EventSourceResponse(
+        event_feed_stream(store, tenant, after_id),
+        ping=0,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def feed_view(events: list[FeedEvent]) -> dict[str, Any]:
+    """The JSON answer of ``GET /v1/events`` without ``Accept: text/event-stream``."""
+    return {"events": [event.model_dump(mode="json") for event in events]}
+
+
+FEED_OPENAPI: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The events of every task of the caller's tenant (an admin: every tenant's, or "
+        "`?tenant=`'s), each with its `task_id` and `tenant`: a JSON list (the last `limit`, or the "
+        "first `limit` after `Last-Event-ID`), or with `Accept: text/event-stream` a live stream "
+        "that starts now (or after `Last-Event-ID`) and does not end.",
+        "content": {EVENT_STREAM_TYPE: {"schema": {"type": "string"}}},
+    }
+}
+"""The OpenAPI description of the feed route's two answers."""

@@ -124,19 +124,22 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.client import OrchestratorClient, create_client
+from actors.collector import COLLECTOR_NAME, tracer_for
 from actors.orchestrator import ModelPorts
 from actors.webhooks import webhook_url_problem
 from officeray.auth import Action, Principal
 from officeray.config import Settings, TenantLimits
 from officeray.contracts import (
     MAX_TASK_DESCRIPTION_CHARS,
+    TRACEPARENT_MAX_CHARS,
     DlqDetail,
     ModelUsage,
     StepResult,
@@ -166,21 +169,34 @@ from officeray.quotas import (
 )
 from officeray.store import SqlStore, TaskStore
 from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor, as_utc
-from officeray.telemetry import read_trace
+from officeray.telemetry import TASK_ID_ATTR, parse_traceparent, traceparent_of
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.validate import validate_plan
 from serving.chat_api import make_chat_router
+from serving.console import console_response
 from serving.events import (
     EVENTS_OPENAPI,
+    FEED_OPENAPI,
     EventSourceResponse,
     deliveries_view,
+    event_feed_response,
     event_stream_response,
     events_view,
+    feed_view,
     parse_last_event_id,
     wants_event_stream,
 )
 from serving.models import call_with_backpressure, unwrap_chat_reply
 from serving.security import KeyVerifier, authenticated, forbidden, install_verifier, require
+from serving.system import (
+    MESSAGE_WINDOW_S,
+    PENDING_APPROVALS_LIMIT,
+    SpanLink,
+    SystemView,
+    pending_approvals,
+    system_view,
+    waiting_steps,
+)
 from serving.tiers.base import BackpressureError, ModelAnswer, ModelCall, Role
 
 logger = logging.getLogger(__name__)
@@ -724,6 +740,7 @@ class TaskSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+    tokens: int = Field(default=0, ge=0, description="Model tokens of the task so far (prompt + completion).")
 
 
 class TaskList(BaseModel):
@@ -746,6 +763,7 @@ def task_summary(record: TaskRecord) -> TaskSummary:
         created_at=record.created_at,
         updated_at=record.updated_at,
         finished_at=record.finished_at,
+        tokens=record.usage.total_tokens,
     )
 
 
@@ -827,6 +845,23 @@ def created_after_utc(moment: datetime | None) -> datetime | None:
 
 
 Caller = Annotated[Principal, Depends(authenticated)]
+
+TraceParent = Annotated[
+    str | None,
+    Header(
+        max_length=TRACEPARENT_MAX_CHARS,
+        description="W3C trace context: the task's trace becomes a child of the caller's span.",
+    ),
+]
+
+NDJSON = "application/x-ndjson"
+TRACE_OPENAPI: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The task's spans (JSON; or NDJSON, one span per line, with Accept: "
+        "application/x-ndjson)",
+        "content": {"application/json": {}, NDJSON: {}},
+    }
+}
 """The principal of a route's request (401 without a valid key): ``principal: Caller``."""
 
 
@@ -940,6 +975,7 @@ class Gateway:
         self.settings = settings
         self.catalog = build_catalog(settings)  # plugin tools are known to the allowed_tools and plan checks
         self.store = SqlStore(settings.store.url)
+        self.tracer = tracer_for(settings, "gateway")
         self.orchestrators: OrchestratorClient = create_client(settings, ports)
         self.rate_limiter = SubmitRateLimiter()
         install_verifier(KeyVerifier(self.store, settings.auth.cache_ttl_s))
@@ -956,8 +992,9 @@ class Gateway:
             str | None,
             Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         ] = None,
+        traceparent: TraceParent = None,
     ) -> JSONResponse:
-        record, created = await self._submit(task, idempotency_key, principal)
+        record, created = await self._submit(task, idempotency_key, principal, traceparent)
         body = {"task_id": record.task_id, "status": record.status.value}
         return JSONResponse(body, status_code=202 if created else 200)
 
@@ -1001,9 +1038,10 @@ class Gateway:
             str | None,
             Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
         ] = None,
+        traceparent: TraceParent = None,
     ) -> JSONResponse:
         task = task_request_from(body, self.settings.workflow.retry_policy)
-        record, created = await self._submit(task, idempotency_key, principal)
+        record, created = await self._submit(task, idempotency_key, principal, traceparent)
         cap = (task.retry_policy or self.settings.workflow.retry_policy).maximum_duration_s
         accepted = TaskAccepted(
             task_id=record.task_id,
@@ -1026,7 +1064,7 @@ class Gateway:
         return TaskLogsView(task_id=record.task_id, logs=log_lines(record))
 
     async def _submit(
-        self, task: TaskRequest, header_key: str | None, principal: Principal
+        self, task: TaskRequest, header_key: str | None, principal: Principal, traceparent: str | None = None
     ) -> tuple[TaskRecord, bool]:
         """Check ``task`` (:func:`admitted_task`: the caller's tenant and role, the tenant's ceilings,
         tools, ready plan, then its rate) and submit it for that tenant, ``submitted_by`` the key,
@@ -1036,7 +1074,15 @@ class Gateway:
         (``task_id_unavailable``), which says nothing of that task."""
         task = admitted_task(task, header_key, principal, self.settings, self.catalog, self.rate_limiter)
         tenant = task.tenant
-        record, created = await self.orchestrators.submit(task)
+        # The task's trace hangs from this span, itself a child of the caller's ``traceparent``.
+        parent = parse_traceparent(traceparent or task.traceparent)
+        with self.tracer.start_as_current_span(
+            "submit", context=parent, kind=SpanKind.SERVER, attributes={"officeray.tenant": tenant}
+        ) as span:
+            task = task.model_copy(update={"traceparent": traceparent_of(span)})
+            record, created = await self.orchestrators.submit(task)
+            span.set_attribute(TASK_ID_ATTR, record.task_id)
+            span.set_attribute("officeray.created", created)
         if record.tenant != tenant:
             raise ApiError(
                 409,
@@ -1069,13 +1115,25 @@ class Gateway:
             logger.debug("task %s: long poll ended without a final state: %s", record.task_id, exc)
             return await self._record(record.task_id, principal)
 
-    @app.get("/v1/tasks/{task_id}/trace")
-    async def get_trace(self, task_id: str, principal: Caller) -> dict[str, Any]:
+    @app.get("/v1/tasks/{task_id}/trace", response_model=None, responses=TRACE_OPENAPI)
+    async def get_trace(
+        self, task_id: str, principal: Caller, accept: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any] | Response:
+        """The task's spans from every process of every node (the trace store, indexed by task id),
+        ordered by start, and its stored events. ``Accept: application/x-ndjson``: one span per line."""
         record = await self._record(task_id, principal)
-        spans = []
-        if record.trace_id:
-            spans = await asyncio.to_thread(read_trace, self.settings.telemetry.trace_file, record.trace_id)
-        return {"task_id": task_id, "trace_id": record.trace_id, "spans": spans}
+        spans = await self.store.task_spans(record.task_id, record.trace_id)
+        views = [span.public_view() for span in spans]
+        if accept and NDJSON in accept:
+            lines = "".join(json.dumps(view, separators=(",", ":")) + "\n" for view in views)
+            return Response(lines, media_type=NDJSON)
+        events = await self.store.events(record.task_id)
+        return {
+            "task_id": record.task_id,
+            "trace_id": record.trace_id,
+            "spans": views,
+            "events": [e.model_dump(mode="json") for e in events],
+        }
 
     @app.post("/v1/tasks/{task_id}/feedback", status_code=201)
     async def add_feedback(self, task_id: str, body: Feedback, principal: Caller) -> TaskFeedback:

@@ -20,10 +20,11 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from actors.collector import tracer_for
 from officeray.config import Settings
 from officeray.contracts import ModelCallRecord, Plan, Planned, PlanRequest, Review, Reviewed, ReviewRequest
 from officeray.errors import ModelUnavailableError, PlanningError
-from officeray.telemetry import inject_context, setup_tracing
+from officeray.telemetry import inject_context
 from officeray.tools.catalog import build_catalog
 from serving.roles import (
     accept_plan,
@@ -68,7 +69,7 @@ class RoleModel:
         self.role = role
         models = settings.models
         chain = getattr(models, role)
-        tracer = setup_tracing(settings.telemetry.trace_file, settings.telemetry.service_name)
+        tracer = tracer_for(settings, role)
         vllm_url = f"http://{settings.serve.host}:{settings.serve.port}/llm/v1"
         tiers = [(cfg, build_tier(cfg, role, vllm_base_url=vllm_url)) for cfg in chain]
         self.router = Router(role, tiers, models.router, models.prices, tracer=tracer)

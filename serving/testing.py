@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import json
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from officeray.auth import Principal, Role
@@ -187,6 +189,12 @@ FAKE_POLL_S = 0.01
 FAKE_MAX_LIST_LIMIT = 500
 SERVER_START_TIMEOUT_S = 10.0
 """How long :func:`serve_in_thread` waits for uvicorn to accept connections."""
+FAKE_SUBMIT_SPAN_NS = 1_000_000
+"""Length of the synthesized gateway ``submit`` span of a fake task (1 ms)."""
+FAKE_WORK_SHARE = 0.8
+"""Share of a synthesized phase its main span takes: ``plan`` then ``validate`` in the planning
+phase, the steps then ``review`` in the executing phase."""
+NDJSON = "application/x-ndjson"
 
 
 _AuthHeader = Annotated[str | None, Header(alias="Authorization")]
@@ -215,7 +223,8 @@ class FakeTaskApi:
     errors, 401 with ``WWW-Authenticate`` for a missing or unknown key, 404 for another tenant's task):
     ``POST/GET /v1/tasks``, ``GET /v1/tasks/{id}`` (``?wait_s=`` long poll), ``.../events`` (server-sent
     events with ``Accept: text/event-stream``, resumed after ``Last-Event-ID``; a JSON list otherwise),
-    ``.../cancel``, ``.../approvals/{step}``, ``.../feedback``, ``/v1/dlq`` (admin) and ``/healthz``.
+    ``.../cancel``, ``.../approvals/{step}``, ``.../feedback``, ``.../trace`` (JSON, or NDJSON with
+    ``Accept: application/x-ndjson``), ``/v1/dlq`` (admin) and ``/healthz``.
 
     ``keys`` maps API keys to principals (default: :data:`FAKE_ADMIN_KEY`, :data:`FAKE_USER_KEY`,
     :data:`FAKE_OTHER_USER_KEY`). A submitted task runs by itself to ``finish_as`` (planning, one
@@ -223,7 +232,8 @@ class FakeTaskApi:
     stays queued when ``finish_as`` is None: move it with :meth:`transition`. ``cut_streams_after``
     ends each of the first ``cut_streams`` event streams after that many events, before the task is
     final, as a dropped connection would. What the fake saw is in :attr:`requests` (method, path),
-    :attr:`last_event_ids`, :attr:`decisions` and :attr:`feedback`.
+    :attr:`last_event_ids`, :attr:`decisions` and :attr:`feedback`. A task's trace is synthesized
+    from its record and events (see :meth:`trace`) unless :attr:`spans` holds spans for it.
     """
 
     def __init__(
@@ -247,6 +257,7 @@ class FakeTaskApi:
         self.decisions: list[dict[str, Any]] = []
         self.feedback: dict[str, list[dict[str, Any]]] = {}
         self.dlq: dict[str, dict[str, Any]] = {}
+        self.spans: dict[str, list[dict[str, Any]]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         self._event_seq = 0
@@ -280,6 +291,79 @@ class FakeTaskApi:
         if step:
             data["current_step"] = step
         self.events[task_id].append(TaskEvent(id=self._event_seq, kind="status", data=data, at=utcnow()))
+
+    def trace(self, task_id: str) -> dict[str, Any]:
+        """The ``GET /v1/tasks/{id}/trace`` answer: the spans set in :attr:`spans` for the task, else
+        spans made up from its record and events, as the real system would have them (gateway
+        ``submit``; planner ``plan`` and ``validate`` while planning; one ``step <id>`` per step on
+        runner ``0``, ``1``, ... then ``review`` while executing; the orchestrator's ``task`` once
+        final), each with its ``lane`` and ``duration_ms``; ordered by start."""
+        record = self.tasks[task_id]
+        trace_id = record.trace_id or hashlib.sha256(task_id.encode()).hexdigest()[:32]
+        given = self.spans.get(task_id)
+        spans = [dict(s) for s in given] if given is not None else self._synthesized_spans(record, trace_id)
+        spans.sort(key=lambda s: (s.get("start_ns") or 0, s.get("end_ns") or 0))
+        return {
+            "task_id": task_id,
+            "trace_id": trace_id,
+            "spans": spans,
+            "events": [e.model_dump(mode="json") for e in self.events.get(task_id, [])],
+        }
+
+    def _synthesized_spans(self, record: TaskRecord, trace_id: str) -> list[dict[str, Any]]:
+        first: dict[str, int] = {}
+        for event in self.events.get(record.task_id, []):
+            status = event.data.get("status") if isinstance(event.data, dict) else None
+            if isinstance(status, str) and event.at is not None:
+                first.setdefault(status, _ns(event.at))
+        root_id = _span_id(trace_id, "task")
+        made: list[dict[str, Any]] = []
+
+        def add(
+            name: str, component: str, start: int, end: int, *, instance: str = "0", **extra: Any
+        ) -> None:
+            parent = None if name == "task" else root_id
+            made.append(
+                _fake_span(trace_id, record.task_id, name, component, instance, start, end, parent, extra)
+            )
+
+        created = _ns(record.created_at)
+        add("submit", "gateway", created, created + FAKE_SUBMIT_SPAN_NS)
+        final_at = _ns(record.finished_at) if record.status.is_final and record.finished_at else None
+        planning, executing = first.get(TaskStatus.PLANNING.value), first.get(TaskStatus.EXECUTING.value)
+        plan_end = executing or final_at
+        if planning is not None and plan_end is not None:
+            split = planning + int((plan_end - planning) * FAKE_WORK_SHARE)
+            add("plan", "planner", planning, split)
+            add("validate", "planner", split, plan_end)
+        if executing is not None and final_at is not None:
+            split = executing + int((final_at - executing) * FAKE_WORK_SHARE)
+            for index, step in enumerate(record.steps):
+                failed = step.status == StepStatus.FAILED
+                message = step.error.message if step.error else (record.error or "") if failed else ""
+                add(
+                    f"step {step.step_id}",
+                    "runner",
+                    _ns(step.started_at) if step.started_at else executing,
+                    _ns(step.finished_at) if step.finished_at else split,
+                    instance=str(index),
+                    status="error" if failed else "ok",
+                    status_message=message,
+                    attributes={"officeray.step_id": step.step_id, "officeray.action": step.action},
+                )
+            if record.status == TaskStatus.COMPLETED:
+                add("review", "reviewer", split, final_at)
+        if final_at is not None:
+            ok = record.status == TaskStatus.COMPLETED
+            add(
+                "task",
+                "orchestrator",
+                created,
+                final_at,
+                status="ok" if ok else "error",
+                status_message="" if ok else record.error or record.status.value,
+            )
+        return made
 
     async def _run(self, task_id: str, finish_as: TaskStatus) -> None:
         """The scripted life of a submitted task (see the class doc)."""
@@ -452,6 +536,15 @@ class FakeTaskApi:
                 cut_after = self.cut_streams_after
             return EventSourceResponse(self._stream(task_id, after, cut_after))
 
+        @app.get("/v1/tasks/{task_id}/trace", response_model=None)
+        async def trace(task_id: str, request: Request, authorization: _AuthHeader = None) -> Any:
+            self._task(task_id, self._principal(authorization))
+            answer = self.trace(task_id)
+            if NDJSON in request.headers.get("accept", ""):
+                lines = "".join(json.dumps(span) + "\n" for span in answer["spans"])
+                return Response(lines, media_type=NDJSON)
+            return answer
+
         @app.post("/v1/tasks/{task_id}/cancel", status_code=202)
         async def cancel(task_id: str, authorization: _AuthHeader = None) -> dict[str, Any]:
             record = self._task(task_id, self._principal(authorization))
@@ -545,6 +638,48 @@ class FakeTaskApi:
             if not news and self.tasks[task_id].status.is_final:
                 return
             await asyncio.sleep(FAKE_POLL_S)
+
+
+def _ns(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+def _span_id(trace_id: str, name: str) -> str:
+    return hashlib.sha256(f"{trace_id}/{name}".encode()).hexdigest()[:16]
+
+
+def _fake_span(
+    trace_id: str,
+    task_id: str,
+    name: str,
+    component: str,
+    instance: str,
+    start_ns: int,
+    end_ns: int,
+    parent: str | None,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One span of a synthesized trace in the ``/trace`` answer's shape."""
+    end_ns = max(start_ns, end_ns)
+    lane = f"runner:{instance}" if component == "runner" else "validator" if name == "validate" else component
+    return {
+        "trace_id": trace_id,
+        "span_id": _span_id(trace_id, name),
+        "parent_span_id": parent,
+        "task_id": task_id,
+        "name": name,
+        "component": component,
+        "instance": instance,
+        "node": "127.0.0.1",
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "status": extra.get("status", "ok"),
+        "status_message": extra.get("status_message", ""),
+        "attributes": {"officeray.task_id": task_id, **extra.get("attributes", {})},
+        "events": [],
+        "lane": lane,
+        "duration_ms": (end_ns - start_ns) / 1_000_000,
+    }
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
@@ -30,6 +30,7 @@ from officeray.contracts import (
     ApprovalVerdict,
     DlqDetail,
     DlqEntry,
+    FeedEvent,
     ModelUsage,
     StepResult,
     TaskEvent,
@@ -39,6 +40,7 @@ from officeray.contracts import (
     utcnow,
 )
 from officeray.feedback import TaskFeedback
+from officeray.telemetry import SpanRecord
 from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 DLQ_LIST_LIMIT = 100
@@ -52,6 +54,16 @@ WEBHOOK_CLAIM_LIMIT = 32
 
 CLAIM_LIMIT = 1000
 """Tasks :meth:`TaskStore.claimable_unfinished` leases per call unless told otherwise."""
+
+EVENT_FEED_LIMIT = 500
+"""Events :meth:`TaskStore.event_feed` answers per call unless told otherwise."""
+
+
+TASK_SPANS_LIMIT = 10_000
+"""Most spans :meth:`TaskStore.task_spans` answers unless told otherwise."""
+
+RECENT_SPANS_LIMIT = 5_000
+"""Most spans :meth:`TaskStore.recent_spans` answers unless told otherwise."""
 
 
 class ResumableTask(NamedTuple):
@@ -177,6 +189,15 @@ class TaskStore(Protocol):
     async def events(self, task_id: str, after_id: int | None = None) -> list[TaskEvent]:
         """The task's events in the order written, each with its ``id`` (increasing in write order,
         across all tasks); with ``after_id``, only those written after the event of that id."""
+        ...
+
+    async def event_feed(
+        self, after_id: int | None = None, *, tenant: str | None = None, limit: int = EVENT_FEED_LIMIT
+    ) -> list[FeedEvent]:
+        """The events of every task (only of ``tenant``'s tasks when given), in id order, each with
+        its task id and tenant: the first ``limit`` written after the event ``after_id``; without
+        ``after_id``, the last ``limit`` written (the feed's tail). Events of a task that has no
+        record are left out. ValueError for ``limit < 1``."""
         ...
 
     # -- feedback -----------------------------------------------------------------------------------
@@ -336,6 +357,28 @@ class TaskStore(Protocol):
         """The task's webhook deliveries, oldest first, with their attempts in order."""
         ...
 
+    # -- the trace store -----------------------------------------------------------------------------
+
+    async def add_spans(self, spans: Sequence[SpanRecord], now: datetime | None = None) -> int:
+        """Store a batch of finished spans in one transaction (written at ``now``); how many."""
+        ...
+
+    async def task_spans(
+        self, task_id: str, trace_id: str | None = None, limit: int = TASK_SPANS_LIMIT
+    ) -> list[SpanRecord]:
+        """The spans of a task (those recording its id, and with ``trace_id`` those of that trace that
+        record no task), ordered by start; at most ``limit``."""
+        ...
+
+    async def recent_spans(self, since: datetime, limit: int = RECENT_SPANS_LIMIT) -> list[SpanRecord]:
+        """Spans written at or after ``since``, newest written first; at most ``limit``."""
+        ...
+
+    async def prune_spans(self, older_than: datetime, max_spans: int) -> int:
+        """Delete the spans written before ``older_than``, then the oldest beyond ``max_spans``; how
+        many were deleted."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -352,6 +395,12 @@ def positive_ttl(ttl_s: float) -> timedelta:
     if ttl_s <= 0:
         raise ValueError(f"ttl_s must be positive, not {ttl_s}")
     return timedelta(seconds=ttl_s)
+
+
+def check_feed_limit(limit: int) -> None:
+    """ValueError unless ``limit`` (of :meth:`TaskStore.event_feed`) is at least 1."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
 
 
 def check_verdict(decision: str) -> None:

@@ -239,6 +239,27 @@ def _tenant_daily_usage_v7(md: sa.MetaData) -> sa.Table:
     )
 
 
+def _spans_v8(md: sa.MetaData) -> sa.Table:
+    """Finished spans of every process (the trace store, :mod:`officeray.store.spans`), indexed by
+    task and by trace; ``id`` orders them as written (what the size limit prunes by)."""
+    return sa.Table(
+        "spans",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("task_id", sa.String(128), nullable=True, index=True),
+        sa.Column("trace_id", sa.String(32), nullable=False, index=True),
+        sa.Column("span_id", sa.String(16), nullable=False),
+        sa.Column("parent_span_id", sa.String(16), nullable=True),
+        sa.Column("name", sa.String(256), nullable=False),
+        sa.Column("component", sa.String(64), nullable=False),
+        sa.Column("start_ns", sa.BigInteger, nullable=False),
+        sa.Column("end_ns", sa.BigInteger, nullable=False),
+        sa.Column("status", sa.String(8), nullable=False),
+        sa.Column("record", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    )
+
+
 def _schema_migrations(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "schema_migrations",
@@ -258,6 +279,7 @@ events_table = _task_events_v1(metadata)
 step_results_table = _step_results_v1(metadata)
 tenant_usage_table = _tenant_usage_v1(metadata)
 tenant_daily_usage_table = _tenant_daily_usage_v7(metadata)
+spans_table = _spans_v8(metadata)
 leases_table = _task_leases_v2(metadata)
 dlq_table = _dlq_v2(metadata)
 idempotency_keys_table = _idempotency_keys_v2(metadata)
@@ -327,6 +349,10 @@ def _migration_7(conn: Connection) -> None:
     _tenant_daily_usage_v7(sa.MetaData()).create(conn, checkfirst=False)
 
 
+def _migration_8(conn: Connection) -> None:
+    _spans_v8(sa.MetaData()).create(conn, checkfirst=False)
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -337,6 +363,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (5, "webhook_outbox, webhook_attempts", _migration_5),
     (6, "tasks.tenant (backfilled from the record, indexed with created_at), task_feedback", _migration_6),
     (7, "tenant_daily_usage: model usage per tenant and UTC day", _migration_7),
+    (8, "spans: the trace store, indexed by task and trace", _migration_8),
 )
 """Every schema change, oldest first: ``(version, description, apply(conn))``. Append only; never edit
 or reorder an entry that has shipped."""

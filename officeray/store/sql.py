@@ -12,7 +12,7 @@ run in their own transaction in a worker thread. An event loop is never blocked 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -25,6 +25,7 @@ from officeray.contracts import (
     ApprovalVerdict,
     DlqDetail,
     DlqEntry,
+    FeedEvent,
     ModelUsage,
     StepResult,
     TaskEvent,
@@ -37,13 +38,17 @@ from officeray.feedback import TaskFeedback
 from officeray.store.api import (
     CLAIM_LIMIT,
     DLQ_LIST_LIMIT,
+    EVENT_FEED_LIMIT,
+    RECENT_SPANS_LIMIT,
     TASK_LIST_LIMIT,
+    TASK_SPANS_LIMIT,
     WEBHOOK_CLAIM_LIMIT,
     IdempotencyClaim,
     ResumableTask,
     TaskCursor,
     TaskStore,
     as_utc,
+    check_feed_limit,
     check_verdict,
     positive_ttl,
     require_final,
@@ -64,10 +69,12 @@ from officeray.store.keys import ApiKeyRepository, api_key_row
 from officeray.store.leases import LeaseRepository, lease_row
 from officeray.store.outbox import OutboxRepository, WebhookDue, check_outcome, webhook_due
 from officeray.store.schema import applied_versions, migrate, tasks_table
+from officeray.store.spans import SpanRepository, span_rows
 from officeray.store.steps import StepResultRepository, step_row
 from officeray.store.tasks import TaskRepository, event_row, new_task_row, task_row
 from officeray.store.usage import TenantUsageRepository
 from officeray.store.writer import GroupCommitter, Job, LeaseChange, fenced
+from officeray.telemetry import SpanRecord
 from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 P = ParamSpec("P")
@@ -249,6 +256,12 @@ class SqlStore:
     async def events(self, task_id: str, after_id: int | None = None) -> list[TaskEvent]:
         return await self._read(self._tasks.events, task_id, after_id)
 
+    async def event_feed(
+        self, after_id: int | None = None, *, tenant: str | None = None, limit: int = EVENT_FEED_LIMIT
+    ) -> list[FeedEvent]:
+        check_feed_limit(limit)
+        return await self._read(self._tasks.event_feed, after_id, tenant, limit)
+
     # -- feedback ------------------------------------------------------------------------------------
 
     async def add_feedback(self, feedback: TaskFeedback) -> TaskFeedback:
@@ -414,6 +427,24 @@ class SqlStore:
         return await self._read(OutboxRepository.deliveries, task_id)
 
     # -- the database --------------------------------------------------------------------------------
+
+    # -- the trace store -----------------------------------------------------------------------------
+
+    async def add_spans(self, spans: Sequence[SpanRecord], now: datetime | None = None) -> int:
+        return await self._write_alone(partial(SpanRepository.add_on, rows=span_rows(spans, now)))
+
+    async def task_spans(
+        self, task_id: str, trace_id: str | None = None, limit: int = TASK_SPANS_LIMIT
+    ) -> list[SpanRecord]:
+        return await self._read(SpanRepository.of_task, task_id, trace_id, limit)
+
+    async def recent_spans(self, since: datetime, limit: int = RECENT_SPANS_LIMIT) -> list[SpanRecord]:
+        return await self._read(SpanRepository.since, since, limit)
+
+    async def prune_spans(self, older_than: datetime, max_spans: int) -> int:
+        return await self._write_alone(
+            partial(SpanRepository.prune_on, older_than=older_than, max_spans=max_spans)
+        )
 
     async def schema_version(self) -> int:
         """The newest migration this database has had."""

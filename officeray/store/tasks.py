@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from officeray.contracts import TaskEvent, TaskRecord, TaskRequest, TaskStatus, utcnow
+from officeray.contracts import FeedEvent, TaskEvent, TaskRecord, TaskRequest, TaskStatus, utcnow
 from officeray.store.api import ResumableTask, TaskCursor, as_utc
 from officeray.store.engine import insert
 from officeray.store.schema import events_table, tasks_table
@@ -183,4 +183,28 @@ class TaskRepository:
         return [
             TaskEvent(id=row.id, kind=row.kind, data=json.loads(row.data), at=row.at)
             for row in conn.execute(query)
+        ]
+
+    @staticmethod
+    def event_feed(conn: Connection, after_id: int | None, tenant: str | None, limit: int) -> list[FeedEvent]:
+        """Events of every task (of ``tenant``'s), in id order: the first ``limit`` after ``after_id``,
+        or the last ``limit`` without it (read newest first by the primary key, then turned round)."""
+        e, t = events_table, tasks_table
+        query = sa.select(e, t.c.tenant).join(t, t.c.task_id == e.c.task_id)
+        if tenant is not None:
+            query = query.where(t.c.tenant == tenant)
+        if after_id is None:
+            rows = list(reversed(conn.execute(query.order_by(e.c.id.desc()).limit(limit)).all()))
+        else:
+            rows = conn.execute(query.where(e.c.id > after_id).order_by(e.c.id).limit(limit)).all()
+        return [
+            FeedEvent(
+                id=row.id,
+                task_id=row.task_id,
+                tenant=row.tenant,
+                kind=row.kind,
+                data=json.loads(row.data),
+                at=row.at,
+            )
+            for row in rows
         ]

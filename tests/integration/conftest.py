@@ -62,8 +62,12 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
     data = {
         "workspace_root": str(REPO),
         "store.url": f"sqlite:///{tmp}/officeray.db",
-        "telemetry.trace_file": str(tmp / "traces.jsonl"),
         "serve.port": free_port(),
+        # Ray's Prometheus endpoint of the local instance, reported to often (test_metrics_scrape.py)
+        "telemetry.metrics.export_port": free_port(),
+        "telemetry.metrics.report_interval_ms": 1000,
+        # spans reach the trace store quickly
+        "telemetry.trace_store.flush_interval_s": 0.2,
         "runners.count": 2,
         # short leases: a killed orchestrator's tasks are claimed again within seconds
         "workflow.lease_ttl_s": 8.0,

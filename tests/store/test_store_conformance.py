@@ -654,6 +654,38 @@ async def test_events_have_increasing_ids_and_resume_after_one(store: TaskStore)
     assert await store.events("nope", after_id=None) == []
 
 
+async def test_the_event_feed_holds_every_task_by_tenant_in_id_order(store: TaskStore) -> None:
+    """``event_feed``: all tasks' events in id order with their task and tenant; the tail without
+    ``after_id``, the next ``limit`` after one; a tenant's only; none of a task with no record."""
+    await store.create_task(record("a", tenant="acme"), request_for("a", tenant="acme"))
+    await store.create_task(record("b", tenant="zeta"), request_for("b", tenant="zeta"))
+    await store.save_transition(record("a", TaskStatus.PLANNING, tenant="acme"), "planning", {"n": 1})
+    await store.save_transition(record("b", TaskStatus.PLANNING, tenant="zeta"), "planning", {"n": 2})
+    await store.append_event("orphan", "lost", {})  # no record: not in the feed
+    await store.save_transition(record("a", TaskStatus.EXECUTING, tenant="acme"), "step_started", {"n": 3})
+
+    feed = await store.event_feed()
+    assert [(e.task_id, e.tenant, e.kind, e.data) for e in feed] == [
+        ("a", "acme", "planning", {"n": 1}),
+        ("b", "zeta", "planning", {"n": 2}),
+        ("a", "acme", "step_started", {"n": 3}),
+    ]
+    ids = [e.id for e in feed]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids))  # type: ignore[type-var]
+    assert all(e.at.tzinfo is not None for e in feed)
+    assert [e.id for e in await store.event_feed(limit=2)] == ids[1:]  # the tail
+    assert [e.id for e in await store.event_feed(ids[0], limit=1)] == [ids[1]]  # the next after one
+    assert await store.event_feed(ids[-1]) == []
+    assert await store.event_feed(0) == feed
+    acme = await store.event_feed(tenant="acme")
+    assert [(e.task_id, e.kind) for e in acme] == [("a", "planning"), ("a", "step_started")]
+    assert await store.event_feed(acme[0].id, tenant="acme") == acme[1:]
+    assert await store.event_feed(tenant="nobody") == []
+    assert [e.kind for e in await store.events("a")] == ["planning", "step_started"]  # the same events
+    with pytest.raises(ValueError, match="limit"):
+        await store.event_feed(limit=0)
+
+
 async def test_announced_transitions_write_their_delivery_in_the_same_write(store: TaskStore) -> None:
     await store.create_task(record("t"), hooked_request("t"))
     await store.save_transition(record("t", TaskStatus.EXECUTING), "step_started", {"status": "executing"})
@@ -763,3 +795,63 @@ async def test_concurrent_claimers_get_disjoint_deliveries(store: TaskStore) -> 
     ids = [d.delivery_id for batch in batches for d in batch]
     assert len(ids) == len(set(ids)) == 12
     assert all(len(batch) <= 5 for batch in batches)
+
+
+# -- the trace store ----------------------------------------------------------------------------------
+
+
+def _span(name: str, start_ns: int, task_id: str | None = "task-1", trace_id: str = "a" * 32, **more: object):  # type: ignore[no-untyped-def]
+    from officeray.telemetry import SpanRecord
+
+    return SpanRecord.model_validate(
+        {
+            "trace_id": trace_id,
+            "span_id": format(start_ns, "016x"),
+            "parent_span_id": None,
+            "task_id": task_id,
+            "name": name,
+            "component": "orchestrator",
+            "start_ns": start_ns,
+            "end_ns": start_ns + 5,
+            **more,
+        }
+    )
+
+
+async def test_spans_of_a_task_come_back_whole_and_in_start_order(store: TaskStore) -> None:
+    written = [
+        _span("step s1", 30, component="runner", instance="4711", node="n2", status="error",
+              status_message="boom", attributes={"officeray.step_id": "s1", "n": 3, "xs": [1, 2]},
+              events=[{"name": "tool_request", "time_ns": 31, "attributes": {"officeray.event": "{}"}}]),
+        _span("task", 10),
+        _span("submit", 5, task_id=None),  # of the task's trace, but written without its task id
+        _span("plan", 20, task_id="task-2", trace_id="b" * 32),
+    ]  # fmt: skip
+    assert await store.add_spans(written, now=T0) == 4
+    assert await store.add_spans([], now=T0) == 0
+    spans = await store.task_spans("task-1")
+    assert [s.name for s in spans] == ["task", "step s1"]
+    assert spans[1] == written[0]  # every field survives
+    with_trace = await store.task_spans("task-1", trace_id="a" * 32)
+    assert [s.name for s in with_trace] == ["submit", "task", "step s1"]
+    assert [s.name for s in await store.task_spans("task-2", trace_id="b" * 32)] == ["plan"]
+    assert await store.task_spans("nobody") == []
+    assert [s.name for s in await store.task_spans("task-1", limit=1)] == ["task"]
+
+
+async def test_recent_spans_are_those_written_since_newest_first(store: TaskStore) -> None:
+    await store.add_spans([_span("old", 1)], now=T0)
+    await store.add_spans([_span("a", 2), _span("b", 3)], now=T0 + timedelta(minutes=5))
+    recent = await store.recent_spans(T0 + timedelta(minutes=1))
+    assert [s.name for s in recent] == ["b", "a"]
+    assert [s.name for s in await store.recent_spans(T0, limit=1)] == ["b"]
+
+
+async def test_pruning_drops_old_spans_then_the_oldest_beyond_the_limit(store: TaskStore) -> None:
+    await store.add_spans([_span(f"old{i}", i) for i in range(3)], now=T0)
+    await store.add_spans([_span(f"new{i}", 10 + i) for i in range(5)], now=T0 + timedelta(hours=2))
+    assert await store.prune_spans(T0 + timedelta(hours=1), max_spans=100) == 3
+    assert [s.name for s in await store.task_spans("task-1")] == [f"new{i}" for i in range(5)]
+    assert await store.prune_spans(T0, max_spans=2) == 3  # the three written first go
+    assert [s.name for s in await store.task_spans("task-1")] == ["new3", "new4"]
+    assert await store.prune_spans(T0, max_spans=2) == 0

@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import ray
@@ -39,9 +39,10 @@ SINK_CALL_TIMEOUT_S = 10.0
 class TraceCollector:
     """Writes span batches to the store; prunes them by age and count."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings.telemetry.trace_store
         self.store = SqlStore(settings.store.url)
+        self.clock = clock
         self.written = 0
         self.pruned = 0
         self._pruner: asyncio.Task[None] | None = None
@@ -53,12 +54,12 @@ class TraceCollector:
     async def ingest(self, spans: Sequence[SpanRecord]) -> int:
         """Store one batch; how many spans."""
         self._ensure_pruner()
-        written = await self.store.add_spans(spans)
+        written = await self.store.add_spans(spans, now=self.clock())
         self.written += written
         return written
 
     async def prune(self) -> int:
-        older_than = utcnow() - timedelta(seconds=self.settings.max_age_s)
+        older_than = self.clock() - timedelta(seconds=self.settings.max_age_s)
         deleted = await self.store.prune_spans(older_than, self.settings.max_spans)
         self.pruned += deleted
         return deleted
@@ -120,9 +121,9 @@ class CollectorSink:
 
 
 def node_name() -> str:
-    """This process's Ray node (its id's first 12 hex digits), or "" outside Ray."""
+    """This process's Ray node id, or "" outside Ray."""
     with contextlib.suppress(Exception):
-        return str(ray.get_runtime_context().get_node_id())[:12]
+        return str(ray.get_runtime_context().get_node_id())
     return ""
 
 

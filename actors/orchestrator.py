@@ -38,6 +38,7 @@ from typing import Any, Literal
 import ray
 
 from actors.collector import tracer_for
+from actors.metrics import metrics_for
 from actors.tool_runner import RunnerActors, RunnerPool
 from actors.webhooks import WebhookDeliverer
 from officeray.config import Settings
@@ -61,6 +62,7 @@ from officeray.errors import (
     TaskFinalError,
     TaskNotFoundError,
 )
+from officeray.metrics import NO_METRICS, Metrics, task_latency_s
 from officeray.quotas import dlq_retry_problem, shard_tenant_cap
 from officeray.scheduling import FairScheduler
 from officeray.store import SqlStore
@@ -82,6 +84,10 @@ APPROVAL_POLL_S = 2.0
 """How often a waiting step re-reads the store for a decision made without ``notify_approval``."""
 
 WAIT_POLL_S = 0.2
+
+METRICS_POLL_S = 5.0
+"""How often shard 0 counts the dead-letter queue and the webhook backlog in the store for the
+metrics (two ``COUNT`` queries)."""
 """How often ``wait`` re-reads a task that another orchestrator runs."""
 
 
@@ -147,17 +153,30 @@ class Orchestrator:
         shard: int = 0,
         *,
         runner_actors: RunnerActors | None = None,
+        metrics: Metrics = NO_METRICS,
+        metrics_poll_s: float = METRICS_POLL_S,
     ) -> None:
         """``runner_actors``: how tool runners start (default: Ray actors; tests pass
-        :class:`actors.fake_runners.LocalRunnerActors` to run an orchestrator in process)."""
+        :class:`actors.fake_runners.LocalRunnerActors` to run an orchestrator in process).
+        ``metrics``: where finished tasks, queue depths, the pool's runners and steps, webhook attempts
+        and (shard 0, every ``metrics_poll_s``) the DLQ depth and webhook backlog are reported."""
         self.settings = settings
+        self.metrics = metrics
+        self.metrics_poll_s = metrics_poll_s
         self.shard = shard
         self.shards = settings.workflow.orchestrators
         self.owner = f"{orchestrator_name(shard)}@{os.getpid()}/{new_id('life')}"
         """Who holds this actor life's leases (shard name, process, a fresh id per restart)."""
         tools = build_catalog(settings)  # this process's catalog: built-ins + plugins
         self.store = SqlStore(settings.store.url)
-        self.pool = RunnerPool(settings, ports.ai_tool, catalog=tools, actors=runner_actors)
+        self.pool = RunnerPool(settings, ports.ai_tool, catalog=tools, actors=runner_actors, metrics=metrics)
+        self._webhooks = WebhookDeliverer(
+            self.store,
+            settings.webhooks,
+            self.owner,
+            metrics=metrics,
+            tracer=tracer_for(settings, "webhooks", instance=str(shard)),
+        )
         self.approvals = StoreApprovals(self.store)
         needs_review = set(settings.workflow.approvals.required_risk_levels)
         self.workflow = Workflow(
@@ -174,6 +193,7 @@ class Orchestrator:
             needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
             calls_model=lambda action: action in tools and tools[action].calls_model,
             approvals=self.approvals,
+            redaction=settings.telemetry.redaction,
             owner=self.owner,  # every transition is written only while this life holds the task
         )
         self.scheduler = FairScheduler(
@@ -181,6 +201,7 @@ class Orchestrator:
             lambda tenant: shard_tenant_cap(
                 settings.tenant_limits(tenant).max_concurrent_tasks, settings.workflow.orchestrators
             ),
+            metrics,
         )
         """Task slots: ``workflow.max_concurrent_tasks`` in all, ``tenants.<name>.max_concurrent_tasks``
         per tenant (split between the shards: :func:`~officeray.quotas.shard_tenant_cap`), taken in
@@ -229,8 +250,10 @@ class Orchestrator:
                 asyncio.ensure_future(self.pool.wait_ready()),
                 asyncio.ensure_future(self.pool.autoscale()),
                 # the webhook outbox: every shard delivers (a lease per delivery keeps it to one)
-                asyncio.ensure_future(WebhookDeliverer(self.store, self.settings.webhooks, self.owner).run()),
+                asyncio.ensure_future(self._webhooks.run()),
             ]
+            if self.shard == 0 and self.metrics is not NO_METRICS:  # the cluster's backlogs, counted once
+                self._background.append(asyncio.ensure_future(self._report_backlogs()))
             # An orchestrator whose folders are not confined to workspace_root (``officeray run``, the
             # invoking user's own task) never picks up other tasks of the store: they may come from
             # API clients, whose folders must stay confined.
@@ -254,6 +277,17 @@ class Orchestrator:
                         running.cancel()
             except Exception:
                 logger.exception("could not renew the task leases")
+
+    async def _report_backlogs(self) -> None:
+        """Every ``metrics_poll_s``: the dead-letter queue's depth and the webhook backlog, counted in
+        the store."""
+        while True:
+            try:
+                self.metrics.dlq_depth(await self.store.dlq_size())
+                self.metrics.webhook_backlog(await self.store.webhook_backlog())
+            except Exception as exc:
+                logger.warning("could not count the dead-letter queue and the webhook backlog: %s", exc)
+            await asyncio.sleep(self.metrics_poll_s)
 
     async def _claim_unfinished(self) -> None:
         """Resume unfinished tasks nobody holds: after a restart, a dead peer, or a DLQ retry."""
@@ -361,9 +395,9 @@ class Orchestrator:
             if claimed:
                 by = await self._cancel_requested_by(record.task_id)
                 if by is not None:
-                    return await self._end_cancelled(request, record, by)
+                    return self._finished(await self._end_cancelled(request, record, by))
             async with self.scheduler.slot(request.tenant, request.priority):
-                return await self.workflow.run(request, record.task_id, record)
+                return self._finished(await self.workflow.run(request, record.task_id, record))
         except RunSupersededError:
             logger.warning("task %s: another orchestrator took it over; this run stops", record.task_id)
             return record
@@ -371,13 +405,19 @@ class Orchestrator:
             by = self._cancels.get(record.task_id)
             if by is None:
                 raise  # the lease went to another orchestrator: the task goes on there
-            return await self._end_cancelled(request, record, by)  # cancelled while queued
+            return self._finished(await self._end_cancelled(request, record, by))  # cancelled while queued
         finally:
             self._running.pop(record.task_id, None)
             try:
                 await self.store.release_lease(record.task_id, self.owner)
             except Exception:
                 self._to_release.add(record.task_id)  # released by the renew loop once the store is back
+
+    def _finished(self, record: TaskRecord) -> TaskRecord:
+        """``record``, the end of a run here: counted by the metrics when it is final."""
+        if record.status.is_final:
+            self.metrics.task_finished(record.tenant, record.status.value, task_latency_s(record))
+        return record
 
     async def retry(self, task_id: str) -> TaskRecord:
         """Re-run a dead-lettered task from its last good checkpoint (its plan, its succeeded steps).
@@ -602,4 +642,4 @@ def get_or_create_orchestrator(settings: Settings, ports: ModelPorts, shard: int
         max_concurrency=ORCHESTRATOR_MAX_CONCURRENCY,
         max_restarts=-1,  # a crashed orchestrator comes back and resumes unfinished tasks
     )
-    return actor_cls.remote(settings, ports, shard)
+    return actor_cls.remote(settings, ports, shard, metrics=metrics_for(settings))

@@ -29,15 +29,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import ray
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
 from actors.collector import tracer_for
 from officeray.config import RunnerAutoscaling, Settings
-from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome
+from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome, utcnow
+from officeray.event_schema import emit_event
+from officeray.metrics import NO_METRICS, Metrics, step_outcome
 from officeray.telemetry import extract_context
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.tools.spec import HostContext, ToolRuntime
@@ -170,6 +173,8 @@ class _StepRunner:
         self.workspace_confined = settings.workspace_confined
         self.host_context = _host_context(settings, self.catalog, ai_tool_handle)
         self.tracer = tracer_for(settings, "runner", instance=self.lane_instance())
+        self.redaction = settings.telemetry.redaction
+        """How the ``tool_request``/``tool_response`` events record a step's inputs and output."""
 
     def lane_instance(self) -> str:
         """Which runner this is on a timeline (its process)."""
@@ -183,10 +188,50 @@ class _StepRunner:
             context=extract_context(carrier),
             attributes={"officeray.task_id": task_id, "officeray.step_id": step.step_id},
         ) as span:
+            started_at, started = utcnow(), time.monotonic()
+            self._event(span, "tool_request", task_id, step, content=inputs, started_at=started_at)
             outcome = self._run(task_id, step, inputs)
-            if outcome.error is not None:
-                span.set_attribute("officeray.error_type", outcome.error.type.value)
+            error = outcome.error
+            if error is not None:
+                span.set_attribute("officeray.error_type", error.type.value)
+            self._event(
+                span,
+                "tool_response",
+                task_id,
+                step,
+                content=outcome.output,
+                error_type=None if error is None else error.type.value,
+                error=None if error is None else error.message,
+                started_at=started_at,
+                ended_at=utcnow(),
+                duration_ms=(time.monotonic() - started) * 1000,
+            )
             return outcome
+
+    def _event(
+        self,
+        span: trace.Span,
+        kind: Literal["tool_request", "tool_response"],
+        task_id: str,
+        step: PlanStep,
+        error_type: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """A ``tool_request``/``tool_response`` event on the step's span (the step's inputs/output
+        recorded as ``telemetry.redaction`` says)."""
+        details = {"action": step.action}
+        if error_type is not None:
+            details["error_type"] = error_type
+        emit_event(
+            span,
+            kind,
+            agent="runner",
+            redaction=self.redaction,
+            task_id=task_id,
+            step_id=step.step_id,
+            details=details,
+            **fields,
+        )
 
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
         raise NotImplementedError
@@ -243,9 +288,10 @@ class HostToolRunner(_StepRunner):
 
 
 class ToolRunner(_StepRunner):
-    """Owns one warm sandbox and runs steps in it, one at a time."""
+    """Owns one warm sandbox and runs steps in it, one at a time. ``metrics`` counts the sandboxes it
+    starts (:meth:`~officeray.metrics.Metrics.sandbox_started`)."""
 
-    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
+    def __init__(self, settings: Settings, ai_tool_handle: Any = None, metrics: Metrics = NO_METRICS) -> None:
         super().__init__(settings, ai_tool_handle)
         box = settings.sandbox
         if box.backend == "docker":
@@ -256,6 +302,7 @@ class ToolRunner(_StepRunner):
             lambda: make_sandbox(box.backend, image=box.image, limits=box.limits),
             recycle=box.recycle,
             spares=box.spares,
+            on_started=lambda: metrics.sandbox_started(box.backend),
         )
         self._lock = threading.Lock()
         self._step: StepKey | None = None
@@ -449,9 +496,10 @@ class RayRunnerActors:
     """The pool's actors on Ray: :class:`ToolRunner` actors that ask for ``runners.num_cpus`` and
     ``runners.resources``, and a threaded :class:`HostToolRunner` (``runners.host_concurrency``)."""
 
-    def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
+    def __init__(self, settings: Settings, ai_tool_handle: Any = None, metrics: Metrics = NO_METRICS) -> None:
         self.settings = settings
         self.ai_tool_handle = ai_tool_handle
+        self.metrics = metrics
         control = {CONTROL_GROUP: CONTROL_CONCURRENCY}  # interrupt and shutdown never wait behind a step
         # (concurrency groups are declared with the class: ``.options()`` does not take them)
         self._runner_cls = ray.remote(concurrency_groups=control)(ToolRunner).options(  # type: ignore[call-overload]
@@ -465,7 +513,7 @@ class RayRunnerActors:
         )
 
     def start_runner(self) -> Any:
-        return self._runner_cls.remote(self.settings, self.ai_tool_handle)
+        return self._runner_cls.remote(self.settings, self.ai_tool_handle, self.metrics)
 
     def start_host_runner(self) -> Any:
         return self._host_cls.remote(self.settings, self.ai_tool_handle)
@@ -504,12 +552,14 @@ class RunnerPool:
         clock: Callable[[], float] = time.monotonic,
         actors: RunnerActors | None = None,
         limits: PoolLimits | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.settings = settings
         self.catalog = catalog if catalog is not None else build_catalog(settings)
         self.policy = settings.runners.autoscaling
         self._clock = clock
-        self.actors: RunnerActors = actors or RayRunnerActors(settings, ai_tool_handle)
+        self.metrics = metrics
+        self.actors: RunnerActors = actors or RayRunnerActors(settings, ai_tool_handle, metrics)
         self.limits = limits or PoolLimits()
         self.host_runner: Any = self.actors.start_host_runner()
         self.runners = [self.actors.start_runner() for _ in range(settings.runners.initial_runners)]
@@ -539,6 +589,11 @@ class RunnerPool:
         """Runners started by autoscaling over the pool's life."""
         self.stopped_total = 0
         """Runners stopped (or starts cancelled) by autoscaling over the pool's life."""
+        self._report()
+
+    def _report(self) -> None:
+        """Tell the metrics the pool's size and busy runners (after each change of either)."""
+        self.metrics.runner_pool(len(self.runners), len(self.runners) - len(self._idle))
 
     async def wait_ready(self) -> None:
         """Wait for the host runner and the runners started with the pool (once; later calls share it)."""
@@ -620,6 +675,7 @@ class RunnerPool:
             self._idle.append(actor)
             self._idle_since[id(actor)] = self._clock()
             self._changed.notify()
+            self._report()
 
     async def autoscale(self) -> None:
         """Forever: check that runners can be placed, and (autoscaling) stop idle runners."""
@@ -665,6 +721,7 @@ class RunnerPool:
                 del self._starting[id(actor)]
                 self.actors.kill(actor)
         self.stopped_total += len(to_stop) + cancel
+        self._report()
         await asyncio.gather(*(self._stop(runner) for runner in to_stop))
         return len(to_stop) + cancel
 
@@ -705,11 +762,14 @@ class RunnerPool:
                 finally:
                     self._waiting -= 1
                     self._last_wait = self._clock()
-            for i, runner in enumerate(self._idle):
-                if self._last_task.get(id(runner)) == task_id:
-                    return self._idle.pop(i)
-            # autoscaling: the runner released last, so the others stay idle long enough to stop
-            return self._idle.pop() if self.policy is not None else self._idle.pop(0)
+            index = next(
+                (i for i, runner in enumerate(self._idle) if self._last_task.get(id(runner)) == task_id),
+                # else (autoscaling) the runner released last, so the others stay idle long enough to stop
+                -1 if self.policy is not None else 0,
+            )
+            runner = self._idle.pop(index)
+            self._report()
+            return runner
 
     async def _release(self, runner: Any, task_id: str) -> None:
         async with self._changed:
@@ -719,8 +779,19 @@ class RunnerPool:
             self._idle.append(runner)
             self._idle_since[id(runner)] = self._clock()
             self._changed.notify()
+            self._report()
 
     async def execute(
+        self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
+    ) -> StepOutcome:
+        """Run one attempt of ``step`` (the StepExecutor port); its latency and outcome go to the
+        metrics (:meth:`~officeray.metrics.Metrics.step_finished`; a cancelled attempt is not counted)."""
+        started = self._clock()
+        outcome = await self._execute(task_id, step, inputs, trace_carrier)
+        self.metrics.step_finished(step.action, step_outcome(outcome), self._clock() - started)
+        return outcome
+
+    async def _execute(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
     ) -> StepOutcome:
         if _runs_on_host(self.catalog, step.action):

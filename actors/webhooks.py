@@ -34,10 +34,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from officeray.auth import ApiKeyRecord
 from officeray.config import WebhookSettings
-from officeray.contracts import utcnow
+from officeray.contracts import TaskRecord, utcnow
+from officeray.metrics import NO_METRICS, Metrics
+from officeray.telemetry import TASK_ID_ATTR, attached, parse_traceparent, remote_parent, with_task
 from officeray.urls import UrlRefused, normalise_allow_entry, parse_url
 from officeray.webhooks import (
     DeliveryStatus,
@@ -89,6 +94,8 @@ class DeliveryStore(Protocol):
     ) -> bool: ...
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
 
 # -- the SSRF decision (pure) -----------------------------------------------------------------------
@@ -145,7 +152,8 @@ class WebhookDeliverer:
     """Delivers the outbox of ``store`` as ``owner`` (an orchestrator's lease owner).
 
     ``transport`` (httpx) and ``resolve`` (DNS) are for tests; ``rand`` draws the jitter
-    (``random.random``), ``now`` is the clock (``utcnow``) and ``sleep`` the pause of :meth:`run`."""
+    (``random.random``), ``now`` is the clock (``utcnow``) and ``sleep`` the pause of :meth:`run`;
+    ``metrics`` counts the attempts by the state they leave the delivery in."""
 
     def __init__(
         self,
@@ -158,8 +166,12 @@ class WebhookDeliverer:
         rand: Callable[[], float] = random.random,
         now: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        metrics: Metrics = NO_METRICS,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
+        self._tracer = tracer
         self.settings = settings
         self.owner = owner
         self._transport = transport
@@ -188,7 +200,34 @@ class WebhookDeliverer:
         return len(claimed)
 
     async def deliver(self, delivery: WebhookDelivery) -> DeliveryStatus:
-        """One attempt at ``delivery`` (claimed by this owner), recorded with its outcome."""
+        """One attempt at ``delivery`` (claimed by this owner), recorded with its outcome; with a
+        tracer, as a ``webhook`` span in the task's trace."""
+        if self._tracer is None:
+            return await self._deliver(delivery)
+        record = await self.store.get_task(delivery.task_id)
+        parent = None
+        if record is not None:
+            parent = parse_traceparent(record.trace_parent) or (
+                remote_parent(record.trace_id) if record.trace_id else None
+            )
+        attributes: dict[str, str | int] = {
+            TASK_ID_ATTR: delivery.task_id,
+            "officeray.webhook.event": delivery.event,
+            "officeray.webhook.delivery_id": delivery.delivery_id,
+            "officeray.webhook.attempt": len(delivery.attempts) + 1,
+        }
+        tracer = self._tracer
+        with (
+            attached(with_task(delivery.task_id, parent or otel_context.Context())),
+            tracer.start_as_current_span("webhook", kind=SpanKind.CLIENT, attributes=attributes) as span,
+        ):
+            status = await self._deliver(delivery)
+            span.set_attribute("officeray.webhook.status", DeliveryStatus(status).value)
+            if status != DeliveryStatus.DELIVERED:
+                span.set_status(Status(StatusCode.ERROR, f"webhook {DeliveryStatus(status).value}"))
+            return status
+
+    async def _deliver(self, delivery: WebhookDelivery) -> DeliveryStatus:
         problem = webhook_url_problem(delivery.url, self.settings.allow_hosts)
         if problem is not None:
             refused = f"the webhook URL is refused: {problem}"
@@ -295,6 +334,7 @@ class WebhookDeliverer:
         recorded = await self.store.record_webhook_attempt(
             delivery.delivery_id, self.owner, attempt, status, retry_at, reason
         )
+        self.metrics.webhook_attempted(DeliveryStatus(status).value)
         if not recorded:  # our lease ran out and another orchestrator has it now
             logger.warning("webhook %s: lease lost before its attempt was recorded", delivery.delivery_id)
         return status

@@ -297,7 +297,7 @@ def render_trace(answer: Mapping[str, Any], width: int) -> Any:
         (str(answer.get("task_id") or ""), "bold"),
         ("  trace ", "dim"),
         str(answer.get("trace_id") or "-"),
-        f"  {len(spans)} span(s) on {len(lanes)} lane(s) over {format_ms(timeline.duration_ms)}",
+        f"\n{len(spans)} span(s) on {len(lanes)} lane(s) over {format_ms(timeline.duration_ms)}",
         (f"  {errors} error(s)" if errors else "", ERROR_STYLE),
     )
     parts: list[Any] = [head]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from officeray.config import Settings, absolutize, apply_overrides
+from officeray.telemetry import resolve_otlp
 from officeray.tools.catalog import build_catalog
 
 
@@ -13,6 +16,7 @@ def prepare_settings(settings: Settings) -> Settings:
     :class:`~officeray.errors.ConfigError` before Ray starts), and the sandbox image built (once)
     for Docker."""
     settings = absolutize(settings)
+    settings = with_otel_environment(settings, os.environ)
     build_catalog(settings)
     if settings.sandbox.backend == "docker" and not settings.sandbox.image:
         from tools_sandbox.docker_sandbox import remove_sandbox_containers
@@ -21,6 +25,22 @@ def prepare_settings(settings: Settings) -> Settings:
         settings = apply_overrides(settings, {"sandbox.image": ensure_image()})
         remove_sandbox_containers(only_exited=True)  # left by runners of an earlier local cluster
     return settings
+
+
+def with_otel_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``settings`` with the OTLP target and service name that the standard OpenTelemetry variables
+    of this (the driver's) environment name, where the settings name none: the settings travel to
+    every process of the cluster, the driver's environment does not."""
+    overrides: dict[str, Any] = {}
+    otlp = settings.telemetry.otlp
+    target = resolve_otlp(otlp, environ)
+    if target is not None and otlp.endpoint is None:
+        overrides["telemetry.otlp.endpoint"] = target.endpoint
+        overrides["telemetry.otlp.protocol"] = target.protocol
+        overrides["telemetry.otlp.headers"] = target.headers
+    if environ.get("OTEL_SERVICE_NAME"):
+        overrides["telemetry.service_name"] = environ["OTEL_SERVICE_NAME"]
+    return apply_overrides(settings, overrides) if overrides else settings
 
 
 RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

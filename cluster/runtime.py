@@ -42,6 +42,17 @@ def local_node_resources(settings: Settings) -> dict[str, float]:
     return {name: amount * runners.max_runners * pools for name, amount in runners.resources.items()}
 
 
+def local_metrics_options(settings: Settings) -> dict[str, Any]:
+    """``ray.init`` options of a local instance for officeray's metrics: how often its processes report
+    them (``telemetry.metrics.report_interval_ms``) and, when ``telemetry.metrics.export_port`` is set,
+    the port of its Prometheus endpoint (``http://<node>:<port>/metrics``; Ray picks one otherwise)."""
+    metrics = settings.telemetry.metrics
+    options: dict[str, Any] = {"_system_config": {"metrics_report_interval_ms": metrics.report_interval_ms}}
+    if metrics.export_port is not None:
+        options["_metrics_export_port"] = metrics.export_port
+    return options
+
+
 def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> None:
     """Connect to ``address`` (``"auto"``: the running cluster) or start a local Ray instance."""
     if ray.is_initialized():
@@ -61,16 +72,20 @@ def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> 
             include_dashboard=False,
             _node_ip_address=LOOPBACK,
             resources=local_node_resources(settings),
+            **local_metrics_options(settings),
             **kwargs,
         )
     else:
         ray.init(address=address, **kwargs)
 
 
-def deploy(settings: Settings, *, http: bool) -> None:
-    """Deploy the Serve app (HTTP on ``serve.host:serve.port`` when ``http``, else handles only)."""
+def deploy(settings: Settings, *, http: bool, proxy_location: str = "EveryNode") -> None:
+    """Deploy the Serve app (HTTP on ``serve.host:serve.port`` when ``http``, else handles only).
+    ``proxy_location``: Serve's HTTP proxies on every node, or on the head only (``HeadOnly``: the
+    nodes of a cluster on one machine share its ports)."""
     if http:
-        serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
+        http_options = {"host": settings.serve.host, "port": settings.serve.port}
+        serve.start(http_options=http_options, proxy_location=proxy_location)
     else:
         serve.start(proxy_location="Disabled")
     serve.run(build_app(settings), name=settings.serve.app_name, route_prefix="/", blocking=False)
@@ -120,16 +135,24 @@ async def run_tasks(
 class LocalStack:
     """Ray + the Serve app + the orchestrators (:attr:`client`), as a context manager."""
 
-    def __init__(self, settings: Settings, *, address: str | None = "local", http: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        address: str | None = "local",
+        http: bool = False,
+        proxy_location: str = "EveryNode",
+    ) -> None:
         self.settings = prepare_settings(settings)
         self.address = address
         self.http = http
+        self.proxy_location = proxy_location
         self._client: OrchestratorClient | None = None
 
     def __enter__(self) -> LocalStack:
         init_ray(self.settings, self.address)
         if not (self.address not in (None, "local") and app_is_running(self.settings)):
-            deploy(self.settings, http=self.http)
+            deploy(self.settings, http=self.http, proxy_location=self.proxy_location)
         self._client = orchestrators(self.settings)
         return self
 

@@ -1,8 +1,9 @@
-"""Orchestration overhead benchmark: task latency against a known ideal, throughput, CPU and memory.
+"""Orchestration overhead benchmark: task latency against a known ideal, throughput, CPU, memory and
+the CPU cost of telemetry export.
 
     python -m loadtests.bench_overhead [--levels 1,10,100,500,1000] [--json FILE]
 
-Also ``officeray bench overhead``. Two runs, each on its own local Ray instance (loopback only):
+Also ``officeray bench overhead``. Its runs, each on its own local Ray instance (loopback only):
 
 * **latency run**: the embedded planner and reviewer with an exact latency model (default planner
   3 s, reviewer 1 s, no jitter, no token time) and the task "Wait 0.5 seconds and also wait 0.5
@@ -17,6 +18,14 @@ Also ``officeray bench overhead``. Two runs, each on its own local Ray instance 
   throughput and CPU time (user + system) per task, summed over every process of the Ray session
   (raylet, GCS, every worker: orchestrator, Serve replicas and controller, tool runners) and this
   process, and the orchestrator's own share; plus a per-process breakdown at the largest level.
+* **telemetry cost**: the instant task at one level (default c=10, 200 tasks) on two more stacks,
+  one with telemetry export **on** (the trace store, OTLP/HTTP to a loopback receiver the benchmark
+  starts in a process of its own, metrics) and one with it **off** (``telemetry.trace_store.enabled``
+  false, no OTLP endpoint, metrics off); the local trace file is off in both, and the ``OTEL_*``
+  variables of this process are set aside while they run. Printed: CPU ms per task of each (every
+  process of the session, the receiver left out), their ratio and difference, and the spans the
+  receiver got per task. Each measurement window ends when the last batch of spans has been exported
+  (:func:`export_tail_s`), and the idle CPU of that tail is taken off (:func:`cpu_ms_per_task`).
 
 The system is sized so that no level waits in an artificial queue: ``workflow.max_concurrent_tasks``,
 every tenant's ``max_concurrent_tasks`` and the planner/reviewer ``max_ongoing_requests`` at least
@@ -25,7 +34,7 @@ no spare sandboxes. The store (SQLite)
 and traces live in a temporary folder. Targets are printed, never asserted: exit 0 once the figures
 are printed, 2 on bad arguments, a bad config or no Docker, 1 when the stack cannot start.
 
-Why one file of this length: one benchmark, its two runs, the per-process CPU accounting and the
+Why one file of this length: one benchmark, its runs, the per-process CPU accounting and the
 report of targets met or missed, all read together.
 """
 
@@ -33,15 +42,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -65,6 +77,20 @@ DEFAULT_INSTANT_LEVELS = (1, 10, 100)
 DEFAULT_INSTANT_TASKS = 200
 """Tasks per instant level (rounded up to a multiple of the level)."""
 MAX_INSTANT_TASKS = 10_000
+
+DEFAULT_TELEMETRY_LEVEL = 10
+"""Concurrency of the telemetry cost runs (export on, export off)."""
+DEFAULT_TELEMETRY_TASKS = 200
+"""Tasks of each telemetry cost run (rounded up to a multiple of the level)."""
+OTLP_BATCH_DELAY_S = 5.0
+"""How long the OTLP exporter's batch span processor holds spans (the OpenTelemetry SDK's default
+``OTEL_BSP_SCHEDULE_DELAY``, which officeray keeps)."""
+EXPORT_TAIL_MARGIN_S = 1.0
+"""Added to the longest batch delay: the window of a telemetry cost run ends this long after the
+last spans of its tasks could have been sent."""
+RECEIVER_START_TIMEOUT_S = 60.0
+"""How long the loopback OTLP receiver's process may take to start."""
+OTEL_ENV_PREFIX = "OTEL_"
 
 DEFAULT_PLANNER_S = 3.0
 DEFAULT_REVIEWER_S = 1.0
@@ -215,8 +241,8 @@ def bounded_float(low: float, high: float) -> Callable[[str], float]:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with a combination of arguments (each one is checked by its type), or None."""
-    if args.skip_latency and args.skip_instant:
-        return "--skip-latency and --skip-instant together leave nothing to measure"
+    if args.skip_latency and args.skip_instant and getattr(args, "skip_telemetry", False):
+        return "--skip-latency, --skip-instant and --skip-telemetry together leave nothing to measure"
     return None
 
 
@@ -281,14 +307,18 @@ def level_row(run: LevelRun, ideal: float | None, baseline_rss: int | None) -> d
 class SessionCpu:
     """CPU times of this process and all its descendants (a local Ray instance is one tree)."""
 
-    def __init__(self, orchestrator_pid: int) -> None:
+    def __init__(self, orchestrator_pid: int, exclude: Iterable[int] = ()) -> None:
         self.root = psutil.Process()
         self.orchestrator_pid = orchestrator_pid
+        self.exclude = frozenset(exclude)
+        """Processes left out (the benchmark's own helpers, e.g. the OTLP receiver)."""
 
     def snapshot(self) -> dict[int, tuple[str, float]]:
         """``{pid: (group, CPU seconds so far)}`` for every live process of the session."""
         out: dict[int, tuple[str, float]] = {}
         for proc in [self.root, *self.root.children(recursive=True)]:
+            if proc.pid in self.exclude:
+                continue
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
@@ -433,6 +463,9 @@ class BenchConfig:
     step_s: float = DEFAULT_STEP_S
     skip_latency: bool = False
     skip_instant: bool = False
+    skip_telemetry: bool = False
+    telemetry_level: int = DEFAULT_TELEMETRY_LEVEL
+    telemetry_tasks: int = DEFAULT_TELEMETRY_TASKS
     config: str | None = None
     level_timeout_s: float = LEVEL_TIMEOUT_S
 
@@ -541,7 +574,10 @@ async def _run_levels(
     return outcome
 
 
-def _run_stack(settings: Any, body: Callable[[Any], Coroutine[Any, Any, RunOutcome]]) -> RunOutcome:
+_Outcome = TypeVar("_Outcome")
+
+
+def _run_stack(settings: Any, body: Callable[[Any], Coroutine[Any, Any, _Outcome]]) -> _Outcome:
     from cluster.runtime import LocalStack
 
     with LocalStack(settings) as stack:
@@ -579,6 +615,217 @@ def instant_run(cfg: BenchConfig, state_dir: Path) -> RunOutcome:
     return _run_stack(settings, body)
 
 
+# -- the telemetry cost runs ------------------------------------------------------------------------
+
+
+def telemetry_variant(telemetry: Any, otlp_endpoint: str | None) -> Any:
+    """``telemetry`` (a :class:`~officeray.config.TelemetrySettings`) with export on, to the OTLP/HTTP
+    receiver at ``otlp_endpoint`` (trace store, OTLP, metrics), or off when it is None (no trace
+    store, no OTLP endpoint, no metrics). The local trace file is off in both."""
+    export = otlp_endpoint is not None
+    otlp = telemetry.otlp.model_copy(
+        update={"endpoint": otlp_endpoint, "protocol": "http/protobuf" if export else None, "headers": {}}
+    )
+    return telemetry.model_copy(
+        update={
+            "trace_file": None,
+            "otlp": otlp,
+            "trace_store": telemetry.trace_store.model_copy(update={"enabled": export}),
+            "metrics": telemetry.metrics.model_copy(update={"enabled": export}),
+        }
+    )
+
+
+def export_tail_s(telemetry: Any) -> float:
+    """How long after its last task a telemetry cost run keeps measuring: until every batch of spans
+    (trace store: ``flush_interval_s``; OTLP: :data:`OTLP_BATCH_DELAY_S`) has been sent."""
+    return max(telemetry.trace_store.flush_interval_s, OTLP_BATCH_DELAY_S) + EXPORT_TAIL_MARGIN_S
+
+
+@contextlib.contextmanager
+def without_otel_environment(environ: MutableMapping[str, str] | None = None) -> Iterator[list[str]]:
+    """Set aside the ``OTEL_*`` variables of ``environ`` (default: this process's, which a local Ray
+    instance passes on to every worker) for the block; yields their names. Only the settings decide
+    what a telemetry cost run exports."""
+    env = os.environ if environ is None else environ
+    saved = {k: v for k, v in env.items() if k.startswith(OTEL_ENV_PREFIX)}
+    for key in saved:
+        del env[key]
+    try:
+        yield sorted(saved)
+    finally:
+        for key in [k for k in env if k.startswith(OTEL_ENV_PREFIX)]:
+            del env[key]
+        env.update(saved)
+
+
+def _serve_receiver(conn: Any) -> None:
+    """The receiver process: an :class:`~officeray.otlp_receiver.OtlpReceiver` that answers
+    ``"count"`` with ``(requests, spans)`` and ends on ``"stop"``."""
+    from officeray.otlp_receiver import OtlpReceiver
+
+    with OtlpReceiver() as receiver:
+        conn.send(receiver.endpoint)
+        while conn.recv() != "stop":
+            conn.send((receiver.requests, len(receiver.spans())))
+
+
+class ReceiverProcess:
+    """A loopback OTLP/HTTP receiver in a process of its own (spawned, so that its CPU is not this
+    process's and can be left out of the figures); a context manager."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve_receiver, args=(child,), name="otlp-receiver", daemon=True
+        )
+        self.endpoint = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def __enter__(self) -> ReceiverProcess:
+        self._process.start()
+        if not self._conn.poll(RECEIVER_START_TIMEOUT_S):
+            self._process.kill()
+            raise TimeoutError(f"the OTLP receiver did not start in {RECEIVER_START_TIMEOUT_S:g} s")
+        self.endpoint = str(self._conn.recv())
+        return self
+
+    def counts(self) -> tuple[int, int]:
+        """Export requests and spans received so far."""
+        self._conn.send("count")
+        requests, spans = self._conn.recv()
+        return int(requests), int(spans)
+
+    def __exit__(self, *_exc: object) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self._conn.send("stop")
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=5)
+
+
+@dataclass
+class TelemetryRun:
+    """One telemetry cost run: its level (CPU over the level and the export tail) and around it."""
+
+    export: bool
+    run: LevelRun
+    tail_s: float
+    idle_cores: float | None = None
+    """CPU cores the idle session used before the level (its background loops)."""
+    exported_requests: int | None = None
+    """OTLP export requests the receiver got during the measurement (export on)."""
+    exported_spans: int | None = None
+
+
+def cpu_ms_per_task(
+    session_cpu_s: float, tasks: int, idle_cores: float | None, tail_s: float
+) -> float | None:
+    """CPU ms per task over a window that went on ``tail_s`` after the last task ended (for the last
+    spans to be exported): the session's CPU less what its idle loops use in that tail."""
+    if tasks <= 0:
+        return None
+    tail_idle_s = (idle_cores or 0.0) * tail_s
+    return max(0.0, session_cpu_s - tail_idle_s) * 1000 / tasks
+
+
+def telemetry_row(measured: TelemetryRun) -> dict[str, Any]:
+    """One row of the telemetry cost table."""
+    run = measured.run
+    orch = run.cpu_s.get("orchestrator")
+    return {
+        "export": "on" if measured.export else "off",
+        "concurrency": run.concurrency,
+        "tasks": run.tasks,
+        "failed": run.failed,
+        "tasks_per_s": len(run.latencies_s) / run.wall_s if run.wall_s > 0 else None,
+        "cpu_ms_per_task": cpu_ms_per_task(run.session_cpu_s, run.tasks, measured.idle_cores, measured.tail_s)
+        if run.cpu_s
+        else None,
+        "orch_cpu_ms_per_task": orch * 1000 / run.tasks if orch is not None and run.tasks else None,
+        "idle_cores": measured.idle_cores,
+        "spans_per_task": (
+            measured.exported_spans / run.tasks if measured.exported_spans is not None and run.tasks else None
+        ),
+        "export_requests": measured.exported_requests,
+    }
+
+
+def export_cost(on: dict[str, Any], off: dict[str, Any]) -> dict[str, float | None]:
+    """What export costs: the CPU per task with it on over that with it off (``ratio``) and their
+    difference in ms (``extra_ms_per_task``); None where a figure is missing."""
+    on_ms, off_ms = on.get("cpu_ms_per_task"), off.get("cpu_ms_per_task")
+    if on_ms is None or off_ms is None:
+        return {"ratio": None, "extra_ms_per_task": None}
+    return {"ratio": on_ms / off_ms if off_ms > 0 else None, "extra_ms_per_task": on_ms - off_ms}
+
+
+async def _measure_export(
+    actor: Any,
+    concurrency: int,
+    rounds: int,
+    *,
+    timeout_s: float,
+    tail_s: float,
+    receiver: ReceiverProcess | None,
+) -> TelemetryRun:
+    pid, _orchestrator = await _orchestrator_process(actor)
+    cpu = SessionCpu(pid, exclude=[receiver.pid] if receiver is not None and receiver.pid else [])
+    description = sleep_task(0.0)
+    await run_level(actor, description, WARMUP_TASKS, 1, timeout_s=timeout_s)
+    await _settle(actor)
+    await asyncio.sleep(tail_s)  # the warm-up's spans are out before anything is measured
+    before = cpu.snapshot()
+    await asyncio.sleep(IDLE_CPU_SAMPLE_S)
+    idle, _count = cpu.spent(before, cpu.snapshot())
+    counted = receiver.counts() if receiver is not None else None
+    before = cpu.snapshot()
+    run = await run_level(actor, description, concurrency, rounds, timeout_s=timeout_s)
+    await asyncio.sleep(tail_s)
+    run.cpu_s, run.processes = cpu.spent(before, cpu.snapshot())
+    measured = TelemetryRun(
+        export=receiver is not None,
+        run=run,
+        tail_s=tail_s,
+        idle_cores=sum(idle.values()) / IDLE_CPU_SAMPLE_S,
+    )
+    if receiver is not None and counted is not None:
+        requests, spans = receiver.counts()
+        measured.exported_requests, measured.exported_spans = requests - counted[0], spans - counted[1]
+    _progress(
+        f"telemetry export {'on' if measured.export else 'off'} c={concurrency}: {run.tasks} tasks, "
+        f"{run.failed} failed, {len(run.latencies_s) / run.wall_s:.1f} tasks/s"
+    )
+    return measured
+
+
+def telemetry_run(cfg: BenchConfig, state_dir: Path, export: bool) -> TelemetryRun:
+    """One telemetry cost run: a stack with export on (and the receiver it exports to) or off."""
+    rounds = instant_rounds(cfg.telemetry_level, cfg.telemetry_tasks)
+    base = bench_settings(cfg.config, state_dir, cfg.telemetry_level, None, None)
+    with without_otel_environment(), ReceiverProcess() if export else contextlib.nullcontext() as receiver:
+        endpoint = receiver.endpoint if isinstance(receiver, ReceiverProcess) else None
+        settings = base.model_copy(update={"telemetry": telemetry_variant(base.telemetry, endpoint)})
+        tail_s = export_tail_s(settings.telemetry)
+
+        def body(actor: Any) -> Coroutine[Any, Any, TelemetryRun]:
+            return _measure_export(
+                actor,
+                cfg.telemetry_level,
+                rounds,
+                timeout_s=cfg.level_timeout_s,
+                tail_s=tail_s,
+                receiver=receiver if isinstance(receiver, ReceiverProcess) else None,
+            )
+
+        return _run_stack(settings, body)
+
+
 # -- the result -------------------------------------------------------------------------------------
 
 LATENCY_COLUMNS = [
@@ -606,6 +853,18 @@ INSTANT_COLUMNS = [
     Column("cpu_ms_per_task", "CPU ms/task", ".1f"),
     Column("orch_cpu_ms_per_task", "orch CPU ms/task", ".1f"),
     Column("cores_used", "cores used", ".2f"),
+]
+TELEMETRY_COLUMNS = [
+    Column("export", "export"),
+    Column("concurrency", "c"),
+    Column("tasks", "tasks"),
+    Column("failed", "failed"),
+    Column("tasks_per_s", "tasks/s", ".1f"),
+    Column("cpu_ms_per_task", "CPU ms/task", ".1f"),
+    Column("orch_cpu_ms_per_task", "orch CPU ms/task", ".1f"),
+    Column("idle_cores", "idle cores", ".3f"),
+    Column("spans_per_task", "spans exported/task", ".1f"),
+    Column("export_requests", "OTLP requests"),
 ]
 BREAKDOWN_COLUMNS = [
     Column("group", "process"),
@@ -721,8 +980,41 @@ def _run_notes(label: str, outcome: RunOutcome) -> list[str]:
     return notes
 
 
-def build_result(cfg: BenchConfig, latency: RunOutcome | None, instant: RunOutcome | None) -> BenchResult:
-    """The printed and JSON result of the two runs (either may be None: skipped)."""
+def telemetry_summary(on: TelemetryRun, off: TelemetryRun) -> tuple[Table, list[str], dict[str, Any]]:
+    """The telemetry cost table, its notes (the ratio first) and its JSON (``extra["telemetry"]``)."""
+    on_row, off_row = telemetry_row(on), telemetry_row(off)
+    cost = export_cost(on_row, off_row)
+    level = on.run.concurrency
+    table = Table(
+        f"telemetry export on and off, instant, at {level} concurrent", TELEMETRY_COLUMNS, [on_row, off_row]
+    )
+    if cost["ratio"] is not None and cost["extra_ms_per_task"] is not None:
+        headline = (
+            f"telemetry export costs {cost['extra_ms_per_task']:+.1f} ms CPU per task: "
+            f"{on_row['cpu_ms_per_task']:.1f} ms with it on / {off_row['cpu_ms_per_task']:.1f} ms off "
+            f"= {cost['ratio']:.3f}"
+        )
+    else:
+        headline = "telemetry export cost: not measured (a run measured no CPU)"
+    notes = [
+        headline,
+        "telemetry on: trace store, OTLP/HTTP to a loopback receiver (its own process, left out of the "
+        "CPU), metrics; off: no trace store, no OTLP, no metrics; CPU over the level and "
+        f"{on.tail_s:g} s after it (the last batches), less the idle session's CPU in those seconds",
+    ]
+    notes.extend(_run_notes("telemetry on", RunOutcome(levels=[on.run])))
+    notes.extend(_run_notes("telemetry off", RunOutcome(levels=[off.run])))
+    return table, notes, {"on": on_row, "off": off_row, **cost}
+
+
+def build_result(
+    cfg: BenchConfig,
+    latency: RunOutcome | None,
+    instant: RunOutcome | None,
+    telemetry: tuple[TelemetryRun, TelemetryRun] | None = None,
+) -> BenchResult:
+    """The printed and JSON result of the runs (each may be None: skipped); ``telemetry`` is the
+    export-on and export-off runs."""
     ideal = cfg.ideal_s
     tables: list[Table] = []
     notes = [
@@ -757,6 +1049,11 @@ def build_result(cfg: BenchConfig, latency: RunOutcome | None, instant: RunOutco
                 "before the instant levels; 'idle ms/task' is that share of the CPU per task"
             )
         notes.extend(_run_notes("instant", instant))
+    extra: dict[str, Any] = {}
+    if telemetry is not None:
+        table, telemetry_notes, extra["telemetry"] = telemetry_summary(*telemetry)
+        tables.append(table)
+        notes.extend(telemetry_notes)
     config = {
         "levels": list(cfg.levels),
         "rounds": cfg.rounds,
@@ -768,6 +1065,9 @@ def build_result(cfg: BenchConfig, latency: RunOutcome | None, instant: RunOutco
         "ideal_s": ideal,
         "skip_latency": cfg.skip_latency,
         "skip_instant": cfg.skip_instant,
+        "skip_telemetry": cfg.skip_telemetry,
+        "telemetry_level": cfg.telemetry_level,
+        "telemetry_tasks": cfg.telemetry_tasks,
     }
     return BenchResult(
         benchmark="overhead",
@@ -775,19 +1075,25 @@ def build_result(cfg: BenchConfig, latency: RunOutcome | None, instant: RunOutco
         tables=tables,
         targets=targets_of(latency_rows, instant_rows),
         notes=notes,
-        extra={"config": config, "latency_levels": latency_rows, "instant_levels": instant_rows},
+        extra={"config": config, "latency_levels": latency_rows, "instant_levels": instant_rows, **extra},
     )
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
-    """Run the latency run, then the instant run (each on its own local Ray instance)."""
+    """Run the latency run, the instant run, then the telemetry cost runs (export off, then on; each
+    on its own local Ray instance)."""
     from cluster.prepare import prefer_loopback
 
     prefer_loopback()  # before Ray is imported: a local instance stays on 127.0.0.1
     with tempfile.TemporaryDirectory(prefix="officeray-bench-") as tmp:
         latency = None if cfg.skip_latency else latency_run(cfg, Path(tmp) / "latency")
         instant = None if cfg.skip_instant else instant_run(cfg, Path(tmp) / "instant")
-    return build_result(cfg, latency, instant)
+        telemetry = None
+        if not cfg.skip_telemetry:
+            off = telemetry_run(cfg, Path(tmp) / "telemetry-off", export=False)
+            on = telemetry_run(cfg, Path(tmp) / "telemetry-on", export=True)
+            telemetry = (on, off)
+    return build_result(cfg, latency, instant, telemetry)
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -839,6 +1145,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--skip-latency", action="store_true", help="do not run the latency run")
     parser.add_argument("--skip-instant", action="store_true", help="do not run the instant run")
+    parser.add_argument(
+        "--skip-telemetry", action="store_true", help="do not measure telemetry export (on and off)"
+    )
+    parser.add_argument(
+        "--telemetry-level",
+        type=bounded_int(1, MAX_LEVEL),
+        default=DEFAULT_TELEMETRY_LEVEL,
+        help=f"concurrency of the telemetry export runs (default {DEFAULT_TELEMETRY_LEVEL})",
+    )
+    parser.add_argument(
+        "--telemetry-tasks",
+        type=bounded_int(1, MAX_INSTANT_TASKS),
+        default=DEFAULT_TELEMETRY_TASKS,
+        help=f"tasks of each telemetry export run (default {DEFAULT_TELEMETRY_TASKS})",
+    )
     add_json_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
 
@@ -854,6 +1175,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         step_s=args.step_s,
         skip_latency=args.skip_latency,
         skip_instant=args.skip_instant,
+        skip_telemetry=args.skip_telemetry,
+        telemetry_level=args.telemetry_level,
+        telemetry_tasks=args.telemetry_tasks,
         config=args.config,
     )
 

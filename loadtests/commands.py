@@ -56,7 +56,8 @@ def add_bench(sub: Any) -> None:
     bsb.set_defaults(**{RUN_COMMAND: _run_bench_sandbox})
     bov = bench_sub.add_parser(
         "overhead",
-        help="task latency against the ideal critical path at 1..1000 concurrent, and CPU per task",
+        help="task latency against the ideal critical path at 1..1000 concurrent, CPU per task, and CPU "
+        "per task with telemetry export on and off",
     )
     bench_overhead.add_arguments(bov)
     bov.set_defaults(**{RUN_COMMAND: _run_bench_overhead})

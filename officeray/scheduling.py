@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from officeray.metrics import NO_METRICS, Metrics
+
 
 @dataclass(order=True)
 class _Waiter:
@@ -31,12 +33,14 @@ class FairScheduler:
     whenever it matters, so a changed config applies to the next decision).
 
     ``async with scheduler.slot(tenant, priority):`` holds a slot for the block. A waiter that is
-    cancelled leaves its queue (and hands on a slot granted to it meanwhile)."""
+    cancelled leaves its queue (and hands on a slot granted to it meanwhile). ``metrics`` hears each
+    tenant's queue depth whenever it may have changed (:meth:`Metrics.tasks_queued`)."""
 
-    def __init__(self, slots: int, tenant_cap: Callable[[str], int]) -> None:
+    def __init__(self, slots: int, tenant_cap: Callable[[str], int], metrics: Metrics = NO_METRICS) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, not {slots}")
         self.slots = slots
+        self._metrics = metrics
         self._tenant_cap = tenant_cap
         self._running: dict[str, int] = {}
         self._total = 0
@@ -87,10 +91,12 @@ class FairScheduler:
         :meth:`release`; cancelled while waiting, it holds nothing."""
         if not self._queues.get(tenant) and self._may_start(tenant):
             self._grant(tenant)
+            self._report(tenant)  # 0: the tenant's series exists from its first task on
             return
         waiter = _Waiter((-priority, next(self._arrivals)), asyncio.get_running_loop().create_future())
         heapq.heappush(self._queues.setdefault(tenant, []), waiter)
         self._served.setdefault(tenant, -1)
+        self._report(tenant)
         try:
             await waiter.granted
         except asyncio.CancelledError:
@@ -134,6 +140,7 @@ class FairScheduler:
             if not queue:
                 del self._queues[tenant]
             self._grant(tenant)
+            self._report(tenant)
             waiter.granted.set_result(None)
 
     def _leave(self, tenant: str, waiter: _Waiter) -> None:
@@ -145,6 +152,10 @@ class FairScheduler:
         if not queue:
             self._queues.pop(tenant, None)
             self._forget_if_idle(tenant)
+        self._report(tenant)
+
+    def _report(self, tenant: str) -> None:
+        self._metrics.tasks_queued(tenant, len(self._queues.get(tenant, ())))
 
     def _forget_if_idle(self, tenant: str) -> None:
         """Keep no state of a tenant with nothing running or waiting (tenants come and go)."""

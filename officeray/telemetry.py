@@ -21,6 +21,7 @@ The trace context crosses process boundaries as a carrier dict (:func:`inject_co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,11 +33,13 @@ from typing import IO, Any, Literal
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry.propagate import extract, inject
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel, Field
 
 from officeray.config import OtlpSettings, TelemetrySettings
@@ -59,6 +62,10 @@ MAX_ATTRIBUTE_CHARS = 4096
 
 OTLP_HTTP_TRACES_PATH = "/v1/traces"
 OTLP_DEFAULT_PROTOCOL = "http/protobuf"
+
+PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+"""How the trace context and the task id (baggage) travel between processes: W3C ``traceparent`` and
+``baggage``, whatever the process's global propagator is."""
 
 SpanStatus = Literal["ok", "error", "unset"]
 _STATUS: dict[StatusCode, SpanStatus] = {StatusCode.OK: "ok", StatusCode.ERROR: "error"}
@@ -232,6 +239,9 @@ class IdentitySpanProcessor(SpanProcessor):
                 span.set_attribute(INSTANCE_ATTR, str(instance))
         if not (span.attributes or {}).get(TASK_ID_ATTR):
             task_id = baggage.get_baggage(TASK_BAGGAGE_KEY, parent_context)
+            if not task_id:  # a child of a span of this process that knows its task
+                parent = trace.get_current_span(parent_context)
+                task_id = (getattr(parent, "attributes", None) or {}).get(TASK_ID_ATTR)
             if task_id:
                 span.set_attribute(TASK_ID_ATTR, str(task_id))
 
@@ -406,7 +416,7 @@ def parse_traceparent(value: str | None) -> otel_context.Context | None:
     """The context a W3C ``traceparent`` names, or None for a missing or malformed one."""
     if not value:
         return None
-    context = extract({"traceparent": value})
+    context = PROPAGATOR.extract({"traceparent": value})
     span_context = trace.get_current_span(context).get_span_context()
     return context if span_context.is_valid else None
 
@@ -422,6 +432,18 @@ def remote_parent(trace_id: str, span_id: str | None = None) -> otel_context.Con
     return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
+@contextlib.contextmanager
+def attached(context: otel_context.Context) -> Iterator[None]:
+    """Make ``context`` the current one inside the block. Needed for baggage: a tracer's
+    ``start_as_current_span(context=...)`` parents the span on ``context`` but makes it current in
+    the *current* context, where ``context``'s baggage is missing."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def with_task(task_id: str, context: otel_context.Context | None = None) -> otel_context.Context:
     """``context`` (default: the current one) carrying ``task_id`` as baggage, so every span made
     under it, in this process or one it calls, records the task."""
@@ -431,12 +453,12 @@ def with_task(task_id: str, context: otel_context.Context | None = None) -> otel
 def inject_context() -> dict[str, str]:
     """The current trace context (and baggage) as a carrier dict to send to another process."""
     carrier: dict[str, str] = {}
-    inject(carrier)
+    PROPAGATOR.inject(carrier)
     return carrier
 
 
 def extract_context(carrier: dict[str, str] | None) -> otel_context.Context:
-    return extract(carrier or {})
+    return PROPAGATOR.extract(carrier or {})
 
 
 # -- JSON-lines files (telemetry.trace_file) ------------------------------------------------------------

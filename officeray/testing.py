@@ -473,6 +473,9 @@ class InMemoryStore:
     async def dlq_remove(self, task_id: str) -> bool:
         return self._dlq.pop(task_id, None) is not None
 
+    async def dlq_size(self) -> int:
+        return len(self._dlq)
+
     # -- idempotency keys and approvals --------------------------------------------------------------
 
     async def claim_idempotency_key(
@@ -588,6 +591,9 @@ class InMemoryStore:
     async def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
         mine = [d for d in self._outbox.values() if d.task_id == task_id]
         return [d.model_copy(deep=True) for d in sorted(mine, key=lambda d: (d.created_at, d.delivery_id))]
+
+    async def webhook_backlog(self) -> int:
+        return sum(1 for d in self._outbox.values() if d.status == DeliveryStatus.PENDING)
 
     # -- the trace store -----------------------------------------------------------------------------
 

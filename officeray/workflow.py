@@ -37,7 +37,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
 
-from officeray.config import TenantLimits, WorkflowSettings
+from officeray.config import RedactionSettings, TenantLimits, WorkflowSettings
 from officeray.contracts import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     ErrorType,
@@ -64,8 +64,16 @@ from officeray.contracts import (
 )
 from officeray.dag import run_dag
 from officeray.errors import PlanningError
+from officeray.event_schema import emit_event
 from officeray.quotas import daily_budget_spent_reason, effective_token_budget
-from officeray.telemetry import inject_context, parse_traceparent, remote_parent, trace_id_hex, with_task
+from officeray.telemetry import (
+    attached,
+    inject_context,
+    parse_traceparent,
+    remote_parent,
+    trace_id_hex,
+    with_task,
+)
 from officeray.validate import parse_plan, validate_plan
 
 logger = logging.getLogger(__name__)
@@ -163,6 +171,7 @@ class Workflow:
         needs_approval: Callable[[str], bool] | None = None,
         calls_model: Callable[[str], bool] | None = None,
         approvals: Approvals | None = None,
+        redaction: RedactionSettings | None = None,
         owner: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
@@ -191,6 +200,9 @@ class Workflow:
         """Whether a tool (by name) calls a model: its steps do not run once the tenant's
         ``daily_token_budget`` is spent."""
         self.approvals = approvals
+        self.redaction = redaction
+        """How the ``approval`` and ``review`` events record reasons and feedback
+        (``telemetry.redaction``; None: its defaults)."""
         self.owner = owner
         """Who holds the leases of the tasks run here (an orchestrator's life). Every write of a run
         is then fenced on its task's lease: once another owner took the task over, the run's next
@@ -391,9 +403,12 @@ class _TaskRun:
         return with_task(self.task_id, context or otel_context.Context())
 
     async def execute(self) -> TaskRecord:
-        with self.wf.tracer.start_as_current_span(
-            "task", context=self._trace_parent(), attributes={"officeray.task_id": self.task_id}
-        ) as span:
+        with (
+            attached(self._trace_parent()),
+            self.wf.tracer.start_as_current_span(
+                "task", attributes={"officeray.task_id": self.task_id}
+            ) as span,
+        ):
             self.record.trace_id = trace_id_hex(span)
             record = await self._loop()
             span.set_attribute("officeray.status", record.status.value)
@@ -687,6 +702,7 @@ class _TaskRun:
         self._waiting -= 1
         if self._waiting == 0:
             self.record.status = TaskStatus.EXECUTING
+        self._approval_event(step, waiting.started_at, decision)
         if decision is None and self.remaining_s() <= 0:
             self.stop_reason = self.duration_reached(f"while step {step.step_id} waited for approval")
             self.log(self.stop_reason, "error")
@@ -707,6 +723,27 @@ class _TaskRun:
                 message=f"step {step.step_id} was rejected by {decision.get('decided_by')}{reason}",
             )
         return None
+
+    def _approval_event(
+        self, step: PlanStep, started_at: datetime | None, decision: dict[str, Any] | None
+    ) -> None:
+        """The ``approval`` event of a step's wait: the decision applied, or none in time."""
+        details = {"action": step.action, "decision": "timed_out"}
+        if decision is not None:
+            details.update(decision=str(decision.get("decision")), decided_by=str(decision.get("decided_by")))
+        emit_event(
+            trace.get_current_span(),
+            "approval",
+            agent="orchestrator",
+            redaction=self.wf.redaction,
+            task_id=self.task_id,
+            step_id=step.step_id,
+            content=None if decision is None else decision.get("reason"),
+            details=details,
+            error="no decision in time" if decision is None else None,
+            started_at=started_at,
+            ended_at=self.wf._now(),
+        )
 
     def _step_failed(self, step: PlanStep, error: StepError) -> StepResult:
         return StepResult(
@@ -841,12 +878,14 @@ class _TaskRun:
             results=results,
         )
         self.record.counters.model_calls += 1
+        started_at = wf._now()
         with wf.tracer.start_as_current_span("review", attributes={"officeray.iteration": iteration}) as span:
             try:
                 answer = await asyncio.wait_for(wf.reviewer.review(request), self._model_call_timeout_s())
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self._review_event(span, iteration, started_at, error=_describe(exc))
                 if self.remaining_s() <= 0:
                     stop = self.duration_reached("while reviewing")
                     return Review(verdict=ReviewVerdict.FAILED, feedback=stop)
@@ -854,6 +893,7 @@ class _TaskRun:
                 return None
             review, call = (answer.review, answer.call) if isinstance(answer, Reviewed) else (answer, None)
             span.set_attribute("officeray.verdict", review.verdict.value)
+            self._review_event(span, iteration, started_at, review=review, call=call)
         over = self.account(call, iteration)
         if over is not None:
             return Review(verdict=ReviewVerdict.FAILED, feedback=over)
@@ -862,6 +902,37 @@ class _TaskRun:
             "reviewed", iteration=iteration, verdict=review.verdict.value, feedback=review.feedback
         )
         return review
+
+    def _review_event(
+        self,
+        span: trace.Span,
+        iteration: int,
+        started_at: datetime,
+        *,
+        review: Review | None = None,
+        call: ModelCallRecord | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The ``review`` event: the reviewer's verdict and feedback, or why it did not answer."""
+        details: dict[str, Any] = {"iteration": iteration}
+        if review is not None:
+            details["verdict"] = review.verdict.value
+        if call is not None:
+            details.update(tier=call.tier, model=call.model)
+        emit_event(
+            span,
+            "review",
+            agent="reviewer",
+            redaction=self.wf.redaction,
+            task_id=self.task_id,
+            content=None if review is None else review.feedback,
+            details=details,
+            error=error,
+            started_at=started_at,
+            ended_at=self.wf._now(),
+            tokens_in=None if call is None else call.usage.prompt_tokens,
+            tokens_out=None if call is None else call.usage.completion_tokens,
+        )
 
 
 SUBMITTED_PLAN_ITERATION = 0

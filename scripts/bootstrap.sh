@@ -6,6 +6,8 @@
 #   3. the sandbox image (built offline from a Debian rootfs when no registry answers)
 #   +  Debian's postgresql when missing (tests/store starts its own server from it; the packaged
 #      default cluster is stopped)
+#   +  Debian's chromium when missing (the console's browser tests; Playwright drives it, nothing
+#      is downloaded)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +68,17 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
       pg_ctlcluster "$(basename "$(dirname "$conf")")" main stop >/dev/null 2>&1 || true
     fi
   done
+fi
+
+# -- Chromium (the console's browser tests drive Debian's headless chromium with Playwright) ------
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing chromium (tests/integration/test_console_browser.py needs it): run this script as root"; exit 1
+  fi
+  log "installing chromium (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
 fi
 
 # -- 3. Sandbox image ---------------------------------------------------------------------------

@@ -26,11 +26,21 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 
 class CircuitBreaker:
-    """One tier's breaker. ``clock`` returns seconds (monotonic); inject a fake one in tests."""
+    """One tier's breaker. ``clock`` returns seconds (monotonic); inject a fake one in tests.
 
-    def __init__(self, settings: CircuitBreakerSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    ``on_change`` hears every state the breaker moves to (``closed``, ``open``, ``half_open`` when a
+    trial call goes through), e.g. to export it as a gauge; ``open`` turning into ``half_open`` by
+    the clock alone is heard with the next :meth:`allow`."""
+
+    def __init__(
+        self,
+        settings: CircuitBreakerSettings,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[BreakerState], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._clock = clock
+        self._on_change = on_change
         self._state: BreakerState = "closed"
         self._failures = 0
         self._opened_at: float | None = None
@@ -59,13 +69,13 @@ class CircuitBreaker:
             return True
         if state == "open" or self._trial_in_flight:
             return False
-        self._state = "half_open"
+        self._move("half_open")
         self._trial_in_flight = True
         return True
 
     def record_success(self) -> None:
         """The tier answered: close (also when an older call succeeds while the breaker is open)."""
-        self._state = "closed"
+        self._move("closed")
         self._failures = 0
         self._opened_at = None
         self._trial_in_flight = False
@@ -83,9 +93,15 @@ class CircuitBreaker:
         self._trial_in_flight = False
 
     def _open(self) -> None:
-        self._state = "open"
         self._opened_at = self._clock()
         self._trial_in_flight = False
+        self._move("open")
+
+    def _move(self, state: BreakerState) -> None:
+        changed = state != self._state
+        self._state = state
+        if changed and self._on_change is not None:
+            self._on_change(state)
 
     def _cooldown_over(self) -> bool:
         return self._opened_at is not None and self._clock() - self._opened_at >= self.settings.cooldown_s

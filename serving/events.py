@@ -29,7 +29,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -226,7 +226,7 @@ async def event_feed_stream(
     settle_s: float = EVENT_SETTLE_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent]:
     """The events of every task of ``tenant`` (None: every tenant's) as they are stored, until the
     client goes away: those after ``after_id`` (a ``Last-Event-ID``), or without one those written
     from now on. The same rules as :func:`task_event_stream`: id order, each event once it was seen

@@ -121,6 +121,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import ray
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -960,6 +961,59 @@ def _not_in_dlq(task_id: str) -> ApiError:
     return ApiError(404, f"task {task_id!r} is not in the dead-letter queue", "not_in_dlq")
 
 
+# -- console helpers (CONSOLE) --
+
+FEED_LIST_DEFAULT = 100
+"""Events one ``GET /v1/events`` (JSON) returns unless ``?limit=`` says otherwise."""
+
+FEED_LIST_MAX = 1000
+"""Most events one ``GET /v1/events`` (JSON) returns."""
+
+APPROVALS_LIST_MAX = 1000
+"""Most waiting tasks one ``GET /v1/approvals`` looks at."""
+
+
+def after_event_id(last_event_id: str | None) -> int | None:
+    """The event id of a ``Last-Event-ID`` header; 422 (``invalid_last_event_id``) for a bad one."""
+    try:
+        return parse_last_event_id(last_event_id)
+    except ValueError as exc:
+        raise ApiError(
+            422,
+            f"invalid request: {exc}",
+            "invalid_last_event_id",
+            errors=[{"field": "Last-Event-ID", "message": str(exc)}],
+        ) from None
+
+
+async def serve_status() -> Any:
+    """Serve's status (``serve.status()``: a call to the controller, in a worker thread); None when
+    the controller does not answer in time."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(serve.status), HEALTH_TIMEOUT_S)
+    except Exception as exc:
+        logger.warning("serve.status() did not answer: %s", exc)
+        return None
+
+
+async def collector_stats(settings: Settings) -> dict[str, Any] | BaseException | None:
+    """The trace collector's figures; None when there is none (the trace store is off, or no process
+    made spans yet); the exception when it does not answer in time."""
+    if not settings.telemetry.trace_store.enabled:
+        return None
+    try:
+        handle = await asyncio.to_thread(ray.get_actor, COLLECTOR_NAME, namespace=settings.ray_namespace)
+    except ValueError:
+        return None
+    try:
+        return dict(await asyncio.wait_for(handle.stats.remote(), HEALTH_TIMEOUT_S))
+    except Exception as exc:
+        return exc
+
+
+# -- end console helpers (CONSOLE) --
+
+
 # serve.ingress pickles the app (and so these methods, with the module globals they use) when the
 # class is decorated: every helper the routes call must be defined above this line.
 @serve.deployment(name="Gateway")
@@ -1324,3 +1378,82 @@ class Gateway:
         return JSONResponse(body, status_code=202)
 
     # -- end cancel (CANCEL) --
+
+    # -- console (CONSOLE) --
+
+    @app.get("/console", include_in_schema=False)
+    async def console_page(self) -> Response:
+        """The web console (public: the page asks for a key and sends it on every API call)."""
+        return console_response("index.html")
+
+    @app.get("/console/{name}", include_in_schema=False)
+    async def console_asset(self, name: str) -> Response:
+        return console_response(name)
+
+    @app.get("/v1/events", response_model=None, responses=FEED_OPENAPI)
+    async def event_feed(
+        self,
+        principal: Caller,
+        tenant: Annotated[
+            str | None, Query(pattern=TENANT_PATTERN, description="An admin key's choice of tenant.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=FEED_LIST_MAX)] = FEED_LIST_DEFAULT,
+        accept: Annotated[str | None, Header(max_length=1000)] = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
+    ) -> EventSourceResponse | dict[str, Any]:
+        """The events of every task of the caller's tenant (an admin: every tenant's, or ``?tenant=``'s),
+        each with its task id and tenant: JSON (the last ``limit``, or the first after ``Last-Event-ID``),
+        or with ``Accept: text/event-stream`` a live stream (:func:`serving.events.event_feed_stream`)."""
+        require(principal, Action.READ, principal.tenant)
+        whose = listed_tenant(tenant, principal, "task events")
+        after_id = after_event_id(last_event_id)
+        if wants_event_stream(accept):
+            return event_feed_response(self.store, whose, after_id)
+        return feed_view(await self.store.event_feed(after_id, tenant=whose, limit=limit))
+
+    @app.get("/v1/approvals")
+    async def approvals(
+        self,
+        principal: Caller,
+        tenant: Annotated[
+            str | None, Query(pattern=TENANT_PATTERN, description="An admin key's choice of tenant.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=APPROVALS_LIST_MAX)] = PENDING_APPROVALS_LIMIT,
+    ) -> dict[str, Any]:
+        """The steps that wait for a person's decision (of the caller's tenant; an admin: every
+        tenant's, or ``?tenant=``'s), oldest wait first; decided with
+        ``POST /v1/tasks/{task_id}/approvals/{step_id}``."""
+        require(principal, Action.READ, principal.tenant)
+        whose = listed_tenant(tenant, principal, "approvals")
+        records = await self.store.list_tasks(TaskStatus.WAITING_APPROVAL, limit, tenant=whose)
+        decided = {
+            (record.task_id, key)
+            for record in records
+            for _, key in waiting_steps(record)
+            if await self.store.get_approval(record.task_id, key) is not None
+        }
+        pending = pending_approvals(records, decided)
+        return {"approvals": [p.model_dump(mode="json") for p in pending], "count": len(pending)}
+
+    @app.get("/v1/system")
+    async def system(self, principal: Caller) -> SystemView:
+        """The running system for the console (any key): Serve's deployments and replicas, the
+        orchestrator shards, the runner pools, the trace collector, every lane that sent spans in the
+        last minute with its heartbeat, and the message rate between lanes (:mod:`serving.system`)."""
+        require(principal, Action.READ, principal.tenant)
+        checked_at = utcnow()
+        status, shards, spans, collector = await asyncio.gather(
+            serve_status(),
+            self.orchestrators.shard_stats(HEALTH_TIMEOUT_S),
+            self.store.recent_spans(checked_at - timedelta(seconds=MESSAGE_WINDOW_S)),
+            collector_stats(self.settings),
+        )
+        return system_view(
+            checked_at=checked_at,
+            serve_status=status,
+            shards=shards,
+            spans=[SpanLink(s.span_id, s.parent_span_id, s.lane, s.end_ns) for s in spans],
+            collector=collector,
+        )
+
+    # -- end console (CONSOLE) --

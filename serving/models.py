@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.collector import tracer_for
+from actors.metrics import metrics_for
 from officeray.config import Settings
 from officeray.contracts import ModelCallRecord, Plan, Planned, PlanRequest, Review, Reviewed, ReviewRequest
 from officeray.errors import ModelUnavailableError, PlanningError
@@ -71,8 +72,21 @@ class RoleModel:
         chain = getattr(models, role)
         tracer = tracer_for(settings, role)
         vllm_url = f"http://{settings.serve.host}:{settings.serve.port}/llm/v1"
-        tiers = [(cfg, build_tier(cfg, role, vllm_base_url=vllm_url)) for cfg in chain]
-        self.router = Router(role, tiers, models.router, models.prices, tracer=tracer)
+        redaction = settings.telemetry.redaction
+        scrub = redaction.scrub_external_prompts
+        tiers = [
+            (cfg, build_tier(cfg, role, vllm_base_url=vllm_url, scrub_external_prompts=scrub))
+            for cfg in chain
+        ]
+        self.router = Router(
+            role,
+            tiers,
+            models.router,
+            models.prices,
+            tracer=tracer,
+            metrics=metrics_for(settings),
+            redaction=redaction,
+        )
         catalog = build_catalog(settings)  # this replica's catalog: built-ins + plugins
         self.tools = {name: (spec.description, spec.input_model) for name, spec in catalog.items()}
 

@@ -32,14 +32,19 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ConfigDict, Field
 
-from officeray.config import EmbeddedTierConfig, Price, RouterSettings, TierConfig
+from officeray.config import EmbeddedTierConfig, Price, RedactionSettings, RouterSettings, TierConfig
+from officeray.contracts import utcnow
 from officeray.errors import ConfigError
+from officeray.event_schema import emit_event
+from officeray.metrics import NO_METRICS, Metrics
 from officeray.telemetry import extract_context
 from serving.breaker import CircuitBreaker
 from serving.cache import ResponseCache
@@ -244,20 +249,32 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        redaction: RedactionSettings | None = None,
+        now: Callable[[], datetime] = utcnow,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        """``metrics`` hears every try, skip and cache hit (:meth:`Metrics.model_called`), every
+        fallback and every breaker state (from ``closed`` at the start)."""
         if not tiers:
             raise ConfigError(f"models.{role}: the tier chain is empty")
         self.role = role
+        self._metrics = metrics
         self.settings = settings
         self.prices: Mapping[str, Price] = dict(prices or {})
         self._tracer: trace.Tracer = tracer if tracer is not None else trace.NoOpTracer()
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
-        self._entries = [
-            _Entry(i, config, tier, CircuitBreaker(settings.breaker, clock))
-            for i, (config, tier) in enumerate(tiers)
-        ]
+        self._redaction = redaction
+        """How the ``llm_request``/``llm_response`` events record prompts and answers (None: the
+        defaults of ``telemetry.redaction``)."""
+        self._now = now
+        self._entries = []
+        for i, (config, tier) in enumerate(tiers):
+            label = _label(tier.name, tier.model)
+            breaker = CircuitBreaker(settings.breaker, clock, partial(metrics.breaker_state, role, label))
+            metrics.breaker_state(role, label, breaker.state)
+            self._entries.append(_Entry(i, config, tier, breaker))
         self.cache: ResponseCache | None = (
             ResponseCache(settings.cache, clock) if role in CACHED_ROLES and settings.cache.enabled else None
         )
@@ -286,6 +303,17 @@ class Router:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            started_at, started = self._now(), self._clock()
+            emit_event(
+                span,
+                "llm_request",
+                agent=self.role,
+                redaction=self._redaction,
+                content=call.messages or call.payload,
+                details={"role": self.role, "tenant": call.tenant, "messages": len(call.messages)},
+                task_id=call.task_id,
+                started_at=started_at,
+            )
             try:
                 routed = await self._route(call, accept, span)
             except TierError as exc:
@@ -293,12 +321,55 @@ class Router:
                 span.set_attribute("officeray.fallbacks", len(self._entries))
                 span.set_status(Status(StatusCode.ERROR, _clip(str(exc))))
                 span.record_exception(exc)
+                self._emit_response(span, call, started_at, started, attempts_of(exc), error=exc)
                 raise
+            self._emit_response(span, call, started_at, started, routed.attempts, routed=routed)
             span.set_attribute("officeray.cached", routed.cached)
             span.set_attribute("officeray.fallbacks", routed.fallbacks)
             span.set_attribute("officeray.tier", routed.answer.tier)
             span.set_attribute("officeray.model", routed.answer.model)
             return routed
+
+    def _emit_response(
+        self,
+        span: trace.Span,
+        call: ModelCall,
+        started_at: datetime,
+        started: float,
+        attempts: list[Attempt],
+        *,
+        routed: Routed[Any] | None = None,
+        error: TierError | None = None,
+    ) -> None:
+        """The ``llm_response`` event of a call: the answer and where it came from, or the error."""
+        usage = Usage()
+        for attempt in attempts:
+            usage = usage + attempt.usage
+        details: dict[str, Any] = {"role": self.role, "attempts": len(attempts), "cost_usd": usage.cost_usd}
+        content: Any = None
+        if routed is not None:
+            answer = routed.answer
+            content = answer.content or answer.data
+            details.update(
+                tier=answer.tier, model=answer.model, fallbacks=routed.fallbacks, cached=routed.cached
+            )
+        else:
+            details["tiers"] = sorted({_label(a.tier, a.model) for a in attempts if a.index >= 0})
+        emit_event(
+            span,
+            "llm_response",
+            agent=self.role,
+            redaction=self._redaction,
+            content=content,
+            details=details,
+            task_id=call.task_id,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+            started_at=started_at,
+            ended_at=self._now(),
+            duration_ms=max(0.0, self._clock() - started) * 1000,
+            tokens_in=usage.prompt_tokens,
+            tokens_out=usage.completion_tokens,
+        )
 
     async def _route(
         self, call: ModelCall, accept: Callable[[ModelAnswer], T], span: trace.Span
@@ -337,6 +408,7 @@ class Router:
             logger.info("%s: cached answer not accepted (%s); asking the tiers", self.role, exc)
             return None
         attempt = Attempt(tier=answer.tier, model=answer.model, index=-1, try_number=0, outcome="cache_hit")
+        self._metrics.model_called(self.role, _label(answer.tier, answer.model), "cache_hit")
         return Routed(value=value, answer=answer, attempts=[attempt], fallbacks=0, cached=True)
 
     def _exhausted(self, errors: list[TierError], attempts: list[Attempt]) -> TierError:
@@ -349,6 +421,7 @@ class Router:
     def _note_fallback(self, span: trace.Span, entry: _Entry, to: _Entry, result: _TierResult[Any]) -> None:
         last = result.attempts[-1] if result.attempts else None
         reason = (last.error_type or last.outcome) if last is not None else "error"
+        self._metrics.model_fell_back(self.role, entry.label, reason)
         span.add_event(
             "fallback",
             {
@@ -382,6 +455,7 @@ class Router:
                     message=f"circuit open after {entry.breaker.consecutive_failures} consecutive failures",
                 )
             )
+            self._metrics.model_called(self.role, entry.label, "skipped_open_circuit")
             return result
         settled = False
         try:
@@ -436,6 +510,14 @@ class Router:
                     attempt.waited_s = wait or 0.0
                 result.attempts.append(attempt)
                 self._annotate(span, attempt)
+                self._metrics.model_called(
+                    self.role,
+                    entry.label,
+                    attempt.outcome,
+                    attempt.duration_s,
+                    attempt.usage.prompt_tokens,
+                    attempt.usage.completion_tokens,
+                )
             result.accepted, result.error = one.accepted, error
             if error is None or wait is None:
                 return

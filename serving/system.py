@@ -134,7 +134,17 @@ def deployment_components(
     serve_status: Any, checked_at: datetime, heartbeats: Mapping[str, datetime]
 ) -> list[Component]:
     """One component per deployment of every Serve application in ``serve_status`` (what
-    ``serve.status()`` answers): its status, replicas by state and message."""
+    ``serve.status()`` answers): its status, replicas by state and message. None (the controller
+    did not answer): one ``serve`` component of unknown status."""
+    if serve_status is None:
+        return [
+            Component(
+                name="serve",
+                kind="deployment",
+                status="unknown",
+                detail={"error": "Serve's controller did not answer"},
+            )
+        ]
     components = []
     for app_name, app in sorted(getattr(serve_status, "applications", {}).items()):
         for name, deployment in sorted(app.deployments.items()):

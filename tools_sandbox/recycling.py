@@ -32,14 +32,23 @@ MAX_SPARES = 8
 
 
 class TaskSandboxes:
+    """The sandboxes of one tool runner (see the module). ``on_started`` hears each sandbox started
+    (the first, spares, replacements), e.g. to count them."""
+
     def __init__(
-        self, factory: Callable[[], Sandbox], *, recycle: Recycle = "reset", spares: int = 1
+        self,
+        factory: Callable[[], Sandbox],
+        *,
+        recycle: Recycle = "reset",
+        spares: int = 1,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
         if recycle not in ("reset", "replace"):
             raise ValueError(f"recycle must be 'reset' or 'replace', not {recycle!r}")
         if not 0 <= spares <= MAX_SPARES:
             raise ValueError(f"spares must be between 0 and {MAX_SPARES}, not {spares}")
         self._factory = factory
+        self._on_started = on_started
         self.recycle: Recycle = recycle
         self.spares_wanted = spares
         self._spares: deque[Sandbox] = deque()
@@ -57,6 +66,8 @@ class TaskSandboxes:
     def _new_started(self) -> Sandbox:
         sandbox = self._factory()
         sandbox.start()
+        if self._on_started is not None:
+            self._on_started()
         return sandbox
 
     def _warm_one(self) -> None:

@@ -280,6 +280,10 @@ class TaskStore(Protocol):
         """Take the task out of the dead-letter queue; False when it was not there."""
         ...
 
+    async def dlq_size(self) -> int:
+        """How many tasks the dead-letter queue holds (one ``COUNT``: the metrics poll it)."""
+        ...
+
     # -- idempotency keys and approvals -------------------------------------------------------------
 
     async def claim_idempotency_key(
@@ -355,6 +359,11 @@ class TaskStore(Protocol):
 
     async def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
         """The task's webhook deliveries, oldest first, with their attempts in order."""
+        ...
+
+    async def webhook_backlog(self) -> int:
+        """How many deliveries are ``pending`` (due or waiting for their next attempt): one ``COUNT``
+        on the outbox's status index, which the metrics poll."""
         ...
 
     # -- the trace store -----------------------------------------------------------------------------

@@ -74,6 +74,10 @@ class DlqRepository:
         return [_entry(row) for row in conn.execute(query.limit(limit))]
 
     @staticmethod
+    def size(conn: Connection) -> int:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(dlq_table)).scalar_one())
+
+    @staticmethod
     def get(conn: Connection, task_id: str) -> DlqDetail | None:
         row = conn.execute(sa.select(dlq_table).where(dlq_table.c.task_id == task_id)).first()
         if row is None:

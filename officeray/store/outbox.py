@@ -219,6 +219,13 @@ class OutboxRepository:
         return True
 
     @staticmethod
+    def pending_count(conn: Connection) -> int:
+        """Deliveries still ``pending`` (counted on the ``status`` index)."""
+        t = webhook_outbox_table
+        query = sa.select(sa.func.count()).select_from(t).where(t.c.status == DeliveryStatus.PENDING.value)
+        return int(conn.execute(query).scalar_one())
+
+    @staticmethod
     def deliveries(conn: Connection, task_id: str) -> list[WebhookDelivery]:
         """The task's deliveries, oldest first, with their attempts."""
         return OutboxRepository._load(conn, webhook_outbox_table.c.task_id == task_id)

@@ -337,6 +337,9 @@ class SqlStore:
     async def dlq_remove(self, task_id: str) -> bool:
         return await self._write_alone(partial(self._dlq.remove_on, task_id=task_id))
 
+    async def dlq_size(self) -> int:
+        return await self._read(self._dlq.size)
+
     # -- idempotency keys and approvals --------------------------------------------------------------
 
     async def claim_idempotency_key(
@@ -425,6 +428,9 @@ class SqlStore:
 
     async def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
         return await self._read(OutboxRepository.deliveries, task_id)
+
+    async def webhook_backlog(self) -> int:
+        return await self._read(OutboxRepository.pending_count)
 
     # -- the database --------------------------------------------------------------------------------
 

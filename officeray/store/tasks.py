@@ -196,7 +196,7 @@ class TaskRepository:
         if after_id is None:
             rows = list(reversed(conn.execute(query.order_by(e.c.id.desc()).limit(limit)).all()))
         else:
-            rows = conn.execute(query.where(e.c.id > after_id).order_by(e.c.id).limit(limit)).all()
+            rows = list(conn.execute(query.where(e.c.id > after_id).order_by(e.c.id).limit(limit)).all())
         return [
             FeedEvent(
                 id=row.id,

@@ -7,8 +7,11 @@ from officeray.config import EmbeddedTierConfig, OpenAITierConfig, TierConfig, V
 from serving.tiers.base import ModelTier, Role
 
 
-def build_tier(cfg: TierConfig, role: Role, *, vllm_base_url: str | None = None) -> ModelTier:
-    """The tier a config entry names, for ``role``. Heavy imports happen only for tiers in use."""
+def build_tier(
+    cfg: TierConfig, role: Role, *, vllm_base_url: str | None = None, scrub_external_prompts: bool = False
+) -> ModelTier:
+    """The tier a config entry names, for ``role``. Heavy imports happen only for tiers in use.
+    ``scrub_external_prompts``: an ``openai`` tier scrubs personal data out of the prompts it sends."""
     if isinstance(cfg, EmbeddedTierConfig):
         from serving.tiers.embedded_tier import EmbeddedTier
 
@@ -16,7 +19,7 @@ def build_tier(cfg: TierConfig, role: Role, *, vllm_base_url: str | None = None)
     if isinstance(cfg, OpenAITierConfig):
         from serving.tiers.openai_tier import OpenAITier
 
-        return OpenAITier(cfg)
+        return OpenAITier(cfg, scrub_prompts=scrub_external_prompts)
     if isinstance(cfg, VllmTierConfig):
         from serving.tiers.vllm_tier import VllmTier
 

@@ -21,6 +21,11 @@ no API key in the environment          :class:`TierUnavailableError` (names the 
 
 The API key is read from the environment variable named by ``api_key_env`` and never appears in
 an error message (the provider's message is redacted too, in case it echoes the key).
+
+With ``scrub_prompts`` (``telemetry.redaction.scrub_external_prompts``) every message's content is
+passed through :func:`officeray.redaction.scrub_prompt` before it is sent: e-mails, phone numbers,
+card numbers, IBANs, keys and tokens and IP addresses never reach the provider. That holds for every
+``openai`` tier, a loopback one included.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from urllib.parse import urlsplit
 import openai
 
 from officeray.config import OpenAITierConfig
+from officeray.redaction import scrub_prompt
 from serving.tiers.base import (
     MalformedAnswerError,
     ModelAnswer,
@@ -143,8 +149,16 @@ class OpenAITier:
 
     name = "openai"
 
-    def __init__(self, config: OpenAITierConfig, *, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        config: OpenAITierConfig,
+        *,
+        environ: Mapping[str, str] = os.environ,
+        scrub_prompts: bool = False,
+    ) -> None:
         self.config = config
+        self.scrub_prompts = scrub_prompts
+        """Scrub personal data and credentials out of every message before it is sent."""
         self.model = config.model
         self._environ = environ
         self._client: openai.AsyncOpenAI | None = None
@@ -194,7 +208,7 @@ class OpenAITier:
     def _request_kwargs(self, call: ModelCall) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": [dict(m) for m in call.messages],
+            "messages": [self._outgoing(m) for m in call.messages],
             "max_tokens": call.max_tokens,
             "temperature": call.temperature,
         }
@@ -210,6 +224,13 @@ class OpenAITier:
         if self.config.extra_headers:
             kwargs["extra_headers"] = dict(self.config.extra_headers)
         return kwargs
+
+    def _outgoing(self, message: Mapping[str, str]) -> dict[str, str]:
+        out = dict(message)
+        content = out.get("content")
+        if self.scrub_prompts and isinstance(content, str):
+            out["content"] = scrub_prompt(content)
+        return out
 
     def _deadline_s(self) -> float:
         return self.config.timeout_s + DEADLINE_GRACE_S

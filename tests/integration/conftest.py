@@ -22,6 +22,7 @@ import pytest
 
 from officeray.auth import Role, mint_key
 from officeray.config import Settings, load_settings
+from officeray.otlp_receiver import OtlpReceiver
 from tests.integration.stored import with_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,13 +122,22 @@ def api(stack: Any, admin_key: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """Ray, the Serve app with HTTP on a free loopback port, the orchestrator and warm sandboxes."""
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """The loopback OTLP receiver the test stack exports its spans to (HTTP/protobuf)."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver) -> Iterator[object]:
+    """Ray, the Serve app with HTTP on a free loopback port, the orchestrator and warm sandboxes;
+    every process exports its spans to :func:`otlp_receiver` too."""
     require_docker()
     from cluster.runtime import LocalStack
 
     tmp = tmp_path_factory.mktemp("stack")
-    with LocalStack(integration_settings(tmp), http=True) as running:
+    settings = integration_settings(tmp, **{"telemetry.otlp.endpoint": otlp_receiver.endpoint})
+    with LocalStack(settings, http=True) as running:
         yield running
 
 

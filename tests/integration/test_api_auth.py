@@ -219,6 +219,10 @@ ROUTES = [
         user=FORBIDDEN,
         admin=202,
     ),
+    # the console's routes (the page itself, /console, is public and not in the OpenAPI document)
+    Route("GET", "/v1/events", "/v1/events?tenant={tenant}", other=FORBIDDEN),
+    Route("GET", "/v1/approvals", "/v1/approvals?tenant={tenant}", other=FORBIDDEN),
+    Route("GET", "/v1/system", "/v1/system", other=200),
     Route("GET", "/healthz", "/healthz", other=200, public=True),
     Route("GET", "/v1/models", "/v1/models", other=200, openai=True),
     Route("POST", "/v1/chat/completions", "/v1/chat/completions", TASK_CHAT, other=200, openai=True),

@@ -381,6 +381,16 @@ async def test_dead_letter_queue(store: TaskStore) -> None:
 # -- the end of a run -------------------------------------------------------------------------------
 
 
+async def test_dlq_size_counts_the_entries(store: TaskStore) -> None:
+    assert await store.dlq_size() == 0
+    await store.dead_letter(record("task-1", TaskStatus.FAILED), "retries exhausted")
+    await store.dead_letter(record("task-2", TaskStatus.FAILED), "planner gave up")
+    await store.dead_letter(record("task-1", TaskStatus.FAILED), "again")  # replaced, not added
+    assert await store.dlq_size() == 2
+    assert await store.dlq_remove("task-1")
+    assert await store.dlq_size() == 1
+
+
 async def test_finish_task_writes_the_record_its_event_the_dead_letter_entry_and_the_usage(
     store: TaskStore,
 ) -> None:
@@ -785,6 +795,26 @@ async def test_given_up_and_not_sent_are_final_with_their_reason(store: TaskStor
         await store.record_webhook_attempt(t1.delivery_id, "a", refused, DeliveryStatus.PENDING)
     with pytest.raises(ValueError):
         await store.record_webhook_attempt(t1.delivery_id, "a", refused, DeliveryStatus.DELIVERED, now)
+
+
+async def test_the_webhook_backlog_counts_the_pending_deliveries(store: TaskStore) -> None:
+    assert await store.webhook_backlog() == 0
+    for task_id in ("t1", "t2", "t3"):
+        await _finished_with_hook(store, task_id)
+    assert await store.webhook_backlog() == 3
+    now = utcnow() + timedelta(seconds=1)
+    claimed = {d.task_id: d.delivery_id for d in await store.claim_webhooks("a", 30, now)}
+    assert await store.webhook_backlog() == 3  # claimed, still pending
+    failed = WebhookAttempt(at=now, status_code=500, error="HTTP 500")
+    later = now + timedelta(seconds=10)
+    assert await store.record_webhook_attempt(claimed["t1"], "a", failed, DeliveryStatus.PENDING, later)
+    delivered = WebhookAttempt(at=now, status_code=204)
+    assert await store.record_webhook_attempt(claimed["t2"], "a", delivered, DeliveryStatus.DELIVERED)
+    refused = WebhookAttempt(at=now, error="refused")
+    assert await store.record_webhook_attempt(
+        claimed["t3"], "a", refused, DeliveryStatus.GIVEN_UP, reason="refused"
+    )
+    assert await store.webhook_backlog() == 1  # t1 waits for its next attempt
 
 
 async def test_concurrent_claimers_get_disjoint_deliveries(store: TaskStore) -> None:

@@ -158,8 +158,8 @@ def test_bad_arguments_are_refused(argv: list[str]) -> None:
         _parse(*argv)
 
 
-def test_skipping_both_runs_is_refused_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    args = _parse("--skip-latency", "--skip-instant")
+def test_skipping_every_run_is_refused_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse("--skip-latency", "--skip-instant", "--skip-telemetry")
     assert bo.run_from_args(args) == 2
     assert "nothing to measure" in capsys.readouterr().err
 

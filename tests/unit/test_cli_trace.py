@@ -337,7 +337,7 @@ def test_spans_set_on_the_fake_are_drawn_as_given(
     out = capsys.readouterr().out
     assert [row.split()[0] for row in _lane_lines(out)] == ["runner:0", "runner:1"]
     assert "tool [red]x[/]" in out  # a span's name is text, never rich markup
-    assert "error: boom" in out and "20.00" in out
+    assert "error: boom" in out and "15.00" in out and "over 20.0 ms" in out
 
     api.spans[task_id] = []
     assert _officeray(url, "trace", task_id) == 0

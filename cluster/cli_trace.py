@@ -1,11 +1,12 @@
 """``officeray trace TASK_ID``: a task's timeline in the terminal, from ``GET /v1/tasks/{id}/trace``.
 
-One row per lane (a component, each runner its own: ``runner:0``, ``runner:1``; the span ``validate``
-on ``validator``), in the order a task flows: gateway, orchestrator, planner, validator, the runners,
+One lane per component (each runner its own: ``runner:0``, ``runner:1``; the span ``validate`` on
+``validator``), in the order a task flows: gateway, orchestrator, planner, validator, the runners,
 reviewer, ai_tool, webhooks, then any other lane by name. Each span is a bar over the task's time
-span, scaled to the terminal's width (``--width`` to choose); a failed span is red (``▓``), and the
-rest alternate two colours so that neighbours on a lane stay apart. A table of the spans follows:
-lane, name, start (ms after the first span began), duration and status.
+span, scaled to the terminal's width (``--width`` to choose); spans of a lane that overlap (a span
+and those nested in it) take rows of their own under the lane's label. A failed span is red
+(``▓``); the others alternate two colours so that neighbours stay apart. A table of the spans
+follows: lane, name, start (ms after the first span began), duration and status.
 
 The server and the key are found as for every client command (:mod:`cluster.cli_client`):
 ``--address``, ``$OFFICERAY_ADDRESS``, else ``serve.host:serve.port`` of the config; ``--key`` (or
@@ -40,6 +41,8 @@ MIN_WIDTH = 40
 """Narrowest output ``--width`` accepts (a lane label, the separator and a usable bar)."""
 MIN_BAR_WIDTH = 16
 """Fewest columns the bars get, however long the lane labels."""
+MAX_ROWS_PER_LANE = 4
+"""Most rows one lane takes for its overlapping spans."""
 MAX_LABEL_CHARS = 24
 """Longest lane label shown (a longer one is cut with ``…``)."""
 LABEL_SEPARATOR = " │ "
@@ -86,11 +89,15 @@ class Bar:
 
 @dataclass(frozen=True)
 class LaneRow:
-    """One lane's bars, in drawing order: longer spans first, so the shorter ones nested in them stay
-    visible on top, and failed spans last (an error is never hidden)."""
+    """One row of a lane's bars. Spans of a lane that overlap go to rows of their own (a span and the
+    spans nested in it: ``task`` above ``plan``, ``step s1``, ``review``), the lane's label on its
+    first row; past :data:`MAX_ROWS_PER_LANE` rows the last one holds the rest, drawn longer spans
+    first, so the shorter ones stay visible on top, and failed spans last (an error is never hidden)."""
 
     lane: str
     bars: tuple[Bar, ...]
+    first: bool = True
+    """The lane's first row (the one with its label)."""
 
     @property
     def has_error(self) -> bool:
@@ -205,10 +212,29 @@ def parse_spans(raw: Sequence[Any]) -> tuple[list[TraceSpan], int]:
     return spans, skipped
 
 
-def build_timeline(spans: Sequence[TraceSpan], width: int) -> Timeline:
+def _pack(columns: Sequence[tuple[int, int]], max_rows: int) -> list[list[int]]:
+    """Indices of ``columns`` (first, end) in rows where no two overlap: each, in start order (the
+    longer first on a tie), goes to the first row free from its first column, else to a new row,
+    else (``max_rows`` reached) to the last row."""
+    rows: list[list[int]] = []
+    ends: list[int] = []
+    for i in sorted(range(len(columns)), key=lambda i: (columns[i][0], columns[i][0] - columns[i][1])):
+        first, end = columns[i]
+        free = next((r for r, row_end in enumerate(ends) if row_end <= first), None)
+        if free is None and len(rows) < max_rows:
+            rows.append([])
+            ends.append(0)
+            free = len(rows) - 1
+        row = free if free is not None else len(rows) - 1
+        rows[row].append(i)
+        ends[row] = max(ends[row], end)
+    return rows
+
+
+def build_timeline(spans: Sequence[TraceSpan], width: int, max_rows: int = MAX_ROWS_PER_LANE) -> Timeline:
     """Lay ``spans`` out on ``width`` columns: time runs from the first start to the last end; each
-    span covers the columns its interval touches, at least one; one :class:`LaneRow` per lane, in
-    :func:`lane_key` order."""
+    span covers the columns its interval touches, at least one. Lanes in :func:`lane_key` order,
+    each in as many :class:`LaneRow` as its overlapping spans need (at most ``max_rows``)."""
     if width < 1:
         raise ValueError("a timeline needs at least one column")
     ordered = tuple(sorted(spans, key=lambda s: (s.start_ns, s.end_ns)))
@@ -228,13 +254,16 @@ def build_timeline(spans: Sequence[TraceSpan], width: int) -> Timeline:
         by_lane.setdefault(span.lane, []).append(index)
     rows = []
     for lane in sorted(by_lane, key=lane_key):
-        lane_spans = by_lane[lane]  # in start order: the shade alternates along the lane
-        bars = [
-            Bar(*columns(ordered[i]), span=i, error=ordered[i].error, shade=shade)
-            for shade, i in enumerate(lane_spans)
-        ]
-        bars.sort(key=lambda b: (b.error, -ordered[b.span].duration_ns, ordered[b.span].start_ns))
-        rows.append(LaneRow(lane, tuple(bars)))
+        lane_spans = by_lane[lane]
+        placed = _pack([columns(ordered[i]) for i in lane_spans], max(1, max_rows))
+        for number, row in enumerate(placed):
+            members = sorted(lane_spans[k] for k in row)  # in start order: the shade alternates
+            bars = [
+                Bar(*columns(ordered[i]), span=i, error=ordered[i].error, shade=shade)
+                for shade, i in enumerate(members)
+            ]
+            bars.sort(key=lambda b: (b.error, -ordered[b.span].duration_ns, ordered[b.span].start_ns))
+            rows.append(LaneRow(lane, tuple(bars), first=number == 0))
     return Timeline(start, end, width, ordered, tuple(rows))
 
 
@@ -307,8 +336,10 @@ def render_trace(answer: Mapping[str, Any], width: int) -> Any:
         parts.append(Text("no spans recorded for this task (yet: spans arrive in batches)", style="dim"))
         return Group(*parts)
     labels = label_width(lanes)
+    failed_lanes = {s.lane for s in spans if s.error}
     for row in timeline.rows:
-        line = Text(_label(row.lane, labels), style=ERROR_STYLE if row.has_error else "bold")
+        label = _label(row.lane, labels) if row.first else " " * labels
+        line = Text(label, style=ERROR_STYLE if row.lane in failed_lanes else "bold")
         line.append(LABEL_SEPARATOR, style="dim")
         for text, style in row.segments(timeline.width):
             line.append(text, style=style or None)

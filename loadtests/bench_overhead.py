@@ -179,6 +179,7 @@ def process_group(
         "ray::ServeController": "serve controller",
         "ray::HostToolRunner": "host-tool runner",
         "ray::ToolRunner": "tool runner",
+        "ray::TraceCollector": "trace collector",
         "ray::IDLE": "idle workers",
     }
     for prefix, group in prefixes.items():
@@ -866,6 +867,12 @@ TELEMETRY_COLUMNS = [
     Column("spans_per_task", "spans exported/task", ".1f"),
     Column("export_requests", "OTLP requests"),
 ]
+TELEMETRY_BREAKDOWN_COLUMNS = [
+    Column("group", "process"),
+    Column("on_ms_per_task", "on ms/task", ".2f"),
+    Column("off_ms_per_task", "off ms/task", ".2f"),
+    Column("extra_ms_per_task", "on - off", "+.2f"),
+]
 BREAKDOWN_COLUMNS = [
     Column("group", "process"),
     Column("processes", "n"),
@@ -980,14 +987,44 @@ def _run_notes(label: str, outcome: RunOutcome) -> list[str]:
     return notes
 
 
-def telemetry_summary(on: TelemetryRun, off: TelemetryRun) -> tuple[Table, list[str], dict[str, Any]]:
+def telemetry_breakdown(on: LevelRun, off: LevelRun) -> list[dict[str, Any]]:
+    """CPU ms per task by process group with export on and off (each run's whole window, the export
+    tail included), largest difference first."""
+
+    def per_task(run: LevelRun, group: str) -> float | None:
+        return run.cpu_s[group] * 1000 / run.tasks if group in run.cpu_s and run.tasks else None
+
+    rows = []
+    for group in sorted(set(on.cpu_s) | set(off.cpu_s)):
+        on_ms, off_ms = per_task(on, group), per_task(off, group)
+        rows.append(
+            {
+                "group": group,
+                "on_ms_per_task": on_ms,
+                "off_ms_per_task": off_ms,
+                "extra_ms_per_task": (on_ms or 0.0) - (off_ms or 0.0),
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["extra_ms_per_task"], r["group"]))
+
+
+def telemetry_summary(on: TelemetryRun, off: TelemetryRun) -> tuple[list[Table], list[str], dict[str, Any]]:
     """The telemetry cost table, its notes (the ratio first) and its JSON (``extra["telemetry"]``)."""
     on_row, off_row = telemetry_row(on), telemetry_row(off)
     cost = export_cost(on_row, off_row)
     level = on.run.concurrency
-    table = Table(
-        f"telemetry export on and off, instant, at {level} concurrent", TELEMETRY_COLUMNS, [on_row, off_row]
-    )
+    tables = [
+        Table(
+            f"telemetry export on and off, instant, at {level} concurrent",
+            TELEMETRY_COLUMNS,
+            [on_row, off_row],
+        ),
+        Table(
+            "CPU by process, telemetry export on and off (the export tail included)",
+            TELEMETRY_BREAKDOWN_COLUMNS,
+            telemetry_breakdown(on.run, off.run),
+        ),
+    ]
     if cost["ratio"] is not None and cost["extra_ms_per_task"] is not None:
         headline = (
             f"telemetry export costs {cost['extra_ms_per_task']:+.1f} ms CPU per task: "
@@ -1004,7 +1041,7 @@ def telemetry_summary(on: TelemetryRun, off: TelemetryRun) -> tuple[Table, list[
     ]
     notes.extend(_run_notes("telemetry on", RunOutcome(levels=[on.run])))
     notes.extend(_run_notes("telemetry off", RunOutcome(levels=[off.run])))
-    return table, notes, {"on": on_row, "off": off_row, **cost}
+    return tables, notes, {"on": on_row, "off": off_row, **cost}
 
 
 def build_result(
@@ -1051,8 +1088,8 @@ def build_result(
         notes.extend(_run_notes("instant", instant))
     extra: dict[str, Any] = {}
     if telemetry is not None:
-        table, telemetry_notes, extra["telemetry"] = telemetry_summary(*telemetry)
-        tables.append(table)
+        telemetry_tables, telemetry_notes, extra["telemetry"] = telemetry_summary(*telemetry)
+        tables.extend(telemetry_tables)
         notes.extend(telemetry_notes)
     config = {
         "levels": list(cfg.levels),

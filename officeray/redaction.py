@@ -9,7 +9,7 @@
                (``AKIA...``), JWTs (``eyJ...``), PEM private-key blocks, the password of a URL
                (``https://user:pw@host``), and the value of an assignment whose name says secret
                (``api_key=...``, ``"password": "..."``, ``token: ...``).
-``[EMAIL]``    e-mail addresses.
+``[EMAIL]``    e-mail addresses (a local part is cut at ``' ` = / { } |``: ``to=[EMAIL]``).
 ``[IBAN]``     IBANs of a registered country, with or without spaces, checked by length and mod-97.
 ``[CARD]``     payment card numbers: 13-19 digits, contiguous or in groups of 3-6 separated by a
                space or a hyphen, a card network's first digit (2-6) and a valid Luhn check digit.
@@ -21,9 +21,10 @@
 It leaves ordinary text alone: dates and times, version numbers, decimals, amounts with thousands
 separators, ids such as ``step-12`` or a 13-digit millisecond timestamp. What it does *not* catch:
 names and postal addresses, national id numbers, local phone numbers without an area code
-(``555-1234``), contiguous digit strings that could be phone numbers (``0612345678``), lowercase
-IBANs, card numbers written in other groupings, secrets without a recognisable prefix or name
-(a bare random string), and anything in images or encodings (base64 of a text containing an e-mail).
+(``555-1234``), e-mail local parts that end in ``' ` = / { } |``, contiguous digit strings that
+could be phone numbers (``0612345678``), lowercase IBANs, card numbers written in other groupings,
+secrets without a recognisable prefix or name (a bare random string), and anything in images or
+encodings (base64 of a text containing an e-mail). docs/observability.md has the full list.
 
 Every pattern runs in time linear in the text (possessive quantifiers and start positions that a
 match cannot begin inside of: no catastrophic backtracking), and the scrubber reads at most
@@ -161,8 +162,12 @@ def _assigned(match: re.Match[str]) -> str:
 # E-mail, IBAN, cards
 # --------------------------------------------------------------------------------------------------
 
+_LOCAL_PART = r"[A-Za-z0-9.!#$%&*+?^_~-]"
+"""An e-mail local part's characters: RFC 5322's atext but for ``' ` = / { } |``, which mostly stand
+around an address (``to=bob@x.org``, ``'bob@x.org'``) rather than in it."""
+
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}+@(?:[A-Za-z0-9-]{1,63}+\.)+[A-Za-z][A-Za-z0-9-]{1,62}+"
+    rf"(?<!{_LOCAL_PART}){_LOCAL_PART}{{1,64}}+@(?:[A-Za-z0-9-]{{1,63}}+\.)+[A-Za-z][A-Za-z0-9-]{{1,62}}+"
 )
 
 _IBAN_CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]){11,30}+")

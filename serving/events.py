@@ -21,6 +21,10 @@ before 101 is committed. So an event is sent only once the stream has seen it fo
 readable by then), and the events before it went first, in id order. ``Last-Event-ID`` is then exact:
 no event below a sent id can appear later. A task that ended before the stream saw it sends its
 events at once (nothing is written to it any more).
+
+``GET /v1/events`` streams the events of every task of a tenant (an admin's: of every tenant) the
+same way (:func:`event_feed_stream`, the console's live task list): each message's data also names
+the task and its tenant; it starts at the newest event (or after ``Last-Event-ID``) and never ends.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@
   const KEY_STORAGE = "officeray.apiKey";
   const SVG_NS = "http://www.w3.org/2000/svg";
   const TASK_LIST_LIMIT = 200;
+  const TASK_LIST_KEPT = 1000;
   const SYSTEM_REFRESH_MS = 3000;
   const QUEUES_REFRESH_MS = 5000;
   const TASK_REFRESH_DEBOUNCE_MS = 300;
@@ -342,10 +343,19 @@
         return; // an answer that was overtaken by a newer one
       }
       state.tasks.set(taskId, summary);
+      forgetOldTasks();
       renderTaskRow(summary);
     } catch (error) {
       if (!(error instanceof ApiError) || error.status !== 404) console.warn(error);
     }
+  }
+
+  // New tasks keep coming from the feed: the list keeps the newest TASK_LIST_KEPT.
+  function forgetOldTasks() {
+    if (state.tasks.size <= TASK_LIST_KEPT) return;
+    const newest = [...state.tasks.values()].sort((a, b) => parseTime(b.created_at) - parseTime(a.created_at));
+    for (const task of newest.slice(TASK_LIST_KEPT)) state.tasks.delete(task.task_id);
+    if (state.view === "tasks") renderTasks();
   }
 
   function isNewer(at, than) {

@@ -41,7 +41,9 @@ DOC_IMAGES = REPO / "docs" / "images"
 UI_TIMEOUT_MS = 60_000
 """Longest wait for the page to show something (a task's run on the test stack takes seconds)."""
 POLL_TIMEOUT_S = 120
-TWO_STEP_TASK = "Compute 2 + 3 then calculate ans * 4"
+SLOW_TASK = "Wait 4 seconds then compute 2 + 3 then calculate ans * 4"
+"""Three steps in sequence: a host-side wait (time to watch it run), then two on a sandbox runner."""
+QUICK_TASK = "Compute 2 + 3 then calculate ans * 4"
 FAILING_TASK = "Run python:\nraise SystemExit(3)"
 
 T = TypeVar("T")
@@ -148,12 +150,19 @@ def test_a_task_appears_live_completes_and_shows_its_lanes(signed_in: Any, http:
     page = signed_in
     page.goto(page.url.split("#")[0] + "#/tasks")
     page.wait_for_selector("#live[data-state='live']")
-    created = http.post("/v1/tasks", json={"description": TWO_STEP_TASK})
+    page.evaluate("window.notReloaded = true")
+    created = http.post("/v1/tasks", json={"description": SLOW_TASK})
     assert created.status_code == 202, created.text
     task_id = created.json()["task_id"]
 
-    # pushed by the server: the page is not reloaded
+    # pushed by the server: the row appears, and the open task view follows the run to its end
     page.wait_for_selector(_row(task_id))
+    page.click(f"{_row(task_id)} a")
+    page.wait_for_selector("#task-view:not([hidden])")
+    page.wait_for_selector("#plan svg g.node.step-running[data-step='s1']")  # the wait runs
+    page.wait_for_selector("#task-status .status-completed")
+    page.wait_for_selector("#plan svg g.node.step-succeeded[data-step='s3']")
+    page.go_back()
     page.wait_for_selector(f"{_row(task_id)}[data-status='completed']")
     row = page.locator(_row(task_id))
     assert row.locator(".tenant").text_content() == "default"
@@ -171,6 +180,7 @@ def test_a_task_appears_live_completes_and_shows_its_lanes(signed_in: Any, http:
     page.click(f"{_row(task_id)} a")
     page.wait_for_selector("#task-view:not([hidden])")
     page.wait_for_selector("#task-status .status-completed")
+    assert page.evaluate("window.notReloaded") is True
     for lane in ("gateway", "orchestrator", "planner", "reviewer"):
         page.wait_for_selector(f"#timeline svg g.lane[data-lane='{lane}']")
     page.wait_for_selector("#timeline svg g.lane[data-lane^='runner']")
@@ -179,11 +189,32 @@ def test_a_task_appears_live_completes_and_shows_its_lanes(signed_in: Any, http:
     assert page.locator("#timeline svg g.span.error").count() == 0
     tooltip = page.locator("#timeline svg g.span[data-name='task'] title").first.text_content()
     assert "officeray.task_id: " + task_id in tooltip  # hover: the span's attributes
-    assert page.locator("#plan svg g.node").count() == 2
-    assert page.locator("#plan svg path.edge").count() == 1  # the second step depends on the first
+    assert page.locator("#plan svg g.node").count() == 3
+    assert page.locator("#plan svg path.edge").count() == 2  # each step depends on the one before
     assert page.text_content("#task-result").strip() == "20"
     kinds = page.locator("#task-events li").evaluate_all("items => items.map(i => i.dataset.kind)")
     assert kinds[-1] == "completed"
+    _screenshot(page, "console-task-live.png")
+
+
+def test_a_finished_task_opened_by_its_address_draws_its_timeline(signed_in: Any, http: httpx.Client) -> None:
+    """A quick task (the picture in docs/observability.md): its spans side by side on their lanes."""
+    page = signed_in
+    created = http.post("/v1/tasks", json={"description": QUICK_TASK})
+    assert created.status_code == 202, created.text
+    task_id = created.json()["task_id"]
+    _until(
+        lambda: http.get(f"/v1/tasks/{task_id}", params={"wait_s": 10}).json()["status"] == "completed",
+        "the end",
+    )
+    page.goto(page.url.split("#")[0] + f"#/task/{task_id}")
+    page.wait_for_selector("#task-status .status-completed")
+    for lane in ("gateway", "orchestrator", "planner", "validator", "reviewer"):
+        page.wait_for_selector(f"#timeline svg g.lane[data-lane='{lane}']")
+    page.wait_for_selector(
+        "#timeline svg g.lane[data-lane^='runner'] g.span[data-name='tool math_calculator']"
+    )
+    assert page.text_content("#task-result").strip() == "20"
     _screenshot(page, "console-task.png", doc=True)
 
 

@@ -146,6 +146,19 @@ def test_the_result_prints_both_figures_and_the_ratio() -> None:
     assert data["telemetry"]["on"]["cpu_ms_per_task"] == pytest.approx(50.0)
     assert data["config"]["telemetry_level"] == bo.DEFAULT_TELEMETRY_LEVEL
     assert "telemetry" not in bo.build_result(cfg, None, None).to_dict()
+    assert "CPU by process, telemetry export on and off" in text
+
+
+def test_the_breakdown_shows_where_export_costs_most_first() -> None:
+    on, off = _measured(True, 5.0).run, _measured(False, 4.0).run
+    on.cpu_s["trace collector"] = 0.8  # a process only the export-on run has
+    rows = bo.telemetry_breakdown(on, off)
+    assert [r["group"] for r in rows] == ["trace collector", "orchestrator", "raylet"]  # ties by name
+    by_group = {r["group"]: r for r in rows}
+    assert by_group["trace collector"]["off_ms_per_task"] is None
+    assert by_group["trace collector"]["extra_ms_per_task"] == pytest.approx(8.0)
+    assert by_group["orchestrator"]["on_ms_per_task"] == pytest.approx(25.0)
+    assert by_group["orchestrator"]["extra_ms_per_task"] == pytest.approx(5.0)
 
 
 # -- the receiver's process and the CPU accounting -----------------------------------------------------
@@ -183,3 +196,10 @@ def test_excluded_processes_are_left_out_of_the_session_cpu() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_trace_collector_is_a_process_group_of_its_own() -> None:
+    group = bo.process_group(
+        "ray::TraceColle", ["ray::TraceCollector.ingest"], 7, driver_pid=1, orchestrator_pid=2
+    )
+    assert group == "trace collector"

@@ -4,6 +4,7 @@ terminal), and the command against :class:`serving.testing.FakeTaskApi` served o
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,25 +161,62 @@ def test_one_instant_span_fills_one_column() -> None:
     assert timeline.rows[0].text(20) == OK_GLYPH + " " * 19
 
 
-def test_an_error_is_red_and_drawn_over_the_span_that_holds_it() -> None:
+def test_nested_spans_of_a_lane_get_a_row_of_their_own_under_its_label() -> None:
+    timeline = build_timeline(
+        [
+            _span("orchestrator", 0, 1000, name="task"),
+            _span("orchestrator", 100, 400, name="plan"),
+            _span("orchestrator", 400, 600, name="step s1"),
+            _span("orchestrator", 600, 900, name="review"),
+            _span("gateway", 0, 50, name="submit"),
+        ],
+        width=10,
+    )
+    assert [(row.lane, row.first) for row in timeline.rows] == [
+        ("gateway", True),
+        ("orchestrator", True),
+        ("orchestrator", False),
+    ]
+    assert timeline.rows[1].text(10) == OK_GLYPH * 10
+    assert timeline.rows[2].segments(10) == [
+        (" ", ""),
+        (OK_GLYPH * 3, OK_STYLES[0]),
+        (OK_GLYPH * 2, OK_STYLES[1]),
+        (OK_GLYPH * 3, OK_STYLES[0]),
+        (" ", ""),
+    ]
+
+
+def test_an_error_is_red_on_its_row() -> None:
     timeline = build_timeline(
         [_span("orchestrator", 0, 1000, name="task"), _span("orchestrator", 200, 300, "error", "tool x")],
         width=100,
     )
-    (row,) = timeline.rows
-    assert row.has_error
-    assert row.segments(100) == [
-        (OK_GLYPH * 20, OK_STYLES[0]),
-        (ERROR_GLYPH * 10, ERROR_STYLE),
-        (OK_GLYPH * 70, OK_STYLES[0]),
+    task, tool = timeline.rows
+    assert not task.has_error and tool.has_error
+    assert tool.segments(100) == [(" " * 20, ""), (ERROR_GLYPH * 10, ERROR_STYLE), (" " * 70, "")]
+
+
+def test_past_the_most_rows_the_last_row_holds_the_rest_and_errors_stay_on_top() -> None:
+    spans = [
+        _span("runner:0", 0, 100, name="step s1"),
+        _span("runner:0", 10, 90, name="tool a"),
+        _span("runner:0", 20, 80, "error", "tool b"),
+        _span("runner:0", 30, 70, name="tool c"),
     ]
-
-
-def test_an_error_is_not_hidden_under_a_shorter_span() -> None:
-    timeline = build_timeline(
-        [_span("runner:0", 0, 100, "error", "step s1"), _span("runner:0", 40, 60, name="tool echo")], width=10
-    )
-    assert timeline.rows[0].text(10) == ERROR_GLYPH * 10
+    timeline = build_timeline(spans, width=10, max_rows=2)
+    assert len(timeline.rows) == 2
+    assert timeline.rows[1].text(10) == " " + OK_GLYPH + ERROR_GLYPH * 6 + OK_GLYPH + " "
+    (row,) = build_timeline(spans[:3], width=10, max_rows=1).rows
+    assert row.segments(10) == [
+        (OK_GLYPH, OK_STYLES[0]),  # step s1
+        (OK_GLYPH, OK_STYLES[1]),  # tool a, over it
+        (ERROR_GLYPH * 6, ERROR_STYLE),  # tool b, shorter but failed: on top
+        (OK_GLYPH, OK_STYLES[1]),
+        (OK_GLYPH, OK_STYLES[0]),
+    ]
+    (row,) = build_timeline([spans[2], spans[3]], width=10, max_rows=1).rows
+    assert row.text(10) == ERROR_GLYPH * 10  # tool c is shorter, but under the failed span
 
 
 def test_touching_spans_on_one_lane_alternate_colours() -> None:
@@ -239,11 +277,23 @@ def _finished_task(url: str, capsys: pytest.CaptureFixture[str], expected: int =
 
 
 def _lane_lines(out: str) -> list[str]:
+    """The rows of the timeline (a lane's label, or blanks on its further rows, then the bars)."""
     return [
         line
         for line in out.splitlines()
         if LABEL_SEPARATOR in line and (OK_GLYPH in line or ERROR_GLYPH in line)
     ]
+
+
+def _labels(out: str) -> list[str]:
+    return [line.split(LABEL_SEPARATOR)[0].strip() for line in _lane_lines(out)]
+
+
+def _table(out: str) -> list[list[str]]:
+    """The rows of the spans table: lane, span, start ms, duration ms, status."""
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["lane", "span"])
+    return [re.split(r"\s{2,}", line.strip()) for line in lines[head + 1 :] if line.strip()]
 
 
 def test_trace_prints_one_row_per_lane_in_order_and_a_table_of_spans(
@@ -254,22 +304,24 @@ def test_trace_prints_one_row_per_lane_in_order_and_a_table_of_spans(
     assert _officeray(url, "trace", task_id, "--width", "100") == 0
     out = capsys.readouterr().out
     rows = _lane_lines(out)
-    assert [row.split()[0] for row in rows] == [
-        "gateway",
-        "orchestrator",
-        "planner",
-        "validator",
-        "runner:0",
-        "reviewer",
-    ]
+    assert _labels(out) == ["gateway", "orchestrator", "planner", "validator", "runner:0", "reviewer"]
     assert all(len(row) <= 100 for row in rows)
     # the orchestrator's task span covers the whole trace: its bar is the full width of the bars
     orchestrator = rows[1].split(LABEL_SEPARATOR, 1)[1]
     assert orchestrator == OK_GLYPH * (100 - len("orchestrator") - len(LABEL_SEPARATOR))
     assert f"task {task_id}" in out and "6 span(s) on 6 lane(s)" in out and "error" not in out
-    for name in ("submit", "plan", "validate", "step s1", "review", "task"):
-        assert any(line.split()[1:3] == name.split()[:2] or name in line for line in out.splitlines())
-    assert "start ms" in out and "duration ms" in out
+    table = _table(out)
+    assert [(row[0], row[1], row[4]) for row in table] == [
+        ("gateway", "submit", "ok"),
+        ("orchestrator", "task", "ok"),
+        ("planner", "plan", "ok"),
+        ("validator", "validate", "ok"),
+        ("runner:0", "step s1", "ok"),
+        ("reviewer", "review", "ok"),
+    ]
+    starts = [float(row[2]) for row in table]
+    assert starts[0] == 0.0 and starts == sorted(starts)
+    assert float(table[1][3]) >= max(float(row[2]) + float(row[3]) for row in table) - 0.01
 
 
 def test_a_failed_task_shows_its_errors(
@@ -281,8 +333,9 @@ def test_a_failed_task_shows_its_errors(
     out = capsys.readouterr().out
     assert "2 error(s)" in out
     assert any(ERROR_GLYPH in line for line in _lane_lines(out) if line.startswith("runner:0"))
-    errors = [line for line in out.splitlines() if "error: the fake task ended failed" in line]
-    assert {line.split()[1] for line in errors} == {"step", "task"}
+    assert not any(ERROR_GLYPH in line for line in _lane_lines(out) if line.startswith("planner"))
+    failed = [(row[0], row[1]) for row in _table(out) if row[4] == "error: the fake task ended failed"]
+    assert failed == [("orchestrator", "task"), ("runner:0", "step s1")]
 
 
 def test_json_prints_the_servers_answer(
@@ -335,7 +388,7 @@ def test_spans_set_on_the_fake_are_drawn_as_given(
     ]
     assert _officeray(url, "trace", task_id, "--width", "60") == 0
     out = capsys.readouterr().out
-    assert [row.split()[0] for row in _lane_lines(out)] == ["runner:0", "runner:1"]
+    assert _labels(out) == ["runner:0", "runner:1"]
     assert "tool [red]x[/]" in out  # a span's name is text, never rich markup
     assert "error: boom" in out and "15.00" in out and "over 20.0 ms" in out
 

@@ -318,7 +318,7 @@ def test_a_tool_runner_counts_the_sandboxes_it_starts(tmp_path: Path) -> None:
         assert runner.run("t2", step, {"expression": "1"}, {}).error is None  # another task: a new sandbox
         assert metrics.counter("officeray_sandbox_starts_total", backend="local") == 2
     finally:
-        runner.shutdown()
+        runner.sandboxes.close()
 
 
 async def test_the_webhook_deliverer_counts_attempts_by_the_state_they_leave() -> None:
@@ -413,7 +413,8 @@ async def _orchestrator(tmp_path: Path, metrics: RecordingMetrics | None) -> Asy
     try:
         yield orchestrator
     finally:
-        for running in [*orchestrator._background, *orchestrator._running.values()]:
+        runs: list[asyncio.Future[Any]] = [*orchestrator._background, *orchestrator._running.values()]
+        for running in runs:
             running.cancel()
             with contextlib.suppress(BaseException):
                 await running

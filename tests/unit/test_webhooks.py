@@ -398,3 +398,36 @@ async def test_a_receiver_that_does_not_answer_in_time_is_retried() -> None:
     [delivery] = await store.webhook_deliveries("t1")
     assert delivery.status == DeliveryStatus.PENDING
     assert delivery.attempts[0].error == "no answer within 2s"
+
+
+async def test_each_attempt_is_a_webhook_span_in_the_tasks_trace() -> None:
+    from officeray.testing import in_memory_tracer
+
+    store, clock, receiver = InMemoryStore(), Clock(), Receiver(500, 204)
+    key = await _key(store)
+    await _hooked_task(store, "t1", key)
+    record = await store.get_task("t1")
+    assert record is not None
+    record.trace_id, record.trace_parent = "ab" * 16, f"00-{'ab' * 16}-{'cd' * 8}-01"
+    await store.save_task(record)
+    tracer, spans = in_memory_tracer()
+    deliverer = WebhookDeliverer(
+        store, FAST, "o", transport=receiver.transport, now=clock, rand=lambda: 0.0, tracer=tracer
+    )
+    clock.advance(1)
+    assert await deliverer.deliver_due() == 1
+    clock.advance(5)
+    assert await deliverer.deliver_due() == 1
+    first, second = spans.get_finished_spans()
+    for span in (first, second):
+        assert span.name == "webhook"
+        assert format(span.context.trace_id, "032x") == "ab" * 16
+        assert span.parent is not None and format(span.parent.span_id, "016x") == "cd" * 8
+        assert span.attributes is not None and span.attributes["officeray.task_id"] == "t1"
+    assert first.attributes is not None and second.attributes is not None
+    assert (
+        first.attributes["officeray.webhook.attempt"],
+        second.attributes["officeray.webhook.attempt"],
+    ) == (1, 2)
+    assert (first.status.is_ok, first.attributes["officeray.webhook.status"]) == (False, "pending")
+    assert second.attributes["officeray.webhook.status"] == "delivered"

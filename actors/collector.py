@@ -121,7 +121,10 @@ class CollectorSink:
 
 
 def node_name() -> str:
-    """This process's Ray node id, or "" outside Ray."""
+    """This process's Ray node id, or "" outside Ray (asking Ray's runtime context outside it would
+    connect to, or start, a cluster)."""
+    if not ray.is_initialized():
+        return ""
     with contextlib.suppress(Exception):
         return str(ray.get_runtime_context().get_node_id())
     return ""

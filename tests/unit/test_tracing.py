@@ -74,9 +74,12 @@ def test_every_span_records_its_component_instance_and_task_across_processes(
 ) -> None:
     orchestrator = tracer_of(provider, "orchestrator", "0")
     runner = tracer_of(provider, "runner", "4711")
-    with attached(with_task("task-9", otel_context.Context())), orchestrator.start_as_current_span("task"):
-        with orchestrator.start_as_current_span("step s1"):
-            carrier = inject_context()  # what travels to the runner's process with the step
+    with (
+        attached(with_task("task-9", otel_context.Context())),
+        orchestrator.start_as_current_span("task"),
+        orchestrator.start_as_current_span("step s1"),
+    ):
+        carrier = inject_context()  # what travels to the runner's process with the step
     assert "traceparent" in carrier and "baggage" in carrier
     with runner.start_as_current_span("tool code_analyzer", context=extract_context(carrier)) as span:
         span.set_status(Status(StatusCode.ERROR, "sandbox died"))
@@ -219,9 +222,12 @@ def test_spans_reach_an_otlp_receiver(protocol: str) -> None:
         provider.add_span_processor(IdentitySpanProcessor())
         provider.add_span_processor(SimpleSpanProcessor(otlp_exporter(target)))
         tracer = tracer_of(provider, "planner")
-        with attached(with_task("t-1", otel_context.Context())), tracer.start_as_current_span("task") as root:
-            with tracer.start_as_current_span("model planner"):
-                pass
+        with (
+            attached(with_task("t-1", otel_context.Context())),
+            tracer.start_as_current_span("task") as root,
+            tracer.start_as_current_span("model planner"),
+        ):
+            pass
         provider.shutdown()
         spans = receiver.wait_for(lambda got: len(got) == 2, timeout_s=10)
     trace_id = format(root.get_span_context().trace_id, "032x")

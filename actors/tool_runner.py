@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 import ray
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
@@ -194,6 +195,9 @@ class _StepRunner:
             error = outcome.error
             if error is not None:
                 span.set_attribute("officeray.error_type", error.type.value)
+                span.set_status(Status(StatusCode.ERROR, f"{error.type.value}: {error.message}"[:200]))
+            else:
+                span.set_status(Status(StatusCode.OK))
             self._event(
                 span,
                 "tool_response",

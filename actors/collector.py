@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 COLLECTOR_NAME = "officeray-trace-collector"
 COLLECTOR_MAX_CONCURRENCY = 64
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+"""The resource Ray gives the head node only (what pins an actor there)."""
+HEAD_NODE_SHARE = 0.001
 SINK_CALL_TIMEOUT_S = 10.0
 """How long a process's export thread waits for the collector to take a batch."""
 
@@ -85,6 +88,9 @@ def collector_handle(settings: Settings) -> Any:
         get_if_exists=True,
         lifetime="detached",
         num_cpus=0,
+        # on the head node: a detached actor on a worker node would keep that node from ever being
+        # idle, so the autoscaler could not remove it
+        resources={HEAD_NODE_RESOURCE: HEAD_NODE_SHARE},
         max_concurrency=COLLECTOR_MAX_CONCURRENCY,
         max_restarts=-1,
     )

@@ -1335,15 +1335,7 @@ class Gateway:
         """The task's transitions: a JSON list, or with ``Accept: text/event-stream`` a live stream
         (:mod:`serving.events`) that resumes after ``Last-Event-ID``."""
         await self._record(task_id, principal)
-        try:
-            after_id = parse_last_event_id(last_event_id)
-        except ValueError as exc:
-            raise ApiError(
-                422,
-                f"invalid request: {exc}",
-                "invalid_last_event_id",
-                errors=[{"field": "Last-Event-ID", "message": str(exc)}],
-            ) from None
+        after_id = after_event_id(last_event_id)
         if wants_event_stream(accept):
             return event_stream_response(self.store, task_id, after_id)
         return events_view(task_id, await self.store.events(task_id, after_id))

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 BENCH_TIMEOUT_S = 240
 PLANNER_S, REVIEWER_S, STEP_S = 0.3, 0.1, 0.1
+TELEMETRY_TASKS = 6
 
 
 def test_small_bench_overhead_prints_plausible_figures(tmp_path: Path) -> None:
@@ -26,6 +27,7 @@ def test_small_bench_overhead_prints_plausible_figures(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["--levels", "1,5", "--planner-s", str(PLANNER_S), "--reviewer-s", str(REVIEWER_S)]
     argv += ["--step-s", str(STEP_S), "--instant-levels", "5", "--instant-tasks", "20", "--json", str(out)]
+    argv += ["--telemetry-level", "2", "--telemetry-tasks", str(TELEMETRY_TASKS)]
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.bench_overhead", *argv],
         cwd=REPO,
@@ -56,5 +58,17 @@ def test_small_bench_overhead_prints_plausible_figures(tmp_path: Path) -> None:
     assert len(items) == 7
     # levels 100 and 1000 were not run: their targets say so; the instant ones have values
     assert [i["met"] is None for i in items] == [True] * 5 + [False] * 2
+    # telemetry export on and off: every task's spans reached the loopback OTLP receiver when on
+    telemetry = report["telemetry"]
+    on, off = telemetry["on"], telemetry["off"]
+    assert (on["tasks"], on["failed"], off["tasks"], off["failed"]) == (
+        TELEMETRY_TASKS,
+        0,
+        TELEMETRY_TASKS,
+        0,
+    )
+    assert on["spans_per_task"] >= 10 and not off["spans_per_task"]
+    assert on["cpu_ms_per_task"] > 0 and off["cpu_ms_per_task"] > 0 and telemetry["ratio"] > 0
+    assert "telemetry export costs" in proc.stdout
     notes = " ".join(report["notes"])
     assert "off the ideal path" not in notes and "failures by reason" not in notes

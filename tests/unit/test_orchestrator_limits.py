@@ -253,7 +253,10 @@ async def test_a_tenants_running_tasks_are_divided_between_the_orchestrator_shar
         for i in range(4):
             await orchestrator.submit(task(f"acme-{i}", "acme"))
         await until(lambda: orchestrator.scheduler.queued_by_tenant() == {"acme": 2}, "two wait")
+        await until(lambda: len(gates.started) == 2, "two run")  # their steps start a moment later
+        await asyncio.sleep(0.1)
         assert len(gates.started) == 2  # ceil(3 / 2): the other shard may run two more of acme's
+        assert orchestrator.scheduler.queued_by_tenant() == {"acme": 2}
         gates.open(gates.started[0])
         await until(lambda: len(gates.started) == 3, "the freed slot is acme's next task")
         assert orchestrator.scheduler.queued_by_tenant() == {"acme": 1}

@@ -321,7 +321,9 @@ def test_trace_prints_one_row_per_lane_in_order_and_a_table_of_spans(
     ]
     starts = [float(row[2]) for row in table]
     assert starts[0] == 0.0 and starts == sorted(starts)
-    assert float(table[1][3]) >= max(float(row[2]) + float(row[3]) for row in table) - 0.01
+    assert (
+        float(table[1][3]) >= max(float(row[2]) + float(row[3]) for row in table) - 0.02
+    )  # each figure is rounded to 0.01
 
 
 def test_a_failed_task_shows_its_errors(

@@ -326,6 +326,7 @@ def _assert_pngs(paths: list[Path], out: Path) -> None:
         assert len(data) > 5_000
 
 
+@pytest.mark.slow
 def test_plots_are_valid_pngs(run_dir: Path) -> None:
     _assert_pngs(rep.write_plots(rep.load_run(run_dir), run_dir), run_dir)
 
@@ -442,6 +443,7 @@ def test_main_bad_input_exits_2_with_one_line(
     assert not (run_dir / REPORT_JSON).exists()
 
 
+@pytest.mark.slow
 def test_cli_module_exit_codes_without_traceback(run_dir: Path, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
@@ -24,6 +25,9 @@ EXAMPLES = 150
 
 SCHEMA = plan_json_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+pytestmark = pytest.mark.slow  # hundreds of generated plans: the full suite runs them
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

@@ -362,6 +362,7 @@ PII = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(before=CONTEXT, pii=PII, after=CONTEXT)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_generated_pii_in_text_never_survives(before: str, pii: str, after: str) -> None:
@@ -373,6 +374,7 @@ def test_generated_pii_in_text_never_survives(before: str, pii: str, after: str)
 SCRUBBABLE_TEXT = st.text(alphabet="ab1234567890 .-+:()@/=_\nDEsk[]", max_size=60)
 
 
+@pytest.mark.slow
 @given(text=SCRUBBABLE_TEXT)
 @settings(max_examples=300, deadline=None)
 def test_scrubbing_is_idempotent(text: str) -> None:
@@ -405,12 +407,14 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+@pytest.mark.slow
 @given(document=_documents(st.text() | PII))
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_a_json_prompt_stays_valid_json(document: Any) -> None:
     json.loads(scrub_prompt(json.dumps(document)))
 
 
+@pytest.mark.slow
 @given(document=_documents(PII))
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_pii_in_a_json_prompt_never_survives(document: Any) -> None:

@@ -17,6 +17,10 @@ stopped where it runs: the pool calls the runner's ``interrupt`` (in the :data:`
 does not wait behind the step), which kills the step's processes in the sandbox (the agent and
 everything it started; in Docker the container, replaced by a fresh one on the next call), or
 wakes a host ``sleep``; the runner goes back to the pool once its step returned.
+
+Why one file of this length: the runners and the pool share one protocol (the step call, its
+interrupt in the control group, the early-interrupt bookkeeping, the span and events of a step), and
+a change to one side is a change to the other.
 """
 
 from __future__ import annotations

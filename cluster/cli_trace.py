@@ -31,10 +31,8 @@ from typing import Any
 from cluster.cli_client import add_server_options, connect
 from cluster.cli_output import EXIT_OK, UsageError, preview
 from officeray.config import Settings
+from officeray.telemetry import lane_sort_key as lane_key
 
-LANE_ORDER = ("gateway", "orchestrator", "planner", "validator", "runner", "reviewer", "ai_tool", "webhooks")
-"""Lanes in the order a task flows through them (``runner`` stands for every ``runner:<instance>``);
-other lanes follow, by name."""
 OTHER_LANE = "other"
 """The lane of a span that names neither a lane nor a component."""
 MIN_WIDTH = 40
@@ -163,16 +161,6 @@ def lane_of(span: Mapping[str, Any]) -> str:
     if span.get("name") == "validate":
         return "validator"
     return component or OTHER_LANE
-
-
-def lane_key(lane: str) -> tuple[int, str, tuple[int, int, str]]:
-    """Sort key of a lane: :data:`LANE_ORDER` first, other lanes by name; instances of one component
-    in natural order (``runner:2`` before ``runner:10``)."""
-    base, _, instance = lane.partition(":")
-    known = base in LANE_ORDER
-    rank = LANE_ORDER.index(base) if known else len(LANE_ORDER)
-    natural = (0, int(instance), "") if instance.isdigit() else (1, 0, instance)
-    return rank, "" if known else base, natural
 
 
 def _nanoseconds(value: Any) -> int | None:

@@ -238,54 +238,6 @@ class Metrics(Protocol):
         """A tool runner started a sandbox of ``backend`` (docker, local)."""
 
 
-class NoopMetrics:
-    """Records nothing: the default of every component that takes a :class:`Metrics`."""
-
-    def task_finished(self, tenant: str, status: str, latency_s: float) -> None:
-        pass
-
-    def step_finished(self, tool: str, outcome: str, latency_s: float) -> None:
-        pass
-
-    def model_called(
-        self,
-        role: str,
-        tier: str,
-        outcome: str,
-        latency_s: float | None = None,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-    ) -> None:
-        pass
-
-    def model_fell_back(self, role: str, tier: str, reason: str) -> None:
-        pass
-
-    def breaker_state(self, role: str, tier: str, state: str) -> None:
-        pass
-
-    def runner_pool(self, size: int, busy: int) -> None:
-        pass
-
-    def tasks_queued(self, tenant: str, depth: int) -> None:
-        pass
-
-    def dlq_depth(self, depth: int) -> None:
-        pass
-
-    def webhook_backlog(self, pending: int) -> None:
-        pass
-
-    def webhook_attempted(self, outcome: str) -> None:
-        pass
-
-    def sandbox_started(self, backend: str) -> None:
-        pass
-
-
-NO_METRICS: Metrics = NoopMetrics()
-
-
 class CatalogMetrics:
     """The port's calls as increments, values and observations of the :data:`CATALOG`'s metrics.
 
@@ -352,6 +304,22 @@ class CatalogMetrics:
 
     def sandbox_started(self, backend: str) -> None:
         self._add(SANDBOX_STARTS, 1, {"backend": backend})
+
+
+class NoopMetrics(CatalogMetrics):
+    """Records nothing: the default of every component that takes a :class:`Metrics`."""
+
+    def _add(self, spec: MetricSpec, value: float, labels: dict[str, str]) -> None:
+        pass
+
+    def _set(self, spec: MetricSpec, value: float, labels: dict[str, str]) -> None:
+        pass
+
+    def _observe(self, spec: MetricSpec, value: float, labels: dict[str, str]) -> None:
+        pass
+
+
+NO_METRICS: Metrics = NoopMetrics()
 
 
 LabelSet = tuple[tuple[str, str], ...]

@@ -51,9 +51,6 @@ INSTANCE_ATTR = "officeray.instance"
 NODE_ATTR = "officeray.node"
 TASK_BAGGAGE_KEY = "officeray.task_id"
 
-COMPONENTS = ("gateway", "orchestrator", "planner", "reviewer", "ai_tool", "runner", "webhooks")
-"""The components that make spans, one timeline lane each (runners: one lane per runner)."""
-
 LANE_ORDER = ("gateway", "orchestrator", "planner", "validator", "runner", "reviewer", "ai_tool", "webhooks")
 """The order of a task's lanes on a timeline (a runner lane is ``runner:<instance>``)."""
 
@@ -124,9 +121,14 @@ def lane_of(span: SpanRecord) -> str:
     return span.component
 
 
-def lane_sort_key(lane: str) -> tuple[int, str]:
-    base = lane.split(":", 1)[0]
-    return (LANE_ORDER.index(base) if base in LANE_ORDER else len(LANE_ORDER), lane)
+def lane_sort_key(lane: str) -> tuple[int, str, tuple[int, int, str]]:
+    """Sort key of a lane: :data:`LANE_ORDER` first, other lanes by name; instances of one component
+    in natural order (``runner:2`` before ``runner:10``)."""
+    base, _, instance = lane.partition(":")
+    known = base in LANE_ORDER
+    rank = LANE_ORDER.index(base) if known else len(LANE_ORDER)
+    natural = (0, int(instance), "") if instance.isdigit() else (1, 0, instance)
+    return rank, "" if known else base, natural
 
 
 def _hex(value: int, width: int) -> str:
@@ -326,14 +328,6 @@ def otlp_exporter(target: OtlpTarget) -> SpanExporter:
     return HttpExporter(endpoint=target.endpoint, headers=target.headers or None, timeout=target.timeout_s)
 
 
-OTEL_ENV_PREFIX = "OTEL_"
-
-
-def otel_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The standard OpenTelemetry variables of ``environ`` (what the driver hands to every process)."""
-    return {k: v for k, v in environ.items() if k.startswith(OTEL_ENV_PREFIX)}
-
-
 class _Installed:
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
@@ -393,13 +387,6 @@ def setup_tracing(
             _installed.has_sink = True
         attributes = {INSTANCE_ATTR: instance} if instance else None
         return _installed.provider.get_tracer(f"{TRACER_NAME}.{component}", attributes=attributes)
-
-
-def flush_tracing(timeout_s: float = 5.0) -> bool:
-    """Export every finished span of this process now (before it exits, or in a test)."""
-    with _lock:
-        installed = _installed
-    return installed is None or installed.provider.force_flush(int(timeout_s * 1000))
 
 
 def trace_id_hex(span: trace.Span) -> str:

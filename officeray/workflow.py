@@ -37,7 +37,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
 
-from officeray.config import RedactionSettings, TenantLimits, WorkflowSettings
+from officeray.config import MemorySettings, RedactionSettings, TenantLimits, WorkflowSettings
 from officeray.contracts import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     ErrorType,
@@ -48,6 +48,7 @@ from officeray.contracts import (
     Planned,
     PlanRequest,
     PlanStep,
+    Recall,
     Review,
     Reviewed,
     ReviewRequest,
@@ -65,6 +66,7 @@ from officeray.contracts import (
 from officeray.dag import run_dag
 from officeray.errors import PlanningError
 from officeray.event_schema import emit_event
+from officeray.memory.learn import failure_like
 from officeray.quotas import daily_budget_spent_reason, effective_token_budget
 from officeray.telemetry import (
     attached,
@@ -82,6 +84,10 @@ MAX_LOG_LINES = 200
 """Log lines kept in a task record; older ones are dropped first."""
 
 MAX_FEEDBACK_ITEMS = 20
+
+MEMORY_CALL_TIMEOUT_S = 10.0
+"""Longest wait for the memory (a recall before planning, the record of a finished task); past it
+the task goes on without (a recall) or is not remembered (a record)."""
 
 _RESUME_WITH_PLAN = frozenset({TaskStatus.EXECUTING, TaskStatus.WAITING_APPROVAL, TaskStatus.REVIEWING})
 """A task resumed in one of these states goes on with its stored plan instead of planning again."""
@@ -137,6 +143,15 @@ class Store(Protocol):
     def save_step_result(self, task_id: str, result: StepResult) -> Awaitable[None]: ...
 
 
+class MemoryPort(Protocol):
+    """What the workflow asks of the memory (:mod:`officeray.memory`): similar past tasks before
+    planning, and each finished task afterwards."""
+
+    async def recall(self, tenant: str, description: str) -> Recall | None: ...
+
+    async def remember(self, record: TaskRecord) -> Any: ...
+
+
 class Approvals(Protocol):
     """Where a person's decision on a step comes from."""
 
@@ -172,6 +187,8 @@ class Workflow:
         calls_model: Callable[[str], bool] | None = None,
         approvals: Approvals | None = None,
         redaction: RedactionSettings | None = None,
+        memory: MemoryPort | None = None,
+        memory_settings: MemorySettings | None = None,
         owner: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
@@ -203,6 +220,12 @@ class Workflow:
         self.redaction = redaction
         """How the ``approval`` and ``review`` events record reasons and feedback
         (``telemetry.redaction``; None: its defaults)."""
+        self.memory = memory
+        """Where similar past tasks come from before the first plan, and where finished tasks go
+        (None: no memory)."""
+        self.memory_settings = memory_settings or MemorySettings()
+        """``memory.failure_warning_threshold``: how close a plan must be to a recorded failure's for
+        validation to warn."""
         self.owner = owner
         """Who holds the leases of the tasks run here (an orchestrator's life). Every write of a run
         is then fenced on its task's lease: once another owner took the task over, the run's next
@@ -225,19 +248,29 @@ class Workflow:
         run = _TaskRun(self, request, task_id, record)
         self._runs[task_id] = run
         try:
-            return await run.execute()
+            return await self._remembered(await run.execute())
         except RunSupersededError:
             raise
         except asyncio.CancelledError:
             if run.cancelled_by is None:
                 raise  # stopped from outside (its lease went to another orchestrator): nothing is written
-            return await run.end_cancelled()
+            return await self._remembered(await run.end_cancelled())
         except Exception as exc:
             logger.exception("task %s crashed", task_id)
             return await run.finish(TaskStatus.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
         finally:
             if self._runs.get(task_id) is run:
                 del self._runs[task_id]
+
+    async def _remembered(self, record: TaskRecord) -> TaskRecord:
+        """``record``, once the memory recorded it (a memory that fails or is slow is logged, never
+        the task's failure: the record is already stored)."""
+        if self.memory is not None and record.status.is_final:
+            try:
+                await asyncio.wait_for(self.memory.remember(record), MEMORY_CALL_TIMEOUT_S)
+            except Exception as exc:
+                logger.warning("task %s was not remembered: %s", record.task_id, _describe(exc))
+        return record
 
     def cancel(self, task_id: str, by: str) -> bool:
         """Stop the run of ``task_id`` going on here (:meth:`run` then ends it ``cancelled``: the steps
@@ -290,6 +323,9 @@ class _TaskRun:
         """Who cancelled the task (an API key id, ``cli``), once :meth:`Workflow.cancel` was called."""
         self._pending: asyncio.Future[bool] | None = None
         """The write in flight (a cancelled run lets it land before it writes its end)."""
+        self.recall: Recall | None = None
+        """What the memory recalled before the first plan (see :meth:`_recall`)."""
+        self._recalled = False
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -556,6 +592,7 @@ class _TaskRun:
         self.record.status = TaskStatus.PLANNING
         self.record.current_step = None
         await self.persist("planning", iteration=iteration)
+        await self._recall()
         request = PlanRequest(
             task_id=self.task_id,
             tenant=self.request.tenant,
@@ -564,6 +601,7 @@ class _TaskRun:
             allowed_tools=list(allowed),
             feedback=feedback,
             previous_plan=previous,
+            memory=self.recall,
         )
         self.record.counters.model_calls += 1
         with wf.tracer.start_as_current_span("plan", attributes={"officeray.iteration": iteration}) as span:
@@ -590,8 +628,51 @@ class _TaskRun:
             f"iteration {iteration}: planned {len(plan.steps)} step(s): "
             + ", ".join(f"{s.step_id}={s.action}" for s in plan.steps)
         )
+        reused = call.reused_from if call is not None else None
+        if reused is not None:
+            score = next((h.score for h in self.record.memory if h.task_id == reused), None)
+            similarity = f" (similarity {score:.2f})" if score is not None else ""
+            self.log(
+                f"iteration {iteration}: planned from memory: the plan of {reused}{similarity}, no model call"
+            )
+            await self.persist("planned", iteration=iteration, plan_id=plan.plan_id, reused_from=reused)
+            return plan
         await self.persist("planned", iteration=iteration, plan_id=plan.plan_id)
         return plan
+
+    async def _recall(self) -> None:
+        """Ask the memory, once per run, for the tenant's similar past tasks (a ``memory.search``
+        span with the hit count and the best score); they go to every round's planner and on the
+        record (without their plans)."""
+        wf = self.wf
+        if wf.memory is None or self._recalled:
+            return
+        self._recalled = True
+        with wf.tracer.start_as_current_span("memory.search") as span:
+            try:
+                recall = await asyncio.wait_for(
+                    wf.memory.recall(self.request.tenant, self.request.description), MEMORY_CALL_TIMEOUT_S
+                )
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self.log(f"memory unavailable, planning without it: {_describe(exc)}", "warning")
+                return
+            span.set_attribute("officeray.memory.on", recall is not None)
+            if recall is None:
+                return
+            span.set_attribute("officeray.memory.hits", len(recall.hits))
+            span.set_attribute("officeray.memory.searched", recall.searched)
+            if recall.best_score is not None:
+                span.set_attribute("officeray.memory.best_score", recall.best_score)
+        self.recall = recall
+        self.record.memory = [h.model_copy(update={"plan": None}) for h in recall.hits]
+        if recall.hits:
+            best = max(recall.hits, key=lambda h: h.score)
+            self.log(
+                f"memory: {len(recall.successes)} similar success(es), {len(recall.failures)} similar "
+                f"failure(s); best {best.task_id} ({best.score:.2f})"
+            )
 
     async def _ready_plan(self, allowed: list[str]) -> Plan | TaskRecord:
         """Iteration 1 of a task submitted with a plan: that plan instead of the planner's, validated
@@ -626,8 +707,22 @@ class _TaskRun:
                 span.set_status(Status(StatusCode.ERROR, "plan rejected"))
         if reasons:
             self.log("plan rejected: " + "; ".join(reasons), "warning")
-        await self.persist("validated", valid=not reasons, reasons=reasons)
+        warnings = [] if reasons else self._failure_warnings(plan)
+        await self.persist("validated", valid=not reasons, reasons=reasons, warnings=warnings)
         return reasons
+
+    def _failure_warnings(self, plan: Plan) -> list[str]:
+        """A warning when the plan closely matches one that failed before (it still runs)."""
+        match = failure_like(plan, self.recall, self.wf.memory_settings.failure_warning_threshold)
+        if match is None:
+            return []
+        hit, similarity = match
+        warning = (
+            f"this plan matches the failed plan of {hit.task_id} (plan similarity {similarity:.2f}, "
+            f"task similarity {hit.score:.2f}): {hit.lesson}"
+        )
+        self.log(f"validation warning: {warning}", "warning")
+        return [warning]
 
     async def _execute(self, plan: Plan) -> list[StepResult]:
         self.record.status = TaskStatus.EXECUTING

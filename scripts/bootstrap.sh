@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything officeray needs on this machine; safe and fast to run again.
-#   1. a virtual environment at .venv/ with the project and its dev tools installed
+#   1. a virtual environment at .venv/ with the project and its dev tools installed (torch first,
+#      the CPU build: the memory's encoder needs no GPU)
 #   2. the Docker engine (Debian's docker.io) when missing, and dockerd started when not running
 #      (--bridge=none --iptables=false: sandboxes use --network none)
 #   3. the sandbox image (built offline from a Debian rootfs when no registry answers)
@@ -15,6 +16,7 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # -- 1. Python ---------------------------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"
+TORCH_VERSION=2.13.0  # the pin of pyproject.toml (the encoder of the memory runs on CPU)
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PYTHON --version 2>&1)"
   "$PYTHON" -m venv .venv
@@ -22,6 +24,15 @@ fi
 stamp=.venv/.officeray-install
 want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import officeray" 2>/dev/null; then
+  # torch first, pinned to the CPU build (pyproject.toml pins the same version): resolved alone, a
+  # bare torch requirement pulls gigabytes of CUDA wheels. TORCH_INDEX_URL (e.g.
+  # https://download.pytorch.org/whl/cpu) names where the CPU build lies when pip's sources lack it.
+  if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" \
+      2>/dev/null; then
+    log "installing torch==$TORCH_VERSION (CPU build)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+      ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_VERSION"
+  fi
   log "installing officeray and its dependencies into .venv (first run: a few minutes)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
   echo "$want" > "$stamp"

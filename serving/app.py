@@ -1,4 +1,4 @@
-"""The Serve application: gateway (ingress) + planner + reviewer + ai_tool deployments.
+"""The Serve application: gateway (ingress) + planner + reviewer + ai_tool (+ encoder) deployments.
 
 ``build_app(settings)`` is the builder used by the CLI, the batch job and ``serve run``
 (``serve run serving.app:app_builder config_file=...``). Each model deployment takes its
@@ -10,7 +10,8 @@ It is the composition root of the models: the orchestrators call the planner and
 the workflow's ports, :class:`~serving.models.ServePlanner` and :class:`~serving.models.ServeReviewer`
 over the deployments' handles, built here and handed to the gateway, which creates the orchestrator
 shards with them (:class:`actors.orchestrator.ModelPorts`; :mod:`actors` never imports
-:mod:`serving`). Serve turns the deployments bound inside them into handles when the app is built.
+:mod:`serving`). With ``memory.enabled``, the ``encoder`` deployment serves the memory actor
+(:class:`actors.memory.MemoryClient` over :class:`~serving.encoder.ServeEncoder`). Serve turns the deployments bound inside them into handles when the app is built.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 from ray.serve import Application
 
+from actors.memory import MemoryClient
 from actors.orchestrator import ModelPorts
 from officeray.config import DeploymentSettings, Settings, absolutize, load_settings
 from officeray.errors import ConfigError
 from officeray.tools.catalog import build_catalog
+from serving.encoder import EncoderDeployment, ServeEncoder
 from serving.gateway import Gateway
 from serving.models import (
     AiToolDeployment,
@@ -58,7 +61,14 @@ def build_app(settings: Settings) -> Application:
     planner = planner_dep.options(**deployment_options(serve_cfg.planner)).bind(settings)
     reviewer = reviewer_dep.options(**deployment_options(serve_cfg.reviewer)).bind(settings)
     ai_tool = ai_tool_dep.options(**deployment_options(serve_cfg.ai_tool)).bind(settings)
-    ports = ModelPorts(planner=ServePlanner(planner), reviewer=ServeReviewer(reviewer), ai_tool=ai_tool)
+    memory = None
+    if settings.memory.enabled:
+        encoder_dep: Any = EncoderDeployment
+        encoder = encoder_dep.options(**deployment_options(serve_cfg.encoder)).bind(settings)
+        memory = MemoryClient(settings, ServeEncoder(encoder))
+    ports = ModelPorts(
+        planner=ServePlanner(planner), reviewer=ServeReviewer(reviewer), ai_tool=ai_tool, memory=memory
+    )
     app: Application = gateway_dep.options(**deployment_options(serve_cfg.gateway)).bind(
         settings, planner, reviewer, ai_tool, ports
     )

@@ -87,13 +87,21 @@ class RoleModel:
             metrics=metrics_for(settings),
             redaction=redaction,
         )
+        self.memory_budget = settings.memory.prompt_token_budget
         catalog = build_catalog(settings)  # this replica's catalog: built-ins + plugins
         self.tools = {name: (spec.description, spec.input_model) for name, spec in catalog.items()}
 
     async def plan(self, request: PlanRequest, tenant: str, carrier: dict[str, str]) -> ModelReply:
         try:
             routed = await self.router.call(
-                planner_call(request, self.tools, tenant=tenant, trace_context=carrier), accept_plan(request)
+                planner_call(
+                    request,
+                    self.tools,
+                    tenant=tenant,
+                    trace_context=carrier,
+                    memory_budget=self.memory_budget,
+                ),
+                accept_plan(request),
             )
         except Exception as exc:
             return _failure(exc)

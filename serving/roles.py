@@ -28,6 +28,7 @@ from officeray.contracts import (
     ReviewRequest,
     plan_json_schema,
 )
+from officeray.memory.learn import memory_prompt
 from serving.tiers.base import ModelAnswer, ModelCall
 
 SCHEMA_CACHE_SIZE = 1024
@@ -78,7 +79,14 @@ def planner_call(
     *,
     tenant: str = "default",
     trace_context: dict[str, str] | None = None,
+    memory_budget: int = 0,
 ) -> ModelCall:
+    """The planner's call: the system prompt (tools, and within ``memory_budget`` tokens the memory's
+    examples and warnings: :func:`officeray.memory.learn.memory_prompt`), the task as JSON."""
+    system = PLANNER_SYSTEM.format(tools=tool_catalog_text(tools, request.allowed_tools))
+    remembered = memory_prompt(request.memory, memory_budget)
+    if remembered:
+        system = f"{system}\n\n{remembered}"
     user = {
         "task_id": request.task_id,
         "description": request.description,
@@ -89,10 +97,7 @@ def planner_call(
     return ModelCall(
         role="planner",
         messages=[
-            {
-                "role": "system",
-                "content": PLANNER_SYSTEM.format(tools=tool_catalog_text(tools, request.allowed_tools)),
-            },
+            {"role": "system", "content": system},
             {"role": "user", "content": json.dumps(user)},
         ],
         json_schema=plan_json_schema(),
@@ -223,4 +228,5 @@ def call_record(role: str, routed: Any) -> ModelCallRecord:
         cached=routed.cached,
         usage=routed.usage,
         attempts=[a.model_dump(mode="json", exclude={"usage"}) for a in routed.attempts],
+        reused_from=routed.answer.reused_from,
     )

@@ -147,6 +147,35 @@ def chain(*tiers: ScriptedTier) -> list[tuple[TierConfig, ModelTier]]:
     return [tier.entry() for tier in tiers]
 
 
+class RoutedPlanner:
+    """The workflow's planner port over an in-process :class:`~serving.router.Router`: what the planner
+    deployment does (the prompt with the memory's examples and warnings, the tier chain, the answer
+    re-stamped for the task, the call's record), without Serve. ``tiers`` as for the router (e.g.
+    :func:`chain` of scripted tiers, or ``[(EmbeddedTierConfig(), EmbeddedTier("planner"))]``)."""
+
+    def __init__(
+        self,
+        tiers: list[tuple[TierConfig, ModelTier]],
+        tools: Mapping[str, tuple[str, Any]],
+        *,
+        memory_budget: int = 1_200,
+    ) -> None:
+        from officeray.config import RouterSettings
+        from serving.router import Router
+
+        self.router = Router("planner", tiers, RouterSettings())
+        self.tools = dict(tools)
+        self.memory_budget = memory_budget
+
+    async def plan(self, request: Any) -> Any:
+        from officeray.contracts import Planned
+        from serving.roles import accept_plan, call_record, planner_call
+
+        call = planner_call(request, self.tools, tenant=request.tenant, memory_budget=self.memory_budget)
+        routed = await self.router.call(call, accept_plan(request))
+        return Planned(plan=routed.value, call=call_record("planner", routed))
+
+
 class FakeClock:
     """A monotonic clock that only moves when told to; ``sleep`` moves it instead of waiting."""
 

@@ -28,6 +28,10 @@ Tables (:mod:`officeray.store.schema`), each with the module that reads and writ
   idempotency key (:mod:`~officeray.store.approvals`);
 * ``webhook_outbox`` and ``webhook_attempts``: the webhooks to deliver, written with the transition each
   announces, leased by the orchestrator delivering it, and every attempt (:mod:`~officeray.store.outbox`);
+* ``spans``: the trace store, finished spans of every process (:mod:`~officeray.store.spans`);
+* ``memory_entries``: the memory, one entry per finished task attempt with its vector (float32 bytes)
+  and the encoder that made it; ``seq`` is the entry's id in its tenant's faiss index
+  (:mod:`~officeray.store.memory`);
 * ``schema_migrations``: which of :data:`MIGRATIONS` this database has had, and when.
 
 The schema is changed only by :data:`MIGRATIONS`, applied when a store is opened (:func:`migrate`);
@@ -59,6 +63,7 @@ from officeray.errors import StoreError, StoreUnavailableError
 from officeray.store.api import (
     CLAIM_LIMIT,
     DLQ_LIST_LIMIT,
+    MEMORY_PAGE_LIMIT,
     TASK_LIST_LIMIT,
     IdempotencyClaim,
     ResumableTask,
@@ -84,6 +89,7 @@ __all__ = [
     "CLAIM_LIMIT",
     "DLQ_LIST_LIMIT",
     "GROUP_COMMIT_MAX_WRITES",
+    "MEMORY_PAGE_LIMIT",
     "MIGRATIONS",
     "POSTGRES_CONNECT_TIMEOUT_S",
     "POSTGRES_MAX_OVERFLOW",

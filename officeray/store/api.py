@@ -19,9 +19,9 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from officeray.auth import ApiKeyRecord
 from officeray.contracts import (
@@ -42,6 +42,9 @@ from officeray.contracts import (
 from officeray.feedback import TaskFeedback
 from officeray.telemetry import SpanRecord
 from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
+
+if TYPE_CHECKING:  # only annotations here: officeray.memory may import this module
+    from officeray.memory.entries import MemoryEntry, MemoryTenantState
 
 DLQ_LIST_LIMIT = 100
 """Entries :meth:`TaskStore.dlq_list` answers unless told otherwise."""
@@ -64,6 +67,9 @@ TASK_SPANS_LIMIT = 10_000
 
 RECENT_SPANS_LIMIT = 5_000
 """Most spans :meth:`TaskStore.recent_spans` answers unless told otherwise."""
+
+MEMORY_PAGE_LIMIT = 1_000
+"""Most memory entries :meth:`TaskStore.memory_entries` answers per call unless told otherwise."""
 
 
 class ResumableTask(NamedTuple):
@@ -120,7 +126,8 @@ class IdempotencyClaim(NamedTuple):
 
 class TaskStore(Protocol):
     """Tasks, their events and step results, leases, the dead-letter queue, idempotency keys,
-    approvals and tenant usage (see the module docstring for the snapshot and clock rules)."""
+    approvals, tenant usage, the trace store and the memory (see the module docstring for the
+    snapshot and clock rules)."""
 
     # -- tasks and events ---------------------------------------------------------------------------
 
@@ -388,6 +395,65 @@ class TaskStore(Protocol):
         many were deleted."""
         ...
 
+    # -- the memory (officeray.store.memory) -----------------------------------------------------------
+    # The columns ``rating``, ``encoder`` and ``vector`` are the truth about an entry; answers marked
+    # "no vectors" carry ``vector=None`` (their ``encoder`` is still the stored one).
+
+    async def add_memory_entry(self, entry: MemoryEntry) -> MemoryEntry:
+        """Store a new entry; the stored one, with its ``seq`` (increasing, never reused; ``entry.seq``
+        is ignored). An entry whose ``entry_id`` is stored already is not stored again: the stored
+        one is returned as it is."""
+        ...
+
+    async def memory_entry(self, entry_id: str) -> MemoryEntry | None:
+        """One entry, with its vector (None for an unknown id)."""
+        ...
+
+    async def memory_entries_by_seq(self, seqs: Sequence[int]) -> list[MemoryEntry]:
+        """The entries of ``seqs``, in that order, without vectors; unknown ones are left out."""
+        ...
+
+    async def memory_entries(
+        self,
+        *,
+        tenant: str | None = None,
+        after_seq: int = 0,
+        limit: int = MEMORY_PAGE_LIMIT,
+        with_vectors: bool = True,
+        missing_encoder: str | None = None,
+    ) -> list[MemoryEntry]:
+        """A page of entries in ascending ``seq`` after ``after_seq``, at most ``limit``: only
+        ``tenant``'s when given; with ``missing_encoder``, only those with no vector or a vector of
+        another encoder (what must be embedded again). ValueError for ``limit < 1``."""
+        ...
+
+    async def task_memory(self, task_id: str) -> list[MemoryEntry]:
+        """The task's entries in ``seq`` order, without vectors."""
+        ...
+
+    async def rate_memory(self, task_id: str, delta: int) -> list[MemoryEntry]:
+        """Add ``delta`` to the rating of each of the task's entries, at once; the changed entries in
+        ``seq`` order, without vectors (none for a task without entries)."""
+        ...
+
+    async def set_memory_vectors(self, vectors: Mapping[str, tuple[bytes, str]]) -> int:
+        """Store ``entry_id -> (vector bytes, encoder)`` in one transaction; how many entries were
+        updated (unknown ids are left out)."""
+        ...
+
+    async def delete_memory(
+        self, *, entry_id: str | None = None, task_id: str | None = None, tenant: str | None = None
+    ) -> list[MemoryEntry]:
+        """Delete one entry (``entry_id``), a task's entries (``task_id``) or a tenant's
+        (``tenant`` alone), at once; with ``entry_id`` or ``task_id``, ``tenant`` is a guard: only
+        the tenant's entries are deleted. The deleted entries in ``seq`` order, without vectors.
+        ValueError unless exactly one of ``entry_id``, ``task_id``, ``tenant`` selects."""
+        ...
+
+    async def memory_state(self) -> dict[str, MemoryTenantState]:
+        """Per tenant that has entries: how many, and the greatest ``seq``."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -410,6 +476,23 @@ def check_feed_limit(limit: int) -> None:
     """ValueError unless ``limit`` (of :meth:`TaskStore.event_feed`) is at least 1."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def check_memory_page(limit: int) -> None:
+    """ValueError unless ``limit`` (of :meth:`TaskStore.memory_entries`) is at least 1."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def check_memory_selector(entry_id: str | None, task_id: str | None, tenant: str | None) -> None:
+    """ValueError unless :meth:`TaskStore.delete_memory`'s selectors name exactly one entry, one task
+    or one tenant (``tenant`` may guard ``entry_id`` or ``task_id``)."""
+    chosen = [name for name, value in (("entry_id", entry_id), ("task_id", task_id)) if value is not None]
+    if len(chosen) > 1 or (not chosen and tenant is None):
+        raise ValueError(
+            "delete_memory takes exactly one of entry_id, task_id or tenant (tenant may guard the "
+            f"others), not {chosen or 'none'}"
+        )
 
 
 def check_verdict(decision: str) -> None:

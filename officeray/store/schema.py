@@ -260,6 +260,31 @@ def _spans_v8(md: sa.MetaData) -> sa.Table:
     )
 
 
+def _memory_entries_v9(md: sa.MetaData) -> sa.Table:
+    """The memory (:mod:`officeray.store.memory`): one row per finished task attempt, the
+    :class:`~officeray.memory.entries.MemoryEntry` as JSON without its vector (``entry``) and the columns
+    that are queried or changed on their own (``rating``, ``encoder``, ``vector``: they win over the
+    JSON). ``seq`` is the id of the entry's vector in its tenant's faiss index: never reused, even
+    after the newest entry is deleted (``AUTOINCREMENT`` on SQLite; a sequence on PostgreSQL)."""
+    return sa.Table(
+        "memory_entries",
+        md,
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("entry_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("task_id", sa.String(128), nullable=False, index=True),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("rating", sa.Integer, nullable=False, default=0),
+        sa.Column("encoder", sa.String(256), nullable=False, default=""),
+        sa.Column("vector", sa.LargeBinary, nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("entry", sa.Text, nullable=False),
+        sa.Index("ix_memory_entries_tenant_seq", "tenant", "seq"),
+        sqlite_autoincrement=True,
+    )
+
+
 def _schema_migrations(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "schema_migrations",
@@ -280,6 +305,7 @@ step_results_table = _step_results_v1(metadata)
 tenant_usage_table = _tenant_usage_v1(metadata)
 tenant_daily_usage_table = _tenant_daily_usage_v7(metadata)
 spans_table = _spans_v8(metadata)
+memory_entries_table = _memory_entries_v9(metadata)
 leases_table = _task_leases_v2(metadata)
 dlq_table = _dlq_v2(metadata)
 idempotency_keys_table = _idempotency_keys_v2(metadata)
@@ -353,6 +379,10 @@ def _migration_8(conn: Connection) -> None:
     _spans_v8(sa.MetaData()).create(conn, checkfirst=False)
 
 
+def _migration_9(conn: Connection) -> None:
+    _memory_entries_v9(sa.MetaData()).create(conn, checkfirst=False)
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -364,6 +394,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (6, "tasks.tenant (backfilled from the record, indexed with created_at), task_feedback", _migration_6),
     (7, "tenant_daily_usage: model usage per tenant and UTC day", _migration_7),
     (8, "spans: the trace store, indexed by task and trace", _migration_8),
+    (9, "memory_entries: the memory of finished task attempts, with their vectors", _migration_9),
 )
 """Every schema change, oldest first: ``(version, description, apply(conn))``. Append only; never edit
 or reorder an entry that has shipped."""

@@ -12,7 +12,7 @@ run in their own transaction in a worker thread. An event loop is never blocked 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import date, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -35,10 +35,12 @@ from officeray.contracts import (
     utcnow,
 )
 from officeray.feedback import TaskFeedback
+from officeray.memory.entries import MemoryEntry, MemoryTenantState
 from officeray.store.api import (
     CLAIM_LIMIT,
     DLQ_LIST_LIMIT,
     EVENT_FEED_LIMIT,
+    MEMORY_PAGE_LIMIT,
     RECENT_SPANS_LIMIT,
     TASK_LIST_LIMIT,
     TASK_SPANS_LIMIT,
@@ -49,6 +51,8 @@ from officeray.store.api import (
     TaskStore,
     as_utc,
     check_feed_limit,
+    check_memory_page,
+    check_memory_selector,
     check_verdict,
     positive_ttl,
     require_final,
@@ -67,6 +71,7 @@ from officeray.store.feedback import FeedbackRepository, feedback_row
 from officeray.store.idempotency import IdempotencyRepository
 from officeray.store.keys import ApiKeyRepository, api_key_row
 from officeray.store.leases import LeaseRepository, lease_row
+from officeray.store.memory import MemoryRepository, memory_row
 from officeray.store.outbox import OutboxRepository, WebhookDue, check_outcome, webhook_due
 from officeray.store.schema import applied_versions, migrate, tasks_table
 from officeray.store.spans import SpanRepository, span_rows
@@ -114,6 +119,7 @@ class SqlStore:
         self._idempotency = IdempotencyRepository(dialect)
         self._approvals = ApprovalRepository(dialect)
         self._api_keys = ApiKeyRepository(dialect)
+        self._memory = MemoryRepository(dialect)
         self._writer = GroupCommitter(self._engine, self._leases.holders)
 
     # -- how work reaches the database ---------------------------------------------------------------
@@ -432,8 +438,6 @@ class SqlStore:
     async def webhook_backlog(self) -> int:
         return await self._read(OutboxRepository.pending_count)
 
-    # -- the database --------------------------------------------------------------------------------
-
     # -- the trace store -----------------------------------------------------------------------------
 
     async def add_spans(self, spans: Sequence[SpanRecord], now: datetime | None = None) -> int:
@@ -451,6 +455,57 @@ class SqlStore:
         return await self._write_alone(
             partial(SpanRepository.prune_on, older_than=older_than, max_spans=max_spans)
         )
+
+    # -- the memory ----------------------------------------------------------------------------------
+
+    async def add_memory_entry(self, entry: MemoryEntry) -> MemoryEntry:
+        return await self._write_alone(partial(self._memory.add_on, row=memory_row(entry)))
+
+    async def memory_entry(self, entry_id: str) -> MemoryEntry | None:
+        return await self._read(MemoryRepository.get, entry_id)
+
+    async def memory_entries_by_seq(self, seqs: Sequence[int]) -> list[MemoryEntry]:
+        return await self._read(MemoryRepository.by_seq, list(seqs))
+
+    async def memory_entries(
+        self,
+        *,
+        tenant: str | None = None,
+        after_seq: int = 0,
+        limit: int = MEMORY_PAGE_LIMIT,
+        with_vectors: bool = True,
+        missing_encoder: str | None = None,
+    ) -> list[MemoryEntry]:
+        check_memory_page(limit)
+        return await self._read(
+            MemoryRepository.page, tenant, after_seq, limit, with_vectors, missing_encoder
+        )
+
+    async def task_memory(self, task_id: str) -> list[MemoryEntry]:
+        return await self._read(MemoryRepository.of_task, task_id)
+
+    async def rate_memory(self, task_id: str, delta: int) -> list[MemoryEntry]:
+        return await self._write_alone(
+            partial(MemoryRepository.rate_on, task_id=task_id, delta=delta, now=utcnow())
+        )
+
+    async def set_memory_vectors(self, vectors: Mapping[str, tuple[bytes, str]]) -> int:
+        if not vectors:
+            return 0
+        work = partial(MemoryRepository.set_vectors_on, vectors=dict(vectors), now=utcnow())
+        return await self._write_alone(work)
+
+    async def delete_memory(
+        self, *, entry_id: str | None = None, task_id: str | None = None, tenant: str | None = None
+    ) -> list[MemoryEntry]:
+        check_memory_selector(entry_id, task_id, tenant)
+        work = partial(MemoryRepository.delete_on, entry_id=entry_id, task_id=task_id, tenant=tenant)
+        return await self._write_alone(work)
+
+    async def memory_state(self) -> dict[str, MemoryTenantState]:
+        return await self._read(MemoryRepository.state)
+
+    # -- the database --------------------------------------------------------------------------------
 
     async def schema_version(self) -> int:
         """The newest migration this database has had."""

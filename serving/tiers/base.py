@@ -59,6 +59,8 @@ class ModelAnswer(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     tier: str = ""
     model: str = ""
+    reused_from: str | None = None
+    """The task whose remembered plan this answer is (the embedded tier's reuse; no model ran)."""
 
 
 class TierError(Exception):

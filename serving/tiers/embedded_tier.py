@@ -43,7 +43,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from officeray.config import LatencyModel
-from officeray.contracts import PlanRequest, ReviewRequest
+from officeray.contracts import Plan, PlanRequest, ReviewRequest
 from officeray.errors import PlanningError
 from officeray.tools.builtin import BUILTIN_TOOLS
 from serving.tiers.base import CannotAnswerError, ModelAnswer, ModelCall, Role, Usage
@@ -153,6 +153,10 @@ class EmbeddedTier:
     def answer(self, call: ModelCall) -> ModelAnswer:
         """The answer to ``call`` at once (no simulated latency)."""
         request = self._request(call)
+        if isinstance(request, PlanRequest):
+            reused = self._reuse(request)
+            if reused is not None:
+                return reused
         prompt_text = self._prompt_text(call, request)
         try:
             if isinstance(request, PlanRequest):
@@ -178,6 +182,8 @@ class EmbeddedTier:
 
     async def generate(self, call: ModelCall) -> ModelAnswer:
         answer = self.answer(call)
+        if answer.reused_from is not None:
+            return answer  # nothing was generated: no model time to stand in for
         delay = self._delay(ttft=True, tokens=answer.usage.completion_tokens)
         if delay > 0:
             await self._sleep(delay)
@@ -191,6 +197,34 @@ class EmbeddedTier:
             if delay > 0:
                 await self._sleep(delay)
             yield chunk
+
+    def _reuse(self, request: PlanRequest) -> ModelAnswer | None:
+        """The remembered plan of a near-duplicate success (``request.memory.reusable``, chosen by the
+        memory: :func:`officeray.memory.learn.reusable_plan`), on a first round only; re-stamped for
+        this task by the role adapter, then validated and reviewed like any plan."""
+        memory = request.memory
+        if memory is None or memory.reusable is None or request.iteration != 1 or request.feedback:
+            return None
+        hit = next((h for h in memory.successes if h.entry_id == memory.reusable), None)
+        if hit is None or hit.plan is None:
+            return None
+        if any(step.get("action") not in request.allowed_tools for step in hit.plan.get("steps", [])):
+            return None
+        try:
+            plan = Plan.model_validate(
+                {**hit.plan, "task_id": request.task_id, "plan_id": f"{request.task_id}-plan-1"}
+            )
+        except ValidationError:
+            return None  # a plan stored by an older version: plan anew
+        usage = Usage(prompt_tokens=0, completion_tokens=0, calls=0)
+        return ModelAnswer(
+            content=_to_json(plan),
+            data=plan,
+            usage=usage,
+            tier=self.name,
+            model=self.model,
+            reused_from=hit.task_id,
+        )
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import base64
 import json
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from officeray.auth import Role, mint_key, verify_key
@@ -20,6 +21,7 @@ from officeray.contracts import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     DlqStepError,
     ErrorType,
+    FailedStep,
     ModelUsage,
     StepError,
     StepResult,
@@ -30,6 +32,7 @@ from officeray.contracts import (
     utcnow,
 )
 from officeray.feedback import TaskFeedback
+from officeray.memory.entries import MemoryEntry, MemoryTenantState, vector_bytes, vector_of
 from officeray.store import IdempotencyClaim, TaskStore
 from officeray.store.api import TaskCursor
 from officeray.testing import make_plan
@@ -885,3 +888,201 @@ async def test_pruning_drops_old_spans_then_the_oldest_beyond_the_limit(store: T
     assert await store.prune_spans(T0, max_spans=2) == 3  # the three written first go
     assert [s.name for s in await store.task_spans("task-1")] == ["new3", "new4"]
     assert await store.prune_spans(T0, max_spans=2) == 0
+
+
+# -- the memory ---------------------------------------------------------------------------------------
+
+UNIT = vector_bytes(np.array([0.6, 0.8, 0.0], dtype=np.float32))
+
+
+def memory(entry_id: str, task_id: str = "task-1", tenant: str = "acme", **fields: object) -> MemoryEntry:
+    return MemoryEntry.model_validate(
+        {
+            "entry_id": entry_id,
+            "task_id": task_id,
+            "tenant": tenant,
+            "description": f"do {task_id}",
+            "outcome": "completed",
+            **fields,
+        }
+    )
+
+
+async def add_all(store: TaskStore, *entries: MemoryEntry) -> list[int]:
+    seqs = []
+    for entry in entries:
+        stored = await store.add_memory_entry(entry)
+        assert stored.seq is not None
+        seqs.append(stored.seq)
+    return seqs
+
+
+async def test_a_memory_entry_round_trips_with_its_vector(store: TaskStore) -> None:
+    plan = make_plan(
+        "task-1", [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "6*7"}}]
+    )
+    entry = memory(
+        "m-1",
+        plan=plan.model_dump(mode="json"),
+        outcome="failed",
+        failed_steps=[
+            FailedStep(step_id="s1", action="math_calculator", error_type="tool_error", message="x")
+        ],
+        review_feedback=["wrong unit"],
+        lesson="Check the unit.",
+        iterations=2,
+        latency_s=1.5,
+        tokens=120,
+        rating=-1,
+        encoder="enc-a",
+        vector=UNIT,
+        seq=999,  # the store's to choose
+    )
+    stored = await store.add_memory_entry(entry)
+    assert stored.seq is not None and stored.seq != 999
+    assert stored == entry.model_copy(update={"seq": stored.seq})
+    loaded = await store.memory_entry("m-1")
+    assert loaded == stored
+    assert loaded is not None and loaded.vector is not None
+    np.testing.assert_array_equal(vector_of(loaded.vector), vector_of(UNIT))
+    assert await store.memory_entry("nope") is None
+
+
+async def test_an_entry_id_is_stored_once(store: TaskStore) -> None:
+    first = await store.add_memory_entry(memory("m-1", lesson="first"))
+    again = await store.add_memory_entry(memory("m-1", lesson="second", task_id="task-2"))
+    assert again == first
+    assert [e.lesson for e in await store.memory_entries()] == ["first"]
+
+
+async def test_memory_seqs_increase_and_are_never_reused(store: TaskStore) -> None:
+    a, b = await add_all(store, memory("m-a"), memory("m-b"))
+    assert 0 < a < b
+    assert [e.entry_id for e in await store.delete_memory(entry_id="m-b")] == ["m-b"]
+    [c] = await add_all(store, memory("m-c"))
+    assert c > b  # the faiss id of a deleted entry never names another one
+
+
+async def test_memory_pages_by_tenant_and_seq(store: TaskStore) -> None:
+    seqs = await add_all(
+        store,
+        memory("m-1", tenant="acme", encoder="enc-a", vector=UNIT),
+        memory("m-2", tenant="globex", encoder="enc-a", vector=UNIT),
+        memory("m-3", tenant="acme", encoder="enc-a", vector=UNIT),
+        memory("m-4", tenant="acme"),
+    )
+    assert [e.entry_id for e in await store.memory_entries()] == ["m-1", "m-2", "m-3", "m-4"]
+    acme = await store.memory_entries(tenant="acme")
+    assert [e.entry_id for e in acme] == ["m-1", "m-3", "m-4"]
+    assert [e.vector for e in acme] == [UNIT, UNIT, None]
+    after = await store.memory_entries(tenant="acme", after_seq=seqs[0], limit=1)
+    assert [e.entry_id for e in after] == ["m-3"]
+    assert await store.memory_entries(after_seq=seqs[-1]) == []
+    bare = await store.memory_entries(with_vectors=False)
+    assert all(e.vector is None for e in bare)
+    assert [e.encoder for e in bare] == ["enc-a", "enc-a", "enc-a", ""]  # what made the vector still says
+    assert await store.memory_entries(tenant="nobody") == []
+    with pytest.raises(ValueError, match="limit"):
+        await store.memory_entries(limit=0)
+
+
+async def test_entries_missing_an_encoders_vector_and_setting_them(store: TaskStore) -> None:
+    await add_all(
+        store,
+        memory("no-vector"),
+        memory("enc-a", encoder="enc-a", vector=UNIT),
+        memory("enc-b", encoder="enc-b", vector=UNIT),
+    )
+    missing = await store.memory_entries(missing_encoder="enc-a")
+    assert [e.entry_id for e in missing] == ["no-vector", "enc-b"]
+    other = vector_bytes(np.array([1.0, 0.0, 0.0], dtype=np.float32))
+    updated = await store.set_memory_vectors(
+        {"no-vector": (other, "enc-a"), "enc-b": (other, "enc-a"), "gone": (other, "enc-a")}
+    )
+    assert updated == 2  # the unknown id is left out
+    assert await store.memory_entries(missing_encoder="enc-a") == []
+    assert await store.set_memory_vectors({}) == 0
+    loaded = await store.memory_entry("enc-b")
+    assert loaded is not None
+    assert (loaded.encoder, loaded.vector) == ("enc-a", other)  # the columns win over the stored JSON
+    assert loaded.updated_at >= loaded.created_at
+
+
+async def test_rating_a_tasks_memory_adds_to_every_entry_of_it(store: TaskStore) -> None:
+    await add_all(
+        store,
+        memory("m-1", task_id="task-1", rating=1, vector=UNIT, encoder="enc-a"),
+        memory("m-2", task_id="task-1"),
+        memory("m-3", task_id="task-2"),
+    )
+    rated = await store.rate_memory("task-1", 2)
+    assert [(e.entry_id, e.rating, e.vector) for e in rated] == [("m-1", 3, None), ("m-2", 2, None)]
+    assert [e.rating for e in await store.rate_memory("task-1", -3)] == [0, -1]
+    assert [e.rating for e in await store.task_memory("task-1")] == [0, -1]
+    loaded = await store.memory_entry("m-1")
+    assert loaded is not None and (loaded.rating, loaded.vector) == (0, UNIT)
+    assert [e.rating for e in await store.task_memory("task-2")] == [0]  # another task's: untouched
+    assert await store.rate_memory("nope", 1) == []
+
+
+async def test_task_memory_and_entries_by_seq(store: TaskStore) -> None:
+    a, b, c = await add_all(
+        store,
+        memory("m-a", task_id="task-1", vector=UNIT, encoder="enc-a"),
+        memory("m-b", task_id="task-2"),
+        memory("m-c", task_id="task-1"),
+    )
+    assert [e.entry_id for e in await store.task_memory("task-1")] == ["m-a", "m-c"]
+    assert all(e.vector is None for e in await store.task_memory("task-1"))
+    assert await store.task_memory("nope") == []
+    found = await store.memory_entries_by_seq([c, c + 1000, a, b])
+    assert [e.entry_id for e in found] == ["m-c", "m-a", "m-b"]  # the order asked; unknown left out
+    assert all(e.vector is None for e in found)
+    assert await store.memory_entries_by_seq([]) == []
+
+
+async def test_deleting_memory_by_entry_task_or_tenant(store: TaskStore) -> None:
+    await add_all(
+        store,
+        memory("m-1", task_id="task-1", tenant="acme", vector=UNIT, encoder="enc-a"),
+        memory("m-2", task_id="task-1", tenant="acme"),
+        memory("m-3", task_id="task-2", tenant="acme"),
+        memory("m-4", task_id="task-3", tenant="globex"),
+        memory("m-5", task_id="task-4", tenant="globex"),
+    )
+    assert await store.delete_memory(entry_id="m-4", tenant="acme") == []  # another tenant's: kept
+    assert await store.delete_memory(task_id="task-3", tenant="acme") == []
+    deleted = await store.delete_memory(entry_id="m-4", tenant="globex")
+    assert [e.entry_id for e in deleted] == ["m-4"]
+    deleted = await store.delete_memory(task_id="task-1")
+    assert [(e.entry_id, e.vector) for e in deleted] == [("m-1", None), ("m-2", None)]
+    assert await store.delete_memory(entry_id="m-1") == []  # gone already
+    assert [e.entry_id for e in await store.delete_memory(tenant="acme")] == ["m-3"]
+    assert [e.entry_id for e in await store.memory_entries()] == ["m-5"]
+    for selectors in (
+        {},
+        {"entry_id": "m-5", "task_id": "task-4"},
+        {"entry_id": "m-5", "task_id": "x", "tenant": "globex"},
+    ):
+        with pytest.raises(ValueError, match="exactly one"):
+            await store.delete_memory(**selectors)
+    assert [e.entry_id for e in await store.memory_entries()] == ["m-5"]  # refused calls deleted nothing
+
+
+async def test_memory_state_counts_each_tenants_entries_and_newest_seq(store: TaskStore) -> None:
+    assert await store.memory_state() == {}
+    a, b, c = await add_all(
+        store, memory("m-1", tenant="acme"), memory("m-2", tenant="globex"), memory("m-3", tenant="acme")
+    )
+    assert await store.memory_state() == {"acme": MemoryTenantState(2, c), "globex": MemoryTenantState(1, b)}
+    await store.delete_memory(entry_id="m-3")
+    assert await store.memory_state() == {"acme": MemoryTenantState(1, a), "globex": MemoryTenantState(1, b)}
+    await store.delete_memory(tenant="globex")
+    assert await store.memory_state() == {"acme": MemoryTenantState(1, a)}
+
+
+async def test_the_longest_ids_fit_the_memory(store: TaskStore) -> None:
+    entry = memory("m" * 64, task_id=LONG_TASK_ID, tenant=LONG_TENANT, encoder="e" * 256, vector=UNIT)
+    stored = await store.add_memory_entry(entry)
+    assert await store.memory_entry("m" * 64) == stored
+    assert [e.task_id for e in await store.task_memory(LONG_TASK_ID)] == [LONG_TASK_ID]

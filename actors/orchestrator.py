@@ -130,6 +130,10 @@ class StoreApprovals:
             self._events.pop(key, None)
 
 
+MEMORY_WARM_TIMEOUT_S = 60.0
+"""How long :meth:`Orchestrator.ready` waits for the memory to start (the encoder may still load)."""
+
+
 @dataclass(frozen=True)
 class ModelPorts:
     """The models an orchestrator calls, built by the composition root (``serving.app.build_app``:
@@ -226,10 +230,22 @@ class Orchestrator:
     # -- life ------------------------------------------------------------------------------------
 
     async def ready(self) -> bool:
-        """True once the runners are warm (and the lease and claim loops run)."""
+        """True once the runners are warm and the memory has started (and the lease and claim loops
+        run)."""
         self._ensure_started()
-        await self.pool.wait_ready()
+        await asyncio.gather(self.pool.wait_ready(), self._warm_memory())
         return True
+
+    async def _warm_memory(self) -> None:
+        """Start the memory (its actor, the encoder's first answer, the index files) before the first
+        task needs it; a memory that cannot start is logged by the memory, and tasks run without."""
+        memory = self.workflow.memory
+        if memory is None:
+            return
+        try:
+            await asyncio.wait_for(memory.stats(), MEMORY_WARM_TIMEOUT_S)  # type: ignore[attr-defined]
+        except Exception as exc:
+            logger.warning("the memory did not start: %s: %s", type(exc).__name__, exc)
 
     async def pid(self) -> int:
         """This actor's process id (fault-injection tests kill it)."""

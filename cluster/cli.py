@@ -19,6 +19,8 @@
   a running server over its task API, no Ray started here (:mod:`cluster.cli_client`).
 * ``officeray trace TASK_ID [--address URL]``: a task's timeline in the terminal, one row per
   component (:mod:`cluster.cli_trace`).
+* ``officeray memory search|delete|rebuild|stats``: the memory of a running server
+  (:mod:`cluster.cli_memory`).
 * ``officeray --version``: the installed package's version.
 
 Commands of outer packages are found through the ``officeray.commands`` entry-point group
@@ -49,6 +51,7 @@ from pydantic import ValidationError
 from cluster.cli_client import add_client_parsers, add_server_options, print_run_result, run_remote
 from cluster.cli_dlq import add_dlq_parser, cmd_dlq
 from cluster.cli_keys import add_keys_parser, cmd_keys
+from cluster.cli_memory import add_memory_parser, cmd_memory
 from cluster.cli_output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -128,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     add_dlq_parser(sub)
     add_keys_parser(sub)
     add_trace_parser(sub)
+    add_memory_parser(sub)
     _CLIENT_HANDLERS.update(add_client_parsers(sub))
     _add_extension_commands(sub)
     return parser
@@ -370,6 +374,7 @@ def _run(args: argparse.Namespace) -> int:
         "dlq": cmd_dlq,
         "keys": cmd_keys,
         "trace": cmd_trace,
+        "memory": cmd_memory,
         **_CLIENT_HANDLERS,
     }
     return handlers[args.command](args, settings)

@@ -43,6 +43,8 @@ MAX_LIST_PAGE = 500
 """Largest ``limit`` one ``GET /v1/tasks`` page asks for."""
 MAX_DETAIL_CHARS = 300
 """Longest part of an error answer that is not JSON shown as its detail (an HTML page of a proxy)."""
+MEMORY_REBUILD_TIMEOUT_S = 600.0
+"""How long ``POST /v1/memory/rebuild`` may take (it embeds every entry without a vector)."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 
@@ -332,6 +334,45 @@ class TaskApiClient:
     def dlq_retry(self, task_id: str) -> dict[str, Any]:
         """``POST /v1/dlq/{id}/retry``: ``{"task_id", "status"}``; the task runs again."""
         answer: dict[str, Any] = self._call("POST", _path("v1", "dlq", task_id, "retry"))
+        return answer
+
+    # -- memory --
+
+    def memory_search(
+        self, query: str, k: int | None = None, outcome: str | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /v1/memory/search``: ``{"query", "tenant", "hits": [...]}``, best first."""
+        params = {
+            key: value
+            for key, value in {"q": query, "k": k, "outcome": outcome, "tenant": tenant}.items()
+            if value is not None
+        }
+        answer: dict[str, Any] = self._call("GET", "/v1/memory/search", params=params)
+        return answer
+
+    def memory_delete_entry(self, entry_id: str) -> dict[str, Any]:
+        """``DELETE /v1/memory/{entry_id}``: ``{"entry_id", "deleted": 1}``."""
+        answer: dict[str, Any] = self._call("DELETE", _path("v1", "memory", entry_id))
+        return answer
+
+    def memory_delete_task(self, task_id: str) -> dict[str, Any]:
+        """``DELETE /v1/tasks/{id}/memory``: ``{"task_id", "deleted": n}``."""
+        answer: dict[str, Any] = self._call("DELETE", _path("v1", "tasks", task_id, "memory"))
+        return answer
+
+    def memory_delete_tenant(self, tenant: str) -> dict[str, Any]:
+        """``DELETE /v1/memory?tenant=``: ``{"tenant", "deleted": n}``."""
+        answer: dict[str, Any] = self._call("DELETE", "/v1/memory", params={"tenant": tenant})
+        return answer
+
+    def memory_rebuild(self) -> dict[str, Any]:
+        """``POST /v1/memory/rebuild`` (admin): the rebuild report."""
+        answer: dict[str, Any] = self._call("POST", "/v1/memory/rebuild", timeout_s=MEMORY_REBUILD_TIMEOUT_S)
+        return answer
+
+    def memory_stats(self) -> dict[str, Any]:
+        """``GET /v1/memory/stats`` (admin): whether the memory is on, its encoder, each index."""
+        answer: dict[str, Any] = self._call("GET", "/v1/memory/stats")
         return answer
 
 

@@ -507,7 +507,7 @@ class MemorySettings(_Section):
     """Similar failed tasks (with their lessons) shown to the planner."""
     min_score: float = Field(default=0.45, ge=-1, le=1)
     """Cosine similarity below which a past task is not retrieved for the planner."""
-    reuse_threshold: float = Field(default=0.93, ge=0, le=1)
+    reuse_threshold: float = Field(default=0.9, ge=0, le=1)
     """Similarity above which the embedded tier reuses a completed task's plan (when the plan's
     inputs all appear in the new task's text)."""
     failure_warning_threshold: float = Field(default=0.8, ge=0, le=1)

@@ -11,7 +11,8 @@ the workflow's ports, :class:`~serving.models.ServePlanner` and :class:`~serving
 over the deployments' handles, built here and handed to the gateway, which creates the orchestrator
 shards with them (:class:`actors.orchestrator.ModelPorts`; :mod:`actors` never imports
 :mod:`serving`). With ``memory.enabled``, the ``encoder`` deployment serves the memory actor
-(:class:`actors.memory.MemoryClient` over :class:`~serving.encoder.ServeEncoder`). Serve turns the deployments bound inside them into handles when the app is built.
+(:class:`actors.memory.MemoryClient` over :class:`~serving.encoder.ServeEncoder`). Serve turns the
+deployments bound inside them into handles when the app is built.
 """
 
 from __future__ import annotations

@@ -137,6 +137,8 @@ class SentenceTransformerEncoder:
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dim)`` float32 vectors, each L2-normalised, in order (blocks the thread)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         clipped = [text[:MAX_TEXT_CHARS] for text in texts]
         with self._lock:
             vectors = self._model.encode(
@@ -198,8 +200,9 @@ class EncoderDeployment:
         except EncoderUnavailableError as exc:
             self.error = str(exc)
             logger.warning("the memory is off on this replica: %s", exc)
-        self._encode_batch.set_max_batch_size(config.max_batch_size)
-        self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        batched: Any = self._encode_batch  # @serve.batch adds these setters, which mypy cannot see
+        batched.set_max_batch_size(config.max_batch_size)
+        batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
     async def encode(self, texts: list[str]) -> EncoderReply:
         """The vectors of ``texts`` (batched with other requests), or an error envelope."""
@@ -256,7 +259,9 @@ class ServeEncoder:
         except ModelUnavailableError as exc:
             raise EncoderUnavailableError(f"the encoder is unavailable: {exc}") from None
         except Exception as exc:
-            raise EncoderUnavailableError(f"the encoder did not answer: {type(exc).__name__}: {_reason(exc)}") from exc
+            raise EncoderUnavailableError(
+                f"the encoder did not answer: {type(exc).__name__}: {_reason(exc)}"
+            ) from exc
         if reply.error or reply.vectors is None:
             raise EncoderUnavailableError(reply.error or "the encoder returned no vectors")
         return Encoded(vectors=reply.vectors, model=reply.model)

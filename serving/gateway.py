@@ -73,6 +73,19 @@ The full API (``/v1``):
 * ``POST /v1/tasks/{task_id}/feedback`` ``{"rating": -1|0|1, "comment", "labels"}``
   (:class:`officeray.feedback.Feedback`, bounded sizes): 201 with the stored feedback;
   ``GET`` the same path: the task's feedback, oldest first.
+* ``GET /v1/memory/search?q=TEXT&k=5[&outcome=completed|failed|cancelled][&tenant=]``: the
+  ``k`` (1 to :data:`~officeray.memory.entries.MAX_SEARCH_K`) remembered task attempts of the caller's
+  tenant (an admin: ``?tenant=``'s) nearest to ``q`` (1 to
+  :data:`~officeray.memory.entries.MAX_QUERY_CHARS` characters), best first: ``{"query", "tenant",
+  "hits": [MemoryHit...]}``. ``DELETE /v1/memory/{entry_id}``: forget one entry of the caller's
+  tenant (an admin: any), ``{"entry_id", "deleted": 1}`` or 404 ``memory_entry_not_found``;
+  ``DELETE /v1/tasks/{task_id}/memory``: a task's entries, ``{"task_id", "deleted": n}``;
+  ``DELETE /v1/memory?tenant=T``: all of a tenant's entries (its own keys or an admin),
+  ``{"tenant", "deleted": n}``. Admin only: ``POST /v1/memory/rebuild`` (every tenant's index from
+  the store: the rebuild report) and ``GET /v1/memory/stats``. Without a memory (``memory.enabled``
+  false) these answer 503 ``memory_off``; a memory that does not answer, 503 ``memory_unavailable``.
+  A feedback rating (``POST /v1/tasks/{task_id}/feedback``) is passed on to the memory, which
+  demotes or promotes the task's entries (a memory that fails there is logged; the feedback stands).
 * ``GET /v1/tenants/{tenant}/usage``: tokens and cost summed over the tenant's finished tasks and its
   chat completions.
 * ``POST /v1/chat/completions`` (``model`` = ``planner`` | ``reviewer`` | ``ai_tool``) and
@@ -117,9 +130,9 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import ray
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -142,6 +155,7 @@ from officeray.contracts import (
     MAX_TASK_DESCRIPTION_CHARS,
     TRACEPARENT_MAX_CHARS,
     DlqDetail,
+    MemoryOutcome,
     ModelUsage,
     StepResult,
     StepStatus,
@@ -163,6 +177,7 @@ from officeray.errors import (
     TaskNotFoundError,
 )
 from officeray.feedback import Feedback, TaskFeedback
+from officeray.memory.entries import MAX_QUERY_CHARS, MAX_SEARCH_K, MemoryService
 from officeray.quotas import (
     SubmitRateLimiter,
     ceiling_problems,
@@ -1014,6 +1029,67 @@ async def collector_stats(settings: Settings) -> dict[str, Any] | BaseException 
 # -- end console helpers (CONSOLE) --
 
 
+# -- memory helpers (MEMORY) --
+
+MEMORY_SEARCH_DEFAULT_K = 5
+"""Hits one ``GET /v1/memory/search`` answers unless ``?k=`` says otherwise."""
+
+MEMORY_RETRY_AFTER_S = 5
+"""``Retry-After`` of the 503 answered while the memory does not answer."""
+
+_Answer = TypeVar("_Answer")
+
+
+def memory_off() -> ApiError:
+    """The 503 (``memory_off``) of every memory route on a server without a memory."""
+    return ApiError(
+        503,
+        "the memory is off on this server (memory.enabled is false): nothing to search or forget",
+        "memory_off",
+    )
+
+
+def memory_tenant(asked: str | None, principal: Principal) -> str:
+    """The tenant whose memory a request reads or changes: the key's own; an admin's ``?tenant=``
+    (its own without one). Any other key naming another tenant: 403 (``forbidden``)."""
+    return listed_tenant(asked, principal, "memory") or principal.tenant
+
+
+def search_query(q: str) -> str:
+    """``?q=`` of a memory search; 422 (``invalid_request``) when it is blank."""
+    if not q.strip():
+        raise invalid_field("q", "the query is blank")
+    return q
+
+
+def require_admin(principal: Principal, what: str) -> None:
+    """403 (``forbidden``) unless ``principal`` is an admin."""
+    if not principal.is_admin:
+        raise forbidden(f"{what} needs an admin key")
+
+
+async def memory_answer(call: Awaitable[_Answer]) -> _Answer:
+    """What the memory answered. A memory that fails (its actor is restarting, its encoder is gone)
+    answers 503 ``memory_unavailable`` with ``Retry-After`` (logged), never a 500; an unavailable
+    store keeps its own answer (503 ``store_unavailable``)."""
+    try:
+        return await call
+    except (StoreUnavailableError, StarletteHTTPException):
+        raise
+    except Exception as exc:
+        logger.warning("the memory did not answer: %s", _first_line(exc))
+        raise ApiError(
+            503,
+            f"the memory did not answer, nothing was changed; retry in {MEMORY_RETRY_AFTER_S}s "
+            f"({_first_line(exc)})",
+            "memory_unavailable",
+            headers={"Retry-After": str(MEMORY_RETRY_AFTER_S)},
+        ) from None
+
+
+# -- end memory helpers (MEMORY) --
+
+
 # serve.ingress pickles the app (and so these methods, with the module globals they use) when the
 # class is decorated: every helper the routes call must be defined above this line.
 @serve.deployment(name="Gateway")
@@ -1032,6 +1108,8 @@ class Gateway:
         self.tracer = tracer_for(settings, "gateway")
         self.orchestrators: OrchestratorClient = create_client(settings, ports)
         self.rate_limiter = SubmitRateLimiter()
+        self.memory: MemoryService | None = ports.memory
+        """What the memory routes and feedback call (None: ``memory.enabled`` is false)."""
         install_verifier(KeyVerifier(self.store, settings.auth.cache_ttl_s))
         _dispatch.handles = {"planner": planner, "reviewer": reviewer, "ai_tool": ai_tool}
         _dispatch.store = self.store
@@ -1197,13 +1275,109 @@ class Gateway:
         feedback = TaskFeedback(
             **body.model_dump(), task_id=record.task_id, tenant=record.tenant, submitted_by=principal.key_id
         )
-        return await self.store.add_feedback(feedback)
+        stored = await self.store.add_feedback(feedback)
+        await self._rate_memory(record.task_id, body.rating)
+        return stored
+
+    async def _rate_memory(self, task_id: str, rating: int) -> None:
+        """Pass a stored rating on to the memory (it demotes or promotes the task's entries); a
+        memory that fails is logged: the feedback is stored, the request succeeds."""
+        if self.memory is None or rating == 0:
+            return
+        try:
+            await self.memory.feedback(task_id, rating)
+        except Exception as exc:
+            logger.warning(
+                "task %s: the memory did not take rating %d: %s", task_id, rating, _first_line(exc)
+            )
 
     @app.get("/v1/tasks/{task_id}/feedback")
     async def get_feedback(self, task_id: str, principal: Caller) -> dict[str, Any]:
         record = await self._record(task_id, principal)
         stored = await self.store.feedback(record.task_id)
         return {"task_id": record.task_id, "feedback": [f.model_dump(mode="json") for f in stored]}
+
+    # -- memory (MEMORY) --
+
+    def _memory(self) -> MemoryService:
+        if self.memory is None:
+            raise memory_off()
+        return self.memory
+
+    @app.get("/v1/memory/search")
+    async def memory_search(
+        self,
+        principal: Caller,
+        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
+        k: Annotated[
+            int, Query(ge=1, le=MAX_SEARCH_K, description="How many hits.")
+        ] = MEMORY_SEARCH_DEFAULT_K,
+        outcome: Annotated[MemoryOutcome | None, Query(description="Only entries that ended so.")] = None,
+        tenant: Annotated[
+            str | None, Query(pattern=TENANT_PATTERN, description="An admin key's choice of tenant.")
+        ] = None,
+    ) -> dict[str, Any]:
+        """The remembered task attempts of the caller's tenant (an admin: ``?tenant=``'s) nearest
+        to ``q``, best first (a tenant never sees another's entries)."""
+        memory = self._memory()
+        whose = memory_tenant(tenant, principal)
+        require(principal, Action.READ, whose)
+        hits = await memory_answer(memory.search(whose, search_query(q), k, outcome=outcome))
+        return {"query": q, "tenant": whose, "hits": [hit.model_dump(mode="json") for hit in hits]}
+
+    # Forgetting is the strongest feedback: whoever may rate a tenant's tasks may make the memory
+    # forget them (Action.FEEDBACK).
+
+    @app.delete("/v1/memory/{entry_id}")
+    async def memory_delete_entry(self, entry_id: str, principal: Caller) -> dict[str, Any]:
+        """Forget one entry of the caller's tenant (an admin: of any tenant); 404
+        (``memory_entry_not_found``) for an unknown entry or another tenant's (the same answer)."""
+        memory = self._memory()
+        require(principal, Action.FEEDBACK, principal.tenant)
+        only = None if principal.is_admin else principal.tenant
+        if not await memory_answer(memory.delete_entry(entry_id, only)):
+            raise ApiError(404, f"memory entry {entry_id!r} not found", "memory_entry_not_found")
+        return {"entry_id": entry_id, "deleted": 1}
+
+    @app.delete("/v1/tasks/{task_id}/memory")
+    async def memory_delete_task(self, task_id: str, principal: Caller) -> dict[str, Any]:
+        """Forget a task's entries (a task the caller sees, as for ``GET /v1/tasks/{task_id}``)."""
+        memory = self._memory()
+        record = await self._record(task_id, principal)
+        require(principal, Action.FEEDBACK, record.tenant)
+        deleted = await memory_answer(memory.delete_task(record.task_id, record.tenant))
+        return {"task_id": record.task_id, "deleted": deleted}
+
+    @app.delete("/v1/memory")
+    async def memory_delete_tenant(
+        self,
+        principal: Caller,
+        tenant: Annotated[str, Query(pattern=TENANT_PATTERN, description="Whose memory to forget.")],
+    ) -> dict[str, Any]:
+        """Forget every entry of ``?tenant=`` (required: the caller's own tenant; an admin: any)."""
+        memory = self._memory()
+        if not principal.sees_tenant(tenant):
+            raise forbidden(f"this key forgets the memory of tenant {principal.tenant!r} only")
+        require(principal, Action.FEEDBACK, tenant)
+        deleted = await memory_answer(memory.delete_tenant(tenant))
+        return {"tenant": tenant, "deleted": deleted}
+
+    @app.post("/v1/memory/rebuild")
+    async def memory_rebuild(self, principal: Caller) -> dict[str, Any]:
+        """Admin only: rebuild every tenant's index from the store (embedding what has no vector of
+        the encoder); answers the rebuild report."""
+        memory = self._memory()
+        require_admin(principal, "rebuilding the memory")
+        return await memory_answer(memory.rebuild())
+
+    @app.get("/v1/memory/stats")
+    async def memory_stats(self, principal: Caller) -> dict[str, Any]:
+        """Admin only: whether the memory is on, its encoder and each tenant's index."""
+        memory = self._memory()
+        require_admin(principal, "the memory's figures")
+        return await memory_answer(memory.stats())
+
+    # -- end memory (MEMORY) --
 
     @app.get("/v1/tenants/{tenant}/usage")
     async def tenant_usage(self, tenant: str, principal: Caller) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,8 +47,21 @@ from pydantic import ValidationError
 
 from officeray.auth import Principal, Role
 from officeray.config import EmbeddedTierConfig, OpenAITierConfig, TierConfig, VllmTierConfig
-from officeray.contracts import StepResult, StepStatus, TaskEvent, TaskRecord, TaskRequest, TaskStatus, utcnow
+from officeray.contracts import (
+    MemoryOutcome,
+    StepResult,
+    StepStatus,
+    TaskEvent,
+    TaskRecord,
+    TaskRequest,
+    TaskStatus,
+    utcnow,
+)
+from officeray.memory.entries import MAX_QUERY_CHARS, MAX_SEARCH_K
 from serving.tiers.base import ModelAnswer, ModelCall, ModelTier
+
+if TYPE_CHECKING:
+    from officeray.memory.service import Memory
 
 SCRIPTED_TIER_NO_TIMEOUT_S = 3600.0
 """``timeout_s`` of a scripted non-embedded tier built with ``timeout_s=None`` (the config's maximum)."""
@@ -216,6 +229,8 @@ FAKE_OTHER_USER_KEY = "ofr_00000000000c_" + "c" * 32
 FAKE_POLL_S = 0.01
 """How often the fake's long polls and event streams look for news."""
 FAKE_MAX_LIST_LIMIT = 500
+FAKE_MEMORY_K = 5
+"""Hits of a memory search without ``?k=`` (as the gateway's ``MEMORY_SEARCH_DEFAULT_K``)."""
 SERVER_START_TIMEOUT_S = 10.0
 """How long :func:`serve_in_thread` waits for uvicorn to accept connections."""
 FAKE_SUBMIT_SPAN_NS = 1_000_000
@@ -253,7 +268,14 @@ class FakeTaskApi:
     ``POST/GET /v1/tasks``, ``GET /v1/tasks/{id}`` (``?wait_s=`` long poll), ``.../events`` (server-sent
     events with ``Accept: text/event-stream``, resumed after ``Last-Event-ID``; a JSON list otherwise),
     ``.../cancel``, ``.../approvals/{step}``, ``.../feedback``, ``.../trace`` (JSON, or NDJSON with
-    ``Accept: application/x-ndjson``), ``/v1/dlq`` (admin) and ``/healthz``.
+    ``Accept: application/x-ndjson``), ``/v1/dlq`` (admin), ``/healthz`` and the memory routes
+    (``/v1/memory/search``, ``DELETE /v1/memory/{entry_id}``, ``DELETE /v1/memory?tenant=``, ``DELETE
+    /v1/tasks/{id}/memory``, admin ``POST /v1/memory/rebuild`` and ``GET /v1/memory/stats``).
+
+    :attr:`memory` is an in-process :class:`~officeray.memory.service.Memory` (in-memory store,
+    :class:`~officeray.testing.HashingEncoder`, no index files) that remembers every task the fake
+    ends, before its final state shows, and takes the feedback ratings; ``memory=False``: no memory
+    (the memory routes answer 503 ``memory_off``).
 
     ``keys`` maps API keys to principals (default: :data:`FAKE_ADMIN_KEY`, :data:`FAKE_USER_KEY`,
     :data:`FAKE_OTHER_USER_KEY`). A submitted task runs by itself to ``finish_as`` (planning, one
@@ -273,8 +295,10 @@ class FakeTaskApi:
         transition_delay_s: float = 0.0,
         cut_streams_after: int | None = None,
         cut_streams: int = 1,
+        memory: bool = True,
     ) -> None:
         self.keys = dict(keys) if keys is not None else _fake_principals()
+        self.memory: Memory | None = _fake_memory() if memory else None
         self.finish_as = finish_as
         self.transition_delay_s = transition_delay_s
         self.cut_streams_after = cut_streams_after
@@ -420,7 +444,18 @@ class FakeTaskApi:
             await asyncio.sleep(self.transition_delay_s)
             if self.tasks[task_id].status.is_final:  # cancelled meanwhile
                 return
-            self.transition(task_id, status, **changes)
+            if status.is_final:
+                await self._end(task_id, status, **changes)
+            else:
+                self.transition(task_id, status, **changes)
+
+    async def _end(self, task_id: str, status: TaskStatus, **changes: Any) -> None:
+        """Remember the task's attempt (as the orchestrator does, before its final state shows), then
+        move it to ``status``."""
+        if self.memory is not None:
+            ended = {"status": status, "finished_at": utcnow(), **changes}
+            await self.memory.remember(self.tasks[task_id].model_copy(update=ended))
+        self.transition(task_id, status, **changes)
 
     # -- the app --
 
@@ -579,7 +614,7 @@ class FakeTaskApi:
             record = self._task(task_id, self._principal(authorization))
             if record.status.is_final:
                 raise _Refused(409, f"task {task_id!r} already ended {record.status.value}", "task_final")
-            self.transition(task_id, TaskStatus.CANCELLED, error="cancelled by a client")
+            await self._end(task_id, TaskStatus.CANCELLED, error="cancelled by a client")
             return {"task_id": task_id, "status": TaskStatus.CANCELLED.value}
 
         @app.post("/v1/tasks/{task_id}/approvals/{step_id}")
@@ -622,6 +657,8 @@ class FakeTaskApi:
                     errors=[{"field": "rating", "message": "must be -1, 0 or 1"}],
                 )
             self.feedback.setdefault(task_id, []).append(body)
+            if self.memory is not None and body["rating"]:
+                await self.memory.feedback(task_id, body["rating"])
             return {"task_id": task_id, **body}
 
         def _admin(authorization: str | None) -> None:
@@ -650,7 +687,59 @@ class FakeTaskApi:
                 raise _Refused(404, f"task {task_id!r} is not in the dead-letter queue", "task_not_found")
             return {"task_id": task_id, "status": "queued"}
 
+        self._add_memory_routes(app)
         return app
+
+    def _memory(self) -> Memory:
+        if self.memory is None:
+            raise _Refused(503, "the memory is off on this server (memory.enabled is false)", "memory_off")
+        return self.memory
+
+    def _add_memory_routes(self, app: FastAPI) -> None:
+        """The memory routes over :attr:`memory`, answered as the gateway answers them."""
+
+        @app.get("/v1/memory/search")
+        async def memory_search(
+            q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],
+            authorization: _AuthHeader = None,
+            k: Annotated[int, Query(ge=1, le=MAX_SEARCH_K)] = FAKE_MEMORY_K,
+            outcome: MemoryOutcome | None = None,
+            tenant: str | None = None,
+        ) -> dict[str, Any]:
+            whose = _memory_tenant(self._principal(authorization), tenant)
+            if not q.strip():
+                raise _Refused(422, "invalid request: q: the query is blank", "invalid_request")
+            hits = await self._memory().search(whose, q, k, outcome=outcome)
+            return {"query": q, "tenant": whose, "hits": [h.model_dump(mode="json") for h in hits]}
+
+        @app.delete("/v1/memory/{entry_id}")
+        async def memory_delete_entry(entry_id: str, authorization: _AuthHeader = None) -> dict[str, Any]:
+            principal = self._principal(authorization)
+            only = None if principal.is_admin else principal.tenant
+            if not await self._memory().delete_entry(entry_id, only):
+                raise _Refused(404, f"memory entry {entry_id!r} not found", "memory_entry_not_found")
+            return {"entry_id": entry_id, "deleted": 1}
+
+        @app.delete("/v1/tasks/{task_id}/memory")
+        async def memory_delete_task(task_id: str, authorization: _AuthHeader = None) -> dict[str, Any]:
+            memory = self._memory()
+            record = self._task(task_id, self._principal(authorization))
+            return {"task_id": task_id, "deleted": await memory.delete_task(task_id, record.tenant)}
+
+        @app.delete("/v1/memory")
+        async def memory_delete_tenant(tenant: str, authorization: _AuthHeader = None) -> dict[str, Any]:
+            whose = _memory_tenant(self._principal(authorization), tenant)
+            return {"tenant": whose, "deleted": await self._memory().delete_tenant(whose)}
+
+        @app.post("/v1/memory/rebuild")
+        async def memory_rebuild(authorization: _AuthHeader = None) -> dict[str, Any]:
+            _admin_only(self._principal(authorization), "rebuilding the memory")
+            return await self._memory().rebuild()
+
+        @app.get("/v1/memory/stats")
+        async def memory_stats(authorization: _AuthHeader = None) -> dict[str, Any]:
+            _admin_only(self._principal(authorization), "the memory's figures")
+            return await self._memory().stats()
 
     async def _stream(self, task_id: str, after: int, cut_after: int | None) -> AsyncIterator[dict[str, str]]:
         """The task's events after id ``after`` as they come; ends once the final state was sent (or
@@ -667,6 +756,27 @@ class FakeTaskApi:
             if not news and self.tasks[task_id].status.is_final:
                 return
             await asyncio.sleep(FAKE_POLL_S)
+
+
+def _memory_tenant(principal: Principal, tenant: str | None) -> str:
+    """Whose memory a fake request reads or changes (another tenant's: 403 unless an admin)."""
+    if tenant is not None and not principal.sees_tenant(tenant):
+        raise _Refused(403, f"this key sees the memory of tenant {principal.tenant!r} only", "forbidden")
+    return tenant or principal.tenant
+
+
+def _admin_only(principal: Principal, what: str) -> None:
+    if not principal.is_admin:
+        raise _Refused(403, f"{what} needs an admin key", "forbidden")
+
+
+def _fake_memory() -> Memory:
+    """The in-process memory of a :class:`FakeTaskApi` (imported here: it loads faiss)."""
+    from officeray.config import MemorySettings
+    from officeray.memory.service import Memory
+    from officeray.testing import HashingEncoder, InMemoryStore
+
+    return Memory(InMemoryStore(), HashingEncoder(), MemorySettings(), None)
 
 
 def _ns(moment: datetime) -> int:

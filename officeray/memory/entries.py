@@ -110,7 +110,7 @@ class MemoryEntry(BaseModel):
 class MemoryTenantState(NamedTuple):
     """What the store holds for one tenant: how many entries, the newest sequence number."""
 
-    count: int
+    entries: int
     max_seq: int
 
 

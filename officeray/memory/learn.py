@@ -132,7 +132,8 @@ def _leaves(value: Any) -> Iterator[Any]:
 
 
 def _normal(text: str) -> str:
-    return _SPACE.sub(" ", text).strip().casefold()
+    """Text as literals are looked for in it: case folded, without whitespace ("6*7" is "6 * 7")."""
+    return _SPACE.sub("", text).casefold()
 
 
 def _grounded(value: Any, text: str) -> bool:

@@ -283,7 +283,7 @@ class Memory:
         if len(ids):
             index.add(ids, vectors)
             self._unsaved[tenant] = self._unsaved.get(tenant, 0) + len(ids)
-        if len(index) != state.count:
+        if len(index) != state.entries:
             return False
         self._indexes[tenant] = index
         return True
@@ -309,7 +309,7 @@ class Memory:
             "rebuilt": True,
             "tenants": len(state),
             "entries": entries,
-            "stored": sum(s.count for s in state.values()),
+            "stored": sum(s.entries for s in state.values()),
             "encoder": self.model,
             "took_s": round(time.perf_counter() - started, 3),
         }

@@ -54,7 +54,7 @@ def memory_row(entry: MemoryEntry) -> dict[str, Any]:
     }
 
 
-def _entry(row: Mapping[str, Any]) -> MemoryEntry:
+def _entry(row: Mapping[Any, Any]) -> MemoryEntry:
     """The entry of a row: its JSON, with the columns over it (a row read without ``vector`` gives
     ``vector=None``)."""
     fields = json.loads(row["entry"])
@@ -73,7 +73,7 @@ def _entry(row: Mapping[str, Any]) -> MemoryEntry:
     return MemoryEntry.model_validate(fields)
 
 
-def _entries(rows: Iterable[Mapping[str, Any]]) -> list[MemoryEntry]:
+def _entries(rows: Iterable[Mapping[Any, Any]]) -> list[MemoryEntry]:
     """Entries in ``seq`` order (``RETURNING`` gives rows in no particular order)."""
     return sorted((_entry(row) for row in rows), key=lambda entry: entry.seq or 0)
 

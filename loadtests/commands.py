@@ -1,4 +1,4 @@
-"""The ``officeray`` commands of this package: ``loadtest`` and ``bench sandbox|overhead``.
+"""The ``officeray`` commands of this package: ``loadtest`` and ``bench sandbox|overhead|memory``.
 
 The CLI (:mod:`cluster.cli`) sits in an inner layer and never imports ``loadtests``; it finds these
 through the ``officeray.commands`` entry points of ``pyproject.toml``::
@@ -18,7 +18,7 @@ import argparse
 from typing import Any
 
 from cluster.cli import RUN_COMMAND
-from loadtests import bench_overhead, loadtest
+from loadtests import bench_memory, bench_overhead, loadtest
 from loadtests.bench_format import add_json_argument
 
 CONFIG_HELP = "YAML config file (default: $OFFICERAY_CONFIG)"
@@ -42,8 +42,8 @@ def _run_loadtest(args: argparse.Namespace) -> int:
 
 
 def add_bench(sub: Any) -> None:
-    """``officeray bench sandbox`` (:mod:`loadtests.bench_sandbox`) and ``officeray bench overhead``
-    (:mod:`loadtests.bench_overhead`)."""
+    """``officeray bench sandbox`` (:mod:`loadtests.bench_sandbox`), ``officeray bench overhead``
+    (:mod:`loadtests.bench_overhead`) and ``officeray bench memory`` (:mod:`loadtests.bench_memory`)."""
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bsb = bench_sub.add_parser(
@@ -61,6 +61,13 @@ def add_bench(sub: Any) -> None:
     )
     bench_overhead.add_arguments(bov)
     bov.set_defaults(**{RUN_COMMAND: _run_bench_overhead})
+    bme = bench_sub.add_parser(
+        "memory",
+        help="encoder throughput (batch 1 and 64), vector search latency, size and build time at 1k..100k "
+        "entries (flat against HNSW), and HNSW recall@10",
+    )
+    bench_memory.add_arguments(bme)
+    bme.set_defaults(**{RUN_COMMAND: _run_bench_memory})
 
 
 def _check_config(args: argparse.Namespace) -> None:
@@ -82,3 +89,7 @@ def _run_bench_sandbox(args: argparse.Namespace) -> int:
 def _run_bench_overhead(args: argparse.Namespace) -> int:
     _check_config(args)
     return bench_overhead.run_from_args(args)
+
+
+def _run_bench_memory(args: argparse.Namespace) -> int:
+    return bench_memory.run_from_args(args)

@@ -33,19 +33,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from cluster.cli_output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from officeray.config import EncoderSettings, Settings, load_settings, memory_index_dir
+from officeray.config import EncoderSettings, Settings, absolutize, load_settings, memory_index_dir
 from officeray.contracts import TaskRecord, TaskStatus
 from officeray.errors import ConfigError, StoreError
 from officeray.memory.entries import MAX_QUERY_CHARS, EncoderUnavailableError, MemoryEntry, vector_bytes
 from officeray.memory.learn import entry_from_record
-from officeray.memory.service import rebuild_index_files
+from officeray.memory.service import MemoryStore, rebuild_index_files
 from officeray.store.api import TaskCursor
 
 logger = logging.getLogger(__name__)
@@ -72,20 +72,17 @@ ENTRY_PAGE = 1_000
 """Memory entries read per page."""
 
 
-class EmbedStore(Protocol):
-    """The store methods the job uses (:class:`~officeray.store.api.TaskStore` has them)."""
+class EmbedStore(MemoryStore, Protocol):
+    """The store methods the job uses (:class:`~officeray.store.api.TaskStore` has them): the
+    memory's, and the task list."""
 
     async def list_tasks(
         self, status: TaskStatus | None = None, limit: int = ..., *, cursor: TaskCursor | None = None
     ) -> list[TaskRecord]: ...
 
-    async def add_memory_entry(self, entry: MemoryEntry) -> MemoryEntry: ...
 
-    async def memory_entries(
-        self, *, after_seq: int = 0, limit: int = ..., with_vectors: bool = True, missing_encoder: str | None = None
-    ) -> list[MemoryEntry]: ...
-
-    async def set_memory_vectors(self, vectors: Mapping[str, tuple[bytes, str]]) -> int: ...
+Embed = Callable[[list[dict[str, str]]], Iterator[tuple[Sequence[str], np.ndarray]]]
+"""Rows ``{"entry_id", "text"}`` in, ``(entry ids, vectors)`` batches out."""
 
 
 # -- the store side (no Ray) ----------------------------------------------------------------------
@@ -200,7 +197,11 @@ class Report:
         end = written.last_at if written.last_at is not None else started
         self.embed_s = round(end - started, 3)
         self.texts_per_s = round(written.embedded / self.embed_s, 1) if self.embed_s > 0 else 0.0
-        if written.first_at is not None and written.last_at is not None and written.last_at > written.first_at:
+        if (
+            written.first_at is not None
+            and written.last_at is not None
+            and written.last_at > written.first_at
+        ):
             steady = (written.embedded - written.first_batch) / (written.last_at - written.first_at)
             self.steady_texts_per_s = round(steady, 1)
 
@@ -254,11 +255,13 @@ def _next_from(iterator: Iterator[tuple[Sequence[str], np.ndarray]]) -> Callable
     return next_batch
 
 
-async def _rebuild(store: Any, settings: Settings, model: str, dim: int) -> dict[str, Any]:
+async def _rebuild(store: EmbedStore, settings: Settings, model: str, dim: int) -> dict[str, Any]:
     """Rebuild by the cluster's memory actor when it runs, else into the index files here."""
+    import ray
+
     from actors.memory import running_memory_actor
 
-    actor = running_memory_actor(settings)
+    actor = running_memory_actor(settings) if ray.is_initialized() else None
     if actor is not None:
         result: dict[str, Any] = await actor.rebuild.remote()
         return {"by": "memory actor", **result}
@@ -268,9 +271,18 @@ async def _rebuild(store: Any, settings: Settings, model: str, dim: int) -> dict
 
 
 async def run(
-    store: Any, settings: Settings, model: str, dim: int, *, batch_size: int, concurrency: int, everything: bool
+    store: EmbedStore,
+    settings: Settings,
+    model: str,
+    dim: int,
+    *,
+    batch_size: int,
+    concurrency: int,
+    everything: bool,
+    embed: Embed,
 ) -> Report:
-    """Backfill, embed with Ray Data (Ray initialised) and rebuild; the summary."""
+    """Backfill, embed what is missing with ``embed`` (the job's: :func:`embedded_batches`, once Ray
+    is up) and rebuild; the summary."""
     started = time.monotonic()
     report = Report(model, dim, batch_size, concurrency, everything)
     report.tasks, report.entries_added = await backfill(store)
@@ -282,9 +294,9 @@ async def run(
             file=sys.stderr,
             flush=True,
         )
-        batches = embedded_batches(rows, settings.memory.encoder, batch_size=batch_size, concurrency=concurrency)
         embed_started = time.monotonic()
-        report.add_rates(await write_vectors(store, _next_from(batches), model), embed_started)
+        batches = _next_from(embed(rows))
+        report.add_rates(await write_vectors(store, batches, model), embed_started)
     report.index = await _rebuild(store, settings, model, dim)
     report.elapsed_s = round(time.monotonic() - started, 3)
     return report
@@ -339,12 +351,20 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.memory.enabled:
         print("embed: error: memory.enabled is false: nothing to embed", file=sys.stderr)
         return EXIT_USAGE
-
-    from cluster.prepare import absolutize
-
     settings = absolutize(settings)
     config = settings.memory.encoder
     batch_size = args.batch_size or config.max_batch_size
+
+    # the batch job's rule (RAY_ADDRESS, else a cluster running on this machine, else a local
+    # instance); it keeps a local instance on loopback, so it runs before anything imports Ray
+    from cluster.jobs.batch import _address
+
+    address = _address(args.address)
+
+    import ray
+
+    from cluster.runtime import init_ray
+    from officeray.store import SqlStore
     from serving.encoder import SentenceTransformerEncoder
 
     try:  # here, before Ray starts: a model that cannot load fails the job at once
@@ -354,21 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     model, dim = probe.model, probe.dim
     del probe
-
-    from cluster.jobs.batch import _address  # the batch job's rule: RAY_ADDRESS, a local cluster, else local
-
-    address = _address(args.address)
-    from cluster.runtime import init_ray
-    from officeray.store import SqlStore
-
-    import ray
-
     try:
         store = SqlStore(settings.store.url)
     except StoreError as exc:
         print(f"embed: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    init_ray(settings, address)
+    if address != "local":  # joining a cluster: its memory actor, if it runs, rebuilds
+        init_ray(settings, address)
+
+    def embed(rows: list[dict[str, str]]) -> Iterator[tuple[Sequence[str], np.ndarray]]:
+        init_ray(settings, address)  # a local instance starts only when there is work for it
+        return embedded_batches(rows, config, batch_size=batch_size, concurrency=args.concurrency)
+
     try:
         report = asyncio.run(
             run(
@@ -379,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=batch_size,
                 concurrency=args.concurrency,
                 everything=args.everything,
+                embed=embed,
             )
         )
     except StoreError as exc:
@@ -386,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         store.close()
-        ray.shutdown()
+        ray.shutdown()  # leaves a cluster it joined running
     print(report.line(), flush=True)
     return EXIT_OK
 

@@ -205,7 +205,7 @@ class VectorIndex:
         ]
 
     def _hnsw_params(self, k: int) -> Any:
-        params = faiss.SearchParametersHNSW()
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # absent from faiss's stubs
         params.efSearch = max(self.ef_search, k)
         if self._tombstones:
             if self._selector is None:
@@ -296,7 +296,7 @@ class VectorIndex:
             raise ValueError("checksum mismatch")
         index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
         kind, dim = header["kind"], int(header["dim"])
-        expected = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat}.get(kind)
+        expected: type[Any] | None = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat}.get(kind)
         if expected is None or not isinstance(index, faiss.IndexIDMap2):
             raise ValueError(f"unexpected index type {type(index).__name__} ({kind})")
         inner = _inner(index)

@@ -131,24 +131,36 @@ def _leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
-def _normal(text: str) -> str:
-    """Text as literals are looked for in it: case folded, without whitespace ("6*7" is "6 * 7")."""
-    return _SPACE.sub("", text).casefold()
+_BEFORE = r"(?<![\w.\\-])(?<!\w/)"
+"""A literal does not start inside a word or a path ("main" is not in "domain", "app" not in
+"examples/app"; "./src" holds "src")."""
+
+_AFTER = r"(?![\w\\-])(?![/.]\w)"
+"""A literal does not stop inside a word or a path ("examples/app" is not in "examples/app/sub";
+a sentence's final period ends it)."""
+
+
+def _appears(literal: str, text: str) -> bool:
+    """Whether ``literal`` is in ``text`` as a whole (case and whitespace aside: "6*7" is "6 * 7";
+    "examples/app" is not in "examples/app/sub", nor "main" in "domain")."""
+    chars = [re.escape(c) for c in literal.casefold() if not c.isspace()]
+    if not chars:
+        return True
+    pattern = _BEFORE + r"\s*".join(chars) + _AFTER
+    return re.search(pattern, text.casefold()) is not None
 
 
 def _grounded(value: Any, text: str) -> bool:
-    """Whether a literal input appears in the (normalised) task text."""
+    """Whether a literal input appears in the task text."""
     if value is None or isinstance(value, bool):
         return True  # flags carry no words of the task
     if isinstance(value, int | float):
         forms = {str(value)}
         if isinstance(value, float) and value.is_integer():
             forms.add(str(int(value)))
-        return any(form in text for form in forms)
-    literal = _normal(str(value))
-    if not literal:
-        return True
-    return literal in text or literal.strip("./") in text
+        return any(_appears(form, text) for form in forms)
+    literal = str(value).strip()
+    return _appears(literal, text) or _appears(literal.removeprefix("./").rstrip("/"), text)
 
 
 def reusable_plan(successes: list[MemoryHit], description: str, threshold: float) -> MemoryHit | None:
@@ -158,7 +170,7 @@ def reusable_plan(successes: list[MemoryHit], description: str, threshold: float
     plan (paths, names, numbers, expressions, code) appears in the new task's text: a paraphrase of
     "Compute 6 * 7" reuses its plan, "Compute 6 * 8" does not, however similar the sentences are.
     """
-    text = _normal(description)
+    text = description
     for hit in successes:
         if hit.score < threshold or not hit.plan or not hit.plan.get("steps"):
             continue

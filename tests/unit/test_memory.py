@@ -242,6 +242,35 @@ def test_a_plan_is_reused_only_when_its_inputs_appear_in_the_new_task(descriptio
     assert (found is not None) is reused
 
 
+CALLS_PLAN = make_plan(
+    "t-calls",
+    [
+        {
+            "step_id": "s1",
+            "action": "code_analyzer",
+            "inputs": {"folder": "examples/sample_project", "start_func": "main", "end_func": "process_data"},
+        }
+    ],
+).model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("description", "reused"),
+    [
+        ("Trace the call path from main to process_data in examples/sample_project", True),
+        ("Trace the call path from main to process_data in examples/sample_project.", True),
+        ("Trace the call path from main to process_data in ./examples/sample_project/", True),
+        ("Trace the call path from main to process_data in examples/sample_project/app", False),
+        ("Trace the call path from main to process_data in my_examples/sample_project", False),
+        ("Trace the call path from domain to process_data in examples/sample_project", False),
+        ("Trace the call path from main to process_data_v2 in examples/sample_project", False),
+    ],
+)
+def test_a_path_or_name_must_appear_whole_for_a_plan_to_be_reused(description: str, reused: bool) -> None:
+    success = hit("t-calls", 0.95).model_copy(update={"plan": CALLS_PLAN})
+    assert (reusable_plan([success], description, threshold=0.9) is not None) is reused
+
+
 def test_a_plan_below_the_reuse_threshold_is_not_reused() -> None:
     assert reusable_plan([hit("t-1", 0.9)], "Please compute 6 * 7", threshold=0.93) is None
 

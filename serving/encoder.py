@@ -100,7 +100,9 @@ def _load(settings: EncoderSettings) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar on stderr per load
         return SentenceTransformer(
             source, device=settings.device, local_files_only=not settings.allow_download
         )

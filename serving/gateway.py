@@ -1300,6 +1300,8 @@ class Gateway:
     # -- memory (MEMORY) --
 
     def _memory(self) -> MemoryService:
+        """The memory port; 503 (``memory_off``) without one. Called once the request's own checks
+        (key, role, tenant, task) passed, so a bad request answers as it would with a memory."""
         if self.memory is None:
             raise memory_off()
         return self.memory
@@ -1319,10 +1321,10 @@ class Gateway:
     ) -> dict[str, Any]:
         """The remembered task attempts of the caller's tenant (an admin: ``?tenant=``'s) nearest
         to ``q``, best first (a tenant never sees another's entries)."""
-        memory = self._memory()
         whose = memory_tenant(tenant, principal)
         require(principal, Action.READ, whose)
-        hits = await memory_answer(memory.search(whose, search_query(q), k, outcome=outcome))
+        query = search_query(q)
+        hits = await memory_answer(self._memory().search(whose, query, k, outcome=outcome))
         return {"query": q, "tenant": whose, "hits": [hit.model_dump(mode="json") for hit in hits]}
 
     # Forgetting is the strongest feedback: whoever may rate a tenant's tasks may make the memory
@@ -1332,20 +1334,18 @@ class Gateway:
     async def memory_delete_entry(self, entry_id: str, principal: Caller) -> dict[str, Any]:
         """Forget one entry of the caller's tenant (an admin: of any tenant); 404
         (``memory_entry_not_found``) for an unknown entry or another tenant's (the same answer)."""
-        memory = self._memory()
         require(principal, Action.FEEDBACK, principal.tenant)
         only = None if principal.is_admin else principal.tenant
-        if not await memory_answer(memory.delete_entry(entry_id, only)):
+        if not await memory_answer(self._memory().delete_entry(entry_id, only)):
             raise ApiError(404, f"memory entry {entry_id!r} not found", "memory_entry_not_found")
         return {"entry_id": entry_id, "deleted": 1}
 
     @app.delete("/v1/tasks/{task_id}/memory")
     async def memory_delete_task(self, task_id: str, principal: Caller) -> dict[str, Any]:
         """Forget a task's entries (a task the caller sees, as for ``GET /v1/tasks/{task_id}``)."""
-        memory = self._memory()
         record = await self._record(task_id, principal)
         require(principal, Action.FEEDBACK, record.tenant)
-        deleted = await memory_answer(memory.delete_task(record.task_id, record.tenant))
+        deleted = await memory_answer(self._memory().delete_task(record.task_id, record.tenant))
         return {"task_id": record.task_id, "deleted": deleted}
 
     @app.delete("/v1/memory")
@@ -1355,27 +1355,24 @@ class Gateway:
         tenant: Annotated[str, Query(pattern=TENANT_PATTERN, description="Whose memory to forget.")],
     ) -> dict[str, Any]:
         """Forget every entry of ``?tenant=`` (required: the caller's own tenant; an admin: any)."""
-        memory = self._memory()
         if not principal.sees_tenant(tenant):
             raise forbidden(f"this key forgets the memory of tenant {principal.tenant!r} only")
         require(principal, Action.FEEDBACK, tenant)
-        deleted = await memory_answer(memory.delete_tenant(tenant))
+        deleted = await memory_answer(self._memory().delete_tenant(tenant))
         return {"tenant": tenant, "deleted": deleted}
 
     @app.post("/v1/memory/rebuild")
     async def memory_rebuild(self, principal: Caller) -> dict[str, Any]:
         """Admin only: rebuild every tenant's index from the store (embedding what has no vector of
         the encoder); answers the rebuild report."""
-        memory = self._memory()
         require_admin(principal, "rebuilding the memory")
-        return await memory_answer(memory.rebuild())
+        return await memory_answer(self._memory().rebuild())
 
     @app.get("/v1/memory/stats")
     async def memory_stats(self, principal: Caller) -> dict[str, Any]:
         """Admin only: whether the memory is on, its encoder and each tenant's index."""
-        memory = self._memory()
         require_admin(principal, "the memory's figures")
-        return await memory_answer(memory.stats())
+        return await memory_answer(self._memory().stats())
 
     # -- end memory (MEMORY) --
 

@@ -223,7 +223,10 @@ def test_rebuild_and_stats_need_an_admin_key(
     assert _officeray(url, "memory", "stats", "--json", key=FAKE_ADMIN_KEY) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["on"] is True and stats["encoder"] == "hashing"
-    assert {tenant: index["entries"] for tenant, index in stats["tenants"].items()} == {"acme": 1, "globex": 1}
+    assert {tenant: index["entries"] for tenant, index in stats["tenants"].items()} == {
+        "acme": 1,
+        "globex": 1,
+    }
 
 
 # -- errors ---------------------------------------------------------------------------------------------
@@ -251,9 +254,7 @@ def test_bad_usage_is_exit_2_before_any_call(
     assert not [path for _method, path in api.requests if "memory" in path]
 
 
-def test_the_server_refuses_a_bad_k_with_422_and_its_code(
-    start: Callable[..., Server], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_server_refuses_a_bad_k_with_422_and_its_code(start: Callable[..., Server]) -> None:
     """What a client that skips the command's own checks gets (the command's check is the same)."""
     import httpx
 
@@ -278,7 +279,9 @@ def test_a_server_without_memory_answers_memory_off(
     assert _officeray(url, "feedback", calc, "--rating", "-1") == 0  # feedback works without a memory
 
 
-def test_api_key_is_another_name_for_key(start: Callable[..., Server], capsys: pytest.CaptureFixture[str]) -> None:
+def test_api_key_is_another_name_for_key(
+    start: Callable[..., Server], capsys: pytest.CaptureFixture[str]
+) -> None:
     _api, url = start()
     calc = _task(url, CALC, capsys)
     assert cli.main(["memory", "search", CALC, "--json", "--address", url, "--api-key", FAKE_USER_KEY]) == 0

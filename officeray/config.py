@@ -463,11 +463,12 @@ class ServeSettings(_Section):
     ai_tool: DeploymentSettings = Field(default_factory=DeploymentSettings)
     encoder: DeploymentSettings = Field(
         default_factory=lambda: DeploymentSettings(
-            num_cpus=0.5,
             autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=2, target_ongoing_requests=32),
         )
     )
-    """The memory's encoder (``memory.encoder``): one replica on one CPU at rest, a second under load."""
+    """The memory's encoder (``memory.encoder``): one replica at rest, a second under load. Its
+    ``num_cpus`` is Ray's logical share (0.1, as the other deployments, so a small machine keeps its
+    CPUs for the tool runners); give it 1 where encoding is heavy."""
     orchestrator_num_cpus: float = Field(default=0.1, ge=0)
 
 

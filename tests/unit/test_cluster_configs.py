@@ -16,6 +16,7 @@ from ray.serve.schema import ServeDeploySchema
 from officeray.config import VllmTierConfig, load_settings
 from officeray.errors import ConfigError
 from serving.app import app_builder
+from serving.encoder import EncoderDeployment
 from serving.gateway import Gateway
 from serving.models import AiToolDeployment, PlannerDeployment, ReviewerDeployment
 from serving.tiers.vllm_tier import VLLM_APP_NAME, VLLM_ROUTE_PREFIX, llm_config_dict
@@ -45,7 +46,8 @@ def test_serve_config_import_path_and_deployment_names_resolve() -> None:
     app = _apps()["officeray"]
     module, _, attr = app["import_path"].partition(":")
     assert getattr(importlib.import_module(module), attr) is app_builder
-    names = {d.name for d in (Gateway, PlannerDeployment, ReviewerDeployment, AiToolDeployment)}
+    deployments = (Gateway, PlannerDeployment, ReviewerDeployment, AiToolDeployment, EncoderDeployment)
+    names = {d.name for d in deployments}
     assert {d["name"] for d in app["deployments"]} == names
 
 

@@ -501,7 +501,7 @@ class MemorySettings(_Section):
     """A tenant's index is exact (flat inner product) up to this many entries, HNSW past it."""
     hnsw_m: int = Field(default=32, ge=4, le=128)
     hnsw_ef_construction: int = Field(default=80, ge=8, le=1024)
-    hnsw_ef_search: int = Field(default=64, ge=8, le=4096)
+    hnsw_ef_search: int = Field(default=128, ge=8, le=4096)
     k_successes: int = Field(default=3, ge=0, le=20)
     """Similar successful tasks shown to the planner."""
     k_failures: int = Field(default=3, ge=0, le=20)

@@ -56,6 +56,8 @@ ALL_TABLES = {
     "webhook_outbox",
     "webhook_attempts",
     "tenant_daily_usage",
+    "spans",
+    "memory_entries",
     "schema_migrations",
 }
 

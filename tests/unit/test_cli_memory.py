@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,34 +14,14 @@ import pytest
 from cluster import cli
 from officeray.contracts import TaskStatus
 from officeray.memory.entries import MAX_QUERY_CHARS, MAX_SEARCH_K
-from serving.testing import FAKE_ADMIN_KEY, FAKE_OTHER_USER_KEY, FAKE_USER_KEY, FakeTaskApi, serve_in_thread
-
-Server = tuple[FakeTaskApi, str]
+from serving.testing import FAKE_ADMIN_KEY, FAKE_OTHER_USER_KEY, FAKE_USER_KEY
+from tests.unit.conftest import Server
 
 CALC = "Compute 6 * 7 with the math calculator"
 TRACE = "Trace the call sequence from main to process_data in examples/sample_project"
 
 
-@pytest.fixture
-def start() -> Iterator[Callable[..., Server]]:
-    blocks: list[Any] = []
-
-    def _start(**kwargs: Any) -> Server:
-        api = FakeTaskApi(**kwargs)
-        block = serve_in_thread(api.app)
-        blocks.append(block)
-        return api, block.__enter__()
-
-    yield _start
-    for block in reversed(blocks):
-        block.__exit__(None, None, None)
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("OFFICERAY_API_KEY", raising=False)
-    monkeypatch.delenv("OFFICERAY_ADDRESS", raising=False)
-    monkeypatch.setenv("OFFICERAY_AUTH__ADMIN_KEY_FILE", str(tmp_path / "absent" / "admin.key"))
+pytestmark = pytest.mark.usefixtures("no_ambient_key")  # every test here names its own key and address
 
 
 def _officeray(url: str, *args: str, key: str = FAKE_USER_KEY) -> int:

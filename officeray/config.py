@@ -518,7 +518,7 @@ class MemorySettings(_Section):
     promotion_per_rating: float = Field(default=0.05, ge=0, le=0.5)
     """Score added to an entry per net positive rating (up to ``max_promotion``)."""
     max_promotion: float = Field(default=0.15, ge=0, le=1)
-    exclude_at_rating: int = Field(default=-1, le=0)
+    exclude_at_rating: int = Field(default=-1, lt=0)
     """An entry whose ratings sum to this or less is no longer retrieved."""
     persist_every: int = Field(default=32, ge=1)
     """Entries added between two writes of a tenant's index file."""
@@ -737,8 +737,8 @@ def absolutize(settings: Settings, base: Path | None = None) -> Settings:
     base = (base or Path.cwd()).resolve()
     url = sa.make_url(settings.store.url)
     overrides: dict[str, Any] = {"workspace_root": str((base / settings.workspace_root).resolve())}
-    if settings.memory.index_dir is not None:
-        overrides["memory.index_dir"] = str((base / settings.memory.index_dir).resolve())
+    # the memory's index folder, given or default, made absolute (a worker's cwd is another)
+    overrides["memory.index_dir"] = str((base / memory_index_dir(settings)).resolve())
     if settings.telemetry.trace_file is not None:
         overrides["telemetry.trace_file"] = str((base / settings.telemetry.trace_file).resolve())
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":

@@ -257,7 +257,8 @@ class Workflow:
             return await self._remembered(await run.end_cancelled())
         except Exception as exc:
             logger.exception("task %s crashed", task_id)
-            return await run.finish(TaskStatus.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+            ended = await run.finish(TaskStatus.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+            return await self._remembered(ended)
         finally:
             if self._runs.get(task_id) is run:
                 del self._runs[task_id]
@@ -707,6 +708,8 @@ class _TaskRun:
                 span.set_status(Status(StatusCode.ERROR, "plan rejected"))
         if reasons:
             self.log("plan rejected: " + "; ".join(reasons), "warning")
+        if not reasons:
+            await self._recall()  # a submitted or resumed plan is checked against past failures too
         warnings = [] if reasons else self._failure_warnings(plan)
         await self.persist("validated", valid=not reasons, reasons=reasons, warnings=warnings)
         return reasons

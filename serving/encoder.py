@@ -245,6 +245,11 @@ class EncoderDeployment:
         :meth:`encode`, not by restarts)."""
 
 
+ENCODE_CALL_TIMEOUT_S = 60.0
+"""Longest wait for the encoder deployment's answer (a replica that cannot be placed never answers:
+the memory turns off for a while instead of waiting)."""
+
+
 class ServeEncoder:
     """The :class:`~officeray.memory.entries.Encoder` port over the encoder deployment's handle.
 
@@ -257,7 +262,9 @@ class ServeEncoder:
 
     async def encode(self, texts: Sequence[str]) -> Encoded:
         try:
-            reply: EncoderReply = await call_with_backpressure(self.handle.encode, list(texts))
+            reply: EncoderReply = await asyncio.wait_for(
+                call_with_backpressure(self.handle.encode, list(texts)), ENCODE_CALL_TIMEOUT_S
+            )
         except ModelUnavailableError as exc:
             raise EncoderUnavailableError(f"the encoder is unavailable: {exc}") from None
         except Exception as exc:

@@ -1068,16 +1068,25 @@ def require_admin(principal: Principal, what: str) -> None:
         raise forbidden(f"{what} needs an admin key")
 
 
-async def memory_answer(call: Awaitable[_Answer]) -> _Answer:
+MEMORY_ROUTE_TIMEOUT_S = 30.0
+"""Longest wait for the memory in a request (a search, a delete, a rating); past it: 503
+``memory_unavailable`` (a rebuild takes longer: ``POST /v1/memory/rebuild`` waits for it)."""
+
+
+MEMORY_REBUILD_ROUTE_TIMEOUT_S = 600.0
+"""Longest wait for ``POST /v1/memory/rebuild`` (every tenant's index, embedding what has no vector)."""
+
+
+async def memory_answer(call: Awaitable[_Answer], timeout_s: float = MEMORY_ROUTE_TIMEOUT_S) -> _Answer:
     """What the memory answered. A memory that fails (its actor is restarting, its encoder is gone)
     answers 503 ``memory_unavailable`` with ``Retry-After`` (logged), never a 500; an unavailable
     store keeps its own answer (503 ``store_unavailable``)."""
     try:
-        return await call
+        return await asyncio.wait_for(call, timeout_s)
     except (StoreUnavailableError, StarletteHTTPException):
         raise
     except Exception as exc:
-        logger.warning("the memory did not answer: %s", _first_line(exc))
+        logger.warning("the memory did not answer: %s", _first_line(exc) or type(exc).__name__)
         raise ApiError(
             503,
             f"the memory did not answer, nothing was changed; retry in {MEMORY_RETRY_AFTER_S}s "
@@ -1285,7 +1294,7 @@ class Gateway:
         if self.memory is None or rating == 0:
             return
         try:
-            await self.memory.feedback(task_id, rating)
+            await asyncio.wait_for(self.memory.feedback(task_id, rating), MEMORY_ROUTE_TIMEOUT_S)
         except Exception as exc:
             logger.warning(
                 "task %s: the memory did not take rating %d: %s", task_id, rating, _first_line(exc)
@@ -1366,7 +1375,7 @@ class Gateway:
         """Admin only: rebuild every tenant's index from the store (embedding what has no vector of
         the encoder); answers the rebuild report."""
         require_admin(principal, "rebuilding the memory")
-        return await memory_answer(self._memory().rebuild())
+        return await memory_answer(self._memory().rebuild(), MEMORY_REBUILD_ROUTE_TIMEOUT_S)
 
     @app.get("/v1/memory/stats")
     async def memory_stats(self, principal: Caller) -> dict[str, Any]:

@@ -9,6 +9,7 @@ how close a new plan is to a recorded failure's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ from officeray.contracts import (
     StepStatus,
     TaskRecord,
     TaskStatus,
-    new_id,
     utcnow,
 )
 from officeray.memory.entries import MAX_LESSON_CHARS, MAX_STEP_ERROR_CHARS, MemoryEntry
@@ -49,9 +49,17 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def whitespace_tokens(text: str) -> int:
-    """Tokens as the memory's budgets count them (whitespace-separated words)."""
-    return len(text.split())
+CHARS_PER_TOKEN = 4
+"""Characters a model token holds on average (English text and JSON)."""
+
+MAX_PROMPT_DESCRIPTION_CHARS = 300
+"""Longest past task's text shown to a planner (longer ones are cut)."""
+
+
+def prompt_tokens(text: str) -> int:
+    """Tokens as the memory's prompt budget counts them: the words, or the characters over
+    :data:`CHARS_PER_TOKEN` where that is more (compact JSON has few spaces)."""
+    return max(len(text.split()), -(-len(text) // CHARS_PER_TOKEN))
 
 
 def entry_from_record(record: TaskRecord, now: datetime | None = None) -> MemoryEntry | None:
@@ -72,7 +80,7 @@ def entry_from_record(record: TaskRecord, now: datetime | None = None) -> Memory
     finished = record.finished_at or record.updated_at
     at = now or utcnow()
     return MemoryEntry(
-        entry_id=new_id("mem"),
+        entry_id=entry_id_of(record),
         task_id=record.task_id,
         tenant=record.tenant,
         description=record.description,
@@ -87,6 +95,18 @@ def entry_from_record(record: TaskRecord, now: datetime | None = None) -> Memory
         created_at=at,
         updated_at=at,
     )
+
+
+ENTRY_ID_DIGITS = 20
+"""Hex digits of an entry id's hash."""
+
+
+def entry_id_of(record: TaskRecord) -> str:
+    """One id per finished attempt (the task, and when it finished): recording it twice (a retried
+    write, the embed job beside a live orchestrator) stores it once."""
+    finished = record.finished_at or record.updated_at
+    digest = hashlib.blake2b(f"{record.task_id}|{finished.isoformat()}".encode(), digest_size=16)
+    return f"mem-{digest.hexdigest()[:ENTRY_ID_DIGITS]}"
 
 
 def lesson_of(record: TaskRecord, outcome: MemoryOutcome, failed: list[FailedStep]) -> str:
@@ -163,19 +183,34 @@ def _grounded(value: Any, text: str) -> bool:
     return _appears(literal, text) or _appears(literal.removeprefix("./").rstrip("/"), text)
 
 
+_LITERAL = re.compile(r"\"[^\"]+\"|'[^']+'|[\w.-]*[\d/_][\w./-]*|\w+\.\w+")
+"""What a task's text names that a plan must carry as an input: numbers, paths, names with ``_``,
+quoted text ("and add 1", "to out_2.txt" ask for more than a plan without them does)."""
+
+
+def _named(text: str) -> list[str]:
+    """The literals ``text`` names (:data:`_LITERAL`), without quotes, ``./`` or a final period."""
+    return [m.strip("\"'").rstrip(".,;:/").removeprefix("./") for m in _LITERAL.findall(text)]
+
+
 def reusable_plan(successes: list[MemoryHit], description: str, threshold: float) -> MemoryHit | None:
     """The remembered success whose plan may be run again for ``description``, if any.
 
-    A success qualifies when its similarity reaches ``threshold`` *and* every literal input of its
-    plan (paths, names, numbers, expressions, code) appears in the new task's text: a paraphrase of
-    "Compute 6 * 7" reuses its plan, "Compute 6 * 8" does not, however similar the sentences are.
+    A success qualifies when its similarity reaches ``threshold``, every literal input of its plan
+    (paths, names, numbers, expressions, code) appears in the new task's text, and every number,
+    path, ``_`` name or quoted text of the new task appears among the plan's inputs: a paraphrase of
+    "Compute 6 * 7" reuses its plan; "Compute 6 * 8" and "Compute 6 * 7 and add 1" do not, however
+    similar the sentences are.
     """
     text = description
     for hit in successes:
         if hit.score < threshold or not hit.plan or not hit.plan.get("steps"):
             continue
-        steps = hit.plan["steps"]
-        if all(_grounded(leaf, text) for step in steps for leaf in _leaves(step.get("inputs", {}))):
+        leaves = [leaf for step in hit.plan["steps"] for leaf in _leaves(step.get("inputs", {}))]
+        inputs = " ".join(str(leaf) for leaf in leaves if leaf is not None and not isinstance(leaf, bool))
+        if all(_grounded(leaf, text) for leaf in leaves) and all(
+            _appears(literal, inputs) for literal in _named(text)
+        ):
             return hit
     return None
 
@@ -237,17 +272,18 @@ def memory_prompt(recall: Recall | None, budget_tokens: int) -> str:
         for hit in recall.successes:
             plan = _compact_plan(hit.plan)
             lines.append(
-                f'- "{_clip(hit.description, 300)}" (similarity {hit.score:.2f})'
+                f'- "{_clip(hit.description, MAX_PROMPT_DESCRIPTION_CHARS)}" (similarity {hit.score:.2f})'
                 + (f": {plan}" if plan else "")
             )
     if recall.failures:
         lines.append("Similar tasks that failed before (avoid repeating these mistakes):")
         for hit in recall.failures:
-            lines.append(f'- "{_clip(hit.description, 300)}" (similarity {hit.score:.2f}): {hit.lesson}')
+            text = _clip(hit.description, MAX_PROMPT_DESCRIPTION_CHARS)
+            lines.append(f'- "{text}" (similarity {hit.score:.2f}): {hit.lesson}')
     kept: list[str] = []
     used = 0
     for line in lines:
-        cost = whitespace_tokens(line)
+        cost = prompt_tokens(line)
         if used + cost > budget_tokens:
             if line.startswith("- "):
                 continue  # a shorter line further on may still fit

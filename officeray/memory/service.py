@@ -31,6 +31,7 @@ import numpy as np
 
 from officeray.config import MemorySettings
 from officeray.contracts import MemoryHit, MemoryOutcome, Recall, TaskRecord, utcnow
+from officeray.feedback import TaskFeedback
 from officeray.memory.entries import (
     MAX_QUERY_CHARS,
     MAX_SEARCH_K,
@@ -56,6 +57,19 @@ MIN_FETCH = 32
 REBUILD_PAGE = 2_000
 """Entries read from the store per page while rebuilding, and texts encoded per call."""
 
+PROBE_TEXT = "officeray"
+"""What :meth:`Memory.start` encodes to learn the encoder's model and dimension."""
+
+ENCODER_RETRY_S = 30.0
+"""After the encoder failed, the memory stays off this long, then tries it again (a replica that
+restarted, backpressure); one warning per time it turns off."""
+
+TENANT_FILE_DIGITS = 24
+"""Hex digits of the tenant's hash in its index file's name."""
+
+SCORE_DIGITS = 4
+"""Decimals of the scores in hits."""
+
 MANIFEST = "manifest.json"
 """The index folder's description: the encoder and dimension its vectors come from."""
 
@@ -79,6 +93,8 @@ class MemoryStore(Protocol):
 
     async def task_memory(self, task_id: str) -> list[MemoryEntry]: ...
 
+    async def feedback(self, task_id: str) -> list[TaskFeedback]: ...
+
     async def rate_memory(self, task_id: str, delta: int) -> list[MemoryEntry]: ...
 
     async def set_memory_vectors(self, vectors: Any) -> int: ...
@@ -92,7 +108,7 @@ class MemoryStore(Protocol):
 
 def tenant_file(index_dir: Path, tenant: str) -> Path:
     """The index file of ``tenant`` (named by a hash: tenant names are not file names)."""
-    return index_dir / f"{hashlib.sha256(tenant.encode()).hexdigest()[:24]}.faiss"
+    return index_dir / f"{hashlib.sha256(tenant.encode()).hexdigest()[:TENANT_FILE_DIGITS]}.faiss"
 
 
 class Memory:
@@ -106,6 +122,7 @@ class Memory:
         index_dir: Path | None,
         *,
         now: Callable[[], datetime] = utcnow,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -113,6 +130,9 @@ class Memory:
         self.index_dir = index_dir
         """None: the indexes live only in memory (rebuilt from the store at each start)."""
         self._now = now
+        self._clock = clock
+        """Monotonic seconds: when a failed encoder is tried again (:data:`ENCODER_RETRY_S`)."""
+        self._off_since = 0.0
         self._indexes: dict[str, VectorIndex] = {}
         self._unsaved: dict[str, int] = {}
         self.model: str | None = None
@@ -127,13 +147,17 @@ class Memory:
         """Learn the encoder, then load or rebuild each tenant's index (once; later calls wait)."""
         if self._started is None:
             self._started = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._started)
+        try:
+            await asyncio.shield(self._started)
+        except Exception:
+            self._started = None  # the store did not answer: the next call starts again
+            raise
 
     async def _start(self) -> None:
         if not self.settings.enabled:
             self.off_reason = "memory.enabled is false"
             return
-        probe = await self._encode(["officeray"])
+        probe = await self._encode([PROBE_TEXT])
         if probe is None:
             return
         self.model, self.dim = probe.model, int(probe.vectors.shape[1])
@@ -150,12 +174,27 @@ class Memory:
     def on(self) -> bool:
         return self.off_reason is None and self.model is not None
 
+    def _retry_due(self) -> bool:
+        return self.settings.enabled and self._clock() - self._off_since >= ENCODER_RETRY_S
+
+    async def _ensure_on(self) -> bool:
+        """Started, and on; a memory whose encoder failed tries it again once :data:`ENCODER_RETRY_S`
+        passed (the whole start again when the encoder never answered)."""
+        await self.start()
+        if self.model is None and self._retry_due():
+            self._started = None
+            await self.start()
+        return self.model is not None and (self.off_reason is None or self._retry_due())
+
     def _turn_off(self, reason: str) -> None:
         if self.off_reason is None:
             logger.warning("memory is off: %s (tasks still run, planned without it)", reason)
         self.off_reason = reason
+        self._off_since = self._clock()
 
     async def _encode(self, texts: Sequence[str]) -> Encoded | None:
+        if self.off_reason is not None and not self._retry_due():
+            return None
         try:
             encoded = await self.encoder.encode([t[:MAX_QUERY_CHARS] for t in texts])
         except EncoderUnavailableError as exc:
@@ -164,6 +203,9 @@ class Memory:
         if self.model is not None and encoded.model != self.model:
             self._turn_off(f"the encoder changed from {self.model} to {encoded.model}; run a rebuild")
             return None
+        if self.off_reason is not None:
+            logger.warning("memory is on again (the encoder answers)")
+            self.off_reason = None
         return encoded
 
     # -- files ----------------------------------------------------------------------------------
@@ -268,7 +310,13 @@ class Memory:
 
     async def _rebuild_tenant(self, tenant: str) -> int:
         index = self._new_index()
-        ids, vectors = await self._vectors(await self._entries(tenant))
+        entries = await self._entries(tenant)
+        ids, vectors = await self._vectors(entries)
+        # entries remembered while this one embedded: added too, before the new index is swapped in
+        last = max((e.seq or 0 for e in entries), default=0)
+        newer_ids, newer_vectors = await self._vectors(await self._entries(tenant, after_seq=last))
+        if len(newer_ids):
+            ids, vectors = np.concatenate([ids, newer_ids]), np.concatenate([vectors, newer_vectors])
         if len(ids):
             index.add(ids, vectors)
         self._indexes[tenant] = index
@@ -292,12 +340,14 @@ class Memory:
         """Rebuild every tenant's index from the store, embedding what has no vector of this encoder."""
         await self.start()
         started = time.perf_counter()
-        if self.model is None:
-            probe = await self._encode(["officeray"])
-            if probe is None:
-                return {"rebuilt": False, "reason": self.off_reason}
-            self.model, self.dim = probe.model, int(probe.vectors.shape[1])
-            self.off_reason = None
+        try:  # the encoder as it is now (its model may have changed: adopt it)
+            probe = await self.encoder.encode([PROBE_TEXT])
+        except EncoderUnavailableError as exc:
+            self._turn_off(str(exc))
+            return {"rebuilt": False, "reason": self.off_reason}
+        if self.off_reason is not None:
+            logger.warning("memory is on again (rebuilt with %s)", probe.model)
+        self.model, self.dim, self.off_reason = probe.model, int(probe.vectors.shape[1]), None
         state = await self.store.memory_state()
         self._indexes = {t: i for t, i in self._indexes.items() if t in state}
         entries = 0
@@ -321,11 +371,13 @@ class Memory:
         for an encoder that is off)."""
         if not self.settings.enabled:
             return None
-        await self.start()
+        on = await self._ensure_on()
         entry = entry_from_record(record, self._now())
         if entry is None:
             return None
-        encoded = await self._encode([entry.description]) if self.on else None
+        # feedback given before this entry existed counts too
+        entry.rating = sum(f.rating for f in await self.store.feedback(record.task_id))
+        encoded = await self._encode([entry.description]) if on else None
         if encoded is not None:
             entry.vector, entry.encoder = vector_bytes(encoded.vectors[0]), encoded.model
         stored = await self.store.add_memory_entry(entry)
@@ -363,9 +415,7 @@ class Memory:
 
     async def delete_task(self, task_id: str, tenant: str | None = None) -> int:
         """Forget a task's entries (none when ``tenant`` is given and the task is another's)."""
-        if tenant is not None and any(e.tenant != tenant for e in await self.store.task_memory(task_id)):
-            return 0
-        deleted = await self.store.delete_memory(task_id=task_id)
+        deleted = await self.store.delete_memory(task_id=task_id, tenant=tenant)
         await self._forget(deleted)
         return len(deleted)
 
@@ -376,19 +426,19 @@ class Memory:
         self._unsaved.pop(tenant, None)
         if self.index_dir is not None:
             tenant_file(self.index_dir, tenant).unlink(missing_ok=True)
-            tenant_file(self.index_dir, tenant).with_suffix(".json").unlink(missing_ok=True)
         return len(deleted)
 
     # -- reading --------------------------------------------------------------------------------
 
     def _rank(self, score: float, rating: int) -> float:
+        """``score`` moved by the net rating: up to ``max_promotion`` either way (a negative rating
+        above ``exclude_at_rating`` demotes)."""
         s = self.settings
-        return score + min(s.max_promotion, s.promotion_per_rating * max(rating, 0))
+        return score + max(-s.max_promotion, min(s.max_promotion, s.promotion_per_rating * rating))
 
     async def _neighbours(self, tenant: str, text: str, fetch: int) -> tuple[list[MemoryHit], int] | None:
         """Hits of ``tenant`` near ``text`` (excluded entries left out), by rank; None when off."""
-        await self.start()
-        if not self.on:
+        if not await self._ensure_on():
             return None
         index = self._indexes.get(tenant)
         if index is None or not len(index):
@@ -404,8 +454,8 @@ class Memory:
                 entry_id=e.entry_id,
                 task_id=e.task_id,
                 outcome=e.outcome,
-                score=round(float(scores[e.seq]), 4),
-                rank_score=round(self._rank(float(scores[e.seq]), e.rating), 4),
+                score=round(float(scores[e.seq]), SCORE_DIGITS),
+                rank_score=round(self._rank(float(scores[e.seq]), e.rating), SCORE_DIGITS),
                 description=e.description,
                 lesson=e.lesson,
                 rating=e.rating,
@@ -480,7 +530,7 @@ class StoredVectors:
         self.model, self.dim = model, dim
 
     async def encode(self, texts: Sequence[str]) -> Encoded:
-        if texts == ["officeray"]:  # the probe of Memory.start: the model's name and dimension
+        if list(texts) == [PROBE_TEXT]:  # the probe of Memory.start: the model's name and dimension
             return Encoded(np.zeros((1, self.dim), dtype=np.float32), self.model)
         raise EncoderUnavailableError("rebuilding from stored vectors only; run the embed job for the rest")
 

@@ -114,13 +114,18 @@ async def test_recall_finds_the_similar_success_and_failure_above_unrelated_ones
 
 
 async def test_a_tenant_never_retrieves_another_tenants_entries(tmp_path: Path) -> None:
-    mem = memory(InMemoryStore(), tmp_path)
+    store = InMemoryStore()
+    mem = memory(store, tmp_path, min_score=0.0)
     await mem.remember(record("a-1", "Compute 6 * 7", tenant="a"))
+    await mem.remember(record("b-1", "Compute 6 * 7 for tenant b", tenant="b"))
+    await mem.remember(record("c-1", "List the files in src", tenant="c"))
 
-    assert await mem.search("b", "Compute 6 * 7", k=5) == []
-    recall = await mem.recall("b", "Compute 6 * 7")
-    assert recall is not None and recall.hits == []
-    assert [h.task_id for h in await mem.search("a", "Compute 6 * 7", k=5)] == ["a-1"]
+    for restarted in (mem, memory(store, tmp_path)):  # and after a restart, from the files
+        assert [h.task_id for h in await restarted.search("b", "Compute 6 * 7", k=50)] == ["b-1"]
+        recall = await restarted.recall("b", "Compute 6 * 7")
+        assert recall is not None and [h.task_id for h in recall.hits] == ["b-1"]
+        assert [h.task_id for h in await restarted.search("a", "Compute 6 * 7", k=50)] == ["a-1"]
+        restarted.persist()
 
 
 async def test_negative_feedback_hides_an_entry_and_positive_feedback_promotes_one(tmp_path: Path) -> None:
@@ -137,6 +142,49 @@ async def test_negative_feedback_hides_an_entry_and_positive_feedback_promotes_o
     assert await mem.feedback("t-1", -1) == 1
     after = await mem.search("default", "Compute 6 * 7 for me", k=2)
     assert [h.task_id for h in after] == ["t-2"]
+
+
+async def test_feedback_given_before_the_task_was_remembered_counts(tmp_path: Path) -> None:
+    from officeray.feedback import TaskFeedback
+
+    store = InMemoryStore()
+    mem = memory(store, tmp_path)
+    await store.add_feedback(TaskFeedback(task_id="t-1", tenant="default", rating=-1))
+
+    entry = await mem.remember(record("t-1", "Compute 6 * 7"))
+
+    assert entry is not None and entry.rating == -1
+    assert await mem.search("default", "Compute 6 * 7", k=5) == []
+
+
+async def test_remembering_the_same_attempt_twice_stores_it_once(tmp_path: Path) -> None:
+    store = InMemoryStore()
+    mem = memory(store, tmp_path)
+    done = record("t-1", "Compute 6 * 7")
+    first = await mem.remember(done)
+    again = await mem.remember(done)
+
+    assert first is not None and again is not None and first.entry_id == again.entry_id
+    assert len(await store.task_memory("t-1")) == 1
+    assert len(await mem.search("default", "Compute 6 * 7", k=5)) == 1
+
+
+async def test_a_failed_encoder_is_tried_again_after_a_while(tmp_path: Path) -> None:
+    from officeray.memory.service import ENCODER_RETRY_S
+
+    now = [0.0]
+    encoder = HashingEncoder(fail="replica restarting")
+    mem = Memory(InMemoryStore(), encoder, MemorySettings(), tmp_path, clock=lambda: now[0])
+    assert await mem.recall("default", "Compute 6 * 7") is None
+    encoder.fail = None
+    assert await mem.recall("default", "Compute 6 * 7") is None  # still within the wait
+    assert encoder.calls == 0
+
+    now[0] += ENCODER_RETRY_S
+    recall = await mem.recall("default", "Compute 6 * 7")
+    assert recall is not None and mem.on
+    await mem.remember(record("t-1", "Compute 6 * 7"))
+    assert [h.task_id for h in await mem.search("default", "Compute 6 * 7", k=1)] == ["t-1"]
 
 
 async def test_deleting_an_entry_a_task_and_a_tenant(tmp_path: Path) -> None:
@@ -235,6 +283,8 @@ def hit(task_id: str, score: float, expression: str = "6 * 7", outcome: str = "c
         ("COMPUTE   6 * 7 now", True),
         ("Compute 6 * 8", False),  # as similar a sentence, another input: never reused
         ("What is six times seven?", False),  # the literal input is not in the text
+        ("Please compute 6 * 7 and add 1", False),  # the task asks for more than the plan does
+        ("Compute 6 * 7 and write it to out_2.txt", False),
     ],
 )
 def test_a_plan_is_reused_only_when_its_inputs_appear_in_the_new_task(description: str, reused: bool) -> None:
@@ -284,7 +334,7 @@ def test_the_planner_prompt_keeps_whole_lines_within_its_budget() -> None:
     full = memory_prompt(recall, 1_000)
     assert "succeeded" in full and "math_calculator" in full
     assert "failed" in full and "division by zero" in full
-    small = memory_prompt(recall, 25)
+    small = memory_prompt(recall, 55)  # JSON counts a token per 4 characters
     assert "succeeded" in small and "division by zero" not in small  # the examples come first
     assert memory_prompt(recall, 3) == ""
     assert memory_prompt(None, 1_000) == ""

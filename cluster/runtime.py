@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 
+SPAN_FLUSH_WAIT_S = 1.2
+"""How long a local stack waits before it shuts down: every process's span batches (written every
+0.5 s to the trace file, every ``telemetry.trace_store.flush_interval_s`` (1 s) to the trace store)
+go out first; ``ray.shutdown`` kills the processes without flushing them."""
+
 READY_TIMEOUT_S = 180.0
 """How long start-up may take (Ray, Serve, warm sandboxes) before it is reported as failed."""
 
@@ -175,4 +180,6 @@ class LocalStack:
     def __exit__(self, *exc: object) -> None:
         # A local instance goes away whole with ray.shutdown(); on a cluster the app, the
         # orchestrator and its runners stay up for the next job.
+        if self.address == "local":
+            time.sleep(SPAN_FLUSH_WAIT_S)  # the last spans of every process reach the trace file/store
         ray.shutdown()

@@ -512,6 +512,9 @@ def bench_settings(
         "sandbox.spares": 0,
         "models.planner": _embedded_chain(planner_s),
         "models.reviewer": _embedded_chain(reviewer_s),
+        # the bench's tasks repeat: with the memory, near-duplicates would skip the simulated planner
+        # and the latencies would no longer be against the critical path the bench computes
+        "memory.enabled": False,
     }
     # the bench's tasks are the default tenant's: no tenant cap below the level either
     overrides["tenants"] = {

@@ -463,12 +463,13 @@ class ServeSettings(_Section):
     ai_tool: DeploymentSettings = Field(default_factory=DeploymentSettings)
     encoder: DeploymentSettings = Field(
         default_factory=lambda: DeploymentSettings(
+            num_cpus=0.0,
             autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=2, target_ongoing_requests=32),
         )
     )
-    """The memory's encoder (``memory.encoder``): one replica at rest, a second under load. Its
-    ``num_cpus`` is Ray's logical share (0.1, as the other deployments, so a small machine keeps its
-    CPUs for the tool runners); give it 1 where encoding is heavy."""
+    """The memory's encoder (``memory.encoder``): one replica at rest, a second under load. It asks
+    Ray for no CPU by default, so that on a small machine (2 CPUs) it never keeps a tool runner or a
+    batch job's task from being placed; the cluster files give it 1 CPU."""
     orchestrator_num_cpus: float = Field(default=0.1, ge=0)
 
 

@@ -23,6 +23,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env["OFFICERAY_TELEMETRY__TRACE_FILE"] = str(tmp_path / "traces.jsonl")
     env["OFFICERAY_RUNNERS__COUNT"] = "2"
     env["OFFICERAY_AUTH__ADMIN_KEY_FILE"] = str(tmp_path / "admin.key")
+    # these are the CLI's tests; the memory (its encoder costs a cold start ~8 s on 2 CPUs) has its own
+    env["OFFICERAY_MEMORY__ENABLED"] = "false"
     return env
 
 

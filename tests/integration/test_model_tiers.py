@@ -149,7 +149,9 @@ def test_tokens_are_summed_per_task_and_per_tenant(stack: LocalStack, api: httpx
 
 
 def test_a_task_over_its_token_budget_stops_with_the_reason(stack: LocalStack) -> None:
-    (record,) = stack.run([TaskRequest(description="Compute 1 + 1", token_budget=5)])
+    # a tenant of its own: nothing remembered to plan from, so the planner spends tokens
+    tenant = f"budget-{uuid.uuid4().hex[:8]}"
+    (record,) = stack.run([TaskRequest(description="Compute 1 + 1", token_budget=5, tenant=tenant)])
     assert record.status == TaskStatus.FAILED
     assert "token budget exceeded" in (record.error or "") and record.steps == []
 

@@ -23,6 +23,8 @@ from serving.testing import RoutedPlanner, ScriptedTier, chain
 from serving.tiers.embedded_tier import EmbeddedTier
 from tests.unit.test_memory import CATALOG, approve, calculate, fail_review, record, run, workflow
 
+pytestmark = pytest.mark.slow  # torch and the model load in seconds: left out of the fast subset
+
 CALL_SEQUENCE = "Trace the call sequence from main to process_data in examples/sample_project"
 
 

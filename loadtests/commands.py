@@ -18,7 +18,7 @@ import argparse
 from typing import Any
 
 from cluster.cli import RUN_COMMAND
-from loadtests import bench_memory, bench_overhead, loadtest
+from loadtests import bench_memory, bench_overhead, bench_reuse, loadtest
 from loadtests.bench_format import add_json_argument
 
 CONFIG_HELP = "YAML config file (default: $OFFICERAY_CONFIG)"
@@ -68,6 +68,12 @@ def add_bench(sub: Any) -> None:
     )
     bench_memory.add_arguments(bme)
     bme.set_defaults(**{RUN_COMMAND: _run_bench_memory})
+    bre = bench_sub.add_parser(
+        "reuse",
+        help="planning and task latency of a new task against its near-duplicate (planned from memory)",
+    )
+    bench_reuse.add_arguments(bre)
+    bre.set_defaults(**{RUN_COMMAND: _run_bench_reuse})
 
 
 def _check_config(args: argparse.Namespace) -> None:
@@ -93,3 +99,8 @@ def _run_bench_overhead(args: argparse.Namespace) -> int:
 
 def _run_bench_memory(args: argparse.Namespace) -> int:
     return bench_memory.run_from_args(args)
+
+
+def _run_bench_reuse(args: argparse.Namespace) -> int:
+    _check_config(args)
+    return bench_reuse.run_from_args(args)

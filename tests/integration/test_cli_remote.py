@@ -37,6 +37,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env["OFFICERAY_RUNNERS__COUNT"] = "2"
     # what is tested is the client's path to a running server, not the sandbox: no Docker needed
     env["OFFICERAY_SANDBOX__BACKEND"] = "local"
+    env["OFFICERAY_MEMORY__ENABLED"] = "false"  # nor the memory (its own tests; ~8 s of cold start)
     env["OFFICERAY_AUTH__ADMIN_KEY_FILE"] = str(tmp_path / "state" / "admin.key")
     env.pop("OFFICERAY_API_KEY", None)
     env.pop("OFFICERAY_ADDRESS", None)

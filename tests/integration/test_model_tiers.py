@@ -38,6 +38,7 @@ def test_planner_falls_back_past_a_failing_endpoint_and_an_openai_plan_drives_th
                     "store": {"url": f"sqlite:///{tmp_path}/o.db"},
                     "telemetry": {"trace_file": str(tmp_path / "traces.jsonl")},
                     "runners": {"count": 1},
+                    "memory": {"enabled": False},  # the model tiers are tested here; the memory has its own
                     "models": {
                         "planner": [
                             {
@@ -202,6 +203,7 @@ def test_a_model_answering_plans_in_the_published_schema_drives_a_task(tmp_path:
                     "store": {"url": f"sqlite:///{tmp_path}/o.db"},
                     "telemetry": {"trace_file": str(tmp_path / "traces.jsonl")},
                     "runners": {"count": 1},
+                    "memory": {"enabled": False},  # the model tiers are tested here; the memory has its own
                     "models": {
                         "planner": [{"tier": "openai", "model": "fake-model", "base_url": model.base_url}]
                     },

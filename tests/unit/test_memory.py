@@ -367,6 +367,13 @@ def calculate(inputs: dict[str, Any]) -> dict[str, Any]:
     return {"value": evaluate(inputs["expression"], dict(inputs.get("variables", {})))["value"]}
 
 
+def calculate_or_fail(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The calculator, failing a division by zero as bad input (what a failure's lesson says)."""
+    if inputs["expression"] == "6 / 0":
+        raise ToolFailed(ErrorType.BAD_INPUT, "division by zero")
+    return calculate(inputs)
+
+
 def approve(request: ReviewRequest) -> Review:
     return Review(verdict=ReviewVerdict.APPROVED, final_output=request.results[-1].output)
 
@@ -423,11 +430,6 @@ async def test_a_failures_lesson_reaches_the_next_similar_tasks_planner_prompt(t
     good = make_plan("x", [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "6 / 2"}}])
     llm = ScriptedTier("openai", "scripted-llm", [bad.model_dump(mode="json"), good.model_dump(mode="json")])
     mem = memory(InMemoryStore(), tmp_path, min_score=0.2)
-
-    def calculate_or_fail(inputs: dict[str, Any]) -> dict[str, Any]:
-        if inputs["expression"] == "6 / 0":
-            raise ToolFailed(ErrorType.BAD_INPUT, "division by zero")
-        return calculate(inputs)
 
     wf, _ = workflow(
         RoutedPlanner(chain(llm), CATALOG),

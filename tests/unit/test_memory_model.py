@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from officeray.config import EmbeddedTierConfig, EncoderSettings, MemorySettings
-from officeray.contracts import ErrorType, TaskStatus
+from officeray.contracts import TaskStatus
 from officeray.memory.service import Memory, tenant_file
-from officeray.testing import InMemoryStore, ToolFailed, make_plan
+from officeray.testing import InMemoryStore, make_plan
 from serving.encoder import SentenceTransformerEncoder
 from serving.testing import RoutedPlanner, ScriptedTier, chain
 from serving.tiers.embedded_tier import EmbeddedTier
-from tests.unit.test_memory import CATALOG, approve, calculate, fail_review, record, run, workflow
+from tests.unit.test_memory import CATALOG, approve, calculate_or_fail, fail_review, record, run, workflow
 
 pytestmark = pytest.mark.slow  # torch and the model load in seconds: left out of the fast subset
 
@@ -106,11 +105,6 @@ async def test_a_failures_lesson_reaches_the_next_similar_tasks_llm_prompt(
     bad = make_plan("x", [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "6 / 0"}}])
     good = make_plan("x", [{"step_id": "s1", "action": "math_calculator", "inputs": {"expression": "6 / 3"}}])
     llm = ScriptedTier("openai", "scripted-llm", [bad.model_dump(mode="json"), good.model_dump(mode="json")])
-
-    def calculate_or_fail(inputs: dict[str, Any]) -> dict[str, Any]:
-        if inputs["expression"] == "6 / 0":
-            raise ToolFailed(ErrorType.BAD_INPUT, "division by zero")
-        return calculate(inputs)
 
     wf, _ = workflow(
         RoutedPlanner(chain(llm), CATALOG),

@@ -80,10 +80,11 @@ class TraceCollector:
         return {"written": self.written, "pruned": self.pruned}
 
 
-def collector_handle(settings: Settings) -> Any:
-    """The cluster's trace collector (its handle), created (detached) on first use."""
-    actor_cls = ray.remote(TraceCollector).options(
-        name=COLLECTOR_NAME,
+def detached_on_head(cls: type, name: str, settings: Settings, max_concurrency: int, *args: Any) -> Any:
+    """The cluster's one ``name`` actor of ``cls`` (its handle), created on first use with ``args``:
+    detached, restarted when it dies, asking for no CPU, on the head node."""
+    actor_cls: Any = ray.remote(cls).options(
+        name=name,
         namespace=settings.ray_namespace,
         get_if_exists=True,
         lifetime="detached",
@@ -91,13 +92,18 @@ def collector_handle(settings: Settings) -> Any:
         # on the head node: a detached actor on a worker node would keep that node from ever being
         # idle, so the autoscaler could not remove it
         resources={HEAD_NODE_RESOURCE: HEAD_NODE_SHARE},
-        max_concurrency=COLLECTOR_MAX_CONCURRENCY,
+        max_concurrency=max_concurrency,
         max_restarts=-1,
     )
     try:
-        return actor_cls.remote(settings)
+        return actor_cls.remote(*args)
     except ValueError:  # another process created it between the lookup and the creation
-        return ray.get_actor(COLLECTOR_NAME, namespace=settings.ray_namespace)
+        return ray.get_actor(name, namespace=settings.ray_namespace)
+
+
+def collector_handle(settings: Settings) -> Any:
+    """The cluster's trace collector (its handle), created (detached) on first use."""
+    return detached_on_head(TraceCollector, COLLECTOR_NAME, settings, COLLECTOR_MAX_CONCURRENCY, settings)
 
 
 class CollectorSink:

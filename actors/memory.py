@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from actors.collector import HEAD_NODE_RESOURCE, HEAD_NODE_SHARE
+from actors.collector import detached_on_head
 from officeray.config import Settings, memory_index_dir
 from officeray.contracts import MemoryHit, MemoryOutcome, Recall, TaskRecord
 from officeray.memory.entries import Encoder, MemoryEntry
@@ -67,18 +67,11 @@ class MemoryActor:
 
 
 def memory_actor(settings: Settings, encoder: Encoder) -> Any:
-    """The cluster's memory actor (its handle), created (detached) on first use."""
-    actor_cls = ray.remote(MemoryActor).options(
-        name=MEMORY_ACTOR_NAME,
-        namespace=settings.ray_namespace,
-        get_if_exists=True,
-        lifetime="detached",
-        num_cpus=0,
-        resources={HEAD_NODE_RESOURCE: HEAD_NODE_SHARE},
-        max_concurrency=MEMORY_ACTOR_MAX_CONCURRENCY,
-        max_restarts=-1,  # a restarted memory reloads its files and catches up from the store
+    """The cluster's memory actor (its handle), created (detached) on first use; a restarted one
+    reloads its files and catches up from the store."""
+    return detached_on_head(
+        MemoryActor, MEMORY_ACTOR_NAME, settings, MEMORY_ACTOR_MAX_CONCURRENCY, settings, encoder
     )
-    return actor_cls.remote(settings, encoder)
 
 
 def running_memory_actor(settings: Settings) -> Any | None:

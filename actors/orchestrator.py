@@ -62,6 +62,7 @@ from officeray.errors import (
     TaskFinalError,
     TaskNotFoundError,
 )
+from officeray.memory.entries import MemoryService
 from officeray.metrics import NO_METRICS, Metrics, task_latency_s
 from officeray.quotas import dlq_retry_problem, shard_tenant_cap
 from officeray.scheduling import FairScheduler
@@ -185,6 +186,7 @@ class Orchestrator:
             tracer=tracer_for(settings, "webhooks", instance=str(shard)),
         )
         self.approvals = StoreApprovals(self.store)
+        self.memory: MemoryService | None = ports.memory
         needs_review = set(settings.workflow.approvals.required_risk_levels)
         self.workflow = Workflow(
             planner=ports.planner,
@@ -201,7 +203,7 @@ class Orchestrator:
             calls_model=lambda action: action in tools and tools[action].calls_model,
             approvals=self.approvals,
             redaction=settings.telemetry.redaction,
-            memory=ports.memory,
+            memory=self.memory,
             memory_settings=settings.memory,
             owner=self.owner,  # every transition is written only while this life holds the task
         )
@@ -239,11 +241,10 @@ class Orchestrator:
     async def _warm_memory(self) -> None:
         """Start the memory (its actor, the encoder's first answer, the index files) before the first
         task needs it; a memory that cannot start is logged by the memory, and tasks run without."""
-        memory = self.workflow.memory
-        if memory is None:
+        if self.memory is None:
             return
         try:
-            await asyncio.wait_for(memory.stats(), MEMORY_WARM_TIMEOUT_S)  # type: ignore[attr-defined]
+            await asyncio.wait_for(self.memory.stats(), MEMORY_WARM_TIMEOUT_S)
         except Exception as exc:
             logger.warning("the memory did not start: %s: %s", type(exc).__name__, exc)
 

@@ -35,18 +35,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from cluster.cli_output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from officeray.config import EncoderSettings, Settings, absolutize, load_settings, memory_index_dir
-from officeray.contracts import TaskRecord, TaskStatus
 from officeray.errors import ConfigError, StoreError
 from officeray.memory.entries import MAX_QUERY_CHARS, EncoderUnavailableError, MemoryEntry, vector_bytes
 from officeray.memory.learn import entry_from_record
-from officeray.memory.service import MemoryStore, rebuild_index_files
-from officeray.store.api import TaskCursor
+from officeray.memory.service import rebuild_index_files
+from officeray.store.api import TaskCursor, TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +71,6 @@ ENTRY_PAGE = 1_000
 """Memory entries read per page."""
 
 
-class EmbedStore(MemoryStore, Protocol):
-    """The store methods the job uses (:class:`~officeray.store.api.TaskStore` has them): the
-    memory's, and the task list."""
-
-    async def list_tasks(
-        self, status: TaskStatus | None = None, limit: int = ..., *, cursor: TaskCursor | None = None
-    ) -> list[TaskRecord]: ...
-
-
 Embed = Callable[[list[dict[str, str]]], Iterator[tuple[Sequence[str], np.ndarray]]]
 """Rows ``{"entry_id", "text"}`` in, ``(entry ids, vectors)`` batches out."""
 
@@ -88,7 +78,7 @@ Embed = Callable[[list[dict[str, str]]], Iterator[tuple[Sequence[str], np.ndarra
 # -- the store side (no Ray) ----------------------------------------------------------------------
 
 
-async def _entries(store: EmbedStore, *, missing_encoder: str | None = None) -> list[MemoryEntry]:
+async def _entries(store: TaskStore, *, missing_encoder: str | None = None) -> list[MemoryEntry]:
     """Every entry, without vectors (only those lacking a vector of ``missing_encoder`` when given)."""
     entries: list[MemoryEntry] = []
     after = 0
@@ -102,7 +92,7 @@ async def _entries(store: EmbedStore, *, missing_encoder: str | None = None) -> 
         after = page[-1].seq
 
 
-async def backfill(store: EmbedStore) -> tuple[int, int]:
+async def backfill(store: TaskStore) -> tuple[int, int]:
     """Give every finished task without a memory entry one; ``(tasks seen, entries added)``."""
     remembered = {entry.task_id for entry in await _entries(store)}
     seen = added = 0
@@ -122,7 +112,7 @@ async def backfill(store: EmbedStore) -> tuple[int, int]:
         cursor = TaskCursor(page[-1].created_at, page[-1].task_id)
 
 
-async def pending(store: EmbedStore, model: str, *, everything: bool) -> list[dict[str, str]]:
+async def pending(store: TaskStore, model: str, *, everything: bool) -> list[dict[str, str]]:
     """The rows to embed, ``{"entry_id", "text"}``: entries without a vector of ``model`` (all of them
     when ``everything``). The text is what the memory itself embeds (the description, cut alike)."""
     entries = await _entries(store, missing_encoder=None if everything else model)
@@ -142,7 +132,7 @@ class Written:
 
 
 async def write_vectors(
-    store: EmbedStore,
+    store: TaskStore,
     batches: Callable[[], Awaitable[tuple[Sequence[str], np.ndarray] | None]],
     model: str,
     *,
@@ -255,7 +245,7 @@ def _next_from(iterator: Iterator[tuple[Sequence[str], np.ndarray]]) -> Callable
     return next_batch
 
 
-async def _rebuild(store: EmbedStore, settings: Settings, model: str, dim: int) -> dict[str, Any]:
+async def _rebuild(store: TaskStore, settings: Settings, model: str, dim: int) -> dict[str, Any]:
     """Rebuild by the cluster's memory actor when it runs, else into the index files here."""
     import ray
 
@@ -271,7 +261,7 @@ async def _rebuild(store: EmbedStore, settings: Settings, model: str, dim: int) 
 
 
 async def run(
-    store: EmbedStore,
+    store: TaskStore,
     settings: Settings,
     model: str,
     dim: int,

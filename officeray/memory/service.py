@@ -25,13 +25,12 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from officeray.config import MemorySettings
 from officeray.contracts import MemoryHit, MemoryOutcome, Recall, TaskRecord, utcnow
-from officeray.feedback import TaskFeedback
 from officeray.memory.entries import (
     MAX_QUERY_CHARS,
     MAX_SEARCH_K,
@@ -45,6 +44,7 @@ from officeray.memory.entries import (
 )
 from officeray.memory.index import VectorIndex
 from officeray.memory.learn import entry_from_record, reusable_plan
+from officeray.store.api import TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -74,38 +74,6 @@ MANIFEST = "manifest.json"
 """The index folder's description: the encoder and dimension its vectors come from."""
 
 
-class MemoryStore(Protocol):
-    """The store methods the memory uses (:class:`~officeray.store.api.TaskStore` has them)."""
-
-    async def add_memory_entry(self, entry: MemoryEntry) -> MemoryEntry: ...
-
-    async def memory_entries_by_seq(self, seqs: Sequence[int]) -> list[MemoryEntry]: ...
-
-    async def memory_entries(
-        self,
-        *,
-        tenant: str | None = None,
-        after_seq: int = 0,
-        limit: int = ...,
-        with_vectors: bool = True,
-        missing_encoder: str | None = None,
-    ) -> list[MemoryEntry]: ...
-
-    async def task_memory(self, task_id: str) -> list[MemoryEntry]: ...
-
-    async def feedback(self, task_id: str) -> list[TaskFeedback]: ...
-
-    async def rate_memory(self, task_id: str, delta: int) -> list[MemoryEntry]: ...
-
-    async def set_memory_vectors(self, vectors: Any) -> int: ...
-
-    async def delete_memory(
-        self, *, entry_id: str | None = None, task_id: str | None = None, tenant: str | None = None
-    ) -> list[MemoryEntry]: ...
-
-    async def memory_state(self) -> dict[str, MemoryTenantState]: ...
-
-
 def tenant_file(index_dir: Path, tenant: str) -> Path:
     """The index file of ``tenant`` (named by a hash: tenant names are not file names)."""
     return index_dir / f"{hashlib.sha256(tenant.encode()).hexdigest()[:TENANT_FILE_DIGITS]}.faiss"
@@ -116,19 +84,23 @@ class Memory:
 
     def __init__(
         self,
-        store: MemoryStore,
+        store: TaskStore,
         encoder: Encoder,
         settings: MemorySettings,
         index_dir: Path | None,
         *,
         now: Callable[[], datetime] = utcnow,
         clock: Callable[[], float] = time.monotonic,
+        embed_missing: bool = True,
     ) -> None:
         self.store = store
         self.encoder = encoder
         self.settings = settings
         self.index_dir = index_dir
         """None: the indexes live only in memory (rebuilt from the store at each start)."""
+        self.embed_missing = embed_missing
+        """False: entries without a vector of this encoder are left out of the indexes, not embedded
+        (:func:`rebuild_index_files`, in a process that has no model)."""
         self._now = now
         self._clock = clock
         """Monotonic seconds: when a failed encoder is tried again (:data:`ENCODER_RETRY_S`)."""
@@ -286,7 +258,7 @@ class Memory:
         """Ids and vectors of ``entries``, embedding (and storing) those without a vector of this
         encoder; entries that cannot be embedded now are left out."""
         missing = [e for e in entries if e.vector is None or e.encoder != self.model]
-        if getattr(self.encoder, "stored_only", False):
+        if not self.embed_missing:
             missing = []
         for start in range(0, len(missing), REBUILD_PAGE):
             chunk = missing[start : start + REBUILD_PAGE]
@@ -524,8 +496,6 @@ class StoredVectors:
     """An encoder that answers only with vectors already stored (the embed job wrote them): what
     :func:`rebuild_index_files` rebuilds with, in a process that has no model."""
 
-    stored_only = True
-
     def __init__(self, model: str, dim: int) -> None:
         self.model, self.dim = model, dim
 
@@ -536,9 +506,9 @@ class StoredVectors:
 
 
 async def rebuild_index_files(
-    store: MemoryStore, settings: MemorySettings, index_dir: Path, model: str, dim: int
+    store: TaskStore, settings: MemorySettings, index_dir: Path, model: str, dim: int
 ) -> dict[str, Any]:
     """Rebuild every tenant's index file from the vectors of ``model`` in the store (entries without
     one are left out), without loading a model."""
-    memory = Memory(store, StoredVectors(model, dim), settings, index_dir)
+    memory = Memory(store, StoredVectors(model, dim), settings, index_dir, embed_missing=False)
     return await memory.rebuild()

@@ -1,0 +1,1 @@
+"""A planner with sub-agents (see README.md): ``python -m examples.subagents.subagents``."""

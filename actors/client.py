@@ -37,7 +37,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from actors.orchestrator import ModelPorts, get_or_create_orchestrator, orchestrator_name, shard_of
 from officeray.config import Settings
-from officeray.contracts import ApprovalDecision, TaskRecord, TaskRequest
+from officeray.contracts import ApprovalDecision, ReviewDecision, ReviewDecisionKind, TaskRecord, TaskRequest
 from officeray.errors import OfficerayError, OrchestratorUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,37 @@ class OrchestratorClient:
             others = [s for s in range(self.shards) if s != shard]
             self._spawn(self._notify(others, task_id, stored.step_id))
         return stored
+
+    async def decide_review(
+        self, task_id: str, decision: ReviewDecisionKind, by: str, feedback: str = ""
+    ) -> ReviewDecision:
+        """Decide the escalated results ``task_id`` waits with, through the task's shard (which stores
+        the decision and wakes the task); the stored decision. When the task does not wait on that
+        shard, the other shards are told in the background (its poll of the store finds it anyway).
+
+        Raises :class:`~officeray.errors.TaskNotFoundError`,
+        :class:`~officeray.errors.ReviewConflictError` (not waiting, or decided already), ValueError.
+        """
+        shard = self.shard_of_task(task_id)
+        stored: ReviewDecision
+        woken: bool
+        stored, woken = await self._call(
+            shard,
+            "decide_review",
+            *(task_id, decision, by, feedback),
+            timeout_s=self.call_timeout_s,
+            idempotent=False,  # repeated after a death, a stored decision would answer "decided already"
+        )
+        if not woken and self.shards > 1:
+            others = [s for s in range(self.shards) if s != shard]
+            self._spawn(self._notify_review(others, task_id, stored.iteration))
+        return stored
+
+    async def _notify_review(self, shards: list[int], task_id: str, iteration: int) -> None:
+        results = await self._each(shards, "notify_review", task_id, iteration, timeout_s=self.call_timeout_s)
+        for shard, result in zip(shards, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("task %s: notify_review on shard %d failed: %s", task_id, shard, result)
 
     async def _notify(self, shards: list[int], task_id: str, key: str) -> None:
         results = await self._each(shards, "notify_approval", task_id, key, timeout_s=self.call_timeout_s)

@@ -52,6 +52,8 @@ class FakeToolRunner:
         """The steps running now, by ``(task_id, step_id)``."""
         self.interrupts: list[tuple[str, str]] = []
         """Every ``interrupt`` call, in order."""
+        self.contexts: list[Any] = []
+        """The ``context`` of every ``run`` call, in order."""
 
     async def ready(self) -> bool:
         if self.actors.fail_starts:
@@ -62,9 +64,11 @@ class FakeToolRunner:
         return self.pid_value
 
     async def run(
-        self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str]
+        self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str], context: Any = None
     ) -> StepOutcome:
+        """``context`` (a :class:`~actors.tool_runner.StepContext`) is kept in :attr:`contexts`."""
         self.steps.append(step.step_id)
+        self.contexts.append(context)
         work = asyncio.ensure_future(self._work(task_id, step, inputs))
         self.running[(task_id, step.step_id)] = work
         try:

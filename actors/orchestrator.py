@@ -18,7 +18,9 @@ imports :mod:`serving`); the store is its memory and its queue:
   the tenant's ``max_dlq_retries`` times);
 * a step that needs approval waits in the workflow (no runner held) for a decision in the store;
   ``decide_approval`` writes the decision and wakes it at once (``notify_approval`` wakes a step
-  that waits on another shard), and a poll catches decisions written elsewhere.
+  that waits on another shard), and a poll catches decisions written elsewhere;
+* results escalated to a person wait the same way (``decide_review``, ``notify_review``;
+  :mod:`officeray.review`).
 
 One orchestrator per cluster by default, found by name (:data:`ORCHESTRATOR_NAME`); more may run
 against the same store (leases keep each task on one of them). Callers talk to them only through
@@ -33,6 +35,7 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import ray
@@ -46,6 +49,8 @@ from officeray.contracts import (
     ApprovalDecision,
     LogLine,
     ModelUsage,
+    ReviewDecision,
+    ReviewDecisionKind,
     StepStatus,
     TaskRecord,
     TaskRequest,
@@ -62,9 +67,11 @@ from officeray.errors import (
     TaskFinalError,
     TaskNotFoundError,
 )
+from officeray.gatekeeper import RuleGatekeeper, UnattendedApprovals
 from officeray.memory.entries import MemoryService
 from officeray.metrics import NO_METRICS, Metrics, task_latency_s
 from officeray.quotas import dlq_retry_problem, shard_tenant_cap
+from officeray.review import StoreReviews, record_review_decision
 from officeray.scheduling import FairScheduler
 from officeray.store import SqlStore
 from officeray.tools.catalog import build_catalog
@@ -131,6 +138,66 @@ class StoreApprovals:
             self._events.pop(key, None)
 
 
+SUBTASK_POLL_S = 0.25
+"""How often a parent task re-reads the records of its running children in the store."""
+
+
+class ShardSubtasks:
+    """The workflow's Subtasks port on an orchestrator shard (:mod:`officeray.subtasks`): child
+    tasks are submitted through an :class:`actors.client.OrchestratorClient` (made on first use by
+    ``connect``), so each runs on the shard its id routes to; they are followed in the shared store,
+    cancelled and retried through their shard; and a parent gives back its task slot while it waits."""
+
+    def __init__(self, store: SqlStore, scheduler: FairScheduler, connect: Any) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self._connect = connect
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    async def start(self, request: TaskRequest) -> None:
+        await self.client().submit(request)  # by task id: an existing child is answered, not created
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        first = await self.store.get_task(task_id)
+        while first is not None and not first.status.is_final and loop.time() < deadline:
+            await asyncio.sleep(SUBTASK_POLL_S)
+            record = await self.store.get_task(task_id)
+            if record is not None and record.status != first.status:
+                return record
+        return first
+
+    async def cancel(self, task_id: str, by: str) -> None:
+        with contextlib.suppress(TaskFinalError, TaskNotFoundError):
+            await self.client().cancel(task_id, by)
+
+    async def retry(self, task_id: str) -> bool:
+        try:
+            await self.client().retry(task_id)
+        except TaskNotFoundError:
+            return False
+        return True
+
+    def idle(self, tenant: str, priority: int) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.scheduler.released(tenant, priority)
+
+    async def cancel_all(self, record: TaskRecord, by: str) -> None:
+        """Cancel the unfinished children of ``record`` (a parent cancelled while no run of it goes on
+        here: the run that resumes it ends it ``cancelled`` without waiting for them)."""
+        for view in record.subtasks:
+            if view.status not in ("completed", "failed", "cancelled", "pending"):
+                try:
+                    await self.cancel(view.task_id, by)
+                except Exception as exc:
+                    logger.warning("task %s: cancelling %s failed: %s", record.task_id, view.task_id, exc)
+
+
 MEMORY_WARM_TIMEOUT_S = 60.0
 """How long :meth:`Orchestrator.ready` waits for the memory to start (the encoder may still load)."""
 
@@ -151,6 +218,14 @@ class ModelPorts:
     memory: Any = None
     """The memory (:class:`actors.memory.MemoryClient`, an :class:`~officeray.memory.MemoryService`):
     recalled before planning, fed every finished task. None: no memory."""
+    decomposer: Any = None
+    """The workflow's Decomposer port (:mod:`officeray.subtasks`): the embedded rules in process
+    (:class:`~officeray.decompose.EmbeddedDecomposer`), or ``serving.models.ServeDecomposer`` when
+    ``models.decomposer`` names model tiers. None: tasks are never decomposed."""
+    gatekeeper: Any = None
+    """The workflow's Gatekeeper port when ``models.gatekeeper`` names model tiers
+    (``serving.models.ServeGatekeeper``: the rules, then the model). None: the rules alone, in the
+    orchestrator's process (:class:`~officeray.gatekeeper.RuleGatekeeper`, no Serve hop)."""
 
 
 class Orchestrator:
@@ -177,7 +252,9 @@ class Orchestrator:
         """Who holds this actor life's leases (shard name, process, a fresh id per restart)."""
         tools = build_catalog(settings)  # this process's catalog: built-ins + plugins
         self.store = SqlStore(settings.store.url)
-        self.pool = RunnerPool(settings, ports.ai_tool, catalog=tools, actors=runner_actors, metrics=metrics)
+        self.pool = RunnerPool(
+            settings, ports.ai_tool, catalog=tools, actors=runner_actors, metrics=metrics, store=self.store
+        )
         self._webhooks = WebhookDeliverer(
             self.store,
             settings.webhooks,
@@ -186,8 +263,10 @@ class Orchestrator:
             tracer=tracer_for(settings, "webhooks", instance=str(shard)),
         )
         self.approvals = StoreApprovals(self.store)
+        self.reviews = StoreReviews(self.store)
+        """Where tasks whose results were escalated to a person wait for the decision."""
         self.memory: MemoryService | None = ports.memory
-        needs_review = set(settings.workflow.approvals.required_risk_levels)
+        unattended = settings.workflow.approvals.unattended
         self.workflow = Workflow(
             planner=ports.planner,
             reviewer=ports.reviewer,
@@ -199,9 +278,14 @@ class Orchestrator:
             token_budget=settings.models.task_token_budget,
             tenant_limits=settings.tenant_limits,
             usage_on=self.store.tenant_usage_on,
-            needs_approval=lambda action: action in tools and tools[action].risk.value in needs_review,
+            gatekeeper=ports.gatekeeper or RuleGatekeeper({name: spec.risk for name, spec in tools.items()}),
             calls_model=lambda action: action in tools and tools[action].calls_model,
-            approvals=self.approvals,
+            # officeray run: nobody to ask, every step that needs approval is approved or rejected at once
+            approvals=(
+                self.approvals if unattended == "wait" else UnattendedApprovals(unattended == "approve")
+            ),
+            reviews=self.reviews,
+            decomposer=ports.decomposer,
             redaction=settings.telemetry.redaction,
             memory=self.memory,
             memory_settings=settings.memory,
@@ -217,6 +301,8 @@ class Orchestrator:
         """Task slots: ``workflow.max_concurrent_tasks`` in all, ``tenants.<name>.max_concurrent_tasks``
         per tenant (split between the shards: :func:`~officeray.quotas.shard_tenant_cap`), taken in
         turns by tenants with waiting tasks (which stay ``queued`` meanwhile)."""
+        self.workflow.subtasks = ShardSubtasks(self.store, self.scheduler, self._subtask_client)
+        """A decomposed task's children run on any shard; the parent holds no slot while it waits."""
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
         self._reserved: dict[str, asyncio.Future[None]] = {}
         self._retrying: set[str] = set()
@@ -276,6 +362,8 @@ class Orchestrator:
             ]
             if self.shard == 0 and self.metrics is not NO_METRICS:  # the cluster's backlogs, counted once
                 self._background.append(asyncio.ensure_future(self._report_backlogs()))
+            if self.shard == 0:  # expired task workspaces, deleted once for the cluster
+                self._background.append(asyncio.ensure_future(self._clean_workspaces()))
             # An orchestrator whose folders are not confined to workspace_root (``officeray run``, the
             # invoking user's own task) never picks up other tasks of the store: they may come from
             # API clients, whose folders must stay confined.
@@ -299,6 +387,23 @@ class Orchestrator:
                         running.cancel()
             except Exception:
                 logger.exception("could not renew the task leases")
+
+    async def clean_workspaces_once(self, now: datetime | None = None) -> int:
+        """Delete the workspaces of tasks finished more than ``workspace.retention_days`` before
+        ``now`` (default: the current time); how many files were deleted."""
+        cutoff = (now or utcnow()) - timedelta(days=self.settings.workspace.retention_days)
+        return await self.store.delete_expired_workspaces(cutoff)
+
+    async def _clean_workspaces(self) -> None:
+        """Shard 0, every ``workspace.cleanup_interval_s``: :meth:`clean_workspaces_once`."""
+        while True:
+            try:
+                deleted = await self.clean_workspaces_once()
+                if deleted:
+                    logger.info("deleted %d files of expired task workspaces", deleted)
+            except Exception as exc:
+                logger.warning("could not delete expired task workspaces: %s", exc)
+            await asyncio.sleep(self.settings.workspace.cleanup_interval_s)
 
     async def _report_backlogs(self) -> None:
         """Every ``metrics_poll_s``: the dead-letter queue's depth and the webhook backlog, counted in
@@ -373,6 +478,7 @@ class Orchestrator:
                 description=request.description,
                 tenant=request.tenant,
                 trace_parent=request.traceparent,
+                parent_id=request.parent_id,
             )
             record.logs.append(LogLine(message=f"accepted by {self.owner}"))
             # Lease and row in one transaction: another orchestrator's claim loop only sees the new
@@ -532,6 +638,25 @@ class Orchestrator:
         when one waited here)."""
         return self.approvals.notify(task_id, step_id)
 
+    async def decide_review(
+        self, task_id: str, decision: ReviewDecisionKind, by: str, feedback: str = ""
+    ) -> tuple[ReviewDecision, bool]:
+        """Decide the escalated results ``task_id`` waits with (:mod:`officeray.review`): the decision
+        is stored (the first one per round wins) and the task woken if it waits here. Returns the
+        stored decision and whether a task here was woken (if not, it may wait on another shard).
+
+        Raises :class:`TaskNotFoundError`, :class:`~officeray.errors.ReviewConflictError` (not waiting
+        for a review, or decided already), ValueError (an unknown decision, a revise without feedback).
+        """
+        self._ensure_started()
+        stored = await record_review_decision(self.store, task_id, decision, by, feedback)
+        return stored, self.reviews.notify(task_id, stored.iteration)
+
+    async def notify_review(self, task_id: str, iteration: int) -> bool:
+        """A review decision on round ``iteration`` of ``task_id`` was stored: wake the task waiting
+        for it here (True when it waited here)."""
+        return self.reviews.notify(task_id, iteration)
+
     # -- cancel (CANCEL) ---------------------------------------------------------------------------
 
     async def cancel(self, task_id: str, by: str) -> tuple[TaskRecord, bool]:
@@ -552,7 +677,10 @@ class Orchestrator:
         await self.store.append_event(
             task_id, CANCEL_REQUESTED_EVENT, {"by": by, "status": record.status.value}
         )
-        return record, await self.stop_run(task_id, by)
+        stopped = await self.stop_run(task_id, by)
+        if record.subtasks and not stopped:  # its run (which cancels its tree) goes on nowhere here
+            await self.workflow_subtasks().cancel_all(record, by)
+        return record, stopped
 
     async def stop_run(self, task_id: str, by: str) -> bool:
         """Stop the run of ``task_id`` on this shard, if any (True): a workflow going on is cancelled
@@ -584,6 +712,22 @@ class Orchestrator:
             raise
         finally:
             self._ending.discard(record.task_id)
+
+    def workflow_subtasks(self) -> ShardSubtasks:
+        """The workflow's Subtasks port of this shard."""
+        port = self.workflow.subtasks
+        assert isinstance(port, ShardSubtasks)
+        return port
+
+    def _subtask_client(self) -> Any:
+        """An :class:`actors.client.OrchestratorClient` of every shard, found by name (a parent's
+        children run on the shard their id routes to)."""
+        from actors.client import OrchestratorClient  # the client module imports this one
+
+        namespace = self.settings.ray_namespace
+        return OrchestratorClient(
+            lambda shard: ray.get_actor(orchestrator_name(shard), namespace=namespace), self.shards
+        )
 
     async def _cancel_requested_by(self, task_id: str) -> str | None:
         """Who asked to cancel ``task_id`` since its last (re)start from the dead-letter queue, if anyone."""

@@ -42,19 +42,29 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import RayActorError
 
 from actors.collector import tracer_for
-from officeray.config import RunnerAutoscaling, Settings
+from officeray.config import DEFAULT_TENANT, RiskPolicy, RunnerAutoscaling, Settings
 from officeray.contracts import ErrorType, PlanStep, StepError, StepOutcome, utcnow
+from officeray.errors import StoreError
 from officeray.event_schema import emit_event
+from officeray.gatekeeper import step_risk
 from officeray.metrics import NO_METRICS, Metrics, step_outcome
+from officeray.sandbox_policy import call_limits, capped_timeout, policy_for, policy_refusal
 from officeray.telemetry import extract_context
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.tools.spec import HostContext, ToolRuntime
+from officeray.workspaces import (
+    WorkspaceCaps,
+    WorkspaceChanges,
+    WorkspaceLimitError,
+    WorkspaceStore,
+)
 from tools_sandbox.backends import make_sandbox
 from tools_sandbox.executor import run_host_step, run_step
 from tools_sandbox.host_tools import CANCELLED_SERVICE
 from tools_sandbox.image import ensure_image, image_tag
 from tools_sandbox.recycling import TaskSandboxes
-from tools_sandbox.sandbox import Sandbox
+from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
+from tools_sandbox.workspace_sync import SandboxWorkspace
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +136,35 @@ def _forget_before(kept: dict[StepKey, float], oldest: float) -> None:
         del kept[next(iter(kept))]
 
 
+class StepContext(BaseModel):
+    """What a pool with a store sends with a sandbox step (see :meth:`ToolRunner.run`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workspace_id: str | None = None
+    """The task whose workspace the step sees (a subtask sees its root task's)."""
+    workspace: dict[str, bytes] | None = None
+    """The task workspace's files; None: no workspace sync."""
+    limits: dict[str, int] | None = None
+    """The call's limits (:func:`officeray.sandbox_policy.call_limits`)."""
+
+
+class StepRun(BaseModel):
+    """A :class:`ToolRunner`'s answer to a step sent with a :class:`StepContext`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: StepOutcome
+    changes: WorkspaceChanges | None = None
+    """What the step changed in the workspace (None: it failed, or there was no workspace)."""
+
+
+def workspace_caps(settings: Settings) -> WorkspaceCaps:
+    """The ``workspace`` settings' caps."""
+    ws = settings.workspace
+    return WorkspaceCaps(ws.max_task_bytes, ws.max_task_files, ws.max_tenant_bytes)
+
+
 def _cancelled(task_id: str, step: PlanStep) -> StepOutcome:
     return StepOutcome(
         error=StepError(
@@ -134,16 +173,24 @@ def _cancelled(task_id: str, step: PlanStep) -> StepOutcome:
     )
 
 
+AI_TOOL_CALL_TIMEOUT_S = 300.0
+"""Longest wait of a runner for the ai_tool deployment's answer (a step's own timeout is shorter
+when it is): past it the step fails with ``timeout``."""
+
+
 class AiToolService:
     """``ai_tool``'s answerer on a runner: the ai_tool deployment, called synchronously."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    def answer(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+    def answer(self, prompt: str, max_tokens: int, timeout_s: float | None = None) -> dict[str, Any]:
+        """The deployment's answer, waited for at most ``timeout_s`` (the step's timeout), capped by
+        :data:`AI_TOOL_CALL_TIMEOUT_S`; raises :class:`TimeoutError` past it."""
         from officeray.errors import ModelUnavailableError, PlanningError
 
-        reply = self.handle.answer.remote(prompt, max_tokens, None, {}).result()
+        wait_s = AI_TOOL_CALL_TIMEOUT_S if timeout_s is None else min(timeout_s, AI_TOOL_CALL_TIMEOUT_S)
+        reply = self.handle.answer.remote(prompt, max_tokens, None, {}).result(timeout_s=wait_s)
         if reply.text is None:
             if reply.error == "planning":
                 raise PlanningError(reply.message)
@@ -249,7 +296,9 @@ class HostToolRunner(_StepRunner):
     """Runs host-side tool steps, many at once (a threaded actor, ``runners.host_concurrency``).
 
     Each step's tool finds a :class:`threading.Event` under ``context.services[CANCELLED_SERVICE]``,
-    set by :meth:`interrupt` (``sleep`` waits on it; the other host tools end on their own timeouts)."""
+    set by :meth:`interrupt` or once the step's ``timeout_seconds`` passed (``sleep`` waits on it;
+    the other host tools end on their own timeouts, capped by the step's); a step past its timeout
+    fails with ``timeout`` (:func:`~tools_sandbox.executor.run_host_step`)."""
 
     def __init__(self, settings: Settings, ai_tool_handle: Any = None) -> None:
         super().__init__(settings, ai_tool_handle)
@@ -280,7 +329,8 @@ class HostToolRunner(_StepRunner):
             with self._lock:
                 self._cancels.pop(key, None)
                 self._early.ended(key)
-        return _cancelled(task_id, step) if cancelled.is_set() else outcome
+        timed_out = outcome.error is not None and outcome.error.type == ErrorType.TIMEOUT
+        return _cancelled(task_id, step) if cancelled.is_set() and not timed_out else outcome
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def interrupt(self, task_id: str, step_id: str) -> bool:
@@ -319,12 +369,84 @@ class ToolRunner(_StepRunner):
         self._early = EarlyInterrupts()
         self._sandbox: Sandbox | None = None
         """The sandbox the running step's call went to (what :meth:`interrupt` stops)."""
+        self.workspace_sync = SandboxWorkspace()
+        """What this runner's sandbox workspace holds, per task (:mod:`tools_sandbox.workspace_sync`)."""
+        self.workspace_caps = workspace_caps(settings)
+        self._context: StepContext | None = None
+        """The context of the step running now (see :meth:`run`)."""
+        self._changes: WorkspaceChanges | None = None
+        """What the step running now changed in the task workspace."""
 
     def ready(self) -> bool:
         return self.sandboxes.active.alive
 
     def pid(self) -> int:
         return os.getpid()
+
+    def run(  # type: ignore[override]
+        self,
+        task_id: str,
+        step: PlanStep,
+        inputs: dict[str, Any],
+        carrier: dict[str, str],
+        context: StepContext | None = None,
+    ) -> StepOutcome | StepRun:
+        """Run one step. With a ``context`` (from a pool with a store) the sandbox's workspace is
+        first made equal to ``context.workspace`` and the call runs under ``context.limits``; the
+        answer is then a :class:`StepRun` with what the step changed in the workspace."""
+        if context is None:
+            return super().run(task_id, step, inputs, carrier)
+        self._context, self._changes = context, None
+        try:
+            outcome = super().run(task_id, step, inputs, carrier)
+            return StepRun(outcome=outcome, changes=self._changes)
+        finally:
+            self._context, self._changes = None, None
+
+    def _run_in(self, sandbox: Sandbox, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
+        """The step in ``sandbox``: workspace sync, the call, the workspace's changes (see :meth:`run`)."""
+        context = self._context
+        if context is None or context.workspace is None:
+            limits = context.limits if context is not None else None
+            return self._call(sandbox, step, inputs, limits)
+        workspace_id = context.workspace_id or task_id
+        try:
+            before = self.workspace_sync.sync(sandbox, workspace_id, context.workspace)
+        except (SandboxError, ToolCallError, OSError) as exc:
+            return self._workspace_failure("cannot set up the task workspace", exc)
+        outcome = self._call(sandbox, step, inputs, context.limits)
+        if outcome.error is not None:
+            self.workspace_sync.forget()  # a failed step's changes are not kept; the sandbox may hold them
+            return outcome
+        try:
+            self._changes = self.workspace_sync.changes(sandbox, workspace_id, before, self.workspace_caps)
+        except WorkspaceLimitError as exc:
+            return StepOutcome(
+                output=outcome.output, error=StepError(type=ErrorType.OUTPUT_LIMIT, message=str(exc))
+            )
+        except (SandboxError, ToolCallError, OSError) as exc:
+            return self._workspace_failure("cannot read back the task workspace", exc)
+        return outcome
+
+    def _call(
+        self, sandbox: Sandbox, step: PlanStep, inputs: dict[str, Any], limits: dict[str, int] | None
+    ) -> StepOutcome:
+        return run_step(
+            sandbox,
+            step,
+            inputs,
+            self.workspace_root,
+            self.host_context,
+            workspace_confined=self.workspace_confined,
+            catalog=self.catalog,
+            limits=limits,
+        )
+
+    def _workspace_failure(self, what: str, exc: Exception) -> StepOutcome:
+        """A workspace sync that failed: nothing cached is trusted any more; the step fails."""
+        self.workspace_sync.forget()
+        kind = exc.error_type if isinstance(exc, ToolCallError) else ErrorType.SANDBOX_ERROR
+        return StepOutcome(error=StepError(type=kind, message=f"{what}: {exc}"))
 
     def _run(self, task_id: str, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
         key = (task_id, step.step_id)
@@ -340,15 +462,7 @@ class ToolRunner(_StepRunner):
                     return _cancelled(task_id, step)
                 self._sandbox = sandbox
             try:
-                outcome = run_step(
-                    sandbox,
-                    step,
-                    inputs,
-                    self.workspace_root,
-                    self.host_context,
-                    workspace_confined=self.workspace_confined,
-                    catalog=self.catalog,
-                )
+                outcome = self._run_in(sandbox, task_id, step, inputs)
             finally:
                 with self._lock:
                     self._sandbox = None
@@ -471,6 +585,13 @@ def placement_problem(wanted: dict[str, float], nodes: Sequence[dict[str, Any]])
     )
 
 
+OWNER_CACHE_SIZE = 4096
+"""Tasks whose workspace owner and tenant a pool remembers."""
+
+MAX_TASK_DEPTH = 8
+"""Most parent links followed to find a subtask's root task (whose workspace it shares)."""
+
+
 class NoRunnerError(Exception):
     """No runner could be started for a waiting step (every recent start failed)."""
 
@@ -545,6 +666,11 @@ class RunnerPool:
     ``min_runners``). Runner actors ask for ``runners.resources`` (by default ``{"docker": 1}``), so
     on an autoscaling cluster a start that no node can place makes the autoscaler add a CPU node.
 
+    Each step runs under the sandbox policy of its risk (:func:`officeray.gatekeeper.step_risk`,
+    ``sandbox.policies``): its timeout is cut, its call limited, network host tools refused. With a
+    ``store``, a sandbox step sees its task's workspace (sent to the runner, which returns what the
+    step changed; the changes are written to the store before the step's outcome is answered).
+
     Injected: ``catalog`` (which steps are host-side; default: built from ``settings``, as the
     orchestrator does and hands it over), ``clock`` (monotonic seconds: idle times, back-off),
     ``actors`` (how actors start and end; default :class:`RayRunnerActors` over ``settings`` and
@@ -561,8 +687,14 @@ class RunnerPool:
         actors: RunnerActors | None = None,
         limits: PoolLimits | None = None,
         metrics: Metrics = NO_METRICS,
+        store: WorkspaceStore | None = None,
     ) -> None:
         self.settings = settings
+        self.store = store
+        """Where task workspaces live (None: sandbox steps see no task workspace)."""
+        self.workspace_caps = workspace_caps(settings)
+        self._owners: dict[str, tuple[str, str]] = {}
+        """``task_id -> (workspace task id, tenant)``, the newest :data:`OWNER_CACHE_SIZE`."""
         self.catalog = catalog if catalog is not None else build_catalog(settings)
         self.policy = settings.runners.autoscaling
         self._clock = clock
@@ -802,16 +934,28 @@ class RunnerPool:
     async def _execute(
         self, task_id: str, step: PlanStep, inputs: dict[str, Any], trace_carrier: dict[str, str]
     ) -> StepOutcome:
+        step, policy, refused = self._apply_policy(step, inputs)
+        if refused is not None:
+            return refused
         if _runs_on_host(self.catalog, step.action):
             return await self._execute_on_host(task_id, step, inputs, trace_carrier)
+        try:
+            context = await self._context_for(task_id, policy)
+        except StoreError as exc:
+            message = f"cannot read the task workspace: {exc}"
+            return StepOutcome(error=StepError(type=ErrorType.INTERNAL, message=message))
         try:
             runner = await self._acquire(task_id)
         except NoRunnerError as exc:
             return StepOutcome(error=StepError(type=ErrorType.SANDBOX_ERROR, message=str(exc)))
-        call = asyncio.ensure_future(runner.run.remote(task_id, step, inputs, trace_carrier))
+        args: tuple[Any, ...] = (task_id, step, inputs, trace_carrier)
+        if context is not None:
+            args = (*args, context)
+        call = asyncio.ensure_future(runner.run.remote(*args))
         stopping: asyncio.Future[None] | None = None
         try:
-            return await asyncio.shield(call)
+            answer = await asyncio.shield(call)
+            return await self._settle(task_id, step, answer, policy)
         except asyncio.CancelledError:
             # the task was cancelled or ran out of time: stop the step in its sandbox; the runner
             # goes back to the pool once its run returned (another cancel only stops the waiting)
@@ -830,6 +974,85 @@ class RunnerPool:
         finally:
             if stopping is None:
                 await self._release(runner, task_id)
+
+    # -- per-risk policies and the task workspace ------------------------------------------------------
+
+    def _apply_policy(
+        self, step: PlanStep, inputs: dict[str, Any]
+    ) -> tuple[PlanStep, RiskPolicy | None, StepOutcome | None]:
+        """The step under its risk's sandbox policy (timeout cut to ``max_timeout_s``), the policy,
+        and the outcome of a step the policy refuses (error type ``policy``). An unknown tool gets no
+        policy (the runner reports it)."""
+        spec = self.catalog.get(step.action)
+        if spec is None:
+            return step, None, None
+        risk = step_risk(spec.risk, step.action, inputs)
+        policy = policy_for(risk, self.settings.sandbox.policies)
+        refusal = policy_refusal(step.action, risk, policy)
+        if refusal is not None:
+            return step, policy, StepOutcome(error=StepError(type=ErrorType.POLICY, message=refusal))
+        capped = capped_timeout(step.timeout_seconds, policy)
+        if capped < step.timeout_seconds:
+            step = step.model_copy(update={"timeout_seconds": max(1, int(capped))})
+        return step, policy, None
+
+    async def _workspace_owner(self, task_id: str) -> tuple[str, str]:
+        """``(workspace task id, tenant)`` of a task: a subtask shares its root task's workspace."""
+        known = self._owners.get(task_id)
+        if known is not None:
+            return known
+        assert self.store is not None
+        owner, tenant = task_id, DEFAULT_TENANT
+        record = await self.store.get_task(task_id)
+        if record is not None:
+            tenant = record.tenant
+        for _ in range(MAX_TASK_DEPTH):
+            parent = getattr(record, "parent_id", None)
+            if not parent:
+                break
+            owner = parent
+            record = await self.store.get_task(parent)
+        self._owners[task_id] = (owner, tenant)
+        while len(self._owners) > OWNER_CACHE_SIZE:
+            del self._owners[next(iter(self._owners))]
+        return owner, tenant
+
+    async def _context_for(self, task_id: str, policy: RiskPolicy | None) -> StepContext | None:
+        """What a sandbox step is sent with: the task workspace (with a store) and the call limits."""
+        limits = call_limits(policy) if policy is not None else None
+        if self.store is None:
+            return StepContext(limits=limits) if limits else None
+        owner, _tenant = await self._workspace_owner(task_id)
+        files = await self.store.workspace_contents(owner)
+        return StepContext(workspace_id=owner, workspace=files, limits=limits)
+
+    async def _settle(
+        self, task_id: str, step: PlanStep, answer: StepOutcome | StepRun, policy: RiskPolicy | None
+    ) -> StepOutcome:
+        """The step's outcome once its workspace changes are kept in the store (before the workflow
+        hears of it, so a resumed task sees them); changes over a cap fail the step
+        (``output_limit``), and a policy without ``workspace_write`` drops them
+        (``workspace_discarded`` in the output)."""
+        if not isinstance(answer, StepRun):
+            return answer
+        outcome, changes = answer.outcome, answer.changes
+        if outcome.error is not None or changes is None or changes.empty or self.store is None:
+            return outcome
+        if policy is not None and not policy.workspace_write:
+            if isinstance(outcome.output, dict):
+                return StepOutcome(output={**outcome.output, "workspace_discarded": changes.paths()})
+            return outcome
+        owner, tenant = await self._workspace_owner(task_id)
+        try:
+            caps = self.workspace_caps
+            await self.store.apply_workspace_changes(owner, tenant, step.step_id, changes, caps)
+        except WorkspaceLimitError as exc:
+            error = StepError(type=ErrorType.OUTPUT_LIMIT, message=str(exc))
+            return StepOutcome(output=outcome.output, error=error)
+        except StoreError as exc:
+            message = f"cannot keep the step's workspace changes: {exc}"
+            return StepOutcome(error=StepError(type=ErrorType.INTERNAL, message=message))
+        return outcome
 
     def _keep(self, coro: Any) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.ensure_future(coro)

@@ -1,14 +1,17 @@
 """The ``officeray`` command line (the console script ``officeray = "cluster.cli:main"``).
 
-* ``officeray run "TASK" [--plan FILE] [--json] [--config FILE]``: one task on an embedded local Ray
-  cluster; exit 0 when it completed, 1 when it failed, 2 for bad usage. ``--plan`` runs a ready plan
-  (a JSON file in the published plan schema) instead of asking the planner first; an invalid one is
-  refused with the validator's reasons (exit 2) before anything starts. Folders the task names are the
-  invoking user's: relative to the current directory, or absolute (``workspace_confined`` off).
+* ``officeray run "TASK" [--plan FILE] [--approve] [--json] [--config FILE]``: one task on an embedded
+  local Ray cluster; exit 0 when it completed, 1 when it failed, 2 for bad usage. ``--plan`` runs a
+  ready plan (a JSON file in the published plan schema) instead of asking the planner first; an
+  invalid one is refused with the validator's reasons (exit 2) before anything starts. Folders the
+  task names are the invoking user's: relative to the current directory, or absolute
+  (``workspace_confined`` off). Nobody is there to approve a step the gatekeeper holds for approval:
+  ``--approve`` approves each (audited as decided by ``officeray run --approve``), else it is
+  rejected at once with a message naming ``--approve``.
 * ``officeray serve [--host 127.0.0.1] [--port 8000] [--config FILE]``: Ray + the Serve app with the
   HTTP API; blocks until interrupted.
-* ``officeray examples [FILE] [--config FILE]``: every task of ``examples/tasks.jsonl`` end to end,
-  with a per-task summary.
+* ``officeray examples [FILE] [--approve] [--config FILE]``: every task of ``examples/tasks.jsonl``
+  end to end, with a per-task summary (``--approve`` as for ``run``).
 * ``officeray tools [--json] [--config FILE]``: every registered tool (the built-ins and the config's
   ``plugins:``) with its runtime, risk, description, outputs and input JSON schema.
 * ``officeray tool NAME --input JSON [--timeout S] [--json]``: one tool call as a plan step would
@@ -61,6 +64,7 @@ from cluster.cli_output import (
     print_summary,
     record_json,
 )
+from cluster.cli_review import add_review_parser, cmd_review
 from cluster.cli_trace import add_trace_parser, cmd_trace
 from officeray.config import Settings, load_settings
 from officeray.contracts import TaskRequest, TaskStatus
@@ -102,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a ready plan (JSON, the published plan schema) to run instead of asking the planner",
     )
     run.add_argument("--json", action="store_true", help="print the final task record as one JSON object")
+    _add_approve_option(run)
     # --address: submit to that server and wait, instead of starting a local Ray instance
     add_server_options(run)
 
@@ -113,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("examples", help="run the example tasks end to end and print a summary")
     ex.add_argument("file", nargs="?", default=str(DEFAULT_EXAMPLES), help="JSONL file of tasks")
     ex.add_argument("--json", action="store_true", help="print one task record per line")
+    _add_approve_option(ex)
     ex.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
 
     tl = sub.add_parser(
@@ -131,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     add_dlq_parser(sub)
     add_keys_parser(sub)
     add_trace_parser(sub)
+    add_review_parser(sub)
     add_memory_parser(sub)
     _CLIENT_HANDLERS.update(add_client_parsers(sub))
     _add_extension_commands(sub)
@@ -138,6 +145,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _CLIENT_HANDLERS: dict[str, Handler] = {}
+
+
+def _add_approve_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--approve",
+        action="store_true",
+        help="approve every step that needs approval (high risk: python_exec, POST, deletes), audited as "
+        "decided by 'officeray run --approve'; without it such a step is rejected at once, as nobody "
+        "is there to approve it",
+    )
+
+
+def unattended_approvals(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings override of a local run (``run``, ``examples``): nobody is there to approve, so
+    steps that need approval are approved (``--approve``) or rejected at once."""
+    if getattr(args, "address", None):
+        if args.approve:
+            raise UsageError("--approve applies to a local run; on a server, use `officeray approve`")
+        return {}
+    return {"workflow.approvals.unattended": "approve" if args.approve else "reject"}
 """The commands of :mod:`cluster.cli_client`, by name (filled by :func:`_parser`)."""
 
 
@@ -364,6 +391,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides = {"serve.host": args.host, "serve.port": args.port}
     elif args.command in ("run", "tool"):
         overrides = invoking_user_workspace()
+    if args.command in ("run", "examples"):
+        overrides.update(unattended_approvals(args))
     settings = load_settings(args.config, **overrides)
     handlers: dict[str, Handler] = {
         "run": _cmd_run,
@@ -374,6 +403,7 @@ def _run(args: argparse.Namespace) -> int:
         "dlq": cmd_dlq,
         "keys": cmd_keys,
         "trace": cmd_trace,
+        "review": cmd_review,
         "memory": cmd_memory,
         **_CLIENT_HANDLERS,
     }

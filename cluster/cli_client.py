@@ -30,6 +30,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -43,6 +44,7 @@ from cluster.cli_output import (
     preview,
     print_summary,
     record_json,
+    subtask_lines,
 )
 from cluster.client import (
     ADDRESS_ENV,
@@ -56,6 +58,7 @@ from cluster.client import (
 from cluster.keyfile import server_api_key
 from officeray.config import Settings
 from officeray.contracts import TaskRecord, TaskRequest, TaskStatus
+from officeray.workspaces import local_artifact_target
 
 LIST_DEFAULT_LIMIT = 20
 """Tasks ``officeray list`` shows when no ``--limit`` is given (one page)."""
@@ -111,6 +114,9 @@ def add_client_parsers(sub: Any) -> dict[str, Callable[[argparse.Namespace, Sett
     get = sub.add_parser("get", parents=[server], help="a task's status, steps and result")
     get.add_argument("task_id", help="the task's id")
     get.add_argument("--json", action="store_true", help="print the task record as one JSON object")
+    get.add_argument(
+        "--artifacts", metavar="DIR", default=None, help="save the files of the task's workspace under DIR"
+    )
 
     watch = sub.add_parser("watch", parents=[server], help="follow a task live until it ends")
     watch.add_argument("task_id", help="the task's id")
@@ -264,6 +270,12 @@ def _print_task(view: Mapping[str, Any]) -> None:
         print(f"now:      {view['current_step']}")
     description = str(view.get("description") or "")
     print(f"task:     {preview(description.splitlines()[0] if description else '')}")
+    if view.get("parent_id"):
+        print(f"parent:   {view['parent_id']}")
+    tree = subtask_lines(view)
+    if tree:
+        print("subtasks:")
+        print("\n".join(tree))
     for step in view.get("steps") or []:
         line = (
             f"  {step.get('step_id')} {step.get('action')}: {step.get('status')} "
@@ -338,7 +350,8 @@ def _live_view(view: Mapping[str, Any], recent: Sequence[str]) -> Any:
             str(step.get("status")),
             str(step.get("attempts", 0)),
         )
-    return Group(head, steps, Text("\n".join(recent), style="dim"))
+    tree = Text("\n".join(["subtasks:", *subtask_lines(view)])) if view.get("subtasks") else Text("")
+    return Group(head, tree, steps, Text("\n".join(recent), style="dim"))
 
 
 # -- the commands --
@@ -363,13 +376,41 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
+    folder = getattr(args, "artifacts", None)
     with connect(args, settings) as client:
         view = client.get(args.task_id)
+        saved = save_artifacts(client, args.task_id, Path(folder)) if folder else None
     if args.json:
-        print(json.dumps(view, default=str))
+        print(json.dumps(view if saved is None else {**view, "artifacts_saved": saved}, default=str))
     else:
         _print_task(view)
+        if saved is not None:
+            print(f"saved {len(saved)} artifact(s) under {folder}")
     return EXIT_OK
+
+
+def save_artifacts(client: TaskApiClient, task_id: str, folder: Path) -> list[str]:
+    """Save every file of the task's workspace under ``folder`` (created); answers the paths saved.
+    A path that would land outside ``folder`` (absolute, ``..``, through a link) is refused: the
+    command fails with a usage error and saves nothing of it."""
+    listing = client.artifacts(task_id)
+    paths = [str(entry.get("path")) for entry in listing.get("files", [])]
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for path in paths:
+        target = local_artifact_target(folder, path)
+        if target is None:
+            raise UsageError(f"refusing artifact {path!r}: it would be saved outside {folder}")
+        data = client.artifact(task_id, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if local_artifact_target(folder, path) != target:  # a link appeared meanwhile
+            raise UsageError(f"refusing artifact {path!r}: it would be saved outside {folder}")
+        with contextlib.suppress(FileNotFoundError):
+            if target.is_symlink():
+                target.unlink()
+        target.write_bytes(data)
+        saved.append(path)
+    return saved
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -489,6 +530,8 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
                 live.update(_live_view(client.get(args.task_id), recent))
             view = follow_task(client, args.task_id, show)
     record = record_from_view(view)
+    if live is None and view.get("subtasks"):  # the live view showed the tree already
+        print("\n".join(["subtasks:", *subtask_lines(view)]))
     outcome = preview(record.result) if record.status == TaskStatus.COMPLETED else (record.error or "")
     print(f"task {record.task_id} {record.status.value}" + (f": {outcome}" if outcome else ""))
     return EXIT_OK if record.status == TaskStatus.COMPLETED else EXIT_FAILED

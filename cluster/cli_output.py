@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from officeray.contracts import TaskRecord, TaskStatus
@@ -69,6 +69,21 @@ def record_json(record: TaskRecord) -> dict[str, Any]:
         "trace_id": data["trace_id"],
     }
     return {**head, **{k: v for k, v in data.items() if k not in head and k != "steps"}}
+
+
+def subtask_lines(view: Mapping[str, Any]) -> list[str]:
+    """A decomposed task's subtask tree, one line per subtask (its child task, what it waits for, its
+    status and result or error); no lines for a task that ran as one plan."""
+    lines = []
+    for sub in view.get("subtasks") or []:
+        after = f" after {', '.join(sub.get('dependencies') or [])}" if sub.get("dependencies") else ""
+        line = f"  {sub.get('subtask_id')} [{sub.get('task_id')}]{after}: {sub.get('status')}"
+        if sub.get("status") == TaskStatus.COMPLETED and sub.get("result") is not None:
+            line += f": {preview(sub.get('result'))}"
+        elif sub.get("error"):
+            line += f": {preview(sub.get('error'))}"
+        lines.append(line)
+    return lines
 
 
 def print_summary(records: Sequence[TaskRecord], elapsed_s: float) -> None:

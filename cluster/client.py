@@ -262,6 +262,23 @@ class TaskApiClient:
         answer: dict[str, Any] = self._call("GET", _path("v1", "tasks", task_id, "trace"))
         return answer
 
+    def artifacts(self, task_id: str) -> dict[str, Any]:
+        """``GET /v1/tasks/{id}/artifacts``: ``{"task_id", "files": [{path, size, sha256, step_id,
+        updated_at}], "total_bytes"}``."""
+        answer: dict[str, Any] = self._call("GET", _path("v1", "tasks", task_id, "artifacts"))
+        return answer
+
+    def artifact(self, task_id: str, path: str) -> bytes:
+        """``GET /v1/tasks/{id}/artifacts/{path}``: the file's bytes."""
+        url = _path("v1", "tasks", task_id, "artifacts") + "/" + quote(path, safe="/")
+        try:
+            response = self._http.request("GET", url)
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(self.address, _reason(exc)) from None
+        if response.is_error:
+            raise api_error(response.status_code, response.text, response.headers)
+        return response.content
+
     def cancel(self, task_id: str) -> dict[str, Any]:
         """``POST /v1/tasks/{id}/cancel`` (202: the task is being stopped)."""
         answer: dict[str, Any] = self._call("POST", _path("v1", "tasks", task_id, "cancel"))
@@ -274,6 +291,13 @@ class TaskApiClient:
         answer: dict[str, Any] = self._call(
             "POST", _path("v1", "tasks", task_id, "approvals", step_id), json=body
         )
+        return answer
+
+    def decide_review(self, task_id: str, decision: str, feedback: str = "") -> dict[str, Any]:
+        """``POST /v1/tasks/{id}/review``: accept, reject or revise (with feedback) the results a task
+        escalated to a person; the stored decision (the server records the key's id as ``decided_by``)."""
+        body = {"decision": decision, "feedback": feedback}
+        answer: dict[str, Any] = self._call("POST", _path("v1", "tasks", task_id, "review"), json=body)
         return answer
 
     def feedback(

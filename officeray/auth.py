@@ -184,7 +184,9 @@ class Action(StrEnum):
     CANCEL = "cancel"
     FEEDBACK = "feedback"
     DECIDE_APPROVAL = "decide_approval"
-    """Approve or reject a step that waits for a person, or decide an escalated review."""
+    """Approve or reject a step that waits for a person."""
+    DECIDE_REVIEW = "decide_review"
+    """Accept, reject or send back results a task escalated to a person (``waiting_review``)."""
     DLQ_READ = "dlq_read"
     DLQ_RETRY = "dlq_retry"
     USAGE_READ = "usage_read"
@@ -208,7 +210,7 @@ _USER_ACTIONS = frozenset(
 
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.USER: _USER_ACTIONS,
-    Role.APPROVER: _USER_ACTIONS | {Action.DECIDE_APPROVAL},
+    Role.APPROVER: _USER_ACTIONS | {Action.DECIDE_APPROVAL, Action.DECIDE_REVIEW},
     Role.ADMIN: frozenset(Action),
 }
 """What each role may do. A user and an approver only within their own tenant; an admin in every

@@ -55,6 +55,7 @@ class StepRetryPolicy(_Section):
             ErrorType.DEPENDENCY_FAILED,
             ErrorType.APPROVAL,
             ErrorType.POLICY,
+            ErrorType.DENIED,
         ]
     )
     """Failures that are final at once: running the same inputs again gives the same answer."""
@@ -80,6 +81,21 @@ class ApprovalSettings(_Section):
     """Steps of tools at these risk levels pause their task until approved or rejected."""
     timeout_s: float = Field(default=3600.0, gt=0)
     """A step not decided within this time fails its task (``approval timed out``)."""
+    unattended: Literal["wait", "approve", "reject"] = "wait"
+    """``wait``: a step that needs approval waits for a person's decision (servers). ``approve`` /
+    ``reject``: nobody is there to ask (``officeray run --approve`` / ``officeray run``): every such
+    step is approved (audited as decided by ``officeray run --approve``) or rejected at once."""
+
+
+class EscalationSettings(_Section):
+    """When a task's results wait for a person (``ESCALATE``: :mod:`officeray.review`)."""
+
+    confidence_threshold: float | None = Field(default=0.5, ge=0.0, le=1.0)
+    """An APPROVED review whose ``confidence`` is below this is escalated to a person instead (a
+    review that gives no confidence is not); None: never on confidence."""
+    timeout_s: float = Field(default=86400.0, gt=0)
+    """Escalated results not decided within this time fail their task (``no review decision``); the
+    task's wall-clock cap (``retry_policy.maximum_duration_s``) bounds the wait too."""
 
 
 class WorkflowSettings(_Section):
@@ -95,6 +111,7 @@ class WorkflowSettings(_Section):
     retry_policy_by_tool: dict[str, WorkflowRetryPolicy] = Field(default_factory=dict)
     """Tighter caps for tasks whose plan uses a tool (by name): each field's smallest value applies."""
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     lease_ttl_s: float = Field(default=30.0, gt=0)
     """An orchestrator holds a lease on each task it runs, renewed every third of this; a task whose
     lease expired (its orchestrator died) is claimed by another orchestrator."""
@@ -242,6 +259,72 @@ class SandboxLimits(_Section):
     default is the agent's own cap (:data:`officeray.limits.MAX_OUTPUT_BYTES`)."""
 
 
+HIGH_RISK_MEMORY_MB = 1024
+"""Default address-space limit (RLIMIT_AS) of a high-risk step's process, in MiB."""
+HIGH_RISK_CPU_S = 120
+"""Default CPU-time limit (RLIMIT_CPU) of a high-risk step's process, in seconds."""
+HIGH_RISK_TIMEOUT_S = 300.0
+"""Default longest wall-clock time of a high-risk step, in seconds."""
+HIGH_RISK_OUTPUT_BYTES = 1024**2
+"""Default largest result of a high-risk step, in bytes."""
+
+
+class RiskPolicy(_Section):
+    """Limits and capabilities of a step of one risk level (``sandbox.policies.<risk>``; the step's
+    risk is :func:`officeray.gatekeeper.step_risk`). Applied by the tool-runner pool and the agent."""
+
+    max_timeout_s: float = Field(default=3600.0, gt=0, le=24 * 3600)
+    """A step's ``timeout_seconds`` is cut to this."""
+    memory_mb: int = Field(default=4096, ge=64, le=1024**2)
+    """Address-space limit (``RLIMIT_AS``) of the step's process and its children, in MiB."""
+    cpu_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    """CPU-time limit (``RLIMIT_CPU``) of the step's process and each of its children, in seconds."""
+    output_bytes: int = Field(default=MAX_OUTPUT_BYTES, ge=1024, le=256 * 1024**2)
+    """Largest result of the step (at most ``sandbox.limits.output_bytes`` applies anyway)."""
+    workspace_write: bool = True
+    """False: what the step changes in the task workspace is not kept (listed as ``workspace_discarded``)."""
+    network_tools: bool = True
+    """False: network-facing host tools (http_client, web_search) fail with error type ``policy``."""
+
+
+def _high_risk_policy() -> RiskPolicy:
+    return RiskPolicy(
+        max_timeout_s=HIGH_RISK_TIMEOUT_S,
+        memory_mb=HIGH_RISK_MEMORY_MB,
+        cpu_s=HIGH_RISK_CPU_S,
+        output_bytes=HIGH_RISK_OUTPUT_BYTES,
+    )
+
+
+def _critical_risk_policy() -> RiskPolicy:
+    return _high_risk_policy().model_copy(update={"workspace_write": False, "network_tools": False})
+
+
+class SandboxPolicies(_Section):
+    """Per-risk sandbox policies (``sandbox.policies``): see :class:`RiskPolicy`."""
+
+    low: RiskPolicy = Field(default_factory=RiskPolicy)
+    medium: RiskPolicy = Field(default_factory=RiskPolicy)
+    high: RiskPolicy = Field(default_factory=_high_risk_policy)
+    critical: RiskPolicy = Field(default_factory=_critical_risk_policy)
+    """For a ``critical`` risk level (a risk level this build does not know gets it too)."""
+
+
+class WorkspaceSettings(_Section):
+    """Task workspaces (``workspace``): the files a task's steps share, kept in the store."""
+
+    max_task_bytes: int = Field(default=32 * 1024**2, ge=0)
+    """Most bytes one task's workspace holds; a step that would go over fails with ``output_limit``."""
+    max_task_files: int = Field(default=1_000, ge=0)
+    """Most files one task's workspace holds."""
+    max_tenant_bytes: int = Field(default=1024**3, ge=0)
+    """Most bytes the workspaces of one tenant's tasks hold together."""
+    retention_days: float = Field(default=7.0, gt=0)
+    """The workspace of a task finished longer ago than this is deleted."""
+    cleanup_interval_s: float = Field(default=3600.0, gt=0)
+    """How often orchestrator shard 0 deletes expired workspaces."""
+
+
 class SandboxSettings(_Section):
     backend: Literal["docker", "local"] = "docker"
     """``docker``: hardened warm containers. ``local``: a plain subprocess, for tests only."""
@@ -254,6 +337,8 @@ class SandboxSettings(_Section):
     processes; ``replace`` swaps in a fresh pre-warmed container."""
     spares: int = Field(default=1, ge=0, le=8)
     """Pre-warmed spare sandboxes per runner, taking over from a failed or retired one at once."""
+    policies: SandboxPolicies = Field(default_factory=SandboxPolicies)
+    """Limits and capabilities per step risk level (``sandbox.policies.high.memory_mb``, ...)."""
 
 
 SANDBOX_RESOURCE = "docker"
@@ -426,6 +511,21 @@ class ModelsSettings(_Section):
     planner: list[TierConfig] = Field(default_factory=_embedded_chain, min_length=1)
     reviewer: list[TierConfig] = Field(default_factory=_embedded_chain, min_length=1)
     ai_tool: list[TierConfig] = Field(default_factory=_embedded_chain, min_length=1)
+    decomposer: list[TierConfig] = Field(default_factory=_embedded_chain, min_length=1)
+    """Splits a multi-part task into subtasks (:mod:`officeray.subtasks`). Embedded only: the rules
+    run in the orchestrator's process (no Serve hop); other tiers are called on the planner's
+    deployment."""
+    gatekeeper: list[TierConfig] = Field(default_factory=list)
+    """Models asked, after the rules (:mod:`officeray.gatekeeper`), whether a step fits its task
+    (JSON ``{verdict, reason}``; the stricter of rules and model wins), on the reviewer's deployment.
+    Empty (the default): the rules alone, in the orchestrator's process (no Serve hop)."""
+
+    @field_validator("gatekeeper")
+    @classmethod
+    def _gatekeeper_models_only(cls, chain: list[TierConfig]) -> list[TierConfig]:
+        if any(isinstance(cfg, EmbeddedTierConfig) for cfg in chain):
+            raise ValueError("the embedded gatekeeper is the rules themselves: list only model tiers")
+        return chain
     prices: dict[str, Price] = Field(default_factory=dict)
     """Price per model name; models without an entry cost 0 (tokens are still counted)."""
     router: RouterSettings = Field(default_factory=RouterSettings)
@@ -551,6 +651,9 @@ class TenantLimits(_Section):
     """Ceiling of a task's ``retry_policy.maximum_duration_s`` (seconds)."""
     webhook_url: str | None = None
     """Where the tenant's tasks' events are POSTed when a task names no ``webhook_url``."""
+    approval_risk_levels: list[RiskName] | None = None
+    """Step risk levels that wait for a person's approval in this tenant's tasks (None: the global
+    ``workflow.approvals.required_risk_levels``; ``[]``: none)."""
 
 
 DEFAULT_TENANT = "default"
@@ -605,6 +708,8 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    workspace: WorkspaceSettings = Field(default_factory=WorkspaceSettings)
+    """Task workspaces: caps, retention (see :class:`WorkspaceSettings`)."""
     runners: RunnerSettings = Field(default_factory=RunnerSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)

@@ -27,7 +27,15 @@ from enum import StrEnum
 from importlib import resources
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_STEP_TIMEOUT_SECONDS = 300
 """A step's wall-clock limit when the plan does not set one (the seed's default)."""
@@ -181,6 +189,8 @@ class TaskStatus(StrEnum):
     EXECUTING = "executing"
     WAITING_APPROVAL = "waiting_approval"
     REVIEWING = "reviewing"
+    WAITING_REVIEW = "waiting_review"
+    """The reviewer escalated the results to a person (``POST /v1/tasks/{id}/review`` decides)."""
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -285,6 +295,12 @@ class TaskRequest(_Strict):
     the planner as usual. Kept as raw JSON here: its ``task_id`` is informational, because the client
     does not know the task's id when writing it; the plan runs with ``task_id`` set to the task's id
     (:meth:`ready_plan`)."""
+    require_sign_off: bool = False
+    """A person must accept the result before the task completes: the reviewer escalates results it
+    would approve (the task waits in ``waiting_review``; see :mod:`officeray.review`)."""
+    parent_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    """The task this one is a subtask of (set by the parent's coordinator, :mod:`officeray.subtasks`):
+    a child task is never decomposed again."""
 
     @field_validator("description")
     @classmethod
@@ -302,8 +318,16 @@ class TaskRequest(_Strict):
         idempotency key: two requests with the same fingerprint ask for the same task (what an
         idempotency key's claim compares)."""
         data = self.model_dump(mode="json", exclude={"idempotency_key", "submitted_by", "traceparent"})
+        for name, default in _FINGERPRINT_NEW_DEFAULTS.items():
+            if name in data and data[name] == default:
+                del data[name]  # fields added later leave the fingerprints of older requests as they were
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_FINGERPRINT_NEW_DEFAULTS: dict[str, Any] = {"require_sign_off": False, "parent_id": None}
+"""Fields :meth:`TaskRequest.fingerprint` leaves out while they hold these defaults (they were added
+after fingerprints were stored: an older request's fingerprint does not change)."""
 
 
 class StepStatus(StrEnum):
@@ -327,6 +351,7 @@ class ErrorType(StrEnum):
     APPROVAL = "approval"  # a person rejected the step, or nobody decided in time
     POLICY = "policy"  # the workflow retry policy stopped the task (attempts, model calls, duration)
     CANCELLED = "cancelled"  # its task was cancelled (POST /v1/tasks/{id}/cancel) while it ran or waited
+    DENIED = "denied"  # the gatekeeper refused the step before it ran (officeray.gatekeeper)
     INTERNAL = "internal"
 
 
@@ -372,12 +397,17 @@ class ReviewVerdict(StrEnum):
     APPROVED = "APPROVED"
     REVISE = "REVISE"
     FAILED = "FAILED"
+    ESCALATE = "ESCALATE"
+    """Hand the results to a person: ``final_output`` is the proposed result, ``feedback`` why."""
 
 
 class Review(_Strict):
     verdict: ReviewVerdict
     feedback: str = ""
     final_output: Any = None
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    """How sure the reviewer is (0..1; None: not said). An APPROVED review below
+    ``workflow.escalation.confidence_threshold`` is escalated to a person."""
 
 
 MemoryOutcome = Literal["completed", "failed", "cancelled"]
@@ -466,6 +496,101 @@ class ReviewRequest(_Strict):
     iteration: int
     plan: Plan
     results: list[StepResult]
+    require_sign_off: bool = False
+    """The task asks for a person's sign-off (:attr:`TaskRequest.require_sign_off`): results the
+    reviewer would approve are escalated instead."""
+
+
+class PendingReview(_Strict):
+    """Results that wait for a person's decision (a task in ``waiting_review``); kept on the record so
+    that a resumed run goes back to waiting without re-running anything."""
+
+    iteration: int
+    reason: str = ""
+    """Why the reviewer escalated (its feedback, or the confidence below the threshold)."""
+    proposed_output: Any = None
+    """What the task's result is once a person accepts it."""
+    since: datetime
+    """When the wait began (``timeout_s`` counts from it, across restarts)."""
+    timeout_s: float
+    """How long a decision may take (``workflow.escalation.timeout_s`` when the wait began)."""
+
+
+ReviewDecisionKind = Literal["accept", "reject", "revise"]
+REVIEW_DECISIONS: tuple[str, ...] = get_args(ReviewDecisionKind)
+
+
+MAX_SUBTASKS = 16
+"""Subtasks one task may be decomposed into."""
+
+MAX_SUBTASK_ID_CHARS = 16
+"""Longest subtask id (a child task's id is ``<parent id>.<subtask id>``)."""
+
+
+class Subtask(_Strict):
+    """One part of a decomposed task: run as a child task with its own plan/review loop."""
+
+    subtask_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    description: str = Field(min_length=1, max_length=MAX_TASK_DESCRIPTION_CHARS)
+    """What the child task is asked; ``{result:<subtask_id>}`` stands for a dependency's result (the
+    coordinator writes it in before the child starts)."""
+    dependencies: list[str] = Field(default_factory=list)
+    """Subtasks whose results this one needs: it starts once they completed."""
+    tool_hints: list[str] = Field(default_factory=list)
+    """Tools the part probably needs (informational)."""
+
+
+class Decomposition(_Strict):
+    """A task's subtask DAG (what the decomposer role answers). One subtask: the task runs as today."""
+
+    subtasks: list[Subtask] = Field(min_length=1, max_length=MAX_SUBTASKS)
+
+    @model_validator(mode="after")
+    def _a_dag(self) -> Decomposition:
+        ids = [s.subtask_id for s in self.subtasks]
+        if len(ids) != len(set(ids)):
+            raise ValueError("subtask ids must be unique")
+        seen: set[str] = set()
+        for subtask in self.subtasks:  # dependencies name earlier subtasks only: no cycles
+            unknown = [d for d in subtask.dependencies if d not in seen]
+            if unknown:
+                raise ValueError(
+                    f"subtask {subtask.subtask_id} depends on {unknown}, which are not earlier subtasks"
+                )
+            seen.add(subtask.subtask_id)
+        return self
+
+
+class DecomposeRequest(_Strict):
+    """What the decomposer is asked: the task and the tools it may use."""
+
+    task_id: str
+    tenant: str = "default"
+    description: str
+    allowed_tools: list[str] = Field(default_factory=list)
+
+
+class Decomposed(_Strict):
+    """A decomposition with the record of the model call that made it (routed decomposers)."""
+
+    decomposition: Decomposition
+    call: ModelCallRecord | None = None
+
+
+class SubtaskView(_Strict):
+    """A subtask as the parent's record shows it: its child task and where that stands."""
+
+    subtask_id: str
+    task_id: str
+    """The child task (``<parent id>.<subtask id>``)."""
+    description: str
+    dependencies: list[str] = Field(default_factory=list)
+    status: str = "pending"
+    """``pending`` (waits for its dependencies), then the child task's status."""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: str | None = None
 
 
 class LogLine(_Strict):
@@ -507,12 +632,19 @@ class TaskRecord(_Strict):
     counters: TaskCounters = Field(default_factory=TaskCounters)
     resumed: int = 0
     """How many times the task was resumed (after an orchestrator restart or a DLQ retry)."""
+    review_pending: PendingReview | None = None
+    """The escalated results waiting for a person (status ``waiting_review``); None otherwise."""
     logs: list[LogLine] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     run_started_at: datetime | None = None
     """When the current run began (a DLQ retry starts a new one); the duration cap counts from it."""
     finished_at: datetime | None = None
+    parent_id: str | None = None
+    """The task this one is a subtask of (None: a top-level task)."""
+    subtasks: list[SubtaskView] = Field(default_factory=list)
+    """A decomposed task's subtasks (:mod:`officeray.subtasks`), each run as a child task
+    ``<task_id>.<subtask_id>``, with its status; empty for a task that runs as one plan."""
 
     @property
     def progress(self) -> dict[str, int]:
@@ -622,4 +754,17 @@ class ApprovalDecision(_Strict):
     decision: ApprovalVerdict
     decided_by: str
     reason: str | None = None
+    decided_at: StoredAt
+
+
+class ReviewDecision(_Strict):
+    """A person's decision on escalated results (``POST /v1/tasks/{id}/review``): the first one per
+    task and round (``iteration``) wins."""
+
+    task_id: str
+    iteration: int
+    decision: ReviewDecisionKind
+    feedback: str = ""
+    """Why (``reject``), or what to change (``revise``: the next round's planner gets it)."""
+    decided_by: str
     decided_at: StoredAt

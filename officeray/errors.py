@@ -46,6 +46,19 @@ class ApprovalConflictError(OfficerayError):
     """A step cannot be decided: it does not wait for approval, or it was decided already (HTTP 409)."""
 
 
+class ReviewConflictError(OfficerayError):
+    """Escalated results cannot be decided (HTTP 409): the task does not wait for a review
+    (``code`` ``not_waiting_review``) or its round was decided already (``review_already_decided``)."""
+
+    def __init__(self, message: str, code: str = "not_waiting_review") -> None:
+        super().__init__(message, code)  # both in ``args``: the error crosses Ray calls by pickle
+        self.message = message
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class LimitExceededError(OfficerayError):
     """A request goes past a limit the operator set for its tenant (``tenants.<name>``), e.g. a DLQ
     retry beyond ``max_dlq_retries``; the message names the limit (HTTP 422)."""

@@ -15,7 +15,9 @@ plus a few flat ones to filter on (``officeray.task_id``, ``officeray.step_id``,
 * ``tool_response``: a tool runner, after it (``tool <action>``); ``result`` as ``tool_results``;
 * ``approval``: the workflow, when a person's decision is applied (the ``task`` span); ``reason``,
   in full (scrubbed);
-* ``review``: the workflow, when the reviewer answered (``review``); ``feedback`` as ``responses``.
+* ``review``: the workflow, when the reviewer answered (``review``); ``feedback`` as ``responses``;
+* ``gatekeeper``: the workflow, when the gatekeeper judged a step before it ran (the ``task`` span);
+  ``reason``, in full (scrubbed), with ``verdict``, ``risk``, ``rule`` and ``action`` in the details.
 
 :func:`make_event` builds an event and applies the ``telemetry.redaction`` settings
 (:class:`~officeray.config.RedactionSettings`) to its content; the other payload fields (tier,
@@ -36,7 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from officeray.config import RedactionMode, RedactionSettings
 from officeray.redaction import redact, scrub_pii
 
-EventType = Literal["llm_request", "llm_response", "tool_request", "tool_response", "approval", "review"]
+EventType = Literal[
+    "llm_request", "llm_response", "tool_request", "tool_response", "approval", "review", "gatekeeper"
+]
 EVENT_TYPES: Final[tuple[str, ...]] = get_args(EventType)
 
 EVENT_ATTRIBUTE: Final = "officeray.event"
@@ -49,6 +53,7 @@ CONTENT_KEYS: Final[Mapping[str, str]] = {
     "tool_response": "result",
     "approval": "reason",
     "review": "feedback",
+    "gatekeeper": "reason",
 }
 """The payload key of each event type's content (what the redaction settings apply to)."""
 
@@ -59,6 +64,7 @@ CONTENT_SETTINGS: Final[Mapping[str, str | None]] = {
     "tool_response": "tool_results",
     "approval": None,
     "review": "responses",
+    "gatekeeper": None,
 }
 """The ``telemetry.redaction`` field that decides how each event type's content is recorded; None:
 recorded in full (scrubbed when ``scrub_pii`` is on)."""

@@ -86,6 +86,24 @@ class FairScheduler:
         finally:
             self.release(tenant)
 
+    @asynccontextmanager
+    async def released(self, tenant: str, priority: int = 0) -> AsyncIterator[None]:
+        """Inside a :meth:`slot` block of ``tenant``: give its slot back for this block (a parent task
+        that only waits for its subtasks) and take one again after it, waiting in the queue like a
+        new task. When the block raises, or the wait is cancelled, the slot is taken back at once
+        (past the caps for that moment), so that the enclosing :meth:`slot` block ends balanced."""
+        self.release(tenant)
+        try:
+            yield
+        except BaseException:
+            self._grant(tenant)
+            raise
+        try:
+            await self.acquire(tenant, priority)
+        except asyncio.CancelledError:
+            self._grant(tenant)
+            raise
+
     async def acquire(self, tenant: str, priority: int = 0) -> None:
         """Take a slot for ``tenant``, waiting in its queue while the caps are reached. Pair with
         :meth:`release`; cancelled while waiting, it holds nothing."""

@@ -39,6 +39,8 @@ from officeray.contracts import (
     PlanRequest,
     PlanStep,
     Review,
+    ReviewDecision,
+    ReviewDecisionKind,
     ReviewRequest,
     StepError,
     StepOutcome,
@@ -69,6 +71,7 @@ from officeray.store.api import (
     check_feed_limit,
     check_memory_page,
     check_memory_selector,
+    check_review_decision,
     check_verdict,
     positive_ttl,
     require_final,
@@ -76,6 +79,15 @@ from officeray.store.api import (
 from officeray.store.outbox import WebhookDue, check_outcome, webhook_due, webhook_target
 from officeray.telemetry import SpanRecord
 from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from officeray.workspaces import (
+    WorkspaceCaps,
+    WorkspaceChanges,
+    WorkspaceFile,
+    WorkspaceLimitError,
+    check_caps,
+    merged_sizes,
+    sha256_hex,
+)
 
 Scripted = Any  # an answer, an exception to raise, or a callable(request) -> answer
 
@@ -172,12 +184,15 @@ class InMemoryStore:
         self._dlq: dict[str, tuple[DlqEntry, TaskRecord]] = {}
         self._idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self._approvals: dict[tuple[str, str], ApprovalDecision] = {}
+        self._review_decisions: dict[tuple[str, int], ReviewDecision] = {}
         self._api_keys: dict[str, ApiKeyRecord] = {}
         self._event_ids = itertools.count(1)
         self._outbox: dict[str, WebhookDelivery] = {}
         self._outbox_leases: dict[str, tuple[str, datetime]] = {}
         """``delivery_id -> (owner, expires_at)`` of the claimed webhook deliveries."""
         self._feedback: list[TaskFeedback] = []
+        self._workspaces: dict[str, dict[str, tuple[WorkspaceFile, bytes, str]]] = {}
+        """``task_id -> path -> (file, content, tenant)``: the task workspaces."""
         self._spans: list[tuple[datetime, SpanRecord]] = []
         """The trace store: each span with when it was written, in the order written."""
         self.memory: dict[int, MemoryEntry] = {}
@@ -517,6 +532,26 @@ class InMemoryStore:
         found = self._approvals.get((task_id, step_id))
         return None if found is None else found.model_copy()
 
+    async def decide_review(
+        self, task_id: str, iteration: int, decision: ReviewDecisionKind, decided_by: str, feedback: str = ""
+    ) -> bool:
+        check_review_decision(decision)
+        if (task_id, iteration) in self._review_decisions:
+            return False
+        self._review_decisions[(task_id, iteration)] = ReviewDecision(
+            task_id=task_id,
+            iteration=iteration,
+            decision=decision,
+            feedback=feedback,
+            decided_by=decided_by,
+            decided_at=utcnow(),
+        )
+        return True
+
+    async def get_review_decision(self, task_id: str, iteration: int) -> ReviewDecision | None:
+        found = self._review_decisions.get((task_id, iteration))
+        return None if found is None else found.model_copy()
+
     # -- API keys ------------------------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> bool:
@@ -634,6 +669,66 @@ class InMemoryStore:
 
     def close(self) -> None:
         """Nothing to release (the API's ``close``)."""
+
+    # -- task workspaces -----------------------------------------------------------------------------
+
+    async def workspace_files(self, task_id: str) -> list[WorkspaceFile]:
+        files = self._workspaces.get(task_id, {})
+        return [files[path][0] for path in sorted(files)]
+
+    async def workspace_file(self, task_id: str, path: str) -> tuple[WorkspaceFile, bytes] | None:
+        found = self._workspaces.get(task_id, {}).get(path)
+        return None if found is None else (found[0], found[1])
+
+    async def workspace_contents(self, task_id: str) -> dict[str, bytes]:
+        return {path: entry[1] for path, entry in self._workspaces.get(task_id, {}).items()}
+
+    async def apply_workspace_changes(
+        self,
+        task_id: str,
+        tenant: str,
+        step_id: str,
+        changes: WorkspaceChanges,
+        caps: WorkspaceCaps,
+        now: datetime | None = None,
+    ) -> list[WorkspaceFile]:
+        moment = as_utc(now)
+        files = self._workspaces.get(task_id, {})
+        current = {path: entry[0].size for path, entry in files.items()}
+        others = sum(
+            entry[0].size
+            for other, entries in self._workspaces.items()
+            if other != task_id
+            for entry in entries.values()
+            if entry[2] == tenant
+        )
+        problem = check_caps(merged_sizes(current, changes), others, caps)
+        if problem is not None:
+            raise WorkspaceLimitError(problem)
+        updated = {path: entry for path, entry in files.items() if path not in changes.deleted}
+        for path, data in changes.written.items():
+            meta = WorkspaceFile(
+                path=path, size=len(data), sha256=sha256_hex(data), step_id=step_id, updated_at=moment
+            )
+            updated[path] = (meta, bytes(data), tenant)
+        if updated:
+            self._workspaces[task_id] = updated
+        else:
+            self._workspaces.pop(task_id, None)
+        return await self.workspace_files(task_id)
+
+    async def workspace_tenant_bytes(self, tenant: str) -> int:
+        entries = [entry for files in self._workspaces.values() for entry in files.values()]
+        return sum(entry[0].size for entry in entries if entry[2] == tenant)
+
+    async def delete_expired_workspaces(self, finished_before: datetime) -> int:
+        cut = as_utc(finished_before)
+        deleted = 0
+        for task_id in list(self._workspaces):
+            record = self.tasks.get(task_id)
+            if record is None or (record.status.is_final and as_utc(record.updated_at) < cut):
+                deleted += len(self._workspaces.pop(task_id))
+        return deleted
 
     # -- the memory ----------------------------------------------------------------------------------
 
@@ -756,6 +851,43 @@ class InMemoryApprovals:
             except TimeoutError:
                 return None
         return self.decisions[(task_id, step_id)]
+
+
+class InMemoryReviews:
+    """The workflow's Reviews port (:mod:`officeray.review`): a test decides with :meth:`decide`
+    (before or during the wait); ``requested`` lists the waits as ``(task_id, iteration, timeout_s)``.
+    ``wait`` answers None at once when its timeout is 0 (a test of the timeout waits for nothing)."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[tuple[str, int], dict[str, Any]] = {}
+        self.requested: list[tuple[str, int, float]] = []
+        self._changed = asyncio.Event()
+
+    def decide(
+        self, task_id: str, iteration: int, decision: str, by: str = "tester", feedback: str = ""
+    ) -> None:
+        self.decisions[(task_id, iteration)] = {
+            "decision": decision,
+            "decided_by": by,
+            "feedback": feedback,
+            "decided_at": "2026-01-01T00:00:00+00:00",
+        }
+        self._changed.set()
+
+    async def wait(self, task_id: str, iteration: int, timeout_s: float) -> dict[str, Any] | None:
+        self.requested.append((task_id, iteration, timeout_s))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (task_id, iteration) not in self.decisions:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self.decisions[(task_id, iteration)]
 
 
 StepFunction = Callable[[dict[str, Any]], Any | Awaitable[Any]]

@@ -46,8 +46,12 @@ USER_AGENT = "officeray-webhooks/1"
 APPROVAL_REQUESTED_KIND = "approval_requested"
 """The task event kind of a step that starts to wait for a person (webhook ``waiting_approval``)."""
 
-WEBHOOK_EVENTS = ("completed", "failed", "cancelled", "waiting_approval")
-"""What a webhook announces: a task's end, and a step that waits for approval."""
+REVIEW_ESCALATED_KIND = "review_escalated"
+"""The task event kind of results that start to wait for a person's review (webhook ``waiting_review``)."""
+
+WEBHOOK_EVENTS = ("completed", "failed", "cancelled", "waiting_approval", "waiting_review")
+"""What a webhook announces: a task's end, a step that waits for approval, and results that wait
+for a person's review."""
 
 MAX_ERROR_CHARS = 500
 """Longest error text an attempt keeps."""
@@ -120,6 +124,8 @@ def webhook_event_for(kind: str, status: TaskStatus | str) -> str | None:
         return status.value
     if kind == APPROVAL_REQUESTED_KIND:
         return "waiting_approval"
+    if kind == REVIEW_ESCALATED_KIND:
+        return "waiting_review"
     return None
 
 

@@ -12,7 +12,8 @@ One round (an *iteration*):
 2. the plan is validated; a rejected plan sends the validator's reasons back as feedback;
 3. steps run as a DAG (:mod:`officeray.dag`); each step is retried under the step retry policy;
 4. the reviewer approves (the task completes with its final output), asks to REVISE (its feedback
-   goes to the next plan) or FAILS the task.
+   goes to the next plan), FAILS the task, or ESCALATEs the results to a person (the task waits in
+   ``waiting_review`` on the ``reviews`` port: :mod:`officeray.review`).
 
 A planner that cannot plan the task (:class:`~officeray.errors.PlanningError`) fails it at once.
 After ``max_iterations`` rounds without approval the task fails with the last feedback.
@@ -44,6 +45,7 @@ from officeray.contracts import (
     LogLine,
     ModelCallRecord,
     ModelUsage,
+    PendingReview,
     Plan,
     Planned,
     PlanRequest,
@@ -66,8 +68,18 @@ from officeray.contracts import (
 from officeray.dag import run_dag
 from officeray.errors import PlanningError
 from officeray.event_schema import emit_event
+from officeray.gatekeeper import (
+    RULE_GATEKEEPER_ERROR,
+    GateDecision,
+    Gatekeeper,
+    GateRequest,
+    RuleGatekeeper,
+    Verdict,
+)
 from officeray.memory.learn import failure_like
 from officeray.quotas import daily_budget_spent_reason, effective_token_budget
+from officeray.review import Reviews, escalation_reason
+from officeray.subtasks import Decomposer, Subtasks, coordinate
 from officeray.telemetry import (
     attached,
     inject_context,
@@ -76,6 +88,7 @@ from officeray.telemetry import (
     trace_id_hex,
     with_task,
 )
+from officeray.tools.plugins import RiskLevel
 from officeray.validate import parse_plan, validate_plan
 
 logger = logging.getLogger(__name__)
@@ -186,6 +199,10 @@ class Workflow:
         needs_approval: Callable[[str], bool] | None = None,
         calls_model: Callable[[str], bool] | None = None,
         approvals: Approvals | None = None,
+        reviews: Reviews | None = None,
+        decomposer: Decomposer | None = None,
+        subtasks: Subtasks | None = None,
+        gatekeeper: Gatekeeper | None = None,
         redaction: RedactionSettings | None = None,
         memory: MemoryPort | None = None,
         memory_settings: MemorySettings | None = None,
@@ -212,11 +229,24 @@ class Workflow:
         """The model usage a tenant's finished tasks recorded on a UTC day (the store's
         ``tenant_usage_on``); read before each model call of a tenant with a daily token budget."""
         self.needs_approval = needs_approval or (lambda _action: False)
-        """Whether steps of a tool (by name) wait for a person's decision before they run."""
+        """Whether steps of a tool (by name) wait for a person's decision before they run (older
+        callers; the gatekeeper decides when it is not given)."""
+        self.gatekeeper: Gatekeeper = gatekeeper or RuleGatekeeper(needs_approval=needs_approval)
+        """Judges each step before it runs: allow, approval or deny (:mod:`officeray.gatekeeper`).
+        Default: the rules in process, over the built-in tools' risks and the approval levels of
+        the settings (or the tenant's), or ``needs_approval`` where it is given."""
         self.calls_model = calls_model or (lambda _action: False)
         """Whether a tool (by name) calls a model: its steps do not run once the tenant's
         ``daily_token_budget`` is spent."""
         self.approvals = approvals
+        self.reviews = reviews
+        self.decomposer = decomposer
+        """What splits a new task into subtasks (:mod:`officeray.subtasks`); None, or no ``subtasks``:
+        every task runs as one plan."""
+        self.subtasks = subtasks
+        """Where a decomposed task's subtasks run as child tasks."""
+        """Where a person's decision on escalated results comes from (:mod:`officeray.review`); None:
+        escalated results fail their task at once, as nobody can decide them."""
         self.redaction = redaction
         """How the ``approval`` and ``review`` events record reasons and feedback
         (``telemetry.redaction``; None: its defaults)."""
@@ -308,6 +338,7 @@ class _TaskRun:
             task_id=task_id, description=request.description, created_at=now, updated_at=now
         )
         self.record.tenant = request.tenant
+        self.record.parent_id = request.parent_id
         self.limits = None if wf.tenant_limits is None else wf.tenant_limits(request.tenant)
         self.budget = (
             request.token_budget or wf.token_budget
@@ -389,6 +420,7 @@ class _TaskRun:
         self.record.result = result
         self.record.error = error
         self.record.current_step = None
+        self.record.review_pending = None
         self.record.finished_at = self.wf._now()
         self.log(f"task {status.value}" + (f": {error}" if error else ""), "error" if error else "info")
         await self._write(self.wf.store.finish_task, status.value, {"error": error, **data})
@@ -518,6 +550,9 @@ class _TaskRun:
             return await self.finish(
                 TaskStatus.FAILED, error=f"unknown tools in allowed_tools: {', '.join(unknown)}"
             )
+        decomposed = await coordinate(self, allowed, resuming)  # several subtasks: child tasks
+        if decomposed is not None:
+            return decomposed
         max_iterations = self.request.max_iterations or wf.settings.max_iterations
         feedback: list[str] = list(self.record.feedback)
         previous: Plan | None = self.record.plan
@@ -545,6 +580,7 @@ class _TaskRun:
             if review is None:
                 feedback = ["the reviewer did not answer; run the plan again"]
                 continue
+            review = await self._person_review(iteration, review)  # a person decides, when it asks for one
             if review.verdict == ReviewVerdict.APPROVED:
                 return await self.finish(TaskStatus.COMPLETED, result=review.final_output)
             if review.verdict == ReviewVerdict.FAILED:
@@ -561,7 +597,12 @@ class _TaskRun:
     async def _plan_and_validate(
         self, iteration: int, allowed: list[str], feedback: list[str], previous: Plan | None
     ) -> Plan | TaskRecord | list[str]:
-        """A valid plan; a final record; or the feedback for the next round when there is none."""
+        """A valid plan; a final record; or the feedback for the next round when there is none. A task
+        resumed while its results waited for a person goes straight back to waiting (no re-plan, no
+        step re-run): the decision ends it, or its feedback goes to the next round."""
+        pending = self.record.review_pending
+        if self.record.status == TaskStatus.WAITING_REVIEW and pending is not None:
+            return await self._await_review(pending)
         self.record.feedback = list(feedback)
         if iteration == 1 and self.request.plan is not None:
             return await self._ready_plan(allowed)
@@ -773,8 +814,68 @@ class _TaskRun:
         await self.persist("step_reused", step_id=step.step_id)
         return recorded
 
-    async def _approve(self, step: PlanStep) -> StepError | None:
-        """Wait (holding no runner) for a person's decision; an error when rejected or timed out."""
+    def approval_risk_levels(self) -> list[str]:
+        """Step risk levels that need approval in this task: its tenant's, else the settings'."""
+        own = None if self.limits is None else self.limits.approval_risk_levels
+        return list(self.wf.settings.approvals.required_risk_levels if own is None else own)
+
+    async def _gate(self, step: PlanStep, inputs: dict[str, Any]) -> GateDecision:
+        """The gatekeeper's decision on ``step``, recorded (task event and span event ``gatekeeper``)
+        before the workflow acts on it. A gatekeeper that fails or is slow leaves the step to a person."""
+        request = GateRequest(
+            task_id=self.task_id,
+            tenant=self.request.tenant,
+            description=self.request.description,
+            step=step,
+            inputs=inputs,
+            required_risk_levels=self.approval_risk_levels(),
+        )
+        started_at = self.wf._now()
+        try:
+            decision = await asyncio.wait_for(self.wf.gatekeeper.gate(request), self._model_call_timeout_s())
+        except Exception as exc:
+            decision = GateDecision(
+                verdict=Verdict.APPROVAL,
+                risk=RiskLevel.HIGH,
+                reason=f"the gatekeeper could not judge the step ({_describe(exc)}): a person decides",
+                rule=RULE_GATEKEEPER_ERROR,
+            )
+        if decision.verdict != Verdict.ALLOW:
+            verdict = decision.verdict.value
+            self.log(f"gatekeeper: step {step.step_id} ({step.action}): {verdict}: {decision.reason}")
+        await self.persist(
+            "gatekeeper",
+            step_id=step.step_id,
+            action=step.action,
+            verdict=decision.verdict.value,
+            risk=decision.risk.value,
+            reason=decision.reason,
+            rule=decision.rule,
+        )
+        emit_event(
+            trace.get_current_span(),
+            "gatekeeper",
+            agent="orchestrator",
+            redaction=self.wf.redaction,
+            task_id=self.task_id,
+            step_id=step.step_id,
+            content=decision.reason,
+            details={
+                "action": step.action,
+                "verdict": decision.verdict.value,
+                "risk": decision.risk.value,
+                "rule": decision.rule,
+            },
+            error=None,
+            started_at=started_at,
+            ended_at=self.wf._now(),
+        )
+        return decision
+
+    async def _approve(self, step: PlanStep, gate: GateDecision | None = None) -> StepError | None:
+        """Wait (holding no runner) for a person's decision; an error when rejected or timed out.
+        ``gate``: the gatekeeper's decision that asked for it (its reason and risk are in the
+        ``approval_requested`` event)."""
         wf = self.wf
         timeout_s = wf.settings.approvals.timeout_s
         waiting = StepResult(
@@ -788,8 +889,9 @@ class _TaskRun:
         self._waiting += 1
         self.record.status = TaskStatus.WAITING_APPROVAL
         self.log(f"step {step.step_id} ({step.action}) waits for approval", "warning")
+        asked = {} if gate is None else {"reason": gate.reason, "risk": gate.risk.value, "rule": gate.rule}
         await self.persist(
-            "approval_requested", step_id=step.step_id, action=step.action, timeout_s=timeout_s
+            "approval_requested", step_id=step.step_id, action=step.action, timeout_s=timeout_s, **asked
         )
         decision = None
         if wf.approvals is not None:
@@ -859,8 +961,13 @@ class _TaskRun:
         recorded = await self._recorded_success(step)
         if recorded is not None:
             return recorded
-        if wf.needs_approval(step.action):
-            refused = await self._approve(step)
+        gate = await self._gate(step, inputs)
+        if gate.verdict != Verdict.ALLOW:
+            refused = (
+                await self._approve(step, gate)
+                if gate.verdict == Verdict.APPROVAL
+                else StepError(type=ErrorType.DENIED, message=f"denied by the gatekeeper: {gate.reason}")
+            )
             if refused is not None:
                 failed = self._step_failed(step, refused)
                 self._set_step(failed)
@@ -960,6 +1067,88 @@ class _TaskRun:
         call = ModelCallRecord(role=step.action, tier=str(output.get("tier", "")), usage=usage)
         self.account(call, self.record.iterations)
 
+    async def _person_review(self, iteration: int, review: Review) -> Review:
+        """``review`` as it stands, or, when it goes to a person
+        (:func:`~officeray.review.escalation_reason`), the person's decision as a review: round
+        ``iteration``'s results wait (``waiting_review``, no runner held) until accepted (APPROVED with
+        the proposed output), rejected or timed out (FAILED), or sent back with feedback (REVISE)."""
+        reason = escalation_reason(review, self.wf.settings.escalation.confidence_threshold)
+        if reason is None:
+            return review
+        return await self._decision_on(await self._wait_begins(iteration, reason, review.final_output))
+
+    async def _escalate(self, iteration: int, reason: str, proposed: Any) -> TaskRecord | list[str]:
+        """Hand round ``iteration``'s results (``proposed``: the result once accepted) to a person and
+        wait: the final record (accepted, rejected, timed out), or the feedback for the next round (sent
+        back for revision). For loops of their own (a decomposed task's final review)."""
+        return await self._await_review(await self._wait_begins(iteration, reason, proposed))
+
+    async def _wait_begins(self, iteration: int, reason: str, proposed: Any) -> PendingReview:
+        """The task starts to wait for a person (``waiting_review``, event ``review_escalated``)."""
+        timeout_s = self.wf.settings.escalation.timeout_s
+        pending = PendingReview(
+            iteration=iteration,
+            reason=reason,
+            proposed_output=proposed,
+            since=self.wf._now(),
+            timeout_s=timeout_s,
+        )
+        self.record.review_pending = pending
+        self.record.status = TaskStatus.WAITING_REVIEW
+        self.log(f"iteration {iteration}: the results wait for a person's review: {reason}", "warning")
+        await self.persist("review_escalated", iteration=iteration, reason=reason, timeout_s=timeout_s)
+        return pending
+
+    async def _await_review(self, pending: PendingReview) -> TaskRecord | list[str]:
+        """Wait for the decision on ``pending`` and apply it: the final record (accepted: completed
+        with the proposed output; rejected or timed out: failed), or the feedback for the next round."""
+        decided = await self._decision_on(pending)
+        if decided.verdict == ReviewVerdict.APPROVED:
+            return await self.finish(TaskStatus.COMPLETED, result=decided.final_output)
+        if decided.verdict == ReviewVerdict.FAILED:
+            return await self.finish(TaskStatus.FAILED, error=decided.feedback)
+        return [decided.feedback]
+
+    async def _decision_on(self, pending: PendingReview) -> Review:
+        """Wait for the decision on ``pending`` (what is left of its timeout, within the wall-clock cap)
+        and answer it as a review. The pending review stays on the record until the task ends or the
+        next round begins: a run resumed in between finds the stored decision again."""
+        wf = self.wf
+        left = pending.timeout_s - (wf._now() - pending.since).total_seconds()
+        decision = None
+        if wf.reviews is not None:
+            wait_s = max(0.0, min(left, self.remaining_s()))
+            decision = await wf.reviews.wait(self.task_id, pending.iteration, wait_s)
+        if decision is None:
+            if wf.reviews is None:
+                why = "escalated to a person, but no one can decide reviews here"
+            elif self.remaining_s() <= 0 and left > 0:
+                why = self.duration_reached("while the results waited for a review")
+            else:
+                why = f"no review decision in {pending.timeout_s:g}s"
+            self.log(why, "error")
+            return Review(verdict=ReviewVerdict.FAILED, feedback=why)
+        verdict, by = str(decision.get("decision")), str(decision.get("decided_by"))
+        feedback = str(decision.get("feedback") or "")
+        said = f": {feedback}" if feedback else ""
+        self.log(f"iteration {pending.iteration}: review {verdict} by {by}{said}")
+        await self.persist(
+            "review_decided",
+            iteration=pending.iteration,
+            decision=verdict,
+            decided_by=by,
+            feedback=feedback,
+            decided_at=decision.get("decided_at"),
+        )
+        if verdict == "accept":
+            return Review(
+                verdict=ReviewVerdict.APPROVED, feedback=feedback, final_output=pending.proposed_output
+            )
+        if verdict == "reject":
+            return Review(verdict=ReviewVerdict.FAILED, feedback=f"rejected by {by}{said}")
+        self.record.review_pending = None  # revise: written with the next round's first transition
+        return Review(verdict=ReviewVerdict.REVISE, feedback=feedback or f"{by} asked for a revision")
+
     async def _review(self, iteration: int, plan: Plan, results: list[StepResult]) -> Review | None:
         wf = self.wf
         spent = await self.daily_budget_spent()
@@ -974,6 +1163,7 @@ class _TaskRun:
             iteration=iteration,
             plan=plan,
             results=results,
+            require_sign_off=self.request.require_sign_off,
         )
         self.record.counters.model_calls += 1
         started_at = wf._now()

@@ -23,7 +23,8 @@ from ray.serve import Application
 
 from actors.memory import MemoryClient
 from actors.orchestrator import ModelPorts
-from officeray.config import DeploymentSettings, Settings, absolutize, load_settings
+from officeray.config import DeploymentSettings, EmbeddedTierConfig, Settings, absolutize, load_settings
+from officeray.decompose import EmbeddedDecomposer
 from officeray.errors import ConfigError
 from officeray.tools.catalog import build_catalog
 from serving.encoder import EncoderDeployment, ServeEncoder
@@ -32,6 +33,8 @@ from serving.models import (
     AiToolDeployment,
     PlannerDeployment,
     ReviewerDeployment,
+    ServeDecomposer,
+    ServeGatekeeper,
     ServePlanner,
     ServeReviewer,
 )
@@ -67,8 +70,22 @@ def build_app(settings: Settings) -> Application:
         encoder_dep: Any = EncoderDeployment
         encoder = encoder_dep.options(**deployment_options(serve_cfg.encoder)).bind(settings)
         memory = MemoryClient(settings, ServeEncoder(encoder))
+    gatekeeper = None
+    if settings.models.gatekeeper:  # else: the rules alone, in the orchestrators (no Serve hop)
+        risks = {name: spec.risk for name, spec in build_catalog(settings).items()}
+        gatekeeper = ServeGatekeeper(reviewer, risks)
     ports = ModelPorts(
-        planner=ServePlanner(planner), reviewer=ServeReviewer(reviewer), ai_tool=ai_tool, memory=memory
+        planner=ServePlanner(planner),
+        reviewer=ServeReviewer(reviewer),
+        ai_tool=ai_tool,
+        memory=memory,
+        gatekeeper=gatekeeper,
+        # embedded only: the rules run in the orchestrators (a task of one part costs no Serve hop)
+        decomposer=(
+            EmbeddedDecomposer()
+            if all(isinstance(t, EmbeddedTierConfig) for t in settings.models.decomposer)
+            else ServeDecomposer(planner)
+        ),
     )
     app: Application = gateway_dep.options(**deployment_options(serve_cfg.gateway)).bind(
         settings, planner, reviewer, ai_tool, ports

@@ -97,6 +97,11 @@ The full API (``/v1``):
   "reason"}``; approver and admin keys, ``decided_by`` is the key's id): decides a step that waits
   for approval (409 when it does not wait, or was decided);
   ``GET`` the same path: the decision.
+* ``POST /v1/tasks/{task_id}/review`` (body ``{"decision": "accept" | "reject" | "revise",
+  "feedback"}``, feedback required for ``revise``; approver and admin keys): decides the results a
+  task escalated to a person (409 ``not_waiting_review`` / ``review_already_decided``);
+  ``GET /v1/reviews``: the tasks of the caller's tenant that wait for such a decision
+  (:mod:`officeray.review`).
 * ``GET /healthz``: ``{"status": "ok", "tasks_in_flight": N, "tool_runners": {...}}`` when the
   orchestrator answers; ``tool_runners`` sums the runner pools (runners, idle, starting, steps
   waiting for a runner: what the pool's autoscaling acts on) and lists ``problems`` (e.g. no node
@@ -132,7 +137,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import ray
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -157,6 +162,8 @@ from officeray.contracts import (
     DlqDetail,
     MemoryOutcome,
     ModelUsage,
+    PendingReview,
+    ReviewDecisionKind,
     StepResult,
     StepStatus,
     TaskRecord,
@@ -172,6 +179,7 @@ from officeray.errors import (
     ModelUnavailableError,
     OfficerayError,
     OrchestratorUnavailableError,
+    ReviewConflictError,
     StoreUnavailableError,
     TaskFinalError,
     TaskNotFoundError,
@@ -183,11 +191,13 @@ from officeray.quotas import (
     ceiling_problems,
     daily_budget_spent_reason,
 )
+from officeray.review import MAX_REVIEW_FEEDBACK_CHARS, check_review_request
 from officeray.store import SqlStore, TaskStore
 from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor, as_utc
 from officeray.telemetry import TASK_ID_ATTR, parse_traceparent, traceparent_of
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.validate import validate_plan
+from officeray.workspaces import artifact_headers, artifact_media_type, artifact_path_problem
 from serving.chat_api import make_chat_router
 from serving.console import console_response
 from serving.events import (
@@ -548,6 +558,25 @@ class ApprovalRequest(BaseModel):
 _STORED_DECISION: dict[str, Literal["approved", "rejected"]] = {"approve": "approved", "reject": "rejected"}
 
 
+class ReviewDecisionRequest(BaseModel):
+    """Body of ``POST /v1/tasks/{task_id}/review``: a person's decision on escalated results."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: ReviewDecisionKind = Field(
+        description="accept: complete with the proposed result; reject: fail the task; revise: another "
+        "round, with the feedback for its planner."
+    )
+    feedback: str = Field(default="", max_length=MAX_REVIEW_FEEDBACK_CHARS)
+
+    @model_validator(mode="after")
+    def _feedback_for_revise(self) -> Self:
+        problem = check_review_request(self.decision, self.feedback)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
 class TaskConstraints(BaseModel):
     """``constraints`` of ``POST /tasks``: both optional; any other key is refused, by name."""
 
@@ -626,6 +655,7 @@ _PHASES = {
     TaskStatus.VALIDATING: "validating the plan",
     TaskStatus.EXECUTING: "executing the plan",
     TaskStatus.REVIEWING: "reviewing the results",
+    TaskStatus.WAITING_REVIEW: "waiting for a person's review",
 }
 
 
@@ -757,6 +787,9 @@ class TaskSummary(BaseModel):
     updated_at: datetime
     finished_at: datetime | None = None
     tokens: int = Field(default=0, ge=0, description="Model tokens of the task so far (prompt + completion).")
+    review_pending: PendingReview | None = Field(
+        default=None, description="Escalated results waiting for a person's decision (waiting_review)."
+    )
 
 
 class TaskList(BaseModel):
@@ -780,6 +813,7 @@ def task_summary(record: TaskRecord) -> TaskSummary:
         updated_at=record.updated_at,
         finished_at=record.finished_at,
         tokens=record.usage.total_tokens,
+        review_pending=record.review_pending,
     )
 
 
@@ -1306,6 +1340,34 @@ class Gateway:
         stored = await self.store.feedback(record.task_id)
         return {"task_id": record.task_id, "feedback": [f.model_dump(mode="json") for f in stored]}
 
+    # -- artifacts: the task workspace's files (officeray.workspaces) --
+
+    @app.get("/v1/tasks/{task_id}/artifacts")
+    async def list_artifacts(self, task_id: str, principal: Caller) -> dict[str, Any]:
+        """The files the task's steps left in its workspace (without contents), by path."""
+        record = await self._record(task_id, principal)
+        files = await self.store.workspace_files(record.task_id)
+        return {
+            "task_id": record.task_id,
+            "files": [f.model_dump(mode="json") for f in files],
+            "total_bytes": sum(f.size for f in files),
+        }
+
+    @app.get("/v1/tasks/{task_id}/artifacts/{path:path}", response_model=None)
+    async def get_artifact(self, task_id: str, path: str, principal: Caller) -> Response:
+        """One file of the task's workspace, as an attachment. A path that is absolute, has ``..``,
+        NUL or a backslash answers 400 ``invalid_path``; an unknown one 404 ``artifact_not_found``."""
+        record = await self._record(task_id, principal)
+        problem = artifact_path_problem(path)
+        if problem is not None:
+            raise ApiError(400, f"invalid artifact path: {problem}", "invalid_path")
+        found = await self.store.workspace_file(record.task_id, path)
+        if found is None:
+            raise ApiError(404, f"task {record.task_id!r} has no artifact {path!r}", "artifact_not_found")
+        meta, content = found
+        headers = artifact_headers(path, meta.sha256)
+        return Response(content, media_type=artifact_media_type(path), headers=headers)
+
     # -- memory (MEMORY) --
 
     def _memory(self) -> MemoryService:
@@ -1460,6 +1522,55 @@ class Gateway:
                 status_code=404, detail=f"no decision for step {step_id!r} of task {task_id!r}"
             )
         return {**stored.model_dump(mode="json"), "task_id": task_id, "step_id": step_id}
+
+    @app.post("/v1/tasks/{task_id}/review")
+    async def decide_review(
+        self, task_id: str, body: ReviewDecisionRequest, principal: Caller
+    ) -> dict[str, Any]:
+        """Decide the results ``task_id`` escalated to a person (``waiting_review``), through the task's
+        orchestrator, which stores the decision (the first per round wins) and wakes the task. Needs
+        an approver (of the task's tenant) or admin key; the decision is recorded as the key's id."""
+        record = await self._record(task_id, principal)
+        require(principal, Action.DECIDE_REVIEW, record.tenant)
+        try:
+            stored = await self.orchestrators.decide_review(
+                task_id, body.decision, principal.key_id, body.feedback
+            )
+        except TaskNotFoundError:
+            raise _task_not_found(task_id) from None
+        except ReviewConflictError as exc:
+            raise ApiError(409, exc.message, exc.code) from None
+        return stored.model_dump(mode="json")
+
+    @app.get("/v1/reviews")
+    async def reviews(
+        self,
+        principal: Caller,
+        tenant: Annotated[
+            str | None, Query(pattern=TENANT_PATTERN, description="An admin key's choice of tenant.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=APPROVALS_LIST_MAX)] = PENDING_APPROVALS_LIMIT,
+    ) -> dict[str, Any]:
+        """The tasks whose results wait for a person's decision (of the caller's tenant; an admin:
+        every tenant's, or ``?tenant=``'s), oldest wait first; decided with
+        ``POST /v1/tasks/{task_id}/review``."""
+        require(principal, Action.READ, principal.tenant)
+        whose = listed_tenant(tenant, principal, "reviews")
+        records = await self.store.list_tasks(TaskStatus.WAITING_REVIEW, limit, tenant=whose)
+        waiting = sorted(
+            (r for r in records if r.review_pending is not None),
+            key=lambda r: (r.review_pending.since if r.review_pending else r.updated_at, r.task_id),
+        )
+        views = [
+            {
+                "task_id": r.task_id,
+                "tenant": r.tenant,
+                "description": r.description[:SUMMARY_DESCRIPTION_CHARS],
+                **(r.review_pending.model_dump(mode="json") if r.review_pending else {}),
+            }
+            for r in waiting
+        ]
+        return {"reviews": views, "count": len(views)}
 
     async def check_health(self) -> None:
         """Serve's periodic health check: reach every orchestrator (after a crash, Ray restarts it and

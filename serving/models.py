@@ -13,7 +13,7 @@ and then report the model as unavailable, a retriable failure of the round, neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -23,16 +23,40 @@ from ray.serve.handle import DeploymentHandle
 from actors.collector import tracer_for
 from actors.metrics import metrics_for
 from officeray.config import Settings
-from officeray.contracts import ModelCallRecord, Plan, Planned, PlanRequest, Review, Reviewed, ReviewRequest
+from officeray.contracts import (
+    Decomposed,
+    DecomposeRequest,
+    Decomposition,
+    ModelCallRecord,
+    Plan,
+    Planned,
+    PlanRequest,
+    Review,
+    Reviewed,
+    ReviewRequest,
+)
 from officeray.errors import ModelUnavailableError, PlanningError
+from officeray.gatekeeper import (
+    GateDecision,
+    GateModelAnswer,
+    GateRequest,
+    RuleGatekeeper,
+    Verdict,
+    stricter_decision,
+)
 from officeray.telemetry import inject_context
 from officeray.tools.catalog import build_catalog
+from officeray.tools.plugins import RiskLevel
 from serving.roles import (
+    accept_decomposition,
+    accept_gate,
     accept_plan,
     accept_review,
     accept_text,
     ai_tool_call,
     call_record,
+    decomposer_call,
+    gatekeeper_call,
     planner_call,
     reviewer_call,
 )
@@ -52,6 +76,8 @@ class ModelReply(BaseModel):
     plan: Plan | None = None
     review: Review | None = None
     text: str | None = None
+    gate: GateModelAnswer | None = None
+    decomposition: Decomposition | None = None
     call: ModelCallRecord | None = None
     error: Literal["planning", "unavailable"] | None = None
     message: str = ""
@@ -159,8 +185,23 @@ class RoleModel:
 
 @serve.deployment(name="Planner")
 class PlannerDeployment(RoleModel):
+    """The planner; it also hosts the decomposer's model tiers (``models.decomposer``, when they are
+    not the embedded rules alone, which run in the orchestrators), so decomposing needs no replica
+    of its own."""
+
     def __init__(self, settings: Settings) -> None:
         super().__init__("planner", settings)
+        self.decomposer = RoleModel("decomposer", settings)
+
+    async def decompose(self, request: DecomposeRequest, carrier: dict[str, str]) -> ModelReply:
+        """The decomposer's subtasks of ``request``."""
+        try:
+            routed = await self.decomposer.router.call(
+                decomposer_call(request, tenant=request.tenant, trace_context=carrier), accept_decomposition
+            )
+        except Exception as exc:
+            return _failure(exc)
+        return ModelReply(decomposition=routed.value, call=call_record("decomposer", routed))
 
     async def check_health(self) -> None:
         """Serve's health check: the replica answers and has a tier chain."""
@@ -170,8 +211,24 @@ class PlannerDeployment(RoleModel):
 
 @serve.deployment(name="Reviewer")
 class ReviewerDeployment(RoleModel):
+    """The reviewer; it also hosts the gatekeeper's model tiers (``models.gatekeeper``), when set, so
+    judging steps needs no replica of its own."""
+
     def __init__(self, settings: Settings) -> None:
         super().__init__("reviewer", settings)
+        self.gatekeeper = RoleModel("gatekeeper", settings) if settings.models.gatekeeper else None
+
+    async def gate(self, request: GateRequest, rules: GateDecision, carrier: dict[str, str]) -> ModelReply:
+        """The gatekeeper model's answer on a step the rules did not deny."""
+        if self.gatekeeper is None:
+            return ModelReply(error="unavailable", message="models.gatekeeper names no tiers")
+        try:
+            routed = await self.gatekeeper.router.call(
+                gatekeeper_call(request, rules, tenant=request.tenant, trace_context=carrier), accept_gate
+            )
+        except Exception as exc:
+            return _failure(exc)
+        return ModelReply(gate=routed.value, call=call_record("gatekeeper", routed))
 
     async def check_health(self) -> None:
         if not self.router.tiers:
@@ -249,6 +306,47 @@ class ServePlanner:
             _raise(reply)
         assert reply.plan is not None
         return Planned(plan=reply.plan, call=reply.call)
+
+
+class ServeDecomposer:
+    """The workflow's Decomposer port when ``models.decomposer`` names model tiers: the planner
+    deployment's :meth:`PlannerDeployment.decompose` (picklable, as :class:`ServePlanner`)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def decompose(self, request: DecomposeRequest) -> Decomposed:
+        reply: ModelReply = await call_with_backpressure(self.handle.decompose, request, inject_context())
+        if reply.decomposition is None:
+            raise ModelUnavailableError(reply.message or "the decomposer returned nothing")
+        return Decomposed(decomposition=reply.decomposition, call=reply.call)
+
+
+class ServeGatekeeper:
+    """The workflow's Gatekeeper port when ``models.gatekeeper`` names tiers: the rules
+    (:class:`~officeray.gatekeeper.RuleGatekeeper`) first, in process; a step they do not deny is
+    put to the model on the reviewer's deployment (:meth:`ReviewerDeployment.gate`), and the stricter
+    of the two decisions wins. A model that cannot answer leaves the rules' decision (noted in its
+    reason). Picklable (a handle and the tools' risks), as :class:`ServePlanner`."""
+
+    def __init__(self, handle: DeploymentHandle, tool_risk: Mapping[str, RiskLevel]) -> None:
+        self.handle = handle
+        self.rules = RuleGatekeeper(dict(tool_risk))
+
+    async def gate(self, request: GateRequest) -> GateDecision:
+        decision = self.rules.decide(request)
+        if decision.verdict == Verdict.DENY:
+            return decision  # the model can only be stricter: no call
+        try:
+            reply: ModelReply = await call_with_backpressure(
+                self.handle.gate, request, decision, inject_context()
+            )
+        except Exception as exc:
+            reply = ModelReply(error="unavailable", message=str(exc))
+        if reply.gate is None:
+            note = f" (the model gatekeeper did not answer: {reply.message[:200]})"
+            return decision.model_copy(update={"reason": decision.reason + note})
+        return stricter_decision(decision, reply.gate)
 
 
 class ServeReviewer:

@@ -21,6 +21,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from officeray.contracts import (
+    DecomposeRequest,
+    Decomposition,
     ModelCallRecord,
     Plan,
     PlanRequest,
@@ -28,6 +30,7 @@ from officeray.contracts import (
     ReviewRequest,
     plan_json_schema,
 )
+from officeray.gatekeeper import GateDecision, GateModelAnswer, GateRequest
 from officeray.memory.learn import memory_prompt
 from serving.tiers.base import ModelAnswer, ModelCall
 
@@ -49,7 +52,11 @@ If feedback from an earlier attempt is given, fix what it names. Answer with the
 REVIEWER_SYSTEM = """You are the reviewer of officeray. You get a task, the plan that ran and each
 step's result. Answer with a JSON object matching the given JSON Schema: "verdict" is "APPROVED"
 when the results answer the task, "REVISE" when a new plan could fix a failure (say what in
-"feedback"), "FAILED" when it cannot be done; "final_output" is the answer to the task."""
+"feedback"), "FAILED" when it cannot be done, "ESCALATE" when a person must decide (the task asks
+for human sign-off or review, "require_sign_off" is true, or you cannot judge the results: say why
+in "feedback"); "final_output" is the answer to the task (with ESCALATE: the answer you propose).
+"confidence" (0 to 1) is how sure you are of your verdict; a low confidence sends an approval to a
+person."""
 
 
 def tool_catalog_text(tools: Mapping[str, tuple[str, type[BaseModel]]], allowed: list[str]) -> str:
@@ -168,7 +175,7 @@ def reviewer_call(
         }
         for r in request.results
     ]
-    user = {
+    user: dict[str, Any] = {
         "task": request.description,
         "plan": [
             {"step_id": s.step_id, "action": s.action, "outputs_expectation": s.outputs_expectation}
@@ -176,6 +183,8 @@ def reviewer_call(
         ],
         "results": results,
     }
+    if request.require_sign_off:  # only then: the prompt of every other review stays as it was
+        user["require_sign_off"] = True
     return ModelCall(
         role="reviewer",
         messages=[
@@ -194,6 +203,99 @@ def reviewer_call(
 def accept_review(answer: ModelAnswer) -> Review:
     data = answer.data
     return data if isinstance(data, Review) else Review.model_validate(data)
+
+
+DECOMPOSER_SYSTEM = """You are the decomposer of officeray. Split the user's task into subtasks only
+when it is explicitly made of several parts (an enumeration, several requests); otherwise answer one
+subtask whose description is the task itself. Answer with a JSON object matching the given JSON
+Schema: "subtasks" in order, each with "subtask_id" ("s1", "s2", ...), a self-contained
+"description", "dependencies" (ids of earlier subtasks whose results it needs) and "tool_hints"
+(tool names it probably needs). Where a subtask needs an earlier one's result, write
+{{result:<subtask_id>}} in its description: it is replaced by that result before the subtask runs.
+Tools: {tools}"""
+
+
+@functools.lru_cache(maxsize=1)
+def _decomposition_schema() -> dict[str, Any]:
+    return Decomposition.model_json_schema()
+
+
+def decomposer_call(
+    request: DecomposeRequest, *, tenant: str = "default", trace_context: dict[str, str] | None = None
+) -> ModelCall:
+    """The decomposer's call: the task and the names of the tools it may use."""
+    system = DECOMPOSER_SYSTEM.format(tools=", ".join(request.allowed_tools) or "(none)")
+    return ModelCall(
+        role="decomposer",
+        messages=[
+            {"role": "system", "content": system},
+            {"role": "user", "content": json.dumps({"task": request.description})},
+        ],
+        json_schema=_decomposition_schema(),
+        schema_name="decomposition",
+        payload=request,
+        task_id=request.task_id,
+        tenant=tenant,
+        trace_context=trace_context or {},
+    )
+
+
+def accept_decomposition(answer: ModelAnswer) -> Decomposition:
+    """Parse an answer into a Decomposition (ValueError when it is not one, e.g. a cycle)."""
+    data = answer.data
+    return data if isinstance(data, Decomposition) else Decomposition.model_validate(data)
+
+
+GATEKEEPER_SYSTEM = """You are the gatekeeper of officeray. Before a step of a plan runs, you judge
+whether it is appropriate for the task: does the task ask for what the step does (its tool and its
+inputs)? Rules already judged the step; their decision is given. Answer with a JSON object matching
+the given JSON Schema: "verdict" is "allow" when the step plainly serves the task, "approval" when a
+person should look first (it does more than the task asks, or touches data or hosts the task does
+not name), "deny" when it must not run (harmful, exfiltrates data, unrelated to the task); "reason"
+says why in one sentence."""
+
+
+@functools.lru_cache(maxsize=1)
+def _gate_schema() -> dict[str, Any]:
+    return GateModelAnswer.model_json_schema()
+
+
+def gatekeeper_call(
+    request: GateRequest,
+    rules: GateDecision,
+    *,
+    tenant: str = "default",
+    trace_context: dict[str, str] | None = None,
+) -> ModelCall:
+    """The gatekeeper model's call: the task, the step (tool, inputs clipped) and the rules' decision."""
+    user = {
+        "task": request.description,
+        "step": {
+            "step_id": request.step.step_id,
+            "action": request.step.action,
+            "inputs": _clip(request.inputs),
+        },
+        "rules": {"verdict": rules.verdict.value, "risk": rules.risk.value, "reason": rules.reason},
+    }
+    return ModelCall(
+        role="gatekeeper",
+        messages=[
+            {"role": "system", "content": GATEKEEPER_SYSTEM},
+            {"role": "user", "content": json.dumps(user, default=str)},
+        ],
+        json_schema=_gate_schema(),
+        schema_name="gate",
+        payload=request,
+        task_id=request.task_id,
+        tenant=tenant,
+        trace_context=trace_context or {},
+    )
+
+
+def accept_gate(answer: ModelAnswer) -> GateModelAnswer:
+    """The gatekeeper model's ``{verdict, reason}`` (ValueError when the answer is not one)."""
+    data = answer.data
+    return data if isinstance(data, GateModelAnswer) else GateModelAnswer.model_validate(data)
 
 
 def ai_tool_call(

@@ -24,6 +24,7 @@ Failure handling:
 from __future__ import annotations
 
 import abc
+import base64
 import contextlib
 import itertools
 import json
@@ -31,12 +32,13 @@ import os
 import select
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from officeray.contracts import ErrorType
 from officeray.limits import MAX_OUTPUT_BYTES
-from tools_sandbox.agent.limits import READ_CHUNK_BYTES
-from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
+from tools_sandbox.agent.limits import READ_CHUNK_BYTES, WORKSPACE_READ_BYTES
+from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError, WorkspaceListing
 
 GRACE_S = 5.0
 """How much longer than a call's ``timeout_s`` the host waits for the agent's answer."""
@@ -46,6 +48,10 @@ OP_TIMEOUT_S = 60.0
 
 STARTUP_TIMEOUT_S = 60.0
 """How long a new sandbox may take to answer its first ping."""
+
+PUT_BATCH_BYTES = 16 * 1024**2
+"""Most file bytes one ``ws_put`` request carries (base64 makes them 4/3 as large; the agent
+accepts request lines up to 64 MiB)."""
 
 RESPONSE_SLACK_BYTES = 1024**2
 """A response line may exceed the output cap by this much (the envelope); more is a protocol error."""
@@ -276,6 +282,7 @@ class AgentSandbox(Sandbox):
         timeout_s: float,
         files: dict[str, str] | None = None,
         plugin: dict[str, str] | None = None,
+        limits: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
             raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
@@ -284,6 +291,8 @@ class AgentSandbox(Sandbox):
             fields["files"] = files
         if plugin is not None:
             fields["plugin"] = plugin
+        if limits:
+            fields["limits"] = limits
         result = self._op("call", fields, timeout_s + self.grace_s)
         if not isinstance(result, dict):
             raise SandboxError(f"the agent returned a {type(result).__name__} result for {tool}")
@@ -297,6 +306,42 @@ class AgentSandbox(Sandbox):
 
     def reset(self) -> None:
         self._op("reset", {}, self.op_timeout_s)
+
+    def workspace_list(self) -> WorkspaceListing:
+        result = self._op("ws_list", {}, self.op_timeout_s)
+        files = {str(path): (int(entry[0]), str(entry[1])) for path, entry in result["files"].items()}
+        return WorkspaceListing(str(result["epoch"]), files)
+
+    def workspace_epoch(self) -> str:
+        return str(self.ping().get("epoch", ""))
+
+    def workspace_put(self, files: Mapping[str, bytes]) -> None:
+        batch: dict[str, str] = {}
+        size = 0
+        for path, data in files.items():
+            if batch and size + len(data) > PUT_BATCH_BYTES:
+                self._op("ws_put", {"files": batch}, self.op_timeout_s)
+                batch, size = {}, 0
+            batch[path] = base64.b64encode(data).decode("ascii")
+            size += len(data)
+        if batch:
+            self._op("ws_put", {"files": batch}, self.op_timeout_s)
+
+    def workspace_delete(self, paths: Sequence[str]) -> None:
+        if paths:
+            self._op("ws_delete", {"paths": list(paths)}, self.op_timeout_s)
+
+    def workspace_read(self, path: str, max_bytes: int) -> bytes:
+        chunk = min(WORKSPACE_READ_BYTES, self.max_output_bytes * 3 // 4)
+        data = bytearray()
+        while True:
+            fields = {"path": path, "offset": len(data), "length": chunk}
+            result = self._op("ws_read", fields, self.op_timeout_s)
+            data += base64.b64decode(result["data"])
+            if len(data) > max_bytes:
+                raise ToolCallError(ErrorType.OUTPUT_LIMIT, f"{path!r} is larger than {max_bytes} bytes")
+            if result["eof"]:
+                return bytes(data)
 
     def ping(self) -> dict[str, Any]:
         """The agent's ``{"pid", "version", "python", "workspace"}`` (starts the sandbox if needed)."""

@@ -231,6 +231,7 @@ class DockerSandbox(AgentSandbox):
             "working_dir": WORKSPACE,
             "environment": {
                 "OFFICERAY_WORKSPACE": WORKSPACE,
+                "OFFICERAY_STAGING_ROOT": "/tmp",  # staged sources: outside the workspace
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "OFFICERAY_SANDBOX_CONTAINER": "1",
                 "OFFICERAY_MEMORY_LIMIT_MB": str(lim.memory_mb),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from officeray.tools.spec import (
     ToolSpec,
     describe_input_errors,
 )
+from tools_sandbox.host_tools import CANCELLED_SERVICE, STEP_TIMEOUT_SERVICE
 from tools_sandbox.limits import StagingLimits
 from tools_sandbox.sandbox import Sandbox, SandboxError, ToolCallError
 
@@ -138,7 +140,34 @@ def call_plugin(
     return sandbox.call(tool, inputs, timeout_s=timeout_s, plugin=ref.protocol_field())
 
 
-def _run_host_tool(spec: ToolSpec, inputs: dict[str, Any], context: HostContext) -> StepOutcome:
+def _run_host_tool(
+    spec: ToolSpec, step: PlanStep, inputs: dict[str, Any], context: HostContext
+) -> StepOutcome:
+    """Run a host tool in a thread of its own and wait at most the step's ``timeout_seconds``: past
+    it the step fails with ``timeout`` and its cancel event is set (``sleep`` wakes at once; the
+    tools that wait on the network are given the step's timeout as theirs, so their thread ends
+    soon after). The tool finds the step's timeout and cancel event in its context's services."""
+    cancelled = context.services.get(CANCELLED_SERVICE)
+    if not isinstance(cancelled, threading.Event):
+        cancelled = threading.Event()
+    timeout_s = float(step.timeout_seconds)
+    services = {**context.services, CANCELLED_SERVICE: cancelled, STEP_TIMEOUT_SERVICE: timeout_s}
+    context = HostContext(settings=context.settings, services=services)
+    done: list[StepOutcome] = []
+    worker = threading.Thread(
+        target=lambda: done.append(_call_host_tool(spec, inputs, context)),
+        name=f"host-step-{step.action}",
+        daemon=True,  # a tool that ignores its timeout must not keep the process alive
+    )
+    worker.start()
+    worker.join(timeout_s)
+    if done:
+        return done[0]
+    cancelled.set()
+    return _fail(ErrorType.TIMEOUT, f"step {step.step_id} ({step.action}) timed out after {timeout_s:g}s")
+
+
+def _call_host_tool(spec: ToolSpec, inputs: dict[str, Any], context: HostContext) -> StepOutcome:
     try:
         fn = spec.load_host_function()
         return StepOutcome(output=fn(spec.validate_inputs(inputs), context))
@@ -169,8 +198,12 @@ def run_step(
     *,
     workspace_confined: bool = True,
     catalog: ToolCatalog | None = None,
+    limits: dict[str, int] | None = None,
 ) -> StepOutcome:
     """Run ``step`` (with references already resolved into ``inputs``) and never raise.
+
+    ``limits`` (``memory_mb``, ``cpu_s``, ``output_bytes``: the step's per-risk sandbox policy,
+    :func:`officeray.sandbox_policy.call_limits`) bound a sandbox call's processes and result.
 
     The step's tool is looked up in ``catalog`` (default: the built-in tools only; a runner passes
     its process's catalog, plugins included). ``sandbox`` may be None on a runner of host-side
@@ -186,7 +219,7 @@ def run_step(
     except ValidationError as exc:
         return _fail(ErrorType.BAD_INPUT, f"{step.action} inputs: " + "; ".join(describe_input_errors(exc)))
     if spec.runtime == ToolRuntime.HOST:
-        return _run_host_tool(spec, checked, host_context or HostContext())
+        return _run_host_tool(spec, step, checked, host_context or HostContext())
     if sandbox is None:
         return _fail(ErrorType.SANDBOX_ERROR, f"{step.action} runs in a sandbox; this runner has none")
     files = None
@@ -200,7 +233,7 @@ def run_step(
     plugin = spec.plugin.protocol_field() if spec.plugin is not None else None
     try:
         result = sandbox.call(
-            step.action, checked, timeout_s=step.timeout_seconds, files=files, plugin=plugin
+            step.action, checked, timeout_s=step.timeout_seconds, files=files, plugin=plugin, limits=limits
         )
     except ToolCallError as exc:
         if exc.error_type == ErrorType.TIMEOUT:

@@ -28,13 +28,32 @@ in a container, ``/tmp``, ``/dev/shm`` and every IPC object; kill leftover proce
 ``write_file`` (``path``, ``content``) and ``read_file`` (``path`` → ``{"content": ...}``).
 ``files`` on a call are written under a fresh folder in the workspace first, and the tool's
 staged-folder input (see :class:`officeray.tools.spec.ToolSpec`) is pointed at that folder.
+A call may carry ``limits`` (``{"memory_mb", "cpu_s", "output_bytes"}``, the step's per-risk sandbox
+policy): the agent puts ``RLIMIT_AS`` and ``RLIMIT_CPU`` on the call's worker process (inherited by
+everything it starts) and caps the call's result at ``output_bytes``.
+
+Staged files (``files``) are written OUTSIDE the workspace, under a fresh ``staged-*`` folder of the
+agent's staging root (``$OFFICERAY_STAGING_ROOT``, ``/tmp`` in a container), made read-only, and
+removed when the call ends: no later step can read them, and they never reach the task workspace.
+
+Workspace sync ops (the task workspace, :mod:`tools_sandbox.workspace_sync`; contents are base64, so
+binary files are safe):
+
+* ``ws_list`` → ``{"epoch", "files": {path: [size, sha256]}}``: every regular file of the workspace
+  (links are neither listed nor followed); ``epoch`` changes whenever the workspace is emptied
+  behind the host's back (a new agent, a ``reset``), so a host may cache what the sandbox holds;
+* ``ws_put`` (``files``: path -> base64) writes files (never through a link);
+* ``ws_delete`` (``paths``) removes files and the folders they leave empty;
+* ``ws_read`` (``path``, ``offset``, ``length``) → ``{"data": base64, "eof"}``, a chunk of a file.
+
 ``error.type`` takes the values of :class:`officeray.contracts.ErrorType`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from officeray.contracts import ErrorType
 
@@ -54,6 +73,14 @@ class ToolCallError(Exception):
         self.message = message
 
 
+class WorkspaceListing(NamedTuple):
+    """What a sandbox's workspace holds: ``files`` (path -> ``(size, sha256)``) and its ``epoch``
+    (changes whenever the workspace was emptied behind the host's back)."""
+
+    epoch: str
+    files: dict[str, tuple[int, str]]
+
+
 class Sandbox(abc.ABC):
     """A warm, isolated runtime for tool calls. Use as a context manager or call start/stop."""
 
@@ -70,8 +97,12 @@ class Sandbox(abc.ABC):
         timeout_s: float,
         files: dict[str, str] | None = None,
         plugin: dict[str, str] | None = None,
+        limits: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """Run one tool call and return its result.
+
+        ``limits`` (``memory_mb``, ``cpu_s``, ``output_bytes``) bound the call's processes and result
+        (see the module docstring).
 
         ``files`` (relative path -> text) are staged for the tool's staged-folder input. ``plugin``
         (``{"module", "function", "source"}``, see
@@ -89,6 +120,26 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     def read_file(self, path: str) -> str:
         """Read a text file from the workspace (path relative to the workspace root)."""
+
+    def workspace_list(self) -> WorkspaceListing:
+        """Every regular file of the workspace with its size and sha256, and the workspace's epoch."""
+        raise NotImplementedError(f"{type(self).__name__} has no workspace sync")
+
+    def workspace_epoch(self) -> str:
+        """The workspace's epoch now (cheap: no listing); see :class:`WorkspaceListing`."""
+        return self.workspace_list().epoch
+
+    def workspace_put(self, files: Mapping[str, bytes]) -> None:
+        """Write ``files`` (relative path -> bytes) into the workspace."""
+        raise NotImplementedError(f"{type(self).__name__} has no workspace sync")
+
+    def workspace_delete(self, paths: Sequence[str]) -> None:
+        """Remove the files ``paths`` from the workspace (missing ones are ignored)."""
+        raise NotImplementedError(f"{type(self).__name__} has no workspace sync")
+
+    def workspace_read(self, path: str, max_bytes: int) -> bytes:
+        """The bytes of one workspace file; ``ToolCallError`` ``output_limit`` past ``max_bytes``."""
+        raise NotImplementedError(f"{type(self).__name__} has no workspace sync")
 
     @abc.abstractmethod
     def reset(self) -> None:

@@ -53,16 +53,20 @@ class LocalProcessSandbox(AgentSandbox):
         self.python = python
         self.inherit_stderr = inherit_stderr
         self.workspace: str | None = None
+        self.staging: str | None = None
+        """The agent's staging root (staged sources go there, outside the workspace)."""
         self._proc: subprocess.Popen[bytes] | None = None
 
     def _launch(self) -> Transport:
         self.workspace = tempfile.mkdtemp(prefix="officeray-sandbox-")
+        self.staging = tempfile.mkdtemp(prefix="officeray-staging-")
         pythonpath = os.pathsep.join(p for p in (_SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p)
         env = {
             **os.environ,
             "PYTHONPATH": pythonpath,
             "PYTHONDONTWRITEBYTECODE": "1",
             "OFFICERAY_WORKSPACE": self.workspace,
+            "OFFICERAY_STAGING_ROOT": self.staging,
             "OFFICERAY_MAX_OUTPUT_BYTES": str(self.max_output_bytes),
         }
         for name in ("OFFICERAY_SANDBOX_CONTAINER", "OFFICERAY_MEMORY_LIMIT_MB"):
@@ -90,9 +94,10 @@ class LocalProcessSandbox(AgentSandbox):
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
-        workspace, self.workspace = self.workspace, None
-        if workspace is not None:
-            shutil.rmtree(workspace, ignore_errors=True)
+        for folder in (self.workspace, self.staging):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.workspace = self.staging = None
 
     def _agent_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -26,12 +26,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from officeray.auth import ApiKeyRecord
 from officeray.contracts import (
     APPROVAL_VERDICTS,
+    REVIEW_DECISIONS,
     ApprovalDecision,
     ApprovalVerdict,
     DlqDetail,
     DlqEntry,
     FeedEvent,
     ModelUsage,
+    ReviewDecision,
+    ReviewDecisionKind,
     StepResult,
     TaskEvent,
     TaskRecord,
@@ -45,6 +48,7 @@ from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 if TYPE_CHECKING:  # only annotations here: officeray.memory may import this module
     from officeray.memory.entries import MemoryEntry, MemoryTenantState
+    from officeray.workspaces import WorkspaceCaps, WorkspaceChanges, WorkspaceFile
 
 DLQ_LIST_LIMIT = 100
 """Entries :meth:`TaskStore.dlq_list` answers unless told otherwise."""
@@ -314,6 +318,16 @@ class TaskStore(Protocol):
 
     async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None: ...
 
+    async def decide_review(
+        self, task_id: str, iteration: int, decision: ReviewDecisionKind, decided_by: str, feedback: str = ""
+    ) -> bool:
+        """Record a person's decision on the escalated results of round ``iteration``; False when that
+        round was decided before (the first decision wins). ValueError for a decision that is not one
+        of :data:`~officeray.contracts.REVIEW_DECISIONS`."""
+        ...
+
+    async def get_review_decision(self, task_id: str, iteration: int) -> ReviewDecision | None: ...
+
     # -- API keys -------------------------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> bool:
@@ -454,6 +468,44 @@ class TaskStore(Protocol):
         """Per tenant that has entries: how many, and the greatest ``seq``."""
         ...
 
+    # -- task workspaces (officeray.store.workspace) ---------------------------------------------------
+
+    async def workspace_files(self, task_id: str) -> list[WorkspaceFile]:
+        """The files of the task's workspace, without contents, by path."""
+        ...
+
+    async def workspace_file(self, task_id: str, path: str) -> tuple[WorkspaceFile, bytes] | None:
+        """One file of the task's workspace with its content (None when there is no such file)."""
+        ...
+
+    async def workspace_contents(self, task_id: str) -> dict[str, bytes]:
+        """Every file of the task's workspace: path -> content."""
+        ...
+
+    async def apply_workspace_changes(
+        self,
+        task_id: str,
+        tenant: str,
+        step_id: str,
+        changes: WorkspaceChanges,
+        caps: WorkspaceCaps,
+        now: datetime | None = None,
+    ) -> list[WorkspaceFile]:
+        """Write one step's changes to the task's workspace in one transaction, after checking
+        ``caps`` (the task's files and bytes, the tenant's bytes over all its tasks): over a cap
+        raises :class:`~officeray.workspaces.WorkspaceLimitError` and nothing is written. Answers
+        the task's files afterwards."""
+        ...
+
+    async def workspace_tenant_bytes(self, tenant: str) -> int:
+        """The bytes the workspaces of the tenant's tasks hold together."""
+        ...
+
+    async def delete_expired_workspaces(self, finished_before: datetime) -> int:
+        """Delete the workspaces of tasks final and last updated before ``finished_before`` (and of
+        tasks the store does not have); how many files were deleted."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -499,6 +551,12 @@ def check_verdict(decision: str) -> None:
     """ValueError unless ``decision`` is one of :data:`~officeray.contracts.APPROVAL_VERDICTS`."""
     if decision not in APPROVAL_VERDICTS:
         raise ValueError(f"decision must be one of {APPROVAL_VERDICTS}, not {decision!r}")
+
+
+def check_review_decision(decision: str) -> None:
+    """ValueError unless ``decision`` is one of :data:`~officeray.contracts.REVIEW_DECISIONS`."""
+    if decision not in REVIEW_DECISIONS:
+        raise ValueError(f"decision must be one of {REVIEW_DECISIONS}, not {decision!r}")
 
 
 def require_final(record: TaskRecord) -> None:

@@ -285,6 +285,38 @@ def _memory_entries_v9(md: sa.MetaData) -> sa.Table:
     )
 
 
+def _review_decisions_v11(md: sa.MetaData) -> sa.Table:
+    """A person's decision on a task's escalated results (:mod:`officeray.store.reviews`): the first
+    one per task and round wins (the primary key)."""
+    return sa.Table(
+        "review_decisions",
+        md,
+        sa.Column("task_id", sa.String(128), primary_key=True),
+        sa.Column("iteration", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("decision", sa.String(16), nullable=False),
+        sa.Column("feedback", sa.Text, nullable=False),
+        sa.Column("decided_by", sa.String(256), nullable=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def _workspace_files_v10(md: sa.MetaData) -> sa.Table:
+    """Task workspaces (:mod:`officeray.store.workspace`): one row per file of a task's workspace,
+    with its content; ``tenant`` (indexed) sums a tenant's bytes for its cap."""
+    return sa.Table(
+        "workspace_files",
+        md,
+        sa.Column("task_id", sa.String(128), primary_key=True),
+        sa.Column("path", sa.String(1024), primary_key=True),
+        sa.Column("tenant", sa.String(128), nullable=False, index=True),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("content", sa.LargeBinary, nullable=False),
+        sa.Column("step_id", sa.String(64), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
 def _schema_migrations(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "schema_migrations",
@@ -306,6 +338,7 @@ tenant_usage_table = _tenant_usage_v1(metadata)
 tenant_daily_usage_table = _tenant_daily_usage_v7(metadata)
 spans_table = _spans_v8(metadata)
 memory_entries_table = _memory_entries_v9(metadata)
+workspace_files_table = _workspace_files_v10(metadata)
 leases_table = _task_leases_v2(metadata)
 dlq_table = _dlq_v2(metadata)
 idempotency_keys_table = _idempotency_keys_v2(metadata)
@@ -313,6 +346,7 @@ approvals_table = _approvals_v3(metadata)
 api_keys_table = _api_keys_v4(metadata)
 webhook_outbox_table = _webhook_outbox_v5(metadata)
 webhook_attempts_table = _webhook_attempts_v5(metadata)
+review_decisions_table = _review_decisions_v11(metadata)
 migrations_table = _schema_migrations(metadata)
 
 
@@ -383,6 +417,14 @@ def _migration_9(conn: Connection) -> None:
     _memory_entries_v9(sa.MetaData()).create(conn, checkfirst=False)
 
 
+def _migration_11(conn: Connection) -> None:
+    _review_decisions_v11(sa.MetaData()).create(conn, checkfirst=False)
+
+
+def _migration_10(conn: Connection) -> None:
+    _workspace_files_v10(sa.MetaData()).create(conn, checkfirst=False)
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -395,6 +437,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     (7, "tenant_daily_usage: model usage per tenant and UTC day", _migration_7),
     (8, "spans: the trace store, indexed by task and trace", _migration_8),
     (9, "memory_entries: the memory of finished task attempts, with their vectors", _migration_9),
+    (10, "workspace_files: the files of each task's workspace", _migration_10),
+    (11, "review_decisions: a person's decision on a task's escalated results", _migration_11),
 )
 """Every schema change, oldest first: ``(version, description, apply(conn))``. Append only; never edit
 or reorder an entry that has shipped."""

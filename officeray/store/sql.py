@@ -27,6 +27,8 @@ from officeray.contracts import (
     DlqEntry,
     FeedEvent,
     ModelUsage,
+    ReviewDecision,
+    ReviewDecisionKind,
     StepResult,
     TaskEvent,
     TaskRecord,
@@ -53,6 +55,7 @@ from officeray.store.api import (
     check_feed_limit,
     check_memory_page,
     check_memory_selector,
+    check_review_decision,
     check_verdict,
     positive_ttl,
     require_final,
@@ -73,14 +76,17 @@ from officeray.store.keys import ApiKeyRepository, api_key_row
 from officeray.store.leases import LeaseRepository, lease_row
 from officeray.store.memory import MemoryRepository, memory_row
 from officeray.store.outbox import OutboxRepository, WebhookDue, check_outcome, webhook_due
+from officeray.store.reviews import ReviewDecisionRepository
 from officeray.store.schema import applied_versions, migrate, tasks_table
 from officeray.store.spans import SpanRepository, span_rows
 from officeray.store.steps import StepResultRepository, step_row
 from officeray.store.tasks import TaskRepository, event_row, new_task_row, task_row
 from officeray.store.usage import TenantUsageRepository
+from officeray.store.workspace import WorkspaceRepository
 from officeray.store.writer import GroupCommitter, Job, LeaseChange, fenced
 from officeray.telemetry import SpanRecord
 from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from officeray.workspaces import WorkspaceCaps, WorkspaceChanges, WorkspaceFile
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -118,8 +124,10 @@ class SqlStore:
         self._dlq = DlqRepository(dialect)
         self._idempotency = IdempotencyRepository(dialect)
         self._approvals = ApprovalRepository(dialect)
+        self._reviews = ReviewDecisionRepository(dialect)
         self._api_keys = ApiKeyRepository(dialect)
         self._memory = MemoryRepository(dialect)
+        self._workspace = WorkspaceRepository(dialect)
         self._writer = GroupCommitter(self._engine, self._leases.holders)
 
     # -- how work reaches the database ---------------------------------------------------------------
@@ -379,6 +387,23 @@ class SqlStore:
     async def get_approval(self, task_id: str, step_id: str) -> ApprovalDecision | None:
         return await self._read(self._approvals.get, task_id, step_id)
 
+    async def decide_review(
+        self, task_id: str, iteration: int, decision: ReviewDecisionKind, decided_by: str, feedback: str = ""
+    ) -> bool:
+        check_review_decision(decision)
+        work = partial(
+            self._reviews.decide_on,
+            task_id=task_id,
+            iteration=iteration,
+            decision=decision,
+            decided_by=decided_by,
+            feedback=feedback,
+        )
+        return await self._write_alone(work)
+
+    async def get_review_decision(self, task_id: str, iteration: int) -> ReviewDecision | None:
+        return await self._read(self._reviews.get, task_id, iteration)
+
     # -- API keys ------------------------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> bool:
@@ -504,6 +529,44 @@ class SqlStore:
 
     async def memory_state(self) -> dict[str, MemoryTenantState]:
         return await self._read(MemoryRepository.state)
+
+    # -- task workspaces -----------------------------------------------------------------------------
+
+    async def workspace_files(self, task_id: str) -> list[WorkspaceFile]:
+        return await self._read(WorkspaceRepository.files, task_id)
+
+    async def workspace_file(self, task_id: str, path: str) -> tuple[WorkspaceFile, bytes] | None:
+        return await self._read(WorkspaceRepository.file, task_id, path)
+
+    async def workspace_contents(self, task_id: str) -> dict[str, bytes]:
+        return await self._read(WorkspaceRepository.contents, task_id)
+
+    async def apply_workspace_changes(
+        self,
+        task_id: str,
+        tenant: str,
+        step_id: str,
+        changes: WorkspaceChanges,
+        caps: WorkspaceCaps,
+        now: datetime | None = None,
+    ) -> list[WorkspaceFile]:
+        work = partial(
+            self._workspace.apply_on,
+            task_id=task_id,
+            tenant=tenant,
+            step_id=step_id,
+            changes=changes,
+            caps=caps,
+            now=as_utc(now),
+        )
+        return await self._write_alone(work)
+
+    async def workspace_tenant_bytes(self, tenant: str) -> int:
+        return await self._read(WorkspaceRepository.tenant_bytes, tenant)
+
+    async def delete_expired_workspaces(self, finished_before: datetime) -> int:
+        work = partial(WorkspaceRepository.delete_expired_on, finished_before=as_utc(finished_before))
+        return await self._write_alone(work)
 
     # -- the database --------------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ BUILTIN_TOOLS: Mapping[str, ToolSpec] = MappingProxyType(
                 description="Run a Python program in the sandbox; returns stdout, stderr and exit_code.",
                 input_model=PythonExecInput,
                 outputs=("stdout", "stderr", "exit_code"),
-                risk=RiskLevel.MEDIUM,
+                risk=RiskLevel.HIGH,  # model-written code (see officeray.gatekeeper)
                 fails_on_nonzero_exit=True,
             ),
             ToolSpec(

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from officeray.contracts import ModelUsage
 
-Role = Literal["planner", "reviewer", "ai_tool"]
+Role = Literal["planner", "reviewer", "ai_tool", "gatekeeper", "decomposer"]
 
 
 Usage = ModelUsage

@@ -49,6 +49,7 @@ from officeray.contracts import (
 from officeray.errors import PlanningError
 from officeray.expectations import unmet_expectation
 from officeray.limits import MAX_EXPRESSION_CHARS, MAX_PYTHON_CODE_CHARS
+from officeray.review import asks_for_sign_off
 from officeray.tools.builtin import BUILTIN_TOOLS
 from officeray.tools.host_inputs import MAX_SLEEP_S
 from tools_sandbox.host_tools.ai_answers import answer_prompt
@@ -781,7 +782,9 @@ def _approval_feedback(count: int, final_output: Any) -> str:
 def review_results(request: ReviewRequest) -> Review:
     """The verdict on a plan's results (pure and deterministic).
 
-    APPROVED when every step succeeded and met its ``outputs_expectation``; REVISE when a failure may
+    APPROVED when every step succeeded and met its ``outputs_expectation`` (ESCALATE instead, with
+    the same final output as the proposal, when the task asks for a person's sign-off:
+    ``require_sign_off``, or a phrase of :data:`officeray.review.SIGN_OFF_PHRASES`); REVISE when a failure may
     pass with a new attempt or a new plan (timeouts, sandbox or internal errors, unmet expectations,
     bad input: the error goes to the planner as feedback); FAILED when the failures would repeat
     (tool errors, output limits, no call path).
@@ -799,11 +802,15 @@ def review_results(request: ReviewRequest) -> Review:
     if findings.deterministic:
         return Review(verdict=ReviewVerdict.FAILED, feedback="; ".join(findings.deterministic))
     final_output = _final_output(request, results)
-    return Review(
-        verdict=ReviewVerdict.APPROVED,
-        feedback=_approval_feedback(len(request.plan.steps), final_output),
-        final_output=final_output,
-    )
+    feedback = _approval_feedback(len(request.plan.steps), final_output)
+    if request.require_sign_off or asks_for_sign_off(request.description):
+        # the results would pass: a person signs them off (officeray.review)
+        return Review(
+            verdict=ReviewVerdict.ESCALATE,
+            feedback=f"the task asks for a person's sign-off; {feedback}",
+            final_output=final_output,
+        )
+    return Review(verdict=ReviewVerdict.APPROVED, feedback=feedback, final_output=final_output)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from officeray.config import LatencyModel
-from officeray.contracts import Plan, PlanRequest, ReviewRequest
+from officeray.contracts import DecomposeRequest, Plan, PlanRequest, ReviewRequest
+from officeray.decompose import decompose_rules
 from officeray.errors import PlanningError
 from officeray.tools.builtin import BUILTIN_TOOLS
 from serving.tiers.base import CannotAnswerError, ModelAnswer, ModelCall, Role, Usage
@@ -120,10 +121,14 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+_Request = PlanRequest | ReviewRequest | DecomposeRequest
+"""The structured requests the embedded tier answers (the ai_tool's is a prompt string)."""
+
 _EXPECTED: dict[Role, tuple[type[Any], str]] = {
     "planner": (PlanRequest, "a PlanRequest"),
     "reviewer": (ReviewRequest, "a ReviewRequest"),
     "ai_tool": (str, "a prompt string"),
+    "decomposer": (DecomposeRequest, "a DecomposeRequest"),
 }
 
 
@@ -166,6 +171,9 @@ class EmbeddedTier:
             elif isinstance(request, ReviewRequest):
                 review = review_results(request)
                 data, content = review, _to_json(review)
+            elif isinstance(request, DecomposeRequest):
+                decomposition = decompose_rules(request.description, request.allowed_tools)
+                data, content = decomposition, _to_json(decomposition)
             else:
                 if call.max_tokens < 1:
                     raise CannotAnswerError("max_tokens must be at least 1")
@@ -228,7 +236,7 @@ class EmbeddedTier:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _request(self, call: ModelCall) -> PlanRequest | ReviewRequest | str:
+    def _request(self, call: ModelCall) -> PlanRequest | ReviewRequest | DecomposeRequest | str:
         payload = call.payload
         if payload is None:
             text = _last_user_text(call)
@@ -236,22 +244,24 @@ class EmbeddedTier:
                 return _planner_request(text)
             if self.role == "reviewer":
                 return _reviewer_request(text)
+            if self.role == "decomposer":
+                return DecomposeRequest(task_id=CHAT_TASK_ID, description=text)
             return text
         expected_type, expected = _EXPECTED[self.role]
         if isinstance(payload, dict) and self.role != "ai_tool":
             try:
-                validated: PlanRequest | ReviewRequest = expected_type.model_validate(payload)
+                validated: _Request = expected_type.model_validate(payload)
             except ValidationError as exc:
                 raise CannotAnswerError(f"the payload is not {expected}: {_errors(exc)}") from None
             return validated
-        if isinstance(payload, PlanRequest | ReviewRequest | str) and isinstance(payload, expected_type):
+        if isinstance(payload, _Request | str) and isinstance(payload, expected_type):
             return payload
         raise CannotAnswerError(
             f"the embedded {self.role} answers {expected}, not a {type(payload).__name__} payload"
         )
 
     @staticmethod
-    def _prompt_text(call: ModelCall, request: PlanRequest | ReviewRequest | str) -> str:
+    def _prompt_text(call: ModelCall, request: PlanRequest | ReviewRequest | DecomposeRequest | str) -> str:
         if call.messages:
             return " ".join(str(m.get("content") or "") for m in call.messages)
         return request if isinstance(request, str) else _to_json(request)

@@ -265,10 +265,19 @@ def test_staged_files_for_code_analyzer(sandbox: AgentSandbox) -> None:
     result = sandbox.call("code_analyzer", inputs, timeout_s=20, files=STAGED)
     assert result["found"] is True
     assert [step["name"].rsplit(".", 1)[-1] for step in result["path"]] == ["a", "b"]
+    # staged outside the workspace and removed after the call: a later step finds nothing of it
     staged = py_json(
-        sandbox, "import glob, json\nprint(json.dumps(sorted(glob.glob('../staged-*/pkg/*.py'))))"
+        sandbox,
+        "import glob, json\nfound = glob.glob('**/*.py', recursive=True) + glob.glob('/tmp/staged-*')\n"
+        "print(json.dumps([p for p in found if not p.startswith('exec-')]))",  # (this program's own)
     )
-    assert [name.rsplit("/", 1)[-1] for name in staged[-3:]] == ["__init__.py", "a.py", "b.py"]
+    assert staged == []
+    assert sandbox.workspace_list().files == {}
+    staging = getattr(sandbox, "staging", None)
+    if staging is not None:  # the local backend's staging root
+        import os
+
+        assert os.listdir(staging) == []
 
 
 @pytest.mark.parametrize("path", ["../evil.py", "/abs.py", "pkg/../../evil.py"])
@@ -491,3 +500,90 @@ def test_docker_oom_names_the_limit_and_recovers(new_sandbox: Callable[..., Agen
     message = str(info.value)
     assert "memory" in message and "64 MB" in message, message
     assert box.call("math_calculator", {"expression": "2+3"}, timeout_s=10)["value"] == 5
+
+
+# --- workspace sync ops and per-call limits ----------------------------------------------------------
+
+
+def test_workspace_put_list_read_delete_binary_safe(sandbox: AgentSandbox) -> None:
+    import hashlib
+
+    blob = bytes(range(256)) * 10
+    sandbox.workspace_put({"notes.txt": b"hello", "deep/dir/blob.bin": blob})
+    listing = sandbox.workspace_list()
+    assert listing.files == {
+        "notes.txt": (5, hashlib.sha256(b"hello").hexdigest()),
+        "deep/dir/blob.bin": (len(blob), hashlib.sha256(blob).hexdigest()),
+    }
+    assert sandbox.workspace_read("deep/dir/blob.bin", 1 << 20) == blob
+    assert sandbox.call("file_operations", {"operation": "read", "path": "notes.txt"}, timeout_s=10)[
+        "content"
+    ] == "hello"
+    with pytest.raises(ToolCallError) as info:
+        sandbox.workspace_read("deep/dir/blob.bin", 100)
+    assert info.value.error_type == ErrorType.OUTPUT_LIMIT
+    sandbox.workspace_delete(["deep/dir/blob.bin", "missing.txt"])
+    assert set(sandbox.workspace_list().files) == {"notes.txt"}
+    # the emptied folders went too
+    assert py_json(sandbox, "import os, json\nprint(json.dumps(os.path.exists('deep')))") is False
+
+
+def test_workspace_epoch_changes_on_reset(sandbox: AgentSandbox) -> None:
+    sandbox.workspace_put({"a.txt": b"1"})
+    before = sandbox.workspace_list()
+    assert sandbox.workspace_list().epoch == before.epoch
+    sandbox.reset()
+    after = sandbox.workspace_list()
+    assert after.files == {} and after.epoch != before.epoch
+
+
+def test_workspace_links_are_not_listed_nor_written_through(sandbox: AgentSandbox) -> None:
+    py_json(sandbox, "import os, json\nos.symlink('/etc/passwd', 'link')\nprint(json.dumps(1))")
+    assert "link" not in sandbox.workspace_list().files
+    sandbox.workspace_put({"link": b"replaced"})  # replaces the link itself, never its target
+    assert sandbox.workspace_read("link", 100) == b"replaced"
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../x", ""])
+def test_workspace_ops_refuse_escaping_paths(sandbox: AgentSandbox, path: str) -> None:
+    for attempt in (
+        lambda: sandbox.workspace_put({path: b"x"}),
+        lambda: sandbox.workspace_read(path, 100),
+        lambda: sandbox.workspace_delete([path]),
+    ):
+        with pytest.raises(ToolCallError) as info:
+            attempt()
+        assert info.value.error_type == ErrorType.BAD_INPUT
+
+
+def test_call_limits_cap_the_output(sandbox: AgentSandbox) -> None:
+    code = "print('x' * 5000)"
+    err = call_error(
+        sandbox, "python_exec", {"code": code, "stdin": ""}, limits={"output_bytes": 2048}
+    )
+    assert err.error_type == ErrorType.OUTPUT_LIMIT
+    assert run_py(sandbox, code)["exit_code"] == 0  # the next call has the sandbox's own cap
+
+
+def test_call_limits_cap_memory_and_cpu(sandbox: AgentSandbox) -> None:
+    result = sandbox.call(
+        "python_exec",
+        {"code": "import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] // 2**20,"
+         " resource.getrlimit(resource.RLIMIT_CPU)[0])", "stdin": ""},
+        timeout_s=20,
+        limits={"memory_mb": 1024, "cpu_s": 30},
+    )
+    assert result["stdout"].split() == ["1024", "30"]
+    big = sandbox.call(
+        "python_exec",
+        {"code": "x = bytearray(800 * 2**20)\nprint(len(x))", "stdin": ""},
+        timeout_s=20,
+        limits={"memory_mb": 256},
+    )
+    assert big["exit_code"] != 0 and "MemoryError" in big["stderr"]
+
+
+def test_call_limits_are_checked(sandbox: AgentSandbox) -> None:
+    for bad in ({"memory_mb": 0}, {"cpu_s": True}, {"nope": 1}):
+        err = call_error(sandbox, "math_calculator", {"expression": "1"}, limits=bad)
+        assert err.error_type == ErrorType.BAD_INPUT

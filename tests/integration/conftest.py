@@ -87,6 +87,8 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         "webhooks.jitter": 0.0,
         "webhooks.poll_interval_s": 0.1,
         "webhooks.timeout_s": 5.0,
+        # http_client GETs to a slow server of the test on loopback (test_subagents_example.py)
+        "tools": {"http_client": {"allow_hosts": ["127.0.0.1"]}},
         **overrides,
     }
     return load_settings(None, **data)

@@ -154,6 +154,7 @@ def test_the_schema_refuses_unknown_types_and_fields() -> None:
         "tool_response",
         "approval",
         "review",
+        "gatekeeper",
     }
 
 

@@ -207,6 +207,7 @@ async def test_store_sees_every_transition_in_order() -> None:
         "planned",
         "validated",
         "executing",
+        "gatekeeper",
         "step_started",
         "step_finished",
         "reviewing",

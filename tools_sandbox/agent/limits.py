@@ -18,3 +18,10 @@ folder there (checking each file's size before reading it), the agent refuses mo
 
 READ_CHUNK_BYTES = 1024**2
 """Largest single read or write on a protocol stream (agent pipes, host pipes, the Docker socket)."""
+
+MAX_WORKSPACE_FILES = 20_000
+"""Most files ``ws_list`` reports; a workspace with more answers ``output_limit`` (the store's cap,
+``workspace.max_task_files``, is far lower)."""
+
+WORKSPACE_READ_BYTES = 4 * 1024**2
+"""Most bytes one ``ws_read`` answers (base64 in the response: well under the output cap)."""

@@ -44,12 +44,16 @@ the image as few files as possible; its protocol loop, limits and process contro
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
+import hashlib
 import importlib
 import json
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -58,12 +62,19 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from officeray.limits import MAX_OUTPUT_BYTES, MAX_PLUGIN_SOURCE_BYTES
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
-from tools_sandbox.agent.limits import MAX_STAGED_BYTES, MAX_STAGED_FILES, READ_CHUNK_BYTES
+from tools_sandbox.agent.limits import (
+    MAX_STAGED_BYTES,
+    MAX_STAGED_FILES,
+    MAX_WORKSPACE_FILES,
+    READ_CHUNK_BYTES,
+    WORKSPACE_READ_BYTES,
+)
 from tools_sandbox.agent.workspace import DEFAULT_ROOT, ROOT_ENV, check_relative, confine, is_inside
 
 AGENT_VERSION = "1"
@@ -94,6 +105,16 @@ KILL_GRACE_S = 0.25
 
 MAX_MESSAGE_CHARS = 4_000
 """Error messages are cut to this length."""
+
+STAGING_ENV = "OFFICERAY_STAGING_ROOT"
+"""Environment variable naming the folder (outside the workspace) where staged sources go; default:
+the system's temporary folder (``/tmp`` in a container, emptied by ``reset``)."""
+
+CALL_LIMIT_FIELDS = frozenset({"memory_mb", "cpu_s", "output_bytes"})
+"""What a call's ``limits`` field may set (the step's per-risk sandbox policy)."""
+
+CPU_HARD_GRACE_S = 1
+"""``RLIMIT_CPU``: the hard limit (SIGKILL) is this much above the soft one (SIGXCPU)."""
 
 PLUGIN_FIELDS = frozenset({"module", "function", "source"})
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -293,6 +314,173 @@ def read_text(ws: Workspace, path: Any, limit: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise AgentError("tool_error", f"{path!r} is not UTF-8 text") from None
+
+
+def list_workspace(root: str) -> dict[str, list[Any]]:
+    """Every regular file under ``root`` (symbolic links and special files are left out, and never
+    followed): relative POSIX path -> ``[size, sha256]``. More than :data:`MAX_WORKSPACE_FILES`
+    files answer ``output_limit``."""
+    found: dict[str, list[Any]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):  # symlinked folders are not entered
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue  # a symbolic link (ELOOP), gone meanwhile, or unreadable
+            with os.fdopen(fd, "rb") as fh:
+                if not _is_regular(fd):
+                    continue
+                digest = hashlib.sha256()
+                size = 0
+                while chunk := fh.read(READ_CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            found[rel] = [size, digest.hexdigest()]
+            if len(found) > MAX_WORKSPACE_FILES:
+                raise AgentError(
+                    "output_limit", f"the workspace holds more than {MAX_WORKSPACE_FILES} files"
+                )
+    return found
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def _decode_b64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise bad_input(f"{what}: content must be base64 text")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise bad_input(f"{what}: content is not valid base64") from None
+
+
+def put_files(ws: Workspace, files: Any) -> int:
+    """Write ``files`` (relative path -> base64 bytes) into the workspace; how many bytes in all."""
+    if not isinstance(files, dict):
+        raise bad_input("files must be a JSON object mapping relative paths to base64 content")
+    decoded = {path: _decode_b64(content, f"file {path!r}") for path, content in files.items()}
+    total = 0
+    for path, data in decoded.items():
+        if len(data) > MAX_FILE_BYTES:
+            raise bad_input(f"{path!r} is {len(data)} bytes; files are limited to {MAX_FILE_BYTES} bytes")
+        real = _unresolved_target(ws, path)
+        if os.path.isdir(real) and not os.path.islink(real):
+            shutil.rmtree(real, onerror=_force_remove)  # the file replaces a folder of that name
+        try:
+            os.makedirs(os.path.dirname(real), exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(real)  # never write through a link, nor into a file a process holds open
+            fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            error_type = "tool_error" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else "bad_input"
+            raise AgentError(error_type, f"cannot write {path!r}: {exc.strerror}") from None
+        total += len(data)
+    return total
+
+
+def _unresolved_target(ws: Workspace, path: Any) -> str:
+    """The absolute path of ``path`` with its folder resolved (and confined) but not its last
+    component: a link there is itself what a write replaces or a delete removes, never its target."""
+    try:
+        rel = check_relative(path, "path")
+    except ToolInputError as exc:
+        raise bad_input(exc.message) from None
+    parent = ws.resolve(os.path.dirname(rel.rstrip("/")) or ".")
+    name = os.path.basename(rel.rstrip("/"))
+    if name in ("", ".", ".."):
+        raise bad_input(f"path {path!r} does not name a file")
+    return os.path.join(parent, name)
+
+
+def delete_files(ws: Workspace, paths: Any) -> int:
+    """Remove the files ``paths`` (missing ones are ignored) and the folders they leave empty."""
+    if not isinstance(paths, list):
+        raise bad_input("paths must be a JSON list of relative paths")
+    removed = 0
+    for path in paths:
+        target = _unresolved_target(ws, path)
+        parent = os.path.dirname(target)
+        if os.path.isdir(target) and not os.path.islink(target):
+            continue  # only files are synced; a folder of that name is left alone
+        try:
+            os.unlink(target)
+            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise AgentError("tool_error", f"cannot delete {path!r}: {exc.strerror}") from None
+        folder = parent
+        while folder != ws.root:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty
+            folder = os.path.dirname(folder)
+    return removed
+
+
+def read_chunk(ws: Workspace, path: Any, offset: Any, length: Any) -> dict[str, Any]:
+    """``length`` bytes (at most :data:`WORKSPACE_READ_BYTES`) of a workspace file from ``offset``,
+    base64; ``eof`` when the file ends within them."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise bad_input("offset must be a non-negative integer")
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise bad_input("length must be a positive integer")
+    real = ws.resolve(path)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise bad_input(f"no such file in the workspace: {path!r}") from None
+    except OSError as exc:
+        raise bad_input(f"cannot read {path!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not _is_regular(fd):
+            raise bad_input(f"{path!r} is not a regular file")
+        fh.seek(offset)
+        want = min(length, WORKSPACE_READ_BYTES)
+        data = fh.read(want + 1)
+    return {"data": base64.b64encode(data[:want]).decode("ascii"), "eof": len(data) <= want}
+
+
+def _as_int(value: Any) -> int:
+    """``value`` when it is an int (not a bool), else 0 (which the caller's check refuses)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def check_call_limits(raw: Any) -> dict[str, int]:
+    """A call's ``limits`` field: ``{"memory_mb", "cpu_s", "output_bytes"}``, each a positive int."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not set(raw) <= CALL_LIMIT_FIELDS:
+        raise bad_input(f"limits must be a JSON object with some of {sorted(CALL_LIMIT_FIELDS)}")
+    for name, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise bad_input(f"limits.{name} must be a positive integer")
+    return dict(raw)
+
+
+def apply_call_limits(limits: dict[str, int]) -> None:
+    """In the call's worker: ``RLIMIT_AS`` (memory_mb) and ``RLIMIT_CPU`` (cpu_s), inherited by every
+    process the call starts. A limit is only ever lowered."""
+    for name, which, value in (
+        ("memory_mb", resource.RLIMIT_AS, limits.get("memory_mb", 0) * 1024**2),
+        ("cpu_s", resource.RLIMIT_CPU, limits.get("cpu_s", 0)),
+    ):
+        if not value:
+            continue
+        _soft, hard = resource.getrlimit(which)
+        extra = CPU_HARD_GRACE_S if name == "cpu_s" else 0
+        new_hard = value + extra if hard == resource.RLIM_INFINITY else min(hard, value + extra)
+        resource.setrlimit(which, (min(value, new_hard), new_hard))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,6 +762,7 @@ def _worker(
     code = 0
     try:
         os.setsid()
+        apply_call_limits(server.call_limits)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         server.close_protocol_fds()
@@ -591,10 +780,10 @@ def _worker(
         try:
             result = fn(**kwargs)
             payload = b"R" + json.dumps(result).encode()
-            if len(payload) - 1 > server.max_output:
+            if len(payload) - 1 > server.call_output:
                 payload = _encode_error(
                     "output_limit",
-                    f"the result is {len(payload) - 1} bytes; the limit is {server.max_output} bytes",
+                    f"the result is {len(payload) - 1} bytes; the limit is {server.call_output} bytes",
                 )
         except ToolFailure as exc:
             payload = _encode_error(str(getattr(exc, "error_type", "tool_error")), str(exc))
@@ -626,6 +815,14 @@ class Server:
         self.proto_out = proto_out
         self.workspace = Workspace(workspace)
         self.max_output = _env_int("OFFICERAY_MAX_OUTPUT_BYTES", MAX_OUTPUT_BYTES)
+        self.call_output = self.max_output
+        """The output cap of the call in flight (its ``limits.output_bytes``, at most ``max_output``)."""
+        self.call_limits: dict[str, int] = {}
+        """The ``limits`` of the call in flight (applied in its worker)."""
+        self.staging_root = os.path.realpath(os.environ.get(STAGING_ENV) or tempfile.gettempdir())
+        """Where staged sources go: outside the workspace (see :meth:`stage_files`)."""
+        self.epoch = uuid.uuid4().hex
+        """Changes whenever the workspace is emptied behind the host's back (a new agent, ``reset``)."""
         self.oom = OomWatch()
         self._rbuf = bytearray()
         self._zombies: list[int] = []
@@ -704,11 +901,13 @@ class Server:
                 "version": AGENT_VERSION,
                 "python": sys.version.split()[0],
                 "workspace": self.workspace.root,
+                "epoch": self.epoch,
             }
             return json.dumps(info).encode()
         if op == "reset":
             kill_strays()  # first: no process may still hold (or recreate) what is removed next
             removed = self.workspace.clear() + clear_scratch() + clear_ipc()
+            self.epoch = uuid.uuid4().hex
             return json.dumps({"removed": removed}).encode()
         if op == "write_file":
             size = write_text(self.workspace, request.get("path"), request.get("content"))
@@ -716,7 +915,21 @@ class Server:
         if op == "read_file":
             content = read_text(self.workspace, request.get("path"), self.max_output)
             return json.dumps({"content": content}).encode()
-        raise bad_input(f"unknown op {op!r}; expected call, ping, reset, write_file or read_file")
+        if op == "ws_list":
+            self.reap_zombies()
+            return json.dumps({"epoch": self.epoch, "files": list_workspace(self.workspace.root)}).encode()
+        if op == "ws_put":
+            return json.dumps({"bytes": put_files(self.workspace, request.get("files"))}).encode()
+        if op == "ws_delete":
+            return json.dumps({"removed": delete_files(self.workspace, request.get("paths"))}).encode()
+        if op == "ws_read":
+            length = min(_as_int(request.get("length")), self.max_output * 3 // 4)
+            chunk = read_chunk(self.workspace, request.get("path"), request.get("offset"), length)
+            return json.dumps(chunk).encode()
+        raise bad_input(
+            f"unknown op {op!r}; expected call, ping, reset, write_file, read_file, ws_list, ws_put, "
+            "ws_delete or ws_read"
+        )
 
     # -- call -------------------------------------------------------------------------------------
 
@@ -738,7 +951,10 @@ class Server:
         return tool, entry, inputs, _check_timeout(request)
 
     def stage_files(self, files: Any) -> str:
-        """Write ``files`` under a fresh ``staged-*`` folder; returns it relative to the workspace."""
+        """Write ``files`` under a fresh ``staged-*`` folder of :attr:`staging_root` (outside the
+        workspace: no later step's tool can read them, and they never reach the task's workspace),
+        make it read-only, and return its absolute path. The caller removes it after the call
+        (:meth:`unstage`)."""
         if not isinstance(files, dict):
             raise bad_input("files must be a JSON object mapping relative paths to text")
         if len(files) > MAX_STAGED_FILES:
@@ -755,26 +971,50 @@ class Server:
                 check_relative(path, "staged file")
             except ToolInputError as exc:
                 raise bad_input(exc.message) from None
-        rel = os.path.relpath(self.workspace.fresh_dir("staged-"), self.workspace.root)
-        for path, content in files.items():
-            write_text(self.workspace, os.path.join(rel, path), content, what="staged file")
-        return rel
+        os.makedirs(self.staging_root, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="staged-", dir=self.staging_root)
+        try:
+            staged = Workspace(folder)
+            for path, content in files.items():
+                write_text(staged, path, content, what="staged file")
+            make_read_only(staged.root)
+        except BaseException:
+            self.unstage(folder)
+            raise
+        return staged.root
+
+    @staticmethod
+    def unstage(folder: str) -> None:
+        """Remove a staged folder (made writable again first)."""
+        with contextlib.suppress(OSError):
+            if os.path.islink(folder):
+                os.unlink(folder)
+            else:
+                shutil.rmtree(folder, onerror=_force_remove)
 
     def op_call(self, request: dict[str, Any]) -> bytes:
         if request.get("plugin") is not None:
             return self.op_call_plugin(request)
         tool, entry, inputs, timeout = self._check_call(request)
+        limits = check_call_limits(request.get("limits"))
+        staged: str | None = None
         if entry.staged_input:
             if request.get("files") is not None:
-                inputs[entry.staged_input] = self.stage_files(request["files"])
+                staged = inputs[entry.staged_input] = self.stage_files(request["files"])
             else:
                 self.workspace.resolve(inputs[entry.staged_input], entry.staged_input)
         elif request.get("files"):
             raise bad_input(f"tool {tool!r} takes no staged files")
-        fn = load_tool(tool)
-        if entry.takes_timeout:
-            inputs["timeout_s"] = timeout
-        return self.run_call(tool, fn, inputs, timeout + (KILL_GRACE_S if entry.takes_timeout else 0.0))
+        try:
+            fn = load_tool(tool)
+            if entry.takes_timeout:
+                inputs["timeout_s"] = timeout
+            return self.run_call(
+                tool, fn, inputs, timeout + (KILL_GRACE_S if entry.takes_timeout else 0.0), limits
+            )
+        finally:
+            if staged is not None:
+                self.unstage(staged)
 
     def _check_plugin_call(
         self, request: dict[str, Any]
@@ -811,6 +1051,7 @@ class Server:
     def op_call_plugin(self, request: dict[str, Any]) -> bytes:
         """Stage the plugin's source, run it in a worker (see the module docstring), remove the source."""
         tool, plugin, inputs, timeout = self._check_plugin_call(request)
+        limits = check_call_limits(request.get("limits"))
         runner = load_plugin_runner()
         folder = self.workspace.fresh_dir("plugin-")
         try:
@@ -823,7 +1064,7 @@ class Server:
                 "source_path": os.path.join(folder, filename),
                 "inputs": inputs,
             }
-            return self.run_call(tool, runner, kwargs, timeout)
+            return self.run_call(tool, runner, kwargs, timeout, limits)
         finally:
             with contextlib.suppress(OSError):  # the plugin may have removed or replaced it
                 if os.path.islink(folder):
@@ -831,15 +1072,28 @@ class Server:
                 else:
                     shutil.rmtree(folder, onerror=_force_remove)
 
-    def run_call(self, tool: str, fn: Callable[..., Any], kwargs: dict[str, Any], timeout: float) -> bytes:
-        """Run ``fn(**kwargs)`` in a worker; then kill strays and report an OOM kill."""
+    def run_call(
+        self,
+        tool: str,
+        fn: Callable[..., Any],
+        kwargs: dict[str, Any],
+        timeout: float,
+        limits: dict[str, int] | None = None,
+    ) -> bytes:
+        """Run ``fn(**kwargs)`` in a worker under ``limits`` (see :func:`check_call_limits`); then
+        kill strays and report an OOM kill."""
         self.reap_zombies()
         oom_before = self.oom.count()
         failure: AgentError | None = None
+        limits = limits or {}
+        self.call_limits = limits
+        self.call_output = min(self.max_output, limits.get("output_bytes", self.max_output))
         try:
             raw = self.run_worker(tool, fn, kwargs, timeout)
         except AgentError as exc:
             failure = exc
+        finally:
+            self.call_limits, self.call_output = {}, self.max_output
         kill_strays()
         if self.oom.count() > oom_before:  # an OOM kill explains any other outcome
             raise AgentError("sandbox_error", self.oom.message())
@@ -858,7 +1112,7 @@ class Server:
         deadline = time.monotonic() + timeout
         chunks: list[bytes] = []
         size = 0
-        limit = self.max_output + 2  # the R/E tag and the final newline
+        limit = self.call_output + 2  # the R/E tag and the final newline
         failure: AgentError | None = None
         try:
             while True:
@@ -877,7 +1131,7 @@ class Server:
                 size += len(chunk)
                 if size > limit:
                     failure = AgentError(
-                        "output_limit", f"{tool} produced more than {self.max_output} bytes of result"
+                        "output_limit", f"{tool} produced more than {self.call_output} bytes of result"
                     )
                     break
                 chunks.append(chunk)
@@ -897,13 +1151,18 @@ class Server:
         if failure is not None:
             raise failure
         if not complete:
-            raise AgentError(
-                "sandbox_error", f"the {tool} process died without a result ({_describe(status)})"
-            )
+            raise self._died(tool, status)
         if payload[:1] == b"R":
             return payload[1:-1]
         error = json.loads(payload[1:])
         raise AgentError(error["type"], error["message"])
+
+    def _died(self, tool: str, status: int | None) -> AgentError:
+        """The error of a worker that died without a result (over its CPU time: ``timeout``)."""
+        if status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) in _CPU_SIGNALS:
+            cpu = self.call_limits.get("cpu_s")
+            return AgentError("timeout", f"{tool} used up its CPU-time limit of {cpu}s and was killed")
+        return AgentError("sandbox_error", f"the {tool} process died without a result ({_describe(status)})")
 
     def reap_zombies(self) -> None:
         """Collect the exit status of finished workers (see :meth:`run_worker`)."""
@@ -915,6 +1174,22 @@ def _check_timeout(request: dict[str, Any]) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
         raise bad_input(f"timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]")
     return float(timeout)
+
+
+_CPU_SIGNALS = (signal.SIGXCPU,)
+"""What kills a process over ``RLIMIT_CPU`` (SIGKILL at the hard limit is not told apart)."""
+
+
+def make_read_only(root: str) -> None:
+    """Files 0o444, folders 0o555 under (and including) ``root``."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, name), 0o444, follow_symlinks=False)
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, name), 0o555, follow_symlinks=False)
+    os.chmod(root, 0o555)
 
 
 def _describe(status: int | None) -> str:

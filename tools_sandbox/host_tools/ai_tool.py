@@ -2,7 +2,8 @@
 
 It runs in the tool runner's process (a model is a service of the host, not of the sandbox). The
 answerer is ``context.services["ai_tool"]`` when the runner provides one: an object with a
-**synchronous** ``answer(prompt, max_tokens)`` returning ``{"answer", "tier", "usage"}`` (or just
+**synchronous** ``answer(prompt, max_tokens)`` (or ``answer(prompt, max_tokens, timeout_s=...)``,
+then given the step's timeout) returning ``{"answer", "tier", "usage"}`` (or just
 the answer text) and raising :class:`~officeray.errors.PlanningError` for a prompt it refuses and
 :class:`~officeray.errors.ModelUnavailableError` when it cannot answer now. Host functions are
 synchronous (the runner is a synchronous actor), so an ``async def answer`` is refused rather than
@@ -28,6 +29,7 @@ from officeray.contracts import ErrorType
 from officeray.errors import ModelUnavailableError, PlanningError
 from officeray.tools.host_inputs import AiToolInput
 from officeray.tools.spec import HostContext, HostToolError
+from tools_sandbox.host_tools import within_step
 
 SERVICE_NAME = "ai_tool"
 """Key of the answerer in :attr:`officeray.tools.spec.HostContext.services`."""
@@ -51,6 +53,14 @@ def _normalise(reply: Any, prompt: str) -> dict[str, Any]:
     return {"answer": answer, "tier": str(reply.get("tier", SERVICE_NAME)), "usage": usage}
 
 
+def _takes_timeout(service: Any) -> bool:
+    """Whether a service's ``answer`` takes ``timeout_s`` (the runner's does: the step's timeout)."""
+    try:
+        return "timeout_s" in inspect.signature(service.answer).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def run(inputs: BaseModel, context: HostContext) -> dict[str, Any]:
     """The :data:`~officeray.tools.spec.HostFunction` of ``ai_tool``."""
     checked = inputs if isinstance(inputs, AiToolInput) else AiToolInput.model_validate(inputs.model_dump())
@@ -60,7 +70,11 @@ def run(inputs: BaseModel, context: HostContext) -> dict[str, Any]:
             from tools_sandbox.host_tools.ai_answers import answer_prompt
 
             return answer_prompt(checked.prompt, checked.max_tokens)
-        reply = service.answer(checked.prompt, checked.max_tokens)
+        timeout_s = within_step(None, context.services)
+        if timeout_s is not None and _takes_timeout(service):
+            reply = service.answer(checked.prompt, checked.max_tokens, timeout_s=timeout_s)
+        else:
+            reply = service.answer(checked.prompt, checked.max_tokens)
         if inspect.isawaitable(reply):
             if inspect.iscoroutine(reply):
                 reply.close()  # never awaited: close it so Python does not warn

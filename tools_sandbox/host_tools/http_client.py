@@ -18,7 +18,8 @@ the body.
 
 Limits: the body is streamed and cut at ``max_response_bytes`` (``truncated: true``; the cap counts
 decoded bytes, so a compressed body cannot expand past it in the output); the whole call, redirects
-and body included, must finish within the timeout (the smaller of the input's and the settings'):
+and body included, must finish within the timeout (the smallest of the input's, the settings' and
+the step's ``timeout_seconds``):
 each connect, write and read is limited to the time left, and the deadline is checked between body
 chunks, so a server stalling one read can keep a call past it by at most that read's limit.
 """
@@ -38,6 +39,7 @@ from officeray.contracts import ErrorType
 from officeray.tools.host_inputs import HttpClientInput, HttpClientSettings
 from officeray.tools.spec import HostContext, HostToolError, tool_settings
 from officeray.urls import UrlRefused
+from tools_sandbox.host_tools import within_step
 from tools_sandbox.ssrf import Resolver, VettedUrl, check_url, pinned_request_url
 
 TOOL_NAME = "http_client"
@@ -236,7 +238,7 @@ def fetch(inputs: BaseModel, context: HostContext) -> dict[str, Any]:
         method=args.method,
         headers=args.headers,
         body=args.body,
-        timeout_s=args.timeout_s,
+        timeout_s=within_step(args.timeout_s, context.services),  # the step's timeout bounds it too
         resolve=context.services.get(RESOLVER_SERVICE),
     )
     return {

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from officeray.contracts import ErrorType
 from officeray.tools.host_inputs import HttpClientSettings, WebSearchInput, WebSearchSettings
 from officeray.tools.spec import HostContext, HostToolError, tool_settings
+from tools_sandbox.host_tools import within_step
 from tools_sandbox.ssrf import Resolver
 
 TOOL_NAME = "web_search"
@@ -309,13 +310,17 @@ class ApiSearchProvider:
         *,
         resolve: Resolver | None = None,
         environ: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
+        """``timeout_s``: the longest one search may take (its step's timeout), below
+        ``tools.http_client.timeout_s``; None: that setting alone."""
         if not settings.endpoint or not settings.api_key_env:
             raise ValueError("ApiSearchProvider needs settings.endpoint and settings.api_key_env")
         self.settings = settings
         self.http_settings = http_settings or HttpClientSettings()
         self.resolve = resolve
         self.environ = os.environ if environ is None else environ
+        self.timeout_s = timeout_s
 
     def _fail(self, message: str, key: str) -> HostToolError:
         return HostToolError(ErrorType.TOOL_ERROR, f"web_search API: {message}".replace(key, "***"))
@@ -357,6 +362,7 @@ class ApiSearchProvider:
                 headers={s.api_key_header: key, "Accept": "application/json"},
                 resolve=self.resolve,
                 secret_headers=(s.api_key_header,),
+                timeout_s=self.timeout_s,
             )
         except HostToolError as exc:
             exc.message = exc.message.replace(key, "***")
@@ -403,6 +409,7 @@ def make_provider(settings: WebSearchSettings, context: HostContext | None = Non
             settings,
             tool_settings(context, "http_client", HttpClientSettings),
             resolve=None if context is None else context.services.get(RESOLVER_SERVICE),
+            timeout_s=None if context is None else within_step(None, context.services),
         )
     return LocalCollectionProvider(settings.collection)
 

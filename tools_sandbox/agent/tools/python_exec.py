@@ -1,7 +1,9 @@
-"""The ``python_exec`` tool: run a Python program in a fresh folder of the workspace.
+"""The ``python_exec`` tool: run a Python program in the task workspace.
 
-STDLIB ONLY (runs inside the sandbox). The program runs as ``python3 -I -B -X utf8 main.py`` with its
-folder as working directory, in its own process group; when ``timeout_s`` passes the whole group
+STDLIB ONLY (runs inside the sandbox). The program is written to a fresh ``exec-*`` folder of the
+workspace (its ``HOME``), removed when the call ends, and runs as ``python3 -I -B -X utf8 main.py``
+with the workspace root as working directory (so a file it writes by a relative path is in the task
+workspace, where the next steps find it), in its own process group; when ``timeout_s`` passes the whole group
 (the program and every child it started) is killed. stdout and stderr are each kept up to
 :data:`MAX_STREAM_BYTES` (the rest is read and dropped, so the program is never blocked on a full
 pipe). A non-zero exit code is a result, not an error: the caller decides what it means.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +26,21 @@ from typing import Any
 
 from officeray.limits import MAX_PYTHON_CODE_CHARS as MAX_CODE_CHARS
 from tools_sandbox.agent.errors import ToolFailure, ToolInputError
+
+
+def _remove_folder(folder: str) -> None:
+    """Remove the program's folder (made writable again where the program locked it)."""
+
+    def force(func: Any, path: str, _exc: object) -> None:
+        for target in (os.path.dirname(path), path):
+            with contextlib.suppress(OSError):
+                os.chmod(target, 0o700)
+        with contextlib.suppress(OSError):
+            func(path)
+
+    with contextlib.suppress(OSError):
+        shutil.rmtree(folder, onerror=force)
+
 
 MAX_STREAM_BYTES = 1024**2
 """stdout and stderr are each cut to this many bytes in the result."""
@@ -132,7 +150,7 @@ def run(code: str, stdin: str = "", *, timeout_s: float | None = None) -> dict[s
             stdin=stdin_fh,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=folder,
+            cwd=workspace,
             env=env,
             process_group=0,
         )
@@ -154,4 +172,5 @@ def run(code: str, stdin: str = "", *, timeout_s: float | None = None) -> dict[s
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+        _remove_folder(folder)
     return {"stdout": _decode(out, out_total), "stderr": _decode(err, err_total), "exit_code": exit_code}

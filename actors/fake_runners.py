@@ -64,7 +64,12 @@ class FakeToolRunner:
         return self.pid_value
 
     async def run(
-        self, task_id: str, step: PlanStep, inputs: dict[str, Any], carrier: dict[str, str], context: Any = None
+        self,
+        task_id: str,
+        step: PlanStep,
+        inputs: dict[str, Any],
+        carrier: dict[str, str],
+        context: Any = None,
     ) -> StepOutcome:
         """``context`` (a :class:`~actors.tool_runner.StepContext`) is kept in :attr:`contexts`."""
         self.steps.append(step.step_id)

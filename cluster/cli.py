@@ -315,6 +315,7 @@ def tool_listing(catalog: ToolCatalog) -> list[dict[str, Any]]:
 
 
 def _cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
+    from officeray.gatekeeper import STEP_RISK_NOTES
     from officeray.tools.catalog import build_catalog
 
     catalog = build_catalog(settings)  # the plugins are imported here (no Ray)
@@ -329,6 +330,8 @@ def _cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
             print()
         print(f"{tool['name']}  ({tool['runtime']}, risk {tool['risk']}{origin})")
         print(f"  {tool['description']}")
+        if tool["name"] in STEP_RISK_NOTES and ref is None:
+            print(f"  risk per step: {STEP_RISK_NOTES[tool['name']]}")
         print(f"  outputs: {', '.join(tool['outputs']) or '(none declared)'}")
         print(f"  input schema: {json.dumps(tool['input_schema'], sort_keys=True)}")
     return EXIT_OK

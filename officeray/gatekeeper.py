@@ -72,6 +72,15 @@ HIGH_RISK_ACTIONS = frozenset({"python_exec"})
 """Tools whose every step is high risk (model-written code), whatever their spec says."""
 
 
+STEP_RISK_NOTES: Mapping[str, str] = {
+    "python_exec": "every step is high (model-written code); code that opens network connections, "
+    "writes outside the workspace or hides what it runs is denied",
+    "http_client": "GET/HEAD steps: medium; POST: high, and denied to a host the task does not name",
+    "file_operations": "delete steps: high, and they always need approval",
+}
+"""How the gatekeeper raises a tool's risk per step (``officeray tools`` prints these)."""
+
+
 def stricter_risk(first: RiskLevel, second: RiskLevel) -> RiskLevel:
     """The higher of two risk levels."""
     return first if _RISK_ORDER[RiskLevel(first)] >= _RISK_ORDER[RiskLevel(second)] else second
@@ -760,7 +769,7 @@ class _CodeVisitor(ast.NodeVisitor):
         self.generic_visit(node)
 
     def check_call(self, node: ast.Call, name: str, short: str) -> None:
-        args = [*node.args, *(k.value for k in node.keywords)]
+        args: list[ast.AST] = [*node.args, *(k.value for k in node.keywords)]
         if name in DYNAMIC_CALLS or name in ("builtins.exec", "builtins.eval"):
             self.check_exec(name, node.args[0] if node.args else None)
         elif short in ("import_module", "__import__"):
@@ -797,8 +806,10 @@ class _CodeVisitor(ast.NodeVisitor):
             index = DESTINATION_ARGUMENT.get(name)
             if index is None:
                 return args
-            keyword = [k.value for k in node.keywords if k.arg in ("dst", "extract_dir", "base_name")]
-            return keyword or node.args[index : index + 1]
+            keyword: list[ast.AST] = [
+                k.value for k in node.keywords if k.arg in ("dst", "extract_dir", "base_name")
+            ]
+            return keyword or list(node.args[index : index + 1])
         assert isinstance(node.func, ast.Attribute)
         receiver = node.func.value
         targets: list[ast.AST] = [receiver]

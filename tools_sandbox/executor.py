@@ -232,8 +232,9 @@ def run_step(
             return _fail(ErrorType.BAD_INPUT, str(exc))
     plugin = spec.plugin.protocol_field() if spec.plugin is not None else None
     try:
+        extra = {"limits": limits} if limits else {}  # a Sandbox of before the limits takes none
         result = sandbox.call(
-            step.action, checked, timeout_s=step.timeout_seconds, files=files, plugin=plugin, limits=limits
+            step.action, checked, timeout_s=step.timeout_seconds, files=files, plugin=plugin, **extra
         )
     except ToolCallError as exc:
         if exc.error_type == ErrorType.TIMEOUT:

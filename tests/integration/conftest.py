@@ -57,6 +57,8 @@ THROTTLED_TENANT = "throttled"
 THROTTLED_BURST = 3
 BACKLOGGED_TENANT = "backlogged"
 """A tenant of the test stack that runs one task at a time per orchestrator shard."""
+GUARDED_TENANT = "guarded"
+"""A tenant with the default approval levels (``workflow.approvals.required_risk_levels``: high)."""
 
 
 def integration_settings(tmp: Path, **overrides: object) -> Settings:
@@ -76,8 +78,16 @@ def integration_settings(tmp: Path, **overrides: object) -> Settings:
         "workflow.orchestrators": 2,
         # the tests submit far faster than a client should, and run more tasks at once than the
         # default tenant's 64: the limits are tested on their own tenants
+        # approvals: the tests' own tenant runs high-risk steps (python_exec) without asking; the
+        # gatekeeper's approvals are tested on GUARDED_TENANT, which has the default levels
         "tenants": {
-            "default": {"submit_per_s": 1000.0, "submit_burst": 1000, "max_concurrent_tasks": 4096},
+            "default": {
+                "submit_per_s": 1000.0,
+                "submit_burst": 1000,
+                "max_concurrent_tasks": 4096,
+                "approval_risk_levels": [],
+            },
+            GUARDED_TENANT: {"approval_risk_levels": None},
             THROTTLED_TENANT: {"submit_per_s": 0.2, "submit_burst": THROTTLED_BURST},
             BACKLOGGED_TENANT: {"max_concurrent_tasks": 1},
         },

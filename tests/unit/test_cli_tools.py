@@ -51,7 +51,7 @@ def test_json_lists_every_builtin_with_its_schema(capsys: pytest.CaptureFixture[
         assert tool["outputs"] == list(spec.outputs)
         assert tool["input_schema"] == spec.input_model.model_json_schema()
     assert tools["math_calculator"]["runtime"] == "sandbox"
-    assert tools["python_exec"]["risk"] == "medium"
+    assert tools["python_exec"]["risk"] == "high"  # model-written code (issue 17)
     assert tools["ai_tool"]["runtime"] == "host" and tools["ai_tool"]["outputs"] == ["answer"]
     assert "prompt" in tools["ai_tool"]["input_schema"]["properties"]
 

@@ -57,6 +57,7 @@ from officeray.workspaces import (
     WorkspaceChanges,
     WorkspaceLimitError,
     WorkspaceStore,
+    workspace_owner,
 )
 from tools_sandbox.backends import make_sandbox
 from tools_sandbox.executor import run_host_step, run_step
@@ -588,9 +589,6 @@ def placement_problem(wanted: dict[str, float], nodes: Sequence[dict[str, Any]])
 OWNER_CACHE_SIZE = 4096
 """Tasks whose workspace owner and tenant a pool remembers."""
 
-MAX_TASK_DEPTH = 8
-"""Most parent links followed to find a subtask's root task (whose workspace it shares)."""
-
 
 class NoRunnerError(Exception):
     """No runner could be started for a waiting step (every recent start failed)."""
@@ -1002,20 +1000,11 @@ class RunnerPool:
         if known is not None:
             return known
         assert self.store is not None
-        owner, tenant = task_id, DEFAULT_TENANT
-        record = await self.store.get_task(task_id)
-        if record is not None:
-            tenant = record.tenant
-        for _ in range(MAX_TASK_DEPTH):
-            parent = getattr(record, "parent_id", None)
-            if not parent:
-                break
-            owner = parent
-            record = await self.store.get_task(parent)
-        self._owners[task_id] = (owner, tenant)
+        owner, tenant = await workspace_owner(self.store.get_task, task_id)
+        self._owners[task_id] = (owner, tenant or DEFAULT_TENANT)
         while len(self._owners) > OWNER_CACHE_SIZE:
             del self._owners[next(iter(self._owners))]
-        return owner, tenant
+        return self._owners[task_id]
 
     async def _context_for(self, task_id: str, policy: RiskPolicy | None) -> StepContext | None:
         """What a sandbox step is sent with: the task workspace (with a store) and the call limits."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -31,6 +31,9 @@ MAX_ARTIFACT_PATH_CHARS = 1024
 
 MAX_PATH_DEPTH = 32
 """Most components of a workspace path."""
+
+MAX_TASK_DEPTH = 8
+"""Most parent links followed to find a subtask's root task (whose workspace it shares)."""
 
 
 class WorkspaceLimitError(ValueError):
@@ -92,6 +95,28 @@ class WorkspaceStore(Protocol):
     ) -> list[WorkspaceFile]: ...
 
     async def get_task(self, task_id: str) -> Any: ...
+
+
+class _HasParent(Protocol):
+    task_id: str
+    tenant: str
+    parent_id: str | None
+
+
+async def workspace_owner(
+    get_task: Callable[[str], Awaitable[_HasParent | None]], task_id: str
+) -> tuple[str, str | None]:
+    """``(workspace task id, tenant)`` of ``task_id``: a subtask shares its root task's workspace,
+    found by following ``parent_id`` (at most :data:`MAX_TASK_DEPTH` links). The tenant is None for
+    an unknown task."""
+    record = await get_task(task_id)
+    owner, tenant = task_id, None if record is None else record.tenant
+    for _ in range(MAX_TASK_DEPTH):
+        parent = None if record is None else record.parent_id
+        if not parent:
+            break
+        owner, record = parent, await get_task(parent)
+    return owner, tenant
 
 
 def sha256_hex(data: bytes) -> str:

@@ -197,7 +197,12 @@ from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor, as_utc
 from officeray.telemetry import TASK_ID_ATTR, parse_traceparent, traceparent_of
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.validate import validate_plan
-from officeray.workspaces import artifact_headers, artifact_media_type, artifact_path_problem
+from officeray.workspaces import (
+    artifact_headers,
+    artifact_media_type,
+    artifact_path_problem,
+    workspace_owner,
+)
 from serving.chat_api import make_chat_router
 from serving.console import console_response
 from serving.events import (
@@ -1344,11 +1349,14 @@ class Gateway:
 
     @app.get("/v1/tasks/{task_id}/artifacts")
     async def list_artifacts(self, task_id: str, principal: Caller) -> dict[str, Any]:
-        """The files the task's steps left in its workspace (without contents), by path."""
+        """The files the task's steps left in its workspace (without contents), by path; a subtask's
+        are its root task's (``workspace_id``), which all the tree's steps share."""
         record = await self._record(task_id, principal)
-        files = await self.store.workspace_files(record.task_id)
+        owner, _tenant = await workspace_owner(self.store.get_task, record.task_id)
+        files = await self.store.workspace_files(owner)
         return {
             "task_id": record.task_id,
+            "workspace_id": owner,
             "files": [f.model_dump(mode="json") for f in files],
             "total_bytes": sum(f.size for f in files),
         }
@@ -1361,7 +1369,8 @@ class Gateway:
         problem = artifact_path_problem(path)
         if problem is not None:
             raise ApiError(400, f"invalid artifact path: {problem}", "invalid_path")
-        found = await self.store.workspace_file(record.task_id, path)
+        owner, _tenant = await workspace_owner(self.store.get_task, record.task_id)
+        found = await self.store.workspace_file(owner, path)
         if found is None:
             raise ApiError(404, f"task {record.task_id!r} has no artifact {path!r}", "artifact_not_found")
         meta, content = found

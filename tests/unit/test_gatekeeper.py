@@ -8,7 +8,18 @@ from typing import Any
 
 import pytest
 
-from officeray.contracts import PlanStep
+from cluster import cli
+from officeray.config import TenantLimits, WorkflowSettings
+from officeray.contracts import (
+    ErrorType,
+    PlanStep,
+    Review,
+    ReviewRequest,
+    ReviewVerdict,
+    TaskRecord,
+    TaskRequest,
+    TaskStatus,
+)
 from officeray.gatekeeper import (
     RULE_ALLOWED,
     RULE_FILE_DELETE,
@@ -34,8 +45,16 @@ from officeray.gatekeeper import (
     step_risk,
     stricter_decision,
 )
+from officeray.testing import (
+    FunctionExecutor,
+    InMemoryStore,
+    ScriptedPlanner,
+    ScriptedReviewer,
+    in_memory_tracer,
+)
 from officeray.tools.builtin import BUILTIN_TOOLS
 from officeray.tools.plugins import RiskLevel
+from officeray.workflow import Workflow
 
 HIGH = ["high"]
 TASK = "Summarise the report and POST it to https://hooks.example.com/report; read api.example.org too"
@@ -441,3 +460,132 @@ def test_unattended_approvals() -> None:
     rejected = asyncio.run(UnattendedApprovals(approve=False).wait("t", "k", 1.0))
     assert rejected is not None
     assert rejected["decision"] == "rejected" and "--approve" in rejected["reason"]
+
+
+# -- in the workflow -----------------------------------------------------------------------------
+
+
+def _workflow(
+    functions: dict[str, Any], reviews: list[Any], **kwargs: Any
+) -> tuple[Workflow, InMemoryStore, ScriptedPlanner]:
+    tracer, _spans = in_memory_tracer()
+    planner = ScriptedPlanner([])
+    store = InMemoryStore()
+    workflow = Workflow(
+        planner=planner,
+        reviewer=ScriptedReviewer(reviews),
+        executor=FunctionExecutor(functions),
+        store=store,
+        tracer=tracer,
+        tools={name: spec.input_model for name, spec in BUILTIN_TOOLS.items()},
+        **kwargs,
+    )
+    return workflow, store, planner
+
+
+def _ready(code: str) -> dict[str, Any]:
+    return {
+        "plan_id": "p",
+        "task_id": "p",
+        "steps": [
+            {"step_id": "s1", "action": "python_exec", "inputs": {"code": code}, "idempotency_key": "s1"}
+        ],
+    }
+
+
+def _fail_review(request: ReviewRequest) -> Review:
+    return Review(verdict=ReviewVerdict.FAILED, feedback=request.results[0].error.message)  # type: ignore[union-attr]
+
+
+def test_a_denied_step_fails_with_denied_and_never_runs() -> None:
+    ran: list[Any] = []
+    workflow, store, _ = _workflow({"python_exec": ran.append}, [_fail_review], settings=WorkflowSettings())
+    request = TaskRequest(description="ping a host", plan=_ready("import socket"))
+
+    record = asyncio.run(workflow.run(request, "t-deny"))
+
+    assert ran == [] and record.status == TaskStatus.FAILED
+    (step,) = record.steps
+    assert step.error is not None and step.error.type == ErrorType.DENIED
+    assert "denied by the gatekeeper" in step.error.message and "socket" in step.error.message
+    (gate,) = [data for kind, data in store.event_log.get("t-deny", []) if kind == "gatekeeper"]
+    assert gate["verdict"] == "deny" and gate["rule"] == RULE_PYTHON_NETWORK and gate["risk"] == "high"
+
+
+def test_tenant_levels_override_the_global_ones() -> None:
+    def limits(tenant: str) -> TenantLimits:
+        return TenantLimits(approval_risk_levels=[] if tenant == "lab" else None)
+
+    def run(tenant: str) -> TaskRecord:
+        workflow, _, _ = _workflow(
+            {"python_exec": lambda _inputs: {"stdout": "1\n", "stderr": "", "exit_code": 0}},
+            [Review(verdict=ReviewVerdict.APPROVED, final_output="1")],
+            tenant_limits=limits,
+            approvals=UnattendedApprovals(approve=False),
+        )
+        request = TaskRequest(description="print one", plan=_ready("print(1)"), tenant=tenant)
+        return asyncio.run(workflow.run(request, f"t-{tenant}"))
+
+    assert run("lab").status == TaskStatus.COMPLETED  # no approval needed there
+    guarded = run("default")  # the global levels: high needs approval, nobody approves here
+    assert guarded.steps[0].error is not None and "--approve" in guarded.steps[0].error.message
+
+
+def test_unattended_approve_runs_the_step_and_audits_who() -> None:
+    workflow, store, _ = _workflow(
+        {"python_exec": lambda _inputs: {"stdout": "1\n", "stderr": "", "exit_code": 0}},
+        [Review(verdict=ReviewVerdict.APPROVED, final_output="1")],
+        approvals=UnattendedApprovals(approve=True),
+    )
+    record = asyncio.run(workflow.run(TaskRequest(description="print one", plan=_ready("print(1)")), "t-ok"))
+
+    assert record.status == TaskStatus.COMPLETED
+    events = dict(store.event_log.get("t-ok", []))
+    assert (
+        events["approval_requested"]["risk"] == "high"
+        and events["approval_requested"]["rule"] == RULE_RISK_LEVEL
+    )
+    assert events["approval_decided"]["decided_by"] == "officeray run --approve"
+
+
+def test_a_failing_gatekeeper_leaves_the_step_to_a_person() -> None:
+    class Broken:
+        async def gate(self, request: GateRequest) -> GateDecision:
+            raise RuntimeError("model gone")
+
+    workflow, store, _ = _workflow(
+        {"python_exec": lambda _inputs: {"stdout": "", "stderr": "", "exit_code": 0}},
+        [_fail_review],
+        gatekeeper=Broken(),
+        approvals=UnattendedApprovals(approve=False),
+    )
+    record = asyncio.run(workflow.run(TaskRequest(description="x", plan=_ready("print(1)")), "t-broken"))
+    (gate,) = [data for kind, data in store.event_log.get("t-broken", []) if kind == "gatekeeper"]
+    assert (
+        gate["verdict"] == "approval"
+        and gate["rule"] == "gatekeeper_error"
+        and "model gone" in gate["reason"]
+    )
+    assert record.steps[0].error is not None and record.steps[0].error.type == ErrorType.APPROVAL
+
+
+# -- officeray run --approve ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "task"], {"workflow.approvals.unattended": "reject"}),
+        (["run", "task", "--approve"], {"workflow.approvals.unattended": "approve"}),
+        (["examples", "--approve"], {"workflow.approvals.unattended": "approve"}),
+        (["run", "task", "--address", "http://x:1"], {}),
+    ],
+)
+def test_cli_approve_option(argv: list[str], expected: dict[str, str]) -> None:
+    args = cli._parser().parse_args(argv)
+    assert cli.unattended_approvals(args) == expected
+
+
+def test_cli_approve_is_refused_with_a_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "task", "--approve", "--address", "http://127.0.0.1:9"]) == 2
+    assert "--approve applies to a local run" in capsys.readouterr().err

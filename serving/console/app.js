@@ -1,5 +1,6 @@
-// The officeray console: tasks (a live list), one task (plan DAG, timeline, events, result) and the
-// system (components, heartbeats, message rates, DLQ, approvals). Plain JavaScript and SVG, no build
+// The officeray console: tasks (a live list), one task (plan DAG, timeline, events, result, subtask
+// tree, review by a person, workspace artifacts) and the system (components, heartbeats, message rates,
+// DLQ, approvals, reviews). Plain JavaScript and SVG, no build
 // step, nothing loaded from elsewhere. The API key lives in this tab's sessionStorage and goes out as
 // `Authorization: Bearer` on every call; server-sent events are read with fetch() (EventSource
 // cannot send that header) and parsed here (parseSse).
@@ -13,6 +14,11 @@
   const SYSTEM_REFRESH_MS = 3000;
   const QUEUES_REFRESH_MS = 5000;
   const TASK_REFRESH_DEBOUNCE_MS = 300;
+  const DECIDED_REFRESH_MS = 800;
+  const MAX_REVIEW_FEEDBACK_CHARS = 2000; // officeray.review.MAX_REVIEW_FEEDBACK_CHARS
+  const SUBTASK_INDENT_PX = 22;
+  const SUBTASK_MAX_DEPTH = 8;
+  const DOWNLOAD_URL_KEEP_MS = 60000;
   const RECONNECT_MIN_MS = 1000;
   const RECONNECT_MAX_MS = 10000;
   const FINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
@@ -100,11 +106,24 @@
     return t === null ? "" : new Date(t).toLocaleTimeString();
   }
 
+  function formatBytes(n) {
+    if (n === null || n === undefined || Number.isNaN(n)) return "";
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+  }
+
+  function shortText(value, limit) {
+    const text = typeof value === "string" ? value : JSON.stringify(value, null, 2);
+    if (text === undefined) return "";
+    return text.length > limit ? `${text.slice(0, limit)}…` : text;
+  }
+
   // -- the API -------------------------------------------------------------------------------------
 
   class ApiError extends Error {
     constructor(status, detail, code) {
-      super(detail || `HTTP ${status}`);
+      super((typeof detail === "string" ? detail : detail && JSON.stringify(detail)) || `HTTP ${status}`);
       this.status = status;
       this.code = code;
     }
@@ -135,6 +154,30 @@
       throw new ApiError(response.status, body && body.detail, body && body.code);
     }
     return body;
+  }
+
+  // A file of the API as a Blob (the Authorization header rules out a plain link); refusals as ApiError.
+  async function apiBlob(path) {
+    const response = await fetch(path, { headers: authHeaders(), cache: "no-store" });
+    if (!response.ok) {
+      let body = null;
+      try {
+        body = JSON.parse(await response.text());
+      } catch (_) {
+        body = null;
+      }
+      if (response.status === 401) signOut("The API key was refused: sign in again.");
+      throw new ApiError(response.status, body && body.detail, body && body.code);
+    }
+    return response.blob();
+  }
+
+  // What a refused call says, with its HTTP status and code (a 403 or a 409 reads differently).
+  function describeRefusal(error) {
+    if (!(error instanceof ApiError)) return `Failed: ${error.message}`;
+    const label = { 400: "Refused", 403: "Not allowed", 404: "Not found", 409: "Already decided",
+      422: "Invalid" }[error.status] || "Refused";
+    return `${label} (HTTP ${error.status}${error.code ? ` ${error.code}` : ""}): ${error.message}`;
   }
 
   // -- server-sent events over fetch() -------------------------------------------------------------
@@ -488,6 +531,15 @@
     $("task-result").textContent = "";
     clear($("task-events"));
     clear($("task-approvals"));
+    clear($("task-review"));
+    clear($("task-subtasks"));
+    $("subtasks-box").hidden = true;
+    $("task-parent").hidden = true;
+    clear($("task-parent"));
+    clear($("artifacts-table").tBodies[0]);
+    $("artifacts-total").textContent = "";
+    $("artifacts-empty").hidden = false;
+    $("artifacts-empty").textContent = "No files in the task's workspace.";
     $("timeline").replaceChildren(el("p", { class: "muted", text: "No spans yet." }));
     $("plan").replaceChildren(el("p", { class: "muted", text: "No plan yet." }));
     refreshTaskView(view);
@@ -546,6 +598,7 @@
       for (const event of trace.events || []) addTaskEvent(view, event);
       renderTaskView(view);
       showBanner("");
+      refreshArtifacts(view, asked);
     } catch (error) {
       if (state.task !== view) return;
       showBanner(error.status === 404 ? `No task ${view.id}.` : `Could not load the task: ${error.message}`);
@@ -575,6 +628,9 @@
     else if (record.result !== null && record.result !== undefined) result.textContent = JSON.stringify(record.result, null, 2);
     else result.textContent = FINAL_STATUSES.has(record.status) ? "(no result)" : "(running)";
     renderTaskApprovals(view);
+    renderTaskParent(record);
+    renderTaskReview(view);
+    renderSubtasks(record);
     drawTimeline($("timeline"), view.spans);
     drawPlan($("plan"), record);
   }
@@ -583,6 +639,11 @@
     const list = $("task-events");
     clear(list);
     for (const event of view.events) {
+      const described = describeEvent(event);
+      if (described) {
+        list.append(described);
+        continue;
+      }
       const data = { ...(event.data || {}) };
       delete data.status;
       const details = Object.keys(data).length ? JSON.stringify(data) : "";
@@ -592,6 +653,246 @@
         event.data && event.data.status ? statusBadge(event.data.status) : null,
         el("span", { class: "muted details", text: details, title: details })));
     }
+  }
+
+  function taskLink(taskId, text) {
+    return el("a", { href: `#/task/${encodeURIComponent(taskId)}`, class: "mono", text: text || taskId });
+  }
+
+  // The events a person reads in full: the gatekeeper's verdict and reason, subtasks, reviews.
+  function describeEvent(event) {
+    const d = event.data || {};
+    const head = () => [el("time", { text: formatClock(event.at) }), el("span", { class: "kind", text: event.kind })];
+    const row = (attrs, ...rest) => el("li", { "data-kind": event.kind, class: "described", ...attrs }, ...head(), ...rest);
+    if (event.kind === "gatekeeper") {
+      const verdict = String(d.verdict || "");
+      const what = `step ${d.step_id || "?"} (${d.action || "?"})${d.risk ? ` · risk ${d.risk}` : ""}`;
+      return row({ "data-verdict": verdict, "data-step": d.step_id },
+        el("span", { class: `verdict verdict-${verdict}`, text: verdict }),
+        el("span", { class: "gate" }, el("span", { class: "gate-step", text: what }),
+          el("span", { class: "gate-reason", text: d.reason || "" })));
+    }
+    if (event.kind === "review_escalated") {
+      return row({}, statusBadge("waiting_review"),
+        el("span", { class: "gate-reason", text: `iteration ${d.iteration}: ${d.reason || ""}` }));
+    }
+    if (event.kind === "review_decided") {
+      const said = d.feedback ? `: ${d.feedback}` : "";
+      return row({ "data-decision": d.decision },
+        el("span", { class: `verdict decision-${d.decision}`, text: d.decision }),
+        el("span", { class: "gate-reason", text: `by ${d.decided_by}${said}` }));
+    }
+    if ((event.kind === "subtask_started" || event.kind === "subtask_finished") && d.task_id) {
+      return row({ "data-subtask": d.subtask_id },
+        d.subtask_status ? statusBadge(d.subtask_status) : null,
+        el("span", {}, `subtask ${d.subtask_id} `, taskLink(d.task_id)));
+    }
+    if (event.kind === "decomposed" && Array.isArray(d.subtasks)) {
+      const parts = d.subtasks.map((s) => s.subtask_id + (s.dependencies && s.dependencies.length
+        ? ` (after ${s.dependencies.join(", ")})` : ""));
+      return row({}, el("span", { class: "gate-reason", text: `${d.subtasks.length} subtasks: ${parts.join(", ")}` }));
+    }
+    return null;
+  }
+
+  // -- subtasks: the tree of a decomposed task, the parent of a child -----------------------------
+
+  function renderTaskParent(record) {
+    const box = $("task-parent");
+    if (!record.parent_id) {
+      box.hidden = true;
+      clear(box);
+      return;
+    }
+    box.replaceChildren("subtask of ", taskLink(record.parent_id));
+    box.hidden = false;
+  }
+
+  // Depth of each subtask in its DAG (0: no dependency): the tree is drawn indented by it.
+  function subtaskDepths(subtasks) {
+    const byId = new Map(subtasks.map((s) => [s.subtask_id, s]));
+    const depth = new Map();
+    const depthOf = (id, seen) => {
+      if (depth.has(id)) return depth.get(id);
+      if (seen.has(id) || !byId.has(id)) return 0;
+      seen.add(id);
+      const deps = (byId.get(id).dependencies || []).filter((dep) => byId.has(dep));
+      const d = deps.length ? 1 + Math.max(...deps.map((dep) => depthOf(dep, seen))) : 0;
+      depth.set(id, d);
+      return d;
+    };
+    for (const s of subtasks) depthOf(s.subtask_id, new Set());
+    return depth;
+  }
+
+  function renderSubtasks(record) {
+    const subtasks = record.subtasks || [];
+    const list = $("task-subtasks");
+    $("subtasks-box").hidden = subtasks.length === 0;
+    clear(list);
+    if (!subtasks.length) return;
+    const depth = subtaskDepths(subtasks);
+    const done = subtasks.filter((s) => s.status === "completed").length;
+    $("subtasks-count").textContent = `(${done} of ${subtasks.length} completed)`;
+    for (const subtask of subtasks) {
+      const level = Math.min(depth.get(subtask.subtask_id) || 0, SUBTASK_MAX_DEPTH);
+      const took = subtask.started_at
+        ? formatDuration((parseTime(subtask.finished_at) || Date.now()) - parseTime(subtask.started_at)) : "";
+      const item = el("li", { class: "subtask", "data-subtask": subtask.subtask_id, "data-status": subtask.status,
+        "data-depth": level },
+        el("div", { class: "subtask-head" },
+          statusBadge(subtask.status),
+          el("span", { class: "subtask-id mono", text: subtask.subtask_id }),
+          taskLink(subtask.task_id, "open"),
+          subtask.dependencies && subtask.dependencies.length
+            ? el("span", { class: "muted", text: `after ${subtask.dependencies.join(", ")}` }) : null,
+          took ? el("span", { class: "muted", text: took }) : null),
+        el("div", { class: "subtask-desc", text: subtask.description, title: subtask.description }),
+        subtask.error ? el("div", { class: "error subtask-error", text: subtask.error }) : null);
+      item.style.marginLeft = `${level * SUBTASK_INDENT_PX}px`; // CSSOM: allowed by the page's policy
+      list.append(item);
+    }
+  }
+
+  // -- a result that waits for a person's review ---------------------------------------------------
+
+  // The panel is kept across refreshes of the same round (the feedback typed and the outcome stay);
+  // it goes when the task no longer waits.
+  function renderTaskReview(view) {
+    const box = $("task-review");
+    const record = view.record;
+    const pending = record.status === "waiting_review" ? record.review_pending : null;
+    if (!pending) {
+      clear(box);
+      return;
+    }
+    const round = `${record.task_id}#${pending.iteration}`;
+    const shown = box.firstElementChild;
+    if (shown && shown.dataset.round === round) {
+      const left = shown.querySelector(".review-timeout");
+      if (left) left.textContent = reviewTimeLeft(pending);
+      return;
+    }
+    box.replaceChildren(reviewPanel(view, record.task_id, pending, round));
+  }
+
+  function reviewTimeLeft(pending) {
+    const since = parseTime(pending.since);
+    if (since === null || !pending.timeout_s) return "";
+    const left = since + pending.timeout_s * 1000 - Date.now();
+    return left > 0 ? `times out in ${formatDuration(left)}` : "timed out";
+  }
+
+  function reviewPanel(view, taskId, pending, round) {
+    const feedback = el("textarea", { class: "feedback", rows: 3, maxlength: MAX_REVIEW_FEEDBACK_CHARS,
+      placeholder: "feedback (required to send back; optional otherwise)" });
+    const outcome = el("span", { class: "outcome" });
+    const accept = el("button", { type: "button", class: "accept", text: "Accept" });
+    const reject = el("button", { type: "button", class: "reject danger", text: "Reject" });
+    const revise = el("button", { type: "button", class: "revise secondary", text: "Send back" });
+    const buttons = [accept, reject, revise];
+    const decide = async (decision) => {
+      const said = feedback.value.trim();
+      if (decision === "revise" && !said) {
+        outcome.textContent = "Write the feedback for the next round before sending it back.";
+        outcome.className = "outcome error";
+        feedback.focus();
+        return;
+      }
+      buttons.forEach((b) => { b.disabled = true; });
+      outcome.textContent = "";
+      outcome.className = "outcome";
+      try {
+        const answer = await api(`/v1/tasks/${encodeURIComponent(taskId)}/review`,
+          { method: "POST", body: { decision, feedback: said } });
+        outcome.textContent = `${answer.decision} by ${answer.decided_by}`;
+        outcome.className = "outcome ok";
+        setTimeout(() => {
+          if (state.task === view) refreshTaskView(view);
+        }, DECIDED_REFRESH_MS);
+      } catch (error) {
+        outcome.textContent = describeRefusal(error);
+        outcome.className = "outcome error";
+        outcome.dataset.status = String(error.status || "");
+        buttons.forEach((b) => { b.disabled = false; });
+      }
+    };
+    accept.addEventListener("click", () => decide("accept"));
+    reject.addEventListener("click", () => decide("reject"));
+    revise.addEventListener("click", () => decide("revise"));
+    const proposed = pending.proposed_output === null || pending.proposed_output === undefined
+      ? "(no output)" : JSON.stringify(pending.proposed_output, null, 2);
+    return el("div", { class: "review", "data-round": round, "data-iteration": pending.iteration },
+      el("div", { class: "review-head" },
+        el("strong", { text: `Iteration ${pending.iteration} waits for a person's review` }),
+        el("span", { class: "muted", text: pending.since ? `since ${formatClock(pending.since)}` : "" }),
+        el("span", { class: "muted review-timeout", text: reviewTimeLeft(pending) })),
+      el("div", { class: "review-label", text: "Why" }),
+      el("p", { class: "review-reason", text: pending.reason || "(no reason given)" }),
+      el("div", { class: "review-label", text: "Proposed result" }),
+      el("pre", { class: "result review-output", text: proposed }),
+      feedback,
+      el("div", { class: "decision" }, accept, reject, revise, outcome));
+  }
+
+  // -- artifacts: the files of the task's workspace -----------------------------------------------
+
+  function artifactPath(taskId, path) {
+    return `/v1/tasks/${encodeURIComponent(taskId)}/artifacts/${path.split("/").map(encodeURIComponent).join("/")}`;
+  }
+
+  async function refreshArtifacts(view, asked) {
+    const body = $("artifacts-table").tBodies[0];
+    const empty = $("artifacts-empty");
+    try {
+      const answer = await api(`/v1/tasks/${encodeURIComponent(view.id)}/artifacts`);
+      if (state.task !== view || asked < view.shown) return;
+      const files = answer.files || [];
+      const shown = [...body.rows].map((r) => `${r.dataset.path}@${r.dataset.sha256}`).join("|");
+      if (shown === files.map((f) => `${f.path}@${f.sha256}`).join("|") && files.length) return; // unchanged
+      clear(body);
+      for (const file of files) body.append(artifactRow(view.id, file));
+      $("artifacts-total").textContent = files.length ? `(${files.length} · ${formatBytes(answer.total_bytes)})` : "";
+      empty.textContent = "No files in the task's workspace.";
+      empty.classList.remove("error");
+      empty.hidden = files.length > 0;
+    } catch (error) {
+      if (state.task !== view) return;
+      empty.textContent = `Could not list the artifacts: ${describeRefusal(error)}`;
+      empty.classList.add("error");
+      empty.hidden = false;
+    }
+  }
+
+  function artifactRow(taskId, file) {
+    const outcome = el("span", { class: "outcome" });
+    const href = artifactPath(taskId, file.path);
+    const name = file.path.split("/").pop();
+    const link = el("a", { href, class: "download", download: name, text: "download",
+      title: `sha256 ${file.sha256}` });
+    link.addEventListener("click", async (event) => {
+      event.preventDefault(); // the API needs the key: fetched, then saved from a blob URL
+      outcome.textContent = "";
+      outcome.className = "outcome";
+      try {
+        const blob = await apiBlob(href);
+        const url = URL.createObjectURL(blob);
+        const save = el("a", { href: url, download: name, hidden: true });
+        document.body.append(save);
+        save.click();
+        save.remove();
+        setTimeout(() => URL.revokeObjectURL(url), DOWNLOAD_URL_KEEP_MS);
+      } catch (error) {
+        outcome.textContent = describeRefusal(error);
+        outcome.className = "outcome error";
+      }
+    });
+    return el("tr", { "data-path": file.path, "data-sha256": file.sha256 },
+      el("td", { class: "mono path", text: file.path, title: file.path }),
+      el("td", { class: "num size", text: formatBytes(file.size), title: `${file.size} bytes` }),
+      el("td", { class: "mono", text: file.step_id || "" }),
+      el("td", { class: "age", text: formatClock(file.updated_at) }),
+      el("td", {}, link, outcome));
   }
 
   function renderTaskApprovals(view) {
@@ -927,7 +1228,7 @@
   }
 
   async function refreshQueues() {
-    await Promise.all([refreshApprovals(), refreshDlq()]);
+    await Promise.all([refreshApprovals(), refreshReviews(), refreshDlq()]);
   }
 
   async function refreshApprovals() {
@@ -973,6 +1274,27 @@
     approve.addEventListener("click", () => decide("approve", [approve, reject]));
     reject.addEventListener("click", () => decide("reject", [approve, reject]));
     return [reason, approve, reject, outcome];
+  }
+
+  async function refreshReviews() {
+    const body = $("reviews-table").tBodies[0];
+    try {
+      const answer = await api("/v1/reviews");
+      if (state.view !== "system") return;
+      clear(body);
+      for (const item of answer.reviews) {
+        body.append(el("tr", { "data-task-id": item.task_id, "data-iteration": item.iteration },
+          el("td", { class: "mono" }, taskLink(item.task_id),
+            el("div", { class: "muted", text: item.description })),
+          el("td", { class: "num", text: String(item.iteration) }),
+          el("td", { class: "reason-text", text: item.reason, title: item.reason }),
+          el("td", { text: item.since ? formatDuration(Date.now() - parseTime(item.since)) : "" }),
+          el("td", { text: reviewTimeLeft(item) })));
+      }
+      $("reviews-empty").hidden = answer.reviews.length > 0;
+    } catch (error) {
+      if (state.view === "system") showBanner(`Could not read the reviews: ${error.message}`);
+    }
   }
 
   async function refreshDlq() {
@@ -1111,6 +1433,6 @@
   }
 
   // exposed for tests of the parser in the browser
-  window.officerayConsole = { createSseParser, packRows, sortLanes };
+  window.officerayConsole = { createSseParser, packRows, sortLanes, subtaskDepths };
   document.addEventListener("DOMContentLoaded", start);
 })();

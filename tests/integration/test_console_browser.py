@@ -1,11 +1,13 @@
 """The web console (``/console``) in a real headless Chromium (Debian's ``chromium``, driven by
 Playwright; nothing is downloaded) against the test stack: sign in, watch a task appear in the live
-list and complete, open it and see its timeline lanes, approve a waiting step, retry a dead-lettered
-task, and see the system's components. Screenshots go to ``test-artifacts/console/`` (the task's and
+list and complete, open it and see its timeline lanes, approve a waiting step, decide a result that
+waits for a person's review (and download the task's artifacts), retry a dead-lettered task, and see
+the system's components. Screenshots go to ``test-artifacts/console/`` (the task's and
 the system's are copied to ``docs/images/``)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -18,10 +20,10 @@ import httpx
 import pytest
 
 from cluster.runtime import LocalStack
-from officeray.auth import parse_key
+from officeray.auth import Role, parse_key
 from officeray.contracts import StepResult, StepStatus, TaskRecord, TaskStatus
 from serving.events import EVENT_SETTLE_S
-from tests.integration.conftest import REPO, base_url, bearer
+from tests.integration.conftest import REPO, base_url, bearer, create_key
 from tests.integration.stored import with_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -45,6 +47,8 @@ SLOW_TASK = "Wait 4 seconds then compute 2 + 3 then calculate ans * 4"
 """Three steps in sequence: a host-side wait (time to watch it run), then two on a sandbox runner."""
 QUICK_TASK = "Compute 2 + 3 then calculate ans * 4"
 FAILING_TASK = "Run python:\nraise SystemExit(3)"
+
+FINAL = ("completed", "failed", "cancelled")
 
 T = TypeVar("T")
 
@@ -127,6 +131,42 @@ def _until(check: Callable[[], Any], what: str, timeout_s: float = POLL_TIMEOUT_
 
 def _row(task_id: str) -> str:
     return f"#tasks-table tr[data-task-id='{task_id}']"
+
+
+def _notes_plan(content: str) -> dict[str, Any]:
+    """A ready plan of one step, ``file_operations write notes.txt``: the task's workspace keeps it."""
+    return {
+        "plan_id": f"plan-{uuid.uuid4().hex[:8]}",
+        "task_id": "unknown-yet",
+        "confidence": 1.0,
+        "metadata": {
+            "priority": 0,
+            "required_tools": ["file_operations"],
+            "estimated_cost_tokens": 0,
+            "estimated_duration_seconds": 1,
+        },
+        "steps": [
+            {
+                "step_id": "write",
+                "action": "file_operations",
+                "inputs": {"operation": "write", "path": "notes.txt", "content": content},
+                "outputs_expectation": None,
+                "timeout_seconds": 60,
+                "parallelizable": False,
+                "idempotency_key": f"write-{uuid.uuid4().hex[:8]}",
+                "dependencies": [],
+            }
+        ],
+    }
+
+
+def _sign_in(page: Any, key: str) -> None:
+    """Sign out, then in with ``key``: the page opens the view of its address again."""
+    page.click("#signout")
+    page.wait_for_selector("#signin:not([hidden])")
+    page.fill("#api-key", key)
+    page.click("#signin-button")
+    page.wait_for_selector("#live[data-state='live']")
 
 
 # -- tests ---------------------------------------------------------------------------------------------
@@ -250,6 +290,78 @@ def test_a_waiting_step_is_approved_from_the_system_view(
     assert decided["decision"] == "approved" and decided["reason"] == "checked by the browser test"
     page.wait_for_selector(row, state="detached")  # decided: no longer pending
     assert all(a["task_id"] != task_id for a in http.get("/v1/approvals").json()["approvals"])
+
+
+def test_a_result_waiting_for_review_is_decided_and_its_artifacts_download(
+    signed_in: Any, http: httpx.Client, stack: LocalStack, admin_key: str
+) -> None:
+    """A ready plan that writes notes.txt, submitted with ``require_sign_off``: the system view lists
+    the waiting review; the task view shows why, the proposed result, the gatekeeper's verdict and the
+    artifact (downloaded through the page, with the key); send back needs feedback, a user key is
+    refused (403, its detail shown), and the admin's Accept completes the task with the proposal."""
+    page = signed_in
+    content = f"notes for the reviewer {uuid.uuid4().hex}"
+    created = http.post(
+        "/v1/tasks",
+        json={"description": "write the notes", "plan": _notes_plan(content), "require_sign_off": True},
+    )
+    assert created.status_code == 202, created.text
+    task_id = created.json()["task_id"]
+
+    def waiting() -> dict[str, Any] | None:
+        record: dict[str, Any] = http.get(f"/v1/tasks/{task_id}", params={"wait_s": 5}).json()
+        assert record["status"] not in FINAL, (record["status"], record.get("error"))
+        return record if record["status"] == "waiting_review" else None
+
+    pending = _until(waiting, "the task to wait for a review")["review_pending"]
+
+    page.goto(page.url.split("#")[0] + "#/system")
+    listed = f"#reviews-table tr[data-task-id='{task_id}']"
+    page.wait_for_selector(listed)
+    assert "sign-off" in page.text_content(f"{listed} .reason-text")
+    page.click(f"{listed} a")
+
+    panel = "#task-review .review[data-iteration='1']"
+    page.wait_for_selector(panel)
+    assert page.text_content(f"{panel} .review-reason") == pending["reason"]
+    assert page.text_content(f"{panel} .review-output") == json.dumps(pending["proposed_output"], indent=2)
+    gate = page.locator("#task-events li[data-kind='gatekeeper'][data-step='write']")
+    gate.wait_for()
+    assert gate.get_attribute("data-verdict") == "allow"
+    assert gate.locator(".gate-reason").text_content().strip() != ""
+
+    row = "#artifacts-table tr[data-path='notes.txt']"
+    page.wait_for_selector(row)
+    assert page.text_content(f"{row} .size") == f"{len(content)} B"
+    with page.expect_download() as downloading:
+        page.click(f"{row} a.download")
+    download = downloading.value
+    assert download.suggested_filename == "notes.txt"
+    assert Path(download.path()).read_text() == content
+
+    page.click(f"{panel} button.revise")  # no feedback: nothing is sent
+    assert "feedback" in page.text_content(f"{panel} .outcome.error")
+    _screenshot(page, "console-review.png")
+    assert http.get(f"/v1/tasks/{task_id}").json()["status"] == "waiting_review"
+
+    user = _in_thread(lambda: create_key(stack.settings.store.url, "default", Role.USER))
+    try:
+        _sign_in(page, user)
+        page.wait_for_selector(panel)
+        page.click(f"{panel} button.accept")
+        page.wait_for_selector(f"{panel} .outcome.error[data-status='403']")
+        assert "HTTP 403 forbidden" in page.text_content(f"{panel} .outcome")
+    finally:
+        _sign_in(page, admin_key)
+    page.wait_for_selector(panel)
+    page.fill(f"{panel} textarea.feedback", "looks right")
+    page.click(f"{panel} button.accept")
+    page.wait_for_selector(f"{panel} .outcome.ok")
+    assert page.text_content(f"{panel} .outcome") == f"accept by {parse_key(admin_key)}"
+    page.wait_for_selector("#task-status .status-completed")
+    page.wait_for_selector(panel, state="detached")
+    page.wait_for_selector("#task-events li[data-kind='review_decided'][data-decision='accept']")
+    assert json.loads(page.text_content("#task-result")) == pending["proposed_output"]
 
 
 def test_a_dead_lettered_task_is_retried_from_the_system_view(signed_in: Any, http: httpx.Client) -> None:

@@ -364,3 +364,14 @@ async def test_a_decomposition_from_a_model_is_accounted() -> None:
     assert record.status == TaskStatus.COMPLETED, record.error
     assert record.result == {"a": 2, "b": 20}
     assert record.model_calls[0].role == "decomposer" and record.usage.prompt_tokens >= 10
+
+
+async def test_a_released_slot_is_taken_back_when_the_block_raises() -> None:
+    scheduler = FairScheduler(1, lambda _tenant: 1)
+    with pytest.raises(RuntimeError, match="boom"):
+        async with scheduler.slot("a"), scheduler.released("a"):
+            assert scheduler.running == 0
+            async with scheduler.slot("b"):  # another task takes the freed slot meanwhile
+                assert scheduler.running == 1
+            raise RuntimeError("boom")
+    assert scheduler.running == 0 and scheduler.queued_by_tenant() == {}

@@ -165,6 +165,8 @@ def unattended_approvals(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("--approve applies to a local run; on a server, use `officeray approve`")
         return {}
     return {"workflow.approvals.unattended": "approve" if args.approve else "reject"}
+
+
 """The commands of :mod:`cluster.cli_client`, by name (filled by :func:`_parser`)."""
 
 

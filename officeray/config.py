@@ -526,6 +526,7 @@ class ModelsSettings(_Section):
         if any(isinstance(cfg, EmbeddedTierConfig) for cfg in chain):
             raise ValueError("the embedded gatekeeper is the rules themselves: list only model tiers")
         return chain
+
     prices: dict[str, Price] = Field(default_factory=dict)
     """Price per model name; models without an entry cost 0 (tokens are still counted)."""
     router: RouterSettings = Field(default_factory=RouterSettings)

@@ -63,7 +63,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -88,8 +88,10 @@ from serving.tiers.embedded_tier import whitespace_tokens
 
 logger = logging.getLogger(__name__)
 
-ROLES: tuple[Role, ...] = get_args(Role)
-"""The model names of this surface, in the order ``/v1/models`` lists them."""
+ROLES: tuple[Role, ...] = ("planner", "reviewer", "ai_tool")
+"""The model names of this surface, in the order ``/v1/models`` lists them: the roles with a deployment
+of their own. The ``decomposer`` and ``gatekeeper`` roles (also of :data:`~serving.tiers.base.Role`)
+ride on the planner's and the reviewer's replicas and are not served as chat models."""
 
 DEFAULT_BACKPRESSURE_RETRY_AFTER_S = 1
 

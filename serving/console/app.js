@@ -626,6 +626,7 @@
     result.classList.toggle("error", Boolean(record.error));
     if (record.error) result.textContent = record.error;
     else if (record.result !== null && record.result !== undefined) result.textContent = JSON.stringify(record.result, null, 2);
+    else if (record.status === "waiting_review") result.textContent = "(waiting for a person's review: see above)";
     else result.textContent = FINAL_STATUSES.has(record.status) ? "(no result)" : "(running)";
     renderTaskApprovals(view);
     renderTaskParent(record);

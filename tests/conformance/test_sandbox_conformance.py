@@ -516,9 +516,10 @@ def test_workspace_put_list_read_delete_binary_safe(sandbox: AgentSandbox) -> No
         "deep/dir/blob.bin": (len(blob), hashlib.sha256(blob).hexdigest()),
     }
     assert sandbox.workspace_read("deep/dir/blob.bin", 1 << 20) == blob
-    assert sandbox.call("file_operations", {"operation": "read", "path": "notes.txt"}, timeout_s=10)[
-        "content"
-    ] == "hello"
+    assert (
+        sandbox.call("file_operations", {"operation": "read", "path": "notes.txt"}, timeout_s=10)["content"]
+        == "hello"
+    )
     with pytest.raises(ToolCallError) as info:
         sandbox.workspace_read("deep/dir/blob.bin", 100)
     assert info.value.error_type == ErrorType.OUTPUT_LIMIT
@@ -558,9 +559,7 @@ def test_workspace_ops_refuse_escaping_paths(sandbox: AgentSandbox, path: str) -
 
 def test_call_limits_cap_the_output(sandbox: AgentSandbox) -> None:
     code = "print('x' * 5000)"
-    err = call_error(
-        sandbox, "python_exec", {"code": code, "stdin": ""}, limits={"output_bytes": 2048}
-    )
+    err = call_error(sandbox, "python_exec", {"code": code, "stdin": ""}, limits={"output_bytes": 2048})
     assert err.error_type == ErrorType.OUTPUT_LIMIT
     assert run_py(sandbox, code)["exit_code"] == 0  # the next call has the sandbox's own cap
 
@@ -568,8 +567,11 @@ def test_call_limits_cap_the_output(sandbox: AgentSandbox) -> None:
 def test_call_limits_cap_memory_and_cpu(sandbox: AgentSandbox) -> None:
     result = sandbox.call(
         "python_exec",
-        {"code": "import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] // 2**20,"
-         " resource.getrlimit(resource.RLIMIT_CPU)[0])", "stdin": ""},
+        {
+            "code": "import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] // 2**20,"
+            " resource.getrlimit(resource.RLIMIT_CPU)[0])",
+            "stdin": "",
+        },
         timeout_s=20,
         limits={"memory_mb": 1024, "cpu_s": 30},
     )

@@ -356,11 +356,11 @@ def test_a_result_waiting_for_review_is_decided_and_its_artifacts_download(
     page.wait_for_selector(panel)
     page.fill(f"{panel} textarea.feedback", "looks right")
     page.click(f"{panel} button.accept")
-    page.wait_for_selector(f"{panel} .outcome.ok")
-    assert page.text_content(f"{panel} .outcome") == f"accept by {parse_key(admin_key)}"
     page.wait_for_selector("#task-status .status-completed")
-    page.wait_for_selector(panel, state="detached")
-    page.wait_for_selector("#task-events li[data-kind='review_decided'][data-decision='accept']")
+    page.wait_for_selector(panel, state="detached")  # decided: the panel goes
+    decided = page.locator("#task-events li[data-kind='review_decided'][data-decision='accept']")
+    decided.wait_for()
+    assert decided.locator(".gate-reason").text_content() == f"by {parse_key(admin_key)}: looks right"
     assert json.loads(page.text_content("#task-result")) == pending["proposed_output"]
 
 

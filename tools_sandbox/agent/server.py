@@ -340,9 +340,7 @@ def list_workspace(root: str) -> dict[str, list[Any]]:
             rel = os.path.relpath(full, root).replace(os.sep, "/")
             found[rel] = [size, digest.hexdigest()]
             if len(found) > MAX_WORKSPACE_FILES:
-                raise AgentError(
-                    "output_limit", f"the workspace holds more than {MAX_WORKSPACE_FILES} files"
-                )
+                raise AgentError("output_limit", f"the workspace holds more than {MAX_WORKSPACE_FILES} files")
     return found
 
 

@@ -47,6 +47,12 @@ def test_example_tasks_all_complete_with_the_right_answers(stack: LocalStack) ->
     assert by_text["Run python:\nimport statistics\nprint(statistics.mean([3, 5, 10]))"].result == "6"
     parallel = by_text["Calculate 2 ** 10 and also compute 3 ** 4"]
     assert parallel.result == {"s1": 1024, "s2": 81}
+    (big,) = [r for r in records if r.description.startswith("Do these:")]
+    assert [(s.subtask_id, s.status) for s in big.subtasks] == [
+        ("s1", "completed"),
+        ("s2", "completed"),
+        ("s3", "completed"),
+    ]
 
 
 def test_parallel_steps_run_at_the_same_time(stack: LocalStack) -> None:

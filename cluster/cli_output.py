@@ -100,6 +100,8 @@ def print_summary(records: Sequence[TaskRecord], elapsed_s: float) -> None:
             secs = f"{(record.finished_at - record.created_at).total_seconds():.2f}"
         ok = record.status == TaskStatus.COMPLETED
         steps = ", ".join(f"{s.step_id} {s.action} {s.status.value}" for s in record.steps)
+        if record.subtasks:  # a big task: its parts ran as child tasks
+            steps = ", ".join(f"{s.subtask_id} subtask {s.status}" for s in record.subtasks)
         table.add_row(
             preview(record.description.splitlines()[0]),
             f"[green]{record.status.value}[/]" if ok else f"[red]{record.status.value}[/]",

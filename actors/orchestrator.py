@@ -63,6 +63,7 @@ from officeray.errors import (
     ApprovalConflictError,
     IdempotencyConflictError,
     LimitExceededError,
+    ReviewConflictError,
     StoreUnavailableError,
     TaskFinalError,
     TaskNotFoundError,
@@ -74,6 +75,7 @@ from officeray.quotas import dlq_retry_problem, shard_tenant_cap
 from officeray.review import StoreReviews, record_review_decision
 from officeray.scheduling import FairScheduler
 from officeray.store import SqlStore
+from officeray.subtasks import REVISE_NOT_SUPPORTED, SubtaskStartError, revise_refusal
 from officeray.tools.catalog import build_catalog
 from officeray.workflow import Planner, Reviewer, RunSupersededError, Workflow
 
@@ -160,7 +162,13 @@ class ShardSubtasks:
         return self._client
 
     async def start(self, request: TaskRequest) -> None:
-        await self.client().submit(request)  # by task id: an existing child is answered, not created
+        """Submit the child by its task id: an existing one is answered, not created, and is kept
+        only when it is this parent's child of the same tenant; :class:`SubtaskStartError` for a task
+        of that id that is not (another tenant's, or one submitted by hand)."""
+        record, _created = await self.client().submit(request)
+        problem = foreign_child_problem(record, request)
+        if problem is not None:
+            raise SubtaskStartError(problem)
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
         loop = asyncio.get_running_loop()
@@ -196,6 +204,17 @@ class ShardSubtasks:
                     await self.cancel(view.task_id, by)
                 except Exception as exc:
                     logger.warning("task %s: cancelling %s failed: %s", record.task_id, view.task_id, exc)
+
+
+def foreign_child_problem(record: TaskRecord, request: TaskRequest) -> str | None:
+    """Why the task ``record`` that a child's submission answered is not that child (its id names a
+    task of another parent or tenant), or None."""
+    if record.parent_id == request.parent_id and record.tenant == request.tenant:
+        return None
+    return (
+        f"task {record.task_id!r} exists and is not a subtask of {request.parent_id!r} "
+        f"(tenant {request.tenant!r})"
+    )
 
 
 MEMORY_WARM_TIMEOUT_S = 60.0
@@ -303,6 +322,7 @@ class Orchestrator:
         turns by tenants with waiting tasks (which stay ``queued`` meanwhile)."""
         self.workflow.subtasks = ShardSubtasks(self.store, self.scheduler, self._subtask_client)
         """A decomposed task's children run on any shard; the parent holds no slot while it waits."""
+        self.reviews.slots = self.scheduler  # a task waiting for a person's review holds no slot either
         self._running: dict[str, asyncio.Task[TaskRecord]] = {}
         self._reserved: dict[str, asyncio.Future[None]] = {}
         self._retrying: set[str] = set()
@@ -587,12 +607,15 @@ class Orchestrator:
             record.finished_at = None
             record.iterations = max(1, record.iterations)
             record.run_started_at = utcnow()  # the duration cap counts from this run
+            record.review_wait_s = 0.0
             record.counters = record.counters.model_copy(update={"step_attempts": 0, "model_calls": 0})
             record.usage = ModelUsage()  # usage already billed to the tenant is not billed again
             record.logs.append(LogLine(level="warning", message="re-queued from the dead-letter queue"))
             await self.store.save_task(record)  # not final any more: then out of the queue
             if not await self.store.dlq_remove(task_id):
                 raise TaskNotFoundError(f"task {task_id!r} is not in the dead-letter queue")
+            # a round a person rejected is decided again: its next wait must not find the old decision
+            await self.store.clear_review_decisions(task_id)
             await self.store.append_event(task_id, "retried_from_dlq", {"status": record.status.value})
         except BaseException:
             await self.store.release_lease(task_id, self.owner)
@@ -646,9 +669,14 @@ class Orchestrator:
         stored decision and whether a task here was woken (if not, it may wait on another shard).
 
         Raises :class:`TaskNotFoundError`, :class:`~officeray.errors.ReviewConflictError` (not waiting
-        for a review, or decided already), ValueError (an unknown decision, a revise without feedback).
+        for a review, or decided already; ``revise_not_supported`` for a revise of a decomposed
+        task's result), ValueError (an unknown decision, a revise without feedback).
         """
         self._ensure_started()
+        record = await self.store.get_task(task_id) if decision == "revise" else None
+        refusal = None if record is None else revise_refusal(record, decision)
+        if refusal is not None:
+            raise ReviewConflictError(refusal, REVISE_NOT_SUPPORTED)
         stored = await record_review_decision(self.store, task_id, decision, by, feedback)
         return stored, self.reviews.notify(task_id, stored.iteration)
 

@@ -57,6 +57,7 @@ from officeray.workspaces import (
     WorkspaceChanges,
     WorkspaceLimitError,
     WorkspaceStore,
+    artifact_path_problem,
     workspace_owner,
 )
 from tools_sandbox.backends import make_sandbox
@@ -1031,6 +1032,13 @@ class RunnerPool:
             if isinstance(outcome.output, dict):
                 return StepOutcome(output={**outcome.output, "workspace_discarded": changes.paths()})
             return outcome
+        refused = [path for path in changes.written if artifact_path_problem(path) is not None]
+        if refused:  # a runner never sends these; one that did must not break the task's later syncs
+            logger.warning("dropping workspace paths the artifact API refuses: %r", refused[:10])
+            written = {path: data for path, data in changes.written.items() if path not in refused}
+            changes = WorkspaceChanges(written=written, deleted=changes.deleted)
+            if changes.empty:
+                return outcome
         owner, tenant = await self._workspace_owner(task_id)
         try:
             caps = self.workspace_caps

@@ -377,6 +377,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
     folder = getattr(args, "artifacts", None)
+    if folder:
+        check_artifact_folder(Path(folder))  # before asking the server anything
     with connect(args, settings) as client:
         view = client.get(args.task_id)
         saved = save_artifacts(client, args.task_id, Path(folder)) if folder else None
@@ -389,28 +391,57 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def check_artifact_folder(folder: Path) -> None:
+    """Raise :class:`UsageError` when ``--artifacts`` cannot be a folder to save into: it names an
+    existing file, or it (or the nearest folder above it that exists) cannot be written."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        if existing.is_symlink():  # a dangling link: mkdir would fail on it
+            raise UsageError(f"--artifacts {folder}: {existing} is a broken symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is not a folder" if existing == folder else f"cannot be created: {existing} is not a folder"
+        raise UsageError(f"--artifacts {folder} {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--artifacts {folder}: {existing} is not writable")
+
+
 def save_artifacts(client: TaskApiClient, task_id: str, folder: Path) -> list[str]:
     """Save every file of the task's workspace under ``folder`` (created); answers the paths saved.
     A path that would land outside ``folder`` (absolute, ``..``, through a link) is refused: the
-    command fails with a usage error and saves nothing of it."""
+    command fails with a usage error and saves nothing of it. A folder that is not one, or that
+    cannot be written, is a usage error too (:func:`check_artifact_folder`, then any ``OSError``)."""
+    check_artifact_folder(folder)
     listing = client.artifacts(task_id)
     paths = [str(entry.get("path")) for entry in listing.get("files", [])]
-    folder.mkdir(parents=True, exist_ok=True)
+    with _saving(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     saved = []
     for path in paths:
         target = local_artifact_target(folder, path)
         if target is None:
             raise UsageError(f"refusing artifact {path!r}: it would be saved outside {folder}")
         data = client.artifact(task_id, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if local_artifact_target(folder, path) != target:  # a link appeared meanwhile
-            raise UsageError(f"refusing artifact {path!r}: it would be saved outside {folder}")
-        with contextlib.suppress(FileNotFoundError):
-            if target.is_symlink():
-                target.unlink()
-        target.write_bytes(data)
+        with _saving(folder, path):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if local_artifact_target(folder, path) != target:  # a link appeared meanwhile
+                raise UsageError(f"refusing artifact {path!r}: it would be saved outside {folder}")
+            with contextlib.suppress(FileNotFoundError):
+                if target.is_symlink():
+                    target.unlink()
+            target.write_bytes(data)
         saved.append(path)
     return saved
+
+
+@contextlib.contextmanager
+def _saving(folder: Path, path: str | None = None) -> Iterator[None]:
+    """Local file-system errors while saving artifacts become a :class:`UsageError` naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        where = folder if path is None else folder / path
+        raise UsageError(f"cannot save artifacts under {folder}: {where}: {exc.strerror or exc}") from None
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

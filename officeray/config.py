@@ -95,7 +95,7 @@ class EscalationSettings(_Section):
     review that gives no confidence is not); None: never on confidence."""
     timeout_s: float = Field(default=86400.0, gt=0)
     """Escalated results not decided within this time fail their task (``no review decision``); the
-    task's wall-clock cap (``retry_policy.maximum_duration_s``) bounds the wait too."""
+    wait does not count against the task's wall-clock cap (``retry_policy.maximum_duration_s``)."""
 
 
 class WorkflowSettings(_Section):

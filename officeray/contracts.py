@@ -639,6 +639,9 @@ class TaskRecord(_Strict):
     updated_at: datetime = Field(default_factory=utcnow)
     run_started_at: datetime | None = None
     """When the current run began (a DLQ retry starts a new one); the duration cap counts from it."""
+    review_wait_s: float = 0.0
+    """Seconds this run's earlier rounds waited for a person's review (``waiting_review``): not
+    counted against the wall-clock cap (``maximum_duration_s``)."""
     finished_at: datetime | None = None
     parent_id: str | None = None
     """The task this one is a subtask of (None: a top-level task)."""

@@ -35,10 +35,12 @@ rule                      verdict   when
 ========================  ========  ===============================================================
 
 Code is read with :mod:`ast` (aliases, ``from`` imports, simple assignments of strings, string
-concatenation and ``getattr`` with a constant name are followed; strings given to ``exec`` are
-parsed and judged too). Code that does not parse is scanned as text for the same names. The
-sandbox stays the boundary (it has no network and sees only the workspace): the gatekeeper refuses
-steps that *try*, so that a plan that tries is stopped with a reason a person can read.
+concatenation and ``getattr`` with a constant name are followed; a name bound to a path-building
+expression, ``out = Path("/tmp/x")`` or ``p = os.path.join(os.sep, "etc")``, is judged as that
+expression wherever it is written to; strings given to ``exec`` are parsed and judged too). Code
+that does not parse is scanned as text for the same names. The sandbox stays the boundary (it has
+no network and sees only the workspace): the gatekeeper refuses steps that *try*, so that a plan
+that tries is stopped with a reason a person can read.
 
 The optional model check (``models.gatekeeper`` tiers, see :class:`GateModelAnswer`) can only make
 a decision stricter (:func:`stricter_decision`).
@@ -516,6 +518,21 @@ HOME_MARKERS = frozenset({"expanduser", "home", "gettempdir", "mkdtemp"})
 MAX_NESTED_CODE_DEPTH = 3
 """How deep strings given to ``exec`` are parsed and judged (deeper: refused as dynamic)."""
 
+SEPARATOR_NAMES = frozenset({"os.sep", "os.path.sep", "posixpath.sep"})
+"""Names whose value is ``"/"`` (``os.sep + "etc"`` is an absolute path)."""
+
+PATH_MODULE_PREFIXES = ("os.path.", "posixpath.")
+"""Functions whose value is a path (``os.path.join("/", "etc")``)."""
+
+PATH_BUILDING_METHODS = frozenset({"join", "format", "format_map", "joinpath", "with_name", "with_suffix"})
+"""Methods whose value is a path built from their receiver and arguments (``"/".join``, ``str.format``)."""
+
+MAX_PATH_EXPANSIONS = 500
+"""Most names followed back to the expressions bound to them while one path is checked (more: the
+path is refused as too complex to check)."""
+
+TOO_COMPLEX_PATH = "a path built from too many names to be checked"
+
 _RULE_PRIORITY = (RULE_PYTHON_NETWORK, RULE_PYTHON_OUTSIDE_WORKSPACE, RULE_PYTHON_DYNAMIC_CODE)
 
 _TEXT_NETWORK_RE = re.compile(
@@ -569,6 +586,11 @@ def outside_workspace(path: str) -> bool:
     return ".." in re.split(r"[/\\]", text)
 
 
+def _last(name: str | None) -> str:
+    """The last part of a dotted name (``pathlib.Path`` -> ``Path``); empty for None."""
+    return (name or "").rsplit(".", 1)[-1]
+
+
 def _dotted(node: ast.AST) -> str | None:
     """``a.b.c`` for a Name/Attribute chain; None for anything else."""
     parts: list[str] = []
@@ -591,6 +613,10 @@ class _CodeVisitor(ast.NodeVisitor):
         """Local name -> the dotted name it stands for (``import os as o``, ``from os import system``)."""
         self.strings: dict[str, str] = {}
         """Name -> the constant string last assigned to it (``cmd = "curl " + url`` keeps "curl ")."""
+        self.bindings: dict[str, list[ast.AST]] = {}
+        """Name -> every path-building expression assigned to it (:meth:`builds_path`), followed when
+        the name is used as a path (``out = Path("/tmp/x"); out.write_text(...)``)."""
+        self._expansions = 0
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -620,8 +646,12 @@ class _CodeVisitor(ast.NodeVisitor):
             if isinstance(node.value, bytes):
                 return node.value.decode("latin-1")
             return node.value if isinstance(node.value, str) else None
+        if isinstance(node, ast.Name | ast.Attribute) and self.resolve(node) in SEPARATOR_NAMES:
+            return "/"
         if isinstance(node, ast.Name):
             return self.strings.get(node.id)
+        if isinstance(node, ast.FormattedValue) and node.conversion == -1 and node.format_spec is None:
+            return self.fold(node.value)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             left, right = self.fold(node.left), self.fold(node.right)
             return None if left is None or right is None else left + right
@@ -641,40 +671,108 @@ class _CodeVisitor(ast.NodeVisitor):
                 return sep.join(i or "" for i in items)
         return None
 
-    def strings_in(self, node: ast.AST) -> Iterator[tuple[str, bool]]:
+    def strings_in(self, node: ast.AST, seen: frozenset[str] = frozenset()) -> Iterator[tuple[str, bool]]:
         """``(text, leading)`` for the constant strings of an expression; ``leading``: the text starts
-        the value (so an absolute path there makes the value absolute)."""
+        the value (so an absolute path there makes the value absolute). A name bound to path-building
+        expressions (:attr:`bindings`) stands for each of them (``seen``: the names being followed)."""
+        if isinstance(node, ast.Name) and node.id in self.bindings and node.id not in seen:
+            self._expansions += 1
+            if self._expansions > MAX_PATH_EXPANSIONS:
+                yield TOO_COMPLEX_PATH, True
+                return
+            if node.id in self.strings:
+                yield self.strings[node.id], True
+            for bound in self.bindings[node.id]:
+                yield from self.strings_in(bound, seen | {node.id})
+            return
         folded = self.fold(node)
         if folded is not None:
             yield folded, True
             return
         if isinstance(node, ast.JoinedStr):
             for index, value in enumerate(node.values):
-                text = self.fold(value)
-                if text is not None:
-                    yield text, index == 0
+                inner = value.value if isinstance(value, ast.FormattedValue) else value
+                for text, leading in self.strings_in(inner, seen):
+                    yield text, leading and index == 0
             return
         if isinstance(node, ast.BinOp):
-            yield from self.strings_in(node.left)
-            for text, _leading in self.strings_in(node.right):
+            yield from self.strings_in(node.left, seen)
+            for text, leading in self.strings_in(node.right, seen):
                 # ``Path(x) / "/etc"`` replaces x: an absolute right side of ``/`` leads
-                yield text, isinstance(node.op, ast.Div)
+                yield text, leading and isinstance(node.op, ast.Div)
             return
         for child in ast.iter_child_nodes(node):
-            yield from self.strings_in(child)
+            yield from self.strings_in(child, seen)
+
+    def expanded(self, node: ast.AST, seen: frozenset[str] = frozenset()) -> Iterator[ast.AST]:
+        """``node`` and, for each bound name in it, the expressions bound to that name (recursively)."""
+        yield node
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id in self.bindings and sub.id not in seen:
+                self._expansions += 1
+                if self._expansions > MAX_PATH_EXPANSIONS:
+                    return
+                for bound in self.bindings[sub.id]:
+                    yield from self.expanded(bound, seen | {sub.id})
+
+    def builds_path(self, value: ast.AST) -> bool:
+        """Whether an assigned expression may build a path that a later write names: a ``pathlib``
+        path, an ``os.path`` call, ``os.sep``, an f-string, ``+``/``/``/``%``, ``"/".join``/``format``,
+        an outside-looking constant, or a name already bound to one of these."""
+        for sub in ast.walk(value):
+            if isinstance(sub, ast.JoinedStr | ast.BinOp):
+                return True
+            if isinstance(sub, ast.Name) and sub.id in self.bindings:
+                return True
+            if isinstance(sub, ast.Name | ast.Attribute) and self.resolve(sub) in SEPARATOR_NAMES:
+                return True
+            if (
+                isinstance(sub, ast.Constant)
+                and isinstance(sub.value, str)
+                and sub.value.strip() not in ("/", "\\")
+                and outside_workspace(sub.value)
+            ):
+                return True
+            if isinstance(sub, ast.Call):
+                name = self.resolve(sub.func) or ""
+                short = name.rsplit(".", 1)[-1] if name else getattr(sub.func, "attr", "")
+                if short in PATH_TYPES or short in HOME_MARKERS or name.startswith(PATH_MODULE_PREFIXES):
+                    return True
+                if isinstance(sub.func, ast.Attribute) and sub.func.attr in PATH_BUILDING_METHODS:
+                    return True
+        return False
+
+    def bind(self, target: ast.AST, value: ast.AST) -> None:
+        """Remember a path-building ``value`` assigned to ``target`` (names, and tuples of names
+        assigned tuples of the same length)."""
+        if isinstance(target, ast.Tuple | ast.List) and isinstance(value, ast.Tuple | ast.List):
+            if len(target.elts) == len(value.elts):
+                for sub_target, sub_value in zip(target.elts, value.elts, strict=True):
+                    self.bind(sub_target, sub_value)
+            return
+        if isinstance(target, ast.Name) and self.builds_path(value):
+            self.bindings.setdefault(target.id, []).append(value)
 
     def leaves_workspace(self, node: ast.AST) -> str | None:
-        """The outside path an expression names, or a marker of one (``~``, ``Path.home()``)."""
+        """The outside path an expression names, or a marker of one (``~``, ``Path.home()``), through
+        the names bound to path-building expressions."""
+        self._expansions = 0
         for text, leading in self.strings_in(node):
+            if text == TOO_COMPLEX_PATH:
+                return text
             if text in HARMLESS_ABSOLUTE_PATHS:
                 continue
             if (leading and outside_workspace(text)) or ".." in re.split(r"[/\\]", text):
                 return text
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Call):
-                name = self.resolve(sub.func) or ""
-                if name.rsplit(".", 1)[-1] in HOME_MARKERS:
-                    return f"{name}()"
+        self._expansions = 0
+        for top in self.expanded(node):
+            for sub in ast.walk(top):
+                if isinstance(sub, ast.Call):
+                    name = self.resolve(sub.func) or ""
+                    if name.rsplit(".", 1)[-1] in HOME_MARKERS:
+                        return f"{name}()"
+        if self._expansions > MAX_PATH_EXPANSIONS:
+            return TOO_COMPLEX_PATH
         return None
 
     # -- imports ---------------------------------------------------------------------------------
@@ -734,6 +832,28 @@ class _CodeVisitor(ast.NodeVisitor):
                     self.strings[target.id] = value
                 if target_name is not None:
                     self.aliases[target.id] = target_name
+            self.bind(target, node.value)
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self.bind(node.target, node.value)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if isinstance(node.target, ast.Name):  # ``p /= "x"``: p is now ``p / "x"``
+            name = ast.Name(id=node.target.id, ctx=ast.Load())
+            self.bind(node.target, ast.BinOp(left=name, op=node.op, right=node.value))
+        self.generic_visit(node)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.bind(node.target, node.value)
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> None:
+        if isinstance(node.iter, ast.List | ast.Tuple | ast.Set):  # ``for p in [Path("/x"), ...]``
+            for item in node.iter.elts:
+                self.bind(node.target, item)
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
@@ -818,11 +938,16 @@ class _CodeVisitor(ast.NodeVisitor):
         return targets
 
     def is_path(self, node: ast.AST) -> bool:
-        """Whether an expression is visibly a ``pathlib`` path (``Path(...)``, ``p / "x"``)."""
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Call) and (self.resolve(sub.func) or "").rsplit(".", 1)[-1] in PATH_TYPES:
+        """Whether an expression is visibly a ``pathlib`` path (``Path(...)``, ``p / "x"``, a name bound
+        to one)."""
+        self._expansions = 0
+        for top in self.expanded(node):
+            if isinstance(top, ast.BinOp) and isinstance(top.op, ast.Div):
                 return True
-        return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+            for sub in ast.walk(top):
+                if isinstance(sub, ast.Call) and _last(self.resolve(sub.func)) in PATH_TYPES:
+                    return True
+        return False
 
     def check_exec(self, name: str, source: ast.AST | None) -> None:
         text = None if source is None else self.fold(source)
@@ -841,12 +966,14 @@ class _CodeVisitor(ast.NodeVisitor):
             return
         inner = _CodeVisitor(self.depth + 1)
         inner.aliases, inner.strings = dict(self.aliases), dict(self.strings)
+        inner.bindings = {name: list(bound) for name, bound in self.bindings.items()}
         inner.visit(tree)
         self.problems.extend(
             (rule, f"{reason} (in a string given to {name})") for rule, reason in inner.problems
         )
 
     def check_command(self, name: str, args: list[ast.AST]) -> None:
+        self._expansions = 0
         for arg in args:
             for text, _leading in self.strings_in(arg):
                 words = re.findall(r"[\w.+/-]+", text)

@@ -11,9 +11,11 @@ task asks for a person's sign-off), or an ``APPROVED`` review comes with a ``con
 * ``reject``: the task fails (``rejected by <who>: <feedback>``);
 * ``revise``: the feedback goes to the next round's planner (within ``max_iterations``).
 
-No decision within ``workflow.escalation.timeout_s`` (or the task's wall-clock cap) fails the task.
-Decisions live in the store (``review_decisions``, the first per task and round wins), so a task
-resumed after a restart goes straight back to waiting and finds a decision made meanwhile.
+No decision within ``workflow.escalation.timeout_s`` fails the task; the wait holds no task slot and
+does not count against the task's wall-clock cap (``maximum_duration_s``). Decisions live in the store
+(``review_decisions``, the first per task and round wins), so a task resumed after a restart goes
+straight back to waiting and finds a decision made meanwhile; a DLQ retry clears the task's decisions,
+so its next wait needs a new one.
 
 This module holds the pure rules (:func:`escalation_reason`, :func:`asks_for_sign_off`), the
 workflow's ``Reviews`` port over the store (:class:`StoreReviews`) and the check-and-store of a
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from officeray.contracts import (
@@ -96,6 +99,16 @@ class Reviews(Protocol):
         "decided_at"}``) on round ``iteration``'s results, or None when ``timeout_s`` passed without."""
         ...
 
+    def idle(self, tenant: str, priority: int) -> AbstractAsyncContextManager[None]:
+        """A block in which the waiting task's run holds no task slot (it only waits for a person)."""
+        ...
+
+
+class TaskSlots(Protocol):
+    """The task slots a waiting run gives back (:class:`~officeray.scheduling.FairScheduler`)."""
+
+    def released(self, tenant: str, priority: int = 0) -> AbstractAsyncContextManager[None]: ...
+
 
 class ReviewDecisionStore(Protocol):
     """What :class:`StoreReviews` and :func:`record_review_decision` need of the store."""
@@ -111,12 +124,21 @@ class ReviewDecisionStore(Protocol):
 
 class StoreReviews:
     """The workflow's Reviews port: decisions live in the store; :meth:`notify` wakes a waiter early,
-    and a poll every :data:`REVIEW_POLL_S` finds decisions stored elsewhere."""
+    and a poll every :data:`REVIEW_POLL_S` finds decisions stored elsewhere. With ``slots`` (the
+    orchestrator's scheduler), a waiting task gives back its task slot (:meth:`idle`)."""
 
-    def __init__(self, store: ReviewDecisionStore, poll_s: float = REVIEW_POLL_S) -> None:
+    def __init__(
+        self, store: ReviewDecisionStore, poll_s: float = REVIEW_POLL_S, slots: TaskSlots | None = None
+    ) -> None:
         self.store = store
         self.poll_s = poll_s
+        self.slots = slots
         self._events: dict[tuple[str, int], asyncio.Event] = {}
+
+    def idle(self, tenant: str, priority: int) -> AbstractAsyncContextManager[None]:
+        if self.slots is None:
+            return contextlib.nullcontext()
+        return self.slots.released(tenant, priority)
 
     def notify(self, task_id: str, iteration: int) -> bool:
         """Wake the task waiting here for this decision; False when none waits here."""

@@ -18,13 +18,21 @@ With several, the parent task:
 4. once all completed, asks the reviewer to integrate them: one pseudo-step per subtask (action
    ``subtask``, output the child's result); an APPROVED ``final_output`` is the parent's result
    (with every subtask's result: :func:`integrated_result`). A failed (or cancelled) child fails
-   the parent with ``subtask <id> failed: …``.
+   the parent with ``subtask <id> failed: …``, and its unfinished siblings are cancelled. A person
+   reviewing the integrated result (escalated) may accept or reject it, not ``revise`` it
+   (:func:`revise_refusal`: 409 ``revise_not_supported``).
+
+A child is gated against its root task's description (:func:`gate_description`), not its own, which
+holds its dependencies' results: hosts named in fetched content do not count as named by the task.
+A child id that names a task that is not this parent's child (another tenant's) fails the subtask.
 
 Durable: a parent resumed after a crash finds its tree in its record and does not decompose again;
 it starts its unfinished children again (a child's id makes that idempotent: an existing child is
 not created twice, and goes on by the normal lease/claim path, reusing its recorded step results).
 A parent re-queued from the dead-letter queue (status ``queued`` on resume) first re-queues its
-dead-lettered children. A cancelled parent cancels its unfinished children.
+dead-lettered children, and runs its other failed or cancelled subtasks again (a child that never
+started as it was; one that ended as a fresh child ``<parent id>.<subtask id>-r<n>``). A cancelled
+parent cancels its unfinished children.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +61,7 @@ from officeray.contracts import (
     TaskStatus,
 )
 from officeray.decompose import substitute_results
+from officeray.errors import LimitExceededError
 from officeray.review import escalation_reason
 from officeray.telemetry import inject_context
 
@@ -77,6 +87,13 @@ START_RETRY_S = 1.0
 
 MAX_TASK_ID_CHARS = 100
 """Longest task id (``TaskRequest.task_id``)."""
+
+GATE_TEXT_KEY = "gate_description"
+"""A child request's metadata key holding its root task's description: the text the gatekeeper
+reads as the task's own words (:func:`gate_description`)."""
+
+REVISE_NOT_SUPPORTED = "revise_not_supported"
+"""The code of a ``revise`` decision refused on a decomposed task (:func:`revise_refusal`)."""
 
 _FAILED = frozenset({TaskStatus.FAILED.value, TaskStatus.CANCELLED.value})
 
@@ -113,7 +130,39 @@ class Subtasks(Protocol):
 
 
 class SubtaskStartError(Exception):
-    """A child task could not be started (its orchestrator did not answer)."""
+    """A child task could not be started: its orchestrator did not answer, or its id names a task
+    that is not this parent's child (another tenant's, or one submitted by hand): not retried."""
+
+
+def gate_description(request: TaskRequest) -> str:
+    """The text the gatekeeper reads as what the submitter wrote (hosts it names may receive
+    non-GET requests): a task's description; for a child task its root task's description, which the
+    coordinator keeps in its metadata (:data:`GATE_TEXT_KEY`): never the child's description, which
+    holds its dependencies' results (fetched content must not name hosts for the task). A child
+    without it gets ``""`` (no host counts as named)."""
+    if request.parent_id is None:
+        return request.description
+    kept = request.metadata.get(GATE_TEXT_KEY)
+    return kept if isinstance(kept, str) else ""
+
+
+def revise_refusal(record: TaskRecord, decision: str) -> str | None:
+    """Why a person's ``decision`` on ``record``'s escalated results is refused, or None: ``revise``
+    on a decomposed task (its final review integrates the subtasks' results; there is no plan for
+    the feedback to change). Accept or reject it, or submit the task again with the feedback."""
+    if decision != "revise" or not record.subtasks:
+        return None
+    return (
+        f"task {record.task_id!r} was decomposed into subtasks: its integrated result can be accepted "
+        "or rejected, not revised (submit the task again with the feedback)"
+    )
+
+
+def retry_subtask_id(subtask_id: str, task_id: str) -> str:
+    """The subtask id of a fresh child for a subtask whose child ``task_id`` ended cancelled or failed
+    and cannot be re-queued: ``<subtask id>-r<n>``, ``n`` one more than ``task_id``'s."""
+    found = re.search(rf"\.{re.escape(subtask_id)}-r(\d+)$", task_id)
+    return f"{subtask_id}-r{int(found.group(1)) + 1 if found else 1}"
 
 
 def child_task_id(parent_id: str, subtask_id: str) -> str:
@@ -255,21 +304,28 @@ class _Coordinator:
             if run.cancelled_by is not None:  # a cancel of the parent: of its tree
                 await asyncio.shield(self._cancel_children(run.cancelled_by))
             raise
-        except SubtaskStartError as exc:
+        except SubtaskStartError as exc:  # the children started so far end with the parent
+            await asyncio.shield(self._cancel_children(str(exc).split(":", 1)[0]))
             return str(exc)
 
     async def _children(self, retrying: bool) -> str | None:
         if retrying:
-            await self._retry_dead_lettered()
+            refused = await self._retry_dead_lettered()
+            if refused is not None:
+                return refused
         for view in self.views.values():  # resumed: make sure every started child exists
             if view.status not in _FAILED and view.status not in (PENDING, TaskStatus.COMPLETED.value):
                 await self._start(view, announce=False)
         watchers: dict[asyncio.Task[TaskRecord | None], str] = {}
         try:
             while True:
-                outcome = self._outcome()
-                if outcome is not None:
-                    return outcome or None
+                failed = self._failed()
+                if failed is not None:  # its running siblings end with the parent
+                    reason = f"subtask {failed.subtask_id} failed: {failed.error or failed.status}"
+                    await asyncio.shield(self._cancel_children(f"subtask {failed.subtask_id} failed"))
+                    return reason
+                if all(v.status == TaskStatus.COMPLETED.value for v in self.views.values()):
+                    return None
                 for view in self._ready():
                     await self._start(view, announce=True)
                 self._watch(watchers)
@@ -282,15 +338,9 @@ class _Coordinator:
             for task in watchers:
                 task.cancel()
 
-    def _outcome(self) -> str | None:
-        """Why the parent fails (a failed or cancelled child); ``""`` once every child completed;
-        None while children run."""
-        failed = next((v for v in self.views.values() if v.status in _FAILED), None)
-        if failed is not None:
-            return f"subtask {failed.subtask_id} failed: {failed.error or failed.status}"
-        if all(v.status == TaskStatus.COMPLETED.value for v in self.views.values()):
-            return ""
-        return None
+    def _failed(self) -> SubtaskView | None:
+        """The first failed (or cancelled) child: the parent fails."""
+        return next((v for v in self.views.values() if v.status in _FAILED), None)
 
     def _watch(self, watchers: dict[asyncio.Task[TaskRecord | None], str]) -> None:
         """A :meth:`Subtasks.wait` in flight for every started, unfinished child."""
@@ -319,7 +369,11 @@ class _Coordinator:
             priority=parent.priority,
             submitted_by=parent.submitted_by,
             traceparent=inject_context().get("traceparent"),
-            metadata={"parent_id": self.run.task_id, "subtask_id": view.subtask_id},
+            metadata={
+                "parent_id": self.run.task_id,
+                "subtask_id": view.subtask_id,
+                GATE_TEXT_KEY: gate_description(parent),
+            },
             parent_id=self.run.task_id,
         )
 
@@ -329,6 +383,8 @@ class _Coordinator:
             try:
                 await self.port.start(request)
                 break
+            except SubtaskStartError as exc:
+                raise SubtaskStartError(f"subtask {view.subtask_id} failed: {exc}") from None
             except Exception as exc:
                 if attempt == START_ATTEMPTS:
                     raise SubtaskStartError(
@@ -371,18 +427,49 @@ class _Coordinator:
             "subtask_finished", subtask_id=view.subtask_id, task_id=view.task_id, subtask_status=status
         )
 
-    async def _retry_dead_lettered(self) -> None:
-        """A parent re-queued from the dead-letter queue re-queues its dead-lettered children."""
+    async def _retry_dead_lettered(self) -> str | None:
+        """A parent re-queued from the dead-letter queue runs its failed and cancelled subtasks again:
+        a dead-lettered child is re-queued; one that never started waits for its dependencies again;
+        one that ended otherwise (cancelled, or failed and not in the dead-letter queue) gets a fresh
+        child task (:func:`retry_subtask_id`). Why the parent fails (a child's retry is over its
+        tenant's limit: the children re-queued so far are cancelled), or None."""
         for view in self.views.values():
-            if view.status != TaskStatus.FAILED.value:
+            if view.status not in _FAILED:
                 continue
-            if not await self.port.retry(view.task_id):
-                continue
-            view.status, view.error, view.finished_at, view.result = TaskStatus.QUEUED.value, None, None, None
+            if view.started_at is not None and view.status == TaskStatus.FAILED.value:
+                try:
+                    requeued = await self.port.retry(view.task_id)
+                except LimitExceededError as exc:
+                    reason = f"subtask {view.subtask_id} failed: {exc}"
+                    await asyncio.shield(self._cancel_children(f"subtask {view.subtask_id} failed"))
+                    return reason
+                if requeued:
+                    self._reset(view, TaskStatus.QUEUED.value)
+                    self.run.log(
+                        f"subtask {view.subtask_id}: task {view.task_id} re-queued from the dead-letter queue"
+                    )
+                    await self.run.persist(
+                        "subtask_retried", subtask_id=view.subtask_id, task_id=view.task_id
+                    )
+                    continue
+            replaced, ended = None, view.status
+            if view.started_at is not None:  # its child ended for good: a fresh one runs the subtask
+                replaced = view.task_id
+                view.task_id = child_task_id(self.run.task_id, retry_subtask_id(view.subtask_id, replaced))
+                view.started_at = None
+            self._reset(view, PENDING)
             self.run.log(
-                f"subtask {view.subtask_id}: task {view.task_id} re-queued from the dead-letter queue"
+                f"subtask {view.subtask_id} waits to start again"
+                + (f" as task {view.task_id} (task {replaced} ended {ended})" if replaced else "")
             )
-            await self.run.persist("subtask_retried", subtask_id=view.subtask_id, task_id=view.task_id)
+            await self.run.persist(
+                "subtask_retried", subtask_id=view.subtask_id, task_id=view.task_id, replaces=replaced
+            )
+        return None
+
+    @staticmethod
+    def _reset(view: SubtaskView, status: str) -> None:
+        view.status, view.error, view.finished_at, view.result = status, None, None, None
 
     async def _cancel_children(self, by: str) -> None:
         """Cancel every unfinished child (and mark the pending ones): the tree ends with its parent."""

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -552,6 +553,12 @@ class InMemoryStore:
         found = self._review_decisions.get((task_id, iteration))
         return None if found is None else found.model_copy()
 
+    async def clear_review_decisions(self, task_id: str) -> int:
+        keys = [key for key in self._review_decisions if key[0] == task_id]
+        for key in keys:
+            del self._review_decisions[key]
+        return len(keys)
+
     # -- API keys ------------------------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> bool:
@@ -873,6 +880,9 @@ class InMemoryReviews:
             "decided_at": "2026-01-01T00:00:00+00:00",
         }
         self._changed.set()
+
+    def idle(self, tenant: str, priority: int) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()  # no task slots here
 
     async def wait(self, task_id: str, iteration: int, timeout_s: float) -> dict[str, Any] | None:
         self.requested.append((task_id, iteration, timeout_s))

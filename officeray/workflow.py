@@ -79,7 +79,7 @@ from officeray.gatekeeper import (
 from officeray.memory.learn import failure_like
 from officeray.quotas import daily_budget_spent_reason, effective_token_budget
 from officeray.review import Reviews, escalation_reason
-from officeray.subtasks import Decomposer, Subtasks, coordinate
+from officeray.subtasks import Decomposer, Subtasks, coordinate, gate_description
 from officeray.telemetry import (
     attached,
     inject_context,
@@ -514,10 +514,18 @@ class _TaskRun:
 
     def remaining_s(self) -> float:
         """Seconds left before the wall-clock cap (``maximum_duration_s``, counted from the start of
-        this run: acceptance, or the DLQ retry); what a step, an approval wait or a model call may
-        still take."""
+        this run: acceptance, or the DLQ retry, less the time it waited for a person's review); what a
+        step, an approval wait or a model call may still take."""
         elapsed = (self.wf._now() - (self.record.run_started_at or self.record.created_at)).total_seconds()
-        return self.effective_policy().maximum_duration_s - elapsed
+        waited = self.record.review_wait_s + self._review_waited_s()
+        return self.effective_policy().maximum_duration_s - elapsed + waited
+
+    def _review_waited_s(self) -> float:
+        """Seconds the results wait for a person now (``waiting_review`` since ``review_pending.since``)."""
+        pending = self.record.review_pending
+        if self.record.status != TaskStatus.WAITING_REVIEW or pending is None:
+            return 0.0
+        return max(0.0, (self.wf._now() - pending.since).total_seconds())
 
     def _model_call_timeout_s(self) -> float:
         """A planner or reviewer call's limit: ``model_call_timeout_s``, or less near the wall-clock cap."""
@@ -825,7 +833,7 @@ class _TaskRun:
         request = GateRequest(
             task_id=self.task_id,
             tenant=self.request.tenant,
-            description=self.request.description,
+            description=gate_description(self.request),  # a subtask's: its root task's words
             step=step,
             inputs=inputs,
             required_risk_levels=self.approval_risk_levels(),
@@ -1110,20 +1118,19 @@ class _TaskRun:
         return [decided.feedback]
 
     async def _decision_on(self, pending: PendingReview) -> Review:
-        """Wait for the decision on ``pending`` (what is left of its timeout, within the wall-clock cap)
-        and answer it as a review. The pending review stays on the record until the task ends or the
-        next round begins: a run resumed in between finds the stored decision again."""
+        """Wait for the decision on ``pending`` (what is left of its timeout: the wall-clock cap does
+        not count this wait, :meth:`remaining_s`; no task slot held meanwhile) and answer it as a
+        review. The pending review stays on the record until the task ends or the next round begins: a
+        run resumed in between finds the stored decision again."""
         wf = self.wf
         left = pending.timeout_s - (wf._now() - pending.since).total_seconds()
         decision = None
         if wf.reviews is not None:
-            wait_s = max(0.0, min(left, self.remaining_s()))
-            decision = await wf.reviews.wait(self.task_id, pending.iteration, wait_s)
+            async with wf.reviews.idle(self.request.tenant, self.request.priority):
+                decision = await wf.reviews.wait(self.task_id, pending.iteration, max(0.0, left))
         if decision is None:
             if wf.reviews is None:
                 why = "escalated to a person, but no one can decide reviews here"
-            elif self.remaining_s() <= 0 and left > 0:
-                why = self.duration_reached("while the results waited for a review")
             else:
                 why = f"no review decision in {pending.timeout_s:g}s"
             self.log(why, "error")
@@ -1146,7 +1153,9 @@ class _TaskRun:
             )
         if verdict == "reject":
             return Review(verdict=ReviewVerdict.FAILED, feedback=f"rejected by {by}{said}")
-        self.record.review_pending = None  # revise: written with the next round's first transition
+        # revise: written with the next round's first transition, with the wait taken off the cap's count
+        self.record.review_wait_s += self._review_waited_s()
+        self.record.review_pending = None
         return Review(verdict=ReviewVerdict.REVISE, feedback=feedback or f"{by} asked for a revision")
 
     async def _review(self, iteration: int, plan: Plan, results: list[StepResult]) -> Review | None:

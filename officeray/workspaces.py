@@ -26,6 +26,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from officeray.limits import relative_path_problem
+
 MAX_ARTIFACT_PATH_CHARS = 1024
 """Longest workspace path the store keeps and the artifact API accepts."""
 
@@ -107,15 +109,19 @@ async def workspace_owner(
     get_task: Callable[[str], Awaitable[_HasParent | None]], task_id: str
 ) -> tuple[str, str | None]:
     """``(workspace task id, tenant)`` of ``task_id``: a subtask shares its root task's workspace,
-    found by following ``parent_id`` (at most :data:`MAX_TASK_DEPTH` links). The tenant is None for
-    an unknown task."""
+    found by following ``parent_id`` (at most :data:`MAX_TASK_DEPTH` links) while the parent is a
+    task of the same tenant: the walk stops before an unknown parent or one of another tenant, whose
+    workspace is never shared. The tenant is None for an unknown task."""
     record = await get_task(task_id)
     owner, tenant = task_id, None if record is None else record.tenant
     for _ in range(MAX_TASK_DEPTH):
-        parent = None if record is None else record.parent_id
-        if not parent:
+        parent_id = None if record is None else record.parent_id
+        if not parent_id:
             break
-        owner, record = parent, await get_task(parent)
+        parent = await get_task(parent_id)
+        if parent is None or parent.tenant != tenant:
+            break
+        owner, record = parent_id, parent
     return owner, tenant
 
 
@@ -158,12 +164,17 @@ def artifact_path_problem(path: object) -> str | None:
 
     Accepted: a non-empty relative POSIX path of at most :data:`MAX_ARTIFACT_PATH_CHARS` characters
     and :data:`MAX_PATH_DEPTH` components, without NUL or other control characters, backslashes,
-    ``.``/``..`` or empty components, a leading ``/`` or a drive letter. The checks run on the
-    decoded text, so ``..%2f`` (decoded to ``../``) is refused like ``../``."""
+    ``.``/``..``, empty or blank (whitespace-only) components, a leading ``/`` or a drive letter, and
+    that the sandbox agent accepts too (:func:`officeray.limits.relative_path_problem`), so a path the
+    store keeps can always be synced back into a sandbox. The checks run on the decoded text, so
+    ``..%2f`` (decoded to ``../``) is refused like ``../``."""
     if not isinstance(path, str) or not path:
         return "the path must be a non-empty string"
     if len(path) > MAX_ARTIFACT_PATH_CHARS:
         return f"the path is longer than {MAX_ARTIFACT_PATH_CHARS} characters"
+    agent_problem = relative_path_problem(path, "the path")
+    if agent_problem is not None:
+        return agent_problem
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
         return "the path must not contain NUL or control characters"
     if "\\" in path:
@@ -175,6 +186,8 @@ def artifact_path_problem(path: object) -> str | None:
         return f"the path has more than {MAX_PATH_DEPTH} components"
     if any(part in ("", ".", "..") for part in parts):
         return "the path must not contain empty, '.' or '..' components"
+    if any(not part.strip() for part in parts):
+        return "the path must not contain blank (whitespace-only) components"
     if posixpath.normpath(path) != path:
         return "the path is not in normal form"
     return None

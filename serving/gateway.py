@@ -99,7 +99,8 @@ The full API (``/v1``):
   ``GET`` the same path: the decision.
 * ``POST /v1/tasks/{task_id}/review`` (body ``{"decision": "accept" | "reject" | "revise",
   "feedback"}``, feedback required for ``revise``; approver and admin keys): decides the results a
-  task escalated to a person (409 ``not_waiting_review`` / ``review_already_decided``);
+  task escalated to a person (409 ``not_waiting_review`` / ``review_already_decided``; a revise of
+  a decomposed task's integrated result: 409 ``revise_not_supported``);
   ``GET /v1/reviews``: the tasks of the caller's tenant that wait for such a decision
   (:mod:`officeray.review`).
 * ``GET /healthz``: ``{"status": "ok", "tasks_in_flight": N, "tool_runners": {...}}`` when the
@@ -194,6 +195,7 @@ from officeray.quotas import (
 from officeray.review import MAX_REVIEW_FEEDBACK_CHARS, check_review_request
 from officeray.store import SqlStore, TaskStore
 from officeray.store.api import MAX_CURSOR_CHARS, TaskCursor, as_utc
+from officeray.subtasks import REVISE_NOT_SUPPORTED, revise_refusal
 from officeray.telemetry import TASK_ID_ATTR, parse_traceparent, traceparent_of
 from officeray.tools.catalog import ToolCatalog, build_catalog
 from officeray.validate import validate_plan
@@ -737,6 +739,21 @@ def task_request_from(body: TaskSubmission, default_policy: WorkflowRetryPolicy)
         raise ApiError(422, f"invalid task request: {summary}", ERROR_CODES[422], errors=errors) from None
 
 
+def check_no_parent(task: TaskRequest) -> None:
+    """422 (``invalid_request``) for a ``parent_id``: only a parent's coordinator makes subtasks
+    (:mod:`officeray.subtasks`); a client's would share another task's workspace and stop its own
+    task from being decomposed."""
+    if task.parent_id is None:
+        return
+    message = "parent_id is set by the coordinator of a decomposed task, not by a client"
+    raise ApiError(
+        422,
+        f"invalid task request: parent_id: {message}",
+        ERROR_CODES[422],
+        errors=[{"field": "parent_id", "message": message}],
+    )
+
+
 def check_allowed_tools(names: list[str] | None, registered: ToolCatalog) -> None:
     """422 (``unknown_tools``) naming the tools that are not in the catalog."""
     unknown = sorted(set(names or ()) - set(registered))
@@ -990,6 +1007,7 @@ def admitted_task(
     (429), so a refused request spends none of it."""
     tenant = submission_tenant(task, principal)
     require(principal, Action.SUBMIT, tenant)
+    check_no_parent(task)
     limits = settings.tenant_limits(tenant)
     problems = ceiling_problems(task, limits)
     if problems:
@@ -1541,6 +1559,9 @@ class Gateway:
         an approver (of the task's tenant) or admin key; the decision is recorded as the key's id."""
         record = await self._record(task_id, principal)
         require(principal, Action.DECIDE_REVIEW, record.tenant)
+        refusal = revise_refusal(record, body.decision)
+        if refusal is not None:
+            raise ApiError(409, refusal, REVISE_NOT_SUPPORTED)
         try:
             stored = await self.orchestrators.decide_review(
                 task_id, body.decision, principal.key_id, body.feedback

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from officeray.limits import relative_path_problem
 from officeray.workspaces import (
     WorkspaceCaps,
     WorkspaceChanges,
@@ -55,11 +56,16 @@ class SandboxWorkspace:
         return self._held
 
     def sync(self, sandbox: Sandbox, task_id: str, files: Mapping[str, bytes]) -> Manifest:
-        """Make the sandbox's workspace hold exactly ``files``; answers their manifest."""
+        """Make the sandbox's workspace hold exactly ``files``; answers their manifest. A path the
+        artifact API refuses (:func:`~officeray.workspaces.artifact_path_problem`, e.g. one kept by an
+        older version) is left out, so that one bad name cannot break every later sync of the task."""
         held = self._holding(sandbox, task_id)
+        files = {path: data for path, data in files.items() if artifact_path_problem(path) is None}
         wanted = manifest_of(files)
         self._task = None  # until the writes below are done
-        sandbox.workspace_delete(sorted(path for path in held if path not in wanted))
+        # a file the agent cannot name (e.g. " ", made by a step's code) is not the task's: left alone
+        stale = (path for path in held if path not in wanted and relative_path_problem(path) is None)
+        sandbox.workspace_delete(sorted(stale))
         writes = {path: files[path] for path in sorted(wanted) if held.get(path) != wanted[path]}
         sandbox.workspace_put(writes)
         self.files_written += len(writes)

@@ -328,6 +328,11 @@ class TaskStore(Protocol):
 
     async def get_review_decision(self, task_id: str, iteration: int) -> ReviewDecision | None: ...
 
+    async def clear_review_decisions(self, task_id: str) -> int:
+        """Delete every review decision on ``task_id`` (a DLQ retry: its rounds wait for new
+        decisions); how many there were."""
+        ...
+
     # -- API keys -------------------------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> bool:

@@ -44,6 +44,12 @@ class ReviewDecisionRepository:
         return conn.execute(stmt).first() is not None
 
     @staticmethod
+    def clear_on(conn: Connection, task_id: str) -> int:
+        """Delete every decision on ``task_id`` (its rounds wait anew); how many there were."""
+        t = review_decisions_table
+        return conn.execute(sa.delete(t).where(t.c.task_id == task_id)).rowcount or 0
+
+    @staticmethod
     def get(conn: Connection, task_id: str, iteration: int) -> ReviewDecision | None:
         t = review_decisions_table
         row = conn.execute(sa.select(t).where(t.c.task_id == task_id, t.c.iteration == iteration)).first()

@@ -404,6 +404,9 @@ class SqlStore:
     async def get_review_decision(self, task_id: str, iteration: int) -> ReviewDecision | None:
         return await self._read(self._reviews.get, task_id, iteration)
 
+    async def clear_review_decisions(self, task_id: str) -> int:
+        return await self._write_alone(partial(self._reviews.clear_on, task_id=task_id))
+
     # -- API keys ------------------------------------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord) -> bool:

@@ -35,3 +35,18 @@ async def test_an_unknown_review_decision_is_refused(store: TaskStore) -> None:
     with pytest.raises(ValueError, match="decision must be one of"):
         await store.decide_review("task-1", 1, "approve", "key-alice")  # type: ignore[arg-type]
     assert await store.get_review_decision("task-1", 1) is None
+
+
+async def test_clearing_a_tasks_review_decisions_lets_its_rounds_be_decided_again(store: TaskStore) -> None:
+    assert await store.decide_review("task-1", 1, "reject", "key-bob", "no")
+    assert await store.decide_review("task-1", 2, "revise", "key-bob", "more")
+    assert await store.decide_review("task-2", 1, "accept", "key-alice")
+
+    assert await store.clear_review_decisions("task-1") == 2
+    assert await store.get_review_decision("task-1", 1) is None
+    assert await store.get_review_decision("task-1", 2) is None
+    assert await store.decide_review("task-1", 1, "accept", "key-alice")  # a new wait, a new first decision
+    assert not await store.decide_review("task-1", 1, "reject", "key-bob")
+    kept = await store.get_review_decision("task-2", 1)  # another task's are kept
+    assert kept is not None and kept.decision == "accept"
+    assert await store.clear_review_decisions("task-3") == 0

@@ -5,6 +5,7 @@ saving (:func:`cluster.cli_client.save_artifacts`) against it and against a host
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from cluster import cli
 from cluster.cli_client import save_artifacts
 from cluster.cli_output import UsageError
 from cluster.client import TaskApiClient
@@ -169,3 +171,53 @@ def test_the_cli_refuses_a_path_a_hostile_server_sends(tmp_path: Path, path: str
         save_artifacts(client, "t", folder)
     assert not (tmp_path / "evil.txt").exists()
     assert json.dumps(sorted(p.name for p in tmp_path.rglob("*"))) == json.dumps(["dl"])
+
+
+# -- `officeray get TASK --artifacts DIR` with a DIR that cannot be saved into: exit 2, no traceback --
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda tmp: tmp / "file.txt", "is not a folder"),
+        (lambda tmp: tmp / "file.txt" / "sub", "cannot be created"),
+    ],
+)
+def test_get_artifacts_into_a_file_exits_2_before_asking_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Callable[[Path], Path], fragment: str
+) -> None:
+    (tmp_path / "file.txt").write_text("mine")
+    folder = make(tmp_path)
+    argv = ["get", "t1", "--artifacts", str(folder), "--address", "http://127.0.0.1:9"]  # nothing listens
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert fragment in captured.err and "Traceback" not in captured.err and captured.out == ""
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any folder")
+def test_get_artifacts_into_an_unwritable_folder_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    try:
+        assert cli.main(["get", "t1", "--artifacts", str(folder), "--address", "http://127.0.0.1:9"]) == 2
+    finally:
+        folder.chmod(0o700)
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_a_local_file_in_the_way_of_an_artifact_is_a_usage_error(api: Api, tmp_path: Path) -> None:
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    (folder / "out").write_text("a file where the artifact needs a folder")
+    with _client(api) as client, pytest.raises(UsageError, match="cannot save artifacts under .*out"):
+        save_artifacts(client, "task-a", folder)
+    assert (folder / "out").read_text() == "a file where the artifact needs a folder"
+
+
+def test_save_artifacts_refuses_a_file_as_the_folder(api: Api, tmp_path: Path) -> None:
+    (tmp_path / "dl").write_text("x")
+    with _client(api) as client, pytest.raises(UsageError, match="is not a folder"):
+        save_artifacts(client, "task-a", tmp_path / "dl")

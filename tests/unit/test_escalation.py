@@ -6,6 +6,7 @@ anything; a cancel ends the wait. Then the pure rules and the store-backed port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -208,17 +209,59 @@ async def test_no_decision_in_time_fails_the_task() -> None:
     assert port.requested == [(TASK, 1, 60.0)]
 
 
-async def test_the_wall_clock_cap_bounds_the_wait() -> None:
+class LateReviews(InMemoryReviews):
+    """A person decides ``after_s`` into each wait (the clock moves on, no real waiting); ``idled``
+    lists the ``idle`` blocks entered, with the task's status then."""
+
+    def __init__(self, clock: Clock, after_s: float, store: InMemoryStore) -> None:
+        super().__init__()
+        self.clock, self.after_s, self.store = clock, after_s, store
+        self.idled: list[tuple[str, int, TaskStatus]] = []
+
+    def idle(self, tenant: str, priority: int) -> contextlib.AbstractAsyncContextManager[None]:
+        self.idled.append((tenant, priority, self.store.tasks[TASK].status))
+        return contextlib.nullcontext()
+
+    async def wait(self, task_id: str, iteration: int, timeout_s: float) -> dict[str, Any] | None:
+        self.requested.append((task_id, iteration, timeout_s))
+        self.clock.moment += timedelta(seconds=self.after_s)
+        return self.decisions.get((task_id, iteration))
+
+
+async def test_the_wait_for_a_person_does_not_count_against_the_wall_clock_cap() -> None:
+    clock, store = Clock(), InMemoryStore()
+    settings = WorkflowSettings(
+        escalation=EscalationSettings(timeout_s=3600),
+        retry_policy=WorkflowRetryPolicy(maximum_duration_s=600),
+    )
+    port = LateReviews(clock, after_s=1000, store=store)  # longer than the cap, within the timeout
+    port.decide(TASK, 1, "revise", by="key-carol", feedback="add four")
+    plans = [calc_plan(), calc_plan(expression="2 + 4", iteration=2)]
+    workflow, planner, *_rest = make(
+        plans, [escalate, approve], store=store, port=port, settings=settings, now=clock.now
+    )
+
+    final = await workflow.run(TaskRequest(description="add", tenant="acme", priority=3), TASK)
+
+    assert port.requested == [(TASK, 1, 3600.0)]  # the escalation's timeout, not what the cap leaves
+    assert final.status == TaskStatus.COMPLETED and final.result == {"answer": 6.0}, final.error
+    assert planner.requests[1].iteration == 2 and final.review_wait_s == 1000.0
+    assert port.idled == [("acme", 3, TaskStatus.WAITING_REVIEW)]  # the wait holds no task slot
+
+
+async def test_a_resumed_task_that_waited_past_the_cap_still_waits_for_its_decision() -> None:
     clock = Clock()
     settings = WorkflowSettings(retry_policy=WorkflowRetryPolicy(maximum_duration_s=600))
-    port = TimeSkippingReviews(clock)
-    workflow, *_rest = make([calc_plan()], [escalate], port=port, settings=settings, now=clock.now)
+    record = _waiting_record(since=clock.moment - timedelta(seconds=2000), timeout_s=3600)
+    assert record.run_started_at is not None
+    record.run_started_at -= timedelta(seconds=100)  # ran 100 s, then waited 2000 s
+    workflow, _p, _r, executor, _s, port = make([], [], settings=settings, now=clock.now)
+    port.decide(TASK, 1, "accept", by="key-alice")
 
-    final = await workflow.run(TaskRequest(description="add"), TASK)
+    final = await workflow.run(TaskRequest(description="add"), TASK, record)
 
-    assert port.requested == [(TASK, 1, 600.0)]  # not the escalation's 86400 s
-    assert final.status == TaskStatus.FAILED and final.error is not None
-    assert "maximum_duration_s (600) reached while the results waited for a review" in final.error
+    assert final.status == TaskStatus.COMPLETED and final.result == PROPOSAL, final.error
+    assert port.requested == [(TASK, 1, 1600.0)] and executor.calls == []
 
 
 @pytest.mark.parametrize(

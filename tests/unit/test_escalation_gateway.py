@@ -215,3 +215,19 @@ def test_waiting_tasks_show_their_pending_review_in_the_task_views_and_the_revie
     everyone = api.client.get("/v1/reviews", headers=api.as_("admin")).json()
     assert everyone["count"] == 2
     _refusal(api.client.get("/v1/reviews?tenant=globex", headers=api.as_("acme-user")), 403, "forbidden")
+
+
+def test_a_revise_of_a_decomposed_tasks_result_is_a_409(api: Api) -> None:
+    """The integrated result of a decomposed task has no plan for a person's feedback to change: it
+    is accepted or rejected (a revise would re-review the same results)."""
+    from officeray.contracts import SubtaskView
+
+    task = api.task("task-acme-tree", "acme", TaskStatus.WAITING_REVIEW)
+    record = api.run(api.store.get_task, task)
+    record.subtasks = [SubtaskView(subtask_id="s1", task_id=f"{task}.s1", description="d")]
+    api.run(api.store.save_task, record)
+    revised = api.review(task, "acme-approver", decision="revise", feedback="x")
+    body = _refusal(revised, 409, "revise_not_supported")
+    assert "accepted or rejected" in body["detail"]
+    assert api.run(api.store.get_review_decision, task, 1) is None
+    assert api.review(task, "acme-approver", decision="accept").status_code == 200

@@ -175,6 +175,33 @@ OUTSIDE_CODE = [
     ("open('C:\\\\Windows\\\\x', 'w')", "C:"),
     ("mode = 'w'\nopen('/etc/x', mode)", "/etc/x"),
     ("open('/etc/x', m)", "/etc/x"),  # a computed mode counts as a write
+    # names bound to path-building expressions are followed
+    ("from pathlib import Path\nout = Path('/tmp/out.txt')\nout.write_text('x')", "/tmp/out.txt"),
+    ("from pathlib import Path\nout = Path('/tmp/o')\nwith out.open('w') as f:\n    f.write('x')", "/tmp/o"),
+    ("import os\np = os.path.join('/', 'etc', 'x')\nopen(p, 'w')", "'/'"),
+    ("import os\nopen(os.sep + 'tmp/x', 'w')", "/tmp/x"),
+    ("from os import sep\np = sep + 'etc'\nopen(p, 'a')", "/etc"),
+    ("import os\np = os.path.join(os.sep, 'etc')\nq = p\nopen(q, 'w')", "'/'"),
+    ("from pathlib import Path\np = Path('/') / 'etc' / 'x'\np.write_text('a')", "'/'"),
+    ("import pathlib\np = pathlib.PurePosixPath('/etc/x')\nopen(p, 'w')", "/etc/x"),
+    ("n = 'x'\np = f'/tmp/{n}'\nopen(p, 'w')", "/tmp/x"),
+    ("p = f'/{name}/x'\nopen(p, 'w')", "'/'"),
+    ("p = '/tmp/{}'.format(n)\nopen(p, 'w')", "/tmp/{}"),
+    ("from pathlib import Path\np = Path('a')\np.rename('/tmp/a')", "/tmp/a"),
+    ("from pathlib import Path\nh = Path.home()\n(h / 'x').write_text('a')", "home()"),
+    ("from pathlib import Path\np = Path('data')\np /= '/etc'\np.write_text('a')", "/etc"),
+    ("from pathlib import Path\nfor p in [Path('/etc/a')]:\n    p.write_text('x')", "/etc/a"),
+    ("from pathlib import Path\nif (p := Path('/etc/a')):\n    p.unlink()", "/etc/a"),
+    ("from pathlib import Path\na, b = Path('/etc/a'), 'x'\na.write_text('x')", "/etc/a"),
+    ("from pathlib import Path\np: Path = Path('/etc/a')\np.touch()", "/etc/a"),
+    ("p = '/etc/x' if a else 'x'\nopen(p, 'w')", "/etc/x"),
+    ("import shutil\nfrom pathlib import Path\nd = Path('/usr/bin')\nshutil.copy('t', d)", "/usr/bin"),
+    (
+        "from pathlib import Path\na0 = Path('x')\n"
+        + "".join(f"a{i + 1} = a{i} / a{i}\n" for i in range(40))
+        + "a40.write_text('x')",
+        "too many names",
+    ),
 ]
 
 
@@ -236,6 +263,16 @@ HARMLESS_CODE = [
     "with open('/dev/null', 'w') as f:\n    pass",
     "print('socket programming is fun')",
     "import sys\nprint(sys.stdin.read())",
+    # names bound to relative paths, and absolute paths that are only read
+    "from pathlib import Path\nout = Path('out.txt')\nout.write_text('x')",
+    "from pathlib import Path\nsrc = Path('/etc/hosts')\nPath('h.txt').write_text(src.read_text())",
+    "from pathlib import Path\nsrc = Path('/etc/hosts')\nwith src.open() as f:\n    print(f.read())",
+    "import os\np = os.path.join('data', 'x.txt')\nwith open(p, 'w') as f:\n    f.write('1')",
+    "from pathlib import Path\nout = Path('build') / 'x'\nout.mkdir(parents=True, exist_ok=True)",
+    "from pathlib import Path\np = Path('data')\np /= 'x.txt'\np.write_text('a')",
+    "s = 'a/b'.replace('/', '_')\nopen(s, 'w')",
+    "n = 3\nname = f'out{n}.txt'\nwith open(name, 'w') as f:\n    f.write('x')",
+    "import os\nfor f in os.listdir('.'):\n    p = os.path.join('.', f)\n    print(open(p).read())",
 ]
 
 

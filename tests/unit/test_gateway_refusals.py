@@ -145,6 +145,7 @@ def _refused_submissions() -> list[tuple[TaskRequest, str | None, int]]:
         (TaskRequest(description="d", plan=bad_plan), None, 422),
         (TaskRequest(description="d", idempotency_key="a"), "b", 422),
         (TaskRequest(description="d", tenant="beta"), None, 403),
+        (TaskRequest(description="d", parent_id="another-tenants-task"), None, 422),
     ]
 
 
@@ -169,6 +170,16 @@ def test_the_idempotency_header_is_kept_on_the_admitted_task(settings: Settings)
     catalog, rate = build_catalog(settings), SubmitRateLimiter(clock=FakeClock())
     admitted = admitted_task(TaskRequest(description="d"), "k-1", USER, settings, catalog, rate)
     assert admitted.idempotency_key == "k-1"
+
+
+def test_a_client_may_not_name_a_parent_task(settings: Settings) -> None:
+    """Only a decomposed task's coordinator makes subtasks: a client's parent_id would share the
+    named task's workspace (another tenant's) and keep its own task from being decomposed."""
+    catalog, rate = build_catalog(settings), SubmitRateLimiter(clock=FakeClock())
+    with pytest.raises(ApiError) as refused:
+        admitted_task(TaskRequest(description="d", parent_id="t-b"), None, USER, settings, catalog, rate)
+    assert (refused.value.status_code, refused.value.code) == (422, "invalid_request")
+    assert "parent_id" in str(refused.value.detail)
 
 
 # -- the chat routes' daily token budget --------------------------------------------------------------

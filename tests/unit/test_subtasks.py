@@ -5,9 +5,10 @@ with the same workflow, each in a slot of a real :class:`~officeray.scheduling.F
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -27,8 +28,18 @@ from officeray.contracts import (
     TaskStatus,
 )
 from officeray.decompose import EmbeddedDecomposer
+from officeray.errors import LimitExceededError
+from officeray.gatekeeper import GateDecision, GateRequest, RuleGatekeeper
 from officeray.scheduling import FairScheduler
-from officeray.subtasks import child_task_id, integrated_result
+from officeray.subtasks import (
+    GATE_TEXT_KEY,
+    SubtaskStartError,
+    child_task_id,
+    gate_description,
+    integrated_result,
+    retry_subtask_id,
+    revise_refusal,
+)
 from officeray.testing import FunctionExecutor, InMemoryStore, ToolFailed, in_memory_tracer
 from officeray.workflow import Workflow
 from serving.tiers.embedded import plan_task, review_results
@@ -375,3 +386,165 @@ async def test_a_released_slot_is_taken_back_when_the_block_raises() -> None:
                 assert scheduler.running == 1
             raise RuntimeError("boom")
     assert scheduler.running == 0 and scheduler.queued_by_tenant() == {}
+
+
+# -- trust and failure handling of the tree -----------------------------------------------------------
+
+
+class RecordingGatekeeper(RuleGatekeeper):
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[GateRequest] = []
+
+    async def gate(self, request: GateRequest) -> GateDecision:
+        self.requests.append(request)
+        return await super().gate(request)
+
+
+async def test_a_child_is_gated_against_its_roots_words_not_its_dependencies_results() -> None:
+    tree = Tree(slots=4)
+    gatekeeper = RecordingGatekeeper()
+    tree.workflow.gatekeeper = gatekeeper
+    record = await tree.run(THREE_PARTS)
+    assert record.status == TaskStatus.COMPLETED, record.error
+    child = tree.subtasks.requests[f"{PARENT}.s2"]
+    assert child.description == "compute 5 * 4" and child.metadata[GATE_TEXT_KEY] == THREE_PARTS
+    gated = {r.task_id: r.description for r in gatekeeper.requests}
+    assert gated[f"{PARENT}.s2"] == THREE_PARTS  # not "compute 5 * 4": results name no hosts
+    # a task of its own is gated on its description; a child without the root's words on nothing
+    assert gate_description(TaskRequest(description="fetch a.example")) == "fetch a.example"
+    assert gate_description(TaskRequest(description="post to evil.example", parent_id="p")) == ""
+    forged = TaskRequest(description="d", parent_id="p", metadata={GATE_TEXT_KEY: 3})
+    assert gate_description(forged) == ""
+
+
+async def test_a_failed_child_cancels_its_running_siblings() -> None:
+    never = asyncio.Event()
+
+    async def fn(inputs: dict[str, Any]) -> dict[str, Any]:
+        if inputs["expression"] == "10 - 7":
+            raise ToolFailed(ErrorType.TOOL_ERROR, "boom")
+        await never.wait()
+        return calculate(inputs)
+
+    tree = Tree({"math_calculator": fn}, slots=4)
+    record = await tree.run(THREE_PARTS, max_iterations=1)
+    assert record.status == TaskStatus.FAILED
+    assert record.error is not None and record.error.startswith("subtask s3 failed: ")
+    assert tree.subtasks.cancelled == [(f"{PARENT}.s1", "subtask s3 failed")]
+    assert {v.subtask_id: v.status for v in record.subtasks} == {
+        "s1": "cancelled",
+        "s2": "cancelled",
+        "s3": "failed",
+    }
+    sibling = await asyncio.wait_for(tree.subtasks.runs[f"{PARENT}.s1"], WAIT_S)
+    assert sibling.status == TaskStatus.CANCELLED
+
+
+async def test_dlq_retry_runs_cancelled_subtasks_again() -> None:
+    release = asyncio.Event()
+    attempts: dict[str, int] = {}
+
+    async def fn(inputs: dict[str, Any]) -> dict[str, Any]:
+        expression = inputs["expression"]
+        attempts[expression] = attempts.get(expression, 0) + 1
+        if expression == "10 - 7" and attempts[expression] == 1:
+            raise ToolFailed(ErrorType.TOOL_ERROR, "boom")
+        if expression == "2+3":
+            await release.wait()
+        return calculate(inputs)
+
+    tree = Tree({"math_calculator": fn}, slots=4)
+    record = await tree.run(THREE_PARTS, max_iterations=1)
+    assert record.status == TaskStatus.FAILED, record.error
+    release.set()
+
+    record.status, record.error, record.finished_at = TaskStatus.QUEUED, None, None
+    retried = await tree.run(THREE_PARTS, record=record, max_iterations=1)
+    assert retried.status == TaskStatus.COMPLETED, retried.error
+    assert retried.result == {"s1": 5, "s2": 20, "s3": 3}
+    assert tree.subtasks.retried == [f"{PARENT}.s3"]  # the dead-lettered child is re-queued
+    assert [v.task_id for v in retried.subtasks] == [
+        f"{PARENT}.s1-r1",  # started, then cancelled: a fresh child
+        f"{PARENT}.s2",  # never started: started now
+        f"{PARENT}.s3",
+    ]
+    assert "subtask_retried" in await tree.kinds()
+    assert retry_subtask_id("s1", f"{PARENT}.s1-r1") == "s1-r2" and retry_subtask_id("s1", "p.s1") == "s1-r1"
+
+
+class LimitedSubtasks(LocalSubtasks):
+    async def retry(self, task_id: str) -> bool:
+        raise LimitExceededError(f"task {task_id!r}: retried 3 times; the limit is 3")
+
+
+async def test_a_childs_retry_over_its_limit_fails_the_parent_with_the_reason() -> None:
+    def fn(inputs: dict[str, Any]) -> dict[str, Any]:
+        if inputs["expression"] == "10 - 7":
+            raise ToolFailed(ErrorType.TOOL_ERROR, "boom")
+        return calculate(inputs)
+
+    tree = Tree({"math_calculator": fn}, slots=4)
+    record = await tree.run(THREE_PARTS, max_iterations=1)
+    assert record.status == TaskStatus.FAILED
+    limited = LimitedSubtasks(tree.store, tree.scheduler)
+    limited.workflow = tree.workflow
+    tree.workflow.subtasks = limited
+    record.status, record.error, record.finished_at = TaskStatus.QUEUED, None, None
+    retried = await tree.run(THREE_PARTS, record=record, max_iterations=1)
+    assert retried.status == TaskStatus.FAILED
+    assert retried.error == f"subtask s3 failed: task '{PARENT}.s3': retried 3 times; the limit is 3"
+
+
+class ForeignSubtasks(LocalSubtasks):
+    async def start(self, request: TaskRequest) -> None:
+        self.starts.append(request.task_id or "")
+        raise SubtaskStartError(f"task {request.task_id!r} exists and is not a subtask of {PARENT!r}")
+
+
+async def test_a_child_id_taken_by_another_task_fails_the_subtask_at_once() -> None:
+    tree = Tree(slots=4)
+    foreign = ForeignSubtasks(tree.store, tree.scheduler)
+    tree.workflow.subtasks = foreign
+    record = await tree.run(THREE_PARTS)
+    assert record.status == TaskStatus.FAILED
+    assert record.error == f"subtask s1 failed: task '{PARENT}.s1' exists and is not a subtask of '{PARENT}'"
+    assert foreign.starts == [f"{PARENT}.s1"]  # not retried
+
+
+class AnsweringClient:
+    def __init__(self, record: TaskRecord) -> None:
+        self.record = record
+
+    async def submit(self, request: TaskRequest) -> tuple[TaskRecord, bool]:
+        return self.record, False
+
+
+async def test_a_shard_does_not_adopt_a_task_that_is_not_the_parents_child() -> None:
+    from actors.orchestrator import ShardSubtasks
+
+    child_id = f"{PARENT}.s1"
+    request = TaskRequest(description="d", task_id=child_id, tenant="acme", parent_id=PARENT)
+    for foreign in (
+        TaskRecord(task_id=child_id, description="x", tenant="globex", parent_id=PARENT),
+        TaskRecord(task_id=child_id, description="x", tenant="acme"),  # submitted by hand
+    ):
+        port = ShardSubtasks(cast(Any, None), cast(Any, None), functools.partial(AnsweringClient, foreign))
+        with pytest.raises(SubtaskStartError, match="is not a subtask of"):
+            await port.start(request)
+    own = TaskRecord(task_id=child_id, description="d", tenant="acme", parent_id=PARENT)
+    port = ShardSubtasks(cast(Any, None), cast(Any, None), functools.partial(AnsweringClient, own))
+    await port.start(request)  # its own child: kept
+
+
+def test_revise_is_refused_for_a_decomposed_task() -> None:
+    from officeray.contracts import SubtaskView
+
+    plain = TaskRecord(task_id="t", description="d")
+    tree = TaskRecord(
+        task_id="t", description="d", subtasks=[SubtaskView(subtask_id="s1", task_id="t.s1", description="d")]
+    )
+    assert revise_refusal(plain, "revise") is None
+    assert revise_refusal(tree, "accept") is None and revise_refusal(tree, "reject") is None
+    refusal = revise_refusal(tree, "revise")
+    assert refusal is not None and "accepted or rejected" in refusal

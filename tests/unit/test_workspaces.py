@@ -14,6 +14,7 @@ from actors.testing import LocalActorHandle
 from actors.tool_runner import PoolLimits, RunnerPool, ToolRunner
 from officeray.config import RiskPolicy, SandboxPolicies, Settings
 from officeray.contracts import ErrorType, PlanStep, StepOutcome, TaskRecord, TaskRequest
+from officeray.limits import relative_path_problem
 from officeray.sandbox_policy import call_limits, capped_timeout, policy_for, policy_refusal
 from officeray.testing import InMemoryStore
 from officeray.tools.plugins import RiskLevel
@@ -24,6 +25,7 @@ from officeray.workspaces import (
     check_caps,
     local_artifact_target,
     merged_sizes,
+    workspace_owner,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,7 +53,21 @@ HOSTILE_PATHS = [
     "a/",
     "x" * 1025,
     "/".join(["d"] * 33),
+    # blank names: the agent refuses them, so a stored one would break every later sync
+    " ",
+    "   ",
+    "\t",
+    "a/ /b",
+    " /a",
+    "a/ ",
+    "a/\u3000",  # an ideographic space is blank too
 ]
+
+
+@pytest.mark.parametrize("path", [*HOSTILE_PATHS, "~", "a/b", "x y.txt", " lead.txt", "/x", "a/../b"])
+def test_artifact_paths_refuse_all_that_the_agent_refuses(path: str) -> None:
+    if relative_path_problem(path) is not None:
+        assert artifact_path_problem(path) is not None
 
 
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
@@ -141,6 +157,27 @@ def test_timeout_and_call_limits() -> None:
     assert capped_timeout(300, POLICIES.low) == 100
     assert capped_timeout(30, POLICIES.low) == 30
     assert call_limits(POLICIES.high)["memory_mb"] == 256
+
+
+async def test_a_subtask_shares_its_roots_workspace_but_never_another_tenants() -> None:
+    tasks = {
+        "root": TaskRecord(task_id="root", description="d", tenant="acme"),
+        "root.s1": TaskRecord(task_id="root.s1", description="d", tenant="acme", parent_id="root"),
+        "b-task": TaskRecord(task_id="b-task", description="d", tenant="globex"),
+        "forged": TaskRecord(task_id="forged", description="d", tenant="acme", parent_id="b-task"),
+        "via": TaskRecord(task_id="via", description="d", tenant="acme", parent_id="forged"),
+        "orphan": TaskRecord(task_id="orphan", description="d", tenant="acme", parent_id="gone"),
+    }
+
+    async def get_task(task_id: str) -> TaskRecord | None:
+        return tasks.get(task_id)
+
+    assert await workspace_owner(get_task, "root.s1") == ("root", "acme")
+    assert await workspace_owner(get_task, "root") == ("root", "acme")
+    assert await workspace_owner(get_task, "forged") == ("forged", "acme")  # not globex's b-task
+    assert await workspace_owner(get_task, "via") == ("forged", "acme")
+    assert await workspace_owner(get_task, "orphan") == ("orphan", "acme")
+    assert await workspace_owner(get_task, "nope") == ("nope", None)
 
 
 # -- the pool: two real runners, one task workspace in the store ---------------------------------------
@@ -329,6 +366,27 @@ async def test_staged_code_is_not_readable_by_a_later_step(tmp_path: Path) -> No
         assert looked.output["stdout"].strip() == "[]"
         listed = await run(runner_pool, "t1", "ls", "list", ".")
         assert listed.error is None and "SECRET" not in str(listed.output)
+
+
+async def test_blank_names_are_never_stored_and_never_break_a_sync(pool: Pool) -> None:
+    runner_pool, store, _ = pool
+    code = (
+        "import os\nos.makedirs('a/ ', exist_ok=True)\n"
+        "for name in (' ', 'a/ /b.txt', 'ok.txt'):\n    open(name, 'w').write('x')"
+    )
+    py = PlanStep(step_id="py", action="python_exec", inputs={"code": code}, idempotency_key="k-py")
+    made = await runner_pool.execute("t1", py, {"code": code}, {})
+    assert made.error is None, made.error
+    assert [f.path for f in await store.workspace_files("t1")] == ["ok.txt"]
+    # a blank name kept by an older version is left out of the sync instead of failing every step
+    caps = WorkspaceCaps(max_task_bytes=10**6, max_task_files=100, max_tenant_bytes=10**7)
+    old = WorkspaceChanges(written={"  ": b"old"})
+    await store.apply_workspace_changes("t1", "acme", "old", old, caps)
+    for step_id in ("r1", "r2", "r3"):  # on both runners, the second time from their cache
+        read = await run(runner_pool, "t1", step_id, "read", "ok.txt")
+        assert read.error is None, read.error
+    assert (await run(runner_pool, "t1", "w", "write", "new.txt", "n")).error is None
+    assert sorted(f.path for f in await store.workspace_files("t1")) == ["  ", "new.txt", "ok.txt"]
 
 
 async def test_workspace_write_off_discards_the_changes(tmp_path: Path) -> None:

@@ -116,6 +116,8 @@ def autoscaling_settings(tmp: Path, *, max_runners: int, idle_timeout_s: float) 
             "telemetry.trace_file": str(tmp / "traces.jsonl"),
             "sandbox.spares": 0,
             "runners.autoscaling": policy,
+            # these tests are about scaling: their python_exec steps run without asking a person
+            "workflow.approvals.required_risk_levels": [],
         },
     )
 

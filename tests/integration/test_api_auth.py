@@ -208,6 +208,24 @@ ROUTES = [
         user=FORBIDDEN,
         approver=200,
     ),
+    # a person's review of an escalated result (issue 17): the task here is completed, not waiting
+    Route(
+        "POST",
+        "/v1/tasks/{task_id}/review",
+        "/v1/tasks/{task}/review",
+        {"decision": "accept"},
+        user=FORBIDDEN,
+        approver=(409, "not_waiting_review"),
+    ),
+    Route("GET", "/v1/reviews", "/v1/reviews?tenant={tenant}", other=FORBIDDEN),
+    # the task workspace's files (issue 17)
+    Route("GET", "/v1/tasks/{task_id}/artifacts", "/v1/tasks/{task}/artifacts"),
+    Route(
+        "GET",
+        "/v1/tasks/{task_id}/artifacts/{path}",
+        "/v1/tasks/{task}/artifacts/no-such-file.txt",
+        user=(404, "artifact_not_found"),
+    ),
     Route("GET", "/v1/tenants/{tenant}/usage", "/v1/tenants/{tenant}/usage", other=FORBIDDEN),
     Route("GET", "/v1/dlq", "/v1/dlq?tenant={tenant}", other=FORBIDDEN),
     Route("GET", "/v1/dlq/{task_id}", "/v1/dlq/{dlq_read}", other=(404, "not_in_dlq")),

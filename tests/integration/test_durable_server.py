@@ -42,7 +42,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, PostgresServer, str]]:
                 "store": {"url": url},
                 "telemetry": {"trace_file": str(tmp_path / "traces.jsonl")},
                 "runners": {"count": 1},
-                "workflow": {"approvals": {"required_risk_levels": ["medium"], "timeout_s": 120}},
+                # the default levels: python_exec (high) waits for a person
+                "workflow": {"approvals": {"timeout_s": 120}},
             }
         )
     )

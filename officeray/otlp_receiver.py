@@ -21,6 +21,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 LOOPBACK = "127.0.0.1"
+SHUTDOWN_POLL_S = 0.05
+"""How often the receiver's loop looks for a stop (its shutdown waits at most this long)."""
 MAX_BODY_BYTES = 64 * 1024**2
 """Largest export request the receiver reads."""
 
@@ -158,7 +160,9 @@ class OtlpReceiver:
 
         server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self.port = server.server_address[1]
-        thread = threading.Thread(target=server.serve_forever, name="otlp-receiver", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name="otlp-receiver", daemon=True
+        )
         thread.start()
 
         def stop() -> None:

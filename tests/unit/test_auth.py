@@ -72,7 +72,8 @@ HOSTILE_KEYS = {
     "empty": "",
     "prefix only": KEY_PREFIX,
     "no secret": f"{KEY_PREFIX}{KEY_ID}_",
-    "no separator": f"{KEY_PREFIX}{KEY_ID}{SECRET}",
+    # (a secret may start with "_": one in 64 keys; without it there is no separator at all)
+    "no separator": f"{KEY_PREFIX}{KEY_ID}{SECRET.lstrip('_')}",
     "wrong prefix": f"ofx_{KEY_ID}_{SECRET}",
     "uppercase prefix": f"OFR_{KEY_ID}_{SECRET}",
     "no prefix": f"{KEY_ID}_{SECRET}",

@@ -19,6 +19,7 @@ def _parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+@pytest.mark.slow  # builds faiss indexes: CPU-heavy
 def test_index_figures_for_flat_and_hnsw_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--sizes", "200", "--queries", "5", "--skip-encoder", "--ef-search", "16,64", "--json"]
     assert bench_memory.main(argv) == 0
@@ -45,6 +46,7 @@ def test_index_figures_for_flat_and_hnsw_as_json(capsys: pytest.CaptureFixture[s
     assert "encoder" not in report  # --skip-encoder: not loaded
 
 
+@pytest.mark.slow  # builds faiss indexes: CPU-heavy
 def test_officeray_bench_memory_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "memory", "--sizes", "50", "--queries", "3", "--skip-encoder", "--data", "uniform"]
     assert cli.main(argv) == 0

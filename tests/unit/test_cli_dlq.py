@@ -80,7 +80,7 @@ class _Stub(BaseHTTPRequestHandler):
 def stub() -> Iterator[tuple[str, list[tuple[str, str, dict[str, list[str]]]]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     server.seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # quick shutdown
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", server.seen  # type: ignore[attr-defined]

@@ -136,7 +136,8 @@ async def test_concurrent_calls_share_one_model_safely(encoder: SentenceTransfor
 @pytest.mark.parametrize(
     ("model", "why"),
     [
-        ("/nonexistent/encoder-model", "not found"),
+        # sentence-transformers' own lookup of a missing folder takes seconds: not in the fast subset
+        pytest.param("/nonexistent/encoder-model", "not found", marks=pytest.mark.slow),
         ("sentence-transformers/no-such-model-anywhere", "offline"),
     ],
 )

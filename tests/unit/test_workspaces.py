@@ -413,7 +413,7 @@ async def test_network_tools_off_refuses_http_client_without_running_it(tmp_path
 
 
 async def test_the_high_risk_policy_cuts_the_timeout_and_limits_the_call(tmp_path: Path) -> None:
-    high = {"max_timeout_s": 2, "memory_mb": 512, "cpu_s": 7}
+    high = {"max_timeout_s": 1, "memory_mb": 512, "cpu_s": 7}
     settings = local_settings(tmp_path, sandbox={"policies": {"high": high}})
     async for runner_pool, _, _ in make_pool(settings):
         code = "import resource\nprint(resource.getrlimit(resource.RLIMIT_CPU)[0])"

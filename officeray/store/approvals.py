@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from officeray.contracts import ApprovalDecision, ApprovalVerdict, utcnow
-from officeray.store.engine import insert
+from officeray.store.engine import insert_first
 from officeray.store.schema import approvals_table
 
 
@@ -27,21 +27,18 @@ class ApprovalRepository:
         reason: str | None,
     ) -> bool:
         """Record the decision; False when one was recorded before (the first decision wins)."""
-        t = approvals_table
-        stmt = (
-            insert(self._dialect, t)
-            .values(
-                task_id=task_id,
-                step_id=step_id,
-                decision=decision,
-                decided_by=decided_by,
-                reason=reason,
-                decided_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=[t.c.task_id, t.c.step_id])
-            .returning(t.c.task_id)
+        return insert_first(
+            conn,
+            self._dialect,
+            approvals_table,
+            ("task_id", "step_id"),
+            task_id=task_id,
+            step_id=step_id,
+            decision=decision,
+            decided_by=decided_by,
+            reason=reason,
+            decided_at=utcnow(),
         )
-        return conn.execute(stmt).first() is not None
 
     @staticmethod
     def get(conn: Connection, task_id: str, step_id: str) -> ApprovalDecision | None:

@@ -153,3 +153,17 @@ def insert(dialect: str, table: sa.Table) -> Any:
     if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def insert_first(
+    conn: Connection, dialect: str, table: sa.Table, keys: tuple[str, ...], **values: Any
+) -> bool:
+    """Insert ``values`` into ``table`` unless a row with the same ``keys`` columns exists: the first
+    write wins (a person's decision, say). True when this write was the first."""
+    stmt = (
+        insert(dialect, table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
+        .returning(table.c[keys[0]])
+    )
+    return conn.execute(stmt).first() is not None

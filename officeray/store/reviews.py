@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from officeray.contracts import ReviewDecision, ReviewDecisionKind, utcnow
-from officeray.store.engine import insert
+from officeray.store.engine import insert_first
 from officeray.store.schema import review_decisions_table
 
 
@@ -27,21 +27,18 @@ class ReviewDecisionRepository:
         feedback: str,
     ) -> bool:
         """Record the decision; False when the round was decided before (the first decision wins)."""
-        t = review_decisions_table
-        stmt = (
-            insert(self._dialect, t)
-            .values(
-                task_id=task_id,
-                iteration=iteration,
-                decision=decision,
-                feedback=feedback,
-                decided_by=decided_by,
-                decided_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=[t.c.task_id, t.c.iteration])
-            .returning(t.c.task_id)
+        return insert_first(
+            conn,
+            self._dialect,
+            review_decisions_table,
+            ("task_id", "iteration"),
+            task_id=task_id,
+            iteration=iteration,
+            decision=decision,
+            feedback=feedback,
+            decided_by=decided_by,
+            decided_at=utcnow(),
         )
-        return conn.execute(stmt).first() is not None
 
     @staticmethod
     def clear_on(conn: Connection, task_id: str) -> int:

@@ -25,6 +25,10 @@ imports :mod:`serving`); the store is its memory and its queue:
 One orchestrator per cluster by default, found by name (:data:`ORCHESTRATOR_NAME`); more may run
 against the same store (leases keep each task on one of them). Callers talk to them only through
 :class:`actors.client.OrchestratorClient`, which routes each call to its shard (:func:`shard_of`).
+
+Why one file of this length: the actor's parts (submit, leases and claims, cancel, DLQ retry,
+approvals, reviews and the subtask port) share its state (the running tasks, the scheduler, the
+owner id); the ports it hands the workflow are small classes over that same state.
 """
 
 from __future__ import annotations

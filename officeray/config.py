@@ -10,6 +10,9 @@ Where settings come from, highest priority first:
 
 A bad value or an unknown key raises :class:`~officeray.errors.ConfigError` whose message names
 the key, e.g. ``workflow.max_iterations: Input should be greater than or equal to 1``.
+
+Why one file of this length: the settings are one validated tree (``Settings``) whose sections
+refer to each other's types and constants; one file is where a user reads every key and default.
 """
 
 from __future__ import annotations

@@ -7,8 +7,13 @@
   the dead-letter queue, idempotency keys, approvals, tenant usage); it passes the store's
   conformance suite.
 * :class:`InMemoryApprovals` is the approvals port: a test decides steps with ``decide``.
+* :class:`InMemoryReviews` is the reviews port: a test decides an escalated result.
 * :class:`FunctionExecutor` runs steps by calling a Python function per action.
 * :func:`in_memory_tracer` gives an OpenTelemetry tracer whose finished spans can be inspected.
+
+Why one file of this length: the fakes are one public module users import from
+(``officeray.testing``), and the in-memory store is most of it because it implements every store
+method the conformance suite checks; split, users would chase each fake through several modules.
 """
 
 from __future__ import annotations

@@ -9,6 +9,13 @@ from typing import Any
 import pytest
 
 from cluster import cli
+from officeray.code_scan import (
+    RULE_PYTHON_DYNAMIC_CODE,
+    RULE_PYTHON_NETWORK,
+    RULE_PYTHON_OUTSIDE_WORKSPACE,
+    code_problems,
+    outside_workspace,
+)
 from officeray.config import TenantLimits, WorkflowSettings
 from officeray.contracts import (
     ErrorType,
@@ -26,9 +33,6 @@ from officeray.gatekeeper import (
     RULE_HTTP_BAD_URL,
     RULE_HTTP_UNNAMED_HOST,
     RULE_MODEL,
-    RULE_PYTHON_DYNAMIC_CODE,
-    RULE_PYTHON_NETWORK,
-    RULE_PYTHON_OUTSIDE_WORKSPACE,
     RULE_RISK_LEVEL,
     RULE_TOOL_POLICY,
     GateDecision,
@@ -38,10 +42,8 @@ from officeray.gatekeeper import (
     UnattendedApprovals,
     Verdict,
     builtin_risks,
-    code_problems,
     judge,
     named_hosts,
-    outside_workspace,
     step_risk,
     stricter_decision,
 )

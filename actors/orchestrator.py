@@ -40,6 +40,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 
 import ray
@@ -332,6 +333,8 @@ class Orchestrator:
         self._retrying: set[str] = set()
         """Tasks whose DLQ retry is being started here (a second retry meanwhile answers the record)."""
         self._to_release: set[str] = set()
+        self._releasing: set[asyncio.Future[bool]] = set()
+        """Lease releases in flight (held here so that they are not collected before they ran)."""
         self._cancels: dict[str, str] = {}
         """Tasks cancelled here before their workflow started (waiting for a slot), with who cancelled."""
         self._ending: set[str] = set()
@@ -560,10 +563,19 @@ class Orchestrator:
             return self._finished(await self._end_cancelled(request, record, by))  # cancelled while queued
         finally:
             self._running.pop(record.task_id, None)
-            try:
-                await self.store.release_lease(record.task_id, self.owner)
-            except Exception:
-                self._to_release.add(record.task_id)  # released by the renew loop once the store is back
+            self._release_soon(record.task_id)
+
+    def _release_soon(self, task_id: str) -> None:
+        """Give up the lease of a run that ended, without making its caller wait for the write (the
+        writes of one store commit in submission order, so a later claim of the task comes after)."""
+        release = asyncio.ensure_future(self.store.release_lease(task_id, self.owner))
+        self._releasing.add(release)
+        release.add_done_callback(partial(self._released, task_id))
+
+    def _released(self, task_id: str, release: asyncio.Future[bool]) -> None:
+        self._releasing.discard(release)
+        if release.cancelled() or release.exception() is not None:
+            self._to_release.add(task_id)  # released by the renew loop once the store is back
 
     def _finished(self, record: TaskRecord) -> TaskRecord:
         """``record``, the end of a run here: counted by the metrics when it is final."""
@@ -781,7 +793,9 @@ class Orchestrator:
         running = self._running.get(task_id)
         if running is not None:
             with contextlib.suppress(asyncio.CancelledError):  # our run stopped: another holds it
-                await asyncio.wait_for(asyncio.shield(running), timeout_s)
+                ended = await asyncio.wait_for(asyncio.shield(running), timeout_s)
+                if ended.status.is_final:
+                    return ended  # as written by the run's last write (no read of it again)
         while True:
             record = await self.store.get_task(task_id)
             if record is None:

@@ -1,9 +1,10 @@
-"""Orchestration overhead benchmark: task latency against a known ideal, throughput, CPU, memory and
-the CPU cost of telemetry export.
+"""Orchestration overhead benchmark: task latency against a known ideal, throughput, CPU, memory, idle
+CPU, the CPU cost of telemetry export and the gateway's submit latency, with issue 18's targets.
 
-    python -m loadtests.bench_overhead [--levels 1,10,100,500,1000] [--json FILE]
+    python -m loadtests.bench_overhead [--levels 1,10,100,500,1000] [--shards 1,2 --postgres] [--json FILE]
 
-Also ``officeray bench overhead``. Its runs, each on its own local Ray instance (loopback only):
+Also ``officeray bench overhead``. Its runs, each on its own local Ray instance (loopback only), one
+after the other:
 
 * **latency run**: the embedded planner and reviewer with an exact latency model (default planner
   3 s, reviewer 1 s, no jitter, no token time) and the task "Wait 0.5 seconds and also wait 0.5
@@ -12,12 +13,18 @@ Also ``officeray bench overhead``. Its runs, each on its own local Ray instance 
   back (closed loop; at least :data:`MIN_TASKS_PER_LEVEL` tasks a level); a task's latency is from
   its submission to its final record, seen by this process. Printed per level: median and p95 latency
   and their ratio to the ideal, throughput, failures (a task not ``completed``, or not final within
-  :data:`LEVEL_TIMEOUT_S`), the peak of tasks in flight in the orchestrator and its memory per
-  in-flight task (RSS at the peak minus RSS before the first level, over the peak in flight).
-* **instant run**: no model latency, "wait 0 seconds and also wait 0 seconds". Per level:
+  :data:`LEVEL_TIMEOUT_S`), the peak of tasks in flight in the orchestrators and the memory per
+  in-flight task, twice: the orchestrators' RSS (peak minus the RSS before the first level, over the
+  peak in flight) and the RSS summed over every process of the session (sampled every
+  :data:`SESSION_RSS_INTERVAL_S`; the target's figure).
+* **instant run**: no model latency, "wait 0 seconds and also wait 0 seconds". First the idle CPU
+  of the started system: after the warm-up has settled, :data:`IDLE_SETTLE_S` of quiet (the warm-up's
+  spans flushed), then :data:`IDLE_CPU_SAMPLE_S` measured, by process group. Then per level:
   throughput and CPU time (user + system) per task, summed over every process of the Ray session
-  (raylet, GCS, every worker: orchestrator, Serve replicas and controller, tool runners) and this
-  process, and the orchestrator's own share; plus a per-process breakdown at the largest level.
+  (raylet, GCS, every worker: orchestrators, Serve replicas and controller, tool runners), this
+  process and the PostgreSQL server's processes when there is one, with the orchestrators' and the
+  database's shares; plus a per-process breakdown at the largest level. With ``--shards 1,2`` it runs
+  once per shard count, and a scaling table compares them (the targets are the first count's).
 * **telemetry cost**: the instant task at one level (default c=10, 200 tasks) on two more stacks,
   one with telemetry export **on** (the trace store, OTLP/HTTP to a loopback receiver the benchmark
   starts in a process of its own, metrics) and one with it **off** (``telemetry.trace_store.enabled``
@@ -26,16 +33,28 @@ Also ``officeray bench overhead``. Its runs, each on its own local Ray instance 
   process of the session, the receiver left out), their ratio and difference, and the spans the
   receiver got per task. Each measurement window ends when the last batch of spans has been exported
   (:func:`export_tail_s`), and the idle CPU of that tail is taken off (:func:`cpu_ms_per_task`).
+* **gateway run** (on by default, ``--skip-gateway``): ``officeray loadtest --users 100 --think-time
+  5`` for :data:`DEFAULT_GATEWAY_DURATION_S` in a process of its own, on the system the load test
+  starts (``loadtests/stack.yaml``: the HTTP gateway with an admin key made for the run, the load
+  tenant's rate limits on); the p99 of its submit requests is read from its ``report.json``. On by
+  default so that one run measures every target; it adds about a minute and a half.
+
+Orchestrator shards (``--shards``): tasks are routed by the
+:class:`~actors.client.OrchestratorClient` (``shard_of_request``: shards in turn), one ``run`` call
+each. Store (``--store-url``, ``--postgres``): by default a SQLite file per stack in a temporary
+folder; a given loopback URL is shared by every stack; ``--postgres`` starts a throwaway server
+(:mod:`loadtests.bench_shards`) with a database per stack, whose processes count in the CPU and memory.
 
 The system is sized so that no level waits in an artificial queue: ``workflow.max_concurrent_tasks``,
 every tenant's ``max_concurrent_tasks`` and the planner/reviewer ``max_ongoing_requests`` at least
-the largest level, host-tool threads twice it (two steps a task), one orchestrator, one tool runner,
-no spare sandboxes. The store (SQLite)
-and traces live in a temporary folder. Targets are printed, never asserted: exit 0 once the figures
-are printed, 2 on bad arguments, a bad config or no Docker, 1 when the stack cannot start.
+the largest level, host-tool threads twice it (two steps a task), one tool runner a shard, no spare
+sandboxes. Traces live in a temporary folder. Targets are printed, never asserted: exit 0 once the
+figures are printed, 2 on bad arguments, a bad config, no Docker or no PostgreSQL binaries, 1 when the
+stack cannot start.
 
 Why one file of this length: one benchmark, its runs, the per-process CPU accounting and the
-report of targets met or missed, all read together.
+report of targets met or missed, all read together (the store and shard side is in
+:mod:`loadtests.bench_shards`).
 """
 
 from __future__ import annotations
@@ -43,14 +62,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import multiprocessing
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +89,16 @@ from typing import Any, TypeVar
 import psutil
 
 from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_argument, emit
+from loadtests.bench_shards import (
+    MAX_SHARDS,
+    PG_GROUP,
+    PostgresUnavailable,
+    StoreChoice,
+    scaling_rows,
+    shards_arg,
+    store_choice,
+    store_url_arg,
+)
 from officeray.stats import percentile
 
 # -- limits and defaults ----------------------------------------------------------------------------
@@ -106,26 +147,56 @@ SETTLE_TIMEOUT_S = 60.0
 WARMUP_TASKS = 5
 """Tasks run (not measured) after start-up, before the first level of a run."""
 SAMPLE_INTERVAL_S = 0.25
-"""How often the orchestrator's RSS and tasks in flight are sampled during a level."""
+"""How often the orchestrators' RSS and tasks in flight are sampled during a level."""
+SESSION_RSS_INTERVAL_S = 1.0
+"""How often the RSS of every process of the session is summed during a latency level (a walk of the
+process tree: less often than the orchestrators' own RSS, so that the sampling costs little CPU)."""
 IN_FLIGHT_CALL_TIMEOUT_S = 5.0
-"""Limit of one ``in_flight`` call to the orchestrator while it is busy."""
-IDLE_CPU_SAMPLE_S = 3.0
-"""How long the session's idle CPU use (background loops) is sampled before the instant levels."""
+"""Limit of one ``in_flight`` call to the orchestrators while they are busy."""
+IDLE_SETTLE_S = 5.0
+"""How long the idle session is left alone after the warm-up has settled, before its idle CPU is
+sampled: the warm-up's last spans and metrics are flushed by then (the batch delays are ~5 s)."""
+IDLE_CPU_SAMPLE_S = 5.0
+"""How long the session's idle CPU use (background loops) is sampled before the instant levels (and
+before each telemetry cost run)."""
 EXPECTED_RUN = (1, 2, 2)
 """What a task on its ideal path takes: (rounds, model calls, step attempts)."""
 HOST_THREADS_PER_TASK = 2
 """Host-tool threads one task may hold at once (its two parallel ``sleep`` steps)."""
 
-TARGET_LATENCY_LEVEL = 100
-TARGET_MEDIAN_RATIO = 1.10
-"""(a) median latency at most this multiple of the ideal critical path at 100 concurrent tasks."""
+# The targets of issue 18 (on the 2-core benchmark machine, against LangGraph and DBOS run there).
+TARGET_INSTANT_LEVEL = 100
+TARGET_CPU_MS_PER_TASK = 6.0
+"""CPU time per instant task at :data:`TARGET_INSTANT_LEVEL`, every process of the session."""
+TARGET_THROUGHPUT = 150.0
+"""Instant tasks per second at :data:`TARGET_INSTANT_LEVEL`."""
+TARGET_C1_MEDIAN_MS = 6.0
+"""Median latency of an instant task alone (c=1)."""
+TARGET_MEDIAN_RATIOS = {100: 1.03, 500: 1.25, 1000: 1.9}
+"""Latency run: the most median latency / ideal critical path may be at each level (0 failures)."""
 TARGET_MEMORY_LEVEL = 1000
-TARGET_MEMORY_KIB_PER_TASK = 1024.0
-"""(b) "bounded memory": this benchmark's bound on the orchestrator's RSS growth per in-flight task."""
-TARGET_CPU_MS_PER_TASK = 40.0
-"""(c) CPU time (all processes of the session) per instant task."""
-TARGET_THROUGHPUT = 50.0
-"""(c) instant tasks per second at the largest instant level."""
+TARGET_KIB_PER_TASK = 60.0
+"""RSS growth of every process of the session per in-flight task at :data:`TARGET_MEMORY_LEVEL`."""
+TARGET_IDLE_CORES = 0.03
+"""CPU cores a started, settled, idle system uses (every process of the session)."""
+TARGET_GATEWAY_USERS = 100
+TARGET_GATEWAY_P99_MS = 50.0
+"""p99 of the gateway's submit request at :data:`TARGET_GATEWAY_USERS` users (auth and rate limits on)."""
+
+DEFAULT_GATEWAY_DURATION_S = 30.0
+"""Seconds of load of the gateway run (``officeray loadtest --users 100 --think-time 5``)."""
+MAX_GATEWAY_DURATION_S = 600.0
+GATEWAY_THINK_TIME_S = 5.0
+"""Mean think time of a gateway user between tasks (the issue's load test)."""
+GATEWAY_DRAIN_S = 30.0
+"""How long the gateway run's in-flight tasks may take to finish after the load stops."""
+GATEWAY_START_S = 300.0
+"""Added to the gateway run's load and drain: the stack's start, locust's start, the trace check and
+the report. Past load + drain + this, the load test is stopped."""
+GATEWAY_STOP_WAIT_S = 30.0
+"""How long the load test may take to stop after SIGINT (then SIGKILL, as long again)."""
+GATEWAY_REPORT = "report.json"
+"""The load test's report (``loadtests.report``), whose ``submit.p99_ms`` the gateway run reads."""
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -156,19 +227,21 @@ def instant_rounds(concurrency: int, tasks: int) -> int:
 
 
 def memory_per_task_kib(baseline_rss: int | None, peak_rss: int | None, in_flight: int) -> float | None:
-    """The orchestrator's RSS growth per in-flight task (KiB), or None when not measured."""
+    """RSS growth per in-flight task (KiB): ``(peak - baseline) / in_flight``, of the orchestrators or
+    of every process of the session (sums of RSS); None when not measured."""
     if baseline_rss is None or peak_rss is None or in_flight <= 0:
         return None
     return max(0, peak_rss - baseline_rss) / in_flight / KIB
 
 
 def process_group(
-    name: str, cmdline: Sequence[str], pid: int, *, driver_pid: int, orchestrator_pid: int
+    name: str, cmdline: Sequence[str], pid: int, *, driver_pid: int, orchestrator_pids: Collection[int]
 ) -> str:
-    """The group a process of the Ray session is counted under in the CPU breakdown."""
+    """The group a process of the Ray session is counted under in the CPU breakdown (every
+    orchestrator shard is counted under ``orchestrator``)."""
     if pid == driver_pid:
         return "driver (this process)"
-    if pid == orchestrator_pid:
+    if pid in orchestrator_pids:
         return "orchestrator"
     if name in ("raylet", "gcs_server"):
         return name
@@ -242,8 +315,11 @@ def bounded_float(low: float, high: float) -> Callable[[str], float]:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with a combination of arguments (each one is checked by its type), or None."""
-    if args.skip_latency and args.skip_instant and getattr(args, "skip_telemetry", False):
-        return "--skip-latency, --skip-instant and --skip-telemetry together leave nothing to measure"
+    skipped = ("skip_latency", "skip_instant", "skip_telemetry", "skip_gateway")
+    if all(getattr(args, name, False) for name in skipped):
+        return "--skip-latency, --skip-instant, --skip-telemetry and --skip-gateway leave nothing to measure"
+    if getattr(args, "store_url", None) and getattr(args, "postgres", False):
+        return "--postgres starts a server of its own: give it or --store-url, not both"
     return None
 
 
@@ -267,6 +343,9 @@ class LevelRun:
     wall_s: float = 0.0
     peak_in_flight: int = 0
     rss_peak: int | None = None
+    """The peak of the orchestrators' RSS (summed over the shards)."""
+    session_rss_peak: int | None = None
+    """The peak of the RSS summed over every process of the session (sampled in latency runs)."""
     cpu_s: dict[str, float] = field(default_factory=dict)
     """CPU seconds (user + system) spent during the level, by process group."""
     processes: Counter[str] = field(default_factory=Counter)
@@ -280,8 +359,12 @@ class LevelRun:
         return sum(self.cpu_s.values())
 
 
-def level_row(run: LevelRun, ideal: float | None, baseline_rss: int | None) -> dict[str, Any]:
-    """One table row of figures from a level (latencies in seconds when ``ideal`` is given, else ms)."""
+def level_row(
+    run: LevelRun, ideal: float | None, baseline_rss: int | None, baseline_session_rss: int | None = None
+) -> dict[str, Any]:
+    """One table row of figures from a level (latencies in seconds when ``ideal`` is given, else ms);
+    ``baseline_rss`` and ``baseline_session_rss`` are the orchestrators' and the whole session's RSS
+    before the first level."""
     row: dict[str, Any] = {"concurrency": run.concurrency, "tasks": run.tasks, "failed": run.failed}
     done = len(run.latencies_s)
     median = percentile(run.latencies_s, 50) if done else None
@@ -298,42 +381,77 @@ def level_row(run: LevelRun, ideal: float | None, baseline_rss: int | None) -> d
     per_task = 1000 / run.tasks if run.tasks else 0.0
     row["cpu_ms_per_task"] = run.session_cpu_s * per_task if run.cpu_s else None
     row["orch_cpu_ms_per_task"] = run.cpu_s.get("orchestrator", 0.0) * per_task if run.cpu_s else None
+    db = run.cpu_s.get(PG_GROUP)
+    row["db_cpu_ms_per_task"] = None if db is None else db * per_task
     row["cores_used"] = run.session_cpu_s / run.wall_s if run.cpu_s and run.wall_s > 0 else None
     row["peak_in_flight"] = run.peak_in_flight
     row["orch_rss_peak_mib"] = None if run.rss_peak is None else run.rss_peak / MIB
     row["kib_per_in_flight_task"] = memory_per_task_kib(baseline_rss, run.rss_peak, run.peak_in_flight)
+    row["session_rss_peak_mib"] = None if run.session_rss_peak is None else run.session_rss_peak / MIB
+    row["session_kib_per_in_flight_task"] = memory_per_task_kib(
+        baseline_session_rss, run.session_rss_peak, run.peak_in_flight
+    )
     return row
 
 
 class SessionCpu:
-    """CPU times of this process and all its descendants (a local Ray instance is one tree)."""
+    """CPU times and memory of this process and all its descendants (a local Ray instance is one
+    tree), and of the trees of ``extra_roots`` (processes that are not this one's children, such as a
+    PostgreSQL server: ``{root pid: group}``, every descendant counted under the root's group)."""
 
-    def __init__(self, orchestrator_pid: int, exclude: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        orchestrator_pids: Collection[int],
+        exclude: Iterable[int] = (),
+        extra_roots: Mapping[int, str] | None = None,
+    ) -> None:
         self.root = psutil.Process()
-        self.orchestrator_pid = orchestrator_pid
+        self.orchestrator_pids = frozenset(orchestrator_pids)
         self.exclude = frozenset(exclude)
         """Processes left out (the benchmark's own helpers, e.g. the OTLP receiver)."""
+        self.extra_roots = dict(extra_roots or {})
+
+    def processes(self) -> list[tuple[psutil.Process, str | None]]:
+        """Every live process counted: ``(process, group)``, group None for the session's own (found
+        by :func:`process_group`)."""
+        found: dict[int, tuple[psutil.Process, str | None]] = {
+            proc.pid: (proc, None) for proc in [self.root, *self.root.children(recursive=True)]
+        }
+        for pid, group in self.extra_roots.items():
+            try:
+                root = psutil.Process(pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:  # the server is gone: nothing of it to count
+                continue
+            found.update((proc.pid, (proc, group)) for proc in tree)  # once, under the root's group
+        return [entry for pid, entry in found.items() if pid not in self.exclude]
+
+    def _group(self, proc: psutil.Process) -> str:
+        return process_group(
+            proc.name(),
+            proc.cmdline(),
+            proc.pid,
+            driver_pid=self.root.pid,
+            orchestrator_pids=self.orchestrator_pids,
+        )
 
     def snapshot(self) -> dict[int, tuple[str, float]]:
-        """``{pid: (group, CPU seconds so far)}`` for every live process of the session."""
+        """``{pid: (group, CPU seconds so far)}`` for every live process counted."""
         out: dict[int, tuple[str, float]] = {}
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            if proc.pid in self.exclude:
-                continue
+        for proc, group in self.processes():
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
-                    group = process_group(
-                        proc.name(),
-                        proc.cmdline(),
-                        proc.pid,
-                        driver_pid=self.root.pid,
-                        orchestrator_pid=self.orchestrator_pid,
-                    )
+                    group = group or self._group(proc)
             except psutil.Error:  # exited meanwhile, or not ours to read
                 continue
             out[proc.pid] = (group, times.user + times.system)
         return out
+
+    def rss(self) -> int:
+        """The RSS of every live process counted, summed (pages shared between processes count once
+        per process: an upper bound)."""
+        return sum_rss(self.processes())
 
     @staticmethod
     def spent(
@@ -352,37 +470,87 @@ class SessionCpu:
         return spent, count
 
 
-async def _sample_in_flight(actor: Any, run: LevelRun) -> None:
+def sum_rss(processes: Iterable[tuple[Any, object]]) -> int:
+    """The RSS of ``processes`` (``(process, anything)`` pairs, each with ``memory_info()``) summed; a
+    process that exited meanwhile or that is not ours to read counts 0."""
+    total = 0
+    for proc, _group in processes:
+        try:
+            total += int(proc.memory_info().rss)
+        except psutil.Error:
+            continue
+    return total
+
+
+class TaskDriver:
+    """How the benchmark reaches the orchestrators: a task goes to the shard the
+    :class:`~actors.client.OrchestratorClient` routes it to (``shard_of_request``: the next shard in
+    turn), as one ``run`` call (submit and wait in one round trip, as with one shard before shards
+    were routed: the figures stay comparable); ``in_flight`` sums every shard's."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @property
+    def shards(self) -> int:
+        return int(self.client.shards)
+
+    async def run(self, request: Any) -> Any:
+        """Run ``request`` on its shard; its final record."""
+        return await self.client.handle(self.client.shard_of_request(request)).run.remote(request)
+
+    async def in_flight(self, timeout_s: float = IN_FLIGHT_CALL_TIMEOUT_S) -> int:
+        """Tasks in flight on every shard; :class:`TimeoutError` when a shard does not answer."""
+        from officeray.errors import OrchestratorUnavailableError
+
+        try:
+            return int(await self.client.in_flight(timeout_s))
+        except OrchestratorUnavailableError as exc:
+            raise TimeoutError(str(exc)) from None
+
+    async def pids(self) -> list[int]:
+        """The process id of every orchestrator shard."""
+        handles = [self.client.handle(shard) for shard in range(self.shards)]
+        return [int(pid) for pid in await asyncio.gather(*(h.pid.remote() for h in handles))]
+
+
+async def _sample_in_flight(driver: TaskDriver, run: LevelRun) -> None:
     while True:
         try:
-            in_flight = await asyncio.wait_for(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S)
-            run.peak_in_flight = max(run.peak_in_flight, int(in_flight))
+            in_flight = await driver.in_flight()
+            run.peak_in_flight = max(run.peak_in_flight, in_flight)
         except TimeoutError:
             pass
         await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
-async def _sample_rss(proc: psutil.Process | None, run: LevelRun) -> None:
-    while proc is not None:
-        try:
-            rss = int(proc.memory_info().rss)
-        except psutil.Error:
-            return
+async def _sample_rss(procs: Sequence[psutil.Process], run: LevelRun) -> None:
+    while procs:
+        rss = sum_rss((proc, None) for proc in procs)
         run.rss_peak = rss if run.rss_peak is None else max(run.rss_peak, rss)
         await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
+async def _sample_session_rss(cpu: SessionCpu, run: LevelRun) -> None:
+    while True:
+        rss = cpu.rss()
+        run.session_rss_peak = rss if run.session_rss_peak is None else max(run.session_rss_peak, rss)
+        await asyncio.sleep(SESSION_RSS_INTERVAL_S)
+
+
 async def run_level(
-    actor: Any,
+    driver: TaskDriver,
     description: str,
     concurrency: int,
     rounds: int,
     *,
     timeout_s: float = LEVEL_TIMEOUT_S,
-    orchestrator: psutil.Process | None = None,
+    orchestrators: Sequence[psutil.Process] = (),
     cpu: SessionCpu | None = None,
+    session_memory: bool = False,
 ) -> LevelRun:
-    """``concurrency`` clients, each running ``rounds`` tasks back to back; bounded by ``timeout_s``."""
+    """``concurrency`` clients, each running ``rounds`` tasks back to back; bounded by ``timeout_s``.
+    With ``session_memory`` (and ``cpu``) the RSS of every process of the session is sampled too."""
     from officeray.contracts import TaskRequest, TaskStatus
 
     loop = asyncio.get_running_loop()
@@ -397,9 +565,7 @@ async def run_level(
                 continue
             started = time.perf_counter()
             try:
-                record = await asyncio.wait_for(
-                    actor.run.remote(TaskRequest(description=description)), remaining
-                )
+                record = await asyncio.wait_for(driver.run(TaskRequest(description=description)), remaining)
             except TimeoutError:
                 run.failures["timeout"] += 1
                 continue
@@ -418,9 +584,11 @@ async def run_level(
                 run.unexpected["{} round(s), {} model calls, {} step attempts".format(*took)] += 1
 
     samplers = [
-        asyncio.ensure_future(_sample_in_flight(actor, run)),
-        asyncio.ensure_future(_sample_rss(orchestrator, run)),
+        asyncio.ensure_future(_sample_in_flight(driver, run)),
+        asyncio.ensure_future(_sample_rss(orchestrators, run)),
     ]
+    if cpu is not None and session_memory:
+        samplers.append(asyncio.ensure_future(_sample_session_rss(cpu, run)))
     before = cpu.snapshot() if cpu else {}
     started = time.perf_counter()
     try:
@@ -435,12 +603,12 @@ async def run_level(
     return run
 
 
-async def _settle(actor: Any) -> bool:
-    """Wait until the orchestrator has no task in flight; False when it still has after a while."""
+async def _settle(driver: TaskDriver) -> bool:
+    """Wait until the orchestrators have no task in flight; False when they still have after a while."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            if await asyncio.wait_for(actor.in_flight.remote(), IN_FLIGHT_CALL_TIMEOUT_S) == 0:
+            if await driver.in_flight() == 0:
                 return True
         except TimeoutError:
             pass
@@ -448,7 +616,7 @@ async def _settle(actor: Any) -> bool:
     return False
 
 
-# -- the two runs -----------------------------------------------------------------------------------
+# -- the runs ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -465,8 +633,17 @@ class BenchConfig:
     skip_latency: bool = False
     skip_instant: bool = False
     skip_telemetry: bool = False
+    skip_gateway: bool = False
     telemetry_level: int = DEFAULT_TELEMETRY_LEVEL
     telemetry_tasks: int = DEFAULT_TELEMETRY_TASKS
+    gateway_duration_s: float = DEFAULT_GATEWAY_DURATION_S
+    shards: tuple[int, ...] = (1,)
+    """Orchestrator shard counts: the instant run runs once per count; the latency and telemetry runs
+    use the first."""
+    store_url: str | None = None
+    """The store of every stack (default: a SQLite file of its own each)."""
+    postgres: bool = False
+    """Start a throwaway PostgreSQL server on 127.0.0.1: a database of its own for each stack."""
     config: str | None = None
     level_timeout_s: float = LEVEL_TIMEOUT_S
 
@@ -481,12 +658,15 @@ class RunOutcome:
 
     levels: list[LevelRun] = field(default_factory=list)
     baseline_rss: int | None = None
-    """The orchestrator's RSS after the warm-up, before the first level."""
+    """The orchestrators' RSS (summed over the shards) after the warm-up, before the first level."""
+    baseline_session_rss: int | None = None
+    """The RSS of every process of the session, summed, at the same moment (latency runs)."""
     idle_cores: dict[str, float] | None = None
-    """CPU cores the idle session used (its background loops) by process group, sampled before the
-    levels."""
+    """CPU cores the started, settled, idle session used (its background loops) by process group,
+    sampled before the levels."""
     unsettled: list[int] = field(default_factory=list)
     """Levels after which tasks were still in flight when the next level began."""
+    shards: int = 1
 
 
 def _embedded_chain(latency_s: float | None) -> list[dict[str, Any]]:
@@ -496,16 +676,24 @@ def _embedded_chain(latency_s: float | None) -> list[dict[str, Any]]:
 
 
 def bench_settings(
-    config: str | None, state_dir: Path, max_level: int, planner_s: float | None, reviewer_s: float | None
+    config: str | None,
+    state_dir: Path,
+    max_level: int,
+    planner_s: float | None,
+    reviewer_s: float | None,
+    *,
+    store_url: str | None = None,
+    shards: int = 1,
 ) -> Any:
-    """The settings of one run: the config file's, sized for ``max_level`` and with the model latency."""
+    """The settings of one run: the config file's, sized for ``max_level``, with the model latency,
+    ``shards`` orchestrators and the store at ``store_url`` (default: SQLite in ``state_dir``)."""
     from officeray.config import load_settings
 
     base = load_settings(config)
     overrides: dict[str, Any] = {
-        "store.url": f"sqlite:///{state_dir}/bench.db",
+        "store.url": store_url or f"sqlite:///{state_dir}/bench.db",
         "telemetry.trace_file": str(state_dir / "traces.jsonl"),
-        "workflow.orchestrators": 1,
+        "workflow.orchestrators": shards,
         "workflow.max_concurrent_tasks": max(base.workflow.max_concurrent_tasks, max_level),
         "runners.count": 1,
         "runners.host_concurrency": max(base.runners.host_concurrency, HOST_THREADS_PER_TASK * max_level),
@@ -533,38 +721,60 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def _orchestrator_process(actor: Any) -> tuple[int, psutil.Process | None]:
-    pid = int(await actor.pid.remote())
-    try:
-        return pid, psutil.Process(pid)
-    except psutil.Error:  # on another node: no memory figures
-        return pid, None
+async def _orchestrator_processes(driver: TaskDriver) -> tuple[list[int], list[psutil.Process]]:
+    pids = await driver.pids()
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:  # on another node: no memory figures of it
+            continue
+    return pids, procs
+
+
+async def _idle_cores(cpu: SessionCpu, settle_s: float, sample_s: float) -> dict[str, float]:
+    """CPU cores by process group of a settled session left alone: ``settle_s`` of quiet first (the
+    last flushes of what ran before), then ``sample_s`` measured."""
+    await asyncio.sleep(settle_s)
+    before = cpu.snapshot()
+    await asyncio.sleep(sample_s)
+    spent, _count = cpu.spent(before, cpu.snapshot())
+    return {group: cpu_s / sample_s for group, cpu_s in spent.items()}
 
 
 async def _run_levels(
-    actor: Any,
+    driver: TaskDriver,
     description: str,
     plan: Sequence[tuple[int, int]],
     *,
     timeout_s: float,
     label: str,
-    idle_sample_s: float = 0.0,
+    idle: bool = False,
+    session_memory: bool = False,
+    extra_roots: Mapping[int, str] | None = None,
 ) -> RunOutcome:
-    pid, orchestrator = await _orchestrator_process(actor)
-    cpu = SessionCpu(pid)
-    outcome = RunOutcome()
-    await run_level(actor, description, WARMUP_TASKS, 1, timeout_s=timeout_s)
-    await _settle(actor)
-    if idle_sample_s > 0:
-        before = cpu.snapshot()
-        await asyncio.sleep(idle_sample_s)
-        spent, _count = cpu.spent(before, cpu.snapshot())
-        outcome.idle_cores = {group: cpu_s / idle_sample_s for group, cpu_s in spent.items()}
-    if orchestrator is not None:
-        outcome.baseline_rss = int(orchestrator.memory_info().rss)
+    pids, orchestrators = await _orchestrator_processes(driver)
+    cpu = SessionCpu(pids, extra_roots=extra_roots)
+    outcome = RunOutcome(shards=driver.shards)
+    await run_level(driver, description, WARMUP_TASKS, 1, timeout_s=timeout_s)
+    await _settle(driver)
+    if idle:
+        outcome.idle_cores = await _idle_cores(cpu, IDLE_SETTLE_S, IDLE_CPU_SAMPLE_S)
+        _progress(f"{label}: idle session uses {sum(outcome.idle_cores.values()):.3f} cores")
+    if orchestrators:
+        outcome.baseline_rss = sum_rss((proc, None) for proc in orchestrators)
+    if session_memory:
+        outcome.baseline_session_rss = cpu.rss()
     for concurrency, rounds in plan:
         run = await run_level(
-            actor, description, concurrency, rounds, timeout_s=timeout_s, orchestrator=orchestrator, cpu=cpu
+            driver,
+            description,
+            concurrency,
+            rounds,
+            timeout_s=timeout_s,
+            orchestrators=orchestrators,
+            cpu=cpu,
+            session_memory=session_memory,
         )
         outcome.levels.append(run)
         done = run.latencies_s
@@ -573,7 +783,7 @@ async def _run_levels(
             f"{label} c={concurrency}: {run.tasks} tasks, {run.failed} failed, median {median}, "
             f"{len(done) / run.wall_s:.1f} tasks/s, peak in flight {run.peak_in_flight}"
         )
-        if not await _settle(actor):
+        if not await _settle(driver):
             outcome.unsettled.append(concurrency)
     return outcome
 
@@ -581,42 +791,182 @@ async def _run_levels(
 _Outcome = TypeVar("_Outcome")
 
 
-def _run_stack(settings: Any, body: Callable[[Any], Coroutine[Any, Any, _Outcome]]) -> _Outcome:
+def _run_stack(settings: Any, body: Callable[[TaskDriver], Coroutine[Any, Any, _Outcome]]) -> _Outcome:
     from cluster.runtime import LocalStack
 
     with LocalStack(settings) as stack:
-        return asyncio.run(body(stack.actor))
+        return asyncio.run(body(TaskDriver(stack.client)))
 
 
-def latency_run(cfg: BenchConfig, state_dir: Path) -> RunOutcome:
-    """The latency run: one stack, every level of ``cfg.levels``."""
-    settings = bench_settings(cfg.config, state_dir, max(cfg.levels), cfg.planner_s, cfg.reviewer_s)
+def latency_run(cfg: BenchConfig, state_dir: Path, store: StoreChoice | None = None) -> RunOutcome:
+    """The latency run: one stack (the first shard count), every level of ``cfg.levels``."""
+    store = store or StoreChoice()
+    settings = bench_settings(
+        cfg.config,
+        state_dir,
+        max(cfg.levels),
+        cfg.planner_s,
+        cfg.reviewer_s,
+        store_url=store.url_for(state_dir),
+        shards=cfg.shards[0],
+    )
     plan = [(c, rounds_for(c, cfg.rounds)) for c in cfg.levels]
 
-    def body(actor: Any) -> Coroutine[Any, Any, RunOutcome]:
+    def body(driver: TaskDriver) -> Coroutine[Any, Any, RunOutcome]:
         return _run_levels(
-            actor, sleep_task(cfg.step_s), plan, timeout_s=cfg.level_timeout_s, label="latency"
+            driver,
+            sleep_task(cfg.step_s),
+            plan,
+            timeout_s=cfg.level_timeout_s,
+            label="latency",
+            session_memory=True,
+            extra_roots=store.extra_roots(),
         )
 
     return _run_stack(settings, body)
 
 
-def instant_run(cfg: BenchConfig, state_dir: Path) -> RunOutcome:
-    """The instant run: one stack without model latency, every level of ``cfg.instant_levels``."""
-    settings = bench_settings(cfg.config, state_dir, max(cfg.instant_levels), None, None)
+def instant_run(
+    cfg: BenchConfig, state_dir: Path, store: StoreChoice | None = None, shards: int | None = None
+) -> RunOutcome:
+    """The instant run: one stack of ``shards`` orchestrators (default the first shard count) without
+    model latency, its idle CPU, then every level of ``cfg.instant_levels``."""
+    store = store or StoreChoice()
+    count = cfg.shards[0] if shards is None else shards
+    settings = bench_settings(
+        cfg.config,
+        state_dir,
+        max(cfg.instant_levels),
+        None,
+        None,
+        store_url=store.url_for(state_dir),
+        shards=count,
+    )
     plan = [(c, instant_rounds(c, cfg.instant_tasks)) for c in cfg.instant_levels]
 
-    def body(actor: Any) -> Coroutine[Any, Any, RunOutcome]:
+    def body(driver: TaskDriver) -> Coroutine[Any, Any, RunOutcome]:
         return _run_levels(
-            actor,
+            driver,
             sleep_task(0.0),
             plan,
             timeout_s=cfg.level_timeout_s,
-            label="instant",
-            idle_sample_s=IDLE_CPU_SAMPLE_S,
+            label=f"instant ({count} shard{'s' if count > 1 else ''})",
+            idle=True,
+            extra_roots=store.extra_roots(),
         )
 
     return _run_stack(settings, body)
+
+
+# -- the gateway run --------------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayRun:
+    """What the load test's submit requests measured (``report.json`` of ``officeray loadtest``)."""
+
+    users: int
+    duration_s: float
+    exit_code: int | None = None
+    """The load test's exit code (1 also when one of its SLOs was missed); None: it was stopped."""
+    submit: dict[str, Any] | None = None
+    """The report's ``submit`` aggregate (count, failures, p50_ms, p95_ms, p99_ms...)."""
+    completion: dict[str, Any] | None = None
+    trace_completeness: float | None = None
+    problem: str | None = None
+    """Why there are no figures (no report, the run was stopped), or None."""
+
+    @property
+    def p99_ms(self) -> float | None:
+        value = (self.submit or {}).get("p99_ms")
+        return None if value is None else float(value)
+
+
+def gateway_command(out: Path, users: int, duration_s: float) -> list[str]:
+    """The load test of the gateway run: the issue's ``officeray loadtest --users 100 --think-time 5``
+    for ``duration_s``, on the system it starts itself (``loadtests/stack.yaml``: auth with an admin
+    key made for the run, rate limits on), its report in ``out``."""
+    return [
+        sys.executable,
+        "-m",
+        "loadtests.loadtest",
+        "--users",
+        str(users),
+        "--think-time",
+        f"{GATEWAY_THINK_TIME_S:g}",
+        "--duration",
+        f"{duration_s:g}",
+        "--drain",
+        f"{GATEWAY_DRAIN_S:g}",
+        "--slo",
+        f"submit.p99_ms<={TARGET_GATEWAY_P99_MS:g}",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+
+
+def gateway_of_report(
+    report: Mapping[str, Any] | None, users: int, duration_s: float, exit_code: int | None
+) -> GatewayRun:
+    """The :class:`GatewayRun` of a load test's report (None: it wrote none)."""
+    run = GatewayRun(users=users, duration_s=duration_s, exit_code=exit_code)
+    if report is None:
+        run.problem = (
+            "the load test was stopped at its deadline"
+            if exit_code is None
+            else f"the load test wrote no {GATEWAY_REPORT} (exit {exit_code})"
+        )
+        return run
+    run.submit = report.get("submit")
+    run.completion = report.get("completion")
+    completeness = report.get("trace_completeness")
+    run.trace_completeness = None if completeness is None else float(completeness)
+    if run.submit is None:
+        run.problem = "the load test made no submit request"
+    return run
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the load test and what it started: SIGINT (its ``finally`` blocks stop its Ray), then
+    SIGKILL of its process group."""
+    for sig, wait_s in ((signal.SIGINT, GATEWAY_STOP_WAIT_S), (signal.SIGKILL, GATEWAY_STOP_WAIT_S)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def gateway_run(cfg: BenchConfig, out: Path) -> GatewayRun:
+    """Run the gateway's load test in a process of its own (locust and its Ray stay out of this
+    process; it starts after the other runs' stacks are gone) and read its report."""
+    from loadtests.loadtest import REPO_ROOT
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = gateway_command(out, TARGET_GATEWAY_USERS, cfg.gateway_duration_s)
+    limit_s = cfg.gateway_duration_s + GATEWAY_DRAIN_S + GATEWAY_START_S
+    _progress(f"gateway: {' '.join(command[1:])} (at most {limit_s:g} s)")
+    exit_code: int | None
+    with open(out.parent / "gateway.log", "ab") as log:
+        proc = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            exit_code = proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+        finally:
+            if proc.poll() is None:
+                _stop_group(proc)
+    report_file = out / GATEWAY_REPORT
+    report = json.loads(report_file.read_text()) if exit_code is not None and report_file.exists() else None
+    measured = gateway_of_report(report, TARGET_GATEWAY_USERS, cfg.gateway_duration_s, exit_code)
+    p99 = "-" if measured.p99_ms is None else f"{measured.p99_ms:.1f} ms"
+    _progress(f"gateway: submit p99 {p99}{'' if measured.problem is None else ': ' + measured.problem}")
+    return measured
 
 
 # -- the telemetry cost runs ------------------------------------------------------------------------
@@ -770,26 +1120,31 @@ def export_cost(on: dict[str, Any], off: dict[str, Any]) -> dict[str, float | No
 
 
 async def _measure_export(
-    actor: Any,
+    driver: TaskDriver,
     concurrency: int,
     rounds: int,
     *,
     timeout_s: float,
     tail_s: float,
     receiver: ReceiverProcess | None,
+    extra_roots: Mapping[int, str] | None = None,
 ) -> TelemetryRun:
-    pid, _orchestrator = await _orchestrator_process(actor)
-    cpu = SessionCpu(pid, exclude=[receiver.pid] if receiver is not None and receiver.pid else [])
+    pids, _orchestrators = await _orchestrator_processes(driver)
+    cpu = SessionCpu(
+        pids,
+        exclude=[receiver.pid] if receiver is not None and receiver.pid else [],
+        extra_roots=extra_roots,
+    )
     description = sleep_task(0.0)
-    await run_level(actor, description, WARMUP_TASKS, 1, timeout_s=timeout_s)
-    await _settle(actor)
+    await run_level(driver, description, WARMUP_TASKS, 1, timeout_s=timeout_s)
+    await _settle(driver)
     await asyncio.sleep(tail_s)  # the warm-up's spans are out before anything is measured
     before = cpu.snapshot()
     await asyncio.sleep(IDLE_CPU_SAMPLE_S)
     idle, _count = cpu.spent(before, cpu.snapshot())
     counted = receiver.counts() if receiver is not None else None
     before = cpu.snapshot()
-    run = await run_level(actor, description, concurrency, rounds, timeout_s=timeout_s)
+    run = await run_level(driver, description, concurrency, rounds, timeout_s=timeout_s)
     await asyncio.sleep(tail_s)
     run.cpu_s, run.processes = cpu.spent(before, cpu.snapshot())
     measured = TelemetryRun(
@@ -808,23 +1163,36 @@ async def _measure_export(
     return measured
 
 
-def telemetry_run(cfg: BenchConfig, state_dir: Path, export: bool) -> TelemetryRun:
-    """One telemetry cost run: a stack with export on (and the receiver it exports to) or off."""
+def telemetry_run(
+    cfg: BenchConfig, state_dir: Path, export: bool, store: StoreChoice | None = None
+) -> TelemetryRun:
+    """One telemetry cost run: a stack (the first shard count) with export on (and the receiver it
+    exports to) or off."""
+    store = store or StoreChoice()
     rounds = instant_rounds(cfg.telemetry_level, cfg.telemetry_tasks)
-    base = bench_settings(cfg.config, state_dir, cfg.telemetry_level, None, None)
+    base = bench_settings(
+        cfg.config,
+        state_dir,
+        cfg.telemetry_level,
+        None,
+        None,
+        store_url=store.url_for(state_dir),
+        shards=cfg.shards[0],
+    )
     with without_otel_environment(), ReceiverProcess() if export else contextlib.nullcontext() as receiver:
         endpoint = receiver.endpoint if isinstance(receiver, ReceiverProcess) else None
         settings = base.model_copy(update={"telemetry": telemetry_variant(base.telemetry, endpoint)})
         tail_s = export_tail_s(settings.telemetry)
 
-        def body(actor: Any) -> Coroutine[Any, Any, TelemetryRun]:
+        def body(driver: TaskDriver) -> Coroutine[Any, Any, TelemetryRun]:
             return _measure_export(
-                actor,
+                driver,
                 cfg.telemetry_level,
                 rounds,
                 timeout_s=cfg.level_timeout_s,
                 tail_s=tail_s,
                 receiver=receiver if isinstance(receiver, ReceiverProcess) else None,
+                extra_roots=store.extra_roots(),
             )
 
         return _run_stack(settings, body)
@@ -845,7 +1213,9 @@ LATENCY_COLUMNS = [
     Column("cpu_ms_per_task", "CPU ms/task", ".1f"),
     Column("peak_in_flight", "peak in flight"),
     Column("orch_rss_peak_mib", "orch RSS MiB", ".0f"),
-    Column("kib_per_in_flight_task", "KiB/in-flight task", ".1f"),
+    Column("kib_per_in_flight_task", "orch KiB/in-flight task", ".1f"),
+    Column("session_rss_peak_mib", "all RSS MiB", ".0f"),
+    Column("session_kib_per_in_flight_task", "all KiB/in-flight task", ".1f"),
 ]
 INSTANT_COLUMNS = [
     Column("concurrency", "c"),
@@ -856,7 +1226,36 @@ INSTANT_COLUMNS = [
     Column("tasks_per_s", "tasks/s", ".1f"),
     Column("cpu_ms_per_task", "CPU ms/task", ".1f"),
     Column("orch_cpu_ms_per_task", "orch CPU ms/task", ".1f"),
+    Column("db_cpu_ms_per_task", "db CPU ms/task", ".1f"),
     Column("cores_used", "cores used", ".2f"),
+]
+SCALING_COLUMNS = [
+    Column("shards", "shards"),
+    Column("concurrency", "c"),
+    Column("tasks", "tasks"),
+    Column("failed", "failed"),
+    Column("tasks_per_s", "tasks/s", ".1f"),
+    Column("speedup", "x first", ".2f"),
+    Column("cpu_ms_per_task", "CPU ms/task", ".2f"),
+    Column("orch_cpu_ms_per_task", "orch CPU ms/task", ".2f"),
+    Column("db_cpu_ms_per_task", "db CPU ms/task", ".2f"),
+    Column("cores_used", "cores used", ".2f"),
+]
+IDLE_COLUMNS = [
+    Column("group", "process"),
+    Column("cores", "idle cores", ".4f"),
+    Column("share_pct", "share %", ".1f"),
+]
+GATEWAY_COLUMNS = [
+    Column("users", "users"),
+    Column("duration_s", "load s", ".0f"),
+    Column("count", "submits"),
+    Column("failures", "failed"),
+    Column("p50_ms", "submit p50 ms", ".1f"),
+    Column("p95_ms", "submit p95 ms", ".1f"),
+    Column("p99_ms", "submit p99 ms", ".1f"),
+    Column("completion_p50_ms", "completion p50 ms", ".0f"),
+    Column("trace_completeness", "traces complete", ".3f"),
 ]
 TELEMETRY_COLUMNS = [
     Column("export", "export"),
@@ -907,69 +1306,120 @@ def breakdown_rows(run: LevelRun, idle_cores: dict[str, float] | None = None) ->
     return sorted(rows, key=lambda r: -(r["cpu_ms_per_task"] or 0.0))
 
 
-def _row_at(rows: Iterable[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
-    return next((r for r in rows if r["concurrency"] == concurrency), None)
+def idle_rows(idle_cores: Mapping[str, float]) -> list[dict[str, Any]]:
+    """The idle session's CPU cores by process group, largest first."""
+    total = sum(idle_cores.values())
+    rows = [
+        {"group": group, "cores": cores, "share_pct": 100 * cores / total if total > 0 else None}
+        for group, cores in idle_cores.items()
+    ]
+    return sorted(rows, key=lambda r: (-r["cores"], r["group"]))
+
+
+def gateway_row(run: GatewayRun) -> dict[str, Any]:
+    """The gateway table's row."""
+    submit = run.submit or {}
+    return {
+        "users": run.users,
+        "duration_s": run.duration_s,
+        **{key: submit.get(key) for key in ("count", "failures", "p50_ms", "p95_ms", "p99_ms")},
+        "completion_p50_ms": (run.completion or {}).get("p50_ms"),
+        "trace_completeness": run.trace_completeness,
+        "exit_code": run.exit_code,
+        "problem": run.problem,
+    }
+
+
+def _row_at(rows: Iterable[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    return next((r for r in rows if r["concurrency"] == concurrency), {})
 
 
 def targets_of(
-    latency_rows: Sequence[dict[str, Any]], instant_rows: Sequence[dict[str, Any]]
+    latency_rows: Sequence[dict[str, Any]],
+    instant_rows: Sequence[dict[str, Any]],
+    *,
+    idle_cores: float | None = None,
+    gateway_p99_ms: float | None = None,
 ) -> list[Target]:
-    """The issue's targets, evaluated on the rows (a level not in the run is "not measured")."""
-    at_a = _row_at(latency_rows, TARGET_LATENCY_LEVEL) or {}
-    at_b = _row_at(latency_rows, TARGET_MEMORY_LEVEL) or {}
-    at_c = instant_rows[-1] if instant_rows else {}
-    c_level = at_c.get("concurrency", "?")
-    return [
+    """Issue 18's targets, evaluated on the rows of this run (a level not in the run, an idle CPU or a
+    gateway p99 not measured, is "not measured")."""
+    instant = _row_at(instant_rows, TARGET_INSTANT_LEVEL)
+    alone = _row_at(instant_rows, 1)
+    targets = [
         Target(
-            "(a)",
-            f"median latency / ideal at {TARGET_LATENCY_LEVEL} concurrent",
-            at_a.get("median_ratio"),
-            TARGET_MEDIAN_RATIO,
-            "<=",
-            fmt=".3f",
-        ),
-        Target(
-            "(a)", f"failed tasks at {TARGET_LATENCY_LEVEL} concurrent", at_a.get("failed"), 0, "<=", fmt="d"
-        ),
-        Target(
-            "(b)", f"failed tasks at {TARGET_MEMORY_LEVEL} concurrent", at_b.get("failed"), 0, "<=", fmt="d"
-        ),
-        Target(
-            "(b)",
-            f"peak tasks in flight at {TARGET_MEMORY_LEVEL} concurrent",
-            at_b.get("peak_in_flight"),
-            TARGET_MEMORY_LEVEL,
-            ">=",
-            fmt="d",
-        ),
-        Target(
-            "(b)",
-            f"orchestrator RSS growth per in-flight task at {TARGET_MEMORY_LEVEL} concurrent",
-            at_b.get("kib_per_in_flight_task"),
-            TARGET_MEMORY_KIB_PER_TASK,
-            "<=",
-            "KiB",
-            ".1f",
-        ),
-        Target(
-            "(c)",
-            f"CPU per instant task (all session processes) at {c_level} concurrent",
-            at_c.get("cpu_ms_per_task"),
+            "instant",
+            f"CPU per task (every process) at {TARGET_INSTANT_LEVEL} concurrent",
+            instant.get("cpu_ms_per_task"),
             TARGET_CPU_MS_PER_TASK,
             "<=",
             "ms",
-            ".1f",
+            ".2f",
         ),
         Target(
-            "(c)",
-            f"instant throughput at {c_level} concurrent",
-            at_c.get("tasks_per_s"),
+            "instant",
+            f"throughput at {TARGET_INSTANT_LEVEL} concurrent",
+            instant.get("tasks_per_s"),
             TARGET_THROUGHPUT,
             ">=",
             "tasks/s",
             ".1f",
         ),
+        Target(
+            "instant",
+            "median latency at 1 concurrent",
+            alone.get("median_ms"),
+            TARGET_C1_MEDIAN_MS,
+            "<=",
+            "ms",
+            ".2f",
+        ),
     ]
+    for level, ratio in TARGET_MEDIAN_RATIOS.items():
+        row = _row_at(latency_rows, level)
+        targets.append(
+            Target(
+                "latency",
+                f"median / ideal at {level} concurrent",
+                row.get("median_ratio"),
+                ratio,
+                "<=",
+                fmt=".3f",
+            )
+        )
+        targets.append(
+            Target("latency", f"failed tasks at {level} concurrent", row.get("failed"), 0, "<=", fmt="d")
+        )
+    memory = _row_at(latency_rows, TARGET_MEMORY_LEVEL)
+    targets += [
+        Target(
+            "memory",
+            f"RSS growth per in-flight task (every process) at {TARGET_MEMORY_LEVEL} concurrent",
+            memory.get("session_kib_per_in_flight_task"),
+            TARGET_KIB_PER_TASK,
+            "<=",
+            "KiB",
+            ".1f",
+        ),
+        Target(
+            "idle",
+            "CPU of the started, settled system (every process)",
+            idle_cores,
+            TARGET_IDLE_CORES,
+            "<=",
+            "cores",
+            ".3f",
+        ),
+        Target(
+            "gateway",
+            f"submit p99 at {TARGET_GATEWAY_USERS} users (auth and rate limits on)",
+            gateway_p99_ms,
+            TARGET_GATEWAY_P99_MS,
+            "<=",
+            "ms",
+            ".1f",
+        ),
+    ]
+    return targets
 
 
 def _run_notes(label: str, outcome: RunOutcome) -> list[str]:
@@ -1047,53 +1497,120 @@ def telemetry_summary(on: TelemetryRun, off: TelemetryRun) -> tuple[list[Table],
     return tables, notes, {"on": on_row, "off": off_row, **cost}
 
 
+@dataclass
+class _Part:
+    """The tables, notes and JSON of one part of the result."""
+
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _latency_part(cfg: BenchConfig, latency: RunOutcome) -> tuple[_Part, list[dict[str, Any]]]:
+    ideal = cfg.ideal_s
+    rows = [level_row(r, ideal, latency.baseline_rss, latency.baseline_session_rss) for r in latency.levels]
+    title = (
+        f"latency: planner {cfg.planner_s:g} s + two parallel {cfg.step_s:g} s sleep steps + "
+        f"reviewer {cfg.reviewer_s:g} s = ideal {ideal:.3f} s"
+    )
+    part = _Part(tables=[Table(title, LATENCY_COLUMNS, rows)])
+    if latency.baseline_rss is not None:
+        part.notes.append(
+            f"orchestrator RSS before the first latency level: {latency.baseline_rss / MIB:.0f} MiB; "
+            "orch KiB/in-flight task = (RSS peak - that) / peak in flight"
+        )
+    if latency.baseline_session_rss is not None:
+        part.notes.append(
+            f"RSS of every process of the session before the first latency level: "
+            f"{latency.baseline_session_rss / MIB:.0f} MiB; all KiB/in-flight task = (peak of that sum, "
+            f"sampled every {SESSION_RSS_INTERVAL_S:g} s - that) / peak in flight"
+        )
+    part.notes.extend(_run_notes("latency", latency))
+    return part, rows
+
+
+def _shards_label(outcome: RunOutcome, several: bool) -> str:
+    return f", {outcome.shards} shard{'s' if outcome.shards > 1 else ''}" if several else ""
+
+
+def _instant_part(instants: Sequence[RunOutcome]) -> tuple[_Part, list[dict[str, Any]], float | None]:
+    """The instant tables of every shard count (the targets' rows and idle cores are the first's)."""
+    part = _Part()
+    several = len(instants) > 1
+    by_shards: list[tuple[int, list[dict[str, Any]]]] = []
+    for outcome in instants:
+        rows = [level_row(r, None, outcome.baseline_rss) for r in outcome.levels]
+        by_shards.append((outcome.shards, rows))
+        label = _shards_label(outcome, several)
+        part.tables.append(Table(f"instant models and tools{label}", INSTANT_COLUMNS, rows))
+        if outcome.levels:
+            top = outcome.levels[-1]
+            title = f"CPU by process, instant{label}, at {top.concurrency} concurrent ({top.tasks} tasks)"
+            part.tables.append(Table(title, BREAKDOWN_COLUMNS, breakdown_rows(top, outcome.idle_cores)))
+        if outcome.idle_cores is not None:
+            part.tables.append(
+                Table(f"idle CPU by process{label}", IDLE_COLUMNS, idle_rows(outcome.idle_cores))
+            )
+            part.notes.append(
+                f"the idle session{label} used {sum(outcome.idle_cores.values()):.3f} CPU cores: sampled "
+                f"{IDLE_CPU_SAMPLE_S:g} s, {IDLE_SETTLE_S:g} s after the warm-up settled; 'idle ms/task' is "
+                "that share of the CPU per task"
+            )
+        part.notes.extend(_run_notes(f"instant{label}", outcome))
+    if several or (instants and instants[0].shards > 1):
+        rows = scaling_rows(by_shards)
+        part.tables.append(Table("scaling: instant run by orchestrator shards", SCALING_COLUMNS, rows))
+        part.extra["scaling"] = rows
+    first = instants[0] if instants else None
+    idle = None if first is None or first.idle_cores is None else sum(first.idle_cores.values())
+    part.extra["instant_by_shards"] = [{"shards": n, "levels": rows} for n, rows in by_shards]
+    return part, (by_shards[0][1] if by_shards else []), idle
+
+
+def _gateway_part(gateway: GatewayRun) -> _Part:
+    row = gateway_row(gateway)
+    title = (
+        f"gateway: officeray loadtest --users {gateway.users} --think-time {GATEWAY_THINK_TIME_S:g} "
+        f"--duration {gateway.duration_s:g} (auth and rate limits on)"
+    )
+    part = _Part(tables=[Table(title, GATEWAY_COLUMNS, [row])], extra={"gateway": row})
+    if gateway.problem is not None:
+        part.notes.append(f"gateway: {gateway.problem}")
+    return part
+
+
 def build_result(
     cfg: BenchConfig,
     latency: RunOutcome | None,
-    instant: RunOutcome | None,
+    instants: Sequence[RunOutcome] = (),
     telemetry: tuple[TelemetryRun, TelemetryRun] | None = None,
+    gateway: GatewayRun | None = None,
+    *,
+    store: str = "SQLite in a temporary folder",
+    store_notes: Sequence[str] = (),
 ) -> BenchResult:
-    """The printed and JSON result of the runs (each may be None: skipped); ``telemetry`` is the
+    """The printed and JSON result of the runs (each may be None or empty: skipped); ``instants`` are
+    the instant runs, one per shard count (the targets are the first's); ``telemetry`` is the
     export-on and export-off runs."""
-    ideal = cfg.ideal_s
-    tables: list[Table] = []
+    shards = ", ".join(str(n) for n in cfg.shards)
     notes = [
-        "store: SQLite in a temporary folder; one orchestrator, one tool runner, sleep steps on the "
-        "host-tool runner; latency = submission to final record, seen by the driver"
+        f"store: {store}; orchestrator shards: {shards}; one tool runner a shard, sleep steps on the "
+        "host-tool runner; tasks routed to shards in turn; latency = submission to final record, seen by "
+        "the driver",
+        *store_notes,
     ]
+    parts: list[_Part] = []
     latency_rows: list[dict[str, Any]] = []
-    instant_rows: list[dict[str, Any]] = []
     if latency is not None:
-        latency_rows = [level_row(r, ideal, latency.baseline_rss) for r in latency.levels]
-        title = (
-            f"latency: planner {cfg.planner_s:g} s + two parallel {cfg.step_s:g} s sleep steps + "
-            f"reviewer {cfg.reviewer_s:g} s = ideal {ideal:.3f} s"
-        )
-        tables.append(Table(title, LATENCY_COLUMNS, latency_rows))
-        if latency.baseline_rss is not None:
-            notes.append(
-                f"orchestrator RSS before the first latency level: {latency.baseline_rss / MIB:.0f} MiB; "
-                "KiB/in-flight task = (RSS peak - that) / peak in flight"
-            )
-        notes.extend(_run_notes("latency", latency))
-    if instant is not None:
-        instant_rows = [level_row(r, None, instant.baseline_rss) for r in instant.levels]
-        tables.append(Table("instant models and tools", INSTANT_COLUMNS, instant_rows))
-        if instant.levels:
-            top = instant.levels[-1]
-            title = f"CPU by process, instant, at {top.concurrency} concurrent ({top.tasks} tasks)"
-            tables.append(Table(title, BREAKDOWN_COLUMNS, breakdown_rows(top, instant.idle_cores)))
-        if instant.idle_cores is not None:
-            notes.append(
-                f"the idle session (background loops) used {sum(instant.idle_cores.values()):.3f} CPU cores "
-                "before the instant levels; 'idle ms/task' is that share of the CPU per task"
-            )
-        notes.extend(_run_notes("instant", instant))
-    extra: dict[str, Any] = {}
+        part, latency_rows = _latency_part(cfg, latency)
+        parts.append(part)
+    instant_part, instant_rows, idle = _instant_part(instants)
+    parts.append(instant_part)
     if telemetry is not None:
-        telemetry_tables, telemetry_notes, extra["telemetry"] = telemetry_summary(*telemetry)
-        tables.extend(telemetry_tables)
-        notes.extend(telemetry_notes)
+        tables, telemetry_notes, telemetry_extra = telemetry_summary(*telemetry)
+        parts.append(_Part(tables, telemetry_notes, {"telemetry": telemetry_extra}))
+    if gateway is not None:
+        parts.append(_gateway_part(gateway))
     config = {
         "levels": list(cfg.levels),
         "rounds": cfg.rounds,
@@ -1102,38 +1619,63 @@ def build_result(
         "planner_s": cfg.planner_s,
         "reviewer_s": cfg.reviewer_s,
         "step_s": cfg.step_s,
-        "ideal_s": ideal,
+        "ideal_s": cfg.ideal_s,
         "skip_latency": cfg.skip_latency,
         "skip_instant": cfg.skip_instant,
         "skip_telemetry": cfg.skip_telemetry,
+        "skip_gateway": cfg.skip_gateway,
         "telemetry_level": cfg.telemetry_level,
         "telemetry_tasks": cfg.telemetry_tasks,
+        "gateway_duration_s": cfg.gateway_duration_s,
+        "shards": list(cfg.shards),
+        "store": store,
     }
+    extra: dict[str, Any] = {"config": config, "latency_levels": latency_rows, "instant_levels": instant_rows}
+    if instants and instants[0].idle_cores is not None:
+        extra["idle_cores"] = instants[0].idle_cores
+    for part in parts:
+        extra.update(part.extra)
     return BenchResult(
         benchmark="overhead",
         title="bench overhead: orchestration overhead against a known ideal critical path",
-        tables=tables,
-        targets=targets_of(latency_rows, instant_rows),
-        notes=notes,
-        extra={"config": config, "latency_levels": latency_rows, "instant_levels": instant_rows, **extra},
+        tables=[table for part in parts for table in part.tables],
+        targets=targets_of(
+            latency_rows,
+            instant_rows,
+            idle_cores=idle,
+            gateway_p99_ms=None if gateway is None else gateway.p99_ms,
+        ),
+        notes=notes + [note for part in parts for note in part.notes],
+        extra=extra,
     )
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
-    """Run the latency run, the instant run, then the telemetry cost runs (export off, then on; each
-    on its own local Ray instance)."""
+    """Run the latency run, the instant run (once per shard count), the telemetry cost runs (export
+    off, then on), then the gateway run; each on a local Ray instance of its own, one at a time."""
     from cluster.prepare import prefer_loopback
 
     prefer_loopback()  # before Ray is imported: a local instance stays on 127.0.0.1
-    with tempfile.TemporaryDirectory(prefix="officeray-bench-") as tmp:
-        latency = None if cfg.skip_latency else latency_run(cfg, Path(tmp) / "latency")
-        instant = None if cfg.skip_instant else instant_run(cfg, Path(tmp) / "instant")
+    with (
+        tempfile.TemporaryDirectory(prefix="officeray-bench-") as tmp,
+        store_choice(cfg.store_url, cfg.postgres) as store,
+    ):
+        root = Path(tmp)
+        latency = None if cfg.skip_latency else latency_run(cfg, root / "latency", store)
+        instants = (
+            []
+            if cfg.skip_instant
+            else [instant_run(cfg, root / f"instant-{n}-shards", store, n) for n in cfg.shards]
+        )
         telemetry = None
         if not cfg.skip_telemetry:
-            off = telemetry_run(cfg, Path(tmp) / "telemetry-off", export=False)
-            on = telemetry_run(cfg, Path(tmp) / "telemetry-on", export=True)
+            off = telemetry_run(cfg, root / "telemetry-off", export=False, store=store)
+            on = telemetry_run(cfg, root / "telemetry-on", export=True, store=store)
             telemetry = (on, off)
-    return build_result(cfg, latency, instant, telemetry)
+        gateway = None if cfg.skip_gateway else gateway_run(cfg, root / "gateway" / "loadtest")
+        return build_result(
+            cfg, latency, instants, telemetry, gateway, store=store.kind, store_notes=store.notes
+        )
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -1200,6 +1742,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TELEMETRY_TASKS,
         help=f"tasks of each telemetry export run (default {DEFAULT_TELEMETRY_TASKS})",
     )
+    parser.add_argument(
+        "--skip-gateway",
+        action="store_true",
+        help=f"do not run the gateway's load test ({TARGET_GATEWAY_USERS} users, auth and rate limits on)",
+    )
+    parser.add_argument(
+        "--gateway-duration",
+        type=bounded_float(1, MAX_GATEWAY_DURATION_S),
+        default=DEFAULT_GATEWAY_DURATION_S,
+        help=f"seconds of load of the gateway run (default {DEFAULT_GATEWAY_DURATION_S:g})",
+    )
+    parser.add_argument(
+        "--shards",
+        type=shards_arg,
+        default=(1,),
+        help=f"orchestrator shard counts, e.g. 1,2 (1..{MAX_SHARDS}): the instant run runs once per "
+        "count; the latency and telemetry runs use the first (default 1)",
+    )
+    parser.add_argument(
+        "--store-url",
+        type=store_url_arg,
+        default=None,
+        metavar="URL",
+        help="store of every stack: SQLite, or PostgreSQL on loopback "
+        "(postgresql+psycopg://...@127.0.0.1/db); "
+        "default a SQLite file per stack",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL server on 127.0.0.1 for the run (a database per stack; its "
+        "processes' CPU and memory are counted)",
+    )
     add_json_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="YAML config file (default: $OFFICERAY_CONFIG)")
 
@@ -1218,6 +1793,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         skip_telemetry=args.skip_telemetry,
         telemetry_level=args.telemetry_level,
         telemetry_tasks=args.telemetry_tasks,
+        skip_gateway=args.skip_gateway,
+        gateway_duration_s=args.gateway_duration,
+        shards=tuple(args.shards),
+        store_url=args.store_url,
+        postgres=args.postgres,
         config=args.config,
     )
 
@@ -1234,7 +1814,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
         result = run_bench(cfg)
-    except (ConfigError, DockerUnavailable) as exc:
+    except (ConfigError, DockerUnavailable, PostgresUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TimeoutError as exc:

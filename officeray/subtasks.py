@@ -214,6 +214,7 @@ async def _decompose(run: _TaskRun, allowed: list[str]) -> Decomposition | None:
         description=run.request.description,
         allowed_tools=allowed,
     )
+    await run.durable()  # the task's acceptance is written before a model is asked
     with wf.tracer.start_as_current_span("decompose") as span:
         try:
             answer = await asyncio.wait_for(wf.decomposer.decompose(request), run._model_call_timeout_s())

@@ -348,13 +348,18 @@ class _TaskRun:
         self.policy = request.retry_policy or wf.settings.retry_policy
         self.stop_reason: str | None = None
         self._waiting = 0
-        self._lock = asyncio.Lock()
         self.task = asyncio.current_task()
         """The asyncio task this run goes on in (what :meth:`Workflow.cancel` cancels)."""
         self.cancelled_by: str | None = None
         """Who cancelled the task (an API key id, ``cli``), once :meth:`Workflow.cancel` was called."""
-        self._pending: asyncio.Future[bool] | None = None
-        """The write in flight (a cancelled run lets it land before it writes its end)."""
+        self._queued: list[asyncio.Future[Any]] = []
+        """Writes submitted and not yet waited for, in submission order (see :meth:`persist`): a
+        cancelled run lets them land before it writes its end."""
+        self._fresh = record is None or (record.iterations == 0 and record.resumed == 0)
+        """This is the task's first run: no step of it has a result recorded by an earlier run."""
+        self._saved: dict[str, StepResult] = {}
+        """The step results this run saved, by idempotency key (what a fresh run's later round may
+        reuse, without reading the store)."""
         self.recall: Recall | None = None
         """What the memory recalled before the first plan (see :meth:`_recall`)."""
         self._recalled = False
@@ -370,18 +375,48 @@ class _TaskRun:
         """Write the record and one event, in order, before the workflow acts on the transition."""
         await self._write(self.wf.store.save_transition, kind, data)
 
+    def persist_soon(self, kind: str, **data: Any) -> None:
+        """Submit the write of the record and one event (its snapshot is taken now, and writes commit
+        in submission order) without waiting for it: for a transition followed only by work inside
+        this run (a plan's validation, the next transition), never by a call outside it. The next
+        write that waits (:meth:`durable`) waits for it too, so every transition is durable before the
+        run acts on it; writes submitted together share their transaction (group commit)."""
+        self._submit(self.wf.store.save_transition, kind, data)
+
     async def _write(self, save: Callable[..., Awaitable[bool]], kind: str, data: dict[str, Any]) -> None:
-        """``save(record, kind, event, owner=...)``; a refused write (another owner holds the task's
-        lease now) stops this run: :class:`RunSupersededError`."""
-        async with self._lock:
-            self.record.updated_at = self.wf._now()
-            event = {"status": self.record.status.value, **data}
-            # shielded: a run stopped half-way (its lease went to another orchestrator) never leaves
-            # a record without its event
-            self._pending = asyncio.ensure_future(save(self.record, kind, event, owner=self.wf.owner))
-            written = await asyncio.shield(self._pending)
-        if not written:
-            raise RunSupersededError(f"task {self.task_id} is run by another orchestrator now")
+        """``save(record, kind, event, owner=...)``, and every write submitted before it; a refused
+        write (another owner holds the task's lease now) stops this run: :class:`RunSupersededError`."""
+        self._submit(save, kind, data)
+        await self.durable()
+
+    def _submit(self, save: Callable[..., Awaitable[bool]], kind: str, data: dict[str, Any]) -> None:
+        self.record.updated_at = self.wf._now()
+        event = {"status": self.record.status.value, **data}
+        # no await between the snapshot (taken by ``save`` when called) and the submission: writes
+        # commit in the order of the transitions
+        self._queued.append(asyncio.ensure_future(save(self.record, kind, event, owner=self.wf.owner)))
+
+    def save_result(self, result: StepResult) -> None:
+        """Submit ``result``'s write (waited for with the next :meth:`durable`)."""
+        self._saved[result.idempotency_key] = result
+        self._queued.append(asyncio.ensure_future(self.wf.store.save_step_result(self.task_id, result)))
+
+    async def durable(self) -> None:
+        """Wait for every write submitted so far; :class:`RunSupersededError` when one was refused.
+        Shielded: a run stopped half-way (its lease went to another orchestrator) never leaves a
+        record without its event."""
+        queued = self._queued[:]
+        if not queued:
+            return
+        # every waiter waits for all the writes submitted before it (parallel steps wait together)
+        outcomes = await asyncio.shield(asyncio.gather(*queued, return_exceptions=True))
+        done = {id(future) for future in queued}
+        self._queued = [future for future in self._queued if id(future) not in done]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome is False:
+                raise RunSupersededError(f"task {self.task_id} is run by another orchestrator now")
 
     def account(self, call: ModelCallRecord | None, iteration: int) -> str | None:
         """Add a model call to the record; returns why the task must stop when over its budget."""
@@ -434,10 +469,8 @@ class _TaskRun:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             task.uncancel()  # the cancel is handled here; the writes below must not be cut short
-        pending = self._pending
-        if pending is not None and not pending.done():
-            with contextlib.suppress(Exception):
-                await pending  # the write in flight lands before the end
+        with contextlib.suppress(Exception):
+            await self.durable()  # the writes in flight land before the end
         if self.record.status.is_final:
             return self.record
         by = self.cancelled_by or "unknown"
@@ -457,7 +490,7 @@ class _TaskRun:
                 if ran:
                     stopped.append(self.record.steps[i])
         for result in stopped:
-            await self.wf.store.save_step_result(self.task_id, result)
+            self.save_result(result)
         return await self.finish(TaskStatus.CANCELLED, error=f"cancelled by {by}", by=by)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -541,7 +574,7 @@ class _TaskRun:
         """Log and persist the start; True when this run resumes a task that made progress."""
         if self.record.iterations == 0:
             self.log("task accepted")
-            await self.persist("accepted")
+            self.persist_soon("accepted")
             return False
         self.record.resumed += 1
         where = f"{self.record.status.value} (iteration {self.record.iterations})"
@@ -685,9 +718,9 @@ class _TaskRun:
             self.log(
                 f"iteration {iteration}: planned from memory: the plan of {reused}{similarity}, no model call"
             )
-            await self.persist("planned", iteration=iteration, plan_id=plan.plan_id, reused_from=reused)
+            self.persist_soon("planned", iteration=iteration, plan_id=plan.plan_id, reused_from=reused)
             return plan
-        await self.persist("planned", iteration=iteration, plan_id=plan.plan_id)
+        self.persist_soon("planned", iteration=iteration, plan_id=plan.plan_id)
         return plan
 
     async def _recall(self) -> None:
@@ -744,7 +777,7 @@ class _TaskRun:
             f"iteration 1: the submitted plan has {len(plan.steps)} step(s): "
             + ", ".join(f"{s.step_id}={s.action}" for s in plan.steps)
         )
-        await self.persist("planned", iteration=1, plan_id=plan.plan_id, source="submitted")
+        self.persist_soon("planned", iteration=1, plan_id=plan.plan_id, source="submitted")
         return plan
 
     async def _validate(self, plan: Plan, allowed: list[str]) -> list[str]:
@@ -760,7 +793,7 @@ class _TaskRun:
         if not reasons:
             await self._recall()  # a submitted or resumed plan is checked against past failures too
         warnings = [] if reasons else self._failure_warnings(plan)
-        await self.persist("validated", valid=not reasons, reasons=reasons, warnings=warnings)
+        self.persist_soon("validated", valid=not reasons, reasons=reasons, warnings=warnings)
         return reasons
 
     def _failure_warnings(self, plan: Plan) -> list[str]:
@@ -787,7 +820,7 @@ class _TaskRun:
             )
             for s in plan.steps
         ]
-        await self.persist("executing", steps=len(plan.steps))
+        self.persist_soon("executing", steps=len(plan.steps))
         results = await run_dag(plan.steps, self._run_step, on_skip=self._on_skip)
         for result in results.values():
             # A step whose input reference had no value fails in the scheduler without running;
@@ -812,7 +845,11 @@ class _TaskRun:
         await self.persist("step_skipped", step_id=result.step_id)
 
     async def _recorded_success(self, step: PlanStep) -> StepResult | None:
-        recorded = await self.wf.store.get_step_result(step.idempotency_key)
+        key = step.idempotency_key
+        if self._fresh and key.startswith(f"{self.task_id}:"):
+            recorded = self._saved.get(key)  # the task's own keys: only this run can have saved them
+        else:
+            recorded = await self.wf.store.get_step_result(key)
         if recorded is None or recorded.status != StepStatus.SUCCEEDED:
             return None
         self._set_step(recorded)
@@ -851,7 +888,7 @@ class _TaskRun:
         if decision.verdict != Verdict.ALLOW:
             verdict = decision.verdict.value
             self.log(f"gatekeeper: step {step.step_id} ({step.action}): {verdict}: {decision.reason}")
-        await self.persist(
+        self.persist_soon(
             "gatekeeper",
             step_id=step.step_id,
             action=step.action,
@@ -860,6 +897,8 @@ class _TaskRun:
             reason=decision.reason,
             rule=decision.rule,
         )
+        if decision.verdict != Verdict.ALLOW:
+            await self.durable()  # an allowed step's own start waits for it
         emit_event(
             trace.get_current_span(),
             "gatekeeper",
@@ -979,7 +1018,7 @@ class _TaskRun:
             if refused is not None:
                 failed = self._step_failed(step, refused)
                 self._set_step(failed)
-                await wf.store.save_step_result(self.task_id, failed)
+                self.save_result(failed)
                 await self.persist("step_finished", step_id=step.step_id, step_status=failed.status.value)
                 return failed
         if wf.calls_model(step.action):
@@ -987,7 +1026,7 @@ class _TaskRun:
             if spent is not None:  # a model call like the planner's: not made once the day's budget is spent
                 failed = self._step_failed(step, StepError(type=ErrorType.POLICY, message=spent))
                 self._set_step(failed)
-                await wf.store.save_step_result(self.task_id, failed)
+                self.save_result(failed)
                 await self.persist("step_finished", step_id=step.step_id, step_status=failed.status.value)
                 return failed
         policy = wf.settings.step_retry_by_tool.get(step.action, wf.settings.step_retry)
@@ -1042,8 +1081,9 @@ class _TaskRun:
                 f"step {step.step_id} failed ({outcome.error.type.value}): {outcome.error.message}", "error"
             )
         self._account_step_usage(step, result)
-        await wf.store.save_step_result(self.task_id, result)
-        await self.persist("step_finished", step_id=step.step_id, step_status=result.status.value)
+        self.save_result(result)
+        # not waited for: what comes next (another step, the review, the end) waits for it first
+        self.persist_soon("step_finished", step_id=step.step_id, step_status=result.status.value)
         return result
 
     async def _attempt(self, step: PlanStep, inputs: dict[str, Any]) -> StepOutcome:
@@ -1195,8 +1235,11 @@ class _TaskRun:
         if over is not None:
             return Review(verdict=ReviewVerdict.FAILED, feedback=over)
         self.log(f"iteration {iteration}: review {review.verdict.value}: {review.feedback}")
-        await self.persist(
-            "reviewed", iteration=iteration, verdict=review.verdict.value, feedback=review.feedback
+        self.persist_soon(
+            "reviewed",  # what follows (the end, a new round, a person's review) waits for it
+            iteration=iteration,
+            verdict=review.verdict.value,
+            feedback=review.feedback,
         )
         return review
 

@@ -289,18 +289,39 @@ def _raise(reply: ModelReply) -> None:
     raise ModelUnavailableError(reply.message or "the model returned nothing")
 
 
-class ServePlanner:
+class _HandlePort:
+    """A port over a deployment's handle (picklable: the handle and nothing else crosses processes).
+
+    In the process that calls it (an orchestrator actor), the handle's router runs in the caller's
+    own event loop (``_run_router_in_separate_loop=False``) rather than in a thread of its own: a call
+    then costs no hand-off between threads and loops. The method handles are made once, not per call
+    (each one made costs a handle object and a metric update)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+        self._methods: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_methods": {}}
+
+    def _method(self, name: str) -> Any:
+        method = self._methods.get(name)
+        if method is None:
+            if isinstance(self.handle, DeploymentHandle) and not self.handle.is_initialized:
+                self.handle._init(_run_router_in_separate_loop=False)
+            method = self._methods[name] = getattr(self.handle, name)
+        return method
+
+
+class ServePlanner(_HandlePort):
     """The workflow's Planner port over the planner deployment's handle.
 
     Picklable (a handle and nothing else): the composition root (:func:`serving.app.build_app`)
     builds it and hands it to the orchestrator actors, which never import :mod:`serving`."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self.handle = handle
-
     async def plan(self, request: PlanRequest) -> Planned:
         reply: ModelReply = await call_with_backpressure(
-            self.handle.plan, request, request.tenant, inject_context()
+            self._method("plan"), request, request.tenant, inject_context()
         )
         if reply.plan is None:
             _raise(reply)
@@ -308,21 +329,18 @@ class ServePlanner:
         return Planned(plan=reply.plan, call=reply.call)
 
 
-class ServeDecomposer:
+class ServeDecomposer(_HandlePort):
     """The workflow's Decomposer port when ``models.decomposer`` names model tiers: the planner
     deployment's :meth:`PlannerDeployment.decompose` (picklable, as :class:`ServePlanner`)."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self.handle = handle
-
     async def decompose(self, request: DecomposeRequest) -> Decomposed:
-        reply: ModelReply = await call_with_backpressure(self.handle.decompose, request, inject_context())
+        reply: ModelReply = await call_with_backpressure(self._method("decompose"), request, inject_context())
         if reply.decomposition is None:
             raise ModelUnavailableError(reply.message or "the decomposer returned nothing")
         return Decomposed(decomposition=reply.decomposition, call=reply.call)
 
 
-class ServeGatekeeper:
+class ServeGatekeeper(_HandlePort):
     """The workflow's Gatekeeper port when ``models.gatekeeper`` names tiers: the rules
     (:class:`~officeray.gatekeeper.RuleGatekeeper`) first, in process; a step they do not deny is
     put to the model on the reviewer's deployment (:meth:`ReviewerDeployment.gate`), and the stricter
@@ -330,7 +348,7 @@ class ServeGatekeeper:
     reason). Picklable (a handle and the tools' risks), as :class:`ServePlanner`."""
 
     def __init__(self, handle: DeploymentHandle, tool_risk: Mapping[str, RiskLevel]) -> None:
-        self.handle = handle
+        super().__init__(handle)
         self.rules = RuleGatekeeper(dict(tool_risk))
 
     async def gate(self, request: GateRequest) -> GateDecision:
@@ -339,7 +357,7 @@ class ServeGatekeeper:
             return decision  # the model can only be stricter: no call
         try:
             reply: ModelReply = await call_with_backpressure(
-                self.handle.gate, request, decision, inject_context()
+                self._method("gate"), request, decision, inject_context()
             )
         except Exception as exc:
             reply = ModelReply(error="unavailable", message=str(exc))
@@ -349,16 +367,13 @@ class ServeGatekeeper:
         return stricter_decision(decision, reply.gate)
 
 
-class ServeReviewer:
+class ServeReviewer(_HandlePort):
     """The workflow's Reviewer port over the reviewer deployment's handle (picklable, as
     :class:`ServePlanner`)."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self.handle = handle
-
     async def review(self, request: ReviewRequest) -> Reviewed:
         reply: ModelReply = await call_with_backpressure(
-            self.handle.review, request, request.tenant, inject_context()
+            self._method("review"), request, request.tenant, inject_context()
         )
         if reply.review is None:
             _raise(reply)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,7 +101,13 @@ def make_engine(url: sa.URL, sqlite_busy_timeout_ms: int, connect_timeout_s: int
     @sa.event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # on the driver's connection itself: SQLAlchemy's statement path would cost more than the BEGIN
+        driver = conn.connection.driver_connection
+        assert driver is not None  # a connection that began a transaction has its driver's
+        try:
+            driver.execute(f"BEGIN {mode}")
+        except sqlite3.Error as exc:  # as SQLAlchemy's own statements raise it (see :func:`translated`)
+            raise sa.exc.OperationalError(f"BEGIN {mode}", None, exc) from exc
 
     return engine
 

@@ -159,7 +159,7 @@ def test_bad_arguments_are_refused(argv: list[str]) -> None:
 
 
 def test_skipping_every_run_is_refused_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    args = _parse("--skip-latency", "--skip-instant", "--skip-telemetry")
+    args = _parse("--skip-latency", "--skip-instant", "--skip-telemetry", "--skip-gateway")
     assert bo.run_from_args(args) == 2
     assert "nothing to measure" in capsys.readouterr().err
 
@@ -227,7 +227,7 @@ def test_memory_per_task_is_growth_over_in_flight() -> None:
     ],
 )
 def test_processes_are_grouped_by_role(name: str, cmdline: list[str], pid: int, group: str) -> None:
-    assert bo.process_group(name, cmdline, pid, driver_pid=1, orchestrator_pid=2) == group
+    assert bo.process_group(name, cmdline, pid, driver_pid=1, orchestrator_pids={2}) == group
 
 
 def _level(concurrency: int, latencies: list[float], failures: int = 0) -> bo.LevelRun:
@@ -261,12 +261,13 @@ def test_level_row_has_ratios_throughput_cpu_and_memory() -> None:
 
 
 def test_targets_are_evaluated_at_their_levels() -> None:
-    rows = [bo.level_row(_level(c, [4.6] * 10), 4.5, 100 * bo.MIB) for c in (bo.TARGET_LATENCY_LEVEL, 1000)]
+    rows = [bo.level_row(_level(c, [4.6] * 10), 4.5, 100 * bo.MIB) for c in (100, 1000)]
     instant = [bo.level_row(_level(100, [0.05] * 100), None, None)]  # 10 tasks/s, 20 ms CPU a task
-    targets = bo.targets_of(rows, instant)
-    assert [t.met for t in targets] == [True, True, True, True, True, True, False]
-    assert targets[4].value == pytest.approx(102.4)  # (200 - 100) MiB over 1000 in flight
-    assert "at 100 concurrent" in targets[-1].description
+    targets = {(t.name, t.description): t for t in bo.targets_of(rows, instant)}
+    assert targets[("latency", "median / ideal at 100 concurrent")].met is True  # 4.6 / 4.5 = 1.022
+    assert targets[("latency", "median / ideal at 1000 concurrent")].met is True
+    assert targets[("latency", "median / ideal at 500 concurrent")].met is None
+    assert targets[("instant", "throughput at 100 concurrent")].met is False
     assert all(t.met is None for t in bo.targets_of([], []))
 
 
@@ -276,11 +277,12 @@ def test_result_has_the_three_tables_and_the_breakdown() -> None:
         levels=[_level(1, [4.6] * 5), _level(5, [4.7] * 5, failures=1)], baseline_rss=bo.MIB
     )
     instant = bo.RunOutcome(levels=[_level(5, [0.05] * 20)], idle_cores={"raylet": 0.1})
-    result = bo.build_result(cfg, latency, instant)
+    result = bo.build_result(cfg, latency, [instant])
     assert [t.title.split(":")[0] for t in result.tables] == [
         "latency",
         "instant models and tools",
         "CPU by process, instant, at 5 concurrent (20 tasks)",
+        "idle CPU by process",
     ]
     text = result.format_text()
     assert "latency c=5: failures by reason: timeout: 1" in text
@@ -293,4 +295,4 @@ def test_result_has_the_three_tables_and_the_breakdown() -> None:
     data = result.to_dict()
     assert data["config"]["ideal_s"] == pytest.approx(4.5)
     assert [r["concurrency"] for r in data["latency_levels"]] == [1, 5]
-    assert bo.build_result(cfg, None, instant).tables[0].title == "instant models and tools"
+    assert bo.build_result(cfg, None, [instant]).tables[0].title == "instant models and tools"

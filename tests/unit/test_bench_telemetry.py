@@ -41,9 +41,9 @@ def test_telemetry_runs_are_on_by_default_and_sized_by_their_own_options() -> No
 
 
 def test_the_telemetry_runs_alone_are_something_to_measure() -> None:
-    assert bo.check_args(_parse("--skip-latency", "--skip-instant")) is None
+    assert bo.check_args(_parse("--skip-latency", "--skip-instant", "--skip-gateway")) is None
     assert "nothing to measure" in (
-        bo.check_args(_parse("--skip-latency", "--skip-instant", "--skip-telemetry")) or ""
+        bo.check_args(_parse("--skip-latency", "--skip-instant", "--skip-telemetry", "--skip-gateway")) or ""
     )
 
 
@@ -136,7 +136,7 @@ def test_rows_ratio_and_difference_of_export_on_and_off() -> None:
 
 def test_the_result_prints_both_figures_and_the_ratio() -> None:
     cfg = bo.BenchConfig(skip_latency=True, skip_instant=True)
-    result = bo.build_result(cfg, None, None, (_measured(True, 5.3, spans=1100), _measured(False, 4.3)))
+    result = bo.build_result(cfg, None, [], (_measured(True, 5.3, spans=1100), _measured(False, 4.3)))
     text = result.format_text()
     assert "telemetry export on and off, instant, at 10 concurrent" in text
     assert "telemetry export costs +10.0 ms CPU per task: 50.0 ms with it on / 40.0 ms off = 1.250" in text
@@ -145,7 +145,7 @@ def test_the_result_prints_both_figures_and_the_ratio() -> None:
     assert data["telemetry"]["ratio"] == pytest.approx(1.25)
     assert data["telemetry"]["on"]["cpu_ms_per_task"] == pytest.approx(50.0)
     assert data["config"]["telemetry_level"] == bo.DEFAULT_TELEMETRY_LEVEL
-    assert "telemetry" not in bo.build_result(cfg, None, None).to_dict()
+    assert "telemetry" not in bo.build_result(cfg, None, []).to_dict()
     assert "CPU by process, telemetry export on and off" in text
 
 
@@ -189,8 +189,8 @@ def test_the_receiver_runs_in_its_own_process_and_counts_what_it_got() -> None:
 def test_excluded_processes_are_left_out_of_the_session_cpu() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        everything = bo.SessionCpu(orchestrator_pid=-1).snapshot()
-        without = bo.SessionCpu(orchestrator_pid=-1, exclude=[child.pid]).snapshot()
+        everything = bo.SessionCpu(orchestrator_pids=[]).snapshot()
+        without = bo.SessionCpu(orchestrator_pids=[], exclude=[child.pid]).snapshot()
         assert child.pid in everything and child.pid not in without
         assert set(everything) - {child.pid} >= set(without) and bo.psutil.Process().pid in without
     finally:
@@ -200,6 +200,6 @@ def test_excluded_processes_are_left_out_of_the_session_cpu() -> None:
 
 def test_the_trace_collector_is_a_process_group_of_its_own() -> None:
     group = bo.process_group(
-        "ray::TraceColle", ["ray::TraceCollector.ingest"], 7, driver_pid=1, orchestrator_pid=2
+        "ray::TraceColle", ["ray::TraceCollector.ingest"], 7, driver_pid=1, orchestrator_pids={2}
     )
     assert group == "trace collector"

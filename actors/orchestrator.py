@@ -564,6 +564,8 @@ class Orchestrator:
         finally:
             self._running.pop(record.task_id, None)
             self._release_soon(record.task_id)
+            if request.webhook_url:  # its end's delivery goes out now, not at the deliverer's next poll
+                self._webhooks.wake()
 
     def _release_soon(self, task_id: str) -> None:
         """Give up the lease of a run that ended, without making its caller wait for the write (the

@@ -1,8 +1,10 @@
 """Webhook delivery: the loop that POSTs the store's outbox, and the SSRF decision on a target.
 
-Each orchestrator runs a :class:`WebhookDeliverer` (started with its background loops). Every
-``webhooks.poll_interval_s`` it claims the deliveries that are due (with a lease, so of several
-orchestrators one sends each delivery at a time: :meth:`~officeray.store.TaskStore.claim_webhooks`),
+Each orchestrator runs a :class:`WebhookDeliverer` (started with its background loops). When woken
+(:meth:`WebhookDeliverer.wake`: a task of this process queued a delivery), when a retry it scheduled
+comes due, and at the latest every ``webhooks.poll_interval_s`` (deliveries queued by other
+orchestrators, or left by one that died), it claims the deliveries that are due (with a lease, so of
+several orchestrators one sends each delivery at a time: :meth:`~officeray.store.TaskStore.claim_webhooks`),
 POSTs each one signed with the submitting key's ``webhook_secret``
 (:func:`officeray.webhooks.webhook_headers`), and records the attempt with its outcome:
 
@@ -27,6 +29,7 @@ vetted address (the name is not resolved again), so DNS rebinding cannot redirec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,6 +72,10 @@ LEASE_MARGIN_S = 30.0
 
 DELIVERY_BATCH = 16
 """Deliveries one orchestrator claims and sends at once."""
+
+WAKE_COALESCE_S = 0.05
+"""How long a woken deliverer waits before it claims, so that the deliveries of tasks that end
+together go out in one claim (one store transaction) rather than one each."""
 
 NO_KEY_REASON = "no API key to sign with"
 """Why a delivery of a task submitted without an API key (or whose key is gone) is not sent."""
@@ -152,8 +159,9 @@ class WebhookDeliverer:
     """Delivers the outbox of ``store`` as ``owner`` (an orchestrator's lease owner).
 
     ``transport`` (httpx) and ``resolve`` (DNS) are for tests; ``rand`` draws the jitter
-    (``random.random``), ``now`` is the clock (``utcnow``) and ``sleep`` the pause of :meth:`run`;
-    ``metrics`` counts the attempts by the state they leave the delivery in."""
+    (``random.random``), ``now`` is the clock (``utcnow``) and ``sleep`` the pause of :meth:`run`
+    between a wake-up and its claim (:data:`WAKE_COALESCE_S`); ``metrics`` counts the attempts by the
+    state they leave the delivery in."""
 
     def __init__(
         self,
@@ -179,10 +187,22 @@ class WebhookDeliverer:
         self._rand = rand
         self._now = now
         self._sleep = sleep
+        self._woken = asyncio.Event()
+        self._next_retry: datetime | None = None
+        """The earliest retry this deliverer scheduled and has not claimed yet."""
+
+    def wake(self) -> None:
+        """A delivery was queued in this process (a task ended): :meth:`run` claims it now rather
+        than at its next poll. Call it from the thread of the loop :meth:`run` runs on."""
+        self._woken.set()
 
     async def run(self) -> None:
-        """Deliver what is due, every ``webhooks.poll_interval_s``, for ever."""
+        """Deliver what is due, for ever: when woken (:meth:`wake`), when a retry this deliverer
+        scheduled comes due, and at the latest every ``webhooks.poll_interval_s``."""
         while True:
+            self._woken.clear()  # a wake-up from here on (during the claim) runs another pass
+            if self._next_retry is not None and self._next_retry <= self._now():
+                self._next_retry = None
             try:
                 while await self.deliver_due() == DELIVERY_BATCH:
                     pass  # a backlog: the next batch at once
@@ -190,7 +210,22 @@ class WebhookDeliverer:
                 logger.exception(
                     "webhook delivery failed; trying again in %ss", self.settings.poll_interval_s
                 )
-            await self._sleep(self.settings.poll_interval_s)
+            if await self._idle(self.pause_s()):
+                await self._sleep(WAKE_COALESCE_S)
+
+    def pause_s(self) -> float:
+        """How long :meth:`run` waits, unless woken, before its next claim: ``poll_interval_s``, or
+        less when a retry this deliverer scheduled comes due sooner."""
+        pause = self.settings.poll_interval_s
+        if self._next_retry is not None:
+            pause = min(pause, (self._next_retry - self._now()).total_seconds())
+        return max(0.0, pause)
+
+    async def _idle(self, timeout_s: float) -> bool:
+        """Wait ``timeout_s`` or until woken; whether woken."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), timeout_s)
+        return self._woken.is_set()
 
     async def deliver_due(self) -> int:
         """Claim the deliveries due now and send them (at once); how many were claimed."""
@@ -331,6 +366,8 @@ class WebhookDeliverer:
                 )
             else:
                 status = DeliveryStatus.PENDING
+                if self._next_retry is None or retry_at < self._next_retry:
+                    self._next_retry = retry_at
         recorded = await self.store.record_webhook_attempt(
             delivery.delivery_id, self.owner, attempt, status, retry_at, reason
         )

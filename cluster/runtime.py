@@ -10,9 +10,11 @@ the same files whatever its working directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import ray
@@ -58,6 +60,54 @@ def local_metrics_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+SERVE_CONTROL_LOOP_INTERVAL_S = 1.0
+"""How often Serve's controller reconciles the app on a local instance (Ray's default: every 0.1 s,
+0.04 cores of an idle stack, and as much again in the GCS, which it asks for every node's resources
+each time). Replica health checks keep their own period (10 s); a dead replica is replaced, and a
+deployment scaled, at most this much later."""
+
+SERVE_METRICS_EXPORT_INTERVAL_MS = 1000
+"""How often every Serve replica and every process holding a handle hands its cached request metrics
+to Ray on a local instance (Ray's default: every 100 ms, a 10 Hz loop in each). Ray exports them
+every ``telemetry.metrics.report_interval_ms`` (10 s) anyway."""
+
+REPORTER_MIN_INTERVAL_MS = 5000
+"""Ray's default period of the node stats (``ray_node_*``: CPU, memory of every worker) its agent
+collects with psutil: a local instance collects them as often as it exports metrics, never more
+often than this."""
+
+
+def local_ray_env(settings: Settings) -> dict[str, str]:
+    """Environment variables of a local instance's Ray processes (read by them when they start): the
+    periods of Ray's own idle loops, slowed from what a production cluster's dashboard wants to what
+    one machine that runs tasks needs. A variable already set in this process wins."""
+    return {
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": f"{SERVE_CONTROL_LOOP_INTERVAL_S:g}",
+        "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": str(SERVE_METRICS_EXPORT_INTERVAL_MS),
+        # the log monitor globs the session's log folder at each of its 10 Hz passes while the folder
+        # holds fewer than this many files; at 0, every 0.5 s (its LOG_NAME_UPDATE_INTERVAL_S)
+        "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+        "REPORTER_UPDATE_INTERVAL_MS": str(
+            max(REPORTER_MIN_INTERVAL_MS, settings.telemetry.metrics.report_interval_ms)
+        ),
+    }
+
+
+@contextlib.contextmanager
+def process_environment(updates: Mapping[str, str]) -> Iterator[None]:
+    """``updates`` in ``os.environ`` (each only where the variable is not set already) while the
+    block runs, so the processes it starts inherit them; this process's environment is as before
+    afterwards."""
+    added = [name for name in updates if name not in os.environ]
+    for name in added:
+        os.environ[name] = updates[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> None:
     """Connect to ``address`` (``"auto"``: the running cluster) or start a local Ray instance."""
     if ray.is_initialized():
@@ -71,15 +121,17 @@ def init_ray(settings: Settings, address: str | None, *, quiet: bool = True) -> 
     }
     if address in (None, "local"):
         # Everything of a local instance listens on loopback, never on another interface. This one
-        # node runs the sandboxes, so it advertises the runners' custom resources (``docker``).
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            _node_ip_address=LOOPBACK,
-            resources=local_node_resources(settings),
-            **local_metrics_options(settings),
-            **kwargs,
-        )
+        # node runs the sandboxes, so it advertises the runners' custom resources (``docker``). Ray's
+        # processes (raylet, agents, every worker) start here and keep the periods of local_ray_env.
+        with process_environment(local_ray_env(settings)):
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                resources=local_node_resources(settings),
+                **local_metrics_options(settings),
+                **kwargs,
+            )
     else:
         ray.init(address=address, **kwargs)
 

@@ -12,6 +12,8 @@ an output. Both are pure functions.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import jsonschema
@@ -23,6 +25,9 @@ MAX_EXPECTATION_PROBLEMS = 5
 """Most schema violations of one output quoted in the reviewer's feedback."""
 
 KEYS_SHORTHAND = "keys"
+
+EXPECTATION_CACHE_SIZE = 1024
+"""Expectations (by their canonical JSON) whose schema check and validator are kept per process."""
 
 
 def expectation_schema(expectation: OutputsExpectation) -> dict[str, Any]:
@@ -42,12 +47,33 @@ def expectation_error(expectation: OutputsExpectation | None) -> str | None:
     keys = expectation.get(KEYS_SHORTHAND)
     if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
         return "keys must be a list of output key names"
+    text = _canonical(expectation)
+    return None if text is None else _schema_problem(text)
+
+
+def _canonical(expectation: OutputsExpectation) -> str | None:
+    """The expectation as canonical JSON (the key of the caches below); None when it is not JSON."""
     try:
-        jsonschema.Draft202012Validator.check_schema(expectation_schema(expectation))
+        return json.dumps(expectation, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=EXPECTATION_CACHE_SIZE)
+def _schema_problem(text: str) -> str | None:
+    """:func:`expectation_error` of one expectation (checking a schema costs far more than a look-up:
+    a plan's steps repeat the same few expectations)."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(expectation_schema(json.loads(text)))
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         return f"not a valid JSON Schema ({where + ': ' if where else ''}{exc.message})"
     return None
+
+
+@functools.lru_cache(maxsize=EXPECTATION_CACHE_SIZE)
+def _validator(text: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(expectation_schema(json.loads(text)))
 
 
 def missing_keys(expectation: OutputsExpectation | None, output: Any) -> list[str]:
@@ -70,7 +96,12 @@ def unmet_expectation(expectation: OutputsExpectation | None, output: Any) -> li
     missing = missing_keys(expectation, output)
     if missing:
         problems.append(f"missing expected keys: {', '.join(missing)}")
-    validator = jsonschema.Draft202012Validator(expectation_schema(expectation))
+    text = _canonical(expectation)
+    validator = (
+        _validator(text)
+        if text is not None
+        else jsonschema.Draft202012Validator(expectation_schema(expectation))
+    )
     for error in sorted(validator.iter_errors(output), key=lambda e: list(e.absolute_path)):
         if error.validator == "required" and not error.absolute_path:
             continue  # reported above

@@ -21,26 +21,21 @@ class TenantUsageRepository:
 
     def __init__(self, dialect: str) -> None:
         self._dialect = dialect
+        # Built once (building an upsert costs more CPU than running it; every finished task adds).
+        self._upserts = {
+            t.name: _upsert(dialect, t, keys)
+            for t, keys in ((tenant_usage_table, ("tenant",)), (tenant_daily_usage_table, ("tenant", "day")))
+        }
 
     def add_on(self, conn: Connection, tenant: str, usage: dict[str, Any], day: date) -> None:
         """Add ``usage`` (a :class:`~officeray.contracts.ModelUsage` dumped) to the tenant's totals and
         to its usage of ``day`` (UTC)."""
-        self._add(conn, tenant_usage_table, {"tenant": tenant}, usage)
-        self._add(conn, tenant_daily_usage_table, {"tenant": tenant, "day": day}, usage)
-
-    def _add(self, conn: Connection, t: sa.Table, key: dict[str, Any], usage: dict[str, Any]) -> None:
-        stmt = insert(self._dialect, t).values(**key, updated_at=utcnow(), **usage)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[t.c[name] for name in key],
-            set_={
-                "prompt_tokens": t.c.prompt_tokens + stmt.excluded.prompt_tokens,
-                "completion_tokens": t.c.completion_tokens + stmt.excluded.completion_tokens,
-                "cost_usd": t.c.cost_usd + stmt.excluded.cost_usd,
-                "calls": t.c.calls + stmt.excluded.calls,
-                "updated_at": stmt.excluded.updated_at,
-            },
+        now = utcnow()
+        conn.execute(self._upserts[tenant_usage_table.name], {"tenant": tenant, "updated_at": now, **usage})
+        conn.execute(
+            self._upserts[tenant_daily_usage_table.name],
+            {"tenant": tenant, "day": day, "updated_at": now, **usage},
         )
-        conn.execute(stmt)
 
     @staticmethod
     def get(conn: Connection, tenant: str) -> ModelUsage:
@@ -51,6 +46,24 @@ class TenantUsageRepository:
     def get_on(conn: Connection, tenant: str, day: date) -> ModelUsage:
         t = tenant_daily_usage_table
         return _usage(conn.execute(sa.select(t).where(t.c.tenant == tenant, t.c.day == day)).first())
+
+
+_USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "cost_usd", "calls")
+
+
+def _upsert(dialect: str, t: sa.Table, keys: tuple[str, ...]) -> Any:
+    """``INSERT`` of one usage row (bound parameters: ``keys``, ``updated_at`` and the usage), adding
+    to the row of the same ``keys`` when there is one."""
+    stmt = insert(dialect, t).values(
+        {name: sa.bindparam(name) for name in (*keys, "updated_at", *_USAGE_COLUMNS)}
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[t.c[name] for name in keys],
+        set_={
+            **{name: t.c[name] + stmt.excluded[name] for name in _USAGE_COLUMNS},
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
 
 
 def _usage(row: sa.Row[Any] | None) -> ModelUsage:

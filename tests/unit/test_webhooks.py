@@ -4,6 +4,8 @@ store."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -431,3 +433,71 @@ async def test_each_attempt_is_a_webhook_span_in_the_tasks_trace() -> None:
     ) == (1, 2)
     assert (first.status.is_ok, first.attributes["officeray.webhook.status"]) == (False, "pending")
     assert second.attributes["officeray.webhook.status"] == "delivered"
+
+
+# -- when the loop claims -------------------------------------------------------------------------------
+
+SLOW_POLL = FAST.model_copy(update={"poll_interval_s": 60.0})
+"""A poll that never comes within a test: whatever is delivered was woken for."""
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _received(receiver: Receiver, count: int, within_s: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while len(receiver.requests) < count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return len(receiver.requests) >= count
+
+
+async def test_a_woken_deliverer_sends_at_once_and_an_idle_one_waits_for_its_poll() -> None:
+    store, receiver = InMemoryStore(), Receiver(204, 204)
+    key = await _key(store)
+    deliverer = WebhookDeliverer(store, SLOW_POLL, "orchestrator-0", transport=receiver.transport)
+    running = asyncio.create_task(deliverer.run())
+    try:
+        await asyncio.sleep(0.05)  # the first pass found nothing; now it waits for its (slow) poll
+        await _hooked_task(store, "t1", key)
+        assert not await _received(receiver, 1, within_s=0.3)  # queued, nobody woke it: not yet
+        deliverer.wake()
+        assert await _received(receiver, 1, within_s=2.0)
+        await _hooked_task(store, "t2", key)
+        deliverer.wake()
+        assert await _received(receiver, 2, within_s=2.0)
+    finally:
+        await _stop(running)
+    assert [d.status for d in await store.webhook_deliveries("t2")] == [DeliveryStatus.DELIVERED]
+
+
+async def test_wake_ups_during_a_claim_are_not_lost_and_coalesce() -> None:
+    store, receiver = InMemoryStore(), Receiver(204, 204, 204)
+    key = await _key(store)
+    deliverer = WebhookDeliverer(store, SLOW_POLL, "orchestrator-0", transport=receiver.transport)
+    running = asyncio.create_task(deliverer.run())
+    try:
+        await asyncio.sleep(0.05)
+        for task_id in ("t1", "t2", "t3"):  # tasks that end together: one wake-up each
+            await _hooked_task(store, task_id, key)
+            deliverer.wake()
+        assert await _received(receiver, 3, within_s=2.0)
+    finally:
+        await _stop(running)
+
+
+async def test_the_pause_is_the_poll_or_less_when_a_retry_it_scheduled_comes_due_sooner() -> None:
+    store, clock, receiver = InMemoryStore(), Clock(), Receiver(500, 204)
+    key = await _key(store)
+    await _hooked_task(store, "t1", key)
+    deliverer = _deliverer(store, receiver, clock, SLOW_POLL)
+    assert deliverer.pause_s() == 60.0  # nothing scheduled: the poll
+    clock.advance(1)
+    assert await deliverer.deliver_due() == 1  # 500: a retry in initial_backoff_s (5 s, no jitter)
+    assert deliverer.pause_s() == pytest.approx(5.0)
+    clock.advance(2)
+    assert deliverer.pause_s() == pytest.approx(3.0)
+    clock.advance(4)
+    assert deliverer.pause_s() == 0.0  # overdue: claim now

@@ -410,6 +410,30 @@ _PASSES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...
 """In order: secrets first (a token may hold anything), phone numbers last (after cards and IPs)."""
 
 
+_ASSIGNED_NAME_PARTS = ("key", "token", "secret", "pass", "author", "cook")
+"""Every name of :data:`_SECRET_NAMES` holds one of these (case folded). None holds an ``i``: the
+regular expressions' case-insensitive ``i`` also matches ``ı`` (dotless), which case folding keeps;
+their ``k`` and ``s`` also match the Kelvin sign and the long s, which case folding turns into ``k``
+and ``s``."""
+
+_PASS_NEEDS: dict[re.Pattern[str], Callable[[str, str], bool]] = {
+    _URL_PASSWORD: lambda text, _folded: "://" in text,
+    _SK_KEY: lambda text, _folded: "sk-" in text,
+    _BEARER: lambda _text, folded: "bearer" in folded,
+    _ASSIGNED_SECRET: lambda _text, folded: any(part in folded for part in _ASSIGNED_NAME_PARTS),
+    _EMAIL: lambda text, _folded: "@" in text,
+}
+"""What a text must contain for a pass to find anything in it: ``needs(text, text.casefold())``.
+Each is a plain substring test, far cheaper than the pass; a text without it skips the pass (and
+``tests/unit/test_redaction.py`` checks, on generated text, that a skipped pass finds nothing)."""
+
+
+def pass_may_match(pattern: re.Pattern[str], text: str, folded: str) -> bool:
+    """False only when ``pattern`` (one of the scrubber's passes) cannot match ``text``."""
+    needs = _PASS_NEEDS.get(pattern)
+    return needs is None or needs(text, folded)
+
+
 def scrub_pii(text: str) -> str:
     """``text`` with e-mails, phone numbers, card numbers, IBANs, keys and tokens and IP addresses
     replaced by placeholders (see the module docstring); linear in ``len(text)``, which is read up to
@@ -418,8 +442,12 @@ def scrub_pii(text: str) -> str:
     if len(text) > MAX_SCRUB_CHARS:
         cut = SCRUB_CUT_MARK.format(omitted=len(text) - MAX_SCRUB_CHARS)
         text = text[:MAX_SCRUB_CHARS]
+    folded = text.casefold()
     for pattern, replacement in _PASSES:
-        text = pattern.sub(replacement, text)
+        if pass_may_match(pattern, text, folded):
+            scrubbed = pattern.sub(replacement, text)
+            if scrubbed != text:  # the later passes look at what this one left
+                text, folded = scrubbed, scrubbed.casefold()
     return text + cut
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from officeray.telemetry import (
     JsonLinesSpanExporter,
@@ -48,6 +50,23 @@ def test_one_json_line_per_span(trace_file: Path, tracer: trace.Tracer) -> None:
     spans = [json.loads(line) for line in lines]
     assert [s["name"] for s in spans] == ["plan", "review", "task"]  # written as each span ends
     assert all("\n" not in line for line in lines)
+
+
+def test_each_line_is_the_sdk_s_own_json_of_the_span(trace_file: Path) -> None:
+    """The exporter writes the resource once per process, not per span; the lines stay exactly what
+    ``ReadableSpan.to_json`` writes (readers of the file see no difference)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "officeray", "instance": "7"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(trace_file)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("task", attributes={"officeray.task_id": "t-1", "n": [1, 2]}) as task:
+        task.add_event("llm_request", {"officeray.event": "{}"})
+        with tracer.start_as_current_span("step s1") as step:
+            step.set_status(trace.Status(trace.StatusCode.ERROR, "timeout"))
+    provider.shutdown()
+    lines = trace_file.read_text(encoding="utf-8").splitlines()
+    assert lines == [span.to_json(indent=None) for span in memory.get_finished_spans()]
 
 
 def test_read_trace_filters_by_trace_and_orders_by_start(trace_file: Path, tracer: trace.Tracer) -> None:

@@ -83,7 +83,7 @@ from officeray.store.steps import StepResultRepository, step_row
 from officeray.store.tasks import TaskRepository, event_row, new_task_row, task_row
 from officeray.store.usage import TenantUsageRepository
 from officeray.store.workspace import WorkspaceRepository
-from officeray.store.writer import GroupCommitter, Job, LeaseChange, fenced
+from officeray.store.writer import GroupCommitter, Job, LeaseChange, Rows, Work, fenced
 from officeray.telemetry import SpanRecord
 from officeray.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from officeray.workspaces import WorkspaceCaps, WorkspaceChanges, WorkspaceFile
@@ -193,8 +193,9 @@ class SqlStore:
     ) -> Awaitable[bool]:
         row, event = task_row(record), event_row(record.task_id, kind, data)
         webhook = webhook_due(record, kind, data)
-        if webhook is None:  # most transitions: the hot path, as it was
-            work = partial(self._tasks.transition_on, row=row, event=event)
+        work: Work
+        if webhook is None:  # most transitions: the hot path, written with its neighbours
+            work = Rows("transition", (row, event), self._tasks.transitions_on, result=True)
         else:
             work = partial(self._transition_on, row=row, event=event, webhook=webhook)
         return self._submit(fenced(work, record.task_id, owner))
@@ -287,7 +288,7 @@ class SqlStore:
     # -- step results and usage ----------------------------------------------------------------------
 
     def save_step_result(self, task_id: str, result: StepResult) -> Awaitable[None]:
-        return self._submit(partial(self._steps.save_on, row=step_row(task_id, result)))
+        return self._submit(Rows("step_result", (step_row(task_id, result),), self._steps.save_many_on))
 
     async def get_step_result(self, idempotency_key: str) -> StepResult | None:
         return await self._read(self._steps.get, idempotency_key)

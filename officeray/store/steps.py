@@ -45,6 +45,10 @@ class StepResultRepository:
     def save_on(self, conn: Connection, row: dict[str, Any]) -> None:
         conn.execute(self._upsert, row)
 
+    def save_many_on(self, conn: Connection, writes: list[tuple[dict[str, Any], ...]]) -> None:
+        """Several results (one row each), in order, in one ``executemany``."""
+        conn.execute(self._upsert, [write[0] for write in writes])
+
     @staticmethod
     def get(conn: Connection, idempotency_key: str) -> StepResult | None:
         t = step_results_table

@@ -95,6 +95,14 @@ class TaskRepository:
         conn.execute(self._event_insert, event)
         return True
 
+    def transitions_on(self, conn: Connection, writes: list[tuple[dict[str, Any], ...]]) -> None:
+        """Several ``(row, event)`` transitions, in order: one ``executemany`` per statement (the
+        records, then the events; a task's later record replaces its earlier one)."""
+        # a task's last record only: one statement must not change a row twice (PostgreSQL refuses)
+        last = {write[0]["task_id"]: write[0] for write in writes}
+        conn.execute(self._save, list(last.values()))
+        conn.execute(self._event_insert, [write[1] for write in writes])
+
     def create_on(self, conn: Connection, row: dict[str, Any]) -> bool:
         """Insert a new task; False when one with that id exists."""
         stmt = (

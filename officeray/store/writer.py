@@ -52,6 +52,23 @@ class LeaseChange:
     work: Work
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A write of fixed statements, one row each (``rows``, in statement order), that can share
+    them with the other :class:`Rows` writes of its ``kind`` next to it in a transaction: ``many``
+    runs each statement once for all their rows (``executemany``), in submission order. Answers
+    ``result``. The hot writes (a task's transitions, its steps' results) are these."""
+
+    kind: str
+    rows: tuple[dict[str, Any], ...]
+    many: Callable[[Connection, list[tuple[dict[str, Any], ...]]], None]
+    result: Any = None
+
+    def __call__(self, conn: Connection) -> Any:
+        self.many(conn, [self.rows])
+        return self.result
+
+
 Job = Work | Fenced | LeaseChange
 Holders = Callable[[Connection, list[str]], dict[str, str]]
 """``holders(conn, task_ids)``: who holds the lease of each of ``task_ids`` that has one."""
@@ -70,23 +87,45 @@ def run_in_order(conn: Connection, jobs: Sequence[Job], holders: Holders) -> lis
     every fenced job's task are read at once (``holders``; on PostgreSQL their rows are locked first,
     in one order, so writers of the same tasks never wait for each other in a cycle). A task's lease
     is read again for its fenced jobs after a job that changed it.
+
+    :class:`Rows` writes (fenced or not) that follow each other are run together, each kind's
+    statements once for all their rows, in their order, before the next job of another sort: every
+    table sees its writes in submission order, and nothing else runs in between.
     """
     fenced_ids = sorted({job.task_id for job in jobs if isinstance(job, Fenced)})
     held = holders(conn, fenced_ids) if fenced_ids else {}
     changed: set[str] = set()
-    results: list[Any] = []
-    for job in jobs:
+    results: list[Any] = [None] * len(jobs)
+    pending: dict[str, list[tuple[int, Rows]]] = {}
+
+    def flush() -> None:
+        for group in pending.values():
+            group[0][1].many(conn, [rows.rows for _, rows in group])
+            for index, rows in group:
+                results[index] = rows.result
+        pending.clear()
+
+    for index, job in enumerate(jobs):
+        work: Any = job
         if isinstance(job, Fenced):
             if job.task_id in changed:
                 changed.discard(job.task_id)
                 held.pop(job.task_id, None)
                 held.update(holders(conn, [job.task_id]))
-            results.append(job.work(conn) if held.get(job.task_id) == job.owner else False)
-        elif isinstance(job, LeaseChange):
-            results.append(job.work(conn))
+            if held.get(job.task_id) != job.owner:
+                results[index] = False
+                continue
+            work = job.work
+        if isinstance(work, Rows):
+            pending.setdefault(work.kind, []).append((index, work))
+            continue
+        flush()
+        if isinstance(job, LeaseChange):
+            results[index] = job.work(conn)
             changed.add(job.task_id)
         else:
-            results.append(job(conn))
+            results[index] = work(conn)
+    flush()
     return results
 
 

@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from officeray.auth import Role, mint_key
-from officeray.contracts import ModelUsage, TaskStatus, utcnow
+from officeray.contracts import ModelUsage, StepStatus, TaskStatus, utcnow
 from officeray.errors import OfficerayError, StoreError, StoreUnavailableError
 from officeray.feedback import TaskFeedback
 from officeray.store import MIGRATIONS, SCHEMA_VERSION, SqlStore, migrate
@@ -221,6 +221,43 @@ async def test_fenced_writes_in_one_group_commit_see_the_lease_changes_before_th
 
     assert await asyncio.gather(*writes) == [True, True, False, True, True, False]
     assert [e.kind for e in await store.events("task-1")] == ["a-before", "b"]
+
+
+async def test_writes_committed_together_keep_each_task_s_order_and_last_record(sql_store: SqlStore) -> None:
+    """Transitions and step results queued behind a busy writer go out in one transaction, each
+    statement once for all their rows: every task's events stay in order, its last record is the
+    one stored, and a step's recorded success is not replaced by a later failure of the batch."""
+    store = sql_store
+    for task_id in ("task-1", "task-2"):
+        assert await store.create_task(record(task_id), request_for(task_id))
+        assert await store.acquire_lease(task_id, "orch-a", 30)
+    inside, plug = threading.Event(), threading.Event()
+
+    def hold_the_writer(_conn: sa.Connection) -> None:
+        inside.set()
+        assert plug.wait(10)
+
+    held = store._writer.submit(hold_the_writer)
+    assert await asyncio.to_thread(inside.wait, 10)
+    writes: list[Any] = []
+    for i, status in enumerate((TaskStatus.PLANNING, TaskStatus.EXECUTING, TaskStatus.REVIEWING)):
+        for task_id in ("task-1", "task-2"):
+            writes.append(
+                store.save_transition(record(task_id, status), f"{task_id}-{i}", {}, owner="orch-a")
+            )
+        if i == 1:
+            writes.append(store.save_step_result("task-1", step_result("task-1:1:s1")))
+            writes.append(store.save_step_result("task-1", step_result("task-1:1:s1", StepStatus.FAILED)))
+    plug.set()
+    await held
+
+    assert await asyncio.gather(*writes) == [True, True, True, True, None, None, True, True]
+    for task_id in ("task-1", "task-2"):
+        assert [e.kind for e in await store.events(task_id)] == [f"{task_id}-{i}" for i in range(3)]
+        stored = await store.get_task(task_id)
+        assert stored is not None and stored.status == TaskStatus.REVIEWING
+    kept = await store.get_step_result("task-1:1:s1")
+    assert kept is not None and kept.status == StepStatus.SUCCEEDED
 
 
 def break_dead_letter_inserts(url: str) -> None:

@@ -6,7 +6,10 @@ Times, one after the other (no concurrency: each write waits for the one before)
 run makes through :class:`~officeray.store.SqlStore`'s async API and its group-commit writer thread:
 
 * ``save_task + append_event``: the record, then an event, each its own commit;
-* ``save_transition``: the record and its event in one commit (what the workflow writes).
+* ``save_transition``: the record and its event in one commit (what the workflow writes);
+
+and then :data:`CONCURRENT_TASKS` tasks writing their transitions at the same time: the CPU per
+transition of this process (the caller and the group-commit writer) and the transitions a second.
 
 A SQLite file in a temporary folder is always measured; ``--url`` adds that database (its rows written
 here are deleted afterwards). ``--json [FILE]`` as for the other benchmarks.
@@ -36,6 +39,12 @@ BENCH_TRANSITIONS = 500
 """Transitions timed per backend and write (after :data:`BENCH_WARMUP` untimed ones)."""
 
 BENCH_WARMUP = 20
+
+CONCURRENT_TASKS = 200
+"""Tasks writing at once in the concurrent run (what the group committer batches)."""
+CONCURRENT_TRANSITIONS = 15
+"""Transitions each of them writes, one after the other (about a task's)."""
+CONCURRENT_ROW = "concurrent"
 
 MIN_TRANSITIONS = 2
 """Fewest timed transitions (percentiles need two samples)."""
@@ -75,6 +84,24 @@ async def _time(store: SqlStore, write: Write, prefix: str, transitions: int) ->
     return timings
 
 
+async def _concurrent(store: SqlStore, prefix: str, tasks: int, per_task: int) -> tuple[float, float]:
+    """``tasks`` tasks at once, each writing ``per_task`` transitions one after the other (what many
+    tasks in flight do: the group committer takes what is queued together): CPU ms of this process
+    per transition, and transitions a second."""
+
+    async def one(n: int) -> None:
+        record = TaskRecord(task_id=f"{prefix}-{n}", description="benchmark task")
+        for status in list(TaskStatus)[:per_task]:
+            record.status = status
+            await store.save_transition(record, status.value, {"status": status.value})
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(one(n) for n in range(tasks)))
+    wall, spent = time.perf_counter() - started, time.process_time() - cpu
+    writes = tasks * min(per_task, len(TaskStatus))
+    return spent * 1000 / writes, writes / wall
+
+
 def _delete_rows(url: str, prefix: str) -> None:
     engine = sa.create_engine(normalized_url(url))
     try:
@@ -90,10 +117,13 @@ async def _bench_url(url: str, transitions: int) -> dict[str, list[float]]:
     store = SqlStore(url)
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     try:
-        return {
+        timings = {
             name: await _time(store, write, f"{prefix}-{n}", transitions)
             for n, (name, write) in enumerate(WRITES.items())
         }
+        cpu_ms, per_s = await _concurrent(store, f"{prefix}-c", CONCURRENT_TASKS, CONCURRENT_TRANSITIONS)
+        timings[CONCURRENT_ROW] = [cpu_ms, per_s]
+        return timings
     finally:
         store.close()
         _delete_rows(url, prefix)
@@ -105,9 +135,12 @@ def run_bench(url: str | None = None, transitions: int = BENCH_TRANSITIONS) -> B
         targets = [("sqlite (file, WAL)", f"sqlite:///{folder}/bench.db")]
         if url:
             targets.append((sa.make_url(url).render_as_string(hide_password=True), url))
-        rows = []
+        rows, together = [], []
         for backend, target in targets:
             for write, timings in asyncio.run(_bench_url(target, transitions)).items():
+                if write == CONCURRENT_ROW:
+                    together.append({"backend": backend, "cpu_ms": timings[0], "per_s": timings[1]})
+                    continue
                 p50, p95 = percentiles(timings, (50, 95))
                 rows.append({"backend": backend, "write": write, "p50_ms": p50, "p95_ms": p95})
     table = Table(
@@ -120,9 +153,21 @@ def run_bench(url: str | None = None, transitions: int = BENCH_TRANSITIONS) -> B
         ],
         rows,
     )
+    concurrent = Table(
+        f"save_transition from {CONCURRENT_TASKS} tasks at once, {CONCURRENT_TRANSITIONS} each",
+        [
+            Column("backend", "backend"),
+            Column("cpu_ms", "CPU ms/transition (this process)", ".3f"),
+            Column("per_s", "transitions/s", ".0f"),
+        ],
+        together,
+    )
     notes = [f"{transitions} transitions timed per row after {BENCH_WARMUP} untimed ones"]
     return BenchResult(
-        benchmark="store", title="store write cost per task transition", tables=[table], notes=notes
+        benchmark="store",
+        title="store write cost per task transition",
+        tables=[table, concurrent],
+        notes=notes,
     )
 
 

@@ -28,10 +28,13 @@ def test_json_output_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> No
     assert bench_store.main(["--transitions", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["benchmark"] == "store"
-    [table] = report["tables"]
+    table, together = report["tables"]
     assert [(row["backend"], row["write"]) for row in table["rows"]] == [
         ("sqlite (file, WAL)", "save_task + append_event"),
         ("sqlite (file, WAL)", "save_transition"),
     ]
+    [concurrent] = together["rows"]  # many tasks at once: what the group committer batches
+    assert concurrent["backend"] == "sqlite (file, WAL)"
+    assert concurrent["cpu_ms"] > 0 and concurrent["per_s"] > 0
     with pytest.raises(SystemExit):
         bench_store.main(["--transitions", "1"])

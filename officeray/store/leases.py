@@ -56,6 +56,23 @@ class LeaseRepository:
             .with_for_update(key_share=True)  # FOR NO KEY UPDATE: the lock the upsert takes anyway
             for single in (True, False)
         }
+        # one lease taken per submitted task: built once (compiling it cost more than running it)
+        t = leases_table
+        acquire = insert(dialect, t).values(
+            {
+                "task_id": sa.bindparam("task_id"),
+                "owner": sa.bindparam("owner"),
+                "expires_at": sa.bindparam("expires_at"),
+            }
+        )
+        self._acquire = acquire.on_conflict_do_update(
+            index_elements=[t.c.task_id],
+            set_={"owner": acquire.excluded.owner, "expires_at": acquire.excluded.expires_at},
+            where=sa.or_(t.c.expires_at <= sa.bindparam("now"), t.c.owner == sa.bindparam("taker")),
+        ).returning(t.c.task_id)
+        self._release = t.delete().where(
+            t.c.task_id == sa.bindparam("task_id"), t.c.owner == sa.bindparam("owner")
+        )
 
     def holders(self, conn: Connection, task_ids: list[str]) -> dict[str, str]:
         """Who holds the lease of each of ``task_ids`` (that has one), for fenced writes in this
@@ -85,17 +102,16 @@ class LeaseRepository:
 
     def acquire_on(self, conn: Connection, row: dict[str, Any], now: datetime) -> bool:
         """Take or extend the lease of ``row`` (see :func:`lease_row`): True when it is its owner's."""
-        return conn.execute(self._upsert([row], row["owner"], now)).first() is not None
+        params = {**row, "now": now, "taker": row["owner"]}
+        return conn.execute(self._acquire, params).first() is not None
 
     @staticmethod
     def renew_on(conn: Connection, owner: str, expires_at: datetime) -> int:
         t = leases_table
         return int(conn.execute(t.update().where(t.c.owner == owner).values(expires_at=expires_at)).rowcount)
 
-    @staticmethod
-    def release_on(conn: Connection, task_id: str, owner: str) -> bool:
-        t = leases_table
-        return bool(conn.execute(t.delete().where(t.c.task_id == task_id, t.c.owner == owner)).rowcount)
+    def release_on(self, conn: Connection, task_id: str, owner: str) -> bool:
+        return bool(conn.execute(self._release, {"task_id": task_id, "owner": owner}).rowcount)
 
     @staticmethod
     def owner(conn: Connection, task_id: str, now: datetime) -> str | None:

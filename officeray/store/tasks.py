@@ -22,6 +22,8 @@ from officeray.store.schema import events_table, tasks_table
 FINAL_STATUSES = tuple(status.value for status in TaskStatus if status.is_final)
 
 _ROW_COLUMNS = ("task_id", "status", "tenant", "description", "record", "created_at", "updated_at")
+_NEW_ROW_COLUMNS = (*_ROW_COLUMNS, "request")
+"""The columns of :func:`new_task_row`."""
 _REPLACED_COLUMNS = ("status", "description", "record", "updated_at")
 """What saving a known task changes (its ``created_at`` and request are kept)."""
 
@@ -80,6 +82,12 @@ class TaskRepository:
             index_elements=[tasks_table.c.task_id],
             set_={name: upsert.excluded[name] for name in _REPLACED_COLUMNS},
         )
+        self._create = (  # built once: every submitted task
+            insert(dialect, tasks_table)
+            .values({name: sa.bindparam(name) for name in _NEW_ROW_COLUMNS})
+            .on_conflict_do_nothing(index_elements=[tasks_table.c.task_id])
+            .returning(tasks_table.c.task_id)  # a row when inserted (INSERT rowcounts are not portable)
+        )
         self._event_insert = events_table.insert().values(
             {name: sa.bindparam(name) for name in ("task_id", "kind", "data", "at")}
         )
@@ -104,14 +112,8 @@ class TaskRepository:
         conn.execute(self._event_insert, [write[1] for write in writes])
 
     def create_on(self, conn: Connection, row: dict[str, Any]) -> bool:
-        """Insert a new task; False when one with that id exists."""
-        stmt = (
-            insert(self._dialect, tasks_table)
-            .values(**row)
-            .on_conflict_do_nothing(index_elements=[tasks_table.c.task_id])
-            .returning(tasks_table.c.task_id)  # a row when inserted (INSERT rowcounts are not portable)
-        )
-        return conn.execute(stmt).first() is not None
+        """Insert a new task (a :func:`new_task_row`); False when one with that id exists."""
+        return conn.execute(self._create, row).first() is not None
 
     def event_on(self, conn: Connection, event: dict[str, Any]) -> int:
         """Insert one event; its id."""

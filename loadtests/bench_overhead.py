@@ -92,13 +92,13 @@ from loadtests.bench_format import BenchResult, Column, Table, Target, add_json_
 from loadtests.bench_shards import (
     MAX_SHARDS,
     PG_GROUP,
-    PostgresUnavailable,
     StoreChoice,
     scaling_rows,
     shards_arg,
     store_choice,
     store_url_arg,
 )
+from loadtests.postgres import PostgresUnavailable
 from officeray.stats import percentile
 
 # -- limits and defaults ----------------------------------------------------------------------------

@@ -2,24 +2,15 @@
 each, a given loopback database, or a throwaway PostgreSQL server this module starts), the server's
 processes for the CPU accounting, and the scaling table (tasks/s and CPU per task by shard count).
 
-The server is Debian's (``/usr/lib/postgresql/<major>/bin``), as in the store's test fixtures
-(``tests/store/conftest.py``): initialised in a temporary folder, listening on 127.0.0.1 only with
-trust authentication, run as the ``postgres`` user when this process is root (PostgreSQL refuses to
-run as root). Unlike the tests' server it keeps PostgreSQL's durable defaults (``fsync``,
-``synchronous_commit``): the benchmark measures what a durable system costs.
+The server is :class:`loadtests.postgres.PostgresServer`, the one the store's tests use, started
+``durable``: unlike the tests' it keeps PostgreSQL's defaults (``fsync``, ``synchronous_commit``),
+since the benchmark measures what a durable system costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +18,8 @@ from typing import Any
 
 import psutil
 
-PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
-PREFERRED_PG_MAJOR = "15"
-PG_COMMAND_TIMEOUT_S = 60
-"""Limit of one ``initdb``/``pg_ctl`` command."""
-PG_START_ATTEMPTS = 3
-"""Ports are picked free, then bound by the server: another process may take one in between."""
-PG_MAX_CONNECTIONS = 400
-"""Every process of a stack keeps a pool of connections (``officeray.store.engine``): orchestrator
-shards, Serve replicas, tool runners; 400 leaves room for several shards."""
+from loadtests.postgres import PostgresServer, PostgresUnavailable
+
 PG_GROUP = "postgres"
 """The CPU group of the PostgreSQL server's processes."""
 MAX_SHARDS = 8
@@ -126,127 +110,6 @@ def listening_pid(port: int, connections: Iterable[Any] | None = None) -> int | 
     return None
 
 
-# -- a throwaway server -----------------------------------------------------------------------------
-
-
-def postgres_bindir() -> Path | None:
-    """Debian's PostgreSQL server binaries, version 15 when installed, else the newest."""
-    found = [Path(p) for p in glob.glob(PG_BIN_GLOB) if (Path(p) / "initdb").exists()]
-    if not found:
-        return None
-    preferred = [p for p in found if p.parent.name == PREFERRED_PG_MAJOR]
-    return (preferred or sorted(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0))[
-        -1
-    ]
-
-
-class PostgresUnavailable(RuntimeError):
-    """The throwaway server could not be set up (no binaries, or ``initdb``/``pg_ctl`` failed)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL cluster in a temporary folder on 127.0.0.1 for one benchmark: a context manager
-    that starts it and, on exit, stops it and removes the folder. :meth:`create_database` gives each
-    stack a database of its own."""
-
-    def __init__(self, bindir: Path | None = None) -> None:
-        found = bindir or postgres_bindir()
-        if found is None:
-            raise PostgresUnavailable(
-                f"PostgreSQL server binaries not found ({PG_BIN_GLOB}/initdb): run scripts/bootstrap.sh "
-                "(installs postgresql), or give --store-url"
-            )
-        self.bindir = found
-        self.root = Path(tempfile.mkdtemp(prefix="officeray-bench-pg-"))
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
-        self.port = 0
-        self._as_owner: list[str] = []
-
-    def __enter__(self) -> ThrowawayPostgres:
-        try:
-            if os.geteuid() == 0:
-                shutil.chown(self.root, user="postgres", group="postgres")
-                self._as_owner = ["runuser", "-u", "postgres", "--"]
-            self._pg(
-                "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                "--no-instructions",
-            )  # fmt: skip
-            self._start()
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._remove()
-
-    def _pg(self, tool: str, *args: str) -> None:
-        try:
-            proc = subprocess.run(
-                [*self._as_owner, str(self.bindir / tool), *args],
-                capture_output=True,
-                text=True,
-                timeout=PG_COMMAND_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PostgresUnavailable(f"{tool} failed: {exc}") from None
-        if proc.returncode != 0:
-            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise PostgresUnavailable(f"{tool} {' '.join(args)} failed: {proc.stdout}{proc.stderr}\n{log}")
-
-    def _start(self) -> None:
-        for attempt in range(PG_START_ATTEMPTS):
-            self.port = _free_port()
-            settings = {
-                "listen_addresses": "'127.0.0.1'",
-                "port": str(self.port),
-                "max_connections": str(PG_MAX_CONNECTIONS),
-                "unix_socket_directories": f"'{self.root}'",
-            }
-            conf = self.data / "postgresql.auto.conf"
-            conf.write_text("".join(f"{name} = {value}\n" for name, value in settings.items()))
-            try:
-                self._pg("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30")
-                return
-            except PostgresUnavailable:
-                if attempt == PG_START_ATTEMPTS - 1:
-                    raise
-
-    def _remove(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            with contextlib.suppress(PostgresUnavailable):
-                self._pg("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "30")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's pid (the first line of ``postmaster.pid``)."""
-        try:
-            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-
-    def create_database(self, name: str | None = None) -> str:
-        """A new empty database; its SQLAlchemy URL."""
-        import psycopg
-        from psycopg import sql
-
-        name = name or f"bench_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
-
-
 # -- where each stack keeps its state ---------------------------------------------------------------
 
 
@@ -258,7 +121,7 @@ class StoreChoice:
     session's (None: SQLite, or not found)."""
 
     url: str | None = None
-    server: ThrowawayPostgres | None = None
+    server: PostgresServer | None = None
     server_pid: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -290,7 +153,11 @@ def store_choice(url: str | None, postgres: bool) -> Iterator[StoreChoice]:
     """The :class:`StoreChoice` of ``--store-url``/``--postgres``: a throwaway server when
     ``postgres`` is set and no ``url`` is given (stopped and removed on exit)."""
     if url is None and postgres:
-        with ThrowawayPostgres() as server:
+        try:
+            server = PostgresServer(durable=True)
+        except PostgresUnavailable as exc:
+            raise PostgresUnavailable(f"{exc}; or give --store-url") from None
+        with server:
             yield StoreChoice(server=server, server_pid=server.pid)
         return
     choice = StoreChoice(url=url)

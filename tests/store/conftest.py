@@ -5,31 +5,22 @@
   PostgreSQL database (marked ``integration``);
 * ``url``: the URL of a SQLite file or of a fresh PostgreSQL database, for the SQL-only tests.
 
-The server is Debian's (``/usr/lib/postgresql/<major>/bin``), initialised in a temporary folder and
-run as the ``postgres`` user when the tests run as root (PostgreSQL refuses to run as root). Without
-the binaries the PostgreSQL tests fail with a pointer to ``scripts/bootstrap.sh``, or are skipped when
-``OFFICERAY_SKIP_POSTGRES=1``.
+The server is :class:`loadtests.postgres.PostgresServer` (Debian's binaries, a temporary folder,
+durability off). Without the binaries the PostgreSQL tests fail with a pointer to
+``scripts/bootstrap.sh``, or are skipped when ``OFFICERAY_SKIP_POSTGRES=1``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
+from loadtests.postgres import MISSING_BINARIES, PostgresServer, postgres_bindir
 from officeray.contracts import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_STEP_ID_CHARS,
@@ -42,42 +33,7 @@ from officeray.contracts import (
 from officeray.store import SqlStore, TaskStore
 from officeray.testing import InMemoryStore
 
-PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
-PREFERRED_MAJOR = "15"
 SKIP_ENV = "OFFICERAY_SKIP_POSTGRES"
-MISSING_BINARIES = (
-    f"PostgreSQL server binaries not found ({PG_BIN_GLOB}/initdb): "
-    "run scripts/bootstrap.sh (installs postgresql)"
-)
-PG_COMMAND_TIMEOUT_S = 60
-PG_START_ATTEMPTS = 3
-"""Ports are picked free then bound by the server: another process may take one in between."""
-
-SERVER_SETTINGS = {
-    "listen_addresses": "'127.0.0.1'",
-    "max_connections": "200",
-    # a throwaway server: durability off, so tests are fast (the benchmark is run on its own)
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def postgres_bindir() -> Path | None:
-    """Debian's PostgreSQL server binaries, version 15 when installed, else the newest."""
-    found = [Path(p) for p in glob.glob(PG_BIN_GLOB) if (Path(p) / "initdb").exists()]
-    if not found:
-        return None
-    preferred = [p for p in found if p.parent.name == PREFERRED_MAJOR]
-    return (preferred or sorted(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0))[
-        -1
-    ]
 
 
 def require_postgres() -> Path:
@@ -88,81 +44,6 @@ def require_postgres() -> Path:
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"{SKIP_ENV}=1: {MISSING_BINARIES}")
     pytest.fail(MISSING_BINARIES)
-
-
-class PostgresServer:
-    """One PostgreSQL cluster in a temporary folder, reachable on 127.0.0.1 with trust auth."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="officeray-pg-"))
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
-        self.port = 0
-        self._as_owner: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, user="postgres", group="postgres")
-            self._as_owner = ["runuser", "-u", "postgres", "--"]
-        self._pg(
-            "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-            "--no-sync", "--no-instructions",
-        )  # fmt: skip
-
-    def _pg(self, tool: str, *args: str) -> None:
-        proc = subprocess.run(
-            [*self._as_owner, str(self.bindir / tool), *args],
-            capture_output=True,
-            text=True,
-            timeout=PG_COMMAND_TIMEOUT_S,
-            check=False,
-        )
-        if proc.returncode != 0:
-            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"{tool} {' '.join(args)} failed: {proc.stdout}{proc.stderr}\n{log}")
-
-    def _configure(self, port: int) -> None:
-        settings = {**SERVER_SETTINGS, "port": str(port), "unix_socket_directories": f"'{self.root}'"}
-        conf = self.data / "postgresql.auto.conf"
-        conf.write_text("".join(f"{name} = {value}\n" for name, value in settings.items()))
-
-    def start(self) -> None:
-        """Start on the port used before, or on a free one the first time."""
-        for attempt in range(PG_START_ATTEMPTS):
-            if not self.port or attempt:
-                self.port = free_port()
-            self._configure(self.port)
-            try:
-                self._pg("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30")
-                return
-            except RuntimeError:
-                if attempt == PG_START_ATTEMPTS - 1:
-                    raise
-
-    def stop(self) -> None:
-        self._pg("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "30")
-
-    def remove(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            with contextlib.suppress(RuntimeError):
-                self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def _admin(self) -> psycopg.Connection:
-        return psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
-        )
-
-    def create_database(self, name: str | None = None) -> str:
-        """A new empty database; returns its SQLAlchemy URL."""
-        name = name or f"officeray_{uuid.uuid4().hex[:12]}"
-        with self._admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
-
-    def drop_database(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1]
-        with self._admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

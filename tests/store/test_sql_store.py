@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import pytest
 import sqlalchemy as sa
 
+from loadtests.postgres import free_port
 from officeray.auth import Role, mint_key
 from officeray.contracts import ModelUsage, StepStatus, TaskStatus, utcnow
 from officeray.errors import OfficerayError, StoreError, StoreUnavailableError
@@ -32,7 +33,7 @@ from officeray.feedback import TaskFeedback
 from officeray.store import MIGRATIONS, SCHEMA_VERSION, SqlStore, migrate
 from officeray.webhooks import DeliveryStatus, WebhookAttempt
 
-from .conftest import LONG_KEY, LONG_TASK_ID, T0, PostgresServer, free_port, record, request_for, step_result
+from .conftest import LONG_KEY, LONG_TASK_ID, T0, PostgresServer, record, request_for, step_result
 
 T = TypeVar("T")
 

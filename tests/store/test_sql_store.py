@@ -559,6 +559,7 @@ async def test_postgres_going_down_then_back(private_postgres: PostgresServer) -
         opened.close()
 
 
+@pytest.mark.slow  # waits out SQLite's busy timeout
 async def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     opened = SqlStore(f"sqlite:///{path}", sqlite_busy_timeout_ms=100)

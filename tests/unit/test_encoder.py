@@ -138,7 +138,8 @@ async def test_concurrent_calls_share_one_model_safely(encoder: SentenceTransfor
     [
         # sentence-transformers' own lookup of a missing folder takes seconds: not in the fast subset
         pytest.param("/nonexistent/encoder-model", "not found", marks=pytest.mark.slow),
-        ("sentence-transformers/no-such-model-anywhere", "offline"),
+        # importing sentence-transformers (and torch) alone takes seconds: not in the fast subset either
+        pytest.param("sentence-transformers/no-such-model-anywhere", "offline", marks=pytest.mark.slow),
     ],
 )
 def test_a_model_that_cannot_load_is_unavailable_with_a_one_line_reason(model: str, why: str) -> None:

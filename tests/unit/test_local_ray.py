@@ -38,6 +38,7 @@ def _ray_reads(env: dict[str, str]) -> list[float]:
     return list(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow  # a fresh Python process that imports Ray and Serve
 def test_ray_reads_the_periods_a_local_instance_sets() -> None:
     """Fails when a Ray upgrade renames a variable (the setting would silently do nothing: Ray's
     defaults are 0.1 s, 100 ms, 1000 files and 5000 ms)."""

@@ -627,6 +627,7 @@ def _scrub_every_pass(text: str) -> str:
     return text
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(_SCRUB_TEXT)
 def test_a_skipped_pass_could_not_have_matched(text: str) -> None:
@@ -636,6 +637,7 @@ def test_a_skipped_pass_could_not_have_matched(text: str) -> None:
             assert pattern.search(text) is None, pattern.pattern
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(_SCRUB_TEXT)
 def test_the_shortcuts_change_nothing_the_scrubber_writes(text: str) -> None:

@@ -795,9 +795,7 @@ class Orchestrator:
         running = self._running.get(task_id)
         if running is not None:
             with contextlib.suppress(asyncio.CancelledError):  # our run stopped: another holds it
-                ended = await asyncio.wait_for(asyncio.shield(running), timeout_s)
-                if ended.status.is_final:
-                    return ended  # as written by the run's last write (no read of it again)
+                await asyncio.wait_for(asyncio.shield(running), timeout_s)
         while True:
             record = await self.store.get_task(task_id)
             if record is None:
